@@ -1,0 +1,266 @@
+//! The [`App`] bundle — configuration, pools, user credentials, metrics, issued cancel keys and
+//! shutdown tokens — and the listeners that feed it clients. Passed down explicitly; there is
+//! no global accessor.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pool::server::BackendKey;
+use crate::pool::Pool;
+use crate::session::auth::UserAuth;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid user configuration: {0}")]
+    User(String),
+}
+
+/// Where a client's queries currently run, for CancelRequest.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub key: BackendKey,
+}
+
+type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
+type KeyRegistry = Arc<Mutex<HashMap<i32, (i32, CancelSlot)>>>;
+
+/// The BackendKeyData the sidecar issued to one client; unregistered on drop.
+pub struct IssuedKey {
+    process_id: i32,
+    secret_key: i32,
+    slot: CancelSlot,
+    registry: KeyRegistry,
+}
+
+impl IssuedKey {
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+
+    pub fn secret_key(&self) -> i32 {
+        self.secret_key
+    }
+
+    /// Records which server connection serves the client now (`None` when detached).
+    pub fn set_target(&self, target: Option<CancelTarget>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+}
+
+impl Drop for IssuedKey {
+    fn drop(&mut self) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.process_id);
+    }
+}
+
+/// Everything a session needs, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pools: HashMap<String, Arc<Pool>>,
+    users: HashMap<String, UserAuth>,
+    mock_key: [u8; 32],
+    rng: SystemRandom,
+    next_process_id: AtomicI32,
+    keys: KeyRegistry,
+    /// Fires when the sidecar stops accepting clients; idle sessions close.
+    pub draining: CancellationToken,
+    /// Fires when the drain time is over; every session closes.
+    pub terminate: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl App {
+    /// Builds pools and prepares credentials; opens no connection yet.
+    pub fn new(config: Config) -> Result<Arc<App>, AppError> {
+        let metrics = Arc::new(Metrics::new());
+        let rng = SystemRandom::new();
+        let mut users = HashMap::new();
+        for user in &config.users {
+            users.insert(user.name.clone(), UserAuth::prepare(user, &rng).map_err(AppError::User)?);
+        }
+        let pools = config
+            .databases
+            .iter()
+            .map(|db| {
+                let pool = Pool::new(db.name.clone(), db.primary.clone(), config.pool.clone(), Arc::clone(&metrics));
+                (db.name.clone(), Arc::new(pool))
+            })
+            .collect();
+        let mut mock_key = [0u8; 32];
+        rng.fill(&mut mock_key).map_err(|_| AppError::User("no randomness available".into()))?;
+        Ok(Arc::new(App {
+            config,
+            metrics,
+            pools,
+            users,
+            mock_key,
+            rng,
+            next_process_id: AtomicI32::new(1),
+            keys: Arc::new(Mutex::new(HashMap::new())),
+            draining: CancellationToken::new(),
+            terminate: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// The pool serving a client database name.
+    pub fn pool(&self, database: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(database)
+    }
+
+    /// All pools (health endpoints).
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    /// A configured client user.
+    pub fn user(&self, name: &str) -> Option<&UserAuth> {
+        self.users.get(name)
+    }
+
+    /// The per-process key behind mock SCRAM secrets for unknown users.
+    pub fn mock_key(&self) -> &[u8] {
+        &self.mock_key
+    }
+
+    pub fn rng(&self) -> &SystemRandom {
+        &self.rng
+    }
+
+    /// Issues a unique BackendKeyData for a new client.
+    pub fn issue_key(&self) -> IssuedKey {
+        let mut secret = [0u8; 4];
+        // SystemRandom only fails when the OS has no randomness; a zero secret still works.
+        let _ = self.rng.fill(&mut secret);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let process_id = loop {
+            let id = self.next_process_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+            if id != 0 && !keys.contains_key(&id) {
+                break id;
+            }
+        };
+        let slot = Arc::new(Mutex::new(None));
+        let secret_key = i32::from_be_bytes(secret);
+        keys.insert(process_id, (secret_key, Arc::clone(&slot)));
+        IssuedKey {
+            process_id,
+            secret_key,
+            slot,
+            registry: Arc::clone(&self.keys),
+        }
+    }
+
+    /// Handles a CancelRequest: forwards it to the server running that client's query, if any.
+    pub async fn cancel(&self, process_id: i32, secret_key: i32) {
+        let target = {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.get(&process_id)
+                .filter(|(secret, _)| *secret == secret_key)
+                .and_then(|(_, slot)| slot.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        };
+        let Some(target) = target else {
+            tracing::debug!("cancel request matched no running query");
+            return;
+        };
+        let mut packet = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(target.key.process_id, target.key.secret_key, &mut packet);
+        match TcpStream::connect((target.host.as_str(), target.port)).await {
+            Ok(mut stream) => {
+                let _ = stream.write_all(&packet).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not deliver cancel request upstream"),
+        }
+    }
+
+    /// Accepts clients until draining starts.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let app = Arc::clone(&self);
+                        self.tracker.spawn(crate::session::serve_client(app, stream));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off briefly, keep serving.
+                        self.metrics.error("accept");
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = self.draining.cancelled() => return,
+            }
+        }
+    }
+
+    /// Stops accepting, lets running transactions finish up to `drain_timeout`, then closes
+    /// every session with 57P01.
+    pub async fn drain(&self) {
+        self.draining.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.config.drain_timeout, self.tracker.wait()).await.is_err() {
+            self.terminate.cancel();
+            self.tracker.wait().await;
+        }
+        for pool in self.pools.values() {
+            pool.close_idle();
+        }
+    }
+}
+
+/// A running sidecar: its bound addresses and its [`App`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub app: Arc<App>,
+}
+
+/// Binds the client and metrics listeners and starts serving both in the current runtime.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
+    let app = App::new(config)?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| AppError::Bind { addr: listen, source })?;
+    let metrics_listener = TcpListener::bind(metrics_listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: metrics_listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: listen, source })?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|source| AppError::Bind {
+        addr: metrics_listen,
+        source,
+    })?;
+    tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
+    tokio::spawn(Arc::clone(&app).serve(listener));
+    tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        app,
+    })
+}

@@ -1,0 +1,534 @@
+//! The configuration contract: serde structs for the TOML file, environment and command-line
+//! overrides, and `validate()` into the typed [`Config`] the rest of the program reads.
+//!
+//! Parsed once in `main`; nothing else reads files or the environment. Secrets never appear in
+//! `Debug` or [`Config::describe`] output.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid upstream URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("invalid value for {key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("the [{0}] section is not supported by this version of pgsidecar")]
+    Unsupported(&'static str),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Transaction or session pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is attached per transaction.
+    Transaction,
+    /// A server connection stays with its client until the client leaves.
+    Session,
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        })
+    }
+}
+
+/// How the sidecar checks a client's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "password")]
+    Password,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Password => "password",
+            AuthMethod::Trust => "trust",
+        })
+    }
+}
+
+/// Where and as whom the sidecar connects upstream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl UpstreamUrl {
+    /// Parses `postgres://user:password@host:port/dbname` (also `postgresql://`).
+    pub fn parse(url: &str) -> Result<UpstreamUrl, ConfigError> {
+        let err = |reason: &str| ConfigError::Url {
+            url: mask_url(url),
+            reason: reason.to_owned(),
+        };
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| err("must start with postgres://"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            return Err(err(&format!(
+                "URL parameters are not supported yet ({})",
+                q.split('&').map(|p| p.split('=').next().unwrap_or("")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hostport) = authority
+            .rsplit_once('@')
+            .ok_or_else(|| err("a user name is required (user@host)"))?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (percent_decode(u), Some(percent_decode(p))),
+            None => (percent_decode(userinfo), None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>().map_err(|_| err("the port is not a number"))?,
+            ),
+            None => (hostport, 5432),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(',') {
+            return Err(err("exactly one host is required"));
+        }
+        if user.is_empty() {
+            return Err(err("a user name is required (user@host)"));
+        }
+        let dbname = if path.is_empty() {
+            user.clone()
+        } else {
+            percent_decode(path)
+        };
+        Ok(UpstreamUrl {
+            host: host.to_owned(),
+            port,
+            user,
+            password,
+            dbname,
+        })
+    }
+
+    /// The URL with its password replaced by `****`.
+    pub fn masked(&self) -> String {
+        let pw = if self.password.is_some() { ":****" } else { "" };
+        format!(
+            "postgres://{}{pw}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+/// The URL text with the password (between `user:` and `@`) replaced by `****`.
+fn mask_url(url: &str) -> String {
+    let span = url.find("://").and_then(|scheme| {
+        let start = scheme + 3;
+        let at = start + url[start..].rfind('@')?;
+        let colon = start + url[start..at].find(':')?;
+        Some((colon + 1, at))
+    });
+    match span {
+        Some((start, end)) => format!("{}****{}", &url[..start], &url[end..]),
+        None => url.to_owned(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A database clients can ask for.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
+    pub primary: UpstreamUrl,
+}
+
+/// A client credential the sidecar checks.
+#[derive(Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub auth: AuthMethod,
+    pub secret: UserSecret,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the sidecar knows of a user's password.
+#[derive(Clone)]
+pub enum UserSecret {
+    /// The plaintext password (works for every method).
+    Password(String),
+    /// A `SCRAM-SHA-256$…` verifier (SCRAM only).
+    ScramVerifier(String),
+    /// Nothing: only `trust`.
+    None,
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub checkout_timeout: Duration,
+    pub max_waiting: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+    pub max_message_size: usize,
+    pub pool: PoolConfig,
+    pub databases: Vec<DatabaseConfig>,
+    pub users: Vec<UserConfig>,
+}
+
+/// Values given on the command line or in `PGSIDECAR_*` variables; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    shutdown_delay: Option<String>,
+    drain_timeout: Option<String>,
+    max_message_size: Option<String>,
+    #[serde(default)]
+    pool: FilePool,
+    #[serde(default)]
+    database: Vec<FileDatabase>,
+    #[serde(default)]
+    user: Vec<FileUser>,
+    tls: Option<toml::Value>,
+    tenancy: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    mode: Option<PoolMode>,
+    size: Option<usize>,
+    checkout_timeout: Option<String>,
+    max_waiting: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    name: String,
+    primary: String,
+    #[serde(default)]
+    replicas: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    name: String,
+    password: Option<String>,
+    scram_verifier: Option<String>,
+    auth: Option<AuthMethod>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9930";
+
+impl Config {
+    /// Reads and validates a TOML file, then applies overrides.
+    pub fn from_file(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, overrides)
+    }
+
+    /// Parses and validates TOML text, then applies overrides.
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text)?;
+        file.validate(overrides)
+    }
+
+    /// The zero-config form: one database and one client user taken from the upstream URL.
+    pub fn from_upstream(url: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let upstream = UpstreamUrl::parse(url)?;
+        let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let mut text = format!(
+            "[[database]]\nname = {}\nprimary = {}\n\n[[user]]\nname = {}\n",
+            quoted(&upstream.dbname),
+            quoted(url),
+            quoted(&upstream.user)
+        );
+        match &upstream.password {
+            Some(pw) => text.push_str(&format!("password = {}\n", quoted(pw))),
+            None => text.push_str("auth = \"trust\"\n"),
+        }
+        Config::from_toml(&text, overrides)
+    }
+
+    /// The effective configuration as TOML-like text with secrets masked.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "listen = \"{}\"\nmetrics_listen = \"{}\"\nshutdown_delay = \"{:?}\"\ndrain_timeout = \"{:?}\"\nmax_message_size = {}\n\n[pool]\nmode = \"{}\"\nsize = {}\ncheckout_timeout = \"{:?}\"\nmax_waiting = {}\n",
+            self.listen,
+            self.metrics_listen,
+            self.shutdown_delay,
+            self.drain_timeout,
+            self.max_message_size,
+            self.pool.mode,
+            self.pool.size,
+            self.pool.checkout_timeout,
+            self.pool.max_waiting
+        );
+        for db in &self.databases {
+            out.push_str(&format!(
+                "\n[[database]]\nname = \"{}\"\nprimary = \"{}\"\n",
+                db.name,
+                db.primary.masked()
+            ));
+        }
+        for user in &self.users {
+            let secret = match user.secret {
+                UserSecret::Password(_) => "password = \"****\"",
+                UserSecret::ScramVerifier(_) => "scram_verifier = \"****\"",
+                UserSecret::None => "# no password",
+            };
+            out.push_str(&format!(
+                "\n[[user]]\nname = \"{}\"\nauth = \"{}\"\n{secret}\n",
+                user.name, user.auth
+            ));
+        }
+        out
+    }
+}
+
+impl FileConfig {
+    fn validate(self, o: &Overrides) -> Result<Config, ConfigError> {
+        if self.tls.is_some() {
+            return Err(ConfigError::Unsupported("tls"));
+        }
+        if self.tenancy.is_some() {
+            return Err(ConfigError::Unsupported("tenancy"));
+        }
+        let addr = |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_owned());
+            v.parse()
+                .map_err(|_| ConfigError::invalid(key, format!("{v:?} is not an address like 127.0.0.1:6432")))
+        };
+        let duration = |key: &str, v: Option<String>, default: &str| {
+            parse_duration(v.as_deref().unwrap_or(default)).map_err(|r| ConfigError::invalid(key, r))
+        };
+        let listen = match o.listen {
+            Some(a) => a,
+            None => addr("listen", self.listen, DEFAULT_LISTEN)?,
+        };
+        let metrics_listen = match o.metrics_listen {
+            Some(a) => a,
+            None => addr("metrics_listen", self.metrics_listen, DEFAULT_METRICS_LISTEN)?,
+        };
+        let max_message_size = parse_size(self.max_message_size.as_deref().unwrap_or("64MiB"))
+            .map_err(|r| ConfigError::invalid("max_message_size", r))?;
+        if max_message_size < 1024 {
+            return Err(ConfigError::invalid("max_message_size", "must be at least 1KiB"));
+        }
+        let pool = PoolConfig {
+            mode: o.pool_mode.or(self.pool.mode).unwrap_or(PoolMode::Transaction),
+            size: o.pool_size.or(self.pool.size).unwrap_or(20),
+            checkout_timeout: duration("pool.checkout_timeout", self.pool.checkout_timeout, "5s")?,
+            max_waiting: self.pool.max_waiting.unwrap_or(10_000),
+        };
+        if pool.size == 0 {
+            return Err(ConfigError::invalid("pool.size", "must be at least 1"));
+        }
+        if self.database.is_empty() {
+            return Err(ConfigError::invalid("database", "at least one [[database]] is required"));
+        }
+        let mut names = HashSet::new();
+        let mut databases = Vec::new();
+        for db in self.database {
+            if !names.insert(db.name.clone()) {
+                return Err(ConfigError::invalid("database.name", format!("{:?} appears twice", db.name)));
+            }
+            if !db.replicas.is_empty() {
+                return Err(ConfigError::invalid(
+                    "database.replicas",
+                    "replica routing is not supported by this version yet",
+                ));
+            }
+            databases.push(DatabaseConfig {
+                name: db.name,
+                primary: UpstreamUrl::parse(&db.primary)?,
+            });
+        }
+        let mut names = HashSet::new();
+        let mut users = Vec::new();
+        for u in self.user {
+            if !names.insert(u.name.clone()) {
+                return Err(ConfigError::invalid("user.name", format!("{:?} appears twice", u.name)));
+            }
+            let auth = u.auth.unwrap_or(AuthMethod::ScramSha256);
+            let secret = match (u.password, u.scram_verifier) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        "user",
+                        format!("user {:?}: give password or scram_verifier, not both", u.name),
+                    ))
+                }
+                (Some(p), None) => UserSecret::Password(p),
+                (None, Some(v)) => UserSecret::ScramVerifier(v),
+                (None, None) => UserSecret::None,
+            };
+            match (auth, &secret) {
+                (AuthMethod::Trust, _) => {}
+                (AuthMethod::ScramSha256, UserSecret::Password(_) | UserSecret::ScramVerifier(_)) => {}
+                (AuthMethod::Md5 | AuthMethod::Password, UserSecret::Password(_)) => {}
+                (method, _) => {
+                    return Err(ConfigError::invalid(
+                        "user",
+                        format!("user {:?}: auth = \"{method}\" needs a plaintext password", u.name),
+                    ))
+                }
+            }
+            users.push(UserConfig {
+                name: u.name,
+                auth,
+                secret,
+            });
+        }
+        if users.is_empty() {
+            return Err(ConfigError::invalid("user", "at least one [[user]] is required"));
+        }
+        Ok(Config {
+            listen,
+            metrics_listen,
+            shutdown_delay: duration("shutdown_delay", self.shutdown_delay, "0s")?,
+            drain_timeout: duration("drain_timeout", self.drain_timeout, "30s")?,
+            max_message_size,
+            pool,
+            databases,
+            users,
+        })
+    }
+}
+
+/// Parses "250ms", "5s", "2m", "1h" (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"5s\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+/// Parses "64MiB", "512KiB", "1GiB", "1000" (bytes), "10MB" (decimal).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"64MiB\""))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests;

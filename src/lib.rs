@@ -1,0 +1,23 @@
+//! pgsidecar: a Postgres wire-protocol proxy that runs beside an application — pooling,
+//! tenant context for Row-Level Security, routing and caching (see `DESIGN.md`).
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML/env/CLI configuration contract, validated once.
+//! - [`app`]: the [`app::App`] bundle (pools, credentials, metrics, shutdown) and the listener.
+//! - [`protocol`]: the wire format, pure: framing, frontend/backend messages, startup, SQLSTATEs.
+//! - [`session`]: one client connection as typed phases: handshake, auth, relay.
+//! - [`pool`]: upstream server connections and the pools that lend them.
+//! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`localpg`]: throwaway local PostgreSQL servers for the demo and the tests.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod localpg;
+pub mod metrics;
+pub mod pool;
+pub mod protocol;
+pub mod session;

@@ -1,0 +1,218 @@
+//! The `pgsidecar` command line (clap): `run`, `check` and `demo`. Loads the configuration once,
+//! starts the [`pgsidecar::app`], and turns signals into the sidecar shutdown sequence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pgsidecar::config::{Config, ConfigError, Overrides, PoolMode};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(name = "pgsidecar", version, about = "A Postgres proxy for sidecar deployment")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+    /// Validate a configuration offline and print the effective configuration (secrets masked).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also connect to every upstream and warn about unsafe roles.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Start a throwaway local PostgreSQL and run the proxy in front of it.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9930")]
+        metrics_listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The TOML configuration file.
+    #[arg(long, conflicts_with = "upstream", required_unless_present = "upstream")]
+    config: Option<PathBuf>,
+    /// Zero-config form: one upstream URL; clients log in with its user and password.
+    #[arg(long)]
+    upstream: Option<String>,
+    #[arg(long, env = "PGSIDECAR_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "PGSIDECAR_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "PGSIDECAR_POOL_SIZE")]
+    pool_size: Option<usize>,
+    #[arg(long, env = "PGSIDECAR_POOL_MODE", value_enum)]
+    pool_mode: Option<PoolMode>,
+}
+
+impl RunArgs {
+    fn load(&self) -> Result<Config, ConfigError> {
+        let overrides = Overrides {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            pool_size: self.pool_size,
+            pool_mode: self.pool_mode,
+        };
+        match (&self.config, &self.upstream) {
+            (Some(path), _) => Config::from_file(path, &overrides),
+            (None, Some(url)) => Config::from_upstream(url, &overrides),
+            (None, None) => unreachable!("clap requires --config or --upstream"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgsidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run(args) => match args.load() {
+            Ok(config) => runtime.block_on(run(config)),
+            Err(e) => {
+                eprintln!("pgsidecar: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { config, connect } => runtime.block_on(check(&config, connect)),
+        Command::Demo {
+            listen,
+            metrics_listen,
+        } => runtime.block_on(demo(listen, metrics_listen)),
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        eprintln!("pgsidecar: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let running = match pgsidecar::app::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgsidecar: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = running.app;
+    tokio::select! {
+        _ = term.recv() => {
+            let delay = app.config.shutdown_delay;
+            tracing::info!(?delay, "SIGTERM: still serving for shutdown_delay");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ = int.recv() => {}
+    }
+    tracing::info!(drain_timeout = ?app.config.drain_timeout, "draining: no new clients");
+    app.drain().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
+    let config = match Config::from_file(path, &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsidecar: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", config.describe());
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let mut ok = true;
+    for db in &config.databases {
+        match pgsidecar::pool::ServerConn::connect(0, &db.primary, Duration::from_secs(5)).await {
+            Ok(conn) => {
+                println!("# database {}: connected to {}", db.name, db.primary.masked());
+                if conn.params.iter().any(|(n, v)| n == "is_superuser" && v == "on") {
+                    println!(
+                        "# WARNING: upstream user {:?} is a superuser; Row-Level Security does not apply to it",
+                        db.primary.user
+                    );
+                }
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("pgsidecar: database {}: {e}", db.name);
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> ExitCode {
+    eprintln!("pgsidecar demo: starting a throwaway PostgreSQL…");
+    let pg = match tokio::task::spawn_blocking(|| {
+        let pg = pgsidecar::localpg::LocalPostgres::start("")?;
+        pg.create_user_and_database("app", "secret", "app")?;
+        pg.psql(
+            "app",
+            "SET ROLE app; CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance int); \
+             INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 1000) g;",
+        )?;
+        Ok::<_, pgsidecar::localpg::LocalPgError>(pg)
+    })
+    .await
+    {
+        Ok(Ok(pg)) => pg,
+        Ok(Err(e)) => {
+            eprintln!("pgsidecar demo: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("pgsidecar demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let overrides = Overrides {
+        listen: Some(listen),
+        metrics_listen: Some(metrics_listen),
+        pool_size: Some(10),
+        pool_mode: None,
+    };
+    let config = match Config::from_upstream(&pg.url("app", "secret", "app"), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsidecar demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("pgsidecar demo: PostgreSQL is on 127.0.0.1:{} (data in {})", pg.port, pg.dir.display());
+    eprintln!("pgsidecar demo: try  psql postgres://app:secret@{listen}/app -c 'select count(*) from accounts'");
+    eprintln!("pgsidecar demo: metrics on http://{metrics_listen}/metrics — Ctrl-C stops everything");
+    let code = run(config).await;
+    drop(pg);
+    code
+}

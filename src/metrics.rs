@@ -1,0 +1,201 @@
+//! One typed [`Metrics`] struct (prometheus crate) with label enums and RAII gauges.
+//!
+//! Labelled children are resolved once, when `Metrics` is built, so the hot path only touches
+//! atomics. Nothing here knows about sockets or SQL text.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Where a server connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// In the pool, waiting for a client.
+    Idle,
+    /// Checked out by a client (or by the sidecar's own work on it).
+    Active,
+}
+
+/// All metrics of one sidecar process.
+pub struct Metrics {
+    registry: Registry,
+    pub client_connections: IntGauge,
+    pub clients_waiting: IntGauge,
+    server_idle: IntGauge,
+    server_active: IntGauge,
+    pub server_connects: IntCounter,
+    pub checkout_wait: Histogram,
+    pub queries: IntCounter,
+    pub transactions: IntCounter,
+    pub query_duration: Histogram,
+    errors: IntCounterVec,
+    pub client_bytes_received: IntCounter,
+    pub client_bytes_sent: IntCounter,
+    pub upstream_up: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definition is valid");
+            registry.register(Box::new(g.clone())).expect("metric registers once");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition is valid");
+            registry.register(Box::new(c.clone())).expect("metric registers once");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("metric definition is valid");
+            registry.register(Box::new(h.clone())).expect("metric registers once");
+            h
+        };
+        let server_connections = IntGaugeVec::new(
+            Opts::new("pgsidecar_server_connections", "Upstream server connections by state"),
+            &["state"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(server_connections.clone()))
+            .expect("metric registers once");
+        let errors = IntCounterVec::new(
+            Opts::new("pgsidecar_errors_total", "Errors by kind"),
+            &["kind"],
+        )
+        .expect("metric definition is valid");
+        registry.register(Box::new(errors.clone())).expect("metric registers once");
+        let upstream_up = IntGaugeVec::new(
+            Opts::new(
+                "pgsidecar_upstream_up",
+                "1 when the last connection attempt to the upstream succeeded",
+            ),
+            &["database"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(upstream_up.clone()))
+            .expect("metric registers once");
+        let latency = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        Metrics {
+            client_connections: gauge("pgsidecar_client_connections", "Connected clients"),
+            clients_waiting: gauge(
+                "pgsidecar_clients_waiting",
+                "Client requests waiting for a server connection",
+            ),
+            server_idle: server_connections.with_label_values(&["idle"]),
+            server_active: server_connections.with_label_values(&["active"]),
+            server_connects: counter(
+                "pgsidecar_server_connects_total",
+                "Upstream server connections opened",
+            ),
+            checkout_wait: histogram(
+                "pgsidecar_checkout_wait_seconds",
+                "Time a request waited for a server connection",
+                latency.clone(),
+            ),
+            queries: counter(
+                "pgsidecar_queries_total",
+                "Queries forwarded (simple Query and extended Execute messages)",
+            ),
+            transactions: counter(
+                "pgsidecar_transactions_total",
+                "Transactions completed (explicit or implicit)",
+            ),
+            query_duration: histogram(
+                "pgsidecar_query_duration_seconds",
+                "Time from forwarding a request to its ReadyForQuery",
+                latency,
+            ),
+            errors,
+            client_bytes_received: counter(
+                "pgsidecar_client_bytes_received_total",
+                "Bytes received from clients",
+            ),
+            client_bytes_sent: counter(
+                "pgsidecar_client_bytes_sent_total",
+                "Bytes sent to clients",
+            ),
+            upstream_up,
+            registry,
+        }
+    }
+
+    /// Counts an error of a bounded kind (each module's `kind()`).
+    pub fn error(&self, kind: &'static str) {
+        self.errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The gauge of one server state.
+    pub fn server_state(&self, state: ServerState) -> &IntGauge {
+        match state {
+            ServerState::Idle => &self.server_idle,
+            ServerState::Active => &self.server_active,
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding in-memory metric families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Holds a gauge up by one while alive (a connected client, a waiting request).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` now and decrements it on drop.
+    pub fn new(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_required_names() {
+        let m = Metrics::new();
+        m.error("pool_timeout");
+        let _g = GaugeGuard::new(&m.client_connections);
+        m.server_state(ServerState::Idle).inc();
+        let text = m.render();
+        for name in [
+            "pgsidecar_client_connections 1",
+            "pgsidecar_server_connections{state=\"idle\"} 1",
+            "pgsidecar_checkout_wait_seconds_bucket",
+            "pgsidecar_queries_total",
+            "pgsidecar_transactions_total",
+            "pgsidecar_query_duration_seconds_bucket",
+            "pgsidecar_errors_total{kind=\"pool_timeout\"} 1",
+            "pgsidecar_client_bytes_received_total",
+            "pgsidecar_client_bytes_sent_total",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Upstream connections: one [`pool::Pool`] per (database, upstream user, target), each made of
+//! [`server::ServerConn`]s.
+
+#[allow(clippy::module_inception)]
+pub mod pool;
+pub mod server;
+
+pub use pool::{Checkout, CheckoutError, Pool};
+pub use server::{AppliedSettings, ServerConn, ServerError};

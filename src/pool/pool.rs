@@ -1,0 +1,310 @@
+//! One pool of server connections for one (database, upstream user, target).
+//!
+//! `size` bounds every server connection the pool opens, the sidecar's own work included.
+//! Requests wait in a bounded FIFO (tokio's fair semaphore) for at most `checkout_timeout`.
+//! A [`Checkout`] owns its connection and its permit: dropping it without `release` closes
+//! the connection, so an unclean connection can never slip back into the pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::server::{AppliedSettings, ServerConn, ServerError};
+use crate::config::{PoolConfig, UpstreamUrl};
+use crate::metrics::{GaugeGuard, Metrics, ServerState};
+
+/// How long the sidecar gives an upstream to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Distinct startup-setting combinations remembered per pool.
+const STARTUP_CACHE_LIMIT: usize = 256;
+
+/// Why no server connection was handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("no server connection available within {0:?}: the pool is exhausted")]
+    Timeout(Duration),
+    #[error("too many clients are already waiting for a server connection")]
+    QueueFull,
+    #[error(transparent)]
+    Connect(#[from] ServerError),
+}
+
+impl CheckoutError {
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckoutError::Timeout(_) => "pool_timeout",
+            CheckoutError::QueueFull => "pool_queue_full",
+            CheckoutError::Connect(e) => e.kind(),
+        }
+    }
+}
+
+/// The settings a client's startup packet asks for, and the ParameterStatus it should see.
+pub type Settings = BTreeMap<String, String>;
+
+/// A pool of server connections to one upstream.
+pub struct Pool {
+    /// The database name clients use (metric label, logs).
+    pub database: String,
+    url: UpstreamUrl,
+    config: PoolConfig,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    waiting: AtomicUsize,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// ParameterStatus a client with these startup settings sees, learned from the server.
+    startup_statuses: Mutex<HashMap<Settings, Arc<Vec<(String, String)>>>>,
+}
+
+impl Pool {
+    /// A pool with no connections yet; they are opened on demand.
+    pub fn new(database: String, url: UpstreamUrl, config: PoolConfig, metrics: Arc<Metrics>) -> Pool {
+        metrics.upstream_up.with_label_values(&[&database]).set(0);
+        Pool {
+            database,
+            url,
+            permits: Arc::new(Semaphore::new(config.size)),
+            config,
+            idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            metrics,
+            startup_statuses: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The upstream this pool connects to.
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.url
+    }
+
+    /// Waits (bounded, FIFO) for a server connection, opening one if none is idle.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        let started = Instant::now();
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(CheckoutError::QueueFull);
+                }
+                let _waiting = GaugeGuard::new(&self.metrics.clients_waiting);
+                let acquired = tokio::time::timeout(self.config.checkout_timeout, self.permits.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(Ok(p)) => p,
+                    // The semaphore is never closed; treat it like a timeout all the same.
+                    Ok(Err(_)) | Err(_) => return Err(CheckoutError::Timeout(self.config.checkout_timeout)),
+                }
+            }
+        };
+        self.metrics.checkout_wait.observe(started.elapsed().as_secs_f64());
+        let conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        self.metrics.server_state(ServerState::Active).inc();
+        Ok(Checkout {
+            conn: Some(conn),
+            _permit: permit,
+            pool: Arc::clone(self),
+        })
+    }
+
+    fn take_idle(&self) -> Option<ServerConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut conn) = idle.pop() {
+            self.metrics.server_state(ServerState::Idle).dec();
+            if conn.looks_idle() {
+                return Some(conn);
+            }
+            tracing::debug!(server = conn.id, "dropping idle server connection that went bad");
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<ServerConn, ServerError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let up = self.metrics.upstream_up.with_label_values(&[&self.database]);
+        match ServerConn::connect(id, &self.url, CONNECT_TIMEOUT).await {
+            Ok(conn) => {
+                self.metrics.server_connects.inc();
+                up.set(1);
+                tracing::debug!(server = id, database = %self.database, "opened server connection");
+                Ok(conn)
+            }
+            Err(e) => {
+                up.set(0);
+                self.metrics.error(e.kind());
+                tracing::warn!(database = %self.database, error = %e, "could not open server connection");
+                Err(e)
+            }
+        }
+    }
+
+    /// The ParameterStatus list a client with these startup settings should receive, checking
+    /// the settings against the server the first time a combination is seen.
+    pub async fn startup_statuses(self: &Arc<Self>, settings: &Settings) -> Result<Arc<Vec<(String, String)>>, CheckoutError> {
+        if let Some(found) = self.cache().get(settings) {
+            return Ok(Arc::clone(found));
+        }
+        let mut checkout = self.checkout().await?;
+        let conn = checkout.conn_mut();
+        let have = match &conn.applied {
+            AppliedSettings::Known(have) => have.clone(),
+            AppliedSettings::Unknown => Settings::new(),
+        };
+        if let Some(sql) = settings_sql(&have, settings) {
+            if let Err(e) = conn.run_internal(&sql).await {
+                // The statements ran in their own implicit transaction, which failed: the
+                // connection is sound but its settings are unknown, so it is closed.
+                conn.applied = AppliedSettings::Unknown;
+                return Err(CheckoutError::Connect(e));
+            }
+        }
+        conn.applied = AppliedSettings::Known(settings.clone());
+        let statuses = conn.params.clone();
+        checkout.release();
+        let statuses = Arc::new(statuses);
+        let mut cache = self.cache();
+        if cache.len() >= STARTUP_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(settings.clone(), Arc::clone(&statuses));
+        Ok(statuses)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Settings, Arc<Vec<(String, String)>>>> {
+        self.startup_statuses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn give_back(&self, conn: ServerConn) {
+        self.metrics.server_state(ServerState::Active).dec();
+        self.metrics.server_state(ServerState::Idle).inc();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn close_idle(&self) {
+        let drained: Vec<ServerConn> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        self.metrics.server_state(ServerState::Idle).sub(drained.len() as i64);
+    }
+}
+
+/// The SQL that moves a server connection from the settings it has to the client's `wanted`
+/// settings, or `None` when nothing differs. `set_config` has exactly the startup packet's
+/// semantics (a value is one string, not a list of identifiers).
+pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
+    let mut sql = String::new();
+    let mut sets = wanted.iter().filter(|(name, value)| have.get(*name) != Some(*value)).peekable();
+    if sets.peek().is_some() {
+        sql.push_str("SELECT ");
+        for (i, (name, value)) in sets.enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(name),
+                quote_literal(value)
+            ));
+        }
+        sql.push(';');
+    }
+    for name in have.keys().filter(|name| !wanted.contains_key(*name)) {
+        sql.push_str(&format!("RESET {};", quote_ident(name)));
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// A string literal that means the same whatever `standard_conforming_strings` is.
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A quoted identifier (`"a""b"`).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A server connection lent to one client (or to the sidecar's own work).
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<Pool>,
+}
+
+impl Checkout {
+    /// The connection.
+    pub fn conn_mut(&mut self) -> &mut ServerConn {
+        // `conn` is only taken by `release`/`drop`, which consume the checkout.
+        self.conn.as_mut().expect("checkout holds its connection until released")
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean, idle connection to the pool. A connection whose settings are unknown or
+    /// that still has unread bytes is closed instead.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            if conn.applied == AppliedSettings::Unknown || !conn.rbuf.is_empty() {
+                tracing::debug!(server = conn.id, "closing server connection in unknown state");
+                self.pool.metrics.server_state(ServerState::Active).dec();
+            } else {
+                self.pool.give_back(conn);
+            }
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            tracing::debug!(server = conn.id, "closing server connection");
+            self.pool.metrics.server_state(ServerState::Active).dec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn settings_sql_diffs() {
+        let have = settings(&[("a", "1"), ("b", "2")]);
+        assert_eq!(settings_sql(&have, &settings(&[("a", "1"), ("b", "2")])), None);
+        assert_eq!(
+            settings_sql(&have, &settings(&[("a", "1"), ("c", "x'y")])).unwrap(),
+            "SELECT pg_catalog.set_config(E'c', E'x''y', false);RESET \"b\";"
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

@@ -1,0 +1,318 @@
+//! One upstream server connection: connect, authenticate (SCRAM-SHA-256, md5, cleartext or
+//! trust, whatever the server asks), remember its startup ParameterStatus and BackendKeyData,
+//! and carry the client settings currently applied to it.
+//!
+//! It moves bytes; it never decides what a client may do. The startup exchange is decoded with
+//! postgres-protocol (small, bounded messages); after startup only headers are looked at.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamUrl;
+use crate::protocol::backend::{
+    parse_parameter_status, ErrorFields, ERROR_RESPONSE_TAG, PARAMETER_STATUS_TAG,
+    READY_FOR_QUERY_TAG,
+};
+use crate::protocol::frame::{try_frame, FrameError};
+
+/// Messages during startup are small; anything bigger is a broken or hostile upstream.
+const MAX_STARTUP_MESSAGE: usize = 1 << 20;
+
+/// What can go wrong with an upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to upstream {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to upstream {0}")]
+    ConnectTimeout(String),
+    #[error("upstream authentication failed: {0}")]
+    Auth(String),
+    #[error("upstream error {code}: {message}")]
+    Upstream { code: String, message: String },
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    #[error("upstream I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("upstream closed the connection")]
+    Closed,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl ServerError {
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerError::Connect { .. } => "upstream_connect",
+            ServerError::ConnectTimeout(_) => "upstream_connect_timeout",
+            ServerError::Auth(_) => "upstream_auth",
+            ServerError::Upstream { .. } => "upstream_error",
+            ServerError::Protocol(_) | ServerError::Frame(_) => "upstream_protocol",
+            ServerError::Io(_) | ServerError::Closed => "upstream_io",
+        }
+    }
+}
+
+/// The key a server process issued for cancelling its queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+/// What the sidecar knows about the session settings on a server connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedSettings {
+    /// Exactly these client settings (from `set_config`) are applied on top of the defaults.
+    Known(BTreeMap<String, String>),
+    /// Something ran that the sidecar could not follow; reset or discard before reuse.
+    Unknown,
+}
+
+/// One authenticated upstream connection, idle at a ReadyForQuery when not checked out.
+pub struct ServerConn {
+    pub id: u64,
+    stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub rbuf: BytesMut,
+    /// The latest ParameterStatus value the server reported for each parameter.
+    pub params: Vec<(String, String)>,
+    pub key: BackendKey,
+    pub applied: AppliedSettings,
+    pub created: Instant,
+}
+
+impl ServerConn {
+    /// Connects and authenticates as the URL's user, within `timeout`.
+    pub async fn connect(id: u64, url: &UpstreamUrl, timeout: Duration) -> Result<ServerConn, ServerError> {
+        let addr = format!("{}:{}", url.host, url.port);
+        match tokio::time::timeout(timeout, Self::connect_inner(id, url, &addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::ConnectTimeout(addr)),
+        }
+    }
+
+    async fn connect_inner(id: u64, url: &UpstreamUrl, addr: &str) -> Result<ServerConn, ServerError> {
+        let stream = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            id,
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            params: Vec::new(),
+            key: BackendKey {
+                process_id: 0,
+                secret_key: 0,
+            },
+            applied: AppliedSettings::Known(BTreeMap::new()),
+            created: Instant::now(),
+        };
+        conn.startup(url).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, url: &UpstreamUrl) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            [("user", url.user.as_str()), ("database", url.dbname.as_str())],
+            &mut out,
+        )?;
+        self.stream.write_all(&out).await?;
+        let password = url.password.as_deref().unwrap_or("").as_bytes();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let message = self.read_startup_message().await?;
+            out.clear();
+            match message {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    self.require_password(url)?;
+                    frontend::password_message(password, &mut out)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    self.require_password(url)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        url.user.as_bytes(),
+                        password,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    self.require_password(url)?;
+                    let mut mechanisms = body.mechanisms();
+                    let mut offered = false;
+                    while let Some(m) = mechanisms.next()? {
+                        offered |= m == "SCRAM-SHA-256";
+                    }
+                    if !offered {
+                        return Err(ServerError::Auth("server offers no supported SASL mechanism".into()));
+                    }
+                    let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ServerError::Protocol("unexpected SASLContinue".into()))?;
+                    s.update(body.data()).map_err(|e| ServerError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ServerError::Protocol("unexpected SASLFinal".into()))?;
+                    s.finish(body.data()).map_err(|e| ServerError::Auth(e.to_string()))?;
+                }
+                Message::ParameterStatus(body) => {
+                    self.params.push((body.name()?.to_owned(), body.value()?.to_owned()));
+                }
+                Message::BackendKeyData(body) => {
+                    self.key = BackendKey {
+                        process_id: body.process_id(),
+                        secret_key: body.secret_key(),
+                    };
+                }
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::ErrorResponse(body) => {
+                    let mut fields = body.fields();
+                    let (mut code, mut message) = (String::new(), String::new());
+                    while let Some(f) = fields.next()? {
+                        match f.type_() {
+                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    return Err(match code.as_str() {
+                        "28P01" | "28000" => ServerError::Auth(message),
+                        _ => ServerError::Upstream { code, message },
+                    });
+                }
+                Message::NoticeResponse(_) => {}
+                _ => return Err(ServerError::Protocol("unexpected message during startup".into())),
+            }
+            if !out.is_empty() {
+                self.stream.write_all(&out).await?;
+            }
+        }
+    }
+
+    fn require_password(&self, url: &UpstreamUrl) -> Result<(), ServerError> {
+        match url.password {
+            Some(_) => Ok(()),
+            None => Err(ServerError::Auth(format!(
+                "the server asks for a password but the upstream URL for user \"{}\" has none",
+                url.user
+            ))),
+        }
+    }
+
+    async fn read_startup_message(&mut self) -> Result<Message, ServerError> {
+        loop {
+            if let Some(header) = crate::protocol::frame::peek_header(&self.rbuf)? {
+                if header.frame_len > MAX_STARTUP_MESSAGE {
+                    return Err(ServerError::Protocol("oversized startup message".into()));
+                }
+            }
+            if let Some(message) = Message::parse(&mut self.rbuf)? {
+                return Ok(message);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads more bytes from the server into `rbuf`. Cancel-safe.
+    pub async fn read_more(&mut self) -> Result<usize, ServerError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 * 1024);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            return Err(ServerError::Closed);
+        }
+        Ok(n)
+    }
+
+    /// Writes bytes to the server.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// True when an idle connection shows no sign of trouble: nothing unread (a FATAL from an
+    /// administrator's `pg_terminate_backend`, for one) and not closed by the peer.
+    pub fn looks_idle(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub fn note_parameter(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => value.clone_into(&mut slot.1),
+            None => self.params.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
+    /// Runs one simple query outside any client's view and waits for its ReadyForQuery,
+    /// recording the ParameterStatus messages it caused; an ErrorResponse becomes `Upstream`.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.write_all(&out).await?;
+        let mut error = None;
+        loop {
+            let Some(frame) = try_frame(&mut self.rbuf, MAX_STARTUP_MESSAGE)? else {
+                self.read_more().await?;
+                continue;
+            };
+            match frame.tag() {
+                PARAMETER_STATUS_TAG => {
+                    if let Some((name, value)) = parse_parameter_status(frame.body()) {
+                        self.note_parameter(name, value);
+                    }
+                }
+                ERROR_RESPONSE_TAG => {
+                    let fields = ErrorFields::parse(frame.body());
+                    error.get_or_insert(ServerError::Upstream {
+                        code: fields.code,
+                        message: fields.message,
+                    });
+                }
+                READY_FOR_QUERY_TAG => {
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Consumes `n` handled bytes from the read buffer.
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.advance(n);
+    }
+}

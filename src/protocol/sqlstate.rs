@@ -1,0 +1,37 @@
+//! The SQLSTATE codes pgsidecar itself emits (Postgres `errcodes.txt`).
+//!
+//! Codes the upstream server sends are forwarded untouched and never pass through here.
+
+/// A five-character SQLSTATE code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(pub &'static str);
+
+impl SqlState {
+    /// 08006: the upstream connection failed or could not be made.
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    /// 08P01: the client broke the protocol.
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    /// 0A000: something the sidecar does not support.
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// 28000: the client may not log in this way.
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
+    /// 28P01: wrong password or unknown user (deliberately indistinguishable).
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    /// 3D000: the client asked for a database the sidecar does not serve.
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    /// 53300: the pool had no server connection within `checkout_timeout`.
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    /// 57P01: the sidecar is shutting down.
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// 57P03: the upstream cannot take connections right now.
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    /// 57014: a statement or a login was cancelled (also Postgres's login timeout code).
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    /// XX000: a bug in the sidecar.
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+
+    /// The five characters.
+    pub fn code(self) -> &'static str {
+        self.0
+    }
+}

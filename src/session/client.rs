@@ -1,0 +1,90 @@
+//! The client socket with its read and write buffers: framed reads bounded by
+//! `max_message_size`, buffered writes, byte counters. No protocol decisions here.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::frame::{try_frame, Frame, FrameError};
+
+/// What can go wrong reading from or writing to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientIoError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A client connection after startup: any byte stream (plain TCP now, TLS later).
+pub struct ClientConn<S> {
+    stream: S,
+    rbuf: BytesMut,
+    /// Replies gathered for the client, written by [`ClientConn::flush`].
+    pub wbuf: BytesMut,
+    max_message_size: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
+    /// Wraps a stream; `leftover` holds bytes already read past the startup packet.
+    pub fn new(stream: S, leftover: BytesMut, max_message_size: usize) -> ClientConn<S> {
+        ClientConn {
+            stream,
+            rbuf: leftover,
+            wbuf: BytesMut::with_capacity(8192),
+            max_message_size,
+        }
+    }
+
+    /// A whole frame if one is already buffered, without reading.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        try_frame(&mut self.rbuf, self.max_message_size)
+    }
+
+    /// Reads until one whole frame is buffered and returns it.
+    /// Cancel-safe: a frame is never half consumed.
+    pub async fn read_frame(&mut self) -> Result<Frame, ClientIoError> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Closed` on EOF. Cancel-safe.
+    pub async fn fill(&mut self) -> Result<usize, ClientIoError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(8192);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            return Err(ClientIoError::Closed);
+        }
+        Ok(n)
+    }
+
+    /// Writes everything gathered in `wbuf`.
+    pub async fn flush(&mut self) -> Result<usize, ClientIoError> {
+        let n = self.wbuf.len();
+        if n > 0 {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(n)
+    }
+
+    /// Writes a chunk directly (large forwarded data), after anything already gathered.
+    pub async fn write_through(&mut self, bytes: &[u8]) -> Result<(), ClientIoError> {
+        self.flush().await?;
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Flushes and shuts the write side down; errors are irrelevant at this point.
+    pub async fn close(mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -1,0 +1,165 @@
+//! One client connection, as typed phases: [`handshake`] → [`auth`] → startup reply → [`relay`].
+//!
+//! Each phase returns what the next one needs. Errors meant for the client become an
+//! ErrorResponse with a real SQLSTATE; everything else is logged and counted by `kind()`.
+
+pub mod auth;
+pub mod client;
+pub mod handshake;
+pub mod relay;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::metrics::GaugeGuard;
+use crate::pool::CheckoutError;
+use crate::protocol::backend::{self, ErrorReport, TransactionStatus};
+use crate::protocol::sqlstate::SqlState;
+use client::ClientConn;
+use handshake::Handshake;
+
+/// A client that has not finished startup and authentication by then is dropped
+/// (Postgres's `authentication_timeout` default).
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one accepted client connection to its end.
+pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
+    let _connected = GaugeGuard::new(&app.metrics.client_connections);
+    let _ = stream.set_nodelay(true);
+    let mut leftover = BytesMut::new();
+    let outcome = tokio::time::timeout(LOGIN_TIMEOUT, handshake::handshake(&mut stream, &mut leftover)).await;
+    let startup = match outcome {
+        Ok(Ok(Handshake::Startup(startup))) => startup,
+        Ok(Ok(Handshake::Cancel {
+            process_id,
+            secret_key,
+        })) => {
+            app.cancel(process_id, secret_key).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            app.metrics.error(e.kind());
+            if e.reportable() {
+                tracing::debug!(error = %e, "refused client startup");
+                let mut buf = BytesMut::new();
+                ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()).write(&mut buf);
+                let _ = stream.write_all(&buf).await;
+            }
+            return;
+        }
+        Err(_) => {
+            app.metrics.error("login_timeout");
+            let mut buf = BytesMut::new();
+            ErrorReport::fatal(SqlState::QUERY_CANCELED, "canceling authentication due to timeout").write(&mut buf);
+            let _ = stream.write_all(&buf).await;
+            return;
+        }
+    };
+    let mut client = ClientConn::new(stream, leftover, app.config.max_message_size);
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&app, &mut client, &startup)).await;
+    let session = match login {
+        Ok(Ok(session)) => session,
+        Ok(Err(report)) => {
+            if let Some(report) = report {
+                report.write(&mut client.wbuf);
+            }
+            client.close().await;
+            return;
+        }
+        Err(_) => {
+            app.metrics.error("login_timeout");
+            ErrorReport::fatal(SqlState::QUERY_CANCELED, "canceling authentication due to timeout").write(&mut client.wbuf);
+            client.close().await;
+            return;
+        }
+    };
+    tracing::debug!(user = %startup.user, database = %startup.database, "client logged in");
+    relay::Relay::new(app, client, session).run().await;
+}
+
+/// What login establishes for the relay: the pool, the client's settings, its issued key.
+pub struct SessionInfo {
+    pub pool: Arc<crate::pool::Pool>,
+    pub settings: BTreeMap<String, String>,
+    pub key: crate::app::IssuedKey,
+}
+
+/// Authenticates, checks the database, and sends the startup reply. `Err(Some(report))` is
+/// the FATAL to send before closing; `Err(None)` means the client is already gone.
+async fn login(
+    app: &Arc<App>,
+    client: &mut ClientConn<TcpStream>,
+    startup: &crate::protocol::startup::StartupMessage,
+) -> Result<SessionInfo, Option<ErrorReport>> {
+    if startup.params.iter().any(|(name, _)| name == "replication") {
+        return Err(Some(ErrorReport::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by pgsidecar",
+        )));
+    }
+    if let Err(e) = auth::authenticate(client, &startup.user, app.user(&startup.user), app.mock_key(), app.rng()).await {
+        app.metrics.error(e.kind());
+        tracing::info!(user = %startup.user, reason = e.kind(), "client authentication failed");
+        return Err(e.report());
+    }
+    let Some(pool) = app.pool(&startup.database) else {
+        app.metrics.error("unknown_database");
+        return Err(Some(ErrorReport::fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", startup.database),
+        )));
+    };
+    let settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
+    let statuses = match pool.startup_statuses(&settings).await {
+        Ok(s) => s,
+        Err(e) => {
+            app.metrics.error(e.kind());
+            return Err(Some(startup_failure(&e)));
+        }
+    };
+    let key = app.issue_key();
+    auth::write_ok(&mut client.wbuf);
+    for (name, value) in statuses.iter() {
+        backend::parameter_status(&mut client.wbuf, name, value);
+    }
+    backend::backend_key_data(&mut client.wbuf, key.process_id(), key.secret_key());
+    backend::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+    if client.flush().await.is_err() {
+        return Err(None);
+    }
+    Ok(SessionInfo {
+        pool: Arc::clone(pool),
+        settings,
+        key,
+    })
+}
+
+/// The FATAL for a login that could not get its settings checked upstream.
+fn startup_failure(e: &CheckoutError) -> ErrorReport {
+    match e {
+        CheckoutError::Connect(crate::pool::ServerError::Upstream { code, message }) => {
+            // The server refused one of the client's startup settings: say so as Postgres would.
+            ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, message.clone()).with_code_text(code)
+        }
+        other => checkout_report(other, backend::Severity::Fatal),
+    }
+}
+
+/// The error a client gets when no server connection could be had.
+pub fn checkout_report(e: &CheckoutError, severity: backend::Severity) -> ErrorReport {
+    let code = match e {
+        CheckoutError::Timeout(_) | CheckoutError::QueueFull => SqlState::TOO_MANY_CONNECTIONS,
+        CheckoutError::Connect(_) => SqlState::CONNECTION_FAILURE,
+    };
+    let message = match e {
+        CheckoutError::Connect(_) => "could not connect to the upstream server".to_owned(),
+        other => other.to_string(),
+    };
+    ErrorReport::new(severity, code, message)
+}
