@@ -149,7 +149,7 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
     }
     let mut ok = true;
     for db in &config.databases {
-        match pgsidecar::pool::ServerConn::connect(0, &db.primary, Duration::from_secs(5)).await {
+        match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], Duration::from_secs(5)).await {
             Ok(conn) => {
                 println!("# database {}: connected to {}", db.name, db.primary.masked());
                 if conn.params.iter().any(|(n, v)| n == "is_superuser" && v == "on") {

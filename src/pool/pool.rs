@@ -131,7 +131,7 @@ impl Pool {
     async fn connect(&self) -> Result<ServerConn, ServerError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let up = self.metrics.upstream_up.with_label_values(&[&self.database]);
-        match ServerConn::connect(id, &self.url, CONNECT_TIMEOUT).await {
+        match ServerConn::connect(id, &self.url, &[], CONNECT_TIMEOUT).await {
             Ok(conn) => {
                 self.metrics.server_connects.inc();
                 up.set(1);

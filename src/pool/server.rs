@@ -57,6 +57,7 @@ impl ServerError {
             ServerError::Connect { .. } => "upstream_connect",
             ServerError::ConnectTimeout(_) => "upstream_connect_timeout",
             ServerError::Auth(_) => "upstream_auth",
+            ServerError::Upstream { code, .. } if code.starts_with("28") => "upstream_auth",
             ServerError::Upstream { .. } => "upstream_error",
             ServerError::Protocol(_) | ServerError::Frame(_) => "upstream_protocol",
             ServerError::Io(_) | ServerError::Closed => "upstream_io",
@@ -94,16 +95,27 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Connects and authenticates as the URL's user, within `timeout`.
-    pub async fn connect(id: u64, url: &UpstreamUrl, timeout: Duration) -> Result<ServerConn, ServerError> {
+    /// Connects and authenticates as the URL's user, within `timeout`. `params` are extra
+    /// startup parameters (the sidecar sends none; tests use it as a raw protocol client).
+    pub async fn connect(
+        id: u64,
+        url: &UpstreamUrl,
+        params: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
         let addr = format!("{}:{}", url.host, url.port);
-        match tokio::time::timeout(timeout, Self::connect_inner(id, url, &addr)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(id, url, params, &addr)).await {
             Ok(result) => result,
             Err(_) => Err(ServerError::ConnectTimeout(addr)),
         }
     }
 
-    async fn connect_inner(id: u64, url: &UpstreamUrl, addr: &str) -> Result<ServerConn, ServerError> {
+    async fn connect_inner(
+        id: u64,
+        url: &UpstreamUrl,
+        params: &[(&str, &str)],
+        addr: &str,
+    ) -> Result<ServerConn, ServerError> {
         let stream = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(|source| ServerError::Connect {
@@ -123,16 +135,14 @@ impl ServerConn {
             applied: AppliedSettings::Known(BTreeMap::new()),
             created: Instant::now(),
         };
-        conn.startup(url).await?;
+        conn.startup(url, params).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, url: &UpstreamUrl) -> Result<(), ServerError> {
+    async fn startup(&mut self, url: &UpstreamUrl, params: &[(&str, &str)]) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
-        frontend::startup_message(
-            [("user", url.user.as_str()), ("database", url.dbname.as_str())],
-            &mut out,
-        )?;
+        let login = [("user", url.user.as_str()), ("database", url.dbname.as_str())];
+        frontend::startup_message(login.iter().chain(params).copied(), &mut out)?;
         self.stream.write_all(&out).await?;
         let password = url.password.as_deref().unwrap_or("").as_bytes();
         let mut scram: Option<ScramSha256> = None;
@@ -201,10 +211,7 @@ impl ServerConn {
                             _ => {}
                         }
                     }
-                    return Err(match code.as_str() {
-                        "28P01" | "28000" => ServerError::Auth(message),
-                        _ => ServerError::Upstream { code, message },
-                    });
+                    return Err(ServerError::Upstream { code, message });
                 }
                 Message::NoticeResponse(_) => {}
                 _ => return Err(ServerError::Protocol("unexpected message during startup".into())),

@@ -1,0 +1,160 @@
+//! The integration-test harness shared by every test binary: one real PostgreSQL server per
+//! test binary (started on first use, stopped when the binary exits), fresh roles and databases
+//! per test, an in-process sidecar on free loopback ports, and real clients (tokio-postgres,
+//! psql, pgbench, a raw protocol client).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgsidecar::app::Running;
+use pgsidecar::config::{Config, Overrides, UpstreamUrl};
+use pgsidecar::localpg::LocalPostgres;
+use pgsidecar::pool::ServerConn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::NoTls;
+
+pub const PASSWORD: &str = "secret";
+
+static PG: OnceLock<LocalPostgres> = OnceLock::new();
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The test binary's PostgreSQL server.
+pub fn pg() -> &'static LocalPostgres {
+    PG.get_or_init(|| LocalPostgres::start("").expect("start a local PostgreSQL server"))
+}
+
+/// A role (password [`PASSWORD`]) and a database it owns, both new, named after `prefix`.
+pub fn fresh_user(prefix: &str) -> String {
+    let name = format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    pg().create_user_and_database(&name, PASSWORD, &name)
+        .expect("create role and database");
+    name
+}
+
+/// TOML for a sidecar on free ports with one database and one SCRAM user named `name`, where
+/// the upstream role, the client user and the database all share that name.
+pub fn base_toml(name: &str, pool: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+drain_timeout = "2s"
+
+[pool]
+{pool}
+
+[[database]]
+name = "{name}"
+primary = "{url}"
+
+[[user]]
+name = "{name}"
+password = "{PASSWORD}"
+"#,
+        url = pg().url(name, PASSWORD, name)
+    )
+}
+
+/// Starts an in-process sidecar with this configuration.
+pub async fn start(toml: &str) -> Running {
+    let config = Config::from_toml(toml, &Overrides::default()).expect("valid test config");
+    pgsidecar::app::start(config).await.expect("sidecar starts")
+}
+
+/// A tokio-postgres client through `addr`.
+pub async fn connect(addr: SocketAddr, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(10))
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A tokio-postgres client straight to the test server, as the superuser.
+pub async fn connect_direct_superuser(db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(&pg().dir)
+        .port(pg().port)
+        .user("postgres")
+        .dbname(db)
+        .connect(NoTls)
+        .await
+        .expect("superuser connects over the Unix socket");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Backends of `user` as Postgres sees them.
+pub async fn backends_of(admin: &tokio_postgres::Client, user: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'",
+            &[&user],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or sidecar) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+/// A raw protocol client through `addr`, with extra startup parameters.
+pub async fn raw_connect(addr: SocketAddr, user: &str, password: &str, db: &str, params: &[(&str, &str)]) -> Result<ServerConn, pgsidecar::pool::ServerError> {
+    let url = UpstreamUrl::parse(&format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", addr.port())).expect("url");
+    ServerConn::connect(0, &url, params, Duration::from_secs(10)).await
+}
+
+/// `GET path` on the metrics listener: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics listener");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Runs a PostgreSQL client program (psql, pgbench) from the server's bin directory.
+pub async fn run_pg_program(program: &str, args: &[&str], password: &str) -> Output {
+    tokio::process::Command::new(pg().bin_dir().join(program))
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// A value of one metric line (`name` may include labels) from the /metrics text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
