@@ -178,7 +178,11 @@ async fn disconnect_mid_transaction_leaves_nothing_open() {
         // The single server connection must come back clean: the next client can use it and
         // no row of the abandoned transaction is visible.
         let next = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-        let n: i64 = next.query_typed("SELECT count(*) FROM v", &[]).await.unwrap()[0].get(0);
+        let n: i64 = next
+            .query_typed("SELECT count(*) FROM v", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"))[0]
+            .get(0);
         assert_eq!(n, 0, "{case}: abandoned transaction must be rolled back");
         let status: String = next
             .query_typed("SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])

@@ -24,6 +24,7 @@ use crate::pool::server::AppliedSettings;
 use crate::pool::{Checkout, ServerError};
 use crate::protocol::backend::{
     self, parse_parameter_status, ErrorFields, ErrorReport, Severity, TransactionStatus,
+    COPY_IN_RESPONSE_TAG,
     ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG, NOTIFICATION_RESPONSE_TAG, PARAMETER_STATUS_TAG,
     READY_FOR_QUERY_TAG,
 };
@@ -92,13 +93,47 @@ enum Reply {
     Swallow,
 }
 
+/// What a ReadyForQuery answers.
+#[derive(Debug)]
+enum Source {
+    /// Statements the sidecar injected.
+    Sidecar,
+    /// A client's simple Query (or FunctionCall).
+    Query { sent: Instant },
+    /// A client's Sync, closing this batch.
+    Sync(Batch),
+}
+
 /// One ReadyForQuery the client's connection is waiting for.
 #[derive(Debug)]
 struct Expect {
-    reply: Reply,
+    source: Source,
+}
+
+impl Expect {
+    fn reply(&self) -> Reply {
+        match self.source {
+            Source::Sidecar => Reply::Swallow,
+            Source::Query { .. } | Source::Sync(_) => Reply::Forward,
+        }
+    }
+
     /// Statements in the request (a Query counts one, a batch counts its Executes).
-    statements: u32,
-    sent: Instant,
+    fn statements(&self) -> u32 {
+        match &self.source {
+            Source::Sidecar => 0,
+            Source::Query { .. } => 1,
+            Source::Sync(batch) => batch.executes,
+        }
+    }
+
+    fn sent(&self) -> Option<Instant> {
+        match &self.source {
+            Source::Sidecar => None,
+            Source::Query { sent } => Some(*sent),
+            Source::Sync(batch) => Some(batch.started),
+        }
+    }
 }
 
 /// Extended-protocol messages sent since the last Sync.
@@ -106,6 +141,10 @@ struct Expect {
 struct Batch {
     executes: u32,
     started: Instant,
+    /// The client's CopyDone/CopyFail count when the batch began.
+    copy_ends_at_start: u64,
+    /// The server answered an Execute of this batch with CopyInResponse.
+    copy_in: bool,
 }
 
 /// The rest of a backend message that is being streamed through.
@@ -124,9 +163,43 @@ struct Attachment {
     /// Complete frames for the server not yet written.
     wbuf: BytesMut,
     passthrough: Option<Passthrough>,
+    /// CopyDone and CopyFail messages the client has sent on this attachment.
+    copy_ends: u64,
+}
+
+impl Batch {
+    fn new(started: Instant, copy_ends: u64) -> Batch {
+        Batch {
+            executes: 0,
+            started,
+            copy_ends_at_start: copy_ends,
+            copy_in: false,
+        }
+    }
 }
 
 impl Attachment {
+    /// The server entered COPY FROM STDIN for the request it is working on. In an extended
+    /// batch, a Sync the client sent before ending the COPY is ignored by the server, so the
+    /// batch stays open until the client's next Sync.
+    fn note_copy_in(&mut self) {
+        let ignored_sync = matches!(
+            self.expect.front(),
+            Some(Expect { source: Source::Sync(b) }) if b.copy_ends_at_start == self.copy_ends
+        );
+        if ignored_sync {
+            if let Some(Expect {
+                source: Source::Sync(mut batch),
+            }) = self.expect.pop_front()
+            {
+                batch.copy_in = true;
+                self.batch = Some(batch);
+            }
+        } else if let (true, Some(batch)) = (self.expect.is_empty(), self.batch.as_mut()) {
+            batch.copy_in = true;
+        }
+    }
+
     /// Nothing in flight, not in a transaction: the connection can go back to the pool.
     fn is_quiet(&self) -> bool {
         self.expect.is_empty()
@@ -268,6 +341,9 @@ impl Relay {
             MessageRole::Copy => {
                 // Outside COPY these are ignored, as Postgres ignores them after a failed COPY.
                 if let Phase::Attached(att) = &mut self.phase {
+                    if frame.tag() != frontend::COPY_DATA_TAG {
+                        att.copy_ends += 1;
+                    }
                     att.wbuf.extend_from_slice(frame.as_bytes());
                     if att.wbuf.len() >= SERVER_WRITE_CHUNK {
                         write_server(att).await?;
@@ -308,28 +384,27 @@ impl Relay {
             MessageRole::Request => {
                 self.app.metrics.queries.inc();
                 att.expect.push_back(Expect {
-                    reply: Reply::Forward,
-                    statements: 1,
-                    sent: now,
+                    source: Source::Query { sent: now },
                 });
             }
             MessageRole::Extended => {
-                let batch = att.batch.get_or_insert(Batch {
-                    executes: 0,
-                    started: now,
-                });
+                let copy_ends = att.copy_ends;
+                let batch = att.batch.get_or_insert_with(|| Batch::new(now, copy_ends));
                 if frame.tag() == frontend::EXECUTE_TAG {
                     batch.executes += 1;
                     self.app.metrics.queries.inc();
                 }
             }
             MessageRole::Sync => {
-                let batch = att.batch.take();
-                att.expect.push_back(Expect {
-                    reply: Reply::Forward,
-                    statements: batch.as_ref().map_or(0, |b| b.executes),
-                    sent: batch.map_or(now, |b| b.started),
-                });
+                let batch = att.batch.take().unwrap_or_else(|| Batch::new(now, att.copy_ends));
+                if batch.copy_in && batch.copy_ends_at_start == att.copy_ends {
+                    // The server is in COPY FROM STDIN and ignores this Sync: no ReadyForQuery.
+                    att.batch = Some(batch);
+                } else {
+                    att.expect.push_back(Expect {
+                        source: Source::Sync(batch),
+                    });
+                }
             }
             MessageRole::Flush | MessageRole::Copy | MessageRole::Terminate | MessageRole::Unknown => {}
         }
@@ -362,6 +437,7 @@ impl Relay {
             status: TransactionStatus::Idle,
             wbuf: BytesMut::new(),
             passthrough: None,
+            copy_ends: 0,
         };
         let conn = att.server.conn_mut();
         let have = match &conn.applied {
@@ -372,9 +448,7 @@ impl Relay {
         if let Some(sql) = have.and_then(|have| settings_sql(have, &self.info.settings)) {
             append_query(&mut att.wbuf, &sql);
             att.expect.push_back(Expect {
-                reply: Reply::Swallow,
-                statements: 0,
-                sent: Instant::now(),
+                source: Source::Sidecar,
             });
             conn.applied = AppliedSettings::Known(self.info.settings.clone());
         }
@@ -411,7 +485,11 @@ impl Relay {
             let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)? else {
                 break;
             };
-            let reply = att.expect.front().map_or(Reply::Forward, |e| e.reply);
+            if header.tag == COPY_IN_RESPONSE_TAG {
+                att.note_copy_in();
+            }
+            let conn = att.server.conn_mut();
+            let reply = att.expect.front().map_or(Reply::Forward, Expect::reply);
             let inspected = matches!(
                 header.tag,
                 READY_FOR_QUERY_TAG | PARAMETER_STATUS_TAG | ERROR_RESPONSE_TAG | NOTICE_RESPONSE_TAG
@@ -446,12 +524,12 @@ impl Relay {
                     })?;
                     att.status = status;
                     if let Some(done) = att.expect.pop_front() {
-                        reply = done.reply;
-                        if done.reply == Reply::Forward {
-                            metrics.query_duration.observe(done.sent.elapsed().as_secs_f64());
-                            if done.statements > 0 && status == TransactionStatus::Idle {
-                                metrics.transactions.inc();
-                            }
+                        reply = done.reply();
+                        if let Some(sent) = done.sent() {
+                            metrics.query_duration.observe(sent.elapsed().as_secs_f64());
+                        }
+                        if done.statements() > 0 && status == TransactionStatus::Idle {
+                            metrics.transactions.inc();
                         }
                     }
                 }
@@ -593,6 +671,7 @@ async fn clean(att: &mut Attachment, mode: PoolMode) -> Result<(), RelayError> {
             conn.read_more().await?;
             continue;
         };
+        tracing::debug!(tag = %char::from(header.tag), expected, "cleanup reply");
         if header.tag == READY_FOR_QUERY_TAG {
             if conn.rbuf.len() < header.frame_len {
                 conn.read_more().await?;

@@ -59,8 +59,12 @@ password = "{PASSWORD}"
     )
 }
 
-/// Starts an in-process sidecar with this configuration.
+/// Starts an in-process sidecar with this configuration (logs follow `RUST_LOG`).
 pub async fn start(toml: &str) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let config = Config::from_toml(toml, &Overrides::default()).expect("valid test config");
     pgsidecar::app::start(config).await.expect("sidecar starts")
 }
