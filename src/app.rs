@@ -99,18 +99,27 @@ impl App {
         let rng = SystemRandom::new();
         let mut users = HashMap::new();
         for user in &config.users {
-            users.insert(user.name.clone(), UserAuth::prepare(user, &rng).map_err(AppError::User)?);
+            users.insert(
+                user.name.clone(),
+                UserAuth::prepare(user, &rng).map_err(AppError::User)?,
+            );
         }
         let pools = config
             .databases
             .iter()
             .map(|db| {
-                let pool = Pool::new(db.name.clone(), db.primary.clone(), config.pool.clone(), Arc::clone(&metrics));
+                let pool = Pool::new(
+                    db.name.clone(),
+                    db.primary.clone(),
+                    config.pool.clone(),
+                    Arc::clone(&metrics),
+                );
                 (db.name.clone(), Arc::new(pool))
             })
             .collect();
         let mut mock_key = [0u8; 32];
-        rng.fill(&mut mock_key).map_err(|_| AppError::User("no randomness available".into()))?;
+        rng.fill(&mut mock_key)
+            .map_err(|_| AppError::User("no randomness available".into()))?;
         Ok(Arc::new(App {
             config,
             metrics,
@@ -186,7 +195,11 @@ impl App {
             return;
         };
         let mut packet = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(target.key.process_id, target.key.secret_key, &mut packet);
+        postgres_protocol::message::frontend::cancel_request(
+            target.key.process_id,
+            target.key.secret_key,
+            &mut packet,
+        );
         match TcpStream::connect((target.host.as_str(), target.port)).await {
             Ok(mut stream) => {
                 let _ = stream.write_all(&packet).await;
@@ -221,7 +234,10 @@ impl App {
     pub async fn drain(&self) {
         self.draining.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.config.drain_timeout, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.config.drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
             self.terminate.cancel();
             self.tracker.wait().await;
         }
@@ -243,18 +259,29 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let listen = config.listen;
     let metrics_listen = config.metrics_listen;
     let app = App::new(config)?;
-    let listener = TcpListener::bind(listen).await.map_err(|source| AppError::Bind { addr: listen, source })?;
-    let metrics_listener = TcpListener::bind(metrics_listen)
+    let listener = TcpListener::bind(listen)
         .await
+        .map_err(|source| AppError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let metrics_listener =
+        TcpListener::bind(metrics_listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: metrics_listen,
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
         .map_err(|source| AppError::Bind {
             addr: metrics_listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: listen, source })?;
-    let metrics_addr = metrics_listener.local_addr().map_err(|source| AppError::Bind {
-        addr: metrics_listen,
-        source,
-    })?;
     tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
     tokio::spawn(Arc::clone(&app).serve(listener));
     tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");

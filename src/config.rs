@@ -117,7 +117,10 @@ impl UpstreamUrl {
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             return Err(err(&format!(
                 "URL parameters are not supported yet ({})",
-                q.split('&').map(|p| p.split('=').next().unwrap_or("")).collect::<Vec<_>>().join(", ")
+                q.split('&')
+                    .map(|p| p.split('=').next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -131,7 +134,8 @@ impl UpstreamUrl {
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (
                 h,
-                p.parse::<u16>().map_err(|_| err("the port is not a number"))?,
+                p.parse::<u16>()
+                    .map_err(|_| err("the port is not a number"))?,
             ),
             None => (hostport, 5432),
         };
@@ -390,13 +394,18 @@ impl FileConfig {
         if self.tenancy.is_some() {
             return Err(ConfigError::Unsupported("tenancy"));
         }
-        let addr = |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+        let addr = |key: &str,
+                    v: Option<String>,
+                    default: &str|
+         -> Result<SocketAddr, ConfigError> {
             let v = v.unwrap_or_else(|| default.to_owned());
-            v.parse()
-                .map_err(|_| ConfigError::invalid(key, format!("{v:?} is not an address like 127.0.0.1:6432")))
+            v.parse().map_err(|_| {
+                ConfigError::invalid(key, format!("{v:?} is not an address like 127.0.0.1:6432"))
+            })
         };
         let duration = |key: &str, v: Option<String>, default: &str| {
-            parse_duration(v.as_deref().unwrap_or(default)).map_err(|r| ConfigError::invalid(key, r))
+            parse_duration(v.as_deref().unwrap_or(default))
+                .map_err(|r| ConfigError::invalid(key, r))
         };
         let listen = match o.listen {
             Some(a) => a,
@@ -404,15 +413,25 @@ impl FileConfig {
         };
         let metrics_listen = match o.metrics_listen {
             Some(a) => a,
-            None => addr("metrics_listen", self.metrics_listen, DEFAULT_METRICS_LISTEN)?,
+            None => addr(
+                "metrics_listen",
+                self.metrics_listen,
+                DEFAULT_METRICS_LISTEN,
+            )?,
         };
         let max_message_size = parse_size(self.max_message_size.as_deref().unwrap_or("64MiB"))
             .map_err(|r| ConfigError::invalid("max_message_size", r))?;
         if max_message_size < 1024 {
-            return Err(ConfigError::invalid("max_message_size", "must be at least 1KiB"));
+            return Err(ConfigError::invalid(
+                "max_message_size",
+                "must be at least 1KiB",
+            ));
         }
         let pool = PoolConfig {
-            mode: o.pool_mode.or(self.pool.mode).unwrap_or(PoolMode::Transaction),
+            mode: o
+                .pool_mode
+                .or(self.pool.mode)
+                .unwrap_or(PoolMode::Transaction),
             size: o.pool_size.or(self.pool.size).unwrap_or(20),
             checkout_timeout: duration("pool.checkout_timeout", self.pool.checkout_timeout, "5s")?,
             max_waiting: self.pool.max_waiting.unwrap_or(10_000),
@@ -421,13 +440,19 @@ impl FileConfig {
             return Err(ConfigError::invalid("pool.size", "must be at least 1"));
         }
         if self.database.is_empty() {
-            return Err(ConfigError::invalid("database", "at least one [[database]] is required"));
+            return Err(ConfigError::invalid(
+                "database",
+                "at least one [[database]] is required",
+            ));
         }
         let mut names = HashSet::new();
         let mut databases = Vec::new();
         for db in self.database {
             if !names.insert(db.name.clone()) {
-                return Err(ConfigError::invalid("database.name", format!("{:?} appears twice", db.name)));
+                return Err(ConfigError::invalid(
+                    "database.name",
+                    format!("{:?} appears twice", db.name),
+                ));
             }
             if !db.replicas.is_empty() {
                 return Err(ConfigError::invalid(
@@ -444,14 +469,20 @@ impl FileConfig {
         let mut users = Vec::new();
         for u in self.user {
             if !names.insert(u.name.clone()) {
-                return Err(ConfigError::invalid("user.name", format!("{:?} appears twice", u.name)));
+                return Err(ConfigError::invalid(
+                    "user.name",
+                    format!("{:?} appears twice", u.name),
+                ));
             }
             let auth = u.auth.unwrap_or(AuthMethod::ScramSha256);
             let secret = match (u.password, u.scram_verifier) {
                 (Some(_), Some(_)) => {
                     return Err(ConfigError::invalid(
                         "user",
-                        format!("user {:?}: give password or scram_verifier, not both", u.name),
+                        format!(
+                            "user {:?}: give password or scram_verifier, not both",
+                            u.name
+                        ),
                     ))
                 }
                 (Some(p), None) => UserSecret::Password(p),
@@ -460,12 +491,18 @@ impl FileConfig {
             };
             match (auth, &secret) {
                 (AuthMethod::Trust, _) => {}
-                (AuthMethod::ScramSha256, UserSecret::Password(_) | UserSecret::ScramVerifier(_)) => {}
+                (
+                    AuthMethod::ScramSha256,
+                    UserSecret::Password(_) | UserSecret::ScramVerifier(_),
+                ) => {}
                 (AuthMethod::Md5 | AuthMethod::Password, UserSecret::Password(_)) => {}
                 (method, _) => {
                     return Err(ConfigError::invalid(
                         "user",
-                        format!("user {:?}: auth = \"{method}\" needs a plaintext password", u.name),
+                        format!(
+                            "user {:?}: auth = \"{method}\" needs a plaintext password",
+                            u.name
+                        ),
                     ))
                 }
             }
@@ -476,7 +513,10 @@ impl FileConfig {
             });
         }
         if users.is_empty() {
-            return Err(ConfigError::invalid("user", "at least one [[user]] is required"));
+            return Err(ConfigError::invalid(
+                "user",
+                "at least one [[user]] is required",
+            ));
         }
         Ok(Config {
             listen,
@@ -494,7 +534,9 @@ impl FileConfig {
 /// Parses "250ms", "5s", "2m", "1h" (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -527,7 +569,8 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "GB" => 1_000_000_000,
         other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

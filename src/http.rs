@@ -45,12 +45,17 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -60,19 +65,24 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n", PLAIN);
     }
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, app.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"),
+        "/metrics" => text(
+            StatusCode::OK,
+            app.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => {
             if app.draining.is_cancelled() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN);
             }
-            let upstream = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p == "upstream=1" || p == "upstream=true"));
+            let upstream = req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p == "upstream=1" || p == "upstream=true")
+            });
             if upstream {
                 for pool in app.pools() {
-                    let checked = tokio::time::timeout(UPSTREAM_CHECK_TIMEOUT, pool.checkout()).await;
+                    let checked =
+                        tokio::time::timeout(UPSTREAM_CHECK_TIMEOUT, pool.checkout()).await;
                     match checked {
                         Ok(Ok(checkout)) => checkout.release(),
                         _ => {
@@ -87,6 +97,10 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             text(StatusCode::OK, "ready\n", PLAIN)
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz\n", PLAIN),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz\n",
+            PLAIN,
+        ),
     }
 }

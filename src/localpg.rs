@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Why a local server could not be started or used.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPgError {
-    #[error("PostgreSQL binaries not found (looked in $PG_BIN, $PATH and /usr/lib/postgresql/*/bin)")]
+    #[error(
+        "PostgreSQL binaries not found (looked in $PG_BIN, $PATH and /usr/lib/postgresql/*/bin)"
+    )]
     NoBinaries,
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -77,7 +79,10 @@ impl LocalPostgres {
             cmd.uid(uid).gid(gid);
         }
         let mut supervisor = cmd.spawn()?;
-        let stdout = supervisor.stdout.take().ok_or_else(|| LocalPgError::Start("no stdout".into()))?;
+        let stdout = supervisor
+            .stdout
+            .take()
+            .ok_or_else(|| LocalPgError::Start("no stdout".into()))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         if line.trim() != "ready" {
@@ -102,7 +107,16 @@ impl LocalPostgres {
     /// Runs SQL as the superuser over the Unix socket and returns psql's unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, LocalPgError> {
         let output = Command::new(self.bin.join("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+            ])
             .arg("-h")
             .arg(&self.dir)
             .arg("-p")
@@ -114,13 +128,20 @@ impl LocalPostgres {
             .stdin(Stdio::null())
             .output()?;
         if !output.status.success() {
-            return Err(LocalPgError::Psql(String::from_utf8_lossy(&output.stderr).into_owned()));
+            return Err(LocalPgError::Psql(
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Creates a login role with a (SCRAM-stored) password and a database it owns.
-    pub fn create_user_and_database(&self, user: &str, password: &str, database: &str) -> Result<(), LocalPgError> {
+    pub fn create_user_and_database(
+        &self,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<(), LocalPgError> {
         self.psql(
             "postgres",
             &format!(
@@ -128,13 +149,19 @@ impl LocalPostgres {
                 password.replace('\'', "''")
             ),
         )?;
-        self.psql("postgres", &format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""))?;
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""),
+        )?;
         Ok(())
     }
 
     /// A TCP URL for this server.
     pub fn url(&self, user: &str, password: &str, database: &str) -> String {
-        format!("postgres://{user}:{password}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}",
+            self.port
+        )
     }
 
     /// The directory of the PostgreSQL client and server programs in use.
@@ -183,7 +210,9 @@ pub fn free_port() -> std::io::Result<u16> {
 /// The uid/gid of the `postgres` OS user when this process is root.
 fn postgres_user_if_root() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let me = std::fs::metadata("/proc/self").ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
+    let me = std::fs::metadata("/proc/self")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
     if me != 0 {
         return None;
     }

@@ -11,7 +11,11 @@ use pgsidecar::config::{Config, ConfigError, Overrides, PoolMode};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
-#[command(name = "pgsidecar", version, about = "A Postgres proxy for sidecar deployment")]
+#[command(
+    name = "pgsidecar",
+    version,
+    about = "A Postgres proxy for sidecar deployment"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,11 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// The TOML configuration file.
-    #[arg(long, conflicts_with = "upstream", required_unless_present = "upstream")]
+    #[arg(
+        long,
+        conflicts_with = "upstream",
+        required_unless_present = "upstream"
+    )]
     config: Option<PathBuf>,
     /// Zero-config form: one upstream URL; clients log in with its user and password.
     #[arg(long)]
@@ -81,7 +89,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgsidecar: cannot start the runtime: {e}");
@@ -105,7 +116,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("pgsidecar: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
@@ -149,10 +163,20 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
     }
     let mut ok = true;
     for db in &config.databases {
-        match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], Duration::from_secs(5)).await {
+        match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], Duration::from_secs(5))
+            .await
+        {
             Ok(conn) => {
-                println!("# database {}: connected to {}", db.name, db.primary.masked());
-                if conn.params.iter().any(|(n, v)| n == "is_superuser" && v == "on") {
+                println!(
+                    "# database {}: connected to {}",
+                    db.name,
+                    db.primary.masked()
+                );
+                if conn
+                    .params
+                    .iter()
+                    .any(|(n, v)| n == "is_superuser" && v == "on")
+                {
                     println!(
                         "# WARNING: upstream user {:?} is a superuser; Row-Level Security does not apply to it",
                         db.primary.user
@@ -209,9 +233,15 @@ async fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("pgsidecar demo: PostgreSQL is on 127.0.0.1:{} (data in {})", pg.port, pg.dir.display());
+    eprintln!(
+        "pgsidecar demo: PostgreSQL is on 127.0.0.1:{} (data in {})",
+        pg.port,
+        pg.dir.display()
+    );
     eprintln!("pgsidecar demo: try  psql postgres://app:secret@{listen}/app -c 'select count(*) from accounts'");
-    eprintln!("pgsidecar demo: metrics on http://{metrics_listen}/metrics — Ctrl-C stops everything");
+    eprintln!(
+        "pgsidecar demo: metrics on http://{metrics_listen}/metrics — Ctrl-C stops everything"
+    );
     let code = run(config).await;
     drop(pg);
     code

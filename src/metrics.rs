@@ -41,22 +41,31 @@ impl Metrics {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("metric definition is valid");
-            registry.register(Box::new(g.clone())).expect("metric registers once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registers once");
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("metric definition is valid");
-            registry.register(Box::new(c.clone())).expect("metric registers once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registers once");
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("metric definition is valid");
-            registry.register(Box::new(h.clone())).expect("metric registers once");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registers once");
             h
         };
         let server_connections = IntGaugeVec::new(
-            Opts::new("pgsidecar_server_connections", "Upstream server connections by state"),
+            Opts::new(
+                "pgsidecar_server_connections",
+                "Upstream server connections by state",
+            ),
             &["state"],
         )
         .expect("metric definition is valid");
@@ -68,7 +77,9 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric definition is valid");
-        registry.register(Box::new(errors.clone())).expect("metric registers once");
+        registry
+            .register(Box::new(errors.clone()))
+            .expect("metric registers once");
         let upstream_up = IntGaugeVec::new(
             Opts::new(
                 "pgsidecar_upstream_up",

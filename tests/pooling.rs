@@ -15,11 +15,16 @@ async fn simple_and_extended_queries_transactions_and_errors() {
     let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
 
     client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')")
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')",
+        )
         .await
         .unwrap();
     // Simple protocol.
-    let rows = client.simple_query("SELECT v FROM t WHERE id = 1").await.unwrap();
+    let rows = client
+        .simple_query("SELECT v FROM t WHERE id = 1")
+        .await
+        .unwrap();
     let value = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
         _ => None,
@@ -27,7 +32,10 @@ async fn simple_and_extended_queries_transactions_and_errors() {
     assert_eq!(value.as_deref(), Some("one"));
     // Extended protocol with the unnamed statement: Parse/Bind/Execute/Sync in one batch.
     let rows = client
-        .query_typed("SELECT v FROM t WHERE id = $1", &[(&1i32, tokio_postgres::types::Type::INT4)])
+        .query_typed(
+            "SELECT v FROM t WHERE id = $1",
+            &[(&1i32, tokio_postgres::types::Type::INT4)],
+        )
         .await
         .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), "one");
@@ -37,13 +45,20 @@ async fn simple_and_extended_queries_transactions_and_errors() {
     let tx = client.transaction().await.unwrap();
     let stmt = tx.prepare("INSERT INTO t VALUES ($1, $2)").await.unwrap();
     tx.execute(&stmt, &[&2i32, &"two"]).await.unwrap();
-    let n: i64 = tx.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = tx
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
     tx.commit().await.unwrap();
 
     // An error aborts the transaction; later statements fail with 25P02 until ROLLBACK.
     client.batch_execute("BEGIN").await.unwrap();
-    let err = client.batch_execute("INSERT INTO t VALUES (1, 'dup')").await.unwrap_err();
+    let err = client
+        .batch_execute("INSERT INTO t VALUES (1, 'dup')")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("23505"));
     let err = client.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("25P02"));
@@ -86,10 +101,13 @@ async fn five_hundred_clients_share_ten_server_connections() {
             let mut sum = 0i64;
             for j in 0..3i32 {
                 let row = client
-                    .query_typed("SELECT $1::int8 + $2::int8, pg_sleep(0.002)", &[
-                        (&(i as i64), tokio_postgres::types::Type::INT8),
-                        (&(j as i64), tokio_postgres::types::Type::INT8),
-                    ])
+                    .query_typed(
+                        "SELECT $1::int8 + $2::int8, pg_sleep(0.002)",
+                        &[
+                            (&(i as i64), tokio_postgres::types::Type::INT8),
+                            (&(j as i64), tokio_postgres::types::Type::INT8),
+                        ],
+                    )
                     .await?;
                 sum += row[0].get::<_, i64>(0);
             }
@@ -99,7 +117,10 @@ async fn five_hundred_clients_share_ten_server_connections() {
     }
     let mut completed = 0;
     for (i, task) in tasks.into_iter().enumerate() {
-        let sum = task.await.unwrap().unwrap_or_else(|e| panic!("client {i} failed: {e:?}"));
+        let sum = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("client {i} failed: {e:?}"));
         assert_eq!(sum, 3 * i as i64 + 3);
         completed += 1;
     }
@@ -115,20 +136,44 @@ async fn transaction_mode_shares_and_session_mode_pins() {
     let name = fresh_user("modes");
     // Transaction mode with one server connection: two clients see the same backend.
     let tx_sidecar = start(&base_toml(&name, "size = 1")).await;
-    let a = connect(tx_sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    let b = connect(tx_sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let a = connect(tx_sidecar.addr, &name, PASSWORD, &name)
+        .await
+        .unwrap();
+    let b = connect(tx_sidecar.addr, &name, PASSWORD, &name)
+        .await
+        .unwrap();
     let pid_a: i32 = a.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
     let pid_b: i32 = b.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
     assert_eq!(pid_a, pid_b);
 
     // Session mode: each client keeps its own backend and its session state.
-    let s_sidecar = start(&base_toml(&name, "size = 2\nmode = \"session\"\ncheckout_timeout = \"300ms\"")).await;
-    let c = connect(s_sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    let d = connect(s_sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let s_sidecar = start(&base_toml(
+        &name,
+        "size = 2\nmode = \"session\"\ncheckout_timeout = \"300ms\"",
+    ))
+    .await;
+    let c = connect(s_sidecar.addr, &name, PASSWORD, &name)
+        .await
+        .unwrap();
+    let d = connect(s_sidecar.addr, &name, PASSWORD, &name)
+        .await
+        .unwrap();
     c.batch_execute("SET work_mem = '7MB'").await.unwrap();
-    let pid_c1: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let pid_d: i32 = d.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let pid_c2: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid_c1: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid_d: i32 = d
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid_c2: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid_c1, pid_c2);
     assert_ne!(pid_c1, pid_d);
     let wm: String = c.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
@@ -140,7 +185,9 @@ async fn transaction_mode_shares_and_session_mode_pins() {
         assert_eq!(v, i + 1);
     }
     // A third client waits for a server connection and times out with 53300.
-    let e = connect(s_sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let e = connect(s_sidecar.addr, &name, PASSWORD, &name)
+        .await
+        .unwrap();
     let err = e.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     // When a session client leaves, its server connection is reset (DISCARD ALL) and reused.
@@ -156,15 +203,24 @@ async fn disconnect_mid_transaction_leaves_nothing_open() {
     let sidecar = start(&base_toml(&name, "size = 1\ncheckout_timeout = \"5s\"")).await;
     let admin = connect_direct_superuser(&name).await;
     let setup = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    setup.batch_execute("CREATE TABLE v (id int)").await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE v (id int)")
+        .await
+        .unwrap();
 
     for case in ["simple", "copy", "pipeline"] {
         let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-        client.batch_execute("BEGIN; INSERT INTO v VALUES (1)").await.unwrap();
+        client
+            .batch_execute("BEGIN; INSERT INTO v VALUES (1)")
+            .await
+            .unwrap();
         match case {
             "copy" => {
                 // Leave in the middle of COPY FROM STDIN.
-                let sink = client.copy_in::<_, bytes::Bytes>("COPY v FROM STDIN").await.unwrap();
+                let sink = client
+                    .copy_in::<_, bytes::Bytes>("COPY v FROM STDIN")
+                    .await
+                    .unwrap();
                 drop(sink);
             }
             "pipeline" => {
@@ -185,7 +241,10 @@ async fn disconnect_mid_transaction_leaves_nothing_open() {
             .get(0);
         assert_eq!(n, 0, "{case}: abandoned transaction must be rolled back");
         let status: String = next
-            .query_typed("SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+            .query_typed(
+                "SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
             .await
             .unwrap()[0]
             .get(0);
@@ -213,7 +272,11 @@ async fn exhausted_pool_answers_53300_and_client_can_retry() {
     let err = waiter.batch_execute("SELECT 1").await.unwrap_err();
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "53300");
-    assert!(db.message().contains("pool is exhausted"), "{}", db.message());
+    assert!(
+        db.message().contains("pool is exhausted"),
+        "{}",
+        db.message()
+    );
     // Extended protocol gets the same answer, and the connection stays in sync.
     let err = waiter.query_typed("SELECT 2", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
@@ -222,7 +285,10 @@ async fn exhausted_pool_answers_53300_and_client_can_retry() {
     let v: i32 = waiter.query_typed("SELECT 3", &[]).await.unwrap()[0].get(0);
     assert_eq!(v, 3);
     let (_, metrics) = http_get(sidecar.metrics_addr, "/metrics").await;
-    assert!(metric(&metrics, "pgsidecar_errors_total{kind=\"pool_timeout\"}").unwrap_or(0.0) >= 2.0, "{metrics}");
+    assert!(
+        metric(&metrics, "pgsidecar_errors_total{kind=\"pool_timeout\"}").unwrap_or(0.0) >= 2.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,9 +308,14 @@ async fn clients_see_upstream_parameters_and_carry_startup_settings() {
         ("extra_float_digits", "3"),
         ("application_name", "harness app"),
         ("DateStyle", "SQL, DMY"),
-        ("options", "-c search_path=public,pg_catalog -c statement_timeout=12345"),
+        (
+            "options",
+            "-c search_path=public,pg_catalog -c statement_timeout=12345",
+        ),
     ];
-    let mut proxied = raw_connect(sidecar.addr, &name, PASSWORD, &name, &params).await.unwrap();
+    let mut proxied = raw_connect(sidecar.addr, &name, PASSWORD, &name, &params)
+        .await
+        .unwrap();
     let get = |list: &Vec<(String, String)>, key: &str| {
         list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     };
@@ -261,8 +332,14 @@ async fn clients_see_upstream_parameters_and_carry_startup_settings() {
         assert_eq!(get(&proxied.params, key), get(&direct.params, key), "{key}");
         assert!(get(&proxied.params, key).is_some(), "{key} missing");
     }
-    assert_eq!(get(&proxied.params, "application_name").as_deref(), Some("harness app"));
-    assert_eq!(get(&proxied.params, "DateStyle").as_deref(), Some("SQL, DMY"));
+    assert_eq!(
+        get(&proxied.params, "application_name").as_deref(),
+        Some("harness app")
+    );
+    assert_eq!(
+        get(&proxied.params, "DateStyle").as_deref(),
+        Some("SQL, DMY")
+    );
     // The key the client got was issued by the sidecar, not the server's.
     assert_ne!(proxied.key, direct.key);
     proxied.run_internal("SELECT 1").await.unwrap();
@@ -270,7 +347,11 @@ async fn clients_see_upstream_parameters_and_carry_startup_settings() {
     // Another client without those settings shares the one server connection but sees defaults,
     // and the first client still sees its own settings afterwards.
     let plain = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    let edf: String = plain.query_typed("SHOW extra_float_digits", &[]).await.unwrap()[0].get(0);
+    let edf: String = plain
+        .query_typed("SHOW extra_float_digits", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
     assert_eq!(edf, "1");
     let client = tokio_postgres::Config::new()
         .host("127.0.0.1")
@@ -295,15 +376,28 @@ async fn clients_see_upstream_parameters_and_carry_startup_settings() {
     // As Postgres itself stores a startup-packet value: verbatim.
     assert_eq!(row.get::<_, String>(1), "pg_catalog,public");
     assert_eq!(row.get::<_, String>(2), "second app");
-    let edf: String = plain.query_typed("SHOW extra_float_digits", &[]).await.unwrap()[0].get(0);
+    let edf: String = plain
+        .query_typed("SHOW extra_float_digits", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
     assert_eq!(edf, "1");
 
     // An invalid startup setting is refused the way Postgres refuses it.
-    let err = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[("DateStyle", "nonsense")])
-        .await
-        .err()
-        .expect("invalid DateStyle is refused");
-    assert!(matches!(&err, pgsidecar::pool::ServerError::Upstream { code, .. } if code == "22023"), "{err:?}");
+    let err = raw_connect(
+        sidecar.addr,
+        &name,
+        PASSWORD,
+        &name,
+        &[("DateStyle", "nonsense")],
+    )
+    .await
+    .err()
+    .expect("invalid DateStyle is refused");
+    assert!(
+        matches!(&err, pgsidecar::pool::ServerError::Upstream { code, .. } if code == "22023"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,28 +410,53 @@ async fn metrics_and_health_endpoints() {
 
     let (status, text) = http_get(sidecar.metrics_addr, "/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(metric(&text, "pgsidecar_client_connections"), Some(1.0), "{text}");
-    assert_eq!(metric(&text, "pgsidecar_server_connections{state=\"idle\"}"), Some(1.0), "{text}");
-    assert_eq!(metric(&text, "pgsidecar_server_connections{state=\"active\"}"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "pgsidecar_client_connections"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "pgsidecar_server_connections{state=\"idle\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "pgsidecar_server_connections{state=\"active\"}"),
+        Some(0.0),
+        "{text}"
+    );
     assert!(metric(&text, "pgsidecar_queries_total").unwrap() >= 2.0);
     assert!(metric(&text, "pgsidecar_transactions_total").unwrap() >= 2.0);
     assert!(metric(&text, "pgsidecar_query_duration_seconds_count").unwrap() >= 2.0);
     assert!(metric(&text, "pgsidecar_checkout_wait_seconds_count").unwrap() >= 2.0);
     assert!(metric(&text, "pgsidecar_client_bytes_received_total").unwrap() > 0.0);
     assert!(metric(&text, "pgsidecar_client_bytes_sent_total").unwrap() > 0.0);
-    assert_eq!(metric(&text, "pgsidecar_upstream_up{database=\"".to_owned().as_str()), None);
+    assert_eq!(
+        metric(
+            &text,
+            "pgsidecar_upstream_up{database=\"".to_owned().as_str()
+        ),
+        None
+    );
 
     assert_eq!(http_get(sidecar.metrics_addr, "/healthz").await.0, 200);
     assert_eq!(http_get(sidecar.metrics_addr, "/readyz").await.0, 200);
-    assert_eq!(http_get(sidecar.metrics_addr, "/readyz?upstream=1").await.0, 200);
+    assert_eq!(
+        http_get(sidecar.metrics_addr, "/readyz?upstream=1").await.0,
+        200
+    );
     assert_eq!(http_get(sidecar.metrics_addr, "/nope").await.0, 404);
 
     // An unreachable upstream makes only the upstream variant unready.
     let port = pgsidecar::localpg::free_port().unwrap();
-    let dead = base_toml(&name, "size = 1").replace(&format!(":{}/", pg().port), &format!(":{port}/"));
+    let dead =
+        base_toml(&name, "size = 1").replace(&format!(":{}/", pg().port), &format!(":{port}/"));
     let dead = start(&dead).await;
     assert_eq!(http_get(dead.metrics_addr, "/readyz").await.0, 200);
-    assert_eq!(http_get(dead.metrics_addr, "/readyz?upstream=1").await.0, 503);
+    assert_eq!(
+        http_get(dead.metrics_addr, "/readyz?upstream=1").await.0,
+        503
+    );
 
     // Draining: readiness fails, idle clients are told 57P01.
     let app = sidecar.app.clone();

@@ -88,10 +88,19 @@ fn refuses_bad_values() {
     for (bad, needle) in [
         (FULL.replace("size = 7", "size = 0"), "pool.size"),
         (FULL.replace("\"250ms\"", "\"soon\""), "checkout_timeout"),
-        (FULL.replace("auth = \"md5\"", "auth = \"kerberos\""), "unknown variant"),
-        (FULL.replace("password = \"secret\"", "scram_verifier = \"x\""), "plaintext"),
+        (
+            FULL.replace("auth = \"md5\"", "auth = \"kerberos\""),
+            "unknown variant",
+        ),
+        (
+            FULL.replace("password = \"secret\"", "scram_verifier = \"x\""),
+            "plaintext",
+        ),
         (format!("{FULL}\n[tls]\ncert = \"x\"\n"), "[tls]"),
-        (FULL.replace("max_waiting = 3", "max_waitng = 3"), "unknown field"),
+        (
+            FULL.replace("max_waiting = 3", "max_waitng = 3"),
+            "unknown field",
+        ),
         (FULL.replace("postgres://", "http://"), "postgres://"),
     ] {
         let err = Config::from_toml(&bad, &Overrides::default()).unwrap_err();
@@ -113,7 +122,10 @@ fn durations_and_sizes() {
 #[test]
 fn url_forms() {
     let u = UpstreamUrl::parse("postgresql://bob@db.internal").unwrap();
-    assert_eq!((u.host.as_str(), u.port, u.dbname.as_str()), ("db.internal", 5432, "bob"));
+    assert_eq!(
+        (u.host.as_str(), u.port, u.dbname.as_str()),
+        ("db.internal", 5432, "bob")
+    );
     assert!(u.password.is_none());
     assert!(UpstreamUrl::parse("postgres://a@h1,h2/db").is_err());
     assert!(UpstreamUrl::parse("postgres://a@h:notaport/db").is_err());

@@ -43,8 +43,11 @@ impl CheckoutError {
     }
 }
 
-/// The settings a client's startup packet asks for, and the ParameterStatus it should see.
+/// The settings a client's startup packet asks for.
 pub type Settings = BTreeMap<String, String>;
+/// The ParameterStatus list a client receives at login.
+pub type Statuses = Arc<Vec<(String, String)>>;
+type StatusCache = HashMap<Settings, Statuses>;
 
 /// A pool of server connections to one upstream.
 pub struct Pool {
@@ -58,12 +61,17 @@ pub struct Pool {
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
     /// ParameterStatus a client with these startup settings sees, learned from the server.
-    startup_statuses: Mutex<HashMap<Settings, Arc<Vec<(String, String)>>>>,
+    startup_statuses: Mutex<StatusCache>,
 }
 
 impl Pool {
     /// A pool with no connections yet; they are opened on demand.
-    pub fn new(database: String, url: UpstreamUrl, config: PoolConfig, metrics: Arc<Metrics>) -> Pool {
+    pub fn new(
+        database: String,
+        url: UpstreamUrl,
+        config: PoolConfig,
+        metrics: Arc<Metrics>,
+    ) -> Pool {
         metrics.upstream_up.with_label_values(&[&database]).set(0);
         Pool {
             database,
@@ -94,16 +102,24 @@ impl Pool {
                     return Err(CheckoutError::QueueFull);
                 }
                 let _waiting = GaugeGuard::new(&self.metrics.clients_waiting);
-                let acquired = tokio::time::timeout(self.config.checkout_timeout, self.permits.clone().acquire_owned()).await;
+                let acquired = tokio::time::timeout(
+                    self.config.checkout_timeout,
+                    self.permits.clone().acquire_owned(),
+                )
+                .await;
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 match acquired {
                     Ok(Ok(p)) => p,
                     // The semaphore is never closed; treat it like a timeout all the same.
-                    Ok(Err(_)) | Err(_) => return Err(CheckoutError::Timeout(self.config.checkout_timeout)),
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(CheckoutError::Timeout(self.config.checkout_timeout))
+                    }
                 }
             }
         };
-        self.metrics.checkout_wait.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .checkout_wait
+            .observe(started.elapsed().as_secs_f64());
         let conn = match self.take_idle() {
             Some(conn) => conn,
             None => self.connect().await?,
@@ -123,14 +139,20 @@ impl Pool {
             if conn.looks_idle() {
                 return Some(conn);
             }
-            tracing::debug!(server = conn.id, "dropping idle server connection that went bad");
+            tracing::debug!(
+                server = conn.id,
+                "dropping idle server connection that went bad"
+            );
         }
         None
     }
 
     async fn connect(&self) -> Result<ServerConn, ServerError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let up = self.metrics.upstream_up.with_label_values(&[&self.database]);
+        let up = self
+            .metrics
+            .upstream_up
+            .with_label_values(&[&self.database]);
         match ServerConn::connect(id, &self.url, &[], CONNECT_TIMEOUT).await {
             Ok(conn) => {
                 self.metrics.server_connects.inc();
@@ -149,7 +171,10 @@ impl Pool {
 
     /// The ParameterStatus list a client with these startup settings should receive, checking
     /// the settings against the server the first time a combination is seen.
-    pub async fn startup_statuses(self: &Arc<Self>, settings: &Settings) -> Result<Arc<Vec<(String, String)>>, CheckoutError> {
+    pub async fn startup_statuses(
+        self: &Arc<Self>,
+        settings: &Settings,
+    ) -> Result<Statuses, CheckoutError> {
         if let Some(found) = self.cache().get(settings) {
             return Ok(Arc::clone(found));
         }
@@ -179,20 +204,28 @@ impl Pool {
         Ok(statuses)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Settings, Arc<Vec<(String, String)>>>> {
-        self.startup_statuses.lock().unwrap_or_else(|e| e.into_inner())
+    fn cache(&self) -> std::sync::MutexGuard<'_, StatusCache> {
+        self.startup_statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn give_back(&self, conn: ServerConn) {
         self.metrics.server_state(ServerState::Active).dec();
         self.metrics.server_state(ServerState::Idle).inc();
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
     }
 
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
-        let drained: Vec<ServerConn> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        self.metrics.server_state(ServerState::Idle).sub(drained.len() as i64);
+        let drained: Vec<ServerConn> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        self.metrics
+            .server_state(ServerState::Idle)
+            .sub(drained.len() as i64);
     }
 }
 
@@ -201,7 +234,10 @@ impl Pool {
 /// semantics (a value is one string, not a list of identifiers).
 pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
     let mut sql = String::new();
-    let mut sets = wanted.iter().filter(|(name, value)| have.get(*name) != Some(*value)).peekable();
+    let mut sets = wanted
+        .iter()
+        .filter(|(name, value)| have.get(*name) != Some(*value))
+        .peekable();
     if sets.peek().is_some() {
         sql.push_str("SELECT ");
         for (i, (name, value)) in sets.enumerate() {
@@ -253,7 +289,9 @@ impl Checkout {
     /// The connection.
     pub fn conn_mut(&mut self) -> &mut ServerConn {
         // `conn` is only taken by `release`/`drop`, which consume the checkout.
-        self.conn.as_mut().expect("checkout holds its connection until released")
+        self.conn
+            .as_mut()
+            .expect("checkout holds its connection until released")
     }
 
     /// The pool it came from.
@@ -266,7 +304,10 @@ impl Checkout {
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
             if conn.applied == AppliedSettings::Unknown || !conn.rbuf.is_empty() {
-                tracing::debug!(server = conn.id, "closing server connection in unknown state");
+                tracing::debug!(
+                    server = conn.id,
+                    "closing server connection in unknown state"
+                );
                 self.pool.metrics.server_state(ServerState::Active).dec();
             } else {
                 self.pool.give_back(conn);
@@ -289,13 +330,19 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn settings_sql_diffs() {
         let have = settings(&[("a", "1"), ("b", "2")]);
-        assert_eq!(settings_sql(&have, &settings(&[("a", "1"), ("b", "2")])), None);
+        assert_eq!(
+            settings_sql(&have, &settings(&[("a", "1"), ("b", "2")])),
+            None
+        );
         assert_eq!(
             settings_sql(&have, &settings(&[("a", "1"), ("c", "x'y")])).unwrap(),
             "SELECT pg_catalog.set_config(E'c', E'x''y', false);RESET \"b\";"

@@ -139,9 +139,16 @@ impl ServerConn {
         Ok(conn)
     }
 
-    async fn startup(&mut self, url: &UpstreamUrl, params: &[(&str, &str)]) -> Result<(), ServerError> {
+    async fn startup(
+        &mut self,
+        url: &UpstreamUrl,
+        params: &[(&str, &str)],
+    ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
-        let login = [("user", url.user.as_str()), ("database", url.dbname.as_str())];
+        let login = [
+            ("user", url.user.as_str()),
+            ("database", url.dbname.as_str()),
+        ];
         frontend::startup_message(login.iter().chain(params).copied(), &mut out)?;
         self.stream.write_all(&out).await?;
         let password = url.password.as_deref().unwrap_or("").as_bytes();
@@ -172,7 +179,9 @@ impl ServerConn {
                         offered |= m == "SCRAM-SHA-256";
                     }
                     if !offered {
-                        return Err(ServerError::Auth("server offers no supported SASL mechanism".into()));
+                        return Err(ServerError::Auth(
+                            "server offers no supported SASL mechanism".into(),
+                        ));
                     }
                     let s = ScramSha256::new(password, ChannelBinding::unsupported());
                     frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
@@ -182,17 +191,20 @@ impl ServerConn {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| ServerError::Protocol("unexpected SASLContinue".into()))?;
-                    s.update(body.data()).map_err(|e| ServerError::Auth(e.to_string()))?;
+                    s.update(body.data())
+                        .map_err(|e| ServerError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut out)?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| ServerError::Protocol("unexpected SASLFinal".into()))?;
-                    s.finish(body.data()).map_err(|e| ServerError::Auth(e.to_string()))?;
+                    s.finish(body.data())
+                        .map_err(|e| ServerError::Auth(e.to_string()))?;
                 }
                 Message::ParameterStatus(body) => {
-                    self.params.push((body.name()?.to_owned(), body.value()?.to_owned()));
+                    self.params
+                        .push((body.name()?.to_owned(), body.value()?.to_owned()));
                 }
                 Message::BackendKeyData(body) => {
                     self.key = BackendKey {
@@ -214,7 +226,11 @@ impl ServerConn {
                     return Err(ServerError::Upstream { code, message });
                 }
                 Message::NoticeResponse(_) => {}
-                _ => return Err(ServerError::Protocol("unexpected message during startup".into())),
+                _ => {
+                    return Err(ServerError::Protocol(
+                        "unexpected message during startup".into(),
+                    ))
+                }
             }
             if !out.is_empty() {
                 self.stream.write_all(&out).await?;

@@ -49,8 +49,14 @@ impl AuthError {
     /// The FATAL the client gets, if it can still get one.
     pub fn report(&self) -> Option<ErrorReport> {
         match self {
-            AuthError::Failed(_) => Some(ErrorReport::fatal(SqlState::INVALID_PASSWORD, self.to_string())),
-            AuthError::Protocol(_) => Some(ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, self.to_string())),
+            AuthError::Failed(_) => Some(ErrorReport::fatal(
+                SqlState::INVALID_PASSWORD,
+                self.to_string(),
+            )),
+            AuthError::Protocol(_) => Some(ErrorReport::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                self.to_string(),
+            )),
             AuthError::Io(_) => None,
         }
     }
@@ -70,14 +76,22 @@ impl ScramSecret {
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
         let mut salted = [0u8; 32];
         let iters = NonZeroU32::new(iterations.max(1)).unwrap_or(NonZeroU32::MIN);
-        pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iters, salt, password.as_bytes(), &mut salted);
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            iters,
+            salt,
+            password.as_bytes(),
+            &mut salted,
+        );
         let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
         let client_key = hmac::sign(&key, b"Client Key");
         let server_key = hmac::sign(&key, b"Server Key");
         ScramSecret {
             iterations,
             salt: salt.to_vec(),
-            stored_key: digest::digest(&digest::SHA256, client_key.as_ref()).as_ref().to_vec(),
+            stored_key: digest::digest(&digest::SHA256, client_key.as_ref())
+                .as_ref()
+                .to_vec(),
             server_key: server_key.as_ref().to_vec(),
         }
     }
@@ -125,12 +139,19 @@ impl UserAuth {
         let (scram, password) = match &user.secret {
             UserSecret::Password(p) => {
                 let mut salt = [0u8; 16];
-                rng.fill(&mut salt).map_err(|_| "no randomness available".to_owned())?;
-                (Some(ScramSecret::from_password(p, &salt, DEFAULT_ITERATIONS)), Some(p.clone()))
+                rng.fill(&mut salt)
+                    .map_err(|_| "no randomness available".to_owned())?;
+                (
+                    Some(ScramSecret::from_password(p, &salt, DEFAULT_ITERATIONS)),
+                    Some(p.clone()),
+                )
             }
             UserSecret::ScramVerifier(v) => (
                 Some(ScramSecret::parse_verifier(v).ok_or_else(|| {
-                    format!("user {:?}: scram_verifier is not a SCRAM-SHA-256 verifier", user.name)
+                    format!(
+                        "user {:?}: scram_verifier is not a SCRAM-SHA-256 verifier",
+                        user.name
+                    )
                 })?),
                 None,
             ),
@@ -203,12 +224,16 @@ async fn read_auth_message<S: AsyncRead + AsyncWrite + Unpin>(
         )));
     }
     if frame.len() > MAX_AUTH_MESSAGE {
-        return Err(AuthError::Protocol("authentication message too long".into()));
+        return Err(AuthError::Protocol(
+            "authentication message too long".into(),
+        ));
     }
     Ok(frame.as_bytes().slice(5..))
 }
 
-async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut ClientConn<S>) -> Result<String, AuthError> {
+async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut ClientConn<S>,
+) -> Result<String, AuthError> {
     let body = read_auth_message(conn).await?;
     parse_password(&body)
         .map(str::to_owned)
@@ -237,7 +262,11 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut server_nonce = [0u8; 18];
     rng.fill(&mut server_nonce).map_err(|_| malformed())?;
     let nonce = format!("{}{}", first.nonce, B64.encode(server_nonce));
-    let server_first = format!("r={nonce},s={},i={}", B64.encode(&secret.salt), secret.iterations);
+    let server_first = format!(
+        "r={nonce},s={},i={}",
+        B64.encode(&secret.salt),
+        secret.iterations
+    );
     backend::authentication(&mut conn.wbuf, AUTH_SASL_CONTINUE, server_first.as_bytes());
 
     let body = read_auth_message(conn).await?;
@@ -253,7 +282,9 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if channel_binding != Some(B64.encode(first.gs2_header).as_str()) {
-        return Err(AuthError::Protocol("unexpected SCRAM channel-binding attribute in client-final-message".into()));
+        return Err(AuthError::Protocol(
+            "unexpected SCRAM channel-binding attribute in client-final-message".into(),
+        ));
     }
     if final_nonce != Some(nonce.as_str()) {
         return Err(AuthError::Protocol("SCRAM nonce mismatch".into()));
@@ -265,7 +296,11 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let auth_message = format!("{},{server_first},{without_proof}", first.bare);
     let stored = hmac::Key::new(hmac::HMAC_SHA256, &secret.stored_key);
     let signature = hmac::sign(&stored, auth_message.as_bytes());
-    let client_key: Vec<u8> = proof.iter().zip(signature.as_ref()).map(|(a, b)| a ^ b).collect();
+    let client_key: Vec<u8> = proof
+        .iter()
+        .zip(signature.as_ref())
+        .map(|(a, b)| a ^ b)
+        .collect();
     let computed = digest::digest(&digest::SHA256, &client_key);
     if !constant_time_eq(computed.as_ref(), &secret.stored_key) {
         return Ok(false);
@@ -291,7 +326,8 @@ impl<'a> ClientFirst<'a> {
             3
         } else if text.starts_with("p=") {
             return Err(AuthError::Protocol(
-                "channel binding was requested, but the sidecar did not offer SCRAM-SHA-256-PLUS".into(),
+                "channel binding was requested, but the sidecar did not offer SCRAM-SHA-256-PLUS"
+                    .into(),
             ));
         } else {
             return Err(malformed());

@@ -5,7 +5,9 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::startup::{packet_len, parse_first_packet, FirstPacket, StartupError, StartupMessage};
+use crate::protocol::startup::{
+    packet_len, parse_first_packet, FirstPacket, StartupError, StartupMessage,
+};
 
 /// How many SSL/GSS negotiation packets a client may send before its StartupMessage.
 const MAX_NEGOTIATIONS: usize = 2;
@@ -39,7 +41,9 @@ impl HandshakeError {
     pub fn kind(&self) -> &'static str {
         match self {
             HandshakeError::Startup(e) => e.kind(),
-            HandshakeError::BufferedAfterSslRequest | HandshakeError::TooManyNegotiations => "startup_protocol",
+            HandshakeError::BufferedAfterSslRequest | HandshakeError::TooManyNegotiations => {
+                "startup_protocol"
+            }
             HandshakeError::Closed | HandshakeError::Io(_) => "client_io",
         }
     }
@@ -81,7 +85,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Err(HandshakeError::TooManyNegotiations)
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<BytesMut, HandshakeError> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, HandshakeError> {
     while buf.len() < 4 {
         fill(stream, buf).await?;
     }
@@ -94,7 +101,10 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -
     Ok(packet)
 }
 
-async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), HandshakeError> {
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(), HandshakeError> {
     buf.reserve(1024);
     if stream.read_buf(buf).await? == 0 {
         return Err(HandshakeError::Closed);
@@ -148,6 +158,9 @@ mod tests {
         client.write_all(&1_000_000i32.to_be_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
         let err = handshake(&mut server, &mut buf).await.unwrap_err();
-        assert!(matches!(err, HandshakeError::Startup(StartupError::BadLength)));
+        assert!(matches!(
+            err,
+            HandshakeError::Startup(StartupError::BadLength)
+        ));
     }
 }

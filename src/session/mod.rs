@@ -33,7 +33,11 @@ pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
     let _connected = GaugeGuard::new(&app.metrics.client_connections);
     let _ = stream.set_nodelay(true);
     let mut leftover = BytesMut::new();
-    let outcome = tokio::time::timeout(LOGIN_TIMEOUT, handshake::handshake(&mut stream, &mut leftover)).await;
+    let outcome = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        handshake::handshake(&mut stream, &mut leftover),
+    )
+    .await;
     let startup = match outcome {
         Ok(Ok(Handshake::Startup(startup))) => startup,
         Ok(Ok(Handshake::Cancel {
@@ -56,7 +60,11 @@ pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
         Err(_) => {
             app.metrics.error("login_timeout");
             let mut buf = BytesMut::new();
-            ErrorReport::fatal(SqlState::QUERY_CANCELED, "canceling authentication due to timeout").write(&mut buf);
+            ErrorReport::fatal(
+                SqlState::QUERY_CANCELED,
+                "canceling authentication due to timeout",
+            )
+            .write(&mut buf);
             let _ = stream.write_all(&buf).await;
             return;
         }
@@ -74,7 +82,11 @@ pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
         }
         Err(_) => {
             app.metrics.error("login_timeout");
-            ErrorReport::fatal(SqlState::QUERY_CANCELED, "canceling authentication due to timeout").write(&mut client.wbuf);
+            ErrorReport::fatal(
+                SqlState::QUERY_CANCELED,
+                "canceling authentication due to timeout",
+            )
+            .write(&mut client.wbuf);
             client.close().await;
             return;
         }
@@ -103,7 +115,15 @@ async fn login(
             "replication connections are not supported by pgsidecar",
         )));
     }
-    if let Err(e) = auth::authenticate(client, &startup.user, app.user(&startup.user), app.mock_key(), app.rng()).await {
+    if let Err(e) = auth::authenticate(
+        client,
+        &startup.user,
+        app.user(&startup.user),
+        app.mock_key(),
+        app.rng(),
+    )
+    .await
+    {
         app.metrics.error(e.kind());
         tracing::info!(user = %startup.user, reason = e.kind(), "client authentication failed");
         return Err(e.report());

@@ -24,9 +24,8 @@ use crate::pool::server::AppliedSettings;
 use crate::pool::{Checkout, ServerError};
 use crate::protocol::backend::{
     self, parse_parameter_status, ErrorFields, ErrorReport, Severity, TransactionStatus,
-    COPY_IN_RESPONSE_TAG,
-    ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG, NOTIFICATION_RESPONSE_TAG, PARAMETER_STATUS_TAG,
-    READY_FOR_QUERY_TAG,
+    COPY_IN_RESPONSE_TAG, ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG, NOTIFICATION_RESPONSE_TAG,
+    PARAMETER_STATUS_TAG, READY_FOR_QUERY_TAG,
 };
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
@@ -68,18 +67,23 @@ impl RelayError {
     /// The FATAL the client gets before the connection closes, if it can still get one.
     fn report(&self) -> Option<ErrorReport> {
         match self {
-            RelayError::Client(ClientIoError::Frame(e)) => {
-                Some(ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
-            }
+            RelayError::Client(ClientIoError::Frame(e)) => Some(ErrorReport::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                e.to_string(),
+            )),
             RelayError::Client(_) => None,
-            RelayError::UnknownMessage(_) => {
-                Some(ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, self.to_string()))
-            }
+            RelayError::UnknownMessage(_) => Some(ErrorReport::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                self.to_string(),
+            )),
             RelayError::Server(_) | RelayError::ServerFrame(_) => Some(ErrorReport::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "the connection to the upstream server was lost",
             )),
-            RelayError::Shutdown => Some(ErrorReport::fatal(SqlState::ADMIN_SHUTDOWN, self.to_string())),
+            RelayError::Shutdown => Some(ErrorReport::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                self.to_string(),
+            )),
         }
     }
 }
@@ -217,7 +221,7 @@ enum Phase {
     /// A checkout failed inside an extended batch: drop messages until Sync, then answer it.
     SkipToSync,
     /// A server connection serves the client.
-    Attached(Attachment),
+    Attached(Box<Attachment>),
 }
 
 /// How a session ends normally.
@@ -266,9 +270,12 @@ impl Relay {
         let phase = std::mem::replace(&mut self.phase, Phase::Detached);
         if let Phase::Attached(att) = phase {
             self.info.key.set_target(None);
-            let server_lost = matches!(outcome, Err(RelayError::Server(_) | RelayError::ServerFrame(_)));
+            let server_lost = matches!(
+                outcome,
+                Err(RelayError::Server(_) | RelayError::ServerFrame(_))
+            );
             if !server_lost {
-                clean_and_release(att, self.mode).await;
+                clean_and_release(*att, self.mode).await;
             }
         }
         let sent = self.client.wbuf.len();
@@ -362,7 +369,7 @@ impl Relay {
         }
         if let Phase::Detached = self.phase {
             match self.attach().await {
-                Ok(att) => self.phase = Phase::Attached(att),
+                Ok(att) => self.phase = Phase::Attached(Box::new(att)),
                 Err(report) => {
                     report.write(&mut self.client.wbuf);
                     match role {
@@ -396,7 +403,10 @@ impl Relay {
                 }
             }
             MessageRole::Sync => {
-                let batch = att.batch.take().unwrap_or_else(|| Batch::new(now, att.copy_ends));
+                let batch = att
+                    .batch
+                    .take()
+                    .unwrap_or_else(|| Batch::new(now, att.copy_ends));
                 if batch.copy_in && batch.copy_ends_at_start == att.copy_ends {
                     // The server is in COPY FROM STDIN and ignores this Sync: no ReadyForQuery.
                     att.batch = Some(batch);
@@ -406,7 +416,10 @@ impl Relay {
                     });
                 }
             }
-            MessageRole::Flush | MessageRole::Copy | MessageRole::Terminate | MessageRole::Unknown => {}
+            MessageRole::Flush
+            | MessageRole::Copy
+            | MessageRole::Terminate
+            | MessageRole::Unknown => {}
         }
         if att.wbuf.len() >= SERVER_WRITE_CHUNK {
             write_server(att).await?;
@@ -482,7 +495,8 @@ impl Relay {
                 }
                 continue;
             }
-            let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)? else {
+            let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)?
+            else {
                 break;
             };
             if header.tag == COPY_IN_RESPONSE_TAG {
@@ -492,10 +506,17 @@ impl Relay {
             let reply = att.expect.front().map_or(Reply::Forward, Expect::reply);
             let inspected = matches!(
                 header.tag,
-                READY_FOR_QUERY_TAG | PARAMETER_STATUS_TAG | ERROR_RESPONSE_TAG | NOTICE_RESPONSE_TAG
+                READY_FOR_QUERY_TAG
+                    | PARAMETER_STATUS_TAG
+                    | ERROR_RESPONSE_TAG
+                    | NOTICE_RESPONSE_TAG
             );
             if !inspected {
-                let reply = if header.tag == NOTIFICATION_RESPONSE_TAG { Reply::Forward } else { reply };
+                let reply = if header.tag == NOTIFICATION_RESPONSE_TAG {
+                    Reply::Forward
+                } else {
+                    reply
+                };
                 att.passthrough = Some(Passthrough {
                     remaining: header.frame_len,
                     reply,
@@ -516,12 +537,15 @@ impl Relay {
             let mut reply = reply;
             match header.tag {
                 READY_FOR_QUERY_TAG => {
-                    let status = body.first().and_then(|b| TransactionStatus::from_byte(*b)).ok_or_else(|| {
-                        RelayError::ServerFrame(FrameError::BadLength {
-                            tag: header.tag,
-                            len: header.frame_len as i32 - 1,
-                        })
-                    })?;
+                    let status = body
+                        .first()
+                        .and_then(|b| TransactionStatus::from_byte(*b))
+                        .ok_or_else(|| {
+                            RelayError::ServerFrame(FrameError::BadLength {
+                                tag: header.tag,
+                                len: header.frame_len as i32 - 1,
+                            })
+                        })?;
                     att.status = status;
                     if let Some(done) = att.expect.pop_front() {
                         reply = done.reply();
@@ -632,7 +656,10 @@ async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
             att.server.release();
         }
         other => {
-            tracing::debug!(ok = matches!(other, Ok(Ok(()))), "closing server connection that could not be cleaned");
+            tracing::debug!(
+                ok = matches!(other, Ok(Ok(()))),
+                "closing server connection that could not be cleaned"
+            );
         }
     }
 }

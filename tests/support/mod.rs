@@ -29,7 +29,11 @@ pub fn pg() -> &'static LocalPostgres {
 
 /// A role (password [`PASSWORD`]) and a database it owns, both new, named after `prefix`.
 pub fn fresh_user(prefix: &str) -> String {
-    let name = format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     pg().create_user_and_database(&name, PASSWORD, &name)
         .expect("create role and database");
     name
@@ -70,7 +74,12 @@ pub async fn start(toml: &str) -> Running {
 }
 
 /// A tokio-postgres client through `addr`.
-pub async fn connect(addr: SocketAddr, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(addr.port())
@@ -120,26 +129,44 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
 }
 
 /// A raw protocol client through `addr`, with extra startup parameters.
-pub async fn raw_connect(addr: SocketAddr, user: &str, password: &str, db: &str, params: &[(&str, &str)]) -> Result<ServerConn, pgsidecar::pool::ServerError> {
-    let url = UpstreamUrl::parse(&format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", addr.port())).expect("url");
+pub async fn raw_connect(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+    params: &[(&str, &str)],
+) -> Result<ServerConn, pgsidecar::pool::ServerError> {
+    let url = UpstreamUrl::parse(&format!(
+        "postgres://{user}:{password}@127.0.0.1:{}/{db}",
+        addr.port()
+    ))
+    .expect("url");
     ServerConn::connect(0, &url, params, Duration::from_secs(10)).await
 }
 
 /// `GET path` on the metrics listener: (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics listener");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
         .await
         .expect("send request");
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read response");
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
