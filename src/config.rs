@@ -353,15 +353,15 @@ impl Config {
     /// The effective configuration as TOML-like text with secrets masked.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "listen = \"{}\"\nmetrics_listen = \"{}\"\nshutdown_delay = \"{:?}\"\ndrain_timeout = \"{:?}\"\nmax_message_size = {}\n\n[pool]\nmode = \"{}\"\nsize = {}\ncheckout_timeout = \"{:?}\"\nmax_waiting = {}\n",
+            "listen = \"{}\"\nmetrics_listen = \"{}\"\nshutdown_delay = \"{}\"\ndrain_timeout = \"{}\"\nmax_message_size = \"{}\"\n\n[pool]\nmode = \"{}\"\nsize = {}\ncheckout_timeout = \"{}\"\nmax_waiting = {}\n",
             self.listen,
             self.metrics_listen,
-            self.shutdown_delay,
-            self.drain_timeout,
-            self.max_message_size,
+            format_duration(self.shutdown_delay),
+            format_duration(self.drain_timeout),
+            format_size(self.max_message_size),
             self.pool.mode,
             self.pool.size,
-            self.pool.checkout_timeout,
+            format_duration(self.pool.checkout_timeout),
             self.pool.max_waiting
         );
         for db in &self.databases {
@@ -528,6 +528,25 @@ impl FileConfig {
             databases,
             users,
         })
+    }
+}
+
+/// Formats a duration the way the configuration file writes it.
+fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Formats a byte count the way the configuration file writes it.
+fn format_size(n: usize) -> String {
+    match n {
+        n if n % (1 << 30) == 0 && n > 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 && n > 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 && n > 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
     }
 }
 

@@ -78,6 +78,13 @@ fn secrets_are_masked() {
     let c = Config::from_toml(FULL, &Overrides::default()).unwrap();
     let text = c.describe();
     assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("max_message_size = \"1MiB\""), "{text}");
+    assert!(text.contains("checkout_timeout = \"250ms\""), "{text}");
+    // What `check` prints is itself a valid configuration.
+    assert!(
+        Config::from_toml(&text, &Overrides::default()).is_ok(),
+        "{text}"
+    );
     assert!(!format!("{c:?}").contains("secret"));
     let err = UpstreamUrl::parse("mysql://u:hunter2@h/db").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -130,4 +137,12 @@ fn url_forms() {
     assert!(UpstreamUrl::parse("postgres://a@h1,h2/db").is_err());
     assert!(UpstreamUrl::parse("postgres://a@h:notaport/db").is_err());
     assert!(UpstreamUrl::parse("postgres://a@h/db?sslmode=require").is_err());
+}
+
+#[test]
+fn example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgsidecar.toml");
+    let c = Config::from_file(&path, &Overrides::default()).unwrap();
+    assert_eq!(c.pool.size, 20);
+    assert_eq!(c.databases[0].name, "app");
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Load comparison in one run: pgbench against direct PostgreSQL, PgBouncer (transaction mode)
+# and pgsidecar (transaction mode), same pool size, targets interleaved round by round.
+# Prints each target's tps and mean latency and its ratio to direct. Quote ratios, not absolute
+# numbers: the machine is small and noisy.
+#
+#   benches/pgbench_compare.sh [rounds=3] [seconds=10] [clients=32] [pool=20] [mode=select]
+#   mode: select (pgbench -S, proxy-bound) | tpcb (default pgbench script)
+#
+# Needs the PostgreSQL server binaries, pgbench and pgbouncer (installed with apt-get when
+# missing and running as root). Everything listens on 127.0.0.1 only and stops at exit.
+set -euo pipefail
+rounds=${1:-3}; seconds=${2:-10}; clients=${3:-32}; pool=${4:-20}; mode=${5:-select}
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+fi
+if ! command -v pgbouncer >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null
+fi
+(cd "$root" && cargo build --release -q)
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d /tmp/pgsidecar-bench.XXXXXX)
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  as_pg "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+pg_port=$(free_port); bouncer_port=$(free_port); sidecar_port=$(free_port); metrics_port=$(free_port)
+as_pg "$bin/initdb" -D "$work/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+as_pg "$bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
+  -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off" start >/dev/null
+psql_su() { "$bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres "$@"; }
+psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+export PGPASSWORD=secret
+"$bin/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+
+cat >"$work/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$pg_port dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $pool
+max_client_conn = 1000
+logfile = $work/pgbouncer.log
+INI
+echo '"app" "secret"' >"$work/userlist.txt"
+[ "$(id -u)" = 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
+as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
+"$root/target/release/pgsidecar" run --upstream "postgres://app:secret@127.0.0.1:$pg_port/app" \
+  --listen "127.0.0.1:$sidecar_port" --metrics-listen "127.0.0.1:$metrics_port" \
+  --pool-size "$pool" --pool-mode transaction 2>"$work/sidecar.log" & pids+=($!)
+sleep 1
+
+script_args=(-S)
+[ "$mode" = tpcb ] && script_args=()
+declare -A tps_sum lat_sum
+targets=(direct pgbouncer pgsidecar)
+declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgsidecar]=$sidecar_port)
+for round in $(seq 1 "$rounds"); do
+  for t in "${targets[@]}"; do
+    out=$("$bin/pgbench" -n "${script_args[@]}" -M simple -c "$clients" -j 2 -T "$seconds" \
+          -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1)
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+    printf 'round %d %-10s tps %10.1f  latency %7.3f ms  failed %s\n' "$round" "$t" "$tps" "$lat" "${failed:-?}"
+    tps_sum[$t]=$(python3 -c "print(${tps_sum[$t]:-0} + $tps)")
+    lat_sum[$t]=$(python3 -c "print(${lat_sum[$t]:-0} + $lat)")
+  done
+done
+echo
+echo "mode=$mode clients=$clients pool=$pool seconds=$seconds rounds=$rounds (means over rounds)"
+for t in "${targets[@]}"; do
+  python3 -c "
+tps = ${tps_sum[$t]} / $rounds; lat = ${lat_sum[$t]} / $rounds; d = ${tps_sum[direct]} / $rounds
+print(f'{\"$t\":<10} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / d:5.2f}')"
+done
