@@ -40,10 +40,11 @@ pub struct LocalPostgres {
 
 const SUPERVISOR: &str = r#"
 set -e
-dir="$1"; port="$2"; bin="$3"; extra="$4"
+dir="$1"; port="$2"; bin="$3"; extra="$4"; hba="$5"
 trap 'rm -rf "$dir"' EXIT
 "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
     -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+{ printf '%s\n' "$hba"; cat "$dir/data/pg_hba.conf"; } >"$dir/hba.tmp" && mv "$dir/hba.tmp" "$dir/data/pg_hba.conf"
 "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $extra" \
     start >/dev/null || { cat "$dir/postgres.log" >&2; exit 1; }
@@ -55,6 +56,12 @@ cat >/dev/null || true
 impl LocalPostgres {
     /// Starts a fresh server; `extra` is appended to the server options (`-c name=value …`).
     pub fn start(extra: &str) -> Result<LocalPostgres, LocalPgError> {
+        LocalPostgres::start_with_hba(extra, "")
+    }
+
+    /// Like [`LocalPostgres::start`], with `hba` lines placed first in `pg_hba.conf` (for
+    /// per-user authentication methods such as `md5` or `trust`).
+    pub fn start_with_hba(extra: &str, hba: &str) -> Result<LocalPostgres, LocalPgError> {
         let bin = find_bin_dir().ok_or(LocalPgError::NoBinaries)?;
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
@@ -71,6 +78,7 @@ impl LocalPostgres {
             .arg(port.to_string())
             .arg(&bin)
             .arg(extra)
+            .arg(hba)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -316,3 +316,31 @@ async fn hostile_input_gets_08p01_and_harms_nobody() {
     let v: i32 = fresh.query_typed("SELECT 5", &[]).await.unwrap()[0].get(0);
     assert_eq!(v, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_logins_with_md5_and_trust() {
+    for (upstream_user, url_password) in [(UPSTREAM_MD5_USER, PASSWORD), (UPSTREAM_TRUST_USER, "")]
+    {
+        let name = fresh_user("upauth");
+        let auth = if url_password.is_empty() {
+            String::new()
+        } else {
+            format!(":{url_password}")
+        };
+        let toml = base_toml(&name, "size = 1").replace(
+            &pg().url(&name, PASSWORD, &name),
+            &format!(
+                "postgres://{upstream_user}{auth}@127.0.0.1:{}/{name}",
+                pg().port
+            ),
+        );
+        let sidecar = start(&toml).await;
+        let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+        let who: String = client
+            .query_typed("SELECT current_user::text", &[])
+            .await
+            .unwrap()[0]
+            .get(0);
+        assert_eq!(who, upstream_user);
+    }
+}

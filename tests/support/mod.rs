@@ -22,9 +22,27 @@ pub const PASSWORD: &str = "secret";
 static PG: OnceLock<LocalPostgres> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// Upstream roles that log in with md5 and with trust (every other role uses SCRAM).
+pub const UPSTREAM_MD5_USER: &str = "upstream_md5";
+pub const UPSTREAM_TRUST_USER: &str = "upstream_trust";
+
 /// The test binary's PostgreSQL server.
 pub fn pg() -> &'static LocalPostgres {
-    PG.get_or_init(|| LocalPostgres::start("").expect("start a local PostgreSQL server"))
+    PG.get_or_init(|| {
+        let hba = format!(
+            "host all {UPSTREAM_MD5_USER} 127.0.0.1/32 md5\nhost all {UPSTREAM_TRUST_USER} 127.0.0.1/32 trust"
+        );
+        let pg = LocalPostgres::start_with_hba("", &hba).expect("start a local PostgreSQL server");
+        pg.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'md5'; CREATE ROLE {UPSTREAM_MD5_USER} LOGIN PASSWORD '{PASSWORD}'; \
+                 CREATE ROLE {UPSTREAM_TRUST_USER} LOGIN"
+            ),
+        )
+        .expect("create upstream md5 and trust roles");
+        pg
+    })
 }
 
 /// A role (password [`PASSWORD`]) and a database it owns, both new, named after `prefix`.
