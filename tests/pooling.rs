@@ -466,3 +466,40 @@ async fn metrics_and_health_endpoints() {
     assert!(client.batch_execute("SELECT 1").await.is_err());
     drain.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pipeline_with_large_replies_does_not_deadlock() {
+    let name = fresh_user("pipeline");
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    // tokio-postgres pipelines concurrent queries on one connection: the sidecar must keep
+    // reading the server's large replies while it is still writing the later requests.
+    let payload = "y".repeat(40000);
+    let queries = (0..3000).map(|i| {
+        let (client, payload) = (&client, &payload);
+        async move {
+            let rows = client
+                .query_typed(
+                    "SELECT $1::int, $2::text",
+                    &[
+                        (&i, tokio_postgres::types::Type::INT4),
+                        (payload, tokio_postgres::types::Type::TEXT),
+                    ],
+                )
+                .await?;
+            Ok::<_, tokio_postgres::Error>((
+                rows[0].get::<_, i32>(0),
+                rows[0].get::<_, String>(1).len(),
+            ))
+        }
+    });
+    let results = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(queries),
+    )
+    .await
+    .expect("the pipeline completes");
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), (i as i32, 40000));
+    }
+}

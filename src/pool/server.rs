@@ -6,6 +6,8 @@
 //! postgres-protocol (small, bounded messages); after startup only headers are looked at.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -13,7 +15,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamUrl;
@@ -63,6 +65,13 @@ impl ServerError {
             ServerError::Io(_) | ServerError::Closed => "upstream_io",
         }
     }
+}
+
+/// What [`ServerConn::exchange`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    Wrote,
+    Read,
 }
 
 /// The key a server process issued for cancelling its queries.
@@ -272,6 +281,34 @@ impl ServerConn {
             return Err(ServerError::Closed);
         }
         Ok(n)
+    }
+
+    /// Writes some of `out` to the server or reads from it, whichever is ready first; written
+    /// bytes are removed from `out`, read ones appended to `rbuf`. Cancel-safe.
+    pub async fn exchange(&mut self, out: &mut BytesMut) -> Result<Exchange, ServerError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 * 1024);
+        }
+        let (stream, rbuf) = (&mut self.stream, &mut self.rbuf);
+        std::future::poll_fn(|cx| {
+            if !out.is_empty() {
+                if let Poll::Ready(written) = Pin::new(&mut *stream).poll_write(cx, out) {
+                    let n = written?;
+                    if n == 0 {
+                        return Poll::Ready(Err(ServerError::Closed));
+                    }
+                    out.advance(n);
+                    return Poll::Ready(Ok(Exchange::Wrote));
+                }
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, rbuf) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(ServerError::Closed)),
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Exchange::Read)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Writes bytes to the server.

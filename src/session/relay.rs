@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::config::PoolMode;
 use crate::pool::pool::settings_sql;
 use crate::pool::server::AppliedSettings;
+use crate::pool::server::Exchange;
 use crate::pool::{Checkout, ServerError};
 use crate::protocol::backend::{
     self, parse_parameter_status, ErrorFields, ErrorReport, Severity, TransactionStatus,
@@ -31,7 +32,7 @@ use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
 
-/// Bytes gathered for the server before they are written even without a request boundary.
+/// While this many bytes wait to be written to the server, the client is not read (backpressure).
 const SERVER_WRITE_CHUNK: usize = 64 * 1024;
 /// How long cleaning a server connection after its client vanished may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -289,12 +290,16 @@ impl Relay {
         loop {
             match &mut self.phase {
                 Phase::Attached(att) => {
+                    // The server is read while it is written to, so a server that is busy
+                    // sending replies to a long pipeline never deadlocks against the sidecar.
+                    let room = att.wbuf.len() < SERVER_WRITE_CHUNK;
                     tokio::select! {
-                        read = att.server.conn_mut().read_more() => {
-                            read?;
-                            self.on_server_bytes().await?;
+                        event = att.server.conn_mut().exchange(&mut att.wbuf) => {
+                            if event? == Exchange::Read {
+                                self.on_server_bytes().await?;
+                            }
                         }
-                        read = self.client.fill() => {
+                        read = self.client.fill(), if room => {
                             let n = read?;
                             self.app.metrics.client_bytes_received.inc_by(n as u64);
                             if let Some(end) = self.on_client_bytes().await? {
@@ -333,9 +338,6 @@ impl Relay {
                 return Ok(Some(end));
             }
         }
-        if let Phase::Attached(att) = &mut self.phase {
-            write_server(att).await?;
-        }
         self.write_client().await?;
         Ok(None)
     }
@@ -352,9 +354,6 @@ impl Relay {
                         att.copy_ends += 1;
                     }
                     att.wbuf.extend_from_slice(frame.as_bytes());
-                    if att.wbuf.len() >= SERVER_WRITE_CHUNK {
-                        write_server(att).await?;
-                    }
                 }
                 return Ok(None);
             }
@@ -420,9 +419,6 @@ impl Relay {
             | MessageRole::Copy
             | MessageRole::Terminate
             | MessageRole::Unknown => {}
-        }
-        if att.wbuf.len() >= SERVER_WRITE_CHUNK {
-            write_server(att).await?;
         }
         Ok(None)
     }
