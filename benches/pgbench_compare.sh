@@ -31,6 +31,7 @@ work=$(mktemp -d /tmp/pgsidecar-bench.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "$work/pgbouncer.ini" 2>/dev/null || true
   as_pg "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }

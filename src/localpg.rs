@@ -39,6 +39,9 @@ pub struct LocalPostgres {
 }
 
 const SUPERVISOR: &str = r#"
+# Signals aimed at the whole process group (Ctrl-C, `timeout`) must not kill the supervisor
+# before it stops the server: it stops when its stdin closes, however the parent ended.
+trap '' INT TERM HUP
 set -e
 dir="$1"; port="$2"; bin="$3"; extra="$4"; hba="$5"
 trap 'rm -rf "$dir"' EXIT
