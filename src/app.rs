@@ -4,19 +4,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::BytesMut;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cancel::{CancelRegistry, IssuedKey};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pool::server::BackendKey;
 use crate::pool::Pool;
 use crate::session::auth::UserAuth;
 
@@ -32,49 +29,6 @@ pub enum AppError {
     User(String),
 }
 
-/// Where a client's queries currently run, for CancelRequest.
-#[derive(Debug, Clone)]
-pub struct CancelTarget {
-    pub host: String,
-    pub port: u16,
-    pub key: BackendKey,
-}
-
-type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
-type KeyRegistry = Arc<Mutex<HashMap<i32, (i32, CancelSlot)>>>;
-
-/// The BackendKeyData the sidecar issued to one client; unregistered on drop.
-pub struct IssuedKey {
-    process_id: i32,
-    secret_key: i32,
-    slot: CancelSlot,
-    registry: KeyRegistry,
-}
-
-impl IssuedKey {
-    pub fn process_id(&self) -> i32 {
-        self.process_id
-    }
-
-    pub fn secret_key(&self) -> i32 {
-        self.secret_key
-    }
-
-    /// Records which server connection serves the client now (`None` when detached).
-    pub fn set_target(&self, target: Option<CancelTarget>) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = target;
-    }
-}
-
-impl Drop for IssuedKey {
-    fn drop(&mut self) {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.process_id);
-    }
-}
-
 /// Everything a session needs, shared by all of them.
 pub struct App {
     pub config: Config,
@@ -83,8 +37,7 @@ pub struct App {
     users: HashMap<String, UserAuth>,
     mock_key: [u8; 32],
     rng: SystemRandom,
-    next_process_id: AtomicI32,
-    keys: KeyRegistry,
+    cancels: CancelRegistry,
     /// Fires when the sidecar stops accepting clients; idle sessions close.
     pub draining: CancellationToken,
     /// Fires when the drain time is over; every session closes.
@@ -127,8 +80,7 @@ impl App {
             users,
             mock_key,
             rng,
-            next_process_id: AtomicI32::new(1),
-            keys: Arc::new(Mutex::new(HashMap::new())),
+            cancels: CancelRegistry::default(),
             draining: CancellationToken::new(),
             terminate: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -161,51 +113,12 @@ impl App {
 
     /// Issues a unique BackendKeyData for a new client.
     pub fn issue_key(&self) -> IssuedKey {
-        let mut secret = [0u8; 4];
-        // SystemRandom only fails when the OS has no randomness; a zero secret still works.
-        let _ = self.rng.fill(&mut secret);
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let process_id = loop {
-            let id = self.next_process_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
-            if id != 0 && !keys.contains_key(&id) {
-                break id;
-            }
-        };
-        let slot = Arc::new(Mutex::new(None));
-        let secret_key = i32::from_be_bytes(secret);
-        keys.insert(process_id, (secret_key, Arc::clone(&slot)));
-        IssuedKey {
-            process_id,
-            secret_key,
-            slot,
-            registry: Arc::clone(&self.keys),
-        }
+        self.cancels.issue(&self.rng)
     }
 
-    /// Handles a CancelRequest: forwards it to the server running that client's query, if any.
+    /// Handles a CancelRequest from a client connection.
     pub async fn cancel(&self, process_id: i32, secret_key: i32) {
-        let target = {
-            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            keys.get(&process_id)
-                .filter(|(secret, _)| *secret == secret_key)
-                .and_then(|(_, slot)| slot.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        };
-        let Some(target) = target else {
-            tracing::debug!("cancel request matched no running query");
-            return;
-        };
-        let mut packet = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(
-            target.key.process_id,
-            target.key.secret_key,
-            &mut packet,
-        );
-        match TcpStream::connect((target.host.as_str(), target.port)).await {
-            Ok(mut stream) => {
-                let _ = stream.write_all(&packet).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "could not deliver cancel request upstream"),
-        }
+        self.cancels.cancel(process_id, secret_key).await;
     }
 
     /// Accepts clients until draining starts.
@@ -283,6 +196,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             source,
         })?;
     tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
+    for pool in app.pools() {
+        tokio::spawn(Arc::clone(pool).watch(app.terminate.clone()));
+    }
     tokio::spawn(Arc::clone(&app).serve(listener));
     tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");
     Ok(Running {

@@ -83,14 +83,54 @@ impl fmt::Display for AuthMethod {
     }
 }
 
+/// Whether and how the sidecar uses TLS upstream (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, without verifying it (libpq's default).
+    Prefer,
+    /// TLS always, without verifying the server.
+    Require,
+    /// TLS always; the server certificate must chain to `sslrootcert`.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// Where and as whom the sidecar connects upstream.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
-    pub host: String,
-    pub port: u16,
+    /// Hosts tried in order; names are resolved again on every connection attempt.
+    pub hosts: Vec<(String, u16)>,
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for UpstreamUrl {
@@ -100,7 +140,8 @@ impl fmt::Debug for UpstreamUrl {
 }
 
 impl UpstreamUrl {
-    /// Parses `postgres://user:password@host:port/dbname` (also `postgresql://`).
+    /// Parses `postgres://user:password@host:port[,host2:port2…]/dbname[?sslmode=…&sslrootcert=…]`
+    /// (also `postgresql://`).
     pub fn parse(url: &str) -> Result<UpstreamUrl, ConfigError> {
         let err = |reason: &str| ConfigError::Url {
             url: mask_url(url),
@@ -110,38 +151,50 @@ impl UpstreamUrl {
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
             .ok_or_else(|| err("must start with postgres://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        if let Some(q) = query.filter(|q| !q.is_empty()) {
-            return Err(err(&format!(
-                "URL parameters are not supported yet ({})",
-                q.split('&')
-                    .map(|p| p.split('=').next().unwrap_or(""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut sslmode = SslMode::Prefer;
+        let mut sslrootcert = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "sslmode" => {
+                    sslmode = SslMode::parse(&value).ok_or_else(|| {
+                        err("sslmode must be disable, prefer, require, verify-ca or verify-full")
+                    })?
+                }
+                "sslrootcert" => sslrootcert = Some(std::path::PathBuf::from(value)),
+                other => return Err(err(&format!("URL parameter {other:?} is not supported"))),
+            }
+        }
+        if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && sslrootcert.is_none() {
+            return Err(err(
+                "sslmode=verify-ca and verify-full need sslrootcert=FILE",
+            ));
         }
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = authority
+        let (userinfo, hostlist) = authority
             .rsplit_once('@')
             .ok_or_else(|| err("a user name is required (user@host)"))?;
         let (user, password) = match userinfo.split_once(':') {
             Some((u, p)) => (percent_decode(u), Some(percent_decode(p))),
             None => (percent_decode(userinfo), None),
         };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| err("the port is not a number"))?,
-            ),
-            None => (hostport, 5432),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(',') {
-            return Err(err("exactly one host is required"));
+        let mut hosts = Vec::new();
+        for hostport in hostlist.split(',') {
+            let (host, port) = match hostport.rsplit_once(':').filter(|(h, _)| !h.ends_with(':')) {
+                Some((h, p)) if !h.is_empty() && (!h.starts_with('[') || h.ends_with(']')) => (
+                    h,
+                    p.parse::<u16>()
+                        .map_err(|_| err("the port is not a number"))?,
+                ),
+                _ => (hostport, 5432),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(err("a host is required"));
+            }
+            hosts.push((host.to_owned(), port));
         }
         if user.is_empty() {
             return Err(err("a user name is required (user@host)"));
@@ -152,21 +205,37 @@ impl UpstreamUrl {
             percent_decode(path)
         };
         Ok(UpstreamUrl {
-            host: host.to_owned(),
-            port,
+            hosts,
             user,
             password,
             dbname,
+            sslmode,
+            sslrootcert,
         })
     }
 
     /// The URL with its password replaced by `****`.
     pub fn masked(&self) -> String {
         let pw = if self.password.is_some() { ":****" } else { "" };
-        format!(
-            "postgres://{}{pw}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
-        )
+        let hosts: Vec<String> = self.hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        let mut out = format!(
+            "postgres://{}{pw}@{}/{}",
+            self.user,
+            hosts.join(","),
+            self.dbname
+        );
+        if self.sslmode != SslMode::Prefer {
+            out.push_str(&format!("?sslmode={}", self.sslmode.as_str()));
+        }
+        if let Some(root) = &self.sslrootcert {
+            out.push_str(if self.sslmode != SslMode::Prefer {
+                "&"
+            } else {
+                "?"
+            });
+            out.push_str(&format!("sslrootcert={}", root.display()));
+        }
+        out
     }
 }
 
@@ -245,6 +314,25 @@ pub struct PoolConfig {
     pub size: usize,
     pub checkout_timeout: Duration,
     pub max_waiting: usize,
+    /// Opening and authenticating one upstream connection may take this long.
+    pub connect_timeout: Duration,
+    /// An idle server connection older than this (unused) is closed; zero keeps it.
+    pub idle_timeout: Duration,
+    /// A server connection older than this is closed when it next becomes idle; zero: never.
+    pub max_lifetime: Duration,
+    /// TCP keepalive idle time on upstream sockets; zero disables keepalive.
+    pub tcp_keepalive: Duration,
+}
+
+/// Limits on what one client may do.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    /// Startup and authentication must finish within this.
+    pub login_timeout: Duration,
+    /// A client idle inside a transaction this long is disconnected (25P03); zero: never.
+    pub idle_in_transaction_timeout: Duration,
+    /// A statement running this long is cancelled upstream (57014); zero: never.
+    pub query_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -255,6 +343,7 @@ pub struct Config {
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
     pub max_message_size: usize,
+    pub limits: ClientLimits,
     pub pool: PoolConfig,
     pub databases: Vec<DatabaseConfig>,
     pub users: Vec<UserConfig>,
@@ -277,6 +366,9 @@ struct FileConfig {
     shutdown_delay: Option<String>,
     drain_timeout: Option<String>,
     max_message_size: Option<String>,
+    login_timeout: Option<String>,
+    idle_in_transaction_timeout: Option<String>,
+    query_timeout: Option<String>,
     #[serde(default)]
     pool: FilePool,
     #[serde(default)]
@@ -294,6 +386,10 @@ struct FilePool {
     size: Option<usize>,
     checkout_timeout: Option<String>,
     max_waiting: Option<usize>,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_lifetime: Option<String>,
+    tcp_keepalive: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,16 +449,23 @@ impl Config {
     /// The effective configuration as TOML-like text with secrets masked.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "listen = \"{}\"\nmetrics_listen = \"{}\"\nshutdown_delay = \"{}\"\ndrain_timeout = \"{}\"\nmax_message_size = \"{}\"\n\n[pool]\nmode = \"{}\"\nsize = {}\ncheckout_timeout = \"{}\"\nmax_waiting = {}\n",
+            "listen = \"{}\"\nmetrics_listen = \"{}\"\nshutdown_delay = \"{}\"\ndrain_timeout = \"{}\"\nmax_message_size = \"{}\"\nlogin_timeout = \"{}\"\nidle_in_transaction_timeout = \"{}\"\nquery_timeout = \"{}\"\n\n[pool]\nmode = \"{}\"\nsize = {}\ncheckout_timeout = \"{}\"\nmax_waiting = {}\nconnect_timeout = \"{}\"\nidle_timeout = \"{}\"\nmax_lifetime = \"{}\"\ntcp_keepalive = \"{}\"\n",
             self.listen,
             self.metrics_listen,
             format_duration(self.shutdown_delay),
             format_duration(self.drain_timeout),
             format_size(self.max_message_size),
+            format_duration(self.limits.login_timeout),
+            format_duration(self.limits.idle_in_transaction_timeout),
+            format_duration(self.limits.query_timeout),
             self.pool.mode,
             self.pool.size,
             format_duration(self.pool.checkout_timeout),
-            self.pool.max_waiting
+            self.pool.max_waiting,
+            format_duration(self.pool.connect_timeout),
+            format_duration(self.pool.idle_timeout),
+            format_duration(self.pool.max_lifetime),
+            format_duration(self.pool.tcp_keepalive)
         );
         for db in &self.databases {
             out.push_str(&format!(
@@ -435,7 +538,32 @@ impl FileConfig {
             size: o.pool_size.or(self.pool.size).unwrap_or(20),
             checkout_timeout: duration("pool.checkout_timeout", self.pool.checkout_timeout, "5s")?,
             max_waiting: self.pool.max_waiting.unwrap_or(10_000),
+            connect_timeout: duration("pool.connect_timeout", self.pool.connect_timeout, "5s")?,
+            idle_timeout: duration("pool.idle_timeout", self.pool.idle_timeout, "10m")?,
+            max_lifetime: duration("pool.max_lifetime", self.pool.max_lifetime, "1h")?,
+            tcp_keepalive: duration("pool.tcp_keepalive", self.pool.tcp_keepalive, "30s")?,
         };
+        if pool.connect_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "pool.connect_timeout",
+                "must be more than zero",
+            ));
+        }
+        let limits = ClientLimits {
+            login_timeout: duration("login_timeout", self.login_timeout, "60s")?,
+            idle_in_transaction_timeout: duration(
+                "idle_in_transaction_timeout",
+                self.idle_in_transaction_timeout,
+                "0s",
+            )?,
+            query_timeout: duration("query_timeout", self.query_timeout, "0s")?,
+        };
+        if limits.login_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "login_timeout",
+                "must be more than zero",
+            ));
+        }
         if pool.size == 0 {
             return Err(ConfigError::invalid("pool.size", "must be at least 1"));
         }
@@ -524,6 +652,7 @@ impl FileConfig {
             shutdown_delay: duration("shutdown_delay", self.shutdown_delay, "0s")?,
             drain_timeout: duration("drain_timeout", self.drain_timeout, "30s")?,
             max_message_size,
+            limits,
             pool,
             databases,
             users,

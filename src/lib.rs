@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the TOML/env/CLI configuration contract, validated once.
 //! - [`app`]: the [`app::App`] bundle (pools, credentials, metrics, shutdown) and the listener.
+//! - [`cancel`]: issued BackendKeyData and CancelRequest delivery.
 //! - [`protocol`]: the wire format, pure: framing, frontend/backend messages, startup, SQLSTATEs.
 //! - [`session`]: one client connection as typed phases: handshake, auth, relay.
 //! - [`pool`]: upstream server connections and the pools that lend them.
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cancel;
 pub mod config;
 pub mod http;
 pub mod localpg;

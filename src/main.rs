@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pgsidecar::config::{Config, ConfigError, Overrides, PoolMode};
@@ -162,10 +161,12 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut ok = true;
+    let options = pgsidecar::pool::ConnectOptions {
+        timeout: config.pool.connect_timeout,
+        keepalive: config.pool.tcp_keepalive,
+    };
     for db in &config.databases {
-        match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], Duration::from_secs(5))
-            .await
-        {
+        match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], &options).await {
             Ok(conn) => {
                 println!(
                     "# database {}: connected to {}",

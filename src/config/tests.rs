@@ -39,7 +39,7 @@ fn parses_every_key() {
     assert_eq!(c.pool.max_waiting, 3);
     let db = &c.databases[0];
     assert_eq!(db.primary.password.as_deref(), Some("se@cret"));
-    assert_eq!(db.primary.port, 5433);
+    assert_eq!(db.primary.hosts, vec![("127.0.0.1".to_owned(), 5433)]);
     assert_eq!(db.primary.dbname, "appdb");
     assert_eq!(c.users[0].auth, AuthMethod::Md5);
 }
@@ -129,14 +129,31 @@ fn durations_and_sizes() {
 #[test]
 fn url_forms() {
     let u = UpstreamUrl::parse("postgresql://bob@db.internal").unwrap();
-    assert_eq!(
-        (u.host.as_str(), u.port, u.dbname.as_str()),
-        ("db.internal", 5432, "bob")
-    );
+    assert_eq!(u.hosts, vec![("db.internal".to_owned(), 5432)]);
+    assert_eq!(u.dbname, "bob");
+    assert_eq!(u.sslmode, SslMode::Prefer);
     assert!(u.password.is_none());
-    assert!(UpstreamUrl::parse("postgres://a@h1,h2/db").is_err());
+    let u = UpstreamUrl::parse("postgres://a@h1,h2:5433,[::1]:5434/db?sslmode=require").unwrap();
+    assert_eq!(
+        u.hosts,
+        vec![
+            ("h1".to_owned(), 5432),
+            ("h2".to_owned(), 5433),
+            ("::1".to_owned(), 5434)
+        ]
+    );
+    assert_eq!(u.sslmode, SslMode::Require);
+    assert_eq!(
+        u.masked(),
+        "postgres://a@h1:5432,h2:5433,::1:5434/db?sslmode=require"
+    );
+    let u = UpstreamUrl::parse("postgres://a@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+        .unwrap();
+    assert_eq!(u.sslrootcert.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert!(UpstreamUrl::parse("postgres://a@h/db?sslmode=verify-ca").is_err());
+    assert!(UpstreamUrl::parse("postgres://a@h/db?sslmode=sometimes").is_err());
+    assert!(UpstreamUrl::parse("postgres://a@h/db?fallback=1").is_err());
     assert!(UpstreamUrl::parse("postgres://a@h:notaport/db").is_err());
-    assert!(UpstreamUrl::parse("postgres://a@h/db?sslmode=require").is_err());
 }
 
 #[test]

@@ -6,4 +6,4 @@ pub mod pool;
 pub mod server;
 
 pub use pool::{Checkout, CheckoutError, Pool};
-pub use server::{AppliedSettings, ServerConn, ServerError};
+pub use server::{AppliedSettings, ConnectOptions, ServerConn, ServerError};

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::server::{AppliedSettings, ServerConn, ServerError};
+use super::server::{AppliedSettings, ConnectOptions, ServerConn, ServerError};
 use crate::config::{PoolConfig, UpstreamUrl};
 use crate::metrics::{GaugeGuard, Metrics, ServerState};
 
-/// How long the sidecar gives an upstream to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often idle server connections are checked for FATAL/EOF and timeouts.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Distinct startup-setting combinations remembered per pool.
 const STARTUP_CACHE_LIMIT: usize = 256;
 
@@ -55,6 +55,7 @@ pub struct Pool {
     pub database: String,
     url: UpstreamUrl,
     config: PoolConfig,
+    connect_options: ConnectOptions,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     waiting: AtomicUsize,
@@ -76,6 +77,10 @@ impl Pool {
         Pool {
             database,
             url,
+            connect_options: ConnectOptions {
+                timeout: config.connect_timeout,
+                keepalive: config.tcp_keepalive,
+            },
             permits: Arc::new(Semaphore::new(config.size)),
             config,
             idle: Mutex::new(Vec::new()),
@@ -153,7 +158,7 @@ impl Pool {
             .metrics
             .upstream_up
             .with_label_values(&[&self.database]);
-        match ServerConn::connect(id, &self.url, &[], CONNECT_TIMEOUT).await {
+        match ServerConn::connect(id, &self.url, &[], &self.connect_options).await {
             Ok(conn) => {
                 self.metrics.server_connects.inc();
                 up.set(1);
@@ -210,13 +215,63 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn give_back(&self, conn: ServerConn) {
+    fn give_back(&self, mut conn: ServerConn) {
         self.metrics.server_state(ServerState::Active).dec();
+        if self.expired(&conn, Instant::now()) {
+            tracing::debug!(
+                server = conn.id,
+                "closing server connection past max_lifetime"
+            );
+            return;
+        }
         self.metrics.server_state(ServerState::Idle).inc();
+        conn.idle_since = Instant::now();
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(conn);
+    }
+
+    fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
+        let lifetime = self.config.max_lifetime;
+        !lifetime.is_zero() && now.duration_since(conn.created) >= lifetime
+    }
+
+    /// Closes idle connections that went bad (the server sent FATAL or closed), sat unused
+    /// past `idle_timeout`, or lived past `max_lifetime`. Run periodically by [`Pool::watch`].
+    pub fn reap_idle(&self) -> usize {
+        let now = Instant::now();
+        let idle_timeout = self.config.idle_timeout;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let before = idle.len();
+        idle.retain_mut(|conn| {
+            let stale =
+                !idle_timeout.is_zero() && now.duration_since(conn.idle_since) >= idle_timeout;
+            let keep = !stale && !self.expired(conn, now) && conn.looks_idle();
+            if !keep {
+                tracing::debug!(server = conn.id, stale, "closing idle server connection");
+            }
+            keep
+        });
+        let closed = before - idle.len();
+        self.metrics
+            .server_state(ServerState::Idle)
+            .sub(closed as i64);
+        closed
+    }
+
+    /// Watches the idle connections until `stop` fires.
+    pub async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.reap_idle();
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     /// Closes every idle connection (shutdown).

@@ -101,40 +101,73 @@ pub struct ServerConn {
     pub key: BackendKey,
     pub applied: AppliedSettings,
     pub created: Instant,
+    /// When the connection last went back to the pool.
+    pub idle_since: Instant,
+    /// The host and port this connection reached (cancel requests go there).
+    pub host: String,
+    pub port: u16,
+}
+
+/// How upstream connections are opened.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Per host: TCP connect, TLS and authentication together.
+    pub timeout: Duration,
+    /// TCP keepalive idle time; zero disables it.
+    pub keepalive: Duration,
 }
 
 impl ServerConn {
-    /// Connects and authenticates as the URL's user, within `timeout`. `params` are extra
-    /// startup parameters (the sidecar sends none; tests use it as a raw protocol client).
+    /// Connects and authenticates as the URL's user, trying its hosts in order, each within
+    /// `options.timeout`. `params` are extra startup parameters (the sidecar sends none; tests
+    /// use it as a raw protocol client).
     pub async fn connect(
         id: u64,
         url: &UpstreamUrl,
         params: &[(&str, &str)],
-        timeout: Duration,
+        options: &ConnectOptions,
     ) -> Result<ServerConn, ServerError> {
-        let addr = format!("{}:{}", url.host, url.port);
-        match tokio::time::timeout(timeout, Self::connect_inner(id, url, params, &addr)).await {
-            Ok(result) => result,
-            Err(_) => Err(ServerError::ConnectTimeout(addr)),
+        let mut last = None;
+        for (host, port) in &url.hosts {
+            let addr = format!("{host}:{port}");
+            let attempt = Self::connect_one(id, url, (host, *port), params, options);
+            match tokio::time::timeout(options.timeout, attempt).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                // A server that answered and refused us will refuse on every host alike.
+                Ok(Err(e @ ServerError::Upstream { .. })) => return Err(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(ServerError::ConnectTimeout(addr)),
+            }
         }
+        Err(last.unwrap_or_else(|| ServerError::Protocol("the upstream URL has no host".into())))
     }
 
-    async fn connect_inner(
+    async fn connect_one(
         id: u64,
         url: &UpstreamUrl,
+        (host, port): (&str, u16),
         params: &[(&str, &str)],
-        addr: &str,
+        options: &ConnectOptions,
     ) -> Result<ServerConn, ServerError> {
-        let stream = TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|source| ServerError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+        let stream =
+            TcpStream::connect((host, port))
+                .await
+                .map_err(|source| ServerError::Connect {
+                    addr: format!("{host}:{port}"),
+                    source,
+                })?;
         stream.set_nodelay(true)?;
+        if !options.keepalive.is_zero() {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(options.keepalive)
+                .with_interval(options.keepalive.min(Duration::from_secs(10)));
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        }
         let mut conn = ServerConn {
             id,
             stream,
+            host: host.to_owned(),
+            port,
             rbuf: BytesMut::with_capacity(16 * 1024),
             params: Vec::new(),
             key: BackendKey {
@@ -143,6 +176,7 @@ impl ServerConn {
             },
             applied: AppliedSettings::Known(BTreeMap::new()),
             created: Instant::now(),
+            idle_since: Instant::now(),
         };
         conn.startup(url, params).await?;
         Ok(conn)

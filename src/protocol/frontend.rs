@@ -51,6 +51,15 @@ pub fn role(tag: u8) -> MessageRole {
     }
 }
 
+/// Appends a simple `Query` message.
+pub fn append_query(buf: &mut bytes::BytesMut, sql: &str) {
+    use bytes::BufMut;
+    buf.put_u8(QUERY_TAG);
+    buf.put_i32((4 + sql.len() + 1) as i32);
+    buf.put_slice(sql.as_bytes());
+    buf.put_u8(0);
+}
+
 /// `SASLInitialResponse` body: mechanism name and the client-first message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SaslInitialResponse<'a> {

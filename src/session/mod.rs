@@ -3,14 +3,15 @@
 //! Each phase returns what the next one needs. Errors meant for the client become an
 //! ErrorResponse with a real SQLSTATE; everything else is logged and counted by `kind()`.
 
+pub mod attachment;
 pub mod auth;
+mod cleanup;
 pub mod client;
 pub mod handshake;
 pub mod relay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -24,17 +25,13 @@ use crate::protocol::sqlstate::SqlState;
 use client::ClientConn;
 use handshake::Handshake;
 
-/// A client that has not finished startup and authentication by then is dropped
-/// (Postgres's `authentication_timeout` default).
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Serves one accepted client connection to its end.
 pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
     let _connected = GaugeGuard::new(&app.metrics.client_connections);
     let _ = stream.set_nodelay(true);
     let mut leftover = BytesMut::new();
     let outcome = tokio::time::timeout(
-        LOGIN_TIMEOUT,
+        app.config.limits.login_timeout,
         handshake::handshake(&mut stream, &mut leftover),
     )
     .await;
@@ -70,7 +67,11 @@ pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
         }
     };
     let mut client = ClientConn::new(stream, leftover, app.config.max_message_size);
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&app, &mut client, &startup)).await;
+    let login = tokio::time::timeout(
+        app.config.limits.login_timeout,
+        login(&app, &mut client, &startup),
+    )
+    .await;
     let session = match login {
         Ok(Ok(session)) => session,
         Ok(Err(report)) => {
@@ -99,7 +100,7 @@ pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
 pub struct SessionInfo {
     pub pool: Arc<crate::pool::Pool>,
     pub settings: BTreeMap<String, String>,
-    pub key: crate::app::IssuedKey,
+    pub key: crate::cancel::IssuedKey,
 }
 
 /// Authenticates, checks the database, and sends the startup reply. `Err(Some(report))` is

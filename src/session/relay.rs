@@ -8,21 +8,24 @@
 //! the bytes that arrived. In transaction mode the server connection is released when the
 //! queue is empty and ReadyForQuery says idle; in session mode it stays until the client goes.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
 use tokio::net::TcpStream;
 
+use super::attachment::{
+    sleep_until_some, Attachment, Batch, Expect, Passthrough, Reply, Source, Timer,
+};
+use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
 use super::{checkout_report, SessionInfo};
 use crate::app::App;
+use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::pool::pool::settings_sql;
 use crate::pool::server::AppliedSettings;
 use crate::pool::server::Exchange;
-use crate::pool::{Checkout, ServerError};
+use crate::pool::ServerError;
 use crate::protocol::backend::{
     self, parse_parameter_status, ErrorFields, ErrorReport, Severity, TransactionStatus,
     COPY_IN_RESPONSE_TAG, ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG, NOTIFICATION_RESPONSE_TAG,
@@ -34,8 +37,6 @@ use crate::protocol::sqlstate::SqlState;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
 const SERVER_WRITE_CHUNK: usize = 64 * 1024;
-/// How long cleaning a server connection after its client vanished may take.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub enum RelayError {
     ServerFrame(FrameError),
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransaction,
 }
 
 impl RelayError {
@@ -62,6 +65,7 @@ impl RelayError {
             RelayError::UnknownMessage(_) => "protocol_violation",
             RelayError::ServerFrame(_) => "upstream_protocol",
             RelayError::Shutdown => "shutdown",
+            RelayError::IdleInTransaction => "idle_in_transaction_timeout",
         }
     }
 
@@ -85,133 +89,11 @@ impl RelayError {
                 SqlState::ADMIN_SHUTDOWN,
                 self.to_string(),
             )),
+            RelayError::IdleInTransaction => Some(ErrorReport::fatal(
+                SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                self.to_string(),
+            )),
         }
-    }
-}
-
-/// What happens to the server's messages up to one ReadyForQuery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
-    /// The client asked for them.
-    Forward,
-    /// The sidecar asked for them; the client never sees them.
-    Swallow,
-}
-
-/// What a ReadyForQuery answers.
-#[derive(Debug)]
-enum Source {
-    /// Statements the sidecar injected.
-    Sidecar,
-    /// A client's simple Query (or FunctionCall).
-    Query { sent: Instant },
-    /// A client's Sync, closing this batch.
-    Sync(Batch),
-}
-
-/// One ReadyForQuery the client's connection is waiting for.
-#[derive(Debug)]
-struct Expect {
-    source: Source,
-}
-
-impl Expect {
-    fn reply(&self) -> Reply {
-        match self.source {
-            Source::Sidecar => Reply::Swallow,
-            Source::Query { .. } | Source::Sync(_) => Reply::Forward,
-        }
-    }
-
-    /// Statements in the request (a Query counts one, a batch counts its Executes).
-    fn statements(&self) -> u32 {
-        match &self.source {
-            Source::Sidecar => 0,
-            Source::Query { .. } => 1,
-            Source::Sync(batch) => batch.executes,
-        }
-    }
-
-    fn sent(&self) -> Option<Instant> {
-        match &self.source {
-            Source::Sidecar => None,
-            Source::Query { sent } => Some(*sent),
-            Source::Sync(batch) => Some(batch.started),
-        }
-    }
-}
-
-/// Extended-protocol messages sent since the last Sync.
-#[derive(Debug)]
-struct Batch {
-    executes: u32,
-    started: Instant,
-    /// The client's CopyDone/CopyFail count when the batch began.
-    copy_ends_at_start: u64,
-    /// The server answered an Execute of this batch with CopyInResponse.
-    copy_in: bool,
-}
-
-/// The rest of a backend message that is being streamed through.
-#[derive(Debug, Clone, Copy)]
-struct Passthrough {
-    remaining: usize,
-    reply: Reply,
-}
-
-/// A server connection serving this client, with what is in flight on it.
-struct Attachment {
-    server: Checkout,
-    expect: VecDeque<Expect>,
-    batch: Option<Batch>,
-    status: TransactionStatus,
-    /// Complete frames for the server not yet written.
-    wbuf: BytesMut,
-    passthrough: Option<Passthrough>,
-    /// CopyDone and CopyFail messages the client has sent on this attachment.
-    copy_ends: u64,
-}
-
-impl Batch {
-    fn new(started: Instant, copy_ends: u64) -> Batch {
-        Batch {
-            executes: 0,
-            started,
-            copy_ends_at_start: copy_ends,
-            copy_in: false,
-        }
-    }
-}
-
-impl Attachment {
-    /// The server entered COPY FROM STDIN for the request it is working on. In an extended
-    /// batch, a Sync the client sent before ending the COPY is ignored by the server, so the
-    /// batch stays open until the client's next Sync.
-    fn note_copy_in(&mut self) {
-        let ignored_sync = matches!(
-            self.expect.front(),
-            Some(Expect { source: Source::Sync(b) }) if b.copy_ends_at_start == self.copy_ends
-        );
-        if ignored_sync {
-            if let Some(Expect {
-                source: Source::Sync(mut batch),
-            }) = self.expect.pop_front()
-            {
-                batch.copy_in = true;
-                self.batch = Some(batch);
-            }
-        } else if let (true, Some(batch)) = (self.expect.is_empty(), self.batch.as_mut()) {
-            batch.copy_in = true;
-        }
-    }
-
-    /// Nothing in flight, not in a transaction: the connection can go back to the pool.
-    fn is_quiet(&self) -> bool {
-        self.expect.is_empty()
-            && self.batch.is_none()
-            && self.passthrough.is_none()
-            && self.wbuf.is_empty()
-            && self.status == TransactionStatus::Idle
     }
 }
 
@@ -270,7 +152,7 @@ impl Relay {
         }
         let phase = std::mem::replace(&mut self.phase, Phase::Detached);
         if let Phase::Attached(att) = phase {
-            self.info.key.set_target(None);
+            self.info.key.detach().await;
             let server_lost = matches!(
                 outcome,
                 Err(RelayError::Server(_) | RelayError::ServerFrame(_))
@@ -293,6 +175,7 @@ impl Relay {
                     // The server is read while it is written to, so a server that is busy
                     // sending replies to a long pipeline never deadlocks against the sidecar.
                     let room = att.wbuf.len() < SERVER_WRITE_CHUNK;
+                    let timer = att.next_timer(&self.app.config.limits);
                     tokio::select! {
                         event = att.server.conn_mut().exchange(&mut att.wbuf) => {
                             if event? == Exchange::Read {
@@ -304,6 +187,17 @@ impl Relay {
                             self.app.metrics.client_bytes_received.inc_by(n as u64);
                             if let Some(end) = self.on_client_bytes().await? {
                                 return Ok(end);
+                            }
+                        }
+                        _ = sleep_until_some(timer) => {
+                            match timer {
+                                Some(Timer::IdleInTransaction(_)) => return Err(RelayError::IdleInTransaction),
+                                Some(Timer::QueryTimeout(_)) => {
+                                    att.expect.front_cancelled = true;
+                                    self.app.metrics.error("query_timeout");
+                                    self.info.key.cancel_in_background();
+                                }
+                                None => {}
                             }
                         }
                         _ = terminate.cancelled() => return Err(RelayError::Shutdown),
@@ -333,6 +227,9 @@ impl Relay {
 
     /// Handles every complete frame the client sent, then writes what the server should get.
     async fn on_client_bytes(&mut self) -> Result<Option<End>, RelayError> {
+        if let Phase::Attached(att) = &mut self.phase {
+            att.last_activity = Instant::now();
+        }
         while let Some(frame) = self.client.buffered_frame().map_err(ClientIoError::from)? {
             if let Some(end) = self.on_client_frame(frame).await? {
                 return Ok(Some(end));
@@ -425,7 +322,18 @@ impl Relay {
 
     /// Checks out a server connection and queues what makes it carry this client's settings.
     async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
-        let mut server = match self.info.pool.checkout().await {
+        let cancelled = self.info.key.waiting();
+        let checkout = tokio::select! {
+            checkout = self.info.pool.checkout() => checkout,
+            _ = cancelled.notified() => {
+                self.app.metrics.error("cancelled_waiting");
+                return Err(ErrorReport::error(
+                    SqlState::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                ));
+            }
+        };
+        let mut server = match checkout {
             Ok(s) => s,
             Err(e) => {
                 self.app.metrics.error(e.kind());
@@ -434,20 +342,12 @@ impl Relay {
             }
         };
         let conn = server.conn_mut();
-        self.info.key.set_target(Some(crate::app::CancelTarget {
-            host: self.info.pool.url().host.clone(),
-            port: self.info.pool.url().port,
+        self.info.key.running(CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
             key: conn.key,
-        }));
-        let mut att = Attachment {
-            server,
-            expect: VecDeque::new(),
-            batch: None,
-            status: TransactionStatus::Idle,
-            wbuf: BytesMut::new(),
-            passthrough: None,
-            copy_ends: 0,
-        };
+        });
+        let mut att = Attachment::new(server);
         let conn = att.server.conn_mut();
         let have = match &conn.applied {
             AppliedSettings::Known(have) => Some(have),
@@ -455,7 +355,7 @@ impl Relay {
         };
         // Connections in unknown state never reach the pool, so `have` is always known here.
         if let Some(sql) = have.and_then(|have| settings_sql(have, &self.info.settings)) {
-            append_query(&mut att.wbuf, &sql);
+            frontend::append_query(&mut att.wbuf, &sql);
             att.expect.push_back(Expect {
                 source: Source::Sidecar,
             });
@@ -580,7 +480,7 @@ impl Relay {
         let conn = att.server.conn_mut();
         emit(client, conn, &mut cut, metrics).await?;
         if self.mode == PoolMode::Transaction && att.is_quiet() {
-            self.release();
+            self.release().await;
             if self.app.draining.is_cancelled() {
                 return Err(RelayError::Shutdown);
             }
@@ -588,9 +488,10 @@ impl Relay {
         Ok(())
     }
 
-    fn release(&mut self) {
+    /// Returns the server connection to the pool, once no cancel for it is in flight.
+    async fn release(&mut self) {
         if let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) {
-            self.info.key.set_target(None);
+            self.info.key.detach().await;
             att.server.release();
         }
     }
@@ -615,99 +516,5 @@ async fn emit(
         conn.consume(*cut);
         *cut = 0;
     }
-    Ok(())
-}
-
-/// Writes the frames gathered for the server.
-async fn write_server(att: &mut Attachment) -> Result<(), RelayError> {
-    if !att.wbuf.is_empty() {
-        att.server.conn_mut().write_all(&att.wbuf).await?;
-        att.wbuf.clear();
-    }
-    Ok(())
-}
-
-/// Appends a simple Query message.
-fn append_query(buf: &mut BytesMut, sql: &str) {
-    buf.put_u8(frontend::QUERY_TAG);
-    buf.put_i32((4 + sql.len() + 1) as i32);
-    buf.put_slice(sql.as_bytes());
-    buf.put_u8(0);
-}
-
-/// After the client left: end any COPY, batch and transaction on the server connection (and,
-/// in session mode, the session state with DISCARD ALL), then return it to the pool — or close
-/// it if that does not finish cleanly in time.
-async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
-    if mode == PoolMode::Transaction && att.is_quiet() {
-        att.server.release();
-        return;
-    }
-    let outcome = tokio::time::timeout(CLEANUP_TIMEOUT, clean(&mut att, mode)).await;
-    match outcome {
-        Ok(Ok(())) if att.status == TransactionStatus::Idle => {
-            if mode == PoolMode::Session {
-                att.server.conn_mut().applied = AppliedSettings::Known(Default::default());
-            }
-            att.server.release();
-        }
-        other => {
-            tracing::debug!(
-                ok = matches!(other, Ok(Ok(()))),
-                "closing server connection that could not be cleaned"
-            );
-        }
-    }
-}
-
-async fn clean(att: &mut Attachment, mode: PoolMode) -> Result<(), RelayError> {
-    let mut expected = att.expect.len() + 2;
-    // CopyFail ends a COPY FROM STDIN (and is ignored otherwise); Sync ends an open batch;
-    // ROLLBACK ends a transaction. Each Sync and Query yields one ReadyForQuery.
-    att.wbuf.put_u8(frontend::COPY_FAIL_TAG);
-    let reason = b"client disconnected\0";
-    att.wbuf.put_i32(4 + reason.len() as i32);
-    att.wbuf.put_slice(reason);
-    att.wbuf.put_slice(&[frontend::SYNC_TAG, 0, 0, 0, 4]);
-    append_query(&mut att.wbuf, "ROLLBACK");
-    if mode == PoolMode::Session {
-        append_query(&mut att.wbuf, "DISCARD ALL");
-        expected += 1;
-    }
-    write_server(att).await?;
-    let mut skip = att.passthrough.take().map_or(0, |p| p.remaining);
-    let conn = att.server.conn_mut();
-    loop {
-        if skip > 0 {
-            let n = skip.min(conn.rbuf.len());
-            conn.consume(n);
-            skip -= n;
-            if skip > 0 {
-                conn.read_more().await?;
-                continue;
-            }
-        }
-        if expected == 0 {
-            break;
-        }
-        let Some(header) = peek_header(&conn.rbuf).map_err(RelayError::ServerFrame)? else {
-            conn.read_more().await?;
-            continue;
-        };
-        tracing::debug!(tag = %char::from(header.tag), expected, "cleanup reply");
-        if header.tag == READY_FOR_QUERY_TAG {
-            if conn.rbuf.len() < header.frame_len {
-                conn.read_more().await?;
-                continue;
-            }
-            if let Some(s) = TransactionStatus::from_byte(conn.rbuf[HEADER_LEN]) {
-                att.status = s;
-            }
-            expected -= 1;
-        }
-        skip = header.frame_len;
-    }
-    att.expect.clear();
-    att.batch = None;
     Ok(())
 }

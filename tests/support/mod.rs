@@ -159,7 +159,11 @@ pub async fn raw_connect(
         addr.port()
     ))
     .expect("url");
-    ServerConn::connect(0, &url, params, Duration::from_secs(10)).await
+    let options = pgsidecar::pool::ConnectOptions {
+        timeout: Duration::from_secs(10),
+        keepalive: Duration::ZERO,
+    };
+    ServerConn::connect(0, &url, params, &options).await
 }
 
 /// `GET path` on the metrics listener: (status code, body).

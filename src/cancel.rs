@@ -1,0 +1,206 @@
+//! Cancel requests: the BackendKeyData the sidecar issues to each client, what each key
+//! currently points at (nothing, a request waiting in a pool queue, or a server connection
+//! running the client's statement), and delivering a CancelRequest upstream.
+//!
+//! A server connection is not returned to its pool while a cancel for it is being delivered,
+//! so a late cancel can never hit the next client's statement.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::pool::server::BackendKey;
+
+/// How long delivering one CancelRequest upstream may take.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server connection running a client's statement: where to send its CancelRequest.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub key: BackendKey,
+}
+
+/// What a client's key points at right now.
+#[derive(Debug, Clone)]
+enum CancelState {
+    /// No request in progress.
+    Idle,
+    /// A request waits for a server connection; notifying it ends the wait with 57014.
+    Waiting(Arc<Notify>),
+    /// A server connection serves the client.
+    Running(CancelTarget),
+}
+
+struct Slot {
+    secret_key: i32,
+    state: Mutex<CancelState>,
+    /// Held while a cancel is delivered, and while the relay releases the server connection.
+    delivery: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Slot {
+    fn set(&self, state: CancelState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+}
+
+type Registry = Arc<Mutex<HashMap<i32, Arc<Slot>>>>;
+
+/// Issues keys and answers CancelRequests.
+pub struct CancelRegistry {
+    keys: Registry,
+    next_process_id: AtomicI32,
+}
+
+impl Default for CancelRegistry {
+    fn default() -> CancelRegistry {
+        CancelRegistry {
+            keys: Arc::new(Mutex::new(HashMap::new())),
+            next_process_id: AtomicI32::new(1),
+        }
+    }
+}
+
+impl CancelRegistry {
+    /// Issues a unique BackendKeyData for a new client.
+    pub fn issue(&self, rng: &SystemRandom) -> IssuedKey {
+        let mut secret = [0u8; 4];
+        // SystemRandom only fails when the OS has no randomness; a zero secret still works.
+        let _ = rng.fill(&mut secret);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let process_id = loop {
+            let id = self.next_process_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+            if id != 0 && !keys.contains_key(&id) {
+                break id;
+            }
+        };
+        let slot = Arc::new(Slot {
+            secret_key: i32::from_be_bytes(secret),
+            state: Mutex::new(CancelState::Idle),
+            delivery: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        keys.insert(process_id, Arc::clone(&slot));
+        IssuedKey {
+            process_id,
+            slot,
+            registry: Arc::clone(&self.keys),
+        }
+    }
+
+    /// Handles a CancelRequest: ends the client's wait for a connection, or forwards the cancel
+    /// to the server running its statement. Unknown keys and wrong secrets do nothing, as in
+    /// Postgres.
+    pub async fn cancel(&self, process_id: i32, secret_key: i32) {
+        let slot = {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.get(&process_id)
+                .filter(|s| s.secret_key == secret_key)
+                .cloned()
+        };
+        let Some(slot) = slot else {
+            tracing::debug!("cancel request matched no client");
+            return;
+        };
+        let _delivering = slot.delivery.lock().await;
+        let state = slot.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match state {
+            CancelState::Idle => tracing::debug!("cancel request for an idle client"),
+            CancelState::Waiting(notify) => notify.notify_one(),
+            CancelState::Running(target) => send_cancel(&target).await,
+        }
+    }
+}
+
+/// Sends a CancelRequest to a server and waits until the server closed the connection, which
+/// Postgres does after signalling the backend.
+pub async fn send_cancel(target: &CancelTarget) {
+    let mut packet = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(
+        target.key.process_id,
+        target.key.secret_key,
+        &mut packet,
+    );
+    let deliver = async {
+        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.write_all(&packet).await?;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await?;
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(DELIVERY_TIMEOUT, deliver).await {
+        Ok(Ok(())) => tracing::debug!("cancel request delivered upstream"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not deliver cancel request upstream"),
+        Err(_) => tracing::warn!("timed out delivering cancel request upstream"),
+    }
+}
+
+/// The BackendKeyData issued to one client; unregistered on drop.
+pub struct IssuedKey {
+    process_id: i32,
+    slot: Arc<Slot>,
+    registry: Registry,
+}
+
+impl IssuedKey {
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+
+    pub fn secret_key(&self) -> i32 {
+        self.slot.secret_key
+    }
+
+    /// The client waits for a server connection: a cancel now fires the returned notifier.
+    pub fn waiting(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.slot.set(CancelState::Waiting(Arc::clone(&notify)));
+        notify
+    }
+
+    /// A server connection now serves the client.
+    pub fn running(&self, target: CancelTarget) {
+        self.slot.set(CancelState::Running(target));
+    }
+
+    /// Cancels the statement running on the client's server connection (query timeout)
+    /// without waiting; the connection is not released before the cancel was delivered.
+    pub fn cancel_in_background(&self) {
+        let target = match &*self.slot.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            CancelState::Running(target) => target.clone(),
+            CancelState::Idle | CancelState::Waiting(_) => return,
+        };
+        // Taken before spawning, so a release that follows waits for the delivery.
+        let Ok(delivering) = Arc::clone(&self.slot.delivery).try_lock_owned() else {
+            return; // a cancel is already on its way
+        };
+        tokio::spawn(async move {
+            send_cancel(&target).await;
+            drop(delivering);
+        });
+    }
+
+    /// The client no longer uses a server connection. Waits for any cancel being delivered
+    /// to the old one, so the caller may then return it to the pool.
+    pub async fn detach(&self) {
+        let _delivered = self.slot.delivery.lock().await;
+        self.slot.set(CancelState::Idle);
+    }
+}
+
+impl Drop for IssuedKey {
+    fn drop(&mut self) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.process_id);
+    }
+}

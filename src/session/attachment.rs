@@ -1,0 +1,251 @@
+//! A server connection attached to one client, and the queue of replies the client expects
+//! from it.
+//!
+//! Each [`Expect`] is a ReadyForQuery still to come and says what to do with the messages up to
+//! it: forward them to the client, or swallow them (replies to statements the sidecar
+//! injected). The queue — not the socket — is the source of truth, so the sidecar can inject,
+//! swallow and synthesize messages. No I/O here.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::config::ClientLimits;
+use crate::pool::Checkout;
+use crate::protocol::backend::TransactionStatus;
+
+/// A deadline the relay acts on while attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// The client sat idle inside a transaction: disconnect it (25P03).
+    IdleInTransaction(Instant),
+    /// The front statement ran too long: cancel it upstream (57014).
+    QueryTimeout(Instant),
+}
+
+/// Waits for the timer, or forever when there is none.
+pub(super) async fn sleep_until_some(timer: Option<Timer>) {
+    match timer {
+        Some(Timer::IdleInTransaction(at) | Timer::QueryTimeout(at)) => {
+            tokio::time::sleep_until(at.into()).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What happens to the server's messages up to one ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// The client asked for them.
+    Forward,
+    /// The sidecar asked for them; the client never sees them.
+    Swallow,
+}
+
+/// What a ReadyForQuery answers.
+#[derive(Debug)]
+pub(super) enum Source {
+    /// Statements the sidecar injected.
+    Sidecar,
+    /// A client's simple Query (or FunctionCall).
+    Query { sent: Instant },
+    /// A client's Sync, closing this batch.
+    Sync(Batch),
+}
+
+/// One ReadyForQuery the client's connection is waiting for.
+#[derive(Debug)]
+pub(super) struct Expect {
+    pub(super) source: Source,
+}
+
+impl Expect {
+    pub(super) fn reply(&self) -> Reply {
+        match self.source {
+            Source::Sidecar => Reply::Swallow,
+            Source::Query { .. } | Source::Sync(_) => Reply::Forward,
+        }
+    }
+
+    /// Statements in the request (a Query counts one, a batch counts its Executes).
+    pub(super) fn statements(&self) -> u32 {
+        match &self.source {
+            Source::Sidecar => 0,
+            Source::Query { .. } => 1,
+            Source::Sync(batch) => batch.executes,
+        }
+    }
+
+    pub(super) fn sent(&self) -> Option<Instant> {
+        match &self.source {
+            Source::Sidecar => None,
+            Source::Query { sent } => Some(*sent),
+            Source::Sync(batch) => Some(batch.started),
+        }
+    }
+}
+
+/// Extended-protocol messages sent since the last Sync.
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub(super) executes: u32,
+    pub(super) started: Instant,
+    /// The client's CopyDone/CopyFail count when the batch began.
+    pub(super) copy_ends_at_start: u64,
+    /// The server answered an Execute of this batch with CopyInResponse.
+    pub(super) copy_in: bool,
+}
+
+/// The rest of a backend message that is being streamed through.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Passthrough {
+    pub(super) remaining: usize,
+    pub(super) reply: Reply,
+}
+
+/// A server connection serving this client, with what is in flight on it.
+pub(super) struct Attachment {
+    pub(super) server: Checkout,
+    pub(super) expect: ExpectQueue,
+    pub(super) batch: Option<Batch>,
+    pub(super) status: TransactionStatus,
+    /// Complete frames for the server not yet written.
+    pub(super) wbuf: BytesMut,
+    pub(super) passthrough: Option<Passthrough>,
+    /// CopyDone and CopyFail messages the client has sent on this attachment.
+    pub(super) copy_ends: u64,
+    /// When the client last sent something or the last reply completed.
+    pub(super) last_activity: Instant,
+}
+
+/// The ReadyForQuery messages still to come, in order, with when the front one started.
+#[derive(Debug)]
+pub(super) struct ExpectQueue {
+    entries: VecDeque<Expect>,
+    /// When the front entry became the one the server works on.
+    front_since: Instant,
+    /// A cancel was already sent for the front entry (query timeout).
+    pub(super) front_cancelled: bool,
+}
+
+impl ExpectQueue {
+    fn new(now: Instant) -> ExpectQueue {
+        ExpectQueue {
+            entries: VecDeque::new(),
+            front_since: now,
+            front_cancelled: false,
+        }
+    }
+
+    pub(super) fn front(&self) -> Option<&Expect> {
+        self.entries.front()
+    }
+
+    pub(super) fn push_back(&mut self, expect: Expect) {
+        self.entries.push_back(expect);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// The ReadyForQuery at the front arrived: the next entry is now the server's work.
+    pub(super) fn pop_front(&mut self) -> Option<Expect> {
+        self.front_since = Instant::now();
+        self.front_cancelled = false;
+        self.entries.pop_front()
+    }
+
+    /// When the server began the front entry's work.
+    fn front_started(&self) -> Option<Instant> {
+        let sent = self.entries.front().and_then(Expect::sent)?;
+        Some(sent.max(self.front_since))
+    }
+}
+
+impl Batch {
+    pub(super) fn new(started: Instant, copy_ends: u64) -> Batch {
+        Batch {
+            executes: 0,
+            started,
+            copy_ends_at_start: copy_ends,
+            copy_in: false,
+        }
+    }
+}
+
+impl Attachment {
+    /// A fresh attachment of `server` with nothing in flight.
+    pub(super) fn new(server: Checkout) -> Attachment {
+        let now = Instant::now();
+        Attachment {
+            server,
+            expect: ExpectQueue::new(now),
+            batch: None,
+            status: TransactionStatus::Idle,
+            wbuf: BytesMut::new(),
+            passthrough: None,
+            copy_ends: 0,
+            last_activity: now,
+        }
+    }
+
+    /// The deadline the relay must act on next, if a limit applies now.
+    pub(super) fn next_timer(&self, limits: &ClientLimits) -> Option<Timer> {
+        if let Some(started) = self.expect.front_started() {
+            if limits.query_timeout.is_zero() || self.expect.front_cancelled {
+                return None;
+            }
+            return Some(Timer::QueryTimeout(started + limits.query_timeout));
+        }
+        let idle_in_transaction = self.expect.is_empty()
+            && self.batch.is_none()
+            && self.status != TransactionStatus::Idle;
+        if idle_in_transaction && !limits.idle_in_transaction_timeout.is_zero() {
+            return Some(Timer::IdleInTransaction(
+                self.last_activity.max(self.expect.front_since)
+                    + limits.idle_in_transaction_timeout,
+            ));
+        }
+        None
+    }
+
+    /// The server entered COPY FROM STDIN for the request it is working on. In an extended
+    /// batch, a Sync the client sent before ending the COPY is ignored by the server, so the
+    /// batch stays open until the client's next Sync.
+    pub(super) fn note_copy_in(&mut self) {
+        let ignored_sync = matches!(
+            self.expect.front(),
+            Some(Expect { source: Source::Sync(b) }) if b.copy_ends_at_start == self.copy_ends
+        );
+        if ignored_sync {
+            if let Some(Expect {
+                source: Source::Sync(mut batch),
+            }) = self.expect.pop_front()
+            {
+                batch.copy_in = true;
+                self.batch = Some(batch);
+            }
+        } else if let (true, Some(batch)) = (self.expect.is_empty(), self.batch.as_mut()) {
+            batch.copy_in = true;
+        }
+    }
+
+    /// Nothing in flight, not in a transaction: the connection can go back to the pool.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.expect.is_empty()
+            && self.batch.is_none()
+            && self.passthrough.is_none()
+            && self.wbuf.is_empty()
+            && self.status == TransactionStatus::Idle
+    }
+}

@@ -1,0 +1,98 @@
+//! Cleaning a server connection after its client left: end any COPY, extended batch and
+//! transaction (and, in session mode, the session state with DISCARD ALL), then return it to
+//! the pool — or close it if that does not finish cleanly in time.
+
+use std::time::Duration;
+
+use bytes::BufMut;
+
+use super::attachment::Attachment;
+use super::relay::RelayError;
+use crate::config::PoolMode;
+use crate::pool::server::AppliedSettings;
+use crate::protocol::backend::{TransactionStatus, READY_FOR_QUERY_TAG};
+use crate::protocol::frame::{peek_header, HEADER_LEN};
+use crate::protocol::frontend::{self, append_query};
+
+/// How long cleaning a server connection after its client vanished may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After the client left: end any COPY, batch and transaction on the server connection (and,
+/// in session mode, the session state with DISCARD ALL), then return it to the pool — or close
+/// it if that does not finish cleanly in time.
+pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
+    if mode == PoolMode::Transaction && att.is_quiet() {
+        att.server.release();
+        return;
+    }
+    let outcome = tokio::time::timeout(CLEANUP_TIMEOUT, clean(&mut att, mode)).await;
+    match outcome {
+        Ok(Ok(())) if att.status == TransactionStatus::Idle => {
+            if mode == PoolMode::Session {
+                att.server.conn_mut().applied = AppliedSettings::Known(Default::default());
+            }
+            att.server.release();
+        }
+        other => {
+            tracing::debug!(
+                ok = matches!(other, Ok(Ok(()))),
+                "closing server connection that could not be cleaned"
+            );
+        }
+    }
+}
+
+async fn clean(att: &mut Attachment, mode: PoolMode) -> Result<(), RelayError> {
+    let mut expected = att.expect.len() + 2;
+    // CopyFail ends a COPY FROM STDIN (and is ignored otherwise); Sync ends an open batch;
+    // ROLLBACK ends a transaction. Each Sync and Query yields one ReadyForQuery.
+    att.wbuf.put_u8(frontend::COPY_FAIL_TAG);
+    let reason = b"client disconnected\0";
+    att.wbuf.put_i32(4 + reason.len() as i32);
+    att.wbuf.put_slice(reason);
+    att.wbuf.put_slice(&[frontend::SYNC_TAG, 0, 0, 0, 4]);
+    append_query(&mut att.wbuf, "ROLLBACK");
+    if mode == PoolMode::Session {
+        append_query(&mut att.wbuf, "DISCARD ALL");
+        expected += 1;
+    }
+    if !att.wbuf.is_empty() {
+        att.server.conn_mut().write_all(&att.wbuf).await?;
+        att.wbuf.clear();
+    }
+    let mut skip = att.passthrough.take().map_or(0, |p| p.remaining);
+    let conn = att.server.conn_mut();
+    loop {
+        if skip > 0 {
+            let n = skip.min(conn.rbuf.len());
+            conn.consume(n);
+            skip -= n;
+            if skip > 0 {
+                conn.read_more().await?;
+                continue;
+            }
+        }
+        if expected == 0 {
+            break;
+        }
+        let Some(header) = peek_header(&conn.rbuf).map_err(RelayError::ServerFrame)? else {
+            conn.read_more().await?;
+            continue;
+        };
+        tracing::debug!(tag = %char::from(header.tag), expected, "cleanup reply");
+        if header.tag == READY_FOR_QUERY_TAG {
+            if conn.rbuf.len() < header.frame_len {
+                conn.read_more().await?;
+                continue;
+            }
+            if let Some(s) = TransactionStatus::from_byte(conn.rbuf[HEADER_LEN]) {
+                att.status = s;
+            }
+            expected -= 1;
+        }
+        skip = header.frame_len;
+    }
+    att.expect.clear();
+    att.batch = None;
+    Ok(())
+}
