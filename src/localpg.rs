@@ -34,6 +34,8 @@ pub struct LocalPostgres {
     pub port: u16,
     pub dir: PathBuf,
     bin: PathBuf,
+    options: String,
+    owner: Option<(u32, u32)>,
     supervisor: Child,
     stdin: Option<ChildStdin>,
 }
@@ -43,13 +45,13 @@ const SUPERVISOR: &str = r#"
 # before it stops the server: it stops when its stdin closes, however the parent ended.
 trap '' INT TERM HUP
 set -e
-dir="$1"; port="$2"; bin="$3"; extra="$4"; hba="$5"
+dir="$1"; port="$2"; bin="$3"; opts="$4"; hba="$5"
 trap 'rm -rf "$dir"' EXIT
 "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
     -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
 { printf '%s\n' "$hba"; cat "$dir/data/pg_hba.conf"; } >"$dir/hba.tmp" && mv "$dir/hba.tmp" "$dir/data/pg_hba.conf"
 "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $extra" \
+    -o "$opts" \
     start >/dev/null || { cat "$dir/postgres.log" >&2; exit 1; }
 echo ready
 cat >/dev/null || true
@@ -73,6 +75,12 @@ impl LocalPostgres {
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir)?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300 {extra}",
+            dir.display()
+        );
+        let owner = postgres_user_if_root();
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(SUPERVISOR)
@@ -80,12 +88,12 @@ impl LocalPostgres {
             .arg(&dir)
             .arg(port.to_string())
             .arg(&bin)
-            .arg(extra)
+            .arg(&options)
             .arg(hba)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some((uid, gid)) = postgres_user_if_root() {
+        if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
             cmd.uid(uid).gid(gid);
         }
@@ -110,6 +118,8 @@ impl LocalPostgres {
             port,
             dir,
             bin,
+            options,
+            owner,
             supervisor,
             stdin,
         })
@@ -164,6 +174,34 @@ impl LocalPostgres {
             "postgres",
             &format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""),
         )?;
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: clients get 57P01) until [`LocalPostgres::start_again`].
+    pub fn stop(&self) -> Result<(), LocalPgError> {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"])
+    }
+
+    /// Starts a server stopped by [`LocalPostgres::stop`] again, on the same port.
+    pub fn start_again(&self) -> Result<(), LocalPgError> {
+        let log = self.dir.join("postgres.log");
+        let log = log.to_string_lossy();
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l", &log, "-o", &self.options])
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), LocalPgError> {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.arg("-D").arg(self.dir.join("data")).args(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            cmd.uid(uid).gid(gid);
+        }
+        let output = cmd.output()?;
+        if !output.status.success() {
+            return Err(LocalPgError::Start(
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
         Ok(())
     }
 

@@ -1,0 +1,214 @@
+//! What production throws at the pooler: cancel requests (running and still waiting),
+//! query and idle-in-transaction timeouts, dead upstreams, several upstream hosts, server
+//! connections killed or aged while idle in the pool. Time limits here are generous bounds,
+//! never measurements.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio_postgres::NoTls;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_cancels_the_running_query_only() {
+    let name = fresh_user("cancel");
+    let sidecar = start(&base_toml(&name, "size = 2")).await;
+    let victim = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let bystander = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let token = victim.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move {
+        let r = victim.batch_execute("SELECT pg_sleep(30)").await;
+        (r, victim)
+    });
+    let other = tokio::spawn(async move {
+        bystander
+            .batch_execute("SELECT pg_sleep(1)")
+            .await
+            .map(|_| bystander)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let (result, victim) = sleeper.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The other client's statement was not cancelled, and the victim can go on.
+    let bystander = other.await.unwrap().expect("bystander unaffected");
+    victim.batch_execute("SELECT 1").await.unwrap();
+    bystander.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_answers_a_request_waiting_for_a_connection() {
+    let name = fresh_user("cancelwait");
+    let sidecar = start(&base_toml(&name, "size = 1\ncheckout_timeout = \"60s\"")).await;
+    let holder = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let token = waiter.cancel_token();
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let r = waiter.batch_execute("SELECT 2").await;
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let (result, waiter) = waiting.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered long before the checkout timeout"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiter.batch_execute("SELECT 3").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_long_statements() {
+    let name = fresh_user("qtimeout");
+    let toml = base_toml(&name, "size = 1")
+        .replace("drain_timeout", "query_timeout = \"300ms\"\ndrain_timeout");
+    let sidecar = start(&toml).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let started = Instant::now();
+    let err = client
+        .batch_execute("SELECT pg_sleep(20)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Short statements are untouched, and the connection was not cancelled twice.
+    for _ in 0..5 {
+        client.batch_execute("SELECT pg_sleep(0.05)").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_in_transaction_clients_are_disconnected_and_their_server_freed() {
+    let name = fresh_user("idletx");
+    let toml = base_toml(&name, "size = 1\ncheckout_timeout = \"20s\"").replace(
+        "drain_timeout",
+        "idle_in_transaction_timeout = \"300ms\"\ndrain_timeout",
+    );
+    let sidecar = start(&toml).await;
+    let mut sleeper = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    sleeper.run_internal("BEGIN").await.unwrap();
+    // A client in autocommit mode is never affected, however long it idles.
+    let patient = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    // The sleeping BEGIN is ended: FATAL 25P03, then the connection closes.
+    let started = Instant::now();
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), sleeper.read_more()).await {
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let fields = pgsidecar::protocol::backend::ErrorFields::parse(&sleeper.rbuf[5..]);
+    assert_eq!(fields.code, "25P03");
+    assert!(
+        fields.message.contains("idle-in-transaction timeout"),
+        "{}",
+        fields.message
+    );
+    // Its server connection went back to the pool, rolled back, for the next client.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v: i32 = patient.query_typed("SELECT 4", &[]).await.unwrap()[0].get(0);
+    assert_eq!(v, 4);
+    let admin = connect_direct_superuser("postgres").await;
+    let open: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstream_fails_fast_and_later_hosts_are_tried() {
+    let name = fresh_user("dead");
+    let dead_port = pgsidecar::localpg::free_port().unwrap();
+    let dead = base_toml(&name, "size = 2\nconnect_timeout = \"2s\"").replace(
+        &format!("127.0.0.1:{}/", pg().port),
+        &format!("127.0.0.1:{dead_port}/"),
+    );
+    let sidecar = start(&dead).await;
+    let started = Instant::now();
+    let err = connect(sidecar.addr, &name, PASSWORD, &name)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (_, metrics) = http_get(sidecar.metrics_addr, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("pgsidecar_upstream_up{{database=\"{name}\"}}")
+        ),
+        Some(0.0)
+    );
+
+    // With the dead host listed first, the live one is used.
+    let both = base_toml(&name, "size = 2").replace(
+        &format!("127.0.0.1:{}/", pg().port),
+        &format!("127.0.0.1:{dead_port},127.0.0.1:{}/", pg().port),
+    );
+    let sidecar = start(&both).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_server_connections_that_die_or_age_are_replaced() {
+    let name = fresh_user("reaper");
+    let sidecar = start(&base_toml(&name, "size = 2\nmax_lifetime = \"2s\"")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let pid: i32 = client
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    // An administrator kills the idle pooled connection: the sidecar notices (FATAL + EOF),
+    // drops it, and the next transaction gets a fresh one without an error.
+    let admin = connect_direct_superuser("postgres").await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+        if metric(&text, "pgsidecar_server_connections{state=\"idle\"}") == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead idle connection was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_pid: i32 = client
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_ne!(pid, new_pid);
+    // Past max_lifetime the connection is closed too.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "pgsidecar_server_connections{state=\"idle\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    let last_pid: i32 = client
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_ne!(last_pid, new_pid);
+}
