@@ -122,6 +122,12 @@ async fn run(config: Config) -> ExitCode {
         eprintln!("pgsidecar: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    // Every client and every server connection is a file descriptor: take what the hard
+    // limit allows instead of failing at the soft limit's 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let running = match pgsidecar::app::start(config).await {
         Ok(r) => r,
         Err(e) => {

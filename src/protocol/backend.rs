@@ -17,6 +17,7 @@ pub const COPY_IN_RESPONSE_TAG: u8 = b'G';
 pub const COPY_OUT_RESPONSE_TAG: u8 = b'H';
 pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 pub const ERROR_RESPONSE_TAG: u8 = b'E';
+pub const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
 pub const NOTICE_RESPONSE_TAG: u8 = b'N';
 pub const NOTIFICATION_RESPONSE_TAG: u8 = b'A';
 pub const PARAMETER_STATUS_TAG: u8 = b'S';
@@ -115,6 +116,18 @@ pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret_key: i32) {
     let at = begin(buf, BACKEND_KEY_DATA_TAG);
     buf.put_i32(process_id);
     buf.put_i32(secret_key);
+    finish(buf, at);
+}
+
+/// `NegotiateProtocolVersion`: the newest minor version supported and the protocol options
+/// not recognised.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unrecognized: &[String]) {
+    let at = begin(buf, NEGOTIATE_PROTOCOL_VERSION_TAG);
+    buf.put_i32(newest_minor);
+    buf.put_i32(unrecognized.len() as i32);
+    for option in unrecognized {
+        put_cstr(buf, option);
+    }
     finish(buf, at);
 }
 

@@ -29,6 +29,13 @@ pub enum StartupError {
     NoUser,
 }
 
+impl StartupMessage {
+    /// Whether the client asked for more than protocol 3.0 and must be told what it gets.
+    pub fn needs_negotiation(&self) -> bool {
+        self.minor_version > 0 || !self.protocol_options.is_empty()
+    }
+}
+
 impl StartupError {
     /// Bounded label for metrics.
     pub fn kind(&self) -> &'static str {
@@ -55,6 +62,10 @@ pub enum FirstPacket {
 pub struct StartupMessage {
     pub user: String,
     pub database: String,
+    /// The protocol minor version the client asked for (the sidecar speaks 3.0).
+    pub minor_version: i32,
+    /// `_pq_.` protocol options the client asked for (the sidecar knows none).
+    pub protocol_options: Vec<String>,
     /// Everything else, in the order sent, with `options` expanded from `-c name=value`.
     pub params: Vec<(String, String)>,
 }
@@ -82,7 +93,7 @@ pub fn parse_first_packet(body: &[u8]) -> Result<FirstPacket, StartupError> {
                 secret_key,
             })
         }
-        _ if code >> 16 == 3 => parse_startup(rest).map(FirstPacket::Startup),
+        _ if code >> 16 == 3 => parse_startup(code & 0xffff, rest).map(FirstPacket::Startup),
         _ => Err(StartupError::UnsupportedProtocol {
             major: code >> 16,
             minor: code & 0xffff,
@@ -90,7 +101,8 @@ pub fn parse_first_packet(body: &[u8]) -> Result<FirstPacket, StartupError> {
     }
 }
 
-fn parse_startup(mut rest: &[u8]) -> Result<StartupMessage, StartupError> {
+fn parse_startup(minor_version: i32, mut rest: &[u8]) -> Result<StartupMessage, StartupError> {
+    let mut protocol_options = Vec::new();
     let mut user = None;
     let mut database = None;
     let mut params = Vec::new();
@@ -107,6 +119,7 @@ fn parse_startup(mut rest: &[u8]) -> Result<StartupMessage, StartupError> {
             "user" => user = Some(value.to_owned()),
             "database" => database = Some(value.to_owned()),
             "options" => params.extend(parse_options(value)),
+            _ if name.starts_with("_pq_.") => protocol_options.push(name.to_owned()),
             _ => params.push((name.to_owned(), value.to_owned())),
         }
         rest = after;
@@ -118,6 +131,8 @@ fn parse_startup(mut rest: &[u8]) -> Result<StartupMessage, StartupError> {
     Ok(StartupMessage {
         user,
         database,
+        minor_version,
+        protocol_options,
         params,
     })
 }
@@ -200,6 +215,19 @@ mod tests {
                 ("statement_timeout".to_owned(), "5s".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn newer_minor_versions_and_protocol_options_are_noted() {
+        let mut body = (PROTOCOL_3_0 + 2).to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0app\0_pq_.compression\0on\0\0");
+        let FirstPacket::Startup(s) = parse_first_packet(&body).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(s.minor_version, 2);
+        assert_eq!(s.protocol_options, vec!["_pq_.compression".to_owned()]);
+        assert!(s.params.is_empty());
+        assert!(s.needs_negotiation());
     }
 
     #[test]

@@ -116,6 +116,9 @@ async fn login(
             "replication connections are not supported by pgsidecar",
         )));
     }
+    if startup.needs_negotiation() {
+        backend::negotiate_protocol_version(&mut client.wbuf, 0, &startup.protocol_options);
+    }
     if let Err(e) = auth::authenticate(
         client,
         &startup.user,
