@@ -368,18 +368,29 @@ async fn newer_protocol_versions_are_negotiated_and_replication_refused() {
     let mut s = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
     let packet = startup_packet(
         196_608 + 2,
-        &[("user", name.as_str()), ("database", name.as_str()), ("_pq_.magic", "1")],
+        &[
+            ("user", name.as_str()),
+            ("database", name.as_str()),
+            ("_pq_.magic", "1"),
+        ],
     );
     s.write_all(&packet).await.unwrap();
     let mut buf = vec![0u8; 256];
     let mut got = Vec::new();
     while got.len() < 5 + 8 + 11 + 1 {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed early: {got:?}");
         got.extend_from_slice(&buf[..n]);
     }
     assert_eq!(got[0], b'v');
-    assert_eq!(&got[5..9], &0i32.to_be_bytes(), "newest minor version supported");
+    assert_eq!(
+        &got[5..9],
+        &0i32.to_be_bytes(),
+        "newest minor version supported"
+    );
     assert_eq!(&got[9..13], &1i32.to_be_bytes());
     assert_eq!(&got[13..24], b"_pq_.magic\0");
     assert_eq!(got[24], b'R', "authentication follows");
@@ -387,7 +398,11 @@ async fn newer_protocol_versions_are_negotiated_and_replication_refused() {
     let mut s = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
     let packet = startup_packet(
         196_608,
-        &[("user", name.as_str()), ("database", name.as_str()), ("replication", "database")],
+        &[
+            ("user", name.as_str()),
+            ("database", name.as_str()),
+            ("replication", "database"),
+        ],
     );
     s.write_all(&packet).await.unwrap();
     assert_eq!(error_codes_until_close(&mut s).await, vec!["0A000"]);
