@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::{CancelRegistry, IssuedKey};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{ConnectOptions, Pool};
 use crate::session::auth::UserAuth;
 
 /// Why the sidecar could not start.
@@ -27,6 +27,8 @@ pub enum AppError {
     },
     #[error("invalid user configuration: {0}")]
     User(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Everything a session needs, shared by all of them.
@@ -43,6 +45,8 @@ pub struct App {
     /// Fires when the drain time is over; every session closes.
     pub terminate: CancellationToken,
     pub tracker: TaskTracker,
+    /// The client-facing TLS acceptor; swapped on reload.
+    tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
@@ -57,19 +61,26 @@ impl App {
                 UserAuth::prepare(user, &rng).map_err(AppError::User)?,
             );
         }
-        let pools = config
-            .databases
-            .iter()
-            .map(|db| {
-                let pool = Pool::new(
-                    db.name.clone(),
-                    db.primary.clone(),
-                    config.pool.clone(),
-                    Arc::clone(&metrics),
-                );
-                (db.name.clone(), Arc::new(pool))
-            })
-            .collect();
+        let mut pools = HashMap::new();
+        for db in &config.databases {
+            let options = ConnectOptions::for_url(
+                &db.primary,
+                config.pool.connect_timeout,
+                config.pool.tcp_keepalive,
+            )?;
+            let pool = Pool::new(
+                db.name.clone(),
+                db.primary.clone(),
+                config.pool.clone(),
+                options,
+                Arc::clone(&metrics),
+            );
+            pools.insert(db.name.clone(), Arc::new(pool));
+        }
+        let tls = match &config.tls {
+            Some(settings) => Some(crate::tls::acceptor(&settings.files)?),
+            None => None,
+        };
         let mut mock_key = [0u8; 32];
         rng.fill(&mut mock_key)
             .map_err(|_| AppError::User("no randomness available".into()))?;
@@ -81,10 +92,26 @@ impl App {
             mock_key,
             rng,
             cancels: CancelRegistry::default(),
+            tls: arc_swap::ArcSwapOption::new(tls.map(Arc::new)),
             draining: CancellationToken::new(),
             terminate: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }))
+    }
+
+    /// The TLS acceptor for new clients, if TLS is configured.
+    pub fn tls_acceptor(&self) -> Option<Arc<tokio_rustls::TlsAcceptor>> {
+        self.tls.load_full()
+    }
+
+    /// Reads the TLS certificate, key and client CA files again; new clients get the new ones.
+    /// On error the old configuration stays.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        if let Some(settings) = &self.config.tls {
+            let acceptor = crate::tls::acceptor(&settings.files)?;
+            self.tls.store(Some(Arc::new(acceptor)));
+        }
+        Ok(())
     }
 
     /// The pool serving a client database name.

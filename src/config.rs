@@ -335,6 +335,14 @@ pub struct ClientLimits {
     pub query_timeout: Duration,
 }
 
+/// TLS for clients.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub files: crate::tls::TlsFiles,
+    /// Refuse clients that do not use TLS.
+    pub required: bool,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -344,6 +352,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_message_size: usize,
     pub limits: ClientLimits,
+    pub tls: Option<TlsSettings>,
     pub pool: PoolConfig,
     pub databases: Vec<DatabaseConfig>,
     pub users: Vec<UserConfig>,
@@ -375,8 +384,18 @@ struct FileConfig {
     database: Vec<FileDatabase>,
     #[serde(default)]
     user: Vec<FileUser>,
-    tls: Option<toml::Value>,
+    tls: Option<FileTls>,
     tenancy: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+    #[serde(default)]
+    required: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,6 +486,17 @@ impl Config {
             format_duration(self.pool.max_lifetime),
             format_duration(self.pool.tcp_keepalive)
         );
+        if let Some(tls) = &self.tls {
+            out.push_str(&format!(
+                "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nrequired = {}\n",
+                tls.files.cert.display(),
+                tls.files.key.display(),
+                tls.required
+            ));
+            if let Some(ca) = &tls.files.client_ca {
+                out.push_str(&format!("client_ca = \"{}\"\n", ca.display()));
+            }
+        }
         for db in &self.databases {
             out.push_str(&format!(
                 "\n[[database]]\nname = \"{}\"\nprimary = \"{}\"\n",
@@ -491,9 +521,6 @@ impl Config {
 
 impl FileConfig {
     fn validate(self, o: &Overrides) -> Result<Config, ConfigError> {
-        if self.tls.is_some() {
-            return Err(ConfigError::Unsupported("tls"));
-        }
         if self.tenancy.is_some() {
             return Err(ConfigError::Unsupported("tenancy"));
         }
@@ -653,6 +680,14 @@ impl FileConfig {
             drain_timeout: duration("drain_timeout", self.drain_timeout, "30s")?,
             max_message_size,
             limits,
+            tls: self.tls.map(|t| TlsSettings {
+                files: crate::tls::TlsFiles {
+                    cert: t.cert.into(),
+                    key: t.key.into(),
+                    client_ca: t.client_ca.map(Into::into),
+                },
+                required: t.required,
+            }),
             pool,
             databases,
             users,

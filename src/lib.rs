@@ -10,6 +10,7 @@
 //! - [`session`]: one client connection as typed phases: handshake, auth, relay.
 //! - [`pool`]: upstream server connections and the pools that lend them.
 //! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`stream`]: plain or TLS connections; [`tls`]: certificates, acceptor, upstream connector.
 //! - [`localpg`]: throwaway local PostgreSQL servers for the demo and the tests.
 
 #![forbid(unsafe_code)]
@@ -23,3 +24,5 @@ pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod session;
+pub mod stream;
+pub mod tls;

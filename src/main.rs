@@ -136,6 +136,19 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let app = running.app;
+    if let Ok(mut hup) = signal(SignalKind::hangup()) {
+        let app = std::sync::Arc::clone(&app);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match app.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificates")
+                    }
+                }
+            }
+        });
+    }
     tokio::select! {
         _ = term.recv() => {
             let delay = app.config.shutdown_delay;
@@ -167,11 +180,19 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut ok = true;
-    let options = pgsidecar::pool::ConnectOptions {
-        timeout: config.pool.connect_timeout,
-        keepalive: config.pool.tcp_keepalive,
-    };
     for db in &config.databases {
+        let options = match pgsidecar::pool::ConnectOptions::for_url(
+            &db.primary,
+            config.pool.connect_timeout,
+            config.pool.tcp_keepalive,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("pgsidecar: database {}: {e}", db.name);
+                ok = false;
+                continue;
+            }
+        };
         match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], &options).await {
             Ok(conn) => {
                 println!(

@@ -103,7 +103,14 @@ fn refuses_bad_values() {
             FULL.replace("password = \"secret\"", "scram_verifier = \"x\""),
             "plaintext",
         ),
-        (format!("{FULL}\n[tls]\ncert = \"x\"\n"), "[tls]"),
+        (
+            format!("{FULL}\n[tls]\ncert = \"x\"\n"),
+            "missing field `key`",
+        ),
+        (
+            format!("{FULL}\n[tenancy]\nsource = \"username\"\n"),
+            "[tenancy]",
+        ),
         (
             FULL.replace("max_waiting = 3", "max_waitng = 3"),
             "unknown field",

@@ -71,16 +71,14 @@ impl Pool {
         database: String,
         url: UpstreamUrl,
         config: PoolConfig,
+        connect_options: ConnectOptions,
         metrics: Arc<Metrics>,
     ) -> Pool {
         metrics.upstream_up.with_label_values(&[&database]).set(0);
         Pool {
             database,
             url,
-            connect_options: ConnectOptions {
-                timeout: config.connect_timeout,
-                keepalive: config.tcp_keepalive,
-            },
+            connect_options,
             permits: Arc::new(Semaphore::new(config.size)),
             config,
             idle: Mutex::new(Vec::new()),

@@ -15,15 +15,16 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::UpstreamUrl;
+use crate::config::{SslMode, UpstreamUrl};
 use crate::protocol::backend::{
     parse_parameter_status, ErrorFields, ERROR_RESPONSE_TAG, PARAMETER_STATUS_TAG,
     READY_FOR_QUERY_TAG,
 };
 use crate::protocol::frame::{try_frame, FrameError};
+use crate::stream::Stream;
 
 /// Messages during startup are small; anything bigger is a broken or hostile upstream.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
@@ -48,6 +49,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("upstream closed the connection")]
     Closed,
+    #[error("upstream TLS: {0}")]
+    Tls(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -63,6 +66,7 @@ impl ServerError {
             ServerError::Upstream { .. } => "upstream_error",
             ServerError::Protocol(_) | ServerError::Frame(_) => "upstream_protocol",
             ServerError::Io(_) | ServerError::Closed => "upstream_io",
+            ServerError::Tls(_) => "upstream_tls",
         }
     }
 }
@@ -93,7 +97,7 @@ pub enum AppliedSettings {
 /// One authenticated upstream connection, idle at a ReadyForQuery when not checked out.
 pub struct ServerConn {
     pub id: u64,
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read from the server and not yet handled.
     pub rbuf: BytesMut,
     /// The latest ParameterStatus value the server reported for each parameter.
@@ -109,12 +113,29 @@ pub struct ServerConn {
 }
 
 /// How upstream connections are opened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Per host: TCP connect, TLS and authentication together.
     pub timeout: Duration,
     /// TCP keepalive idle time; zero disables it.
     pub keepalive: Duration,
+    /// TLS per the URL's `sslmode` (`None`: plaintext).
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl ConnectOptions {
+    /// Options for `url` with the pool's timeouts; builds the TLS connector its sslmode asks for.
+    pub fn for_url(
+        url: &UpstreamUrl,
+        timeout: Duration,
+        keepalive: Duration,
+    ) -> Result<ConnectOptions, crate::tls::TlsError> {
+        Ok(ConnectOptions {
+            timeout,
+            keepalive,
+            tls: crate::tls::connector(url.sslmode, url.sslrootcert.as_deref())?,
+        })
+    }
 }
 
 impl ServerConn {
@@ -163,6 +184,7 @@ impl ServerConn {
                 .with_interval(options.keepalive.min(Duration::from_secs(10)));
             socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         }
+        let stream = Self::negotiate_tls(stream, url, host, options).await?;
         let mut conn = ServerConn {
             id,
             stream,
@@ -180,6 +202,43 @@ impl ServerConn {
         };
         conn.startup(url, params).await?;
         Ok(conn)
+    }
+
+    /// SSLRequest, then TLS if the server agrees; `prefer` falls back to plaintext on 'N'.
+    async fn negotiate_tls(
+        mut tcp: TcpStream,
+        url: &UpstreamUrl,
+        host: &str,
+        options: &ConnectOptions,
+    ) -> Result<Stream, ServerError> {
+        let Some(connector) = &options.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let mut request = BytesMut::new();
+        frontend::ssl_request(&mut request);
+        tcp.write_all(&request).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        match answer[0] {
+            b'S' => {
+                let name = crate::tls::server_name(host).ok_or_else(|| {
+                    ServerError::Tls(format!("{host:?} is not a valid TLS server name"))
+                })?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ServerError::Tls(e.to_string()))?;
+                Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+            }
+            b'N' if url.sslmode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' => Err(ServerError::Tls(format!(
+                "the server does not support TLS, but sslmode is {:?}",
+                url.sslmode
+            ))),
+            other => Err(ServerError::Protocol(format!(
+                "unexpected answer {other:#04x} to SSLRequest"
+            ))),
+        }
     }
 
     async fn startup(
@@ -352,13 +411,24 @@ impl ServerConn {
     }
 
     /// True when an idle connection shows no sign of trouble: nothing unread (a FATAL from an
-    /// administrator's `pg_terminate_backend`, for one) and not closed by the peer.
+    /// administrator's `pg_terminate_backend`, for one) and not closed by the peer. Reads
+    /// without waiting, through TLS when there is TLS, so TLS housekeeping records (session
+    /// tickets) do not count as trouble.
     pub fn looks_idle(&mut self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 64];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        match Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(())) => {
+                self.rbuf.extend_from_slice(buf.filled());
+                false
+            }
+            Poll::Ready(Err(_)) => false,
+        }
     }
 
     /// Records a ParameterStatus the server sent.

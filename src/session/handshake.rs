@@ -1,13 +1,15 @@
-//! The first packets of a connection: SSLRequest and GSSENCRequest (both answered 'N' until
-//! TLS lands), CancelRequest, and the StartupMessage. Returns a [`Handshake`] outcome and the
-//! bytes read past it; it authenticates nobody.
+//! The first packets of a connection: SSLRequest (TLS when `[tls]` is configured, 'N'
+//! otherwise), GSSENCRequest ('N'), CancelRequest and the StartupMessage. Returns the client's
+//! stream — upgraded to TLS if it asked — with a [`Handshake`] outcome; it authenticates nobody.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::protocol::startup::{
     packet_len, parse_first_packet, FirstPacket, StartupError, StartupMessage,
 };
+use crate::stream::Stream;
 
 /// How many SSL/GSS negotiation packets a client may send before its StartupMessage.
 const MAX_NEGOTIATIONS: usize = 2;
@@ -21,6 +23,19 @@ pub enum Handshake {
     Cancel { process_id: i32, secret_key: i32 },
 }
 
+/// A finished handshake: the stream (TLS or not), bytes read past the first packets, outcome.
+pub struct Accepted {
+    pub stream: Stream,
+    pub leftover: BytesMut,
+    pub outcome: Handshake,
+}
+
+/// A refused handshake, with the stream when the client can still be told why.
+pub struct Refused {
+    pub stream: Option<Stream>,
+    pub error: HandshakeError,
+}
+
 /// Why the handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -30,6 +45,10 @@ pub enum HandshakeError {
     BufferedAfterSslRequest,
     #[error("too many SSL/GSS negotiation requests")]
     TooManyNegotiations,
+    #[error("this server requires TLS: connect with sslmode=require or stronger")]
+    TlsRequired,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("client closed the connection during startup")]
     Closed,
     #[error("client I/O during startup: {0}")]
@@ -44,45 +63,105 @@ impl HandshakeError {
             HandshakeError::BufferedAfterSslRequest | HandshakeError::TooManyNegotiations => {
                 "startup_protocol"
             }
+            HandshakeError::TlsRequired => "tls_required",
+            HandshakeError::Tls(_) => "tls_handshake",
             HandshakeError::Closed | HandshakeError::Io(_) => "client_io",
         }
     }
+}
 
-    /// Whether the client deserves an ErrorResponse (it is still speaking the protocol).
-    pub fn reportable(&self) -> bool {
-        !matches!(self, HandshakeError::Closed | HandshakeError::Io(_))
-    }
+/// TLS policy for client connections.
+pub struct ClientTls<'a> {
+    pub acceptor: Option<&'a tokio_rustls::TlsAcceptor>,
+    pub required: bool,
 }
 
 /// Reads first packets until a StartupMessage or CancelRequest arrives.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> Result<Handshake, HandshakeError> {
+pub async fn handshake(tcp: TcpStream, tls: ClientTls<'_>) -> Result<Accepted, Refused> {
+    let mut stream = Stream::Plain(tcp);
+    let mut buf = BytesMut::new();
+    let refuse = |stream, error| Refused {
+        stream: Some(stream),
+        error,
+    };
     for _ in 0..=MAX_NEGOTIATIONS {
-        let body = read_packet(stream, buf).await?;
-        match parse_first_packet(&body)? {
-            FirstPacket::Startup(startup) => return Ok(Handshake::Startup(startup)),
+        let body = match read_packet(&mut stream, &mut buf).await {
+            Ok(body) => body,
+            Err(e @ (HandshakeError::Closed | HandshakeError::Io(_))) => {
+                return Err(Refused {
+                    stream: None,
+                    error: e,
+                })
+            }
+            Err(e) => return Err(refuse(stream, e)),
+        };
+        let packet = match parse_first_packet(&body) {
+            Ok(p) => p,
+            Err(e) => return Err(refuse(stream, e.into())),
+        };
+        match packet {
+            FirstPacket::Startup(startup) => {
+                if tls.required && !stream.is_tls() {
+                    return Err(refuse(stream, HandshakeError::TlsRequired));
+                }
+                return Ok(Accepted {
+                    stream,
+                    leftover: buf,
+                    outcome: Handshake::Startup(startup),
+                });
+            }
             FirstPacket::Cancel {
                 process_id,
                 secret_key,
             } => {
-                return Ok(Handshake::Cancel {
-                    process_id,
-                    secret_key,
+                return Ok(Accepted {
+                    stream,
+                    leftover: buf,
+                    outcome: Handshake::Cancel {
+                        process_id,
+                        secret_key,
+                    },
                 })
             }
             FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
                 if !buf.is_empty() {
                     // Bytes sent before the answer would be read as if they were encrypted
                     // (CVE-2021-23214); refuse them.
-                    return Err(HandshakeError::BufferedAfterSslRequest);
+                    return Err(refuse(stream, HandshakeError::BufferedAfterSslRequest));
                 }
-                stream.write_all(b"N").await?;
+                let wants_tls = matches!(packet, FirstPacket::SslRequest);
+                stream = match (stream, tls.acceptor) {
+                    (Stream::Plain(mut tcp), Some(acceptor)) if wants_tls => {
+                        if let Err(e) = tcp.write_all(b"S").await {
+                            return Err(Refused {
+                                stream: None,
+                                error: e.into(),
+                            });
+                        }
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
+                            Err(e) => {
+                                return Err(Refused {
+                                    stream: None,
+                                    error: HandshakeError::Tls(e),
+                                })
+                            }
+                        }
+                    }
+                    (mut other, _) => {
+                        if let Err(e) = other.write_all(b"N").await {
+                            return Err(Refused {
+                                stream: None,
+                                error: e.into(),
+                            });
+                        }
+                        other
+                    }
+                };
             }
         }
     }
-    Err(HandshakeError::TooManyNegotiations)
+    Err(refuse(stream, HandshakeError::TooManyNegotiations))
 }
 
 async fn read_packet<S: AsyncRead + Unpin>(
@@ -117,24 +196,44 @@ mod tests {
     use super::*;
     use crate::protocol::startup::{PROTOCOL_3_0, SSL_REQUEST_CODE};
 
-    #[tokio::test]
-    async fn ssl_request_answered_no_then_startup() {
-        let (mut client, mut server) = tokio::io::duplex(1024);
+    /// A connected loopback pair: (client side, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    const NO_TLS: ClientTls<'static> = ClientTls {
+        acceptor: None,
+        required: false,
+    };
+
+    fn ssl_request() -> Vec<u8> {
         let mut packet = 8i32.to_be_bytes().to_vec();
         packet.extend_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
-        client.write_all(&packet).await.unwrap();
-        let task = tokio::spawn(async move {
-            let mut buf = BytesMut::new();
-            handshake(&mut server, &mut buf).await
-        });
+        packet
+    }
+
+    fn startup() -> Vec<u8> {
+        let body = [&PROTOCOL_3_0.to_be_bytes()[..], b"user\0app\0\0"].concat();
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        packet
+    }
+
+    #[tokio::test]
+    async fn ssl_request_answered_no_then_startup() {
+        let (mut client, server) = pair().await;
+        client.write_all(&ssl_request()).await.unwrap();
+        let task = tokio::spawn(async move { handshake(server, NO_TLS).await.map(|a| a.outcome) });
         let mut answer = [0u8; 1];
         client.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"N");
-        let body = [&PROTOCOL_3_0.to_be_bytes()[..], b"user\0app\0\0"].concat();
-        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        startup.extend_from_slice(&body);
-        client.write_all(&startup).await.unwrap();
-        let Handshake::Startup(s) = task.await.unwrap().unwrap() else {
+        client.write_all(&startup()).await.unwrap();
+        let Ok(Handshake::Startup(s)) = task.await.unwrap() else {
             panic!("expected startup")
         };
         assert_eq!(s.user, "app");
@@ -142,24 +241,44 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_after_ssl_request_are_refused() {
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        let mut packet = 8i32.to_be_bytes().to_vec();
-        packet.extend_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+        let (mut client, server) = pair().await;
+        let mut packet = ssl_request();
         packet.extend_from_slice(b"Qgarbage");
         client.write_all(&packet).await.unwrap();
-        let mut buf = BytesMut::new();
-        let err = handshake(&mut server, &mut buf).await.unwrap_err();
-        assert!(matches!(err, HandshakeError::BufferedAfterSslRequest));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Err(refused) = handshake(server, NO_TLS).await else {
+            panic!("accepted")
+        };
+        assert!(matches!(
+            refused.error,
+            HandshakeError::BufferedAfterSslRequest
+        ));
+        assert!(refused.stream.is_some(), "the client can still be told why");
+    }
+
+    #[tokio::test]
+    async fn plaintext_is_refused_when_tls_is_required() {
+        let (mut client, server) = pair().await;
+        client.write_all(&startup()).await.unwrap();
+        let tls = ClientTls {
+            acceptor: None,
+            required: true,
+        };
+        let Err(refused) = handshake(server, tls).await else {
+            panic!("accepted")
+        };
+        assert!(matches!(refused.error, HandshakeError::TlsRequired));
     }
 
     #[tokio::test]
     async fn oversize_startup_is_refused_before_reading_it() {
-        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (mut client, server) = pair().await;
         client.write_all(&1_000_000i32.to_be_bytes()).await.unwrap();
-        let mut buf = BytesMut::new();
-        let err = handshake(&mut server, &mut buf).await.unwrap_err();
+        let Err(refused) = handshake(server, NO_TLS).await else {
+            panic!("accepted")
+        };
         assert!(matches!(
-            err,
+            refused.error,
             HandshakeError::Startup(StartupError::BadLength)
         ));
     }

@@ -22,47 +22,59 @@ use crate::metrics::GaugeGuard;
 use crate::pool::CheckoutError;
 use crate::protocol::backend::{self, ErrorReport, TransactionStatus};
 use crate::protocol::sqlstate::SqlState;
+use crate::stream::Stream;
 use client::ClientConn;
-use handshake::Handshake;
+use handshake::{Accepted, Handshake, HandshakeError, Refused};
 
 /// Serves one accepted client connection to its end.
-pub async fn serve_client(app: Arc<App>, mut stream: TcpStream) {
+pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
     let _connected = GaugeGuard::new(&app.metrics.client_connections);
-    let _ = stream.set_nodelay(true);
-    let mut leftover = BytesMut::new();
+    let _ = tcp.set_nodelay(true);
+    let acceptor = app.tls_acceptor();
+    let tls = handshake::ClientTls {
+        acceptor: acceptor.as_deref(),
+        required: app.config.tls.as_ref().is_some_and(|t| t.required),
+    };
+    // A client that never finishes its first packets is dropped silently, as Postgres does.
     let outcome = tokio::time::timeout(
         app.config.limits.login_timeout,
-        handshake::handshake(&mut stream, &mut leftover),
+        handshake::handshake(tcp, tls),
     )
     .await;
-    let startup = match outcome {
-        Ok(Ok(Handshake::Startup(startup))) => startup,
-        Ok(Ok(Handshake::Cancel {
-            process_id,
-            secret_key,
+    let (stream, leftover, startup) = match outcome {
+        Ok(Ok(Accepted {
+            stream,
+            leftover,
+            outcome: Handshake::Startup(startup),
+        })) => (stream, leftover, startup),
+        Ok(Ok(Accepted {
+            outcome:
+                Handshake::Cancel {
+                    process_id,
+                    secret_key,
+                },
+            ..
         })) => {
             app.cancel(process_id, secret_key).await;
             return;
         }
-        Ok(Err(e)) => {
-            app.metrics.error(e.kind());
-            if e.reportable() {
-                tracing::debug!(error = %e, "refused client startup");
+        Ok(Err(Refused { stream, error })) => {
+            app.metrics.error(error.kind());
+            tracing::debug!(error = %error, "refused client startup");
+            if let Some(mut stream) = stream {
+                let code = match error {
+                    HandshakeError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                    _ => SqlState::PROTOCOL_VIOLATION,
+                };
                 let mut buf = BytesMut::new();
-                ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()).write(&mut buf);
+                ErrorReport::fatal(code, error.to_string()).write(&mut buf);
                 let _ = stream.write_all(&buf).await;
+                let _ = stream.shutdown().await;
             }
             return;
         }
         Err(_) => {
             app.metrics.error("login_timeout");
-            let mut buf = BytesMut::new();
-            ErrorReport::fatal(
-                SqlState::QUERY_CANCELED,
-                "canceling authentication due to timeout",
-            )
-            .write(&mut buf);
-            let _ = stream.write_all(&buf).await;
             return;
         }
     };
@@ -107,7 +119,7 @@ pub struct SessionInfo {
 /// the FATAL to send before closing; `Err(None)` means the client is already gone.
 async fn login(
     app: &Arc<App>,
-    client: &mut ClientConn<TcpStream>,
+    client: &mut ClientConn<Stream>,
     startup: &crate::protocol::startup::StartupMessage,
 ) -> Result<SessionInfo, Option<ErrorReport>> {
     if startup.params.iter().any(|(name, _)| name == "replication") {

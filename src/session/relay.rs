@@ -11,8 +11,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
-
 use super::attachment::{
     sleep_until_some, Attachment, Batch, Expect, Passthrough, Reply, Source, Timer,
 };
@@ -34,6 +32,7 @@ use crate::protocol::backend::{
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
+use crate::stream::Stream;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
 const SERVER_WRITE_CHUNK: usize = 64 * 1024;
@@ -116,7 +115,7 @@ enum End {
 /// The pump for one client.
 pub struct Relay {
     app: Arc<App>,
-    client: ClientConn<TcpStream>,
+    client: ClientConn<Stream>,
     info: SessionInfo,
     mode: PoolMode,
     phase: Phase,
@@ -124,7 +123,7 @@ pub struct Relay {
 
 impl Relay {
     /// A relay for a client that has just received its first ReadyForQuery.
-    pub fn new(app: Arc<App>, client: ClientConn<TcpStream>, info: SessionInfo) -> Relay {
+    pub fn new(app: Arc<App>, client: ClientConn<Stream>, info: SessionInfo) -> Relay {
         let mode = app.config.pool.mode;
         Relay {
             app,
@@ -505,7 +504,7 @@ impl Relay {
 
 /// Writes the first `cut` bytes of the server's buffer to the client and consumes them.
 async fn emit(
-    client: &mut ClientConn<TcpStream>,
+    client: &mut ClientConn<Stream>,
     conn: &mut crate::pool::ServerConn,
     cut: &mut usize,
     metrics: &crate::metrics::Metrics,

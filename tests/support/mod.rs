@@ -162,6 +162,7 @@ pub async fn raw_connect(
     let options = pgsidecar::pool::ConnectOptions {
         timeout: Duration::from_secs(10),
         keepalive: Duration::ZERO,
+        tls: None,
     };
     ServerConn::connect(0, &url, params, &options).await
 }
