@@ -256,8 +256,8 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// The uid/gid of the `postgres` OS user when this process is root.
-fn postgres_user_if_root() -> Option<(u32, u32)> {
+/// The uid/gid of the `postgres` OS user when this process is root (the owner servers run as).
+pub fn postgres_user_if_root() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     let me = std::fs::metadata("/proc/self")
         .ok()

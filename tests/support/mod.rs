@@ -28,11 +28,18 @@ pub const UPSTREAM_TRUST_USER: &str = "upstream_trust";
 
 /// The test binary's PostgreSQL server.
 pub fn pg() -> &'static LocalPostgres {
+    pg_with(String::new)
+}
+
+/// The test binary's PostgreSQL server, started with `options()` (`-c name=value …`) if this
+/// is the first use in the binary.
+pub fn pg_with(options: impl FnOnce() -> String) -> &'static LocalPostgres {
     PG.get_or_init(|| {
+        let options = options();
         let hba = format!(
             "host all {UPSTREAM_MD5_USER} 127.0.0.1/32 md5\nhost all {UPSTREAM_TRUST_USER} 127.0.0.1/32 trust"
         );
-        let pg = LocalPostgres::start_with_hba("", &hba).expect("start a local PostgreSQL server");
+        let pg = LocalPostgres::start_with_hba(&options, &hba).expect("start a local PostgreSQL server");
         pg.psql(
             "postgres",
             &format!(
