@@ -30,8 +30,8 @@ fn write_private(path: &Path, text: &str) {
 fn certs() -> &'static Certs {
     static CERTS: OnceLock<Certs> = OnceLock::new();
     CERTS.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("pgsidecar-tls-{}", std::process::id()));
+        // Under /tmp, not the build directory: the server runs as `postgres` and must reach it.
+        let dir = std::env::temp_dir().join(format!("pgsidecar-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = |name: &str| {
             let key = KeyPair::generate().unwrap();
