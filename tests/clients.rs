@@ -407,3 +407,51 @@ async fn newer_protocol_versions_are_negotiated_and_replication_refused() {
     s.write_all(&packet).await.unwrap();
     assert_eq!(error_codes_until_close(&mut s).await, vec!["0A000"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_larger_than_max_message_size_is_streamed() {
+    let name = fresh_user("bigcopy");
+    let toml = base_toml(&name, "size = 1").replace(
+        "drain_timeout",
+        "max_message_size = \"1MiB\"\ndrain_timeout",
+    );
+    let sidecar = start(&toml).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE big (id int, body text)")
+        .await
+        .unwrap();
+    let mut rows = String::new();
+    for i in 0..100_000 {
+        rows.push_str(&format!("{i}\t{}\n", "z".repeat(60)));
+    }
+    assert!(rows.len() > 6 << 20);
+    let sink = client.copy_in("COPY big FROM STDIN").await.unwrap();
+    let mut sink = Box::pin(sink);
+    // One CopyData message of ~6 MiB, six times the configured maximum.
+    sink.send(bytes::Bytes::from(rows)).await.unwrap();
+    assert_eq!(sink.as_mut().finish().await.unwrap(), 100_000);
+
+    // A client that leaves in the middle of such a message does not poison the connection.
+    let mut quitter = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let mut msg = bytes::BytesMut::new();
+    pgsidecar::protocol::frontend::append_query(&mut msg, "COPY big FROM STDIN");
+    quitter.write_all(&msg).await.unwrap();
+    while !quitter.rbuf.contains(&b'G') {
+        quitter.read_more().await.unwrap();
+    }
+    let mut partial = vec![b'd'];
+    partial.extend_from_slice(&(10_000_000i32).to_be_bytes());
+    partial.extend(std::iter::repeat_n(b'x', 200_000));
+    quitter.write_all(&partial).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(quitter);
+    let n: i64 = client
+        .query_typed("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_eq!(n, 100_000);
+}

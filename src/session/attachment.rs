@@ -117,6 +117,8 @@ pub(super) struct Attachment {
     pub(super) copy_ends: u64,
     /// When the client last sent something or the last reply completed.
     pub(super) last_activity: Instant,
+    /// Bytes of a large client CopyData still to stream through unbuffered.
+    pub(super) client_stream: usize,
 }
 
 /// The ReadyForQuery messages still to come, in order, with when the front one started.
@@ -196,6 +198,7 @@ impl Attachment {
             passthrough: None,
             copy_ends: 0,
             last_activity: now,
+            client_stream: 0,
         }
     }
 

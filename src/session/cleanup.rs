@@ -14,6 +14,9 @@ use crate::protocol::backend::{TransactionStatus, READY_FOR_QUERY_TAG};
 use crate::protocol::frame::{peek_header, HEADER_LEN};
 use crate::protocol::frontend::{self, append_query};
 
+/// Up to this many filler bytes are sent to finish a CopyData the client abandoned; past that
+/// the server connection is closed instead.
+const MAX_PADDING: usize = 16 * 1024 * 1024;
 /// How long cleaning a server connection after its client vanished may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,6 +46,15 @@ pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
 }
 
 async fn clean(att: &mut Attachment, mode: PoolMode) -> Result<(), RelayError> {
+    if att.client_stream > MAX_PADDING {
+        return Err(RelayError::Server(crate::pool::ServerError::Protocol(
+            "client left inside a large CopyData message".into(),
+        )));
+    }
+    // The client left inside a streamed CopyData: complete the message with filler so the
+    // CopyFail below is read as a message, not as row data.
+    att.wbuf.resize(att.wbuf.len() + att.client_stream, 0);
+    att.client_stream = 0;
     let mut expected = att.expect.len() + 2;
     // CopyFail ends a COPY FROM STDIN (and is ignored otherwise); Sync ends an open batch;
     // ROLLBACK ends a transaction. Each Sync and Query yields one ReadyForQuery.

@@ -1,10 +1,10 @@
 //! The client socket with its read and write buffers: framed reads bounded by
 //! `max_message_size`, buffered writes, byte counters. No protocol decisions here.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::frame::{try_frame, Frame, FrameError};
+use crate::protocol::frame::{peek_header, try_frame, Frame, FrameError, Header};
 
 /// What can go wrong reading from or writing to the client.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     /// A whole frame if one is already buffered, without reading.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         try_frame(&mut self.rbuf, self.max_message_size)
+    }
+
+    /// The header of the next message, if five bytes are buffered.
+    pub fn peek_header(&self) -> Result<Option<Header>, FrameError> {
+        peek_header(&self.rbuf)
+    }
+
+    /// Up to `max` buffered bytes, as they are (for streaming a large message through).
+    pub fn take_buffered(&mut self, max: usize) -> Bytes {
+        let n = max.min(self.rbuf.len());
+        self.rbuf.split_to(n).freeze()
     }
 
     /// Reads until one whole frame is buffered and returns it.

@@ -36,6 +36,10 @@ use crate::stream::Stream;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
 const SERVER_WRITE_CHUNK: usize = 64 * 1024;
+/// CopyData messages larger than this are streamed to the server instead of buffered.
+const STREAM_COPY_DATA_OVER: usize = 64 * 1024;
+/// Postgres's own limit on one message it reads (`PQ_LARGE_MESSAGE_LIMIT`).
+const MAX_COPY_DATA: usize = 0x3fff_ffff;
 
 /// Why a session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +233,31 @@ impl Relay {
         if let Phase::Attached(att) = &mut self.phase {
             att.last_activity = Instant::now();
         }
-        while let Some(frame) = self.client.buffered_frame().map_err(ClientIoError::from)? {
+        loop {
+            if let Phase::Attached(att) = &mut self.phase {
+                if att.client_stream > 0 {
+                    let chunk = self.client.take_buffered(att.client_stream);
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    att.client_stream -= chunk.len();
+                    att.wbuf.extend_from_slice(&chunk);
+                    continue;
+                }
+                let header = self.client.peek_header().map_err(ClientIoError::from)?;
+                if let Some(h) = header.filter(|h| {
+                    h.tag == frontend::COPY_DATA_TAG
+                        && h.frame_len > STREAM_COPY_DATA_OVER
+                        && h.frame_len <= MAX_COPY_DATA
+                }) {
+                    // Large COPY rows go through as they arrive, never buffered whole.
+                    att.client_stream = h.frame_len;
+                    continue;
+                }
+            }
+            let Some(frame) = self.client.buffered_frame().map_err(ClientIoError::from)? else {
+                break;
+            };
             if let Some(end) = self.on_client_frame(frame).await? {
                 return Ok(Some(end));
             }
