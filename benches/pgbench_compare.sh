@@ -4,13 +4,18 @@
 # Prints each target's tps and mean latency and its ratio to direct. Quote ratios, not absolute
 # numbers: the machine is small and noisy.
 #
-#   benches/pgbench_compare.sh [rounds=3] [seconds=10] [clients=32] [pool=20] [mode=select]
-#   mode: select (pgbench -S, proxy-bound) | tpcb (default pgbench script)
+#   benches/pgbench_compare.sh [rounds=3] [seconds=10] [clients=16] [pool=20] [workloads]
+#   workloads (comma-separated, default all four):
+#     select-simple    pgbench -S -M simple          (proxy-bound reads)
+#     select-extended  pgbench -S -M extended        (Parse/Bind/Execute/Sync per query)
+#     select-connect   pgbench -S -M simple -C       (a new connection, with SCRAM, per transaction)
+#     tpcb             the default pgbench script    (writes, BEGIN…END)
 #
 # Needs the PostgreSQL server binaries, pgbench and pgbouncer (installed with apt-get when
 # missing and running as root). Everything listens on 127.0.0.1 only and stops at exit.
 set -euo pipefail
-rounds=${1:-3}; seconds=${2:-10}; clients=${3:-32}; pool=${4:-20}; mode=${5:-select}
+rounds=${1:-3}; seconds=${2:-10}; clients=${3:-16}; pool=${4:-20}
+workloads=${5:-select-simple,select-extended,select-connect,tpcb}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -68,27 +73,42 @@ as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
   --pool-size "$pool" --pool-mode transaction 2>"$work/sidecar.log" & pids+=($!)
 sleep 1
 
-script_args=(-S)
-[ "$mode" = tpcb ] && script_args=()
-declare -A tps_sum lat_sum
+workload_args() {
+  case "$1" in
+    select-simple) echo "-S -M simple" ;;
+    select-extended) echo "-S -M extended" ;;
+    select-connect) echo "-S -M simple -C" ;;
+    tpcb) echo "-M simple" ;;
+    *) echo "unknown workload $1" >&2; exit 2 ;;
+  esac
+}
 targets=(direct pgbouncer pgsidecar)
 declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgsidecar]=$sidecar_port)
+declare -A tps_sum lat_sum
+IFS=, read -r -a wl <<<"$workloads"
 for round in $(seq 1 "$rounds"); do
-  for t in "${targets[@]}"; do
-    out=$("$bin/pgbench" -n "${script_args[@]}" -M simple -c "$clients" -j 2 -T "$seconds" \
-          -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1)
-    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
-    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
-    printf 'round %d %-10s tps %10.1f  latency %7.3f ms  failed %s\n' "$round" "$t" "$tps" "$lat" "${failed:-?}"
-    tps_sum[$t]=$(python3 -c "print(${tps_sum[$t]:-0} + $tps)")
-    lat_sum[$t]=$(python3 -c "print(${lat_sum[$t]:-0} + $lat)")
+  for w in "${wl[@]}"; do
+    # shellcheck disable=SC2207
+    args=($(workload_args "$w"))
+    for t in "${targets[@]}"; do
+      out=$("$bin/pgbench" -n "${args[@]}" -c "$clients" -j 2 -T "$seconds" \
+            -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1)
+      tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+      lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+      failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+      printf 'round %d %-16s %-10s tps %10.1f  latency %7.3f ms  failed %s\n' \
+        "$round" "$w" "$t" "${tps:-0}" "${lat:-0}" "${failed:-?}"
+      tps_sum[$w/$t]=$(python3 -c "print(${tps_sum[$w/$t]:-0} + ${tps:-0})")
+      lat_sum[$w/$t]=$(python3 -c "print(${lat_sum[$w/$t]:-0} + ${lat:-0})")
+    done
   done
 done
 echo
-echo "mode=$mode clients=$clients pool=$pool seconds=$seconds rounds=$rounds (means over rounds)"
-for t in "${targets[@]}"; do
-  python3 -c "
-tps = ${tps_sum[$t]} / $rounds; lat = ${lat_sum[$t]} / $rounds; d = ${tps_sum[direct]} / $rounds
-print(f'{\"$t\":<10} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / d:5.2f}')"
+echo "clients=$clients pool=$pool seconds=$seconds rounds=$rounds (means over rounds)"
+for w in "${wl[@]}"; do
+  for t in "${targets[@]}"; do
+    python3 -c "
+tps = ${tps_sum[$w/$t]} / $rounds; lat = ${lat_sum[$w/$t]} / $rounds; d = ${tps_sum[$w/direct]} / $rounds
+print(f'{\"$w\":<16} {\"$t\":<10} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / d:5.2f}')"
+  done
 done

@@ -32,7 +32,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         ClientConn {
             stream,
             rbuf: leftover,
-            wbuf: BytesMut::with_capacity(8192),
+            wbuf: BytesMut::new(),
             max_message_size,
         }
     }
