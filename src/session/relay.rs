@@ -170,8 +170,10 @@ impl Relay {
     }
 
     async fn pump(&mut self) -> Result<End, RelayError> {
-        let draining = self.app.draining.clone();
-        let terminate = self.app.terminate.clone();
+        // Registered once, not on every turn of the loop (each registration takes a lock).
+        let draining = self.app.draining.clone().cancelled_owned();
+        let terminate = self.app.terminate.clone().cancelled_owned();
+        tokio::pin!(draining, terminate);
         loop {
             match &mut self.phase {
                 Phase::Attached(att) => {
@@ -203,7 +205,7 @@ impl Relay {
                                 None => {}
                             }
                         }
-                        _ = terminate.cancelled() => return Err(RelayError::Shutdown),
+                        _ = &mut terminate => return Err(RelayError::Shutdown),
                     }
                 }
                 Phase::Detached | Phase::SkipToSync => {
@@ -219,7 +221,7 @@ impl Relay {
                                 return Ok(end);
                             }
                         }
-                        _ = draining.cancelled(), if matches!(self.phase, Phase::Detached) => {
+                        _ = &mut draining, if matches!(self.phase, Phase::Detached) => {
                             return Err(RelayError::Shutdown);
                         }
                     }
