@@ -581,7 +581,7 @@ impl FileConfig {
             idle_in_transaction_timeout: duration(
                 "idle_in_transaction_timeout",
                 self.idle_in_transaction_timeout,
-                "0s",
+                "10m",
             )?,
             query_timeout: duration("query_timeout", self.query_timeout, "0s")?,
         };

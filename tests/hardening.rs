@@ -212,3 +212,107 @@ async fn idle_server_connections_that_die_or_age_are_replaced() {
         .get(0);
     assert_ne!(last_pid, new_pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_log_in_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = fresh_user("login");
+    let toml = base_toml(&name, "size = 1")
+        .replace("drain_timeout", "login_timeout = \"500ms\"\ndrain_timeout");
+    let sidecar = start(&toml).await;
+    // Silent after connecting: dropped without a word, as Postgres does.
+    let mut silent = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf))
+        .await
+        .expect("closed by the sidecar")
+        .unwrap();
+    assert!(buf.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // GSSENCRequest is declined with 'N', then the client stalls in the SCRAM exchange:
+    // FATAL 57014 "canceling authentication due to timeout", as from Postgres.
+    let mut s = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let mut gss = 8i32.to_be_bytes().to_vec();
+    gss.extend_from_slice(&80_877_104i32.to_be_bytes());
+    s.write_all(&gss).await.unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    body.extend_from_slice(format!("user\0{name}\0\0").as_bytes());
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    s.write_all(&packet).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("closed by the sidecar")
+        .unwrap();
+    assert_eq!(buf[0], b'R', "the SASL request came first");
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    let rest = &buf[len + 1..];
+    assert_eq!(rest[0], b'E');
+    let fields = pgsidecar::protocol::backend::ErrorFields::parse(&rest[5..]);
+    assert_eq!(fields.code, "57014");
+    // Other clients were never affected.
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+}
+
+/// Resident memory of this test process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_never_makes_the_sidecar_buffer_the_result() {
+    let name = fresh_user("slowreader");
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let mut reader = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let before = rss_kib();
+    // ~300 MB of rows, and the client reads none of it for a while.
+    let mut msg = bytes::BytesMut::new();
+    pgsidecar::protocol::frontend::append_query(
+        &mut msg,
+        "SELECT repeat('x', 1000000) FROM generate_series(1, 300)",
+    );
+    reader.write_all(&msg).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "the sidecar buffered {grown} KiB for a client that does not read"
+    );
+    // Then everything arrives, intact.
+    let mut total = 0usize;
+    let mut rows = 0;
+    loop {
+        reader.read_more().await.unwrap();
+        let mut done = false;
+        while let Some(h) = pgsidecar::protocol::frame::peek_header(&reader.rbuf).unwrap() {
+            if reader.rbuf.len() < h.frame_len {
+                break;
+            }
+            if h.tag == b'D' {
+                rows += 1;
+                total += h.frame_len;
+            }
+            done |= h.tag == b'Z';
+            reader.consume(h.frame_len);
+        }
+        if done {
+            break;
+        }
+    }
+    assert_eq!(rows, 300);
+    assert!(total > 300_000_000);
+}
