@@ -7,6 +7,7 @@
 //! - [`app`]: the [`app::App`] bundle (pools, credentials, metrics, shutdown) and the listener.
 //! - [`cancel`]: issued BackendKeyData and CancelRequest delivery.
 //! - [`protocol`]: the wire format, pure: framing, frontend/backend messages, startup, SQLSTATEs.
+//! - [`sql`]: SQL understanding, pure: the fingerprinting scanner.
 //! - [`session`]: one client connection as typed phases: handshake, auth, relay.
 //! - [`pool`]: upstream server connections and the pools that lend them.
 //! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -24,5 +25,6 @@ pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod session;
+pub mod sql;
 pub mod stream;
 pub mod tls;

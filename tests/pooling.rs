@@ -284,6 +284,32 @@ async fn exhausted_pool_answers_53300_and_client_can_retry() {
     holder.batch_execute("COMMIT").await.unwrap();
     let v: i32 = waiter.query_typed("SELECT 3", &[]).await.unwrap()[0].get(0);
     assert_eq!(v, 3);
+
+    // The wait queue is bounded too: past max_waiting, 53300 comes at once.
+    let bounded = start(&base_toml(
+        &name,
+        "size = 1
+checkout_timeout = \"30s\"\nmax_waiting = 1",
+    ))
+    .await;
+    let holder = connect(bounded.addr, &name, PASSWORD, &name).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let queued = connect(bounded.addr, &name, PASSWORD, &name).await.unwrap();
+    let queued = tokio::spawn(async move { queued.batch_execute("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra = connect(bounded.addr, &name, PASSWORD, &name).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = extra.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused without waiting 30 s"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    queued
+        .await
+        .unwrap()
+        .expect("the queued request ran once the connection was free");
     let (_, metrics) = http_get(sidecar.metrics_addr, "/metrics").await;
     assert!(
         metric(&metrics, "pgsidecar_errors_total{kind=\"pool_timeout\"}").unwrap_or(0.0) >= 2.0,

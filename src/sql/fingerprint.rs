@@ -1,0 +1,414 @@
+//! A hand-written one-pass scanner over SQL text: the statement's *fingerprint* (its shape,
+//! with literals replaced by a placeholder, comments dropped, whitespace collapsed and
+//! unquoted words lower-cased), the byte ranges of the literals it replaced, the top-level
+//! statement boundaries, and a leading `/* pgsidecar: key=value … */` hint.
+//!
+//! `WHERE aid = 17` and `WHERE aid = 42` share one fingerprint, so a classification cached by
+//! fingerprint serves every execution; values are read back from the literal ranges. The
+//! scanner works on bytes (the client's encoding need not be UTF-8), never panics, and
+//! allocates only its result. It must not try to understand SQL beyond lexing.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Stands for one literal in a fingerprint. NUL cannot occur in a query string (the protocol
+/// NUL-terminates it), so no statement text can spell a placeholder.
+pub const PLACEHOLDER: u8 = 0;
+
+/// What kind of literal a range holds, so its value can be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteralKind {
+    /// `'…'` with `''` for a quote (standard_conforming_strings on).
+    String,
+    /// `E'…'` with backslash escapes.
+    EscapeString,
+    /// `$tag$…$tag$`.
+    Dollar,
+    /// `B'…'` or `X'…'`.
+    BitString,
+    /// `42`, `3.14`, `1e10`, `0x1F`.
+    Number,
+}
+
+/// One literal the scanner replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Literal {
+    pub kind: LiteralKind,
+    /// Where the whole literal (quotes included) lies in the original text.
+    pub span: Range<usize>,
+}
+
+impl Literal {
+    /// The literal's value as text. Escapes are decoded for the common cases (`''`, and in
+    /// `E''` strings `\\'`, `\\\\`, `\\n`, `\\t`, `\\r`); bytes that are not UTF-8 are replaced.
+    pub fn value<'a>(&self, sql: &'a [u8]) -> Cow<'a, str> {
+        let raw = &sql[self.span.clone()];
+        match self.kind {
+            LiteralKind::Number => String::from_utf8_lossy(raw),
+            LiteralKind::String => {
+                let inner = &raw[1..raw.len().saturating_sub(1).max(1)];
+                unquote(inner, false)
+            }
+            LiteralKind::EscapeString => {
+                let inner = &raw[2..raw.len().saturating_sub(1).max(2)];
+                unquote(inner, true)
+            }
+            LiteralKind::BitString => {
+                let inner = &raw[2..raw.len().saturating_sub(1).max(2)];
+                String::from_utf8_lossy(inner)
+            }
+            LiteralKind::Dollar => {
+                let tag_end = raw[1..]
+                    .iter()
+                    .position(|&b| b == b'$')
+                    .map_or(0, |p| p + 2);
+                let end = raw.len().saturating_sub(tag_end).max(tag_end);
+                String::from_utf8_lossy(&raw[tag_end..end])
+            }
+        }
+    }
+}
+
+fn unquote(inner: &[u8], backslashes: bool) -> Cow<'_, str> {
+    if !inner.contains(&b'\'') && !(backslashes && inner.contains(&b'\\')) {
+        return String::from_utf8_lossy(inner);
+    }
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        match inner[i] {
+            b'\'' if inner.get(i + 1) == Some(&b'\'') => {
+                out.push(b'\'');
+                i += 2;
+            }
+            b'\\' if backslashes && i + 1 < inner.len() => {
+                out.push(match inner[i + 1] {
+                    b'n' => b'\n',
+                    b't' => b'\t',
+                    b'r' => b'\r',
+                    b'b' => 8,
+                    b'f' => 12,
+                    other => other,
+                });
+                i += 2;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A leading `/* pgsidecar: key=value … */` comment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hint {
+    pub pairs: Vec<(String, String)>,
+}
+
+impl Hint {
+    /// The value given for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn parse(body: &[u8]) -> Option<Hint> {
+        let text = std::str::from_utf8(body).ok()?.trim();
+        let rest = text.strip_prefix("pgsidecar:")?;
+        let pairs = rest
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter_map(|word| word.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Some(Hint { pairs })
+    }
+}
+
+/// What the scanner found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// The statement's shape; equal for executions that differ only in literals,
+    /// comments, whitespace or the case of unquoted words.
+    pub fingerprint: Vec<u8>,
+    /// The literals replaced, in order.
+    pub literals: Vec<Literal>,
+    /// Top-level statements (split at `;` outside quotes, comments and parentheses), as byte
+    /// ranges of the original text, empty statements left out.
+    pub statements: Vec<Range<usize>>,
+    /// A leading `/* pgsidecar: … */` hint.
+    pub hint: Option<Hint>,
+}
+
+/// What a token is, for deciding whether the fingerprint keeps a space before the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Nothing yet.
+    Start,
+    /// Words, numbers, placeholders, quoted identifiers, parameters: a space separates two.
+    Word,
+    /// Operator characters: a space separates two only if the text had one.
+    Operator,
+    /// `( ) [ ] , ; .` and the like: never spaced.
+    Punctuation,
+}
+
+impl Class {
+    fn of_byte(b: u8) -> Class {
+        match b {
+            b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%'
+            | b'^' | b'&' | b'|' | b'`' | b'?' | b':' => Class::Operator,
+            _ => Class::Punctuation,
+        }
+    }
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_char(b: u8) -> bool {
+    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+/// Scans `sql` once.
+pub fn scan(sql: &[u8]) -> Scan {
+    let mut out = Scan {
+        fingerprint: Vec::with_capacity(sql.len()),
+        literals: Vec::new(),
+        statements: Vec::new(),
+        hint: None,
+    };
+    let n = sql.len();
+    let mut i = 0;
+    let mut depth = 0usize;
+    let mut stmt_start: Option<usize> = None;
+    let mut pending_space = false;
+    let mut seen_token = false;
+    let mut last = Class::Start;
+    // Appends a token, with one space before it only where the space is needed to keep two
+    // tokens apart (two words, or two operators the text separated): `aid=1` and `aid = 1`
+    // share a shape.
+    let mut push = |out: &mut Scan, bytes: &[u8], class: Class, pending_space: &mut bool| {
+        let needs_space = matches!(
+            (last, class),
+            (Class::Word, Class::Word) | (Class::Operator, Class::Operator)
+        );
+        if needs_space && (*pending_space || class == Class::Word) {
+            out.fingerprint.push(b' ');
+        }
+        *pending_space = false;
+        last = class;
+        out.fingerprint.extend_from_slice(bytes);
+    };
+    while i < n {
+        let b = sql[i];
+        // Whitespace.
+        if b.is_ascii_whitespace() {
+            pending_space = true;
+            i += 1;
+            continue;
+        }
+        // -- comment to end of line.
+        if b == b'-' && sql.get(i + 1) == Some(&b'-') {
+            while i < n && sql[i] != b'\n' {
+                i += 1;
+            }
+            pending_space = true;
+            continue;
+        }
+        // /* nested comments */; the first one, before any token, may be a hint.
+        if b == b'/' && sql.get(i + 1) == Some(&b'*') {
+            let start = i;
+            let mut level = 0usize;
+            while i < n {
+                if sql[i] == b'/' && sql.get(i + 1) == Some(&b'*') {
+                    level += 1;
+                    i += 2;
+                } else if sql[i] == b'*' && sql.get(i + 1) == Some(&b'/') {
+                    level -= 1;
+                    i += 2;
+                    if level == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !seen_token && out.hint.is_none() && i - start >= 4 {
+                out.hint = Hint::parse(&sql[start + 2..i.saturating_sub(2).max(start + 2)]);
+            }
+            pending_space = true;
+            continue;
+        }
+        if stmt_start.is_none() && b != b';' {
+            stmt_start = Some(i);
+        }
+        seen_token = true;
+        // Statement separator.
+        if b == b';' && depth == 0 {
+            if let Some(start) = stmt_start.take() {
+                out.statements.push(start..i);
+            }
+            push(&mut out, b";", Class::Punctuation, &mut pending_space);
+            i += 1;
+            continue;
+        }
+        // String-like literals, with their prefixes.
+        let prefix = match b {
+            b'E' | b'e' if sql.get(i + 1) == Some(&b'\'') => Some(LiteralKind::EscapeString),
+            b'B' | b'b' | b'X' | b'x' if sql.get(i + 1) == Some(&b'\'') => {
+                Some(LiteralKind::BitString)
+            }
+            b'\'' => Some(LiteralKind::String),
+            _ => None,
+        };
+        if let Some(kind) = prefix {
+            let start = i;
+            i += if kind == LiteralKind::String { 1 } else { 2 };
+            let backslashes = kind == LiteralKind::EscapeString;
+            while i < n {
+                match sql[i] {
+                    b'\\' if backslashes => i += 2,
+                    b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
+                    b'\'' => {
+                        i += 1;
+                        break;
+                    }
+                    _ => i += 1,
+                }
+            }
+            let end = i.min(n);
+            i = end;
+            out.literals.push(Literal {
+                kind,
+                span: start..end,
+            });
+            push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
+            continue;
+        }
+        // U&'…' Unicode strings and U&"…" identifiers: keep the prefix, scan the rest next turn.
+        if (b == b'U' || b == b'u') && sql.get(i + 1) == Some(&b'&') {
+            push(&mut out, b"u&", Class::Word, &mut pending_space);
+            i += 2;
+            continue;
+        }
+        // Dollar-quoted strings ($$…$$, $tag$…$tag$); `$1` parameters are kept.
+        if b == b'$' {
+            let tag_len = sql[i + 1..]
+                .iter()
+                .position(|&c| !is_ident_char(c) || c == b'$')
+                .map(|p| p + 1);
+            let is_param = sql.get(i + 1).is_some_and(|c| c.is_ascii_digit());
+            if let (Some(tag_len), false) = (tag_len, is_param) {
+                if sql.get(i + tag_len) == Some(&b'$') {
+                    let tag = &sql[i..=i + tag_len];
+                    let start = i;
+                    let body = i + tag.len();
+                    let close = sql[body..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map_or(n, |p| body + p + tag.len());
+                    i = close;
+                    out.literals.push(Literal {
+                        kind: LiteralKind::Dollar,
+                        span: start..close,
+                    });
+                    push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
+                    continue;
+                }
+            }
+            // A parameter or a lone `$`: copy `$` and its digits.
+            let start = i;
+            i += 1;
+            while i < n && sql[i].is_ascii_digit() {
+                i += 1;
+            }
+            push(&mut out, &sql[start..i], Class::Word, &mut pending_space);
+            continue;
+        }
+        // Quoted identifiers: kept verbatim.
+        if b == b'"' {
+            let start = i;
+            i += 1;
+            while i < n {
+                if sql[i] == b'"' {
+                    if sql.get(i + 1) == Some(&b'"') {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            push(
+                &mut out,
+                &sql[start..i.min(n)],
+                Class::Word,
+                &mut pending_space,
+            );
+            continue;
+        }
+        // Numbers (not part of a word): 42, 3.14, .5, 1e-3, 0x1F, 1_000.
+        let starts_number =
+            b.is_ascii_digit() || (b == b'.' && sql.get(i + 1).is_some_and(u8::is_ascii_digit));
+        if starts_number {
+            let start = i;
+            i += 1;
+            while i < n {
+                let c = sql[i];
+                let exponent_sign = (c == b'+' || c == b'-') && matches!(sql[i - 1], b'e' | b'E');
+                if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || exponent_sign {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            out.literals.push(Literal {
+                kind: LiteralKind::Number,
+                span: start..i,
+            });
+            push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
+            continue;
+        }
+        // Words: lower-cased (unquoted identifiers and keywords are case-insensitive).
+        if is_ident_start(b) {
+            push(&mut out, &[], Class::Word, &mut pending_space);
+            while i < n && is_ident_char(sql[i]) {
+                out.fingerprint.push(sql[i].to_ascii_lowercase());
+                i += 1;
+            }
+            continue;
+        }
+        // Everything else: one byte of punctuation or operator.
+        match b {
+            b'(' | b'[' => depth += 1,
+            b')' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        push(&mut out, &[b], Class::of_byte(b), &mut pending_space);
+        i += 1;
+    }
+    if let Some(start) = stmt_start {
+        let end = trim_end(sql, start, n);
+        if end > start {
+            out.statements.push(start..end);
+        }
+    }
+    out
+}
+
+/// The end of the statement starting at `start`, without trailing whitespace and comments.
+fn trim_end(sql: &[u8], start: usize, mut end: usize) -> usize {
+    while end > start && sql[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests;
