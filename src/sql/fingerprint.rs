@@ -70,7 +70,8 @@ impl Literal {
 }
 
 fn unquote(inner: &[u8], backslashes: bool) -> Cow<'_, str> {
-    if !inner.contains(&b'\'') && !(backslashes && inner.contains(&b'\\')) {
+    let escaped = inner.contains(&b'\'') || (backslashes && inner.contains(&b'\\'));
+    if !escaped {
         return String::from_utf8_lossy(inner);
     }
     let mut out = Vec::with_capacity(inner.len());
