@@ -1,8 +1,10 @@
-//! Criterion benchmarks of SQL understanding on the hot path. `scan_200b`: the fingerprint scan
-//! of a 200-byte OLTP statement. (`classify_miss_200b` and `classify_hit_200b` join when the
-//! classifier lands.)
+//! Criterion benchmarks of SQL understanding on the hot path, on a 200-byte OLTP statement:
+//! `scan_200b` (fingerprint scan), `classify_miss_200b` (scan + sqlparser classification, as on
+//! a cache miss) and `classify_hit_200b` (scan + cached lookup, every later execution).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pgsidecar::sql::cache::ClassificationCache;
+use pgsidecar::sql::classify::classify;
 use pgsidecar::sql::fingerprint::scan;
 use std::hint::black_box;
 
@@ -16,8 +18,22 @@ fn bench(c: &mut Criterion) {
         "{}",
         OLTP_200B.len()
     );
-    c.bench_function("scan_200b", |b| {
-        b.iter(|| black_box(scan(black_box(OLTP_200B.as_bytes()))))
+    let sql = OLTP_200B.as_bytes();
+    c.bench_function("scan_200b", |b| b.iter(|| black_box(scan(black_box(sql)))));
+    c.bench_function("classify_miss_200b", |b| {
+        b.iter(|| {
+            let s = scan(black_box(sql));
+            black_box(classify(sql, &s))
+        })
+    });
+    let cache = ClassificationCache::new(64 << 20);
+    assert!(!cache.classify(sql).hit);
+    c.bench_function("classify_hit_200b", |b| {
+        b.iter(|| {
+            let c = cache.classify(black_box(sql));
+            debug_assert!(c.hit);
+            black_box(c)
+        })
     });
 }
 

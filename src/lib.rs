@@ -7,7 +7,7 @@
 //! - [`app`]: the [`app::App`] bundle (pools, credentials, metrics, shutdown) and the listener.
 //! - [`cancel`]: issued BackendKeyData and CancelRequest delivery.
 //! - [`protocol`]: the wire format, pure: framing, frontend/backend messages, startup, SQLSTATEs.
-//! - [`sql`]: SQL understanding, pure: the fingerprinting scanner.
+//! - [`sql`]: SQL understanding, pure: fingerprinting scanner, classifier, classification cache.
 //! - [`session`]: one client connection as typed phases: handshake, auth, relay.
 //! - [`pool`]: upstream server connections and the pools that lend them.
 //! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.

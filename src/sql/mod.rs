@@ -1,5 +1,6 @@
-//! SQL understanding, pure (no I/O): a one-pass fingerprinting scanner; the classifier and its
-//! cache come next (see the classifier issue).
+//! SQL understanding, pure (no I/O): a one-pass fingerprinting scanner, the sqlparser-based
+//! classifier, and the classification cache keyed by fingerprint.
 
+pub mod cache;
 pub mod classify;
 pub mod fingerprint;

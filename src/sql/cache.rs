@@ -1,0 +1,116 @@
+//! The classification cache: classifications keyed by fingerprint, bounded by memory (moka), so
+//! sqlparser runs once per distinct statement shape and every execution after that costs one
+//! scan and one lookup. A classification holds literal indexes, never values, so sharing it
+//! between executions (and clients) is sound.
+
+use std::sync::Arc;
+
+use super::classify::{classify, Classification, StatementClass};
+use super::fingerprint::{scan, Scan};
+
+/// A scanned statement with its (possibly shared) classification.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub scan: Scan,
+    pub classification: Arc<Classification>,
+    /// Whether the classification came from the cache.
+    pub hit: bool,
+}
+
+/// Classifications by fingerprint, bounded in bytes.
+pub struct ClassificationCache {
+    cache: moka::sync::Cache<Box<[u8]>, Arc<Classification>>,
+}
+
+impl ClassificationCache {
+    /// A cache holding at most about `max_bytes` of fingerprints and classifications.
+    pub fn new(max_bytes: u64) -> ClassificationCache {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &Box<[u8]>, value: &Arc<Classification>| {
+                u32::try_from(key.len() + approximate_size(value)).unwrap_or(u32::MAX)
+            })
+            .build();
+        ClassificationCache { cache }
+    }
+
+    /// Scans `sql` and returns its classification, parsing only on a miss.
+    pub fn classify(&self, sql: &[u8]) -> Classified {
+        let scan = scan(sql);
+        if let Some(classification) = self.cache.get(scan.fingerprint.as_slice()) {
+            return Classified {
+                scan,
+                classification,
+                hit: true,
+            };
+        }
+        let classification = Arc::new(classify(sql, &scan));
+        self.cache.insert(
+            scan.fingerprint.clone().into_boxed_slice(),
+            Arc::clone(&classification),
+        );
+        Classified {
+            scan,
+            classification,
+            hit: false,
+        }
+    }
+
+    /// Entries currently cached (approximate, for metrics and tests).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+/// Roughly how many bytes a classification occupies.
+fn approximate_size(c: &Classification) -> usize {
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+    let statement = |s: &StatementClass| {
+        std::mem::size_of::<StatementClass>()
+            + strings(&s.tables_read)
+            + strings(&s.tables_written)
+            + s.functions.iter().map(|f| f.name.len() + 32).sum::<usize>()
+            + (s.settings.len() + s.equalities.len()) * 64
+            + s.insert_rows.iter().map(|r| r.len() * 64).sum::<usize>()
+    };
+    match c {
+        Classification::Parsed(statements) => statements.iter().map(statement).sum::<usize>() + 32,
+        Classification::Unparsed { error } => error.len() + 32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::classify::Kind;
+
+    #[test]
+    fn one_parse_per_shape() {
+        let cache = ClassificationCache::new(1 << 20);
+        let first = cache.classify(b"SELECT * FROM t WHERE id = 1");
+        let second = cache.classify(b"select *   from t where id = 99");
+        assert!(!first.hit);
+        assert!(second.hit);
+        assert!(Arc::ptr_eq(&first.classification, &second.classification));
+        let Classification::Parsed(c) = second.classification.as_ref() else {
+            panic!("parsed")
+        };
+        assert_eq!(c[0].kind, Kind::Read);
+        assert_eq!(
+            second.scan.literals[0].value(b"select *   from t where id = 99"),
+            "99"
+        );
+        assert!(!cache.classify(b"SELECT * FROM u WHERE id = 1").hit);
+        assert_eq!(cache.entry_count(), 2);
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let cache = ClassificationCache::new(16 * 1024);
+        for i in 0..2000 {
+            cache.classify(format!("SELECT * FROM table_{i} WHERE id = 1").as_bytes());
+        }
+        assert!(cache.entry_count() < 2000);
+    }
+}
