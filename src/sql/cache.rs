@@ -27,9 +27,7 @@ impl ClassificationCache {
     pub fn new(max_bytes: u64) -> ClassificationCache {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &Box<[u8]>, value: &Arc<Classification>| {
-                u32::try_from(key.len() + approximate_size(value)).unwrap_or(u32::MAX)
-            })
+            .weigher(weigh)
             .build();
         ClassificationCache { cache }
     }
@@ -61,6 +59,12 @@ impl ClassificationCache {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
+}
+
+/// The weight of one entry in bytes (moka hands the key as `&Box<[u8]>`).
+#[allow(clippy::borrowed_box)]
+fn weigh(key: &Box<[u8]>, value: &Arc<Classification>) -> u32 {
+    u32::try_from(key.len() + approximate_size(value)).unwrap_or(u32::MAX)
 }
 
 /// Roughly how many bytes a classification occupies.
