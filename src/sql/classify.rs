@@ -374,6 +374,10 @@ pub fn classify(sql: &[u8], scan: &Scan) -> Classification {
     }
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
         Ok(s) => s,
+        // Function bodies in languages sqlparser does not know still say what they are.
+        Err(_) if creates_routine(text) && scan.statements.len() == 1 => {
+            return Classification::Parsed(vec![StatementClass::new(Kind::CreateFunction)]);
+        }
         Err(e) => {
             return Classification::Unparsed {
                 error: e.to_string(),
@@ -386,6 +390,21 @@ pub fn classify(sql: &[u8], scan: &Scan) -> Classification {
             .iter()
             .map(|s| classify_statement(s, &positions))
             .collect(),
+    )
+}
+
+/// `CREATE [OR REPLACE] FUNCTION|PROCEDURE …`, judged by its leading words.
+fn creates_routine(text: &str) -> bool {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .take(4)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    matches!(
+        words.as_slice(),
+        ["create", "function" | "procedure", ..]
+            | ["create", "or", "replace", "function" | "procedure"]
     )
 }
 
@@ -470,6 +489,7 @@ fn classify_statement(statement: &Statement, positions: &Positions<'_>) -> State
         relations: Vec::new(),
         targets: Vec::new(),
         ctes: HashSet::new(),
+        table_functions: Vec::new(),
         functions: Vec::new(),
         settings: Vec::new(),
         locking: false,
@@ -479,7 +499,7 @@ fn classify_statement(statement: &Statement, positions: &Positions<'_>) -> State
     // Tables: every relation named, minus CTE names; targets of writes are written, and read
     // too when they also appear elsewhere (UPDATE t … FROM t).
     let mut remaining = walker.relations.clone();
-    for target in &walker.targets {
+    for target in walker.targets.iter().chain(&walker.table_functions) {
         if let Some(i) = remaining.iter().position(|r| r == target) {
             remaining.remove(i);
         }
@@ -488,14 +508,6 @@ fn classify_statement(statement: &Statement, positions: &Positions<'_>) -> State
     for name in remaining.into_iter().filter(|n| !is_cte(n)) {
         if !class.tables_read.contains(&name) {
             class.tables_read.push(name);
-        }
-    }
-    if class.kind == Kind::Ddl {
-        // Schema changes: every table a DDL statement names counts as written.
-        for name in std::mem::take(&mut class.tables_read) {
-            if !walker.targets.contains(&name) {
-                walker.targets.push(name);
-            }
         }
     }
     for name in walker.targets.iter().filter(|n| !is_cte(n)) {
@@ -550,7 +562,8 @@ fn classify_statement(statement: &Statement, positions: &Positions<'_>) -> State
                 TableObject::TableName(name) => Some(object_name(name)),
                 _ => None,
             };
-            if let Some(SetExpr::Values(values)) = insert.source.as_ref().map(|q| q.body.as_ref()) {
+            let values = insert.source.as_ref().map(|q| q.body.as_ref());
+            if let (Some(SetExpr::Values(values)), false) = (values, insert.columns.is_empty()) {
                 for row in &values.rows {
                     let pairs = insert
                         .columns
@@ -850,6 +863,8 @@ struct Walker<'a> {
     relations: Vec<String>,
     targets: Vec<String>,
     ctes: HashSet<String>,
+    /// Names used as table functions (`FROM f(…)`), reported as relations by sqlparser too.
+    table_functions: Vec<String>,
     functions: Vec<FunctionCall>,
     settings: Vec<SettingChange>,
     locking: bool,
@@ -925,7 +940,12 @@ impl Visitor for Walker<'_> {
                     self.targets.push(object_name(table_name));
                 }
             }
+            // Schema changes count as writes of the table they change.
             Statement::CreateTable(create) => self.targets.push(object_name(&create.name)),
+            Statement::CreateView(view) => self.targets.push(object_name(&view.name)),
+            Statement::AlterTable(alter) => self.targets.push(object_name(&alter.name)),
+            Statement::CreateIndex(index) => self.targets.push(object_name(&index.table_name)),
+            Statement::CreatePolicy(policy) => self.targets.push(object_name(&policy.table_name)),
             Statement::Drop {
                 object_type: ast::ObjectType::Table | ast::ObjectType::View,
                 names,
@@ -934,6 +954,22 @@ impl Visitor for Walker<'_> {
                 self.targets.extend(names.iter().map(object_name));
             }
             _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        // `FROM generate_series(…)`, `FROM dblink(…)`: a function, not a table.
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            ..
+        } = factor
+        {
+            let name = object_name(name);
+            self.table_functions.push(name.clone());
+            let effect = function_effect(&name, &[]);
+            self.functions.push(FunctionCall { name, effect });
         }
         ControlFlow::Continue(())
     }

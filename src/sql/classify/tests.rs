@@ -17,94 +17,247 @@ fn one(sql: &str) -> StatementClass {
     c.remove(0)
 }
 
-/// (sql, kind, tables read, tables written)
+/// (sql, kind, tables read, tables written, flags) — flags: `L` locking, `T` temporary
+/// objects, `F` a function not known to be read-only, `S` settings changed, `E` equality
+/// predicates or INSERT rows found.
 type Case = (
     &'static str,
     Kind,
     &'static [&'static str],
     &'static [&'static str],
+    &'static str,
 );
+
+fn flags(c: &StatementClass) -> String {
+    let mut f = String::new();
+    for (set, letter) in [
+        (c.locking, 'L'),
+        (c.temporary, 'T'),
+        (c.has_unsafe_functions(), 'F'),
+        (!c.settings.is_empty(), 'S'),
+        (!c.equalities.is_empty() || !c.insert_rows.is_empty(), 'E'),
+    ] {
+        if set {
+            f.push(letter);
+        }
+    }
+    f
+}
 
 fn cases() -> Vec<Case> {
     use Kind::*;
     vec![
         // pgbench's scripts.
-        ("SELECT abalance FROM pgbench_accounts WHERE aid = 17", Read, &["pgbench_accounts"], &[]),
-        ("UPDATE pgbench_accounts SET abalance = abalance + -2442 WHERE aid = 30977", Write, &[], &["pgbench_accounts"]),
-        ("UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2", Write, &[], &["pgbench_tellers"]),
-        ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (8, 1, 30977, -2442, CURRENT_TIMESTAMP)", Write, &[], &["pgbench_history"]),
-        ("BEGIN", Begin { isolation: None, read_only: None }, &[], &[]),
-        ("END", Commit, &[], &[]),
+        ("SELECT abalance FROM pgbench_accounts WHERE aid = 17", Read, &["pgbench_accounts"], &[], "E"),
+        ("UPDATE pgbench_accounts SET abalance = abalance + -2442 WHERE aid = 30977", Write, &[], &["pgbench_accounts"], "E"),
+        ("UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2", Write, &[], &["pgbench_tellers"], "E"),
+        ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (8, 1, 30977, -2442, CURRENT_TIMESTAMP)", Write, &[], &["pgbench_history"], "E"),
+        ("BEGIN", Begin { isolation: None, read_only: None }, &[], &[], ""),
+        ("END", Commit, &[], &[], ""),
         // Rails / Django / Hibernate / Prisma style.
-        (r#"SELECT "users".* FROM "users" WHERE "users"."id" = $1 LIMIT $2"#, Read, &["users"], &[]),
-        (r#"SELECT "accounts"."id", "accounts"."name" FROM "accounts" INNER JOIN "memberships" ON "memberships"."account_id" = "accounts"."id" WHERE "memberships"."user_id" = $1"#, Read, &["accounts", "memberships"], &[]),
-        (r#"INSERT INTO "posts" ("title", "body", "created_at") VALUES ($1, $2, $3) RETURNING "id""#, Write, &[], &["posts"]),
-        (r#"UPDATE "posts" SET "title" = $1, "updated_at" = $2 WHERE "posts"."id" = $3"#, Write, &[], &["posts"]),
-        (r#"DELETE FROM "sessions" WHERE "sessions"."expires_at" < $1"#, Write, &[], &["sessions"]),
-        (r#"SELECT "blog_entry"."id", "blog_entry"."headline" FROM "blog_entry" WHERE ("blog_entry"."pub_date" >= '2024-01-01' AND "blog_entry"."rating" > 4) ORDER BY "blog_entry"."pub_date" DESC LIMIT 21"#, Read, &["blog_entry"], &[]),
-        (r#"SELECT COUNT(*) AS "__count" FROM "auth_user" WHERE "auth_user"."is_active""#, Read, &["auth_user"], &[]),
-        ("select user0_.id as id1_0_, user0_.email as email2_0_ from users user0_ where user0_.email=$1", Read, &["users"], &[]),
-        ("insert into orders (customer_id, total, id) values ($1, $2, $3)", Write, &[], &["orders"]),
-        ("select nextval ('hibernate_sequence')", Read, &[], &[]),
-        (r#"SELECT "public"."User"."id", "public"."User"."email" FROM "public"."User" WHERE "public"."User"."email" = $1 LIMIT $2 OFFSET $3"#, Read, &["public.User"], &[]),
-        (r#"INSERT INTO "public"."Post" ("title","authorId") VALUES ($1,$2) RETURNING "public"."Post"."id""#, Write, &[], &["public.Post"]),
+        (r#"SELECT "users".* FROM "users" WHERE "users"."id" = $1 LIMIT $2"#, Read, &["users"], &[], "E"),
+        (r#"SELECT "accounts"."id", "accounts"."name" FROM "accounts" INNER JOIN "memberships" ON "memberships"."account_id" = "accounts"."id" WHERE "memberships"."user_id" = $1"#, Read, &["accounts", "memberships"], &[], "E"),
+        (r#"INSERT INTO "posts" ("title", "body", "created_at") VALUES ($1, $2, $3) RETURNING "id""#, Write, &[], &["posts"], "E"),
+        (r#"UPDATE "posts" SET "title" = $1, "updated_at" = $2 WHERE "posts"."id" = $3"#, Write, &[], &["posts"], "E"),
+        (r#"DELETE FROM "sessions" WHERE "sessions"."expires_at" < $1"#, Write, &[], &["sessions"], ""),
+        (r#"SELECT "blog_entry"."id", "blog_entry"."headline" FROM "blog_entry" WHERE ("blog_entry"."pub_date" >= '2024-01-01' AND "blog_entry"."rating" > 4) ORDER BY "blog_entry"."pub_date" DESC LIMIT 21"#, Read, &["blog_entry"], &[], ""),
+        (r#"SELECT COUNT(*) AS "__count" FROM "auth_user" WHERE "auth_user"."is_active""#, Read, &["auth_user"], &[], ""),
+        ("select user0_.id as id1_0_, user0_.email as email2_0_ from users user0_ where user0_.email=$1", Read, &["users"], &[], "E"),
+        ("insert into orders (customer_id, total, id) values ($1, $2, $3)", Write, &[], &["orders"], "E"),
+        ("select nextval ('hibernate_sequence')", Read, &[], &[], "F"),
+        (r#"SELECT "public"."User"."id", "public"."User"."email" FROM "public"."User" WHERE "public"."User"."email" = $1 LIMIT $2 OFFSET $3"#, Read, &["public.User"], &[], "E"),
+        (r#"INSERT INTO "public"."Post" ("title","authorId") VALUES ($1,$2) RETURNING "public"."Post"."id""#, Write, &[], &["public.Post"], "E"),
         // CTEs, subqueries, data-modifying CTEs, INSERT … SELECT, UPDATE … FROM, DELETE … USING.
-        ("WITH recent AS (SELECT * FROM orders WHERE created_at > now() - interval '1 day') SELECT * FROM recent JOIN customers c ON c.id = recent.customer_id", Read, &["orders", "customers"], &[]),
-        ("WITH moved AS (DELETE FROM inbox WHERE id = 1 RETURNING *) INSERT INTO archive SELECT * FROM moved", Write, &[], &["archive", "inbox"]),
-        ("SELECT * FROM a WHERE id IN (SELECT a_id FROM b WHERE b.x = 1)", Read, &["a", "b"], &[]),
-        ("INSERT INTO summary (day, n) SELECT date_trunc('day', at), count(*) FROM events GROUP BY 1", Write, &["events"], &["summary"]),
-        ("UPDATE items i SET price = p.price FROM prices p WHERE p.item_id = i.id", Write, &["prices"], &["items"]),
-        ("DELETE FROM carts c USING users u WHERE c.user_id = u.id AND u.deleted", Write, &["users"], &["carts"]),
-        ("UPDATE t SET n = n + 1 FROM t AS t2 WHERE t2.id = t.parent", Write, &["t"], &["t"]),
-        ("SELECT * FROM app.orders o JOIN app.lines l ON l.order_id = o.id", Read, &["app.orders", "app.lines"], &[]),
-        ("MERGE INTO stock s USING deliveries d ON s.item = d.item WHEN MATCHED THEN UPDATE SET qty = s.qty + d.qty", Write, &["deliveries"], &["stock"]),
-        ("TRUNCATE logs", Write, &[], &["logs"]),
-        ("SELECT 1", Read, &[], &[]),
-        ("VALUES (1, 'a'), (2, 'b')", Read, &[], &[]),
-        ("SHOW search_path", Read, &[], &[]),
-        ("EXPLAIN SELECT * FROM t", Read, &["t"], &[]),
+        ("WITH recent AS (SELECT * FROM orders WHERE created_at > now() - interval '1 day') SELECT * FROM recent JOIN customers c ON c.id = recent.customer_id", Read, &["orders", "customers"], &[], ""),
+        ("WITH moved AS (DELETE FROM inbox WHERE id = 1 RETURNING *) INSERT INTO archive SELECT * FROM moved", Write, &[], &["archive", "inbox"], ""),
+        ("SELECT * FROM a WHERE id IN (SELECT a_id FROM b WHERE b.x = 1)", Read, &["a", "b"], &[], ""),
+        ("INSERT INTO summary (day, n) SELECT date_trunc('day', at), count(*) FROM events GROUP BY 1", Write, &["events"], &["summary"], ""),
+        ("UPDATE items i SET price = p.price FROM prices p WHERE p.item_id = i.id", Write, &["prices"], &["items"], ""),
+        ("DELETE FROM carts c USING users u WHERE c.user_id = u.id AND u.deleted", Write, &["users"], &["carts"], ""),
+        ("UPDATE t SET n = n + 1 FROM t AS t2 WHERE t2.id = t.parent", Write, &["t"], &["t"], ""),
+        ("SELECT * FROM app.orders o JOIN app.lines l ON l.order_id = o.id", Read, &["app.orders", "app.lines"], &[], ""),
+        ("MERGE INTO stock s USING deliveries d ON s.item = d.item WHEN MATCHED THEN UPDATE SET qty = s.qty + d.qty", Write, &["deliveries"], &["stock"], ""),
+        ("TRUNCATE logs", Write, &[], &["logs"], ""),
+        ("SELECT 1", Read, &[], &[], ""),
+        ("VALUES (1, 'a'), (2, 'b')", Read, &[], &[], ""),
+        ("SHOW search_path", Read, &[], &[], ""),
+        ("EXPLAIN SELECT * FROM t", Read, &["t"], &[], ""),
         // Transaction control.
-        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Begin { isolation: Some(Isolation::Serializable), read_only: Some(true) }, &[], &[]),
-        ("START TRANSACTION READ WRITE", Begin { isolation: None, read_only: Some(false) }, &[], &[]),
-        ("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ", Begin { isolation: Some(Isolation::RepeatableRead), read_only: None }, &[], &[]),
-        ("COMMIT", Commit, &[], &[]),
-        ("ROLLBACK", Rollback, &[], &[]),
-        ("ABORT", Rollback, &[], &[]),
-        ("SAVEPOINT sp1", Savepoint, &[], &[]),
-        ("RELEASE SAVEPOINT sp1", Release, &[], &[]),
-        ("ROLLBACK TO SAVEPOINT sp1", RollbackTo, &[], &[]),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Begin { isolation: Some(Isolation::Serializable), read_only: Some(true) }, &[], &[], ""),
+        ("START TRANSACTION READ WRITE", Begin { isolation: None, read_only: Some(false) }, &[], &[], ""),
+        ("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ", Begin { isolation: Some(Isolation::RepeatableRead), read_only: None }, &[], &[], ""),
+        ("COMMIT", Commit, &[], &[], ""),
+        ("ROLLBACK", Rollback, &[], &[], ""),
+        ("ABORT", Rollback, &[], &[], ""),
+        ("SAVEPOINT sp1", Savepoint, &[], &[], ""),
+        ("RELEASE SAVEPOINT sp1", Release, &[], &[], ""),
+        ("ROLLBACK TO SAVEPOINT sp1", RollbackTo, &[], &[], ""),
         // Session commands.
-        ("SET search_path TO app, public", Set, &[], &[]),
-        ("SET LOCAL statement_timeout = '5s'", SetLocal, &[], &[]),
-        ("SET TIME ZONE 'UTC'", Set, &[], &[]),
-        ("RESET work_mem", Reset, &[], &[]),
-        ("RESET ALL", ResetAll, &[], &[]),
-        ("DISCARD ALL", Discard, &[], &[]),
-        ("SET ROLE admin", SetRole, &[], &[]),
-        ("SET SESSION AUTHORIZATION alice", SetSessionAuthorization, &[], &[]),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", SetTransaction, &[], &[]),
+        ("SET search_path TO app, public", Set, &[], &[], "S"),
+        ("SET LOCAL statement_timeout = '5s'", SetLocal, &[], &[], "S"),
+        ("SET TIME ZONE 'UTC'", Set, &[], &[], "S"),
+        ("RESET work_mem", Reset, &[], &[], "S"),
+        ("RESET ALL", ResetAll, &[], &[], ""),
+        ("DISCARD ALL", Discard, &[], &[], ""),
+        ("SET ROLE admin", SetRole, &[], &[], ""),
+        ("SET SESSION AUTHORIZATION alice", SetSessionAuthorization, &[], &[], ""),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", SetTransaction, &[], &[], ""),
         // Prepared statements, LISTEN/NOTIFY, COPY.
-        ("PREPARE q1 (int) AS SELECT * FROM t WHERE id = $1", Prepare { name: "q1".into() }, &["t"], &[]),
-        ("EXECUTE q1 (5)", Execute { name: "q1".into() }, &[], &[]),
-        ("DEALLOCATE q1", Deallocate { name: Some("q1".into()) }, &[], &[]),
-        ("DEALLOCATE ALL", Deallocate { name: None }, &[], &[]),
-        ("LISTEN orders", Listen { channel: "orders".into() }, &[], &[]),
-        ("UNLISTEN *", Unlisten { channel: None }, &[], &[]),
-        ("NOTIFY orders, 'new'", Notify { channel: "orders".into() }, &[], &[]),
-        ("COPY items FROM STDIN WITH (FORMAT csv)", CopyFrom, &[], &["items"]),
-        ("COPY items TO STDOUT", CopyTo, &["items"], &[]),
-        ("COPY (SELECT * FROM items WHERE x = 1) TO STDOUT", CopyTo, &["items"], &[]),
+        ("PREPARE q1 (int) AS SELECT * FROM t WHERE id = $1", Prepare { name: "q1".into() }, &["t"], &[], ""),
+        ("EXECUTE q1 (5)", Execute { name: "q1".into() }, &[], &[], ""),
+        ("DEALLOCATE q1", Deallocate { name: Some("q1".into()) }, &[], &[], ""),
+        ("DEALLOCATE ALL", Deallocate { name: None }, &[], &[], ""),
+        ("LISTEN orders", Listen { channel: "orders".into() }, &[], &[], ""),
+        ("UNLISTEN *", Unlisten { channel: None }, &[], &[], ""),
+        ("NOTIFY orders, 'new'", Notify { channel: "orders".into() }, &[], &[], ""),
+        ("COPY items FROM STDIN WITH (FORMAT csv)", CopyFrom, &[], &["items"], ""),
+        ("COPY items TO STDOUT", CopyTo, &["items"], &[], ""),
+        ("COPY (SELECT * FROM items WHERE x = 1) TO STDOUT", CopyTo, &["items"], &[], ""),
         // DDL, functions, DO, utility.
-        ("CREATE TABLE t (id int PRIMARY KEY, note text)", Ddl, &[], &["t"]),
-        ("ALTER TABLE t ADD COLUMN c int", Ddl, &[], &["t"]),
-        ("DROP TABLE IF EXISTS t", Ddl, &[], &["t"]),
-        ("CREATE INDEX ON t (c)", Ddl, &[], &["t"]),
-        ("CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", CreateFunction, &[], &[]),
-        ("DO $$ BEGIN PERFORM set_config('app.tenant_id', 'x', false); END $$", Do, &[], &[]),
-        ("LOCK TABLE t IN SHARE MODE", Utility, &["t"], &[]),
+        ("CREATE TABLE t (id int PRIMARY KEY, note text)", Ddl, &[], &["t"], ""),
+        ("ALTER TABLE t ADD COLUMN c int", Ddl, &[], &["t"], ""),
+        ("DROP TABLE IF EXISTS t", Ddl, &[], &["t"], ""),
+        ("CREATE INDEX ON t (c)", Ddl, &[], &["t"], ""),
+        ("CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", CreateFunction, &[], &[], ""),
+        ("DO $$ BEGIN PERFORM set_config('app.tenant_id', 'x', false); END $$", Do, &[], &[], ""),
+        ("LOCK TABLE t IN SHARE MODE", Utility, &["t"], &[], ""),
         // Tricky quoting.
-        (r#"SELECT 'it''s; fine', E'back\\slash\'', $q$ ; $$ $q$ FROM "we""ird" WHERE "we""ird"."Col" = 1"#, Read, &["we\"ird"], &[]),
-        ("SELECT /* a /* nested */ comment */ x FROM t -- trailing\n", Read, &["t"], &[]),
+        (r#"SELECT 'it''s; fine', E'back\\slash\'', $q$ ; $$ $q$ FROM "we""ird" WHERE "we""ird"."Col" = 1"#, Read, &["we\"ird"], &[], "E"),
+        ("SELECT /* a /* nested */ comment */ x FROM t -- trailing\n", Read, &["t"], &[], ""),
+    ]
+}
+
+/// More of the table: ORM output, every kind, quoting, nesting.
+fn more_cases() -> Vec<Case> {
+    use Kind::*;
+    vec![
+        // pgbench -M prepared / extended spellings and the rest of tpcb.
+        ("UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2", Write, &[], &["pgbench_branches"], "E"),
+        ("SELECT abalance FROM pgbench_accounts WHERE aid = $1", Read, &["pgbench_accounts"], &[], "E"),
+        ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)", Write, &[], &["pgbench_history"], "E"),
+        ("select count(*) from pgbench_branches", Read, &["pgbench_branches"], &[], ""),
+        ("vacuum pgbench_branches", Utility, &[], &[], ""),
+        // Rails / ActiveRecord.
+        (r#"SELECT 1 AS one FROM "users" WHERE "users"."email" = $1 LIMIT $2"#, Read, &["users"], &[], "E"),
+        (r#"SELECT "schema_migrations"."version" FROM "schema_migrations" ORDER BY "schema_migrations"."version" ASC"#, Read, &["schema_migrations"], &[], ""),
+        (r#"INSERT INTO "schema_migrations" ("version") VALUES ($1) RETURNING "version""#, Write, &[], &["schema_migrations"], "E"),
+        (r#"SELECT "orders".* FROM "orders" WHERE "orders"."user_id" IN ($1, $2, $3)"#, Read, &["orders"], &[], ""),
+        (r#"SELECT COUNT(*) FROM "comments" WHERE "comments"."post_id" = $1 AND "comments"."deleted_at" IS NULL"#, Read, &["comments"], &[], "E"),
+        (r#"UPDATE "users" SET "sign_in_count" = COALESCE("sign_in_count", 0) + 1 WHERE "users"."id" = $1"#, Write, &[], &["users"], "E"),
+        (r#"SELECT pg_try_advisory_lock(1234567)"#, Read, &[], &[], "F"),
+        (r#"SELECT pg_advisory_unlock(1234567)"#, Read, &[], &[], "F"),
+        // Django.
+        (r#"SELECT "django_session"."session_key", "django_session"."session_data" FROM "django_session" WHERE ("django_session"."expire_date" > '2024-05-01T10:00:00'::timestamptz AND "django_session"."session_key" = 'abc') LIMIT 21"#, Read, &["django_session"], &[], "E"),
+        (r#"INSERT INTO "auth_user" ("password", "last_login", "is_superuser", "username") VALUES ('x', NULL, false, 'bob') RETURNING "auth_user"."id""#, Write, &[], &["auth_user"], "E"),
+        (r#"UPDATE "auth_user" SET "last_login" = '2024-05-01T10:00:00'::timestamptz WHERE "auth_user"."id" = 1"#, Write, &[], &["auth_user"], "E"),
+        (r#"DELETE FROM "django_admin_log" WHERE "django_admin_log"."id" IN (1, 2, 3)"#, Write, &[], &["django_admin_log"], ""),
+        (r#"SELECT DISTINCT "app_tag"."name" FROM "app_tag" INNER JOIN "app_post_tags" ON ("app_tag"."id" = "app_post_tags"."tag_id") WHERE "app_post_tags"."post_id" = 7"#, Read, &["app_tag", "app_post_tags"], &[], "E"),
+        (r#"SELECT "app_item"."id" FROM "app_item" WHERE UPPER("app_item"."name"::text) LIKE UPPER('%foo%')"#, Read, &["app_item"], &[], ""),
+        // Hibernate / JPA.
+        ("select p1_0.id,p1_0.name,p1_0.price from product p1_0 where p1_0.id=$1", Read, &["product"], &[], "E"),
+        ("update product set name=$1,price=$2,version=$3 where id=$4 and version=$5", Write, &[], &["product"], "E"),
+        ("delete from product where id=$1", Write, &[], &["product"], "E"),
+        ("select nextval('product_seq')", Read, &[], &[], "F"),
+        ("select o1_0.id from orders o1_0 join order_lines l1_0 on o1_0.id=l1_0.order_id where l1_0.sku=$1 for update", Read, &["orders", "order_lines"], &[], "LE"),
+        // Prisma.
+        (r#"SELECT "public"."Post"."id", "public"."Post"."title" FROM "public"."Post" WHERE ("public"."Post"."published" = $1 AND "public"."Post"."authorId" = $2) ORDER BY "public"."Post"."id" ASC LIMIT $3 OFFSET $4"#, Read, &["public.Post"], &[], "E"),
+        (r#"UPDATE "public"."User" SET "name" = $1 WHERE ("public"."User"."id" = $2 AND 1=1) RETURNING "public"."User"."id""#, Write, &[], &["public.User"], "E"),
+        (r#"DELETE FROM "public"."Session" WHERE "public"."Session"."expires" < $1"#, Write, &[], &["public.Session"], ""),
+        (r#"SELECT COUNT(*) AS "_count._all" FROM (SELECT "public"."User"."id" FROM "public"."User" WHERE 1=1 OFFSET $1) AS "sub""#, Read, &["public.User"], &[], ""),
+        // Reads of many shapes.
+        ("SELECT * FROM t1 UNION ALL SELECT * FROM t2", Read, &["t1", "t2"], &[], ""),
+        ("SELECT * FROM a LEFT JOIN b USING (id) RIGHT JOIN c ON c.id = b.id", Read, &["a", "b", "c"], &[], ""),
+        ("SELECT * FROM a, LATERAL (SELECT * FROM b WHERE b.a_id = a.id LIMIT 1) x", Read, &["a", "b"], &[], ""),
+        ("SELECT EXISTS (SELECT 1 FROM flags WHERE name = 'beta')", Read, &["flags"], &[], ""),
+        ("SELECT id, row_number() OVER (PARTITION BY grp ORDER BY at) FROM events", Read, &["events"], &[], ""),
+        ("SELECT jsonb_build_object('id', id) FROM docs WHERE body @> '{\"a\": 1}'", Read, &["docs"], &[], ""),
+        ("SELECT * FROM generate_series(1, 10) g", Read, &[], &[], ""),
+        ("SELECT now() - interval '5 minutes'", Read, &[], &[], ""),
+        ("SELECT current_setting('app.tenant_id')", Read, &[], &[], ""),
+        ("SELECT * FROM accounts WHERE tenant_id = current_setting('app.tenant_id')::uuid", Read, &["accounts"], &[], ""),
+        ("WITH RECURSIVE tree AS (SELECT id, parent FROM nodes WHERE id = 1 UNION ALL SELECT n.id, n.parent FROM nodes n JOIN tree ON n.parent = tree.id) SELECT * FROM tree", Read, &["nodes"], &[], ""),
+        ("SELECT * FROM jobs WHERE state = 'ready' ORDER BY id LIMIT 10 FOR UPDATE SKIP LOCKED", Read, &["jobs"], &[], "LE"),
+        ("SELECT * FROM accounts WHERE id = 1 FOR SHARE", Read, &["accounts"], &[], "LE"),
+        ("SELECT * FROM accounts a WHERE a.id = 1 FOR UPDATE OF a NOWAIT", Read, &["accounts"], &[], "LE"),
+        ("SELECT currval('orders_id_seq')", Read, &[], &[], "F"),
+        ("SELECT lastval()", Read, &[], &[], "F"),
+        ("SELECT txid_current()", Read, &[], &[], "F"),
+        ("SELECT pg_notify('chan', 'payload')", Read, &[], &[], "F"),
+        ("SELECT my_schema.compute_score(42)", Read, &[], &[], "F"),
+        ("SELECT * FROM dblink('host=x', 'select 1') AS t(a int)", Read, &[], &[], "F"),
+        ("SELECT * FROM unnest($1::int[]) AS u(id) JOIN t ON t.id = u.id", Read, &["t"], &[], ""),
+        ("SELECT lo_import('/etc/passwd')", Read, &[], &[], "F"),
+        ("SELECT DISTINCT ON (customer) * FROM orders ORDER BY customer, at DESC", Read, &["orders"], &[], ""),
+        ("SELECT $1::int + $2::int", Read, &[], &[], ""),
+        ("EXPLAIN ANALYZE UPDATE t SET x = 1", Write, &[], &["t"], ""),
+        // Writes of many shapes.
+        ("INSERT INTO t VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v", Write, &[], &["t"], ""),
+        ("INSERT INTO t (id, v) VALUES (1, 'a') ON CONFLICT DO NOTHING", Write, &[], &["t"], "E"),
+        ("INSERT INTO t (id) SELECT id FROM s WHERE s.flag", Write, &["s"], &["t"], ""),
+        ("INSERT INTO t DEFAULT VALUES", Write, &[], &["t"], ""),
+        ("UPDATE t SET v = (SELECT max(v) FROM s) WHERE id = 3", Write, &["s"], &["t"], "E"),
+        ("DELETE FROM t WHERE id IN (SELECT id FROM s)", Write, &["s"], &["t"], ""),
+        ("DELETE FROM t RETURNING *", Write, &[], &["t"], ""),
+        ("WITH upd AS (UPDATE stock SET qty = qty - 1 WHERE item = 5 RETURNING *) SELECT * FROM upd", Write, &[], &["stock"], ""),
+        ("WITH ins AS (INSERT INTO log (msg) VALUES ('x') RETURNING id) SELECT id FROM ins", Write, &[], &["log"], ""),
+        ("UPDATE app.accounts SET balance = balance - 10 WHERE id = $1 RETURNING balance", Write, &[], &["app.accounts"], "E"),
+        ("TRUNCATE TABLE a, b RESTART IDENTITY", Write, &[], &["a", "b"], ""),
+        ("INSERT INTO pg_temp.scratch VALUES (1)", Write, &[], &["pg_temp.scratch"], "T"),
+        ("UPDATE t SET v = nextval('s') WHERE id = 1", Write, &[], &["t"], "FE"),
+        ("INSERT INTO events (id, tenant_id) VALUES (gen_random_uuid(), 'acme')", Write, &[], &["events"], "E"),
+        // Transaction control, more spellings.
+        ("BEGIN WORK", Begin { isolation: None, read_only: None }, &[], &[], ""),
+        ("BEGIN READ ONLY", Begin { isolation: None, read_only: Some(true) }, &[], &[], ""),
+        ("BEGIN ISOLATION LEVEL READ COMMITTED", Begin { isolation: Some(Isolation::ReadCommitted), read_only: None }, &[], &[], ""),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", Begin { isolation: Some(Isolation::Serializable), read_only: Some(true) }, &[], &[], ""),
+        ("COMMIT WORK", Commit, &[], &[], ""),
+        ("ROLLBACK WORK", Rollback, &[], &[], ""),
+        ("ROLLBACK TO sp2", RollbackTo, &[], &[], ""),
+        ("RELEASE sp2", Release, &[], &[], ""),
+        // Session commands, more spellings.
+        ("SET app.tenant_id = 'acme'", Set, &[], &[], "S"),
+        ("SET SESSION work_mem TO '64MB'", Set, &[], &[], "S"),
+        ("SET datestyle TO ISO, DMY", Set, &[], &[], "S"),
+        ("SET search_path = DEFAULT", Set, &[], &[], "S"),
+        ("SET LOCAL app.tenant_id = 'acme'", SetLocal, &[], &[], "S"),
+        ("RESET app.tenant_id", Reset, &[], &[], "S"),
+        ("RESET ROLE", Reset, &[], &[], "S"),
+        ("RESET SESSION AUTHORIZATION", SetSessionAuthorization, &[], &[], ""),
+        ("SET ROLE NONE", SetRole, &[], &[], ""),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ", SetTransaction, &[], &[], ""),
+        ("DISCARD PLANS", Discard, &[], &[], ""),
+        ("DISCARD TEMP", Discard, &[], &[], ""),
+        ("SELECT set_config('search_path', 'app', false)", Read, &[], &[], "FS"),
+        // Prepared statements, LISTEN/NOTIFY, COPY, more spellings.
+        ("PREPARE ins AS INSERT INTO t VALUES ($1)", Prepare { name: "ins".into() }, &[], &["t"], ""),
+        ("EXECUTE ins(1)", Execute { name: "ins".into() }, &[], &[], ""),
+        ("DEALLOCATE PREPARE ins", Deallocate { name: Some("ins".into()) }, &[], &[], ""),
+        ("LISTEN \"Mixed Case\"", Listen { channel: "Mixed Case".into() }, &[], &[], ""),
+        ("UNLISTEN orders", Unlisten { channel: Some("orders".into()) }, &[], &[], ""),
+        ("NOTIFY jobs", Notify { channel: "jobs".into() }, &[], &[], ""),
+        ("COPY t (a, b) FROM STDIN WITH (FORMAT binary)", CopyFrom, &[], &["t"], ""),
+        ("COPY t TO STDOUT WITH (FORMAT csv, HEADER true)", CopyTo, &["t"], &[], ""),
+        // DDL and utility, more spellings.
+        ("CREATE TEMP TABLE scratch AS SELECT * FROM t", Ddl, &["t"], &["scratch"], "T"),
+        ("CREATE TEMPORARY TABLE s2 (id int) ON COMMIT DROP", Ddl, &[], &["s2"], "T"),
+        ("CREATE VIEW v AS SELECT * FROM t", Ddl, &["t"], &["v"], ""),
+        ("CREATE SCHEMA IF NOT EXISTS app", Ddl, &[], &[], ""),
+        ("CREATE SEQUENCE s START 1", Ddl, &[], &[], ""),
+        ("CREATE POLICY p ON t USING (tenant_id = current_setting('app.tenant_id'))", Ddl, &[], &["t"], ""),
+        ("ALTER TABLE t ENABLE ROW LEVEL SECURITY", Ddl, &[], &["t"], ""),
+        ("DROP VIEW v", Ddl, &[], &["v"], ""),
+        ("CREATE OR REPLACE FUNCTION app.f(x int) RETURNS int LANGUAGE sql AS 'SELECT x + 1'", CreateFunction, &[], &[], ""),
+        ("CREATE PROCEDURE p() LANGUAGE sql AS $$ INSERT INTO t VALUES (1) $$", CreateFunction, &[], &[], ""),
+        ("do 'begin perform 1; end'", Do, &[], &[], ""),
+        ("GRANT SELECT ON t TO app", Utility, &[], &[], ""),
+        ("ANALYZE t", Utility, &["t"], &[], ""),
+        // Quoting and comments.
+        ("SELECT $fn$ it's $$ not; the end $fn$, 'a''b', E'\\n'", Read, &[], &[], ""),
+        ("SELECT \"select\" FROM \"from\" WHERE \"where\" = 1", Read, &["from"], &[], "E"),
+        ("SELECT 1 -- ; DROP TABLE users\n", Read, &[], &[], ""),
+        ("/* pgsidecar: route=primary */ SELECT * FROM t WHERE id = 5", Read, &["t"], &[], "E"),
+        ("SELECT U&'d\\0061t\\+000061' AS x", Read, &[], &[], ""),
+        ("SELECT B'1010' | B'0101', X'FF'", Read, &[], &[], ""),
     ]
 }
 
@@ -116,7 +269,9 @@ fn the_statement_table() {
         v
     };
     let mut failures = Vec::new();
-    for (sql, kind, read, written) in cases() {
+    let all: Vec<Case> = cases().into_iter().chain(more_cases()).collect();
+    let total = all.len();
+    for (sql, kind, read, written, want_flags) in all {
         let c = match classify(sql.as_bytes(), &scan(sql.as_bytes())) {
             Classification::Parsed(mut c) if c.len() == 1 => c.remove(0),
             other => {
@@ -126,23 +281,25 @@ fn the_statement_table() {
         };
         let want_read: Vec<String> = read.iter().map(|s| s.to_string()).collect();
         let want_written: Vec<String> = written.iter().map(|s| s.to_string()).collect();
+        let got_flags = flags(&c);
         if c.kind != kind
             || sorted(&c.tables_read) != sorted(&want_read)
             || sorted(&c.tables_written) != sorted(&want_written)
+            || got_flags != want_flags
         {
             failures.push(format!(
-                "{sql}\n   got  {:?} read {:?} written {:?}\n   want {:?} read {:?} written {:?}",
-                c.kind, c.tables_read, c.tables_written, kind, want_read, want_written
+                "{sql}\n   got  {:?} read {:?} written {:?} flags {got_flags:?}\n   want {kind:?} read {want_read:?} written {want_written:?} flags {want_flags:?}",
+                c.kind, c.tables_read, c.tables_written
             ));
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} wrong:\n{}",
+        "{} of {total} wrong:\n{}",
         failures.len(),
-        cases().len(),
         failures.join("\n")
     );
+    assert!(total >= 150, "the table has {total} statements");
 }
 
 fn literal(sql: &str, v: &ValueRef) -> String {
