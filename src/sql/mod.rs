@@ -4,3 +4,5 @@
 pub mod cache;
 pub mod classify;
 pub mod fingerprint;
+pub mod functions;
+mod walk;
