@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgsidecar::sql::cache::ClassificationCache;
-use pgsidecar::sql::classify::classify;
+use pgsidecar::sql::classify::{classify, Options};
 use pgsidecar::sql::fingerprint::scan;
 use std::hint::black_box;
 
@@ -23,10 +23,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("classify_miss_200b", |b| {
         b.iter(|| {
             let s = scan(black_box(sql));
-            black_box(classify(sql, &s))
+            black_box(classify(sql, &s, &Options::default()))
         })
     });
-    let cache = ClassificationCache::new(64 << 20);
+    let cache = ClassificationCache::new(64 << 20, Options::default());
     assert!(!cache.classify(sql).hit);
     c.bench_function("classify_hit_200b", |b| {
         b.iter(|| {

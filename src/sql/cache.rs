@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::classify::{classify, Classification, StatementClass};
+use super::classify::{classify, Classification, Options, StatementClass};
 use super::fingerprint::{scan, Scan};
 
 /// A scanned statement with its (possibly shared) classification.
@@ -20,16 +20,17 @@ pub struct Classified {
 /// Classifications by fingerprint, bounded in bytes.
 pub struct ClassificationCache {
     cache: moka::sync::Cache<Box<[u8]>, Arc<Classification>>,
+    options: Options,
 }
 
 impl ClassificationCache {
     /// A cache holding at most about `max_bytes` of fingerprints and classifications.
-    pub fn new(max_bytes: u64) -> ClassificationCache {
+    pub fn new(max_bytes: u64, options: Options) -> ClassificationCache {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
             .build();
-        ClassificationCache { cache }
+        ClassificationCache { cache, options }
     }
 
     /// Scans `sql` and returns its classification, parsing only on a miss.
@@ -42,7 +43,7 @@ impl ClassificationCache {
                 hit: true,
             };
         }
-        let classification = Arc::new(classify(sql, &scan));
+        let classification = Arc::new(classify(sql, &scan, &self.options));
         self.cache.insert(
             scan.fingerprint.clone().into_boxed_slice(),
             Arc::clone(&classification),
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn one_parse_per_shape() {
-        let cache = ClassificationCache::new(1 << 20);
+        let cache = ClassificationCache::new(1 << 20, Options::default());
         let first = cache.classify(b"SELECT * FROM t WHERE id = 1");
         let second = cache.classify(b"select *   from t where id = 99");
         assert!(!first.hit);
@@ -111,7 +112,7 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes() {
-        let cache = ClassificationCache::new(16 * 1024);
+        let cache = ClassificationCache::new(16 * 1024, Options::default());
         for i in 0..2000 {
             cache.classify(format!("SELECT * FROM table_{i} WHERE id = 1").as_bytes());
         }

@@ -185,8 +185,15 @@ impl StatementClass {
     }
 }
 
+/// What the classifier is told beyond the SQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Functions to treat as read-only besides the built-in list (`name` or `schema.name`).
+    pub read_only_functions: Vec<String>,
+}
+
 /// Classifies `sql` (already scanned into `scan`).
-pub fn classify(sql: &[u8], scan: &Scan) -> Classification {
+pub fn classify(sql: &[u8], scan: &Scan, options: &Options) -> Classification {
     let Ok(text) = std::str::from_utf8(sql) else {
         return Classification::Unparsed {
             error: "the statement is not valid UTF-8".into(),
@@ -212,7 +219,7 @@ pub fn classify(sql: &[u8], scan: &Scan) -> Classification {
     Classification::Parsed(
         statements
             .iter()
-            .map(|s| classify_statement(s, &positions))
+            .map(|s| classify_statement(s, &positions, options))
             .collect(),
     )
 }
@@ -240,9 +247,13 @@ fn first_word(text: &str) -> &str {
     &t[..end]
 }
 
-fn classify_statement(statement: &Statement, positions: &Positions<'_>) -> StatementClass {
+fn classify_statement(
+    statement: &Statement,
+    positions: &Positions<'_>,
+    options: &Options,
+) -> StatementClass {
     let mut class = StatementClass::new(kind_of(statement, positions));
-    let mut walker = Walker::new(positions);
+    let mut walker = Walker::new(positions, &options.read_only_functions);
     let _ = statement.visit(&mut walker);
     // Tables: every relation named, minus CTE names; targets of writes are written, and read
     // too when they also appear elsewhere (UPDATE t … FROM t).

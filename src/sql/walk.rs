@@ -172,6 +172,8 @@ fn column_of(expr: &Expr) -> Option<(Option<String>, String)> {
 /// Walks every node of a statement once, nested statements (data-modifying CTEs) included.
 pub(super) struct Walker<'a> {
     pub(super) positions: &'a Positions<'a>,
+    /// Functions configured as read-only on top of the built-in list.
+    pub(super) read_only: &'a [String],
     pub(super) relations: Vec<String>,
     pub(super) targets: Vec<String>,
     pub(super) ctes: HashSet<String>,
@@ -280,7 +282,7 @@ impl Visitor for Walker<'_> {
         {
             let name = object_name(name);
             self.table_functions.push(name.clone());
-            let effect = function_effect(&name, &[]);
+            let effect = function_effect(&name, self.read_only);
             self.functions.push(FunctionCall { name, effect });
         }
         ControlFlow::Continue(())
@@ -292,7 +294,7 @@ impl Visitor for Walker<'_> {
             if name.rsplit('.').next() == Some("set_config") {
                 self.settings.push(self.set_config(function));
             }
-            let effect = function_effect(&name, &[]);
+            let effect = function_effect(&name, self.read_only);
             self.functions.push(FunctionCall { name, effect });
         }
         ControlFlow::Continue(())
@@ -301,9 +303,10 @@ impl Visitor for Walker<'_> {
 
 impl<'a> Walker<'a> {
     /// A walker that has seen nothing yet.
-    pub(super) fn new(positions: &'a Positions<'a>) -> Walker<'a> {
+    pub(super) fn new(positions: &'a Positions<'a>, read_only: &'a [String]) -> Walker<'a> {
         Walker {
             positions,
+            read_only,
             relations: Vec::new(),
             targets: Vec::new(),
             ctes: HashSet::new(),

@@ -5,7 +5,7 @@ use super::*;
 use crate::sql::fingerprint::scan;
 
 fn classes(sql: &str) -> Vec<StatementClass> {
-    match classify(sql.as_bytes(), &scan(sql.as_bytes())) {
+    match classify(sql.as_bytes(), &scan(sql.as_bytes()), &Options::default()) {
         Classification::Parsed(c) => c,
         Classification::Unparsed { error } => panic!("{sql}: {error}"),
     }
@@ -272,7 +272,7 @@ fn the_statement_table() {
     let all: Vec<Case> = cases().into_iter().chain(more_cases()).collect();
     let total = all.len();
     for (sql, kind, read, written, want_flags) in all {
-        let c = match classify(sql.as_bytes(), &scan(sql.as_bytes())) {
+        let c = match classify(sql.as_bytes(), &scan(sql.as_bytes()), &Options::default()) {
             Classification::Parsed(mut c) if c.len() == 1 => c.remove(0),
             other => {
                 failures.push(format!("{sql}: {other:?}"));
@@ -372,6 +372,15 @@ fn functions_are_judged() {
         function_effect("app.my_func", &["app.my_func".to_owned()]),
         Effect::ReadOnly
     );
+    let options = Options {
+        read_only_functions: vec!["my_func".into()],
+    };
+    let sql = "SELECT my_func(1) FROM t";
+    let Classification::Parsed(c) = classify(sql.as_bytes(), &scan(sql.as_bytes()), &options)
+    else {
+        panic!("parsed")
+    };
+    assert!(!c[0].has_unsafe_functions(), "configured read-only");
     assert!(!one("SELECT now(), coalesce(a, 1) FROM t").has_unsafe_functions());
 }
 
@@ -447,7 +456,7 @@ fn multi_statement_strings_and_unparsable_text() {
     for bad in ["VACUUM ANALYZE t", "SELEC 1", "SELECT * FROM"] {
         assert!(
             matches!(
-                classify(bad.as_bytes(), &scan(bad.as_bytes())),
+                classify(bad.as_bytes(), &scan(bad.as_bytes()), &Options::default()),
                 Classification::Unparsed { .. }
             ),
             "{bad}"
@@ -455,7 +464,7 @@ fn multi_statement_strings_and_unparsable_text() {
     }
     let latin1 = b"SELECT 'caf\xe9'";
     assert!(matches!(
-        classify(latin1, &scan(latin1)),
+        classify(latin1, &scan(latin1), &Options::default()),
         Classification::Unparsed { .. }
     ));
 }
