@@ -65,7 +65,10 @@ pub enum Kind {
     SetLocal,
     Reset,
     ResetAll,
-    Discard,
+    /// `DISCARD ALL` (`all`), or `DISCARD PLANS | SEQUENCES | TEMP`.
+    Discard {
+        all: bool,
+    },
     SetRole,
     SetSessionAuthorization,
     /// `SET TRANSACTION …` / `SET SESSION CHARACTERISTICS …`: not a session setting.
@@ -404,7 +407,9 @@ fn kind_of(statement: &Statement, positions: &Positions<'_>) -> Kind {
             ast::Reset::SessionAuthorization => Kind::SetSessionAuthorization,
             ast::Reset::ConfigurationParameter(_) => Kind::Reset,
         },
-        Statement::Discard { .. } => Kind::Discard,
+        Statement::Discard { object_type } => Kind::Discard {
+            all: matches!(object_type, ast::DiscardObject::ALL),
+        },
         Statement::Prepare { name, .. } => Kind::Prepare {
             name: name.value.to_lowercase(),
         },
