@@ -345,20 +345,6 @@ async fn upstream_logins_with_md5_and_trust() {
     }
 }
 
-fn startup_packet(version: i32, pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in pairs {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_protocol_versions_are_negotiated_and_replication_refused() {
     let name = fresh_user("negotiate");

@@ -117,14 +117,7 @@ async fn idle_in_transaction_clients_are_disconnected_and_their_server_freed() {
     let v: i32 = patient.query_typed("SELECT 4", &[]).await.unwrap()[0].get(0);
     assert_eq!(v, 4);
     let admin = connect_direct_superuser("postgres").await;
-    let open: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
-            &[&name],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = open_transactions_of(&admin, &name).await;
     assert_eq!(open, 0);
 }
 
@@ -239,11 +232,9 @@ async fn clients_that_never_log_in_are_dropped() {
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"N");
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    body.extend_from_slice(format!("user\0{name}\0\0").as_bytes());
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    s.write_all(&packet).await.unwrap();
+    s.write_all(&startup_packet(196_608, &[("user", name.as_str())]))
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await

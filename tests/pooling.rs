@@ -249,14 +249,7 @@ async fn disconnect_mid_transaction_leaves_nothing_open() {
             .unwrap()[0]
             .get(0);
         assert_eq!(status, "active");
-        let open: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let open = open_transactions_of(&admin, &name).await;
         assert_eq!(open, 0, "{case}: no transaction may stay open");
     }
 }

@@ -139,13 +139,6 @@ async fn drain_timeout_ends_long_transactions_and_sigint_skips_the_delay() {
     );
     // Its server connection was rolled back: nothing is left idle in transaction.
     let admin = connect_direct_superuser("postgres").await;
-    let open: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
-            &[&name],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = open_transactions_of(&admin, &name).await;
     assert_eq!(open, 0);
 }

@@ -148,6 +148,33 @@ pub async fn backends_of(admin: &tokio_postgres::Client, user: &str) -> i64 {
         .get(0)
 }
 
+/// Backends of `user` idle inside a transaction (what a pooler must never leave behind).
+pub async fn open_transactions_of(admin: &tokio_postgres::Client, user: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
+            &[&user],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// A StartupMessage for protocol `version` with these parameters, length word included.
+pub fn startup_packet(version: i32, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in pairs {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
 /// The SQLSTATE of a tokio-postgres error, if the server (or sidecar) sent one.
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code().to_owned())
