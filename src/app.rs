@@ -45,6 +45,8 @@ pub struct App {
     /// Fires when the drain time is over; every session closes.
     pub terminate: CancellationToken,
     pub tracker: TaskTracker,
+    /// Statement classifications by fingerprint.
+    pub classifier: crate::sql::cache::ClassificationCache,
     /// The client-facing TLS acceptor; swapped on reload.
     tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
 }
@@ -84,6 +86,12 @@ impl App {
         let mut mock_key = [0u8; 32];
         rng.fill(&mut mock_key)
             .map_err(|_| AppError::User("no randomness available".into()))?;
+        let classifier = crate::sql::cache::ClassificationCache::new(
+            config.classifier.cache_size as u64,
+            crate::sql::classify::Options {
+                read_only_functions: config.classifier.read_only_functions.clone(),
+            },
+        );
         Ok(Arc::new(App {
             config,
             metrics,
@@ -92,6 +100,7 @@ impl App {
             mock_key,
             rng,
             cancels: CancelRegistry::default(),
+            classifier,
             tls: arc_swap::ArcSwapOption::new(tls.map(Arc::new)),
             draining: CancellationToken::new(),
             terminate: CancellationToken::new(),

@@ -335,6 +335,15 @@ pub struct ClientLimits {
     pub query_timeout: Duration,
 }
 
+/// The SQL classifier.
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
+    /// Bytes of classifications cached by statement fingerprint.
+    pub cache_size: usize,
+    /// Functions to treat as read-only besides the built-in list.
+    pub read_only_functions: Vec<String>,
+}
+
 /// TLS for clients.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -353,6 +362,7 @@ pub struct Config {
     pub max_message_size: usize,
     pub limits: ClientLimits,
     pub tls: Option<TlsSettings>,
+    pub classifier: ClassifierConfig,
     pub pool: PoolConfig,
     pub databases: Vec<DatabaseConfig>,
     pub users: Vec<UserConfig>,
@@ -386,6 +396,16 @@ struct FileConfig {
     user: Vec<FileUser>,
     tls: Option<FileTls>,
     tenancy: Option<toml::Value>,
+    #[serde(default)]
+    classifier: FileClassifier,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClassifier {
+    cache_size: Option<String>,
+    #[serde(default)]
+    read_only_functions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -486,6 +506,11 @@ impl Config {
             format_duration(self.pool.max_lifetime),
             format_duration(self.pool.tcp_keepalive)
         );
+        out.push_str(&format!(
+            "\n[classifier]\ncache_size = \"{}\"\nread_only_functions = {:?}\n",
+            format_size(self.classifier.cache_size),
+            self.classifier.read_only_functions
+        ));
         if let Some(tls) = &self.tls {
             out.push_str(&format!(
                 "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nrequired = {}\n",
@@ -680,6 +705,16 @@ impl FileConfig {
             drain_timeout: duration("drain_timeout", self.drain_timeout, "30s")?,
             max_message_size,
             limits,
+            classifier: ClassifierConfig {
+                cache_size: parse_size(self.classifier.cache_size.as_deref().unwrap_or("16MiB"))
+                    .map_err(|r| ConfigError::invalid("classifier.cache_size", r))?,
+                read_only_functions: self
+                    .classifier
+                    .read_only_functions
+                    .iter()
+                    .map(|f| f.to_ascii_lowercase())
+                    .collect(),
+            },
             tls: self.tls.map(|t| TlsSettings {
                 files: crate::tls::TlsFiles {
                     cert: t.cert.into(),

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
     pub upstream_up: IntGaugeVec,
+    /// Statements classified, by outcome.
+    pub classified_hit: IntCounter,
+    pub classified_miss: IntCounter,
+    pub classified_unparsed: IntCounter,
 }
 
 impl Metrics {
@@ -91,6 +95,17 @@ impl Metrics {
         registry
             .register(Box::new(upstream_up.clone()))
             .expect("metric registers once");
+        let classified = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_statements_classified_total",
+                "Statements classified: cache hit, miss (parsed now), or unparsed (not understood)",
+            ),
+            &["outcome"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(classified.clone()))
+            .expect("metric registers once");
         let latency = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0, 10.0,
@@ -135,6 +150,9 @@ impl Metrics {
                 "Bytes sent to clients",
             ),
             upstream_up,
+            classified_hit: classified.with_label_values(&["hit"]),
+            classified_miss: classified.with_label_values(&["miss"]),
+            classified_unparsed: classified.with_label_values(&["unparsed"]),
             registry,
         }
     }

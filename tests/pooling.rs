@@ -450,6 +450,23 @@ async fn metrics_and_health_endpoints() {
     assert!(metric(&text, "pgsidecar_checkout_wait_seconds_count").unwrap() >= 2.0);
     assert!(metric(&text, "pgsidecar_client_bytes_received_total").unwrap() > 0.0);
     assert!(metric(&text, "pgsidecar_client_bytes_sent_total").unwrap() > 0.0);
+    // Both statements ("SELECT 1" simple, then extended) share one shape: one miss, one hit.
+    assert_eq!(
+        metric(
+            &text,
+            "pgsidecar_statements_classified_total{outcome=\"miss\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "pgsidecar_statements_classified_total{outcome=\"hit\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         metric(
             &text,

@@ -51,6 +51,20 @@ pub fn role(tag: u8) -> MessageRole {
     }
 }
 
+/// The SQL text of a `Query` body.
+pub fn query_text(body: &[u8]) -> Option<&[u8]> {
+    let end = body.iter().position(|&b| b == 0)?;
+    Some(&body[..end])
+}
+
+/// The statement name and SQL text of a `Parse` body.
+pub fn parse_text(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let name_end = body.iter().position(|&b| b == 0)?;
+    let rest = &body[name_end + 1..];
+    let query_end = rest.iter().position(|&b| b == 0)?;
+    Some((&body[..name_end], &rest[..query_end]))
+}
+
 /// Appends a simple `Query` message.
 pub fn append_query(buf: &mut bytes::BytesMut, sql: &str) {
     use bytes::BufMut;

@@ -32,6 +32,7 @@ use crate::protocol::backend::{
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
+use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
@@ -285,6 +286,9 @@ impl Relay {
             }
             _ => {}
         }
+        if matches!(frame.tag(), frontend::QUERY_TAG | frontend::PARSE_TAG) {
+            self.classify(&frame);
+        }
         if let Phase::SkipToSync = self.phase {
             if role == MessageRole::Sync {
                 backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
@@ -347,6 +351,26 @@ impl Relay {
             | MessageRole::Unknown => {}
         }
         Ok(None)
+    }
+
+    /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
+    /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
+    /// how much of the traffic the sidecar understands.
+    fn classify(&self, frame: &Frame) {
+        let sql = match frame.tag() {
+            frontend::QUERY_TAG => frontend::query_text(frame.body()),
+            _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
+        };
+        let Some(sql) = sql else {
+            return;
+        };
+        let classified = self.app.classifier.classify(sql);
+        let metrics = &self.app.metrics;
+        match (classified.hit, classified.classification.as_ref()) {
+            (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
+            (true, _) => metrics.classified_hit.inc(),
+            (false, _) => metrics.classified_miss.inc(),
+        }
     }
 
     /// Checks out a server connection and queues what makes it carry this client's settings.
