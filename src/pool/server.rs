@@ -110,6 +110,49 @@ pub struct ServerConn {
     /// The host and port this connection reached (cancel requests go there).
     pub host: String,
     pub port: u16,
+    /// Proxy-named prepared statements that exist on this connection.
+    pub prepared: PreparedSet,
+}
+
+/// The proxy-named statements a server connection has prepared, oldest first, bounded.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    names: std::collections::HashSet<bytes::Bytes>,
+    order: std::collections::VecDeque<bytes::Bytes>,
+}
+
+impl PreparedSet {
+    /// How many statements one server connection keeps before closing the oldest.
+    pub const LIMIT: usize = 256;
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Records a statement; returns the oldest one to close when over the limit.
+    pub fn insert(&mut self, name: bytes::Bytes) -> Option<bytes::Bytes> {
+        if self.names.insert(name.clone()) {
+            self.order.push_back(name);
+        }
+        if self.order.len() > Self::LIMIT {
+            let oldest = self.order.pop_front()?;
+            self.names.remove(&oldest);
+            return Some(oldest);
+        }
+        None
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        if self.names.remove(name) {
+            self.order.retain(|n| n.as_ref() != name);
+        }
+    }
+
+    /// The server dropped them all (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.names.clear();
+        self.order.clear();
+    }
 }
 
 /// How upstream connections are opened.
@@ -199,6 +242,7 @@ impl ServerConn {
             applied: AppliedSettings::Known(BTreeMap::new()),
             created: Instant::now(),
             idle_since: Instant::now(),
+            prepared: PreparedSet::default(),
         };
         conn.startup(url, params).await?;
         Ok(conn)

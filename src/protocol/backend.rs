@@ -24,6 +24,11 @@ pub const PARAMETER_STATUS_TAG: u8 = b'S';
 pub const PARSE_COMPLETE_TAG: u8 = b'1';
 pub const READY_FOR_QUERY_TAG: u8 = b'Z';
 
+/// `ParseComplete`, whole.
+pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+/// `CloseComplete`, whole.
+pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+
 /// Authentication request codes (`AuthenticationXxx` messages).
 pub const AUTH_OK: i32 = 0;
 pub const AUTH_CLEARTEXT_PASSWORD: i32 = 3;

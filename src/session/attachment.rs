@@ -119,6 +119,72 @@ pub(super) struct Attachment {
     pub(super) last_activity: Instant,
     /// Bytes of a large client CopyData still to stream through unbuffered.
     pub(super) client_stream: usize,
+    /// Replies to individual extended-protocol messages, in order (see [`Pending`]).
+    pub(super) pending: VecDeque<Pending>,
+    /// ReadyForQuery messages asked for (Syncs, Queries, injected queries) on this attachment.
+    pub(super) requests: u64,
+    /// ReadyForQuery messages received (or known never to come) on this attachment.
+    pub(super) readies: u64,
+    /// The client's unnamed statement exists on this server connection.
+    pub(super) unnamed_ready: bool,
+}
+
+/// The reply expected to one extended-protocol message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Awaited {
+    /// Parse: ParseComplete.
+    ParseComplete,
+    /// Bind: BindComplete.
+    BindComplete,
+    /// Close: CloseComplete.
+    CloseComplete,
+    /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
+    StatementDescription { parameters_seen: bool },
+    /// Describe of a portal: RowDescription or NoData.
+    PortalDescription,
+    /// Execute: rows or COPY data, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    ExecuteResult,
+}
+
+impl Awaited {
+    /// Whether `tag` completes the reply (`Some(next)` when more is to come).
+    pub(super) fn advance(self, tag: u8) -> Option<Awaited> {
+        match (self, tag) {
+            (Awaited::StatementDescription { .. }, b't') => Some(Awaited::StatementDescription {
+                parameters_seen: true,
+            }),
+            (Awaited::ExecuteResult, b'C' | b'I' | b's') => None,
+            (Awaited::ExecuteResult, _) => Some(self),
+            // Notices, notifications and parameter changes may come at any point.
+            (_, b'N' | b'A' | b'S') => Some(self),
+            _ => None,
+        }
+    }
+}
+
+/// What the client gets, in order, for the extended messages of its batches.
+#[derive(Debug)]
+pub(super) enum Pending {
+    /// A forwarded (or injected) message whose reply comes from the server.
+    Reply {
+        awaited: Awaited,
+        reply: Reply,
+        /// ReadyForQuery messages that come before this reply.
+        after: u64,
+        /// A Parse of a client's named statement: forget it if the server refuses it.
+        parse_of: Option<(Vec<u8>, bytes::Bytes)>,
+    },
+    /// A reply the sidecar gives itself (ParseComplete for a statement the server already
+    /// has, CloseComplete for a client's Close), at its place in the stream.
+    Synthesized { bytes: bytes::Bytes, after: u64 },
+}
+
+impl Pending {
+    pub(super) fn after(&self) -> u64 {
+        match self {
+            Pending::Reply { after, .. } | Pending::Synthesized { after, .. } => *after,
+        }
+    }
 }
 
 /// The ReadyForQuery messages still to come, in order, with when the front one started.
@@ -199,6 +265,10 @@ impl Attachment {
             copy_ends: 0,
             last_activity: now,
             client_stream: 0,
+            pending: VecDeque::new(),
+            requests: 0,
+            readies: 0,
+            unnamed_ready: false,
         }
     }
 
@@ -237,15 +307,47 @@ impl Attachment {
             {
                 batch.copy_in = true;
                 self.batch = Some(batch);
+                // Its ReadyForQuery will never come.
+                self.readies += 1;
             }
         } else if let (true, Some(batch)) = (self.expect.is_empty(), self.batch.as_mut()) {
             batch.copy_in = true;
         }
     }
 
+    /// Queues a ReadyForQuery the client's connection now waits for.
+    pub(super) fn push_expect(&mut self, expect: Expect) {
+        self.expect.push_back(expect);
+        self.requests += 1;
+    }
+
+    /// Queues the reply to one extended message, after everything already queued.
+    pub(super) fn push_reply(&mut self, awaited: Awaited, reply: Reply) {
+        self.pending.push_back(Pending::Reply {
+            awaited,
+            reply,
+            after: self.requests,
+            parse_of: None,
+        });
+    }
+
+    /// Queues a reply the sidecar gives itself, after everything already queued.
+    pub(super) fn push_synthesized(&mut self, bytes: bytes::Bytes) {
+        self.pending.push_back(Pending::Synthesized {
+            bytes,
+            after: self.requests,
+        });
+    }
+
+    /// The front pending reply, if the server is now working on its batch.
+    pub(super) fn current_pending(&self) -> Option<&Pending> {
+        self.pending.front().filter(|p| p.after() == self.readies)
+    }
+
     /// Nothing in flight, not in a transaction: the connection can go back to the pool.
     pub(super) fn is_quiet(&self) -> bool {
         self.expect.is_empty()
+            && self.pending.is_empty()
             && self.batch.is_none()
             && self.passthrough.is_none()
             && self.wbuf.is_empty()

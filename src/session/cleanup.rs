@@ -32,7 +32,10 @@ pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
     match outcome {
         Ok(Ok(())) if att.status == TransactionStatus::Idle => {
             if mode == PoolMode::Session {
-                att.server.conn_mut().applied = AppliedSettings::Known(Default::default());
+                // DISCARD ALL dropped the session's settings and prepared statements.
+                let conn = att.server.conn_mut();
+                conn.applied = AppliedSettings::Known(Default::default());
+                conn.prepared.clear();
             }
             att.server.release();
         }

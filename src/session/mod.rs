@@ -7,8 +7,10 @@ pub mod attachment;
 pub mod auth;
 mod cleanup;
 pub mod client;
+mod extended;
 pub mod handshake;
 pub mod relay;
+pub mod statements;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

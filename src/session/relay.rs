@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::attachment::{
-    sleep_until_some, Attachment, Batch, Expect, Passthrough, Reply, Source, Timer,
+    sleep_until_some, Attachment, Batch, Expect, Passthrough, Pending, Reply, Source, Timer,
 };
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
+use super::extended;
+use super::statements::ClientStatements;
 use super::{checkout_report, SessionInfo};
 use crate::app::App;
 use crate::cancel::CancelTarget;
@@ -32,7 +34,7 @@ use crate::protocol::backend::{
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
-use crate::sql::classify::Classification;
+use crate::sql::classify::{Classification, Kind};
 use crate::stream::Stream;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
@@ -101,6 +103,14 @@ impl RelayError {
     }
 }
 
+/// What a statement does to the client's prepared statements, as far as the relay cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatementEffect {
+    None,
+    /// DISCARD ALL / DEALLOCATE ALL: the server drops them all.
+    DropsPreparedStatements,
+}
+
 /// Where the client is between its messages.
 enum Phase {
     /// No server connection.
@@ -124,6 +134,8 @@ pub struct Relay {
     info: SessionInfo,
     mode: PoolMode,
     phase: Phase,
+    /// The client's prepared statements (proxy-named on the servers).
+    statements: ClientStatements,
 }
 
 impl Relay {
@@ -136,6 +148,7 @@ impl Relay {
             info,
             mode,
             phase: Phase::Detached,
+            statements: ClientStatements::default(),
         }
     }
 
@@ -265,6 +278,14 @@ impl Relay {
                 return Ok(Some(end));
             }
         }
+        if let Phase::Attached(att) = &mut self.phase {
+            // Replies the sidecar gives itself with nothing ahead of them go out now.
+            while let Some(Pending::Synthesized { .. }) = att.current_pending() {
+                if let Some(Pending::Synthesized { bytes, .. }) = att.pending.pop_front() {
+                    self.client.wbuf.extend_from_slice(&bytes);
+                }
+            }
+        }
         self.write_client().await?;
         Ok(None)
     }
@@ -286,9 +307,10 @@ impl Relay {
             }
             _ => {}
         }
-        if matches!(frame.tag(), frontend::QUERY_TAG | frontend::PARSE_TAG) {
-            self.classify(&frame);
-        }
+        let effect = match frame.tag() {
+            frontend::QUERY_TAG | frontend::PARSE_TAG => self.classify(&frame),
+            _ => StatementEffect::None,
+        };
         if let Phase::SkipToSync = self.phase {
             if role == MessageRole::Sync {
                 backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
@@ -314,12 +336,23 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
-        att.wbuf.extend_from_slice(frame.as_bytes());
+        if role == MessageRole::Extended {
+            extended::forward(att, &mut self.statements, &frame);
+        } else {
+            att.wbuf.extend_from_slice(frame.as_bytes());
+        }
         let now = Instant::now();
         match role {
             MessageRole::Request => {
+                // A simple Query destroys the unnamed statement, as in Postgres.
+                self.statements.unnamed = None;
+                att.unnamed_ready = false;
+                if effect == StatementEffect::DropsPreparedStatements {
+                    self.statements.clear();
+                    att.server.conn_mut().prepared.clear();
+                }
                 self.app.metrics.queries.inc();
-                att.expect.push_back(Expect {
+                att.push_expect(Expect {
                     source: Source::Query { sent: now },
                 });
             }
@@ -340,7 +373,7 @@ impl Relay {
                     // The server is in COPY FROM STDIN and ignores this Sync: no ReadyForQuery.
                     att.batch = Some(batch);
                 } else {
-                    att.expect.push_back(Expect {
+                    att.push_expect(Expect {
                         source: Source::Sync(batch),
                     });
                 }
@@ -356,21 +389,36 @@ impl Relay {
     /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
     /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
     /// how much of the traffic the sidecar understands.
-    fn classify(&self, frame: &Frame) {
+    fn classify(&self, frame: &Frame) -> StatementEffect {
         let sql = match frame.tag() {
             frontend::QUERY_TAG => frontend::query_text(frame.body()),
             _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
         };
         let Some(sql) = sql else {
-            return;
+            return StatementEffect::None;
         };
         let classified = self.app.classifier.classify(sql);
+        let mut effect = StatementEffect::None;
+        if let (frontend::QUERY_TAG, Classification::Parsed(statements)) =
+            (frame.tag(), classified.classification.as_ref())
+        {
+            // DISCARD ALL and DEALLOCATE ALL drop every prepared statement on the server.
+            if statements.iter().any(|s| {
+                matches!(
+                    s.kind,
+                    Kind::Discard { all: true } | Kind::Deallocate { name: None }
+                )
+            }) {
+                effect = StatementEffect::DropsPreparedStatements;
+            }
+        }
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
             (true, _) => metrics.classified_hit.inc(),
             (false, _) => metrics.classified_miss.inc(),
         }
+        effect
     }
 
     /// Checks out a server connection and queues what makes it carry this client's settings.
@@ -408,11 +456,11 @@ impl Relay {
         };
         // Connections in unknown state never reach the pool, so `have` is always known here.
         if let Some(sql) = have.and_then(|have| settings_sql(have, &self.info.settings)) {
+            conn.applied = AppliedSettings::Known(self.info.settings.clone());
             frontend::append_query(&mut att.wbuf, &sql);
-            att.expect.push_back(Expect {
+            att.push_expect(Expect {
                 source: Source::Sidecar,
             });
-            conn.applied = AppliedSettings::Known(self.info.settings.clone());
         }
         Ok(att)
     }
@@ -426,8 +474,20 @@ impl Relay {
         };
         let metrics = &self.app.metrics;
         let client = &mut self.client;
+        let statements = &mut self.statements;
         let mut cut = 0usize;
         loop {
+            // Replies the sidecar gives itself go out at their place, between messages.
+            while att.passthrough.is_none() {
+                let Some(Pending::Synthesized { .. }) = att.current_pending() else {
+                    break;
+                };
+                if let Some(Pending::Synthesized { bytes, .. }) = att.pending.pop_front() {
+                    emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                    client.write_through(&bytes).await?;
+                    metrics.client_bytes_sent.inc_by(bytes.len() as u64);
+                }
+            }
             let conn = att.server.conn_mut();
             if let Some(mut pt) = att.passthrough.take() {
                 let take = pt.remaining.min(conn.rbuf.len() - cut);
@@ -452,7 +512,6 @@ impl Relay {
                 att.note_copy_in();
             }
             let conn = att.server.conn_mut();
-            let reply = att.expect.front().map_or(Reply::Forward, Expect::reply);
             let inspected = matches!(
                 header.tag,
                 READY_FOR_QUERY_TAG
@@ -460,6 +519,20 @@ impl Relay {
                     | ERROR_RESPONSE_TAG
                     | NOTICE_RESPONSE_TAG
             );
+            if inspected && header.frame_len > max {
+                return Err(RelayError::ServerFrame(FrameError::TooLarge {
+                    tag: header.tag,
+                    len: header.frame_len,
+                    max,
+                }));
+            }
+            if inspected && conn.rbuf.len() - cut < header.frame_len {
+                break;
+            }
+            // Each message is matched once, when it is complete or starts streaming.
+            let reply = match_pending(att, statements, header.tag)
+                .unwrap_or_else(|| att.expect.front().map_or(Reply::Forward, Expect::reply));
+            let conn = att.server.conn_mut();
             if !inspected {
                 let reply = if header.tag == NOTIFICATION_RESPONSE_TAG {
                     Reply::Forward
@@ -471,16 +544,6 @@ impl Relay {
                     reply,
                 });
                 continue;
-            }
-            if header.frame_len > max {
-                return Err(RelayError::ServerFrame(FrameError::TooLarge {
-                    tag: header.tag,
-                    len: header.frame_len,
-                    max,
-                }));
-            }
-            if conn.rbuf.len() - cut < header.frame_len {
-                break;
             }
             let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
             let mut reply = reply;
@@ -496,6 +559,10 @@ impl Relay {
                             })
                         })?;
                     att.status = status;
+                    att.readies += 1;
+                    let readies = att.readies;
+                    // Anything still pending for a finished batch was skipped by the server.
+                    att.pending.retain(|p| p.after() >= readies);
                     if let Some(done) = att.expect.pop_front() {
                         reply = done.reply();
                         if let Some(sent) = done.sent() {
@@ -554,6 +621,49 @@ impl Relay {
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
         Ok(())
     }
+}
+
+/// Matches a server message to the pending reply it answers, if the server is working on an
+/// extended message now; returns what to do with the message. An ErrorResponse ends the batch:
+/// the server skips the rest, so the rest's pending replies go, and statements whose Parse
+/// failed or was skipped are forgotten.
+fn match_pending(
+    att: &mut Attachment,
+    statements: &mut ClientStatements,
+    tag: u8,
+) -> Option<Reply> {
+    let readies = att.readies;
+    let Some(Pending::Reply { awaited, reply, .. }) = att.current_pending() else {
+        return None;
+    };
+    let reply = *reply;
+    if tag == ERROR_RESPONSE_TAG {
+        while att.pending.front().is_some_and(|p| p.after() == readies) {
+            if let Some(Pending::Reply {
+                parse_of: Some((client_name, proxy)),
+                ..
+            }) = att.pending.pop_front()
+            {
+                att.server.conn_mut().prepared.remove(&proxy);
+                if !client_name.is_empty() {
+                    statements.forget(&client_name);
+                }
+            }
+        }
+        // Errors always reach the client.
+        return Some(Reply::Forward);
+    }
+    match awaited.advance(tag) {
+        Some(next) => {
+            if let Some(Pending::Reply { awaited, .. }) = att.pending.front_mut() {
+                *awaited = next;
+            }
+        }
+        None => {
+            att.pending.pop_front();
+        }
+    }
+    Some(reply)
 }
 
 /// Writes the first `cut` bytes of the server's buffer to the client and consumes them.

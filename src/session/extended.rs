@@ -1,0 +1,165 @@
+//! A client's extended-protocol messages on the server connection it is attached to: named
+//! statements travel under their proxy-wide names, a Parse the server already has is answered
+//! by the sidecar (ParseComplete in its place), a statement the server lacks is prepared again
+//! (its ParseComplete swallowed) before the Bind or Describe that needs it, and a Close of a
+//! named statement stays with the client. Every message leaves a [`Pending`] entry so replies
+//! reach the client in order. No I/O: this writes to the attachment's buffer.
+
+use bytes::Bytes;
+
+use super::attachment::{Attachment, Awaited, Pending, Reply};
+use super::statements::{message, split_cstr, ClientStatements, Prepared};
+use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::frame::Frame;
+use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
+
+/// Queues one Parse, Bind, Describe, Execute or Close for the server (or answers it).
+pub(super) fn forward(att: &mut Attachment, statements: &mut ClientStatements, frame: &Frame) {
+    let body = frame.body();
+    match frame.tag() {
+        PARSE_TAG => parse(att, statements, frame),
+        BIND_TAG => match split_cstr(body)
+            .and_then(|(portal, rest)| Some((portal, split_cstr(rest)?)))
+        {
+            Some((portal, (name, rest))) if !name.is_empty() => match statements.get(name).cloned()
+            {
+                Some(prepared) => {
+                    ensure_prepared(att, &prepared);
+                    let bind = message(BIND_TAG, &[portal, &[0], &prepared.proxy, &[0], rest]);
+                    att.wbuf.extend_from_slice(&bind);
+                    att.push_reply(Awaited::BindComplete, Reply::Forward);
+                }
+                // Unknown to the client: the server answers "does not exist", as it should.
+                None => pass(att, frame, Awaited::BindComplete),
+            },
+            _ => {
+                ensure_unnamed(att, statements);
+                pass(att, frame, Awaited::BindComplete)
+            }
+        },
+        DESCRIBE_TAG => match body.split_first() {
+            Some((b'S', rest)) => match split_cstr(rest).map(|(name, _)| name) {
+                Some(name) if !name.is_empty() => match statements.get(name).cloned() {
+                    Some(prepared) => {
+                        ensure_prepared(att, &prepared);
+                        let describe = message(DESCRIBE_TAG, &[b"S", &prepared.proxy, &[0]]);
+                        att.wbuf.extend_from_slice(&describe);
+                        att.push_reply(
+                            Awaited::StatementDescription {
+                                parameters_seen: false,
+                            },
+                            Reply::Forward,
+                        );
+                    }
+                    None => pass(
+                        att,
+                        frame,
+                        Awaited::StatementDescription {
+                            parameters_seen: false,
+                        },
+                    ),
+                },
+                _ => {
+                    ensure_unnamed(att, statements);
+                    pass(
+                        att,
+                        frame,
+                        Awaited::StatementDescription {
+                            parameters_seen: false,
+                        },
+                    )
+                }
+            },
+            _ => pass(att, frame, Awaited::PortalDescription),
+        },
+        CLOSE_TAG => match body.split_first() {
+            Some((b'S', rest)) => match split_cstr(rest).map(|(name, _)| name) {
+                // The proxy-named statement may serve other clients: it stays on the server.
+                Some(name) if !name.is_empty() => {
+                    statements.forget(name);
+                    att.push_synthesized(Bytes::from_static(CLOSE_COMPLETE));
+                }
+                _ => {
+                    statements.unnamed = None;
+                    att.unnamed_ready = false;
+                    pass(att, frame, Awaited::CloseComplete)
+                }
+            },
+            _ => pass(att, frame, Awaited::CloseComplete),
+        },
+        EXECUTE_TAG => pass(att, frame, Awaited::ExecuteResult),
+        // Not an extended message; the relay does not send others here.
+        _ => att.wbuf.extend_from_slice(frame.as_bytes()),
+    }
+}
+
+/// Forwards the message as it came.
+fn pass(att: &mut Attachment, frame: &Frame, awaited: Awaited) {
+    att.wbuf.extend_from_slice(frame.as_bytes());
+    att.push_reply(awaited, Reply::Forward);
+}
+
+fn parse(att: &mut Attachment, statements: &mut ClientStatements, frame: &Frame) {
+    let Some((name, rest)) = split_cstr(frame.body()) else {
+        // Malformed: let the server say so.
+        return pass(att, frame, Awaited::ParseComplete);
+    };
+    if name.is_empty() {
+        statements.unnamed = Some(frame.as_bytes().clone());
+        att.unnamed_ready = true;
+        return pass(att, frame, Awaited::ParseComplete);
+    }
+    let prepared = statements.register(name, rest);
+    let conn = att.server.conn_mut();
+    if conn.prepared.contains(&prepared.proxy) {
+        att.push_synthesized(Bytes::from_static(PARSE_COMPLETE));
+        return;
+    }
+    send_parse(att, &prepared, Reply::Forward, Some(name.to_vec()));
+}
+
+/// Sends the statement's Parse under its proxy name, closing the oldest statement first when
+/// the server connection holds too many.
+fn send_parse(
+    att: &mut Attachment,
+    prepared: &Prepared,
+    reply: Reply,
+    client_name: Option<Vec<u8>>,
+) {
+    if let Some(oldest) = att
+        .server
+        .conn_mut()
+        .prepared
+        .insert(prepared.proxy.clone())
+    {
+        let close = message(CLOSE_TAG, &[b"S", &oldest, &[0]]);
+        att.wbuf.extend_from_slice(&close);
+        att.push_reply(Awaited::CloseComplete, Reply::Swallow);
+    }
+    att.wbuf.extend_from_slice(&prepared.parse);
+    att.pending.push_back(Pending::Reply {
+        awaited: Awaited::ParseComplete,
+        reply,
+        after: att.requests,
+        parse_of: Some((client_name.unwrap_or_default(), prepared.proxy.clone())),
+    });
+}
+
+/// Prepares the statement on this server connection if it lacks it.
+fn ensure_prepared(att: &mut Attachment, prepared: &Prepared) {
+    if !att.server.conn_mut().prepared.contains(&prepared.proxy) {
+        send_parse(att, prepared, Reply::Swallow, None);
+    }
+}
+
+/// Re-creates the client's unnamed statement on this server connection if it lacks it.
+fn ensure_unnamed(att: &mut Attachment, statements: &ClientStatements) {
+    if att.unnamed_ready {
+        return;
+    }
+    if let Some(parse) = &statements.unnamed {
+        att.wbuf.extend_from_slice(parse);
+        att.push_reply(Awaited::ParseComplete, Reply::Swallow);
+        att.unnamed_ready = true;
+    }
+}

@@ -1,0 +1,121 @@
+//! Prepared statements that survive transaction pooling. A client's named statements get
+//! proxy-wide names derived from their text and parameter types (`pgsc_` + 128 bits of
+//! SHA-256), so two clients using the same driver-generated name never collide and identical
+//! statements are prepared once per server connection. The client's unnamed statement is kept
+//! too, so a Bind that lands on another server connection than its Parse still works. This
+//! module only keeps the client's view and builds the messages; the relay decides when to send.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::frontend::PARSE_TAG;
+
+/// Prefix of every proxy-wide statement name.
+pub const PROXY_PREFIX: &[u8] = b"pgsc_";
+
+/// One statement as the server should know it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The proxy-wide name.
+    pub proxy: Bytes,
+    /// The whole Parse message that creates it under that name.
+    pub parse: Bytes,
+}
+
+/// The statements one client has prepared.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    named: HashMap<Vec<u8>, Arc<Prepared>>,
+    /// The Parse message of the client's unnamed statement, as it sent it.
+    pub unnamed: Option<Bytes>,
+}
+
+impl ClientStatements {
+    /// Records a Parse of `name` with the body `rest` (everything after the name) and returns
+    /// the statement under its proxy-wide name.
+    pub fn register(&mut self, name: &[u8], rest: &[u8]) -> Arc<Prepared> {
+        let proxy = proxy_name(rest);
+        let parse = message(PARSE_TAG, &[&proxy, &[0], rest]);
+        let prepared = Arc::new(Prepared { proxy, parse });
+        self.named.insert(name.to_vec(), Arc::clone(&prepared));
+        prepared
+    }
+
+    /// The statement a client name refers to.
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
+        self.named.get(name)
+    }
+
+    /// Forgets a named statement (Close or a failed Parse); true if it existed.
+    pub fn forget(&mut self, name: &[u8]) -> bool {
+        self.named.remove(name).is_some()
+    }
+
+    /// Forgets everything (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.named.clear();
+        self.unnamed = None;
+    }
+}
+
+/// `pgsc_` + 32 hex digits of SHA-256 over the query text and parameter types.
+pub fn proxy_name(query_and_types: &[u8]) -> Bytes {
+    let digest = ring::digest::digest(&ring::digest::SHA256, query_and_types);
+    let mut name = BytesMut::with_capacity(PROXY_PREFIX.len() + 32);
+    name.put_slice(PROXY_PREFIX);
+    for b in &digest.as_ref()[..16] {
+        name.put_slice(format!("{b:02x}").as_bytes());
+    }
+    name.freeze()
+}
+
+/// A frontend message from its tag and body parts.
+pub fn message(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = BytesMut::with_capacity(len + 5);
+    buf.put_u8(tag);
+    buf.put_i32((len + 4) as i32);
+    for p in parts {
+        buf.put_slice(p);
+    }
+    buf.freeze()
+}
+
+/// Splits a NUL-terminated field off the front of a body: (field, rest after the NUL).
+pub fn split_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = body.iter().position(|&b| b == 0)?;
+    Some((&body[..end], &body[end + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_names_depend_on_text_and_types_only() {
+        let a = proxy_name(b"SELECT $1\0\0\x01\0\0\0\x17");
+        let b = proxy_name(b"SELECT $1\0\0\x01\0\0\0\x17");
+        let c = proxy_name(b"SELECT $1\0\0\x01\0\0\0\x14");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 37);
+        assert!(a.starts_with(PROXY_PREFIX));
+    }
+
+    #[test]
+    fn register_builds_a_renamed_parse() {
+        let mut s = ClientStatements::default();
+        let rest = b"SELECT 1\0\0\0";
+        let p = s.register(b"s0", rest);
+        assert_eq!(p.parse[0], PARSE_TAG);
+        let body = &p.parse[5..];
+        let (name, after) = split_cstr(body).unwrap();
+        assert_eq!(name, &p.proxy[..]);
+        assert_eq!(after, rest);
+        assert!(s.get(b"s0").is_some());
+        assert!(s.forget(b"s0"));
+        assert!(!s.forget(b"s0"));
+    }
+}
