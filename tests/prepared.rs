@@ -137,6 +137,38 @@ async fn the_unnamed_statement_follows_its_client() {
     assert!(replies
         .iter()
         .any(|(t, body)| *t == b'D' && body.ends_with(b"42")));
+    // A client that never prepared an unnamed statement cannot run another client's.
+    let mut z = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, "");
+    z.write_all(&out).await.unwrap();
+    let replies = read_until_ready(&mut z, 1).await;
+    assert_eq!(
+        error_code(&replies).as_deref(),
+        Some("26000"),
+        "{}",
+        tags(&replies)
+    );
+    // Nor guess another client's proxy-wide statement name.
+    let mut out = BytesMut::new();
+    frontend::parse("mine", "SELECT 99", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    x.write_all(&out).await.unwrap();
+    read_until_ready(&mut x, 1).await;
+    let proxy = pgsidecar::session::statements::proxy_name(b"SELECT 99\0\0\0");
+    let proxy = String::from_utf8(proxy.to_vec()).unwrap();
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, &proxy);
+    z.write_all(&out).await.unwrap();
+    let replies = read_until_ready(&mut z, 1).await;
+    assert_eq!(
+        error_code(&replies).as_deref(),
+        Some("26000"),
+        "{}",
+        tags(&replies)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::attachment::{Attachment, Awaited, Pending, Reply};
-use super::statements::{message, split_cstr, ClientStatements, Prepared};
+use super::statements::{message, split_cstr, ClientStatements, Prepared, PROXY_PREFIX};
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
@@ -18,58 +18,30 @@ pub(super) fn forward(att: &mut Attachment, statements: &mut ClientStatements, f
     let body = frame.body();
     match frame.tag() {
         PARSE_TAG => parse(att, statements, frame),
-        BIND_TAG => match split_cstr(body)
-            .and_then(|(portal, rest)| Some((portal, split_cstr(rest)?)))
-        {
-            Some((portal, (name, rest))) if !name.is_empty() => match statements.get(name).cloned()
-            {
-                Some(prepared) => {
-                    ensure_prepared(att, &prepared);
-                    let bind = message(BIND_TAG, &[portal, &[0], &prepared.proxy, &[0], rest]);
-                    att.wbuf.extend_from_slice(&bind);
-                    att.push_reply(Awaited::BindComplete, Reply::Forward);
-                }
-                // Unknown to the client: the server answers "does not exist", as it should.
-                None => pass(att, frame, Awaited::BindComplete),
-            },
-            _ => {
-                ensure_unnamed(att, statements);
-                pass(att, frame, Awaited::BindComplete)
-            }
-        },
+        BIND_TAG => {
+            let fields =
+                split_cstr(body).and_then(|(portal, rest)| Some((portal, split_cstr(rest)?)));
+            let Some((portal, (name, rest))) = fields else {
+                return pass(att, frame, Awaited::BindComplete);
+            };
+            let name = server_statement_name(att, statements, name);
+            att.wbuf
+                .extend_from_slice(&message(BIND_TAG, &[portal, &[0], &name, &[0], rest]));
+            att.push_reply(Awaited::BindComplete, Reply::Forward);
+        }
         DESCRIBE_TAG => match body.split_first() {
-            Some((b'S', rest)) => match split_cstr(rest).map(|(name, _)| name) {
-                Some(name) if !name.is_empty() => match statements.get(name).cloned() {
-                    Some(prepared) => {
-                        ensure_prepared(att, &prepared);
-                        let describe = message(DESCRIBE_TAG, &[b"S", &prepared.proxy, &[0]]);
-                        att.wbuf.extend_from_slice(&describe);
-                        att.push_reply(
-                            Awaited::StatementDescription {
-                                parameters_seen: false,
-                            },
-                            Reply::Forward,
-                        );
-                    }
-                    None => pass(
-                        att,
-                        frame,
-                        Awaited::StatementDescription {
-                            parameters_seen: false,
-                        },
-                    ),
-                },
-                _ => {
-                    ensure_unnamed(att, statements);
-                    pass(
-                        att,
-                        frame,
-                        Awaited::StatementDescription {
-                            parameters_seen: false,
-                        },
-                    )
-                }
-            },
+            Some((b'S', rest)) => {
+                let Some((name, _)) = split_cstr(rest) else {
+                    return pass(att, frame, Awaited::PortalDescription);
+                };
+                let name = server_statement_name(att, statements, name);
+                att.wbuf
+                    .extend_from_slice(&message(DESCRIBE_TAG, &[b"S", &name, &[0]]));
+                let awaited = Awaited::StatementDescription {
+                    parameters_seen: false,
+                };
+                att.push_reply(awaited, Reply::Forward);
+            }
             _ => pass(att, frame, Awaited::PortalDescription),
         },
         CLOSE_TAG => match body.split_first() {
@@ -152,14 +124,47 @@ fn ensure_prepared(att: &mut Attachment, prepared: &Prepared) {
     }
 }
 
-/// Re-creates the client's unnamed statement on this server connection if it lacks it.
+/// The name a Bind or Describe must use on this server connection for the client's `name`,
+/// preparing the statement there first if the server lacks it.
+fn server_statement_name(
+    att: &mut Attachment,
+    statements: &ClientStatements,
+    name: &[u8],
+) -> Bytes {
+    if name.is_empty() {
+        ensure_unnamed(att, statements);
+        return Bytes::new();
+    }
+    match statements.get(name) {
+        Some(prepared) => {
+            ensure_prepared(att, prepared);
+            prepared.proxy.clone()
+        }
+        // Unknown to the client: the server answers "does not exist", as it should — unless
+        // the name imitates a proxy-wide one, which could name another client's statement.
+        None if name.starts_with(PROXY_PREFIX) => {
+            Bytes::from([b"pgsc_unknown_".as_slice(), name].concat())
+        }
+        None => Bytes::copy_from_slice(name),
+    }
+}
+
+/// Makes the server's unnamed statement the client's: re-created from its Parse, or closed
+/// when the client has none (so another client's unnamed statement is never run).
 fn ensure_unnamed(att: &mut Attachment, statements: &ClientStatements) {
     if att.unnamed_ready {
         return;
     }
-    if let Some(parse) = &statements.unnamed {
-        att.wbuf.extend_from_slice(parse);
-        att.push_reply(Awaited::ParseComplete, Reply::Swallow);
-        att.unnamed_ready = true;
+    match &statements.unnamed {
+        Some(parse) => {
+            att.wbuf.extend_from_slice(parse);
+            att.push_reply(Awaited::ParseComplete, Reply::Swallow);
+        }
+        None => {
+            att.wbuf
+                .extend_from_slice(&message(CLOSE_TAG, &[b"S", &[0]]));
+            att.push_reply(Awaited::CloseComplete, Reply::Swallow);
+        }
     }
+    att.unnamed_ready = true;
 }
