@@ -5,9 +5,11 @@
 # numbers: the machine is small and noisy.
 #
 #   benches/pgbench_compare.sh [rounds=3] [seconds=10] [clients=16] [pool=20] [workloads]
-#   workloads (comma-separated, default all four):
+#   workloads (comma-separated, default all five):
 #     select-simple    pgbench -S -M simple          (proxy-bound reads)
 #     select-extended  pgbench -S -M extended        (Parse/Bind/Execute/Sync per query)
+#     select-prepared  pgbench -S -M prepared        (named statements; PgBouncer 1.18 cannot
+#                                                     pool these in transaction mode)
 #     select-connect   pgbench -S -M simple -C       (a new connection, with SCRAM, per transaction)
 #     tpcb             the default pgbench script    (writes, BEGIN…END)
 #
@@ -15,7 +17,7 @@
 # missing and running as root). Everything listens on 127.0.0.1 only and stops at exit.
 set -euo pipefail
 rounds=${1:-3}; seconds=${2:-10}; clients=${3:-16}; pool=${4:-20}
-workloads=${5:-select-simple,select-extended,select-connect,tpcb}
+workloads=${5:-select-simple,select-extended,select-prepared,select-connect,tpcb}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -77,6 +79,7 @@ workload_args() {
   case "$1" in
     select-simple) echo "-S -M simple" ;;
     select-extended) echo "-S -M extended" ;;
+    select-prepared) echo "-S -M prepared" ;;
     select-connect) echo "-S -M simple -C" ;;
     tpcb) echo "-M simple" ;;
     *) echo "unknown workload $1" >&2; exit 2 ;;
@@ -91,8 +94,9 @@ for round in $(seq 1 "$rounds"); do
     # shellcheck disable=SC2207
     args=($(workload_args "$w"))
     for t in "${targets[@]}"; do
-      out=$("$bin/pgbench" -n "${args[@]}" -c "$clients" -j 2 -T "$seconds" \
-            -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1)
+      # One thread per client: -M prepared prepares synchronously (see tests/prepared.rs).
+      out=$("$bin/pgbench" -n "${args[@]}" -c "$clients" -j "$clients" -T "$seconds" \
+            -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1) || true  # a target may fail a workload
       tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
