@@ -87,35 +87,23 @@ async fn psql_commands_scripts_copy_and_notices() {
 async fn pgbench_simple_and_extended_with_more_clients_than_servers() {
     let name = fresh_user("bench");
     let sidecar = start(&base_toml(&name, "size = 4\ncheckout_timeout = \"30s\"")).await;
-    let port = sidecar.addr.port().to_string();
-    let common = ["-h", "127.0.0.1", "-p", &port, "-U", &name];
-    let mut init = common.to_vec();
-    init.extend(["-i", "-s", "1", "-q", &name]);
-    let out = run_pg_program("pgbench", &init, PASSWORD).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for mode in ["simple", "extended"] {
-        let mut run = common.to_vec();
-        run.extend(["-c", "16", "-j", "2", "-t", "40", "-M", mode, "-n", &name]);
-        let out = run_pg_program("pgbench", &run, PASSWORD).await;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("number of transactions actually processed: 640/640"),
-            "{mode}: {stdout}"
-        );
-        assert!(
-            stdout.contains("number of failed transactions: 0 (0.000%)"),
-            "{mode}: {stdout}"
-        );
-    }
+    let port = sidecar.addr.port();
+    pgbench(
+        port,
+        &name,
+        true,
+        &["-c", "16", "-j", "2", "-t", "40", "-M", "simple"],
+        640,
+    )
+    .await;
+    pgbench(
+        port,
+        &name,
+        false,
+        &["-c", "16", "-j", "2", "-t", "40", "-M", "extended"],
+        640,
+    )
+    .await;
     let admin = connect_direct_superuser("postgres").await;
     assert!(backends_of(&admin, &name).await <= 4);
 }

@@ -175,38 +175,11 @@ async fn the_unnamed_statement_follows_its_client() {
 async fn pgbench_prepared_with_more_clients_than_servers() {
     let name = fresh_user("benchprep");
     let sidecar = start(&base_toml(&name, "size = 3\ncheckout_timeout = \"30s\"")).await;
-    let port = sidecar.addr.port().to_string();
-    let common = ["-h", "127.0.0.1", "-p", &port, "-U", &name];
-    let mut init = common.to_vec();
-    init.extend(["-i", "-s", "1", "-q", &name]);
-    let out = run_pg_program("pgbench", &init, PASSWORD).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut run = common.to_vec();
     // One thread per client: pgbench prepares synchronously, so a thread shared by several
     // clients would block on one client's Parse while its other clients hold every server
     // connection in their transactions (the same happens with any transaction pooler).
-    run.extend([
-        "-c", "8", "-j", "8", "-t", "30", "-M", "prepared", "-n", &name,
-    ]);
-    let out = run_pg_program("pgbench", &run, PASSWORD).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("number of transactions actually processed: 240/240"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("number of failed transactions: 0 (0.000%)"),
-        "{stdout}"
-    );
+    let args = ["-c", "8", "-j", "8", "-t", "30", "-M", "prepared"];
+    pgbench(sidecar.addr.port(), &name, true, &args, 240).await;
 }
 
 fn bind_execute(out: &mut BytesMut, statement: &str) {

@@ -239,6 +239,40 @@ pub async fn run_pg_program(program: &str, args: &[&str], password: &str) -> Out
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
+/// Runs pgbench through the sidecar at `port` as `name` (database `name`): `pgbench -i -s 1`
+/// first when `init`, then the run with `args`; asserts every transaction ran, none failed.
+pub async fn pgbench(port: u16, name: &str, init: bool, args: &[&str], transactions: usize) {
+    let port = port.to_string();
+    let common = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", name];
+    if init {
+        let mut init = common.to_vec();
+        init.extend(["-i", "-s", "1", "-q", name]);
+        let out = run_pg_program("pgbench", &init, PASSWORD).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut run = common.to_vec();
+    run.extend(args);
+    run.extend(["-n", name]);
+    let out = run_pg_program("pgbench", &run, PASSWORD).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let processed =
+        format!("number of transactions actually processed: {transactions}/{transactions}");
+    assert!(stdout.contains(&processed), "{args:?}: {stdout}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 (0.000%)"),
+        "{args:?}: {stdout}"
+    );
+}
+
 /// A value of one metric line (`name` may include labels) from the /metrics text.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
