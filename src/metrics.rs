@@ -25,6 +25,8 @@ pub struct Metrics {
     server_idle: IntGauge,
     server_active: IntGauge,
     pub server_connects: IntCounter,
+    /// Server connections reset (DISCARD ALL) because a client changed their session state.
+    pub server_resets: IntCounter,
     pub checkout_wait: Histogram,
     pub queries: IntCounter,
     pub transactions: IntCounter,
@@ -121,6 +123,10 @@ impl Metrics {
             server_connects: counter(
                 "pgsidecar_server_connects_total",
                 "Upstream server connections opened",
+            ),
+            server_resets: counter(
+                "pgsidecar_server_resets_total",
+                "Server connections reset with DISCARD ALL because a client changed session state",
             ),
             checkout_wait: histogram(
                 "pgsidecar_checkout_wait_seconds",

@@ -103,12 +103,17 @@ impl RelayError {
     }
 }
 
-/// What a statement does to the client's prepared statements, as far as the relay cares.
+/// What a statement does beyond its result, as far as the relay cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StatementEffect {
     None,
-    /// DISCARD ALL / DEALLOCATE ALL: the server drops them all.
+    /// SET, RESET, session-level `set_config`, SET ROLE, or a statement the classifier could
+    /// not read: the server connection's session state is no longer what the pool knows.
+    ChangesSession,
+    /// DEALLOCATE ALL: the server drops every prepared statement.
     DropsPreparedStatements,
+    /// DISCARD ALL: both of the above.
+    DiscardsAll,
 }
 
 /// Where the client is between its messages.
@@ -336,6 +341,14 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
+        let changes_session = matches!(
+            effect,
+            StatementEffect::ChangesSession | StatementEffect::DiscardsAll
+        );
+        if changes_session && self.mode == PoolMode::Transaction {
+            // Nobody else may inherit this session state: reset it before release.
+            att.server.conn_mut().applied = AppliedSettings::Unknown;
+        }
         if role == MessageRole::Extended {
             extended::forward(att, &mut self.statements, &frame);
         } else {
@@ -347,7 +360,10 @@ impl Relay {
                 // A simple Query destroys the unnamed statement, as in Postgres.
                 self.statements.unnamed = None;
                 att.unnamed_ready = false;
-                if effect == StatementEffect::DropsPreparedStatements {
+                if matches!(
+                    effect,
+                    StatementEffect::DropsPreparedStatements | StatementEffect::DiscardsAll
+                ) {
                     self.statements.clear();
                     att.server.conn_mut().prepared.clear();
                 }
@@ -398,20 +414,30 @@ impl Relay {
             return StatementEffect::None;
         };
         let classified = self.app.classifier.classify(sql);
-        let mut effect = StatementEffect::None;
-        if let (frontend::QUERY_TAG, Classification::Parsed(statements)) =
-            (frame.tag(), classified.classification.as_ref())
-        {
-            // DISCARD ALL and DEALLOCATE ALL drop every prepared statement on the server.
-            if statements.iter().any(|s| {
-                matches!(
-                    s.kind,
-                    Kind::Discard { all: true } | Kind::Deallocate { name: None }
-                )
-            }) {
-                effect = StatementEffect::DropsPreparedStatements;
+        let effect = match classified.classification.as_ref() {
+            Classification::Unparsed { .. } => StatementEffect::ChangesSession,
+            Classification::Parsed(statements) => {
+                let kinds = || statements.iter().map(|s| &s.kind);
+                if kinds().any(|k| *k == Kind::Discard { all: true }) {
+                    StatementEffect::DiscardsAll
+                } else if kinds().any(|k| *k == Kind::Deallocate { name: None }) {
+                    StatementEffect::DropsPreparedStatements
+                } else if statements.iter().any(|s| {
+                    matches!(
+                        s.kind,
+                        Kind::Set
+                            | Kind::Reset
+                            | Kind::ResetAll
+                            | Kind::SetRole
+                            | Kind::SetSessionAuthorization
+                    ) || s.settings.iter().any(|c| !c.local)
+                }) {
+                    StatementEffect::ChangesSession
+                } else {
+                    StatementEffect::None
+                }
             }
-        }
+        };
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
@@ -600,6 +626,20 @@ impl Relay {
         let conn = att.server.conn_mut();
         emit(client, conn, &mut cut, metrics).await?;
         if self.mode == PoolMode::Transaction && att.is_quiet() {
+            let conn = att.server.conn_mut();
+            if conn.applied == AppliedSettings::Unknown {
+                // Session state this client changed must not reach the next one: DISCARD ALL
+                // (its reply swallowed), then release when it is done.
+                conn.applied = AppliedSettings::Known(Default::default());
+                conn.prepared.clear();
+                att.unnamed_ready = false;
+                frontend::append_query(&mut att.wbuf, "DISCARD ALL");
+                att.push_expect(Expect {
+                    source: Source::Sidecar,
+                });
+                self.app.metrics.server_resets.inc();
+                return Ok(());
+            }
             self.release().await;
             if self.app.draining.is_cancelled() {
                 return Err(RelayError::Shutdown);
