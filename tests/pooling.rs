@@ -550,6 +550,7 @@ async fn a_clients_session_settings_never_reach_another_client() {
         "SET work_mem = '7MB'",
         "SELECT set_config('work_mem', '7MB', false)",
         "SET SESSION work_mem TO '7MB'",
+        "DO $$ BEGIN PERFORM set_config('work_mem', '7MB', false); END $$",
     ] {
         a.batch_execute(leak).await.unwrap();
         // One server connection: b runs on the very connection a just used.
@@ -563,7 +564,7 @@ async fn a_clients_session_settings_never_reach_another_client() {
     let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
     assert_eq!(
         metric(&text, "pgsidecar_server_resets_total"),
-        Some(3.0),
+        Some(4.0),
         "{text}"
     );
     // The pooled connection was reset, not replaced.

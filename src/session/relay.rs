@@ -430,6 +430,8 @@ impl Relay {
                             | Kind::ResetAll
                             | Kind::SetRole
                             | Kind::SetSessionAuthorization
+                            // A DO block can change anything a function can.
+                            | Kind::Do
                     ) || s.settings.iter().any(|c| !c.local)
                 }) {
                     StatementEffect::ChangesSession
