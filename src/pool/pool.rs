@@ -183,11 +183,7 @@ impl Pool {
         }
         let mut checkout = self.checkout().await?;
         let conn = checkout.conn_mut();
-        let have = match &conn.applied {
-            AppliedSettings::Known(have) => have.clone(),
-            AppliedSettings::Unknown => Settings::new(),
-        };
-        if let Some(sql) = settings_sql(&have, settings) {
+        if let Some(sql) = conn.applied.sql_to(settings) {
             if let Err(e) = conn.run_internal(&sql).await {
                 // The statements ran in their own implicit transaction, which failed: the
                 // connection is sound but its settings are unknown, so it is closed.
@@ -309,6 +305,17 @@ pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
         sql.push_str(&format!("RESET {};", quote_ident(name)));
     }
     (!sql.is_empty()).then_some(sql)
+}
+
+impl AppliedSettings {
+    /// The SQL that gives a server connection in this state the `wanted` client settings
+    /// (from the defaults when the state is unknown), or `None` when nothing differs.
+    pub fn sql_to(&self, wanted: &Settings) -> Option<String> {
+        match self {
+            AppliedSettings::Known(have) => settings_sql(have, wanted),
+            AppliedSettings::Unknown => settings_sql(&Settings::new(), wanted),
+        }
+    }
 }
 
 /// A string literal that means the same whatever `standard_conforming_strings` is.

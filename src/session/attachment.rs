@@ -344,6 +344,18 @@ impl Attachment {
         self.pending.front().filter(|p| p.after() == self.readies)
     }
 
+    /// Takes the front pending entry if it is a reply the sidecar gives itself and its turn
+    /// has come (everything before it has been answered).
+    pub(super) fn pop_current_synthesized(&mut self) -> Option<bytes::Bytes> {
+        match self.current_pending() {
+            Some(Pending::Synthesized { .. }) => match self.pending.pop_front() {
+                Some(Pending::Synthesized { bytes, .. }) => Some(bytes),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Nothing in flight, not in a transaction: the connection can go back to the pool.
     pub(super) fn is_quiet(&self) -> bool {
         self.expect.is_empty()

@@ -22,7 +22,6 @@ use super::{checkout_report, SessionInfo};
 use crate::app::App;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
-use crate::pool::pool::settings_sql;
 use crate::pool::server::AppliedSettings;
 use crate::pool::server::Exchange;
 use crate::pool::ServerError;
@@ -285,10 +284,8 @@ impl Relay {
         }
         if let Phase::Attached(att) = &mut self.phase {
             // Replies the sidecar gives itself with nothing ahead of them go out now.
-            while let Some(Pending::Synthesized { .. }) = att.current_pending() {
-                if let Some(Pending::Synthesized { bytes, .. }) = att.pending.pop_front() {
-                    self.client.wbuf.extend_from_slice(&bytes);
-                }
+            while let Some(bytes) = att.pop_current_synthesized() {
+                self.client.wbuf.extend_from_slice(&bytes);
             }
         }
         self.write_client().await?;
@@ -478,12 +475,8 @@ impl Relay {
         });
         let mut att = Attachment::new(server);
         let conn = att.server.conn_mut();
-        let have = match &conn.applied {
-            AppliedSettings::Known(have) => Some(have),
-            AppliedSettings::Unknown => None,
-        };
-        // Connections in unknown state never reach the pool, so `have` is always known here.
-        if let Some(sql) = have.and_then(|have| settings_sql(have, &self.info.settings)) {
+        // Connections in unknown state never reach the pool: this is a diff of known settings.
+        if let Some(sql) = conn.applied.sql_to(&self.info.settings) {
             conn.applied = AppliedSettings::Known(self.info.settings.clone());
             frontend::append_query(&mut att.wbuf, &sql);
             att.push_expect(Expect {
@@ -507,14 +500,12 @@ impl Relay {
         loop {
             // Replies the sidecar gives itself go out at their place, between messages.
             while att.passthrough.is_none() {
-                let Some(Pending::Synthesized { .. }) = att.current_pending() else {
+                let Some(bytes) = att.pop_current_synthesized() else {
                     break;
                 };
-                if let Some(Pending::Synthesized { bytes, .. }) = att.pending.pop_front() {
-                    emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
-                    client.write_through(&bytes).await?;
-                    metrics.client_bytes_sent.inc_by(bytes.len() as u64);
-                }
+                emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                client.write_through(&bytes).await?;
+                metrics.client_bytes_sent.inc_by(bytes.len() as u64);
             }
             let conn = att.server.conn_mut();
             if let Some(mut pt) = att.passthrough.take() {

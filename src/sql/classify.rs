@@ -255,7 +255,7 @@ fn classify_statement(
     positions: &Positions<'_>,
     options: &Options,
 ) -> StatementClass {
-    let mut class = StatementClass::new(kind_of(statement, positions));
+    let mut class = StatementClass::new(kind_of(statement));
     let mut walker = Walker::new(positions, &options.read_only_functions);
     let _ = statement.visit(&mut walker);
     // Tables: every relation named, minus CTE names; targets of writes are written, and read
@@ -355,14 +355,13 @@ fn is_temporary_create(statement: &Statement) -> bool {
     }
 }
 
-fn kind_of(statement: &Statement, positions: &Positions<'_>) -> Kind {
-    let _ = positions;
+fn kind_of(statement: &Statement) -> Kind {
     match statement {
         Statement::Query(_) => Kind::Read,
         Statement::Explain {
             analyze, statement, ..
         } => {
-            let inner = kind_of(statement, positions);
+            let inner = kind_of(statement);
             if *analyze && inner != Kind::Read {
                 inner
             } else {

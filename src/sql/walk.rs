@@ -62,7 +62,6 @@ impl<'a> Positions<'a> {
             },
             Expr::Cast { expr, .. } | Expr::Nested(expr) => self.value_ref(expr),
             Expr::Identifier(id) => ValueRef::Word(id.value.to_lowercase()),
-            Expr::UnaryOp { .. } => ValueRef::Expression,
             _ => ValueRef::Expression,
         }
     }
