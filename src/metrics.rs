@@ -27,6 +27,10 @@ pub struct Metrics {
     pub server_connects: IntCounter,
     /// Server connections reset (DISCARD ALL) because a client changed their session state.
     pub server_resets: IntCounter,
+    /// Session-state captures after transactions that may have changed a client's session.
+    pub session_captures: IntCounter,
+    /// Clients holding a server connection because of session state that cannot be pooled.
+    pub clients_pinned: IntGauge,
     pub checkout_wait: Histogram,
     pub queries: IntCounter,
     pub transactions: IntCounter,
@@ -127,6 +131,14 @@ impl Metrics {
             server_resets: counter(
                 "pgsidecar_server_resets_total",
                 "Server connections reset with DISCARD ALL because a client changed session state",
+            ),
+            session_captures: counter(
+                "pgsidecar_session_captures_total",
+                "Session-state captures after transactions that may have changed a client's session",
+            ),
+            clients_pinned: gauge(
+                "pgsidecar_clients_pinned",
+                "Clients pinned to a server connection (advisory locks, temporary tables, WITH HOLD cursors, session authorization)",
             ),
             checkout_wait: histogram(
                 "pgsidecar_checkout_wait_seconds",

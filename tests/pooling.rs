@@ -539,38 +539,3 @@ async fn long_pipeline_with_large_replies_does_not_deadlock() {
         assert_eq!(r.unwrap(), (i as i32, 40000));
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clients_session_settings_never_reach_another_client() {
-    let name = fresh_user("noleak");
-    let sidecar = start(&base_toml(&name, "size = 1")).await;
-    let a = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    let b = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    for leak in [
-        "SET work_mem = '7MB'",
-        "SELECT set_config('work_mem', '7MB', false)",
-        "SET SESSION work_mem TO '7MB'",
-        "DO $$ BEGIN PERFORM set_config('work_mem', '7MB', false); END $$",
-    ] {
-        a.batch_execute(leak).await.unwrap();
-        // One server connection: b runs on the very connection a just used.
-        let wm: String = b.query_typed("SHOW work_mem", &[]).await.unwrap()[0].get(0);
-        assert_eq!(wm, "4MB", "{leak} leaked to another client");
-    }
-    // SET LOCAL stays inside its transaction and needs no reset.
-    a.batch_execute("BEGIN; SET LOCAL work_mem = '9MB'; COMMIT")
-        .await
-        .unwrap();
-    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
-    assert_eq!(
-        metric(&text, "pgsidecar_server_resets_total"),
-        Some(4.0),
-        "{text}"
-    );
-    // The pooled connection was reset, not replaced.
-    assert_eq!(
-        metric(&text, "pgsidecar_server_connects_total"),
-        Some(1.0),
-        "{text}"
-    );
-}

@@ -14,6 +14,7 @@ pub const AUTHENTICATION_TAG: u8 = b'R';
 pub const BACKEND_KEY_DATA_TAG: u8 = b'K';
 pub const COMMAND_COMPLETE_TAG: u8 = b'C';
 pub const COPY_IN_RESPONSE_TAG: u8 = b'G';
+pub const DATA_ROW_TAG: u8 = b'D';
 pub const COPY_OUT_RESPONSE_TAG: u8 = b'H';
 pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 pub const ERROR_RESPONSE_TAG: u8 = b'E';

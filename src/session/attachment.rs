@@ -6,12 +6,14 @@
 //! injected). The queue — not the socket — is the source of truth, so the sidecar can inject,
 //! swallow and synthesize messages. No I/O here.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::resync::Resync;
 use crate::config::ClientLimits;
+use crate::metrics::GaugeGuard;
 use crate::pool::Checkout;
 use crate::protocol::backend::TransactionStatus;
 
@@ -48,6 +50,11 @@ pub(super) enum Reply {
 pub(super) enum Source {
     /// Statements the sidecar injected.
     Sidecar,
+    /// The client's settings, applied on a server connection that had others: the client
+    /// hears of a ParameterStatus only if it differs from what it was told.
+    Apply,
+    /// The session-state capture: its DataRows are read by the sidecar.
+    Capture,
     /// A client's simple Query (or FunctionCall).
     Query { sent: Instant },
     /// A client's Sync, closing this batch.
@@ -63,7 +70,7 @@ pub(super) struct Expect {
 impl Expect {
     pub(super) fn reply(&self) -> Reply {
         match self.source {
-            Source::Sidecar => Reply::Swallow,
+            Source::Sidecar | Source::Apply | Source::Capture => Reply::Swallow,
             Source::Query { .. } | Source::Sync(_) => Reply::Forward,
         }
     }
@@ -71,7 +78,7 @@ impl Expect {
     /// Statements in the request (a Query counts one, a batch counts its Executes).
     pub(super) fn statements(&self) -> u32 {
         match &self.source {
-            Source::Sidecar => 0,
+            Source::Sidecar | Source::Apply | Source::Capture => 0,
             Source::Query { .. } => 1,
             Source::Sync(batch) => batch.executes,
         }
@@ -79,7 +86,7 @@ impl Expect {
 
     pub(super) fn sent(&self) -> Option<Instant> {
         match &self.source {
-            Source::Sidecar => None,
+            Source::Sidecar | Source::Apply | Source::Capture => None,
             Source::Query { sent } => Some(*sent),
             Source::Sync(batch) => Some(batch.started),
         }
@@ -127,6 +134,16 @@ pub(super) struct Attachment {
     pub(super) readies: u64,
     /// The client's unnamed statement exists on this server connection.
     pub(super) unnamed_ready: bool,
+    /// Following the client's session state (transaction mode).
+    pub(super) resync: Resync,
+    /// The client holds state that pins it to this server connection (counted while so).
+    pub(super) pinned: Option<GaugeGuard>,
+    /// The client's SQL prepared statements this server connection has now.
+    pub(super) sql_on_conn: BTreeSet<String>,
+    /// SQL prepared statements the client created on this attachment.
+    pub(super) sql_created: Vec<String>,
+    /// The server connection listens on the client's channels (so a capture sees them all).
+    pub(super) listen_synced: bool,
 }
 
 /// The reply expected to one extended-protocol message.
@@ -269,6 +286,11 @@ impl Attachment {
             requests: 0,
             readies: 0,
             unnamed_ready: false,
+            resync: Resync::Clean,
+            pinned: None,
+            sql_on_conn: BTreeSet::new(),
+            sql_created: Vec::new(),
+            listen_synced: false,
         }
     }
 

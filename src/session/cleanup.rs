@@ -21,17 +21,22 @@ const MAX_PADDING: usize = 16 * 1024 * 1024;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After the client left: end any COPY, batch and transaction on the server connection (and,
-/// in session mode, the session state with DISCARD ALL), then return it to the pool — or close
-/// it if that does not finish cleanly in time.
+/// in session mode or when the client left session state behind, the session state with
+/// DISCARD ALL), then return it to the pool — or close it if that does not finish cleanly in
+/// time.
 pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
-    if mode == PoolMode::Transaction && att.is_quiet() {
+    // In transaction mode the session state is clean unless the client changed it and left
+    // before the sidecar caught up (or holds what pinned it).
+    let discard =
+        mode == PoolMode::Session || att.server.conn_mut().applied == AppliedSettings::Unknown;
+    if !discard && att.is_quiet() {
         att.server.release();
         return;
     }
-    let outcome = tokio::time::timeout(CLEANUP_TIMEOUT, clean(&mut att, mode)).await;
+    let outcome = tokio::time::timeout(CLEANUP_TIMEOUT, clean(&mut att, discard)).await;
     match outcome {
         Ok(Ok(())) if att.status == TransactionStatus::Idle => {
-            if mode == PoolMode::Session {
+            if discard {
                 // DISCARD ALL dropped the session's settings and prepared statements.
                 let conn = att.server.conn_mut();
                 conn.applied = AppliedSettings::Known(Default::default());
@@ -48,7 +53,7 @@ pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
     }
 }
 
-async fn clean(att: &mut Attachment, mode: PoolMode) -> Result<(), RelayError> {
+async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
     if att.client_stream > MAX_PADDING {
         return Err(RelayError::Server(crate::pool::ServerError::Protocol(
             "client left inside a large CopyData message".into(),
@@ -67,7 +72,7 @@ async fn clean(att: &mut Attachment, mode: PoolMode) -> Result<(), RelayError> {
     att.wbuf.put_slice(reason);
     att.wbuf.put_slice(&[frontend::SYNC_TAG, 0, 0, 0, 4]);
     append_query(&mut att.wbuf, "ROLLBACK");
-    if mode == PoolMode::Session {
+    if discard {
         append_query(&mut att.wbuf, "DISCARD ALL");
         expected += 1;
     }

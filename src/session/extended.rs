@@ -14,25 +14,36 @@ use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
 
 /// Queues one Parse, Bind, Describe, Execute or Close for the server (or answers it).
-pub(super) fn forward(att: &mut Attachment, statements: &mut ClientStatements, frame: &Frame) {
+/// `capture`: a Parse's statement may change session state when run. Returns whether the
+/// message runs such a statement (a Bind of one).
+pub(super) fn forward(
+    att: &mut Attachment,
+    statements: &mut ClientStatements,
+    frame: &Frame,
+    capture: bool,
+) -> bool {
     let body = frame.body();
     match frame.tag() {
-        PARSE_TAG => parse(att, statements, frame),
+        PARSE_TAG => parse(att, statements, frame, capture),
         BIND_TAG => {
             let fields =
                 split_cstr(body).and_then(|(portal, rest)| Some((portal, split_cstr(rest)?)));
             let Some((portal, (name, rest))) = fields else {
-                return pass(att, frame, Awaited::BindComplete);
+                pass(att, frame, Awaited::BindComplete);
+                return false;
             };
+            let captures = statements.captures(name);
             let name = server_statement_name(att, statements, name);
             att.wbuf
                 .extend_from_slice(&message(BIND_TAG, &[portal, &[0], &name, &[0], rest]));
             att.push_reply(Awaited::BindComplete, Reply::Forward);
+            return captures;
         }
         DESCRIBE_TAG => match body.split_first() {
             Some((b'S', rest)) => {
                 let Some((name, _)) = split_cstr(rest) else {
-                    return pass(att, frame, Awaited::PortalDescription);
+                    pass(att, frame, Awaited::PortalDescription);
+                    return false;
                 };
                 let name = server_statement_name(att, statements, name);
                 att.wbuf
@@ -63,6 +74,7 @@ pub(super) fn forward(att: &mut Attachment, statements: &mut ClientStatements, f
         // Not an extended message; the relay does not send others here.
         _ => att.wbuf.extend_from_slice(frame.as_bytes()),
     }
+    false
 }
 
 /// Forwards the message as it came.
@@ -71,17 +83,18 @@ fn pass(att: &mut Attachment, frame: &Frame, awaited: Awaited) {
     att.push_reply(awaited, Reply::Forward);
 }
 
-fn parse(att: &mut Attachment, statements: &mut ClientStatements, frame: &Frame) {
+fn parse(att: &mut Attachment, statements: &mut ClientStatements, frame: &Frame, capture: bool) {
     let Some((name, rest)) = split_cstr(frame.body()) else {
         // Malformed: let the server say so.
         return pass(att, frame, Awaited::ParseComplete);
     };
     if name.is_empty() {
         statements.unnamed = Some(frame.as_bytes().clone());
+        statements.unnamed_capture = capture;
         att.unnamed_ready = true;
         return pass(att, frame, Awaited::ParseComplete);
     }
-    let prepared = statements.register(name, rest);
+    let prepared = statements.register(name, rest, capture);
     let conn = att.server.conn_mut();
     if conn.prepared.contains(&prepared.proxy) {
         att.push_synthesized(Bytes::from_static(PARSE_COMPLETE));

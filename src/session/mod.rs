@@ -10,6 +10,8 @@ pub mod client;
 mod extended;
 pub mod handshake;
 pub mod relay;
+mod resync;
+pub mod state;
 pub mod statements;
 
 use std::collections::BTreeMap;
@@ -110,10 +112,10 @@ pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
     relay::Relay::new(app, client, session).run().await;
 }
 
-/// What login establishes for the relay: the pool, the client's settings, its issued key.
+/// What login establishes for the relay: the pool, the client's session state, its issued key.
 pub struct SessionInfo {
     pub pool: Arc<crate::pool::Pool>,
-    pub settings: BTreeMap<String, String>,
+    pub state: state::SessionState,
     pub key: crate::cancel::IssuedKey,
 }
 
@@ -173,7 +175,7 @@ async fn login(
     }
     Ok(SessionInfo {
         pool: Arc::clone(pool),
-        settings,
+        state: state::SessionState::new(settings, &statuses),
         key,
     })
 }

@@ -17,6 +17,8 @@ use super::attachment::{
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
 use super::extended;
+use super::resync::{self, Effects, Quiet, Resync};
+use super::state::mentions_prepared;
 use super::statements::ClientStatements;
 use super::{checkout_report, SessionInfo};
 use crate::app::App;
@@ -27,13 +29,13 @@ use crate::pool::server::Exchange;
 use crate::pool::ServerError;
 use crate::protocol::backend::{
     self, parse_parameter_status, ErrorFields, ErrorReport, Severity, TransactionStatus,
-    COPY_IN_RESPONSE_TAG, ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG, NOTIFICATION_RESPONSE_TAG,
-    PARAMETER_STATUS_TAG, READY_FOR_QUERY_TAG,
+    COPY_IN_RESPONSE_TAG, DATA_ROW_TAG, ERROR_RESPONSE_TAG, NOTICE_RESPONSE_TAG,
+    NOTIFICATION_RESPONSE_TAG, PARAMETER_STATUS_TAG, READY_FOR_QUERY_TAG,
 };
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
-use crate::sql::classify::{Classification, Kind};
+use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
@@ -100,19 +102,6 @@ impl RelayError {
             )),
         }
     }
-}
-
-/// What a statement does beyond its result, as far as the relay cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StatementEffect {
-    None,
-    /// SET, RESET, session-level `set_config`, SET ROLE, or a statement the classifier could
-    /// not read: the server connection's session state is no longer what the pool knows.
-    ChangesSession,
-    /// DEALLOCATE ALL: the server drops every prepared statement.
-    DropsPreparedStatements,
-    /// DISCARD ALL: both of the above.
-    DiscardsAll,
 }
 
 /// Where the client is between its messages.
@@ -309,9 +298,9 @@ impl Relay {
             }
             _ => {}
         }
-        let effect = match frame.tag() {
+        let effects = match frame.tag() {
             frontend::QUERY_TAG | frontend::PARSE_TAG => self.classify(&frame),
-            _ => StatementEffect::None,
+            _ => Effects::default(),
         };
         if let Phase::SkipToSync = self.phase {
             if role == MessageRole::Sync {
@@ -338,16 +327,20 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
-        let changes_session = matches!(
-            effect,
-            StatementEffect::ChangesSession | StatementEffect::DiscardsAll
-        );
-        if changes_session && self.mode == PoolMode::Transaction {
-            // Nobody else may inherit this session state: reset it before release.
-            att.server.conn_mut().applied = AppliedSettings::Unknown;
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        if transaction_mode {
+            resync::before_forward(att, &mut self.info.state, &effects);
+            if att.pinned.is_some() && matches!(role, MessageRole::Request | MessageRole::Sync) {
+                // Whether the client still holds what pins it is asked after each request.
+                resync::mark_due(att);
+            }
         }
         if role == MessageRole::Extended {
-            extended::forward(att, &mut self.statements, &frame);
+            let runs_capturing =
+                extended::forward(att, &mut self.statements, &frame, effects.capture);
+            if runs_capturing && transaction_mode {
+                resync::mark_due(att);
+            }
         } else {
             att.wbuf.extend_from_slice(frame.as_bytes());
         }
@@ -357,10 +350,7 @@ impl Relay {
                 // A simple Query destroys the unnamed statement, as in Postgres.
                 self.statements.unnamed = None;
                 att.unnamed_ready = false;
-                if matches!(
-                    effect,
-                    StatementEffect::DropsPreparedStatements | StatementEffect::DiscardsAll
-                ) {
+                if effects.deallocate_all || effects.discard_all {
                     self.statements.clear();
                     att.server.conn_mut().prepared.clear();
                 }
@@ -402,48 +392,26 @@ impl Relay {
     /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
     /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
     /// how much of the traffic the sidecar understands.
-    fn classify(&self, frame: &Frame) -> StatementEffect {
+    fn classify(&self, frame: &Frame) -> Effects {
         let sql = match frame.tag() {
             frontend::QUERY_TAG => frontend::query_text(frame.body()),
             _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
         };
         let Some(sql) = sql else {
-            return StatementEffect::None;
+            return Effects::default();
         };
         let classified = self.app.classifier.classify(sql);
-        let effect = match classified.classification.as_ref() {
-            Classification::Unparsed { .. } => StatementEffect::ChangesSession,
-            Classification::Parsed(statements) => {
-                let kinds = || statements.iter().map(|s| &s.kind);
-                if kinds().any(|k| *k == Kind::Discard { all: true }) {
-                    StatementEffect::DiscardsAll
-                } else if kinds().any(|k| *k == Kind::Deallocate { name: None }) {
-                    StatementEffect::DropsPreparedStatements
-                } else if statements.iter().any(|s| {
-                    matches!(
-                        s.kind,
-                        Kind::Set
-                            | Kind::Reset
-                            | Kind::ResetAll
-                            | Kind::SetRole
-                            | Kind::SetSessionAuthorization
-                            // A DO block can change anything a function can.
-                            | Kind::Do
-                    ) || s.settings.iter().any(|c| !c.local)
-                }) {
-                    StatementEffect::ChangesSession
-                } else {
-                    StatementEffect::None
-                }
-            }
-        };
+        let mut effects = Effects::of(sql, &classified);
+        if !self.info.state.sql_prepared.is_empty() {
+            effects.mentions_prepared = mentions_prepared(sql);
+        }
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
             (true, _) => metrics.classified_hit.inc(),
             (false, _) => metrics.classified_miss.inc(),
         }
-        effect
+        effects
     }
 
     /// Checks out a server connection and queues what makes it carry this client's settings.
@@ -476,11 +444,12 @@ impl Relay {
         let mut att = Attachment::new(server);
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
-        if let Some(sql) = conn.applied.sql_to(&self.info.settings) {
-            conn.applied = AppliedSettings::Known(self.info.settings.clone());
+        let wanted = &self.info.state.settings;
+        if let Some(sql) = conn.applied.sql_to(wanted) {
+            conn.applied = AppliedSettings::Known(wanted.clone());
             frontend::append_query(&mut att.wbuf, &sql);
             att.push_expect(Expect {
-                source: Source::Sidecar,
+                source: Source::Apply,
             });
         }
         Ok(att)
@@ -496,6 +465,7 @@ impl Relay {
         let metrics = &self.app.metrics;
         let client = &mut self.client;
         let statements = &mut self.statements;
+        let state = &mut self.info.state;
         let mut cut = 0usize;
         loop {
             // Replies the sidecar gives itself go out at their place, between messages.
@@ -530,6 +500,12 @@ impl Relay {
             if header.tag == COPY_IN_RESPONSE_TAG {
                 att.note_copy_in();
             }
+            let capturing = matches!(
+                att.expect.front(),
+                Some(Expect {
+                    source: Source::Capture
+                })
+            );
             let conn = att.server.conn_mut();
             let inspected = matches!(
                 header.tag,
@@ -537,7 +513,7 @@ impl Relay {
                     | PARAMETER_STATUS_TAG
                     | ERROR_RESPONSE_TAG
                     | NOTICE_RESPONSE_TAG
-            );
+            ) || (capturing && header.tag == DATA_ROW_TAG);
             if inspected && header.frame_len > max {
                 return Err(RelayError::ServerFrame(FrameError::TooLarge {
                     tag: header.tag,
@@ -566,6 +542,7 @@ impl Relay {
             }
             let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
             let mut reply = reply;
+            let mut failed = false;
             match header.tag {
                 READY_FOR_QUERY_TAG => {
                     let status = body
@@ -596,14 +573,35 @@ impl Relay {
                     if let Some((name, value)) = parse_parameter_status(body) {
                         let (name, value) = (name.to_owned(), value.to_owned());
                         conn.note_parameter(&name, &value);
+                        // Applying the client's settings tells it only what it did not know.
+                        let applying = matches!(
+                            att.expect.front(),
+                            Some(Expect {
+                                source: Source::Apply
+                            })
+                        );
+                        if applying && state.told_otherwise(&name, &value) {
+                            reply = Reply::Forward;
+                        }
+                        if reply == Reply::Forward {
+                            state.reported(&name, &value);
+                        }
+                    }
+                }
+                DATA_ROW_TAG => {
+                    if let Resync::Capturing { rows, .. } = &mut att.resync {
+                        if let Err(e) = rows.add_row(body) {
+                            tracing::warn!(error = %e, "reading the session state failed");
+                            failed = true;
+                        }
                     }
                 }
                 ERROR_RESPONSE_TAG => {
                     metrics.error("server_error");
                     if reply == Reply::Swallow {
                         let fields = ErrorFields::parse(body);
-                        tracing::warn!(code = %fields.code, message = %fields.message, "applying client settings on a server connection failed");
-                        conn.applied = AppliedSettings::Unknown;
+                        tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
+                        failed = true;
                     }
                 }
                 _ => {}
@@ -615,22 +613,25 @@ impl Relay {
                     conn.consume(header.frame_len);
                 }
             }
+            if failed {
+                resync::injected_failed(att);
+            }
         }
         let conn = att.server.conn_mut();
         emit(client, conn, &mut cut, metrics).await?;
         if self.mode == PoolMode::Transaction && att.is_quiet() {
-            let conn = att.server.conn_mut();
-            if conn.applied == AppliedSettings::Unknown {
-                // Session state this client changed must not reach the next one: DISCARD ALL
-                // (its reply swallowed), then release when it is done.
-                conn.applied = AppliedSettings::Known(Default::default());
-                conn.prepared.clear();
-                att.unnamed_ready = false;
-                frontend::append_query(&mut att.wbuf, "DISCARD ALL");
-                att.push_expect(Expect {
-                    source: Source::Sidecar,
-                });
-                self.app.metrics.server_resets.inc();
+            // Session state this client changed is captured and cleaned before anyone else
+            // gets the connection; state that cannot be pooled keeps it.
+            let (step, channels) = resync::on_quiet(
+                att,
+                &mut self.info.state,
+                &self.info.pool.url().user,
+                &self.app.metrics,
+            );
+            if let Some(channels) = channels {
+                self.listen_changed(channels);
+            }
+            if step != Quiet::Release {
                 return Ok(());
             }
             self.release().await;
@@ -639,6 +640,11 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// The client's channels may have changed: (un)subscribe it on the database's listener.
+    fn listen_changed(&mut self, channels: std::collections::BTreeSet<String>) {
+        tracing::debug!(count = channels.len(), "client listens");
     }
 
     /// Returns the server connection to the pool, once no cancel for it is in flight.

@@ -22,6 +22,8 @@ pub struct Prepared {
     pub proxy: Bytes,
     /// The whole Parse message that creates it under that name.
     pub parse: Bytes,
+    /// Running it may change session state (the relay then captures it afterwards).
+    pub capture: bool,
 }
 
 /// The statements one client has prepared.
@@ -30,15 +32,21 @@ pub struct ClientStatements {
     named: HashMap<Vec<u8>, Arc<Prepared>>,
     /// The Parse message of the client's unnamed statement, as it sent it.
     pub unnamed: Option<Bytes>,
+    /// Running the unnamed statement may change session state.
+    pub unnamed_capture: bool,
 }
 
 impl ClientStatements {
     /// Records a Parse of `name` with the body `rest` (everything after the name) and returns
     /// the statement under its proxy-wide name.
-    pub fn register(&mut self, name: &[u8], rest: &[u8]) -> Arc<Prepared> {
+    pub fn register(&mut self, name: &[u8], rest: &[u8], capture: bool) -> Arc<Prepared> {
         let proxy = proxy_name(rest);
         let parse = message(PARSE_TAG, &[&proxy, &[0], rest]);
-        let prepared = Arc::new(Prepared { proxy, parse });
+        let prepared = Arc::new(Prepared {
+            proxy,
+            parse,
+            capture,
+        });
         self.named.insert(name.to_vec(), Arc::clone(&prepared));
         prepared
     }
@@ -46,6 +54,14 @@ impl ClientStatements {
     /// The statement a client name refers to.
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
         self.named.get(name)
+    }
+
+    /// Whether running the statement `name` (empty: unnamed) may change session state.
+    pub fn captures(&self, name: &[u8]) -> bool {
+        match name {
+            [] => self.unnamed_capture,
+            _ => self.named.get(name).is_some_and(|p| p.capture),
+        }
     }
 
     /// Forgets a named statement (Close or a failed Parse); true if it existed.
@@ -108,7 +124,7 @@ mod tests {
     fn register_builds_a_renamed_parse() {
         let mut s = ClientStatements::default();
         let rest = b"SELECT 1\0\0\0";
-        let p = s.register(b"s0", rest);
+        let p = s.register(b"s0", rest, false);
         assert_eq!(p.parse[0], PARSE_TAG);
         let body = &p.parse[5..];
         let (name, after) = split_cstr(body).unwrap();

@@ -1,0 +1,400 @@
+//! Keeping a client's session state in step with the server connections it uses in
+//! transaction mode: what a statement means for that state ([`Effects`]), what to send before
+//! it ([`before_forward`]: the client's SQL prepared statements and LISTENs when the statement
+//! needs them), and what to do once its transaction is over ([`on_quiet`]: capture the state,
+//! clean the connection, then stay pinned or release). Writes only to the attachment's buffer.
+
+use std::collections::BTreeSet;
+
+use super::attachment::{Attachment, Expect, Source};
+use super::state::{capture_sql, Captured, SessionState, SqlPrepared};
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::pool::pool::Settings;
+use crate::pool::AppliedSettings;
+use crate::protocol::frontend::append_query;
+use crate::sql::cache::Classified;
+use crate::sql::classify::{Classification, Kind, StatementClass};
+
+/// Where an attachment is in following its client's session state.
+#[derive(Debug, Default)]
+pub(super) enum Resync {
+    /// Nothing the client ran since the last capture could have changed its session.
+    #[default]
+    Clean,
+    /// Something may have: capture the state when the transaction is over.
+    Due,
+    /// The capture query is in flight; the rows read so far. `then_due`: the client ran
+    /// something since it was sent, so another capture follows.
+    Capturing { rows: Captured, then_due: bool },
+    /// The clean-up after a capture (or a reset) is in flight; then the connection carries
+    /// exactly these settings.
+    Settling { settings: Settings, then_due: bool },
+    /// A statement the sidecar injected failed: the connection's state is not known, so it is
+    /// reset with DISCARD ALL before anyone else uses it.
+    Failed,
+}
+
+/// What a client statement means for its session state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// It may change session state (settings, role, locks, cursors, temp tables): capture it
+    /// when the transaction is over.
+    pub capture: bool,
+    /// DISCARD ALL.
+    pub discard_all: bool,
+    /// DEALLOCATE ALL.
+    pub deallocate_all: bool,
+    /// SQL PREPARE statements, by name.
+    pub prepares: Vec<(String, SqlPrepared)>,
+    /// DEALLOCATE of one statement.
+    pub deallocates: Vec<String>,
+    /// EXECUTE of a SQL prepared statement.
+    pub executes: Vec<String>,
+    /// LISTEN or UNLISTEN (DISCARD ALL unlistens too).
+    pub listens: bool,
+    /// The text may name SQL prepared statements (EXECUTE, DEALLOCATE, EXPLAIN EXECUTE…).
+    pub mentions_prepared: bool,
+}
+
+impl Effects {
+    /// What a classified statement text means for the session. `mentions_prepared` is left
+    /// for the caller to fill in when the client has SQL prepared statements at all.
+    pub fn of(sql: &[u8], classified: &Classified) -> Effects {
+        let mut effects = Effects::default();
+        let statements = match classified.classification.as_ref() {
+            // Anything could have happened.
+            Classification::Unparsed { .. } => {
+                effects.capture = true;
+                return effects;
+            }
+            Classification::Parsed(statements) => statements,
+        };
+        for (i, statement) in statements.iter().enumerate() {
+            effects.capture |= may_change_session(statement);
+            match &statement.kind {
+                Kind::Discard { all: true } => {
+                    effects.discard_all = true;
+                    effects.listens = true;
+                }
+                Kind::Deallocate { name: None } => effects.deallocate_all = true,
+                Kind::Deallocate { name: Some(name) } => effects.deallocates.push(name.clone()),
+                Kind::Execute { name } => effects.executes.push(name.clone()),
+                Kind::Prepare { name } => {
+                    let text = classified
+                        .scan
+                        .statements
+                        .get(i)
+                        .filter(|_| classified.scan.statements.len() == statements.len())
+                        .and_then(|range| sql.get(range.clone()))
+                        .map(|t| String::from_utf8_lossy(t).into_owned());
+                    match text {
+                        Some(text) => effects.prepares.push((
+                            name.clone(),
+                            SqlPrepared {
+                                text,
+                                capture: may_change_session(statement),
+                            },
+                        )),
+                        // Its text cannot be told apart: the capture drops it afterwards.
+                        None => effects.capture = true,
+                    }
+                }
+                Kind::Listen { .. } | Kind::Unlisten { .. } => effects.listens = true,
+                _ => {}
+            }
+        }
+        effects
+    }
+
+    /// Whether anything here concerns the session state at all.
+    pub fn any(&self) -> bool {
+        self.capture
+            || self.discard_all
+            || self.deallocate_all
+            || self.listens
+            || !self.prepares.is_empty()
+            || !self.deallocates.is_empty()
+            || !self.executes.is_empty()
+    }
+}
+
+/// Whether a statement may leave session state behind that the pool must know of.
+fn may_change_session(statement: &StatementClass) -> bool {
+    matches!(
+        statement.kind,
+        Kind::Set
+            | Kind::Reset
+            | Kind::ResetAll
+            | Kind::SetRole
+            | Kind::SetSessionAuthorization
+            | Kind::Discard { .. }
+            // A DO block can do anything a function can; DECLARE … WITH HOLD, LOAD and the
+            // like are utilities.
+            | Kind::Do
+            | Kind::Utility
+    ) || statement.temporary
+        || statement.settings.iter().any(|c| !c.local)
+        || statement.functions.iter().any(|f| {
+            // Sequence functions change only currval/lastval, which no pooler can carry;
+            // set_config is judged by its `is_local` argument above.
+            let base = f.name.rsplit('.').next().unwrap_or(&f.name);
+            f.effect != crate::sql::classify::Effect::ReadOnly
+                && !matches!(
+                    base,
+                    "nextval" | "setval" | "currval" | "lastval" | "set_config"
+                )
+        })
+}
+
+/// Queues what the server connection needs before the client's statement with `effects`
+/// runs on it, and records what the statement does to the client's state.
+pub(super) fn before_forward(att: &mut Attachment, state: &mut SessionState, effects: &Effects) {
+    if !effects.any() {
+        return;
+    }
+    let needs_prepared = effects.mentions_prepared
+        || effects
+            .prepares
+            .iter()
+            .any(|(name, _)| state.sql_prepared.contains_key(name));
+    if needs_prepared {
+        let missing: Vec<(String, String)> = state
+            .missing_prepares(&att.sql_on_conn)
+            .map(|(name, p)| (name.clone(), p.text.clone()))
+            .collect();
+        for (name, text) in missing {
+            inject(att, &text);
+            att.sql_on_conn.insert(name);
+        }
+    }
+    if effects.listens && !att.listen_synced {
+        if let Some(sql) = state.listen_sql() {
+            inject(att, &sql);
+        }
+        att.listen_synced = true;
+    }
+    for (name, prepared) in &effects.prepares {
+        state.sql_prepared.insert(name.clone(), prepared.clone());
+        att.sql_on_conn.insert(name.clone());
+        att.sql_created.push(name.clone());
+    }
+    for name in &effects.deallocates {
+        state.sql_prepared.remove(name);
+        att.sql_on_conn.remove(name);
+    }
+    if effects.deallocate_all || effects.discard_all {
+        state.sql_prepared.clear();
+        att.sql_on_conn.clear();
+    }
+    let executes_capturing = effects
+        .executes
+        .iter()
+        .any(|name| state.sql_prepared.get(name).is_some_and(|p| p.capture));
+    if effects.capture
+        || executes_capturing
+        || effects.listens
+        || !att.sql_on_conn.is_empty()
+        || !effects.deallocates.is_empty()
+    {
+        mark_due(att);
+    }
+}
+
+/// The client's state may have changed: capture it when the transaction is over, and never
+/// hand the connection on before that.
+pub(super) fn mark_due(att: &mut Attachment) {
+    match &mut att.resync {
+        Resync::Clean => att.resync = Resync::Due,
+        Resync::Capturing { then_due, .. } | Resync::Settling { then_due, .. } => *then_due = true,
+        Resync::Due | Resync::Failed => {}
+    }
+    att.server.conn_mut().applied = AppliedSettings::Unknown;
+}
+
+/// An injected statement failed.
+pub(super) fn injected_failed(att: &mut Attachment) {
+    att.resync = match att.resync {
+        // Even the reset failed: the connection is closed at release.
+        Resync::Settling { .. } => Resync::Clean,
+        _ => Resync::Failed,
+    };
+    att.server.conn_mut().applied = AppliedSettings::Unknown;
+}
+
+fn inject(att: &mut Attachment, sql: &str) {
+    append_query(&mut att.wbuf, sql);
+    att.push_expect(Expect {
+        source: Source::Sidecar,
+    });
+}
+
+/// What the relay does with a quiet attachment (transaction over, nothing in flight).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Quiet {
+    /// The sidecar queued statements of its own; wait for them.
+    Busy,
+    /// The client holds session state that cannot be pooled: keep the connection.
+    Pinned,
+    /// Return the connection to the pool.
+    Release,
+}
+
+/// Moves the resync along once the attachment is quiet. `upstream_user` is the role the pool
+/// logs in as. Returns the channels the client listens on when they may have changed.
+pub(super) fn on_quiet(
+    att: &mut Attachment,
+    state: &mut SessionState,
+    upstream_user: &str,
+    metrics: &Metrics,
+) -> (Quiet, Option<BTreeSet<String>>) {
+    match std::mem::take(&mut att.resync) {
+        // The client ran more since the capture was sent: capture again.
+        Resync::Capturing { then_due: true, .. } | Resync::Settling { then_due: true, .. } => {
+            att.resync = Resync::Due;
+            on_quiet(att, state, upstream_user, metrics)
+        }
+        Resync::Due => {
+            append_query(&mut att.wbuf, &capture_sql(upstream_user));
+            att.push_expect(Expect {
+                source: Source::Capture,
+            });
+            metrics.session_captures.inc();
+            att.resync = Resync::Capturing {
+                rows: Captured::default(),
+                then_due: false,
+            };
+            (Quiet::Busy, None)
+        }
+        Resync::Capturing {
+            rows: captured,
+            then_due: false,
+        } => {
+            let channels = std::mem::take(&mut att.listen_synced).then(|| {
+                state.channels = captured.channels.clone();
+                state.channels.clone()
+            });
+            for name in std::mem::take(&mut att.sql_created) {
+                if !captured.prepared.contains(&name) {
+                    // Its PREPARE failed.
+                    state.sql_prepared.remove(&name);
+                }
+            }
+            att.sql_on_conn.clear();
+            state.adopt_settings(&captured.settings);
+            if !captured.pins.is_empty() {
+                // Reset (DISCARD ALL) if the client vanishes while pinned.
+                att.server.conn_mut().applied = AppliedSettings::Unknown;
+                if att.pinned.is_none() {
+                    tracing::debug!(reasons = ?captured.pins, "client pinned to its server connection");
+                    att.pinned = Some(GaugeGuard::new(&metrics.clients_pinned));
+                }
+                return (Quiet::Pinned, channels);
+            }
+            att.pinned = None;
+            match captured.cleanup_sql() {
+                Some(sql) => {
+                    inject(att, &sql);
+                    att.resync = Resync::Settling {
+                        settings: captured.settings,
+                        then_due: false,
+                    };
+                    (Quiet::Busy, channels)
+                }
+                None => {
+                    att.server.conn_mut().applied = AppliedSettings::Known(captured.settings);
+                    (Quiet::Release, channels)
+                }
+            }
+        }
+        Resync::Settling {
+            settings,
+            then_due: false,
+        } => {
+            att.server.conn_mut().applied = AppliedSettings::Known(settings);
+            (Quiet::Release, None)
+        }
+        Resync::Failed => {
+            reset(att);
+            metrics.server_resets.inc();
+            (Quiet::Busy, None)
+        }
+        Resync::Clean if att.pinned.is_some() => (Quiet::Pinned, None),
+        Resync::Clean => (Quiet::Release, None),
+    }
+}
+
+/// DISCARD ALL, after which the connection carries no client state at all.
+fn reset(att: &mut Attachment) {
+    let conn = att.server.conn_mut();
+    conn.prepared.clear();
+    att.unnamed_ready = false;
+    att.sql_on_conn.clear();
+    att.sql_created.clear();
+    att.listen_synced = false;
+    att.pinned = None;
+    inject(att, "DISCARD ALL");
+    att.resync = Resync::Settling {
+        settings: Settings::new(),
+        then_due: false,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::cache::ClassificationCache;
+
+    fn effects(sql: &str) -> Effects {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()))
+    }
+
+    #[test]
+    fn plain_statements_have_no_effects() {
+        for sql in [
+            "SELECT 1",
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "BEGIN",
+            "SET LOCAL work_mem = '8MB'",
+            "SELECT set_config('a.b', 'x', true)",
+            "INSERT INTO t VALUES (nextval('s'))",
+        ] {
+            assert!(!effects(sql).any(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_changes_are_captured() {
+        for sql in [
+            "SET search_path = app",
+            "RESET ALL",
+            "SELECT set_config('a.b', 'x', false)",
+            "SELECT my_function()",
+            "SELECT pg_advisory_lock(1)",
+            "CREATE TEMP TABLE t (a int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SET ROLE reader",
+            "DO $$BEGIN END$$",
+            "this is not sql",
+        ] {
+            assert!(effects(sql).capture, "{sql}");
+        }
+    }
+
+    #[test]
+    fn prepare_keeps_its_own_statement_text() {
+        let e = effects("SELECT 1; PREPARE q(int) AS SELECT $1 + 1; EXECUTE q(2)");
+        assert_eq!(e.prepares.len(), 1);
+        assert_eq!(e.prepares[0].0, "q");
+        assert_eq!(
+            e.prepares[0].1.text.trim(),
+            "PREPARE q(int) AS SELECT $1 + 1"
+        );
+        assert_eq!(e.executes, vec!["q".to_owned()]);
+        let e = effects("DEALLOCATE ALL");
+        assert!(e.deallocate_all);
+        let e = effects("LISTEN jobs");
+        assert!(e.listens && !e.capture);
+        assert!(effects("DISCARD ALL").discard_all);
+    }
+}
