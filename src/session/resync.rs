@@ -112,6 +112,7 @@ impl Effects {
             || self.discard_all
             || self.deallocate_all
             || self.listens
+            || self.mentions_prepared
             || !self.prepares.is_empty()
             || !self.deallocates.is_empty()
             || !self.executes.is_empty()
