@@ -31,6 +31,9 @@ pub struct Metrics {
     pub session_captures: IntCounter,
     /// Clients holding a server connection because of session state that cannot be pooled.
     pub clients_pinned: IntGauge,
+    /// Notifications fanned out to listening clients, and dropped for clients too slow to read.
+    pub notifications_delivered: IntCounter,
+    pub notifications_dropped: IntCounter,
     pub checkout_wait: Histogram,
     pub queries: IntCounter,
     pub transactions: IntCounter,
@@ -139,6 +142,14 @@ impl Metrics {
             clients_pinned: gauge(
                 "pgsidecar_clients_pinned",
                 "Clients pinned to a server connection (advisory locks, temporary tables, WITH HOLD cursors, session authorization)",
+            ),
+            notifications_delivered: counter(
+                "pgsidecar_notifications_delivered_total",
+                "Notifications fanned out from the LISTEN connection to listening clients",
+            ),
+            notifications_dropped: counter(
+                "pgsidecar_notifications_dropped_total",
+                "Notifications dropped because a listening client did not read its earlier ones",
             ),
             checkout_wait: histogram(
                 "pgsidecar_checkout_wait_seconds",

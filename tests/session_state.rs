@@ -346,3 +346,112 @@ async fn startup_settings_and_parameter_status_stay_with_their_client() {
     b.run_internal("SELECT 1").await.unwrap();
     assert_eq!(show(&c, "work_mem").await, "5MB");
 }
+
+/// A tokio-postgres client through the sidecar whose notifications arrive on a channel.
+async fn listening_client(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(name)
+        .password(PASSWORD)
+        .dbname(name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> Option<tokio_postgres::Notification> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn none_within(rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>) {
+    let late = tokio::time::timeout(Duration::from_millis(400), rx.recv()).await;
+    assert!(late.is_err(), "unexpected notification: {late:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_keeps_delivering_across_transactions() {
+    let name = fresh_user("listen");
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let (a, mut inbox) = listening_client(sidecar.addr, &name).await;
+    let mut b = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let b_pid = b.key.process_id;
+    a.batch_execute("LISTEN Jobs").await.unwrap();
+    // a's server connection went back to the pool; b sends on that very connection.
+    b.run_internal("NOTIFY jobs, 'one'").await.unwrap();
+    let n = next(&mut inbox).await.expect("notification after LISTEN");
+    assert_eq!((n.channel(), n.payload()), ("jobs", "one"));
+    assert_eq!(
+        n.process_id(),
+        b_pid,
+        "the sender's PID is the one the sidecar issued to b"
+    );
+    b.run_internal("SELECT pg_notify('jobs', 'two')")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.unwrap().payload(), "two");
+    // The extended protocol, and quoted names.
+    a.execute("LISTEN \"Other\"", &[]).await.unwrap();
+    b.run_internal("NOTIFY \"Other\", 'three'").await.unwrap();
+    assert_eq!(next(&mut inbox).await.unwrap().payload(), "three");
+    // A LISTEN rolled back does not listen; one committed does.
+    a.batch_execute("BEGIN; LISTEN later; ROLLBACK")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT 1").await.unwrap();
+    b.run_internal("NOTIFY later, 'no'").await.unwrap();
+    none_within(&mut inbox).await;
+    a.batch_execute("BEGIN; LISTEN later; COMMIT")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT 1").await.unwrap();
+    b.run_internal("NOTIFY later, 'yes'").await.unwrap();
+    assert_eq!(next(&mut inbox).await.unwrap().payload(), "yes");
+    // UNLISTEN is respected; other channels keep working.
+    a.batch_execute("UNLISTEN jobs").await.unwrap();
+    b.run_internal("NOTIFY jobs, 'gone'").await.unwrap();
+    b.run_internal("NOTIFY later, 'still'").await.unwrap();
+    assert_eq!(next(&mut inbox).await.unwrap().payload(), "still");
+    a.batch_execute("UNLISTEN *").await.unwrap();
+    b.run_internal("NOTIFY later, 'none'").await.unwrap();
+    none_within(&mut inbox).await;
+    // A client's own notifications carry a PID that is not b's.
+    a.batch_execute("LISTEN mine; NOTIFY mine, 'self'")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT 1").await.unwrap();
+    let own = next(&mut inbox).await.expect("own notification");
+    assert_eq!(own.payload(), "self");
+    assert_ne!(own.process_id(), b_pid);
+    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+    assert!(
+        metric(&text, "pgsidecar_notifications_delivered_total").unwrap() >= 4.0,
+        "{text}"
+    );
+}

@@ -63,6 +63,8 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     /// ParameterStatus a client with these startup settings sees, learned from the server.
     startup_statuses: Mutex<StatusCache>,
+    /// The database's LISTEN connection and its clients.
+    pub notifier: Arc<super::notify::Notifier>,
 }
 
 impl Pool {
@@ -75,9 +77,15 @@ impl Pool {
         metrics: Arc<Metrics>,
     ) -> Pool {
         metrics.upstream_up.with_label_values(&[&database]).set(0);
+        let notifier = Arc::new(super::notify::Notifier::new(
+            url.clone(),
+            connect_options.clone(),
+            Arc::clone(&metrics),
+        ));
         Pool {
             database,
             url,
+            notifier,
             connect_options,
             permits: Arc::new(Semaphore::new(config.size)),
             config,

@@ -142,8 +142,8 @@ pub(super) struct Attachment {
     pub(super) sql_on_conn: BTreeSet<String>,
     /// SQL prepared statements the client created on this attachment.
     pub(super) sql_created: Vec<String>,
-    /// The server connection listens on the client's channels (so a capture sees them all).
-    pub(super) listen_synced: bool,
+    /// A client LISTEN ran on this server connection (the capture reports its channels).
+    pub(super) listened: bool,
 }
 
 /// The reply expected to one extended-protocol message.
@@ -290,7 +290,7 @@ impl Attachment {
             pinned: None,
             sql_on_conn: BTreeSet::new(),
             sql_created: Vec::new(),
-            listen_synced: false,
+            listened: false,
         }
     }
 

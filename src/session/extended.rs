@@ -5,45 +5,43 @@
 //! named statement stays with the client. Every message leaves a [`Pending`] entry so replies
 //! reach the client in order. No I/O: this writes to the attachment's buffer.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::attachment::{Attachment, Awaited, Pending, Reply};
+use super::resync::Effects;
 use super::statements::{message, split_cstr, ClientStatements, Prepared, PROXY_PREFIX};
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
 
 /// Queues one Parse, Bind, Describe, Execute or Close for the server (or answers it).
-/// `capture`: a Parse's statement may change session state when run. Returns whether the
-/// message runs such a statement (a Bind of one).
+/// `parsed`: what a Parse's statement does to the session when it runs.
 pub(super) fn forward(
     att: &mut Attachment,
     statements: &mut ClientStatements,
     frame: &Frame,
-    capture: bool,
-) -> bool {
+    parsed: Option<Arc<Effects>>,
+) {
     let body = frame.body();
     match frame.tag() {
-        PARSE_TAG => parse(att, statements, frame, capture),
+        PARSE_TAG => parse(att, statements, frame, parsed.unwrap_or_else(Effects::none)),
         BIND_TAG => {
             let fields =
                 split_cstr(body).and_then(|(portal, rest)| Some((portal, split_cstr(rest)?)));
             let Some((portal, (name, rest))) = fields else {
-                pass(att, frame, Awaited::BindComplete);
-                return false;
+                return pass(att, frame, Awaited::BindComplete);
             };
-            let captures = statements.captures(name);
             let name = server_statement_name(att, statements, name);
             att.wbuf
                 .extend_from_slice(&message(BIND_TAG, &[portal, &[0], &name, &[0], rest]));
             att.push_reply(Awaited::BindComplete, Reply::Forward);
-            return captures;
         }
         DESCRIBE_TAG => match body.split_first() {
             Some((b'S', rest)) => {
                 let Some((name, _)) = split_cstr(rest) else {
-                    pass(att, frame, Awaited::PortalDescription);
-                    return false;
+                    return pass(att, frame, Awaited::PortalDescription);
                 };
                 let name = server_statement_name(att, statements, name);
                 att.wbuf
@@ -74,7 +72,6 @@ pub(super) fn forward(
         // Not an extended message; the relay does not send others here.
         _ => att.wbuf.extend_from_slice(frame.as_bytes()),
     }
-    false
 }
 
 /// Forwards the message as it came.
@@ -83,18 +80,23 @@ fn pass(att: &mut Attachment, frame: &Frame, awaited: Awaited) {
     att.push_reply(awaited, Reply::Forward);
 }
 
-fn parse(att: &mut Attachment, statements: &mut ClientStatements, frame: &Frame, capture: bool) {
+fn parse(
+    att: &mut Attachment,
+    statements: &mut ClientStatements,
+    frame: &Frame,
+    effects: Arc<Effects>,
+) {
     let Some((name, rest)) = split_cstr(frame.body()) else {
         // Malformed: let the server say so.
         return pass(att, frame, Awaited::ParseComplete);
     };
     if name.is_empty() {
         statements.unnamed = Some(frame.as_bytes().clone());
-        statements.unnamed_capture = capture;
+        statements.unnamed_effects = effects;
         att.unnamed_ready = true;
         return pass(att, frame, Awaited::ParseComplete);
     }
-    let prepared = statements.register(name, rest, capture);
+    let prepared = statements.register(name, rest, effects);
     let conn = att.server.conn_mut();
     if conn.prepared.contains(&prepared.proxy) {
         att.push_synthesized(Bytes::from_static(PARSE_COMPLETE));

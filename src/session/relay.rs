@@ -11,19 +11,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
 use super::attachment::{
     sleep_until_some, Attachment, Batch, Expect, Passthrough, Pending, Reply, Source, Timer,
 };
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
 use super::extended;
-use super::resync::{self, Effects, Quiet, Resync};
-use super::state::mentions_prepared;
-use super::statements::ClientStatements;
+use super::resync::{self, Effects, ListenChange, Quiet, Resync};
+use super::statements::{split_cstr, ClientStatements};
 use super::{checkout_report, SessionInfo};
 use crate::app::App;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
+use crate::pool::notify::{self, Sink};
 use crate::pool::server::AppliedSettings;
 use crate::pool::server::Exchange;
 use crate::pool::ServerError;
@@ -129,6 +132,9 @@ pub struct Relay {
     phase: Phase,
     /// The client's prepared statements (proxy-named on the servers).
     statements: ClientStatements,
+    /// Notifications for the client from its database's LISTEN connection (transaction mode),
+    /// once it has listened.
+    notifications: Option<(Sink, mpsc::Receiver<Bytes>)>,
 }
 
 impl Relay {
@@ -142,12 +148,20 @@ impl Relay {
             mode,
             phase: Phase::Detached,
             statements: ClientStatements::default(),
+            notifications: None,
         }
     }
 
     /// Runs until the client leaves or the session must end, then cleans up.
     pub async fn run(mut self) {
         let outcome = self.pump().await;
+        if let Some((sink, _)) = self.notifications.take() {
+            let pid = self.info.key.process_id();
+            self.info
+                .pool
+                .notifier
+                .listen(pid, Default::default(), sink);
+        }
         if let Err(e) = &outcome {
             match e {
                 RelayError::Client(ClientIoError::Closed) => {}
@@ -188,7 +202,14 @@ impl Relay {
                     // sending replies to a long pipeline never deadlocks against the sidecar.
                     let room = att.wbuf.len() < SERVER_WRITE_CHUNK;
                     let timer = att.next_timer(&self.app.config.limits);
+                    // Notifications go out between messages, never inside one.
+                    let between_messages = att.passthrough.is_none();
                     tokio::select! {
+                        Some(message) = next_notification(&mut self.notifications), if between_messages => {
+                            self.client.wbuf.extend_from_slice(&message);
+                            let n = self.client.flush().await?;
+                            self.app.metrics.client_bytes_sent.inc_by(n as u64);
+                        }
                         event = att.server.conn_mut().exchange(&mut att.wbuf) => {
                             if event? == Exchange::Read {
                                 self.on_server_bytes().await?;
@@ -217,6 +238,10 @@ impl Relay {
                 }
                 Phase::Detached | Phase::SkipToSync => {
                     tokio::select! {
+                        Some(message) = next_notification(&mut self.notifications) => {
+                            self.client.wbuf.extend_from_slice(&message);
+                            self.write_client().await?;
+                        }
                         read = self.client.fill() => {
                             let n = match read {
                                 Ok(n) => n,
@@ -298,9 +323,20 @@ impl Relay {
             }
             _ => {}
         }
+        // What the message runs: a Query's statements, the statement a Bind binds (classified
+        // at its Parse), or a function (FunctionCall). A Parse only classifies.
+        let mut parsed = None;
         let effects = match frame.tag() {
-            frontend::QUERY_TAG | frontend::PARSE_TAG => self.classify(&frame),
-            _ => Effects::default(),
+            frontend::QUERY_TAG => self.classify(&frame),
+            frontend::PARSE_TAG => {
+                parsed = Some(self.classify(&frame));
+                Effects::none()
+            }
+            frontend::BIND_TAG => bound_statement(frame.body())
+                .and_then(|name| self.statements.effects_of(name))
+                .unwrap_or_else(Effects::none),
+            frontend::FUNCTION_CALL_TAG => Effects::unknown(),
+            _ => Effects::none(),
         };
         if let Phase::SkipToSync = self.phase {
             if role == MessageRole::Sync {
@@ -308,6 +344,21 @@ impl Relay {
                 self.phase = Phase::Detached;
             }
             return Ok(None);
+        }
+        if self.mode == PoolMode::Transaction && !effects.listen_changes.is_empty() {
+            // The LISTEN connection listens before a LISTEN returns to the client, so nothing
+            // sent after that is missed; notifications then come only from there.
+            let standalone = effects.statements == 1
+                && match &self.phase {
+                    Phase::Attached(att) => att.status == TransactionStatus::Idle,
+                    _ => true,
+                };
+            let mut channels = self.info.state.channels.clone();
+            ListenChange::apply(&effects.listen_changes, &mut channels, standalone);
+            if channels != self.info.state.channels {
+                self.info.state.channels = channels.clone();
+                self.subscribe(channels, true).await;
+            }
         }
         if let Phase::Detached = self.phase {
             match self.attach().await {
@@ -327,20 +378,31 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
+        if effects.notifies {
+            let server_pid = att.server.conn_mut().key.process_id;
+            let pool = &self.info.pool;
+            pool.notifier
+                .note_sender(server_pid, self.info.key.process_id());
+        }
         let transaction_mode = self.mode == PoolMode::Transaction;
         if transaction_mode {
-            resync::before_forward(att, &mut self.info.state, &effects);
+            let extended = role == MessageRole::Extended;
+            resync::before_forward(att, &mut self.info.state, &effects, extended);
+            if parsed.as_ref().is_some_and(|p| p.mentions_prepared) {
+                // Describing `EXECUTE name` needs the statement too.
+                resync::ensure_sql_prepared(att, &self.info.state, true);
+            }
             if att.pinned.is_some() && matches!(role, MessageRole::Request | MessageRole::Sync) {
                 // Whether the client still holds what pins it is asked after each request.
                 resync::mark_due(att);
             }
         }
+        if effects.deallocate_all || effects.discard_all {
+            self.statements.clear();
+            att.server.conn_mut().prepared.clear();
+        }
         if role == MessageRole::Extended {
-            let runs_capturing =
-                extended::forward(att, &mut self.statements, &frame, effects.capture);
-            if runs_capturing && transaction_mode {
-                resync::mark_due(att);
-            }
+            extended::forward(att, &mut self.statements, &frame, parsed);
         } else {
             att.wbuf.extend_from_slice(frame.as_bytes());
         }
@@ -350,10 +412,6 @@ impl Relay {
                 // A simple Query destroys the unnamed statement, as in Postgres.
                 self.statements.unnamed = None;
                 att.unnamed_ready = false;
-                if effects.deallocate_all || effects.discard_all {
-                    self.statements.clear();
-                    att.server.conn_mut().prepared.clear();
-                }
                 self.app.metrics.queries.inc();
                 att.push_expect(Expect {
                     source: Source::Query { sent: now },
@@ -392,19 +450,16 @@ impl Relay {
     /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
     /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
     /// how much of the traffic the sidecar understands.
-    fn classify(&self, frame: &Frame) -> Effects {
+    fn classify(&self, frame: &Frame) -> Arc<Effects> {
         let sql = match frame.tag() {
             frontend::QUERY_TAG => frontend::query_text(frame.body()),
             _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
         };
         let Some(sql) = sql else {
-            return Effects::default();
+            return Effects::none();
         };
         let classified = self.app.classifier.classify(sql);
-        let mut effects = Effects::of(sql, &classified);
-        if !self.info.state.sql_prepared.is_empty() {
-            effects.mentions_prepared = mentions_prepared(sql);
-        }
+        let effects = Effects::of(sql, &classified);
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
@@ -466,6 +521,8 @@ impl Relay {
         let client = &mut self.client;
         let statements = &mut self.statements;
         let state = &mut self.info.state;
+        let notifier = &self.info.pool.notifier;
+        let transaction_mode = self.mode == PoolMode::Transaction;
         let mut cut = 0usize;
         loop {
             // Replies the sidecar gives itself go out at their place, between messages.
@@ -513,6 +570,7 @@ impl Relay {
                     | PARAMETER_STATUS_TAG
                     | ERROR_RESPONSE_TAG
                     | NOTICE_RESPONSE_TAG
+                    | NOTIFICATION_RESPONSE_TAG
             ) || (capturing && header.tag == DATA_ROW_TAG);
             if inspected && header.frame_len > max {
                 return Err(RelayError::ServerFrame(FrameError::TooLarge {
@@ -529,11 +587,6 @@ impl Relay {
                 .unwrap_or_else(|| att.expect.front().map_or(Reply::Forward, Expect::reply));
             let conn = att.server.conn_mut();
             if !inspected {
-                let reply = if header.tag == NOTIFICATION_RESPONSE_TAG {
-                    Reply::Forward
-                } else {
-                    reply
-                };
                 att.passthrough = Some(Passthrough {
                     remaining: header.frame_len,
                     reply,
@@ -543,6 +596,7 @@ impl Relay {
             let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
             let mut reply = reply;
             let mut failed = false;
+            let mut notification = None;
             match header.tag {
                 READY_FOR_QUERY_TAG => {
                     let status = body
@@ -588,6 +642,17 @@ impl Relay {
                         }
                     }
                 }
+                NOTIFICATION_RESPONSE_TAG => {
+                    // The client's whatever reply it is in: sent on with the sender's PID
+                    // translated, unless the LISTEN connection delivers this channel already.
+                    reply = Reply::Swallow;
+                    notification = notifier
+                        .translate(body)
+                        .filter(|(_, channel)| {
+                            !(transaction_mode && state.channels.contains(channel))
+                        })
+                        .map(|(message, _)| message);
+                }
                 DATA_ROW_TAG => {
                     if let Resync::Capturing { rows, .. } = &mut att.resync {
                         if let Err(e) = rows.add_row(body) {
@@ -616,6 +681,10 @@ impl Relay {
             if failed {
                 resync::injected_failed(att);
             }
+            if let Some(message) = notification {
+                client.write_through(&message).await?;
+                metrics.client_bytes_sent.inc_by(message.len() as u64);
+            }
         }
         let conn = att.server.conn_mut();
         emit(client, conn, &mut cut, metrics).await?;
@@ -628,8 +697,12 @@ impl Relay {
                 &self.info.pool.url().user,
                 &self.app.metrics,
             );
-            if let Some(channels) = channels {
-                self.listen_changed(channels);
+            if let Some(added) = channels.filter(|c| !c.is_subset(&self.info.state.channels)) {
+                // LISTENs that committed inside a transaction.
+                let channels: std::collections::BTreeSet<String> =
+                    self.info.state.channels.union(&added).cloned().collect();
+                self.info.state.channels = channels.clone();
+                self.subscribe(channels, true).await;
             }
             if step != Quiet::Release {
                 return Ok(());
@@ -642,9 +715,28 @@ impl Relay {
         Ok(())
     }
 
-    /// The client's channels may have changed: (un)subscribe it on the database's listener.
-    fn listen_changed(&mut self, channels: std::collections::BTreeSet<String>) {
-        tracing::debug!(count = channels.len(), "client listens");
+    /// The client now listens on `channels`: (un)subscribes it on the database's LISTEN
+    /// connection; with `wait`, returns once that connection listens on all of them.
+    async fn subscribe(&mut self, channels: std::collections::BTreeSet<String>, wait: bool) {
+        if channels.is_empty() && self.notifications.is_none() {
+            return;
+        }
+        let (sink, _) = self
+            .notifications
+            .get_or_insert_with(|| mpsc::channel(notify::CLIENT_QUEUE));
+        let sink = sink.clone();
+        let pid = self.info.key.process_id();
+        let notifier = &self.info.pool.notifier;
+        if !wait {
+            return notifier.listen(pid, channels, sink);
+        }
+        let timeout = self.app.config.pool.connect_timeout;
+        if !notifier.listen_and_wait(pid, channels, sink, timeout).await {
+            self.app.metrics.error("listen_unavailable");
+            tracing::warn!(
+                "the LISTEN connection does not listen yet; notifications may be missed"
+            );
+        }
     }
 
     /// Returns the server connection to the pool, once no cancel for it is in flight.
@@ -659,6 +751,22 @@ impl Relay {
         let n = self.client.flush().await?;
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
         Ok(())
+    }
+}
+
+/// The statement name of a Bind body.
+fn bound_statement(body: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = split_cstr(body)?;
+    split_cstr(rest).map(|(name, _)| name)
+}
+
+/// The next notification for the client, or never when it does not listen.
+async fn next_notification(
+    notifications: &mut Option<(Sink, mpsc::Receiver<Bytes>)>,
+) -> Option<Bytes> {
+    match notifications {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,13 +5,16 @@
 //! clean the connection, then stay pinned or release). Writes only to the attachment's buffer.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 
-use super::attachment::{Attachment, Expect, Source};
-use super::state::{capture_sql, Captured, SessionState, SqlPrepared};
+use super::attachment::{Attachment, Awaited, Expect, Reply, Source};
+use super::state::{capture_sql, mentions_prepared, Captured, SessionState, SqlPrepared};
+use super::statements::message;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::pool::pool::Settings;
 use crate::pool::AppliedSettings;
 use crate::protocol::frontend::append_query;
+use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, EXECUTE_TAG, PARSE_TAG};
 use crate::sql::cache::Classified;
 use crate::sql::classify::{Classification, Kind, StatementClass};
 
@@ -34,6 +37,34 @@ pub(super) enum Resync {
     Failed,
 }
 
+/// One LISTEN or UNLISTEN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenChange {
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
+}
+
+impl ListenChange {
+    /// The channels a client listens on once `changes` run. An UNLISTEN counts at once; a
+    /// LISTEN only when `standalone` (alone, outside a transaction, so it cannot be undone) —
+    /// otherwise the capture after its transaction says whether it committed.
+    pub fn apply(changes: &[ListenChange], channels: &mut BTreeSet<String>, standalone: bool) {
+        for change in changes {
+            match change {
+                ListenChange::Listen(c) if standalone => {
+                    channels.insert(c.clone());
+                }
+                ListenChange::Listen(_) => {}
+                ListenChange::Unlisten(c) => {
+                    channels.remove(c);
+                }
+                ListenChange::UnlistenAll => channels.clear(),
+            }
+        }
+    }
+}
+
 /// What a client statement means for its session state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Effects {
@@ -52,29 +83,57 @@ pub struct Effects {
     pub executes: Vec<String>,
     /// LISTEN or UNLISTEN (DISCARD ALL unlistens too).
     pub listens: bool,
+    /// The LISTEN / UNLISTEN changes, in order.
+    pub listen_changes: Vec<ListenChange>,
     /// The text may name SQL prepared statements (EXECUTE, DEALLOCATE, EXPLAIN EXECUTE…).
     pub mentions_prepared: bool,
+    /// NOTIFY or pg_notify: listeners will see this server connection's PID as the sender.
+    pub notifies: bool,
+    /// Statements in the text.
+    pub statements: usize,
 }
 
 impl Effects {
-    /// What a classified statement text means for the session. `mentions_prepared` is left
-    /// for the caller to fill in when the client has SQL prepared statements at all.
-    pub fn of(sql: &[u8], classified: &Classified) -> Effects {
-        let mut effects = Effects::default();
+    /// No effect at all (shared, no allocation).
+    pub fn none() -> Arc<Effects> {
+        static NONE: OnceLock<Arc<Effects>> = OnceLock::new();
+        Arc::clone(NONE.get_or_init(|| Arc::new(Effects::default())))
+    }
+
+    /// Anything may have happened (a FunctionCall, an unparsable statement).
+    pub fn unknown() -> Arc<Effects> {
+        static UNKNOWN: OnceLock<Arc<Effects>> = OnceLock::new();
+        Arc::clone(UNKNOWN.get_or_init(|| {
+            Arc::new(Effects {
+                capture: true,
+                ..Effects::default()
+            })
+        }))
+    }
+
+    /// What a classified statement text means for the session.
+    pub fn of(sql: &[u8], classified: &Classified) -> Arc<Effects> {
         let statements = match classified.classification.as_ref() {
-            // Anything could have happened.
-            Classification::Unparsed { .. } => {
-                effects.capture = true;
-                return effects;
-            }
+            Classification::Unparsed { .. } => return Effects::unknown(),
             Classification::Parsed(statements) => statements,
         };
+        let mut effects = Effects {
+            mentions_prepared: mentions_prepared(sql),
+            ..Effects::default()
+        };
+        effects.statements = statements.len();
         for (i, statement) in statements.iter().enumerate() {
             effects.capture |= may_change_session(statement);
+            effects.notifies |= matches!(statement.kind, Kind::Notify { .. })
+                || statement
+                    .functions
+                    .iter()
+                    .any(|f| f.name.rsplit('.').next() == Some("pg_notify"));
             match &statement.kind {
                 Kind::Discard { all: true } => {
                     effects.discard_all = true;
                     effects.listens = true;
+                    effects.listen_changes.push(ListenChange::UnlistenAll);
                 }
                 Kind::Deallocate { name: None } => effects.deallocate_all = true,
                 Kind::Deallocate { name: Some(name) } => effects.deallocates.push(name.clone()),
@@ -99,11 +158,27 @@ impl Effects {
                         None => effects.capture = true,
                     }
                 }
-                Kind::Listen { .. } | Kind::Unlisten { .. } => effects.listens = true,
+                Kind::Listen { channel } => {
+                    effects.listens = true;
+                    effects
+                        .listen_changes
+                        .push(ListenChange::Listen(channel.clone()));
+                }
+                Kind::Unlisten { channel } => {
+                    effects.listens = true;
+                    effects.listen_changes.push(match channel {
+                        Some(c) => ListenChange::Unlisten(c.clone()),
+                        None => ListenChange::UnlistenAll,
+                    });
+                }
                 _ => {}
             }
         }
-        effects
+        if effects.any() || effects.notifies {
+            Arc::new(effects)
+        } else {
+            Effects::none()
+        }
     }
 
     /// Whether anything here concerns the session state at all.
@@ -142,14 +217,21 @@ fn may_change_session(statement: &StatementClass) -> bool {
             f.effect != crate::sql::classify::Effect::ReadOnly
                 && !matches!(
                     base,
-                    "nextval" | "setval" | "currval" | "lastval" | "set_config"
+                    "nextval" | "setval" | "currval" | "lastval" | "set_config" | "pg_notify"
                 )
         })
 }
 
 /// Queues what the server connection needs before the client's statement with `effects`
-/// runs on it, and records what the statement does to the client's state.
-pub(super) fn before_forward(att: &mut Attachment, state: &mut SessionState, effects: &Effects) {
+/// runs on it, and records what the statement does to the client's state. `extended`: the
+/// statement runs through a Bind, inside an extended batch, where only extended messages may
+/// be injected.
+pub(super) fn before_forward(
+    att: &mut Attachment,
+    state: &mut SessionState,
+    effects: &Effects,
+    extended: bool,
+) {
     if !effects.any() {
         return;
     }
@@ -159,20 +241,15 @@ pub(super) fn before_forward(att: &mut Attachment, state: &mut SessionState, eff
             .iter()
             .any(|(name, _)| state.sql_prepared.contains_key(name));
     if needs_prepared {
-        let missing: Vec<(String, String)> = state
-            .missing_prepares(&att.sql_on_conn)
-            .map(|(name, p)| (name.clone(), p.text.clone()))
-            .collect();
-        for (name, text) in missing {
-            inject(att, &text);
-            att.sql_on_conn.insert(name);
-        }
+        ensure_sql_prepared(att, state, extended);
     }
-    if effects.listens && !att.listen_synced {
-        if let Some(sql) = state.listen_sql() {
-            inject(att, &sql);
-        }
-        att.listen_synced = true;
+    if effects
+        .listen_changes
+        .iter()
+        .any(|c| matches!(c, ListenChange::Listen(_)))
+    {
+        // The capture reports what this connection listens on; the cleanup unlistens it.
+        att.listened = true;
     }
     for (name, prepared) in &effects.prepares {
         state.sql_prepared.insert(name.clone(), prepared.clone());
@@ -199,6 +276,27 @@ pub(super) fn before_forward(att: &mut Attachment, state: &mut SessionState, eff
     {
         mark_due(att);
     }
+}
+
+/// Prepares the client's SQL prepared statements this server connection lacks (a statement
+/// that names them is about to be parsed or run). They are deallocated before release.
+pub(super) fn ensure_sql_prepared(att: &mut Attachment, state: &SessionState, extended: bool) {
+    let missing: Vec<(String, String)> = state
+        .missing_prepares(&att.sql_on_conn)
+        .map(|(name, p)| (name.clone(), p.text.clone()))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    for (name, text) in missing {
+        if extended {
+            inject_extended(att, &text);
+        } else {
+            inject(att, &text);
+        }
+        att.sql_on_conn.insert(name);
+    }
+    mark_due(att);
 }
 
 /// The client's state may have changed: capture it when the transaction is over, and never
@@ -229,6 +327,32 @@ fn inject(att: &mut Attachment, sql: &str) {
     });
 }
 
+/// Runs `sql` (no parameters, no rows) inside an extended batch: through the unnamed
+/// statement (the client's is prepared again before it is next used) and a portal of the
+/// sidecar's own, every reply swallowed.
+fn inject_extended(att: &mut Attachment, sql: &str) {
+    const PORTAL: &[u8] = b"pgsc_portal\0";
+    att.wbuf.extend_from_slice(&message(
+        PARSE_TAG,
+        &[b"\0", sql.as_bytes(), b"\0", &0i16.to_be_bytes()],
+    ));
+    att.wbuf
+        .extend_from_slice(&message(BIND_TAG, &[PORTAL, b"\0", &[0, 0, 0, 0, 0, 0]]));
+    att.wbuf
+        .extend_from_slice(&message(EXECUTE_TAG, &[PORTAL, &0i32.to_be_bytes()]));
+    att.wbuf
+        .extend_from_slice(&message(CLOSE_TAG, &[b"P", PORTAL]));
+    att.unnamed_ready = false;
+    for awaited in [
+        Awaited::ParseComplete,
+        Awaited::BindComplete,
+        Awaited::ExecuteResult,
+        Awaited::CloseComplete,
+    ] {
+        att.push_reply(awaited, Reply::Swallow);
+    }
+}
+
 /// What the relay does with a quiet attachment (transaction over, nothing in flight).
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Quiet {
@@ -241,7 +365,8 @@ pub(super) enum Quiet {
 }
 
 /// Moves the resync along once the attachment is quiet. `upstream_user` is the role the pool
-/// logs in as. Returns the channels the client listens on when they may have changed.
+/// logs in as. Returns the channels the client's LISTENs on this connection left it
+/// listening on, when it ran any.
 pub(super) fn on_quiet(
     att: &mut Attachment,
     state: &mut SessionState,
@@ -270,10 +395,7 @@ pub(super) fn on_quiet(
             rows: captured,
             then_due: false,
         } => {
-            let channels = std::mem::take(&mut att.listen_synced).then(|| {
-                state.channels = captured.channels.clone();
-                state.channels.clone()
-            });
+            let channels = std::mem::take(&mut att.listened).then(|| captured.channels.clone());
             for name in std::mem::take(&mut att.sql_created) {
                 if !captured.prepared.contains(&name) {
                     // Its PREPARE failed.
@@ -331,7 +453,7 @@ fn reset(att: &mut Attachment) {
     att.unnamed_ready = false;
     att.sql_on_conn.clear();
     att.sql_created.clear();
-    att.listen_synced = false;
+    att.listened = false;
     att.pinned = None;
     inject(att, "DISCARD ALL");
     att.resync = Resync::Settling {
@@ -345,7 +467,7 @@ mod tests {
     use super::*;
     use crate::sql::cache::ClassificationCache;
 
-    fn effects(sql: &str) -> Effects {
+    fn effects(sql: &str) -> Arc<Effects> {
         let cache = ClassificationCache::new(1 << 20, Default::default());
         Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()))
     }

@@ -187,16 +187,6 @@ impl SessionState {
             .iter()
             .filter(move |(name, _)| !present.contains(*name))
     }
-
-    /// The LISTEN statements that make a server connection listen on the client's channels.
-    pub fn listen_sql(&self) -> Option<String> {
-        let sql: String = self
-            .channels
-            .iter()
-            .map(|c| format!("LISTEN {};", quote_ident(c)))
-            .collect();
-        (!sql.is_empty()).then_some(sql)
-    }
 }
 
 /// Whether SQL text may refer to SQL-level prepared statements (EXECUTE, DEALLOCATE, also

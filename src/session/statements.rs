@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::resync::Effects;
 use crate::protocol::frontend::PARSE_TAG;
 
 /// Prefix of every proxy-wide statement name.
@@ -22,8 +23,8 @@ pub struct Prepared {
     pub proxy: Bytes,
     /// The whole Parse message that creates it under that name.
     pub parse: Bytes,
-    /// Running it may change session state (the relay then captures it afterwards).
-    pub capture: bool,
+    /// What running it does to the session.
+    pub effects: Arc<Effects>,
 }
 
 /// The statements one client has prepared.
@@ -32,20 +33,20 @@ pub struct ClientStatements {
     named: HashMap<Vec<u8>, Arc<Prepared>>,
     /// The Parse message of the client's unnamed statement, as it sent it.
     pub unnamed: Option<Bytes>,
-    /// Running the unnamed statement may change session state.
-    pub unnamed_capture: bool,
+    /// What running the unnamed statement does to the session.
+    pub unnamed_effects: Arc<Effects>,
 }
 
 impl ClientStatements {
     /// Records a Parse of `name` with the body `rest` (everything after the name) and returns
     /// the statement under its proxy-wide name.
-    pub fn register(&mut self, name: &[u8], rest: &[u8], capture: bool) -> Arc<Prepared> {
+    pub fn register(&mut self, name: &[u8], rest: &[u8], effects: Arc<Effects>) -> Arc<Prepared> {
         let proxy = proxy_name(rest);
         let parse = message(PARSE_TAG, &[&proxy, &[0], rest]);
         let prepared = Arc::new(Prepared {
             proxy,
             parse,
-            capture,
+            effects,
         });
         self.named.insert(name.to_vec(), Arc::clone(&prepared));
         prepared
@@ -56,11 +57,14 @@ impl ClientStatements {
         self.named.get(name)
     }
 
-    /// Whether running the statement `name` (empty: unnamed) may change session state.
-    pub fn captures(&self, name: &[u8]) -> bool {
+    /// What running the statement `name` (empty: unnamed) does to the session.
+    pub fn effects_of(&self, name: &[u8]) -> Option<Arc<Effects>> {
         match name {
-            [] => self.unnamed_capture,
-            _ => self.named.get(name).is_some_and(|p| p.capture),
+            [] => self
+                .unnamed
+                .is_some()
+                .then(|| Arc::clone(&self.unnamed_effects)),
+            _ => self.named.get(name).map(|p| Arc::clone(&p.effects)),
         }
     }
 
@@ -124,7 +128,7 @@ mod tests {
     fn register_builds_a_renamed_parse() {
         let mut s = ClientStatements::default();
         let rest = b"SELECT 1\0\0\0";
-        let p = s.register(b"s0", rest, false);
+        let p = s.register(b"s0", rest, Effects::none());
         assert_eq!(p.parse[0], PARSE_TAG);
         let body = &p.parse[5..];
         let (name, after) = split_cstr(body).unwrap();

@@ -355,6 +355,14 @@ fn is_temporary_create(statement: &Statement) -> bool {
     }
 }
 
+/// An identifier as Postgres sees it: folded to lower case unless quoted.
+fn ident_value(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
 fn kind_of(statement: &Statement) -> Kind {
     match statement {
         Statement::Query(_) => Kind::Read,
@@ -410,7 +418,7 @@ fn kind_of(statement: &Statement) -> Kind {
             all: matches!(object_type, ast::DiscardObject::ALL),
         },
         Statement::Prepare { name, .. } => Kind::Prepare {
-            name: name.value.to_lowercase(),
+            name: ident_value(name),
         },
         Statement::Execute {
             name: Some(name), ..
@@ -418,19 +426,19 @@ fn kind_of(statement: &Statement) -> Kind {
             name: object_name(name),
         },
         Statement::Deallocate { name, .. } => {
-            let n = name.value.to_lowercase();
+            let n = ident_value(name);
             Kind::Deallocate {
                 name: (n != "all").then_some(n),
             }
         }
         Statement::LISTEN { channel } => Kind::Listen {
-            channel: channel.value.clone(),
+            channel: ident_value(channel),
         },
         Statement::UNLISTEN { channel } => Kind::Unlisten {
-            channel: (channel.value != "*").then(|| channel.value.clone()),
+            channel: (channel.value != "*").then(|| ident_value(channel)),
         },
         Statement::NOTIFY { channel, .. } => Kind::Notify {
-            channel: channel.value.clone(),
+            channel: ident_value(channel),
         },
         Statement::Copy { to, .. } => {
             if *to {
