@@ -280,3 +280,60 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Bind of `statement` to the unnamed portal, Execute, Sync.
+pub fn bind_execute(out: &mut bytes::BytesMut, statement: &str) {
+    postgres_protocol::message::frontend::bind(
+        "",
+        statement,
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        out,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    postgres_protocol::message::frontend::execute("", 0, out).unwrap();
+    postgres_protocol::message::frontend::sync(out);
+}
+
+/// Reads whole messages until `readies` ReadyForQuery arrived: (tag, body) each.
+pub async fn read_until_ready(
+    conn: &mut pgsidecar::pool::ServerConn,
+    readies: usize,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < readies {
+        while let Some(frame) =
+            pgsidecar::protocol::frame::try_frame(&mut conn.rbuf, 1 << 20).unwrap()
+        {
+            if frame.tag() == b'Z' {
+                seen += 1;
+            }
+            out.push((frame.tag(), frame.body().to_vec()));
+            if seen == readies {
+                return out;
+            }
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_more())
+            .await
+            .expect("no hang")
+            .unwrap();
+    }
+    out
+}
+
+/// The message tags of `replies`, as a string.
+pub fn tags(replies: &[(u8, Vec<u8>)]) -> String {
+    replies.iter().map(|(t, _)| *t as char).collect()
+}
+
+/// The SQLSTATE of the first ErrorResponse in `replies`.
+pub fn error_code(replies: &[(u8, Vec<u8>)]) -> Option<String> {
+    replies
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, body)| pgsidecar::protocol::backend::ErrorFields::parse(body).code)
+}
