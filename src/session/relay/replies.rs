@@ -1,0 +1,274 @@
+//! The server side of the relay: each backend message is forwarded, swallowed (replies to
+//! what the sidecar injected), inspected (ReadyForQuery, ParameterStatus, errors, notifications,
+//! the session-state capture) or answered in its place by a reply the sidecar synthesized; and
+//! once the client's transaction is over, the session state is resynchronised and the server
+//! connection released.
+
+use super::*;
+
+impl Relay {
+    /// Scans what the server sent: forwards or swallows each message, tracks ReadyForQuery,
+    /// and releases the server connection when the client no longer needs it.
+    pub(super) async fn on_server_bytes(&mut self) -> Result<(), RelayError> {
+        let max = self.app.config.max_message_size;
+        let Phase::Attached(att) = &mut self.phase else {
+            return Ok(());
+        };
+        let metrics = &self.app.metrics;
+        let client = &mut self.client;
+        let statements = &mut self.statements;
+        let state = &mut self.info.state;
+        let notifier = &self.info.pool.notifier;
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let mut cut = 0usize;
+        loop {
+            // Replies the sidecar gives itself go out at their place, between messages.
+            while att.passthrough.is_none() {
+                let Some(bytes) = att.pop_current_synthesized() else {
+                    break;
+                };
+                emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                client.write_through(&bytes).await?;
+                metrics.client_bytes_sent.inc_by(bytes.len() as u64);
+            }
+            let conn = att.server.conn_mut();
+            if let Some(mut pt) = att.passthrough.take() {
+                let take = pt.remaining.min(conn.rbuf.len() - cut);
+                if pt.reply == Reply::Swallow {
+                    emit(client, conn, &mut cut, metrics).await?;
+                    conn.consume(take);
+                } else {
+                    cut += take;
+                }
+                pt.remaining -= take;
+                if pt.remaining > 0 {
+                    att.passthrough = Some(pt);
+                    break;
+                }
+                continue;
+            }
+            let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)?
+            else {
+                break;
+            };
+            if header.tag == COPY_IN_RESPONSE_TAG {
+                att.note_copy_in();
+            }
+            let capturing = matches!(
+                att.expect.front(),
+                Some(Expect {
+                    source: Source::Capture
+                })
+            );
+            let conn = att.server.conn_mut();
+            let inspected = matches!(
+                header.tag,
+                READY_FOR_QUERY_TAG
+                    | PARAMETER_STATUS_TAG
+                    | ERROR_RESPONSE_TAG
+                    | NOTICE_RESPONSE_TAG
+                    | NOTIFICATION_RESPONSE_TAG
+            ) || (capturing && header.tag == DATA_ROW_TAG);
+            if inspected && header.frame_len > max {
+                return Err(RelayError::ServerFrame(FrameError::TooLarge {
+                    tag: header.tag,
+                    len: header.frame_len,
+                    max,
+                }));
+            }
+            if inspected && conn.rbuf.len() - cut < header.frame_len {
+                break;
+            }
+            // Each message is matched once, when it is complete or starts streaming.
+            let reply = match_pending(att, statements, header.tag)
+                .unwrap_or_else(|| att.expect.front().map_or(Reply::Forward, Expect::reply));
+            let conn = att.server.conn_mut();
+            if !inspected {
+                att.passthrough = Some(Passthrough {
+                    remaining: header.frame_len,
+                    reply,
+                });
+                continue;
+            }
+            let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
+            let mut reply = reply;
+            let mut failed = false;
+            let mut notification = None;
+            match header.tag {
+                READY_FOR_QUERY_TAG => {
+                    let status = body
+                        .first()
+                        .and_then(|b| TransactionStatus::from_byte(*b))
+                        .ok_or_else(|| {
+                            RelayError::ServerFrame(FrameError::BadLength {
+                                tag: header.tag,
+                                len: header.frame_len as i32 - 1,
+                            })
+                        })?;
+                    att.status = status;
+                    att.readies += 1;
+                    let readies = att.readies;
+                    // Anything still pending for a finished batch was skipped by the server.
+                    att.pending.retain(|p| p.after() >= readies);
+                    if let Some(done) = att.expect.pop_front() {
+                        reply = done.reply();
+                        if let Some(sent) = done.sent() {
+                            metrics.query_duration.observe(sent.elapsed().as_secs_f64());
+                        }
+                        if done.statements() > 0 && status == TransactionStatus::Idle {
+                            metrics.transactions.inc();
+                        }
+                    }
+                }
+                PARAMETER_STATUS_TAG => {
+                    if let Some((name, value)) = parse_parameter_status(body) {
+                        let (name, value) = (name.to_owned(), value.to_owned());
+                        conn.note_parameter(&name, &value);
+                        // Applying the client's settings tells it only what it did not know.
+                        let applying = matches!(
+                            att.expect.front(),
+                            Some(Expect {
+                                source: Source::Apply
+                            })
+                        );
+                        if applying && state.told_otherwise(&name, &value) {
+                            reply = Reply::Forward;
+                        }
+                        if reply == Reply::Forward {
+                            state.reported(&name, &value);
+                        }
+                    }
+                }
+                NOTIFICATION_RESPONSE_TAG => {
+                    // The client's whatever reply it is in: sent on with the sender's PID
+                    // translated, unless the LISTEN connection delivers this channel already.
+                    reply = Reply::Swallow;
+                    notification = notifier
+                        .translate(body)
+                        .filter(|(_, channel)| {
+                            !(transaction_mode && state.channels.contains(channel))
+                        })
+                        .map(|(message, _)| message);
+                }
+                DATA_ROW_TAG => {
+                    if let Resync::Capturing { rows, .. } = &mut att.resync {
+                        if let Err(e) = rows.add_row(body) {
+                            tracing::warn!(error = %e, "reading the session state failed");
+                            failed = true;
+                        }
+                    }
+                }
+                ERROR_RESPONSE_TAG => {
+                    metrics.error("server_error");
+                    if reply == Reply::Swallow {
+                        let fields = ErrorFields::parse(body);
+                        tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
+                        failed = true;
+                    }
+                }
+                _ => {}
+            }
+            match reply {
+                Reply::Forward => cut += header.frame_len,
+                Reply::Swallow => {
+                    emit(client, conn, &mut cut, metrics).await?;
+                    conn.consume(header.frame_len);
+                }
+            }
+            if failed {
+                resync::injected_failed(att);
+            }
+            if let Some(message) = notification {
+                client.write_through(&message).await?;
+                metrics.client_bytes_sent.inc_by(message.len() as u64);
+            }
+        }
+        let conn = att.server.conn_mut();
+        emit(client, conn, &mut cut, metrics).await?;
+        if self.mode == PoolMode::Transaction && att.is_quiet() {
+            // Session state this client changed is captured and cleaned before anyone else
+            // gets the connection; state that cannot be pooled keeps it.
+            let (step, channels) = resync::on_quiet(
+                att,
+                &mut self.info.state,
+                &self.info.pool.url().user,
+                &self.app.metrics,
+            );
+            if let Some(added) = channels.filter(|c| !c.is_subset(&self.info.state.channels)) {
+                // LISTENs that committed inside a transaction.
+                let channels: std::collections::BTreeSet<String> =
+                    self.info.state.channels.union(&added).cloned().collect();
+                self.info.state.channels = channels.clone();
+                self.subscribe(channels, true).await;
+            }
+            if step != Quiet::Release {
+                return Ok(());
+            }
+            self.release().await;
+            if self.app.draining.is_cancelled() {
+                return Err(RelayError::Shutdown);
+            }
+        }
+        Ok(())
+    }
+
+}
+
+/// Matches a server message to the pending reply it answers, if the server is working on an
+/// extended message now; returns what to do with the message. An ErrorResponse ends the batch:
+/// the server skips the rest, so the rest's pending replies go, and statements whose Parse
+/// failed or was skipped are forgotten.
+fn match_pending(
+    att: &mut Attachment,
+    statements: &mut ClientStatements,
+    tag: u8,
+) -> Option<Reply> {
+    let readies = att.readies;
+    let Some(Pending::Reply { awaited, reply, .. }) = att.current_pending() else {
+        return None;
+    };
+    let reply = *reply;
+    if tag == ERROR_RESPONSE_TAG {
+        while att.pending.front().is_some_and(|p| p.after() == readies) {
+            if let Some(Pending::Reply {
+                parse_of: Some((client_name, proxy)),
+                ..
+            }) = att.pending.pop_front()
+            {
+                att.server.conn_mut().prepared.remove(&proxy);
+                if !client_name.is_empty() {
+                    statements.forget(&client_name);
+                }
+            }
+        }
+        // Errors always reach the client.
+        return Some(Reply::Forward);
+    }
+    match awaited.advance(tag) {
+        Some(next) => {
+            if let Some(Pending::Reply { awaited, .. }) = att.pending.front_mut() {
+                *awaited = next;
+            }
+        }
+        None => {
+            att.pending.pop_front();
+        }
+    }
+    Some(reply)
+}
+
+/// Writes the first `cut` bytes of the server's buffer to the client and consumes them.
+async fn emit(
+    client: &mut ClientConn<Stream>,
+    conn: &mut crate::pool::ServerConn,
+    cut: &mut usize,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), RelayError> {
+    if *cut > 0 {
+        client.write_through(&conn.rbuf[..*cut]).await?;
+        metrics.client_bytes_sent.inc_by(*cut as u64);
+        conn.consume(*cut);
+        *cut = 0;
+    }
+    Ok(())
+}
