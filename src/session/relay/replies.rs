@@ -211,7 +211,6 @@ impl Relay {
         }
         Ok(())
     }
-
 }
 
 /// Matches a server message to the pending reply it answers, if the server is working on an
