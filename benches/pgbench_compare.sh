@@ -18,40 +18,12 @@
 set -euo pipefail
 rounds=${1:-3}; seconds=${2:-10}; clients=${3:-16}; pool=${4:-20}
 workloads=${5:-select-simple,select-extended,select-prepared,select-connect,tpcb}
-root=$(cd "$(dirname "$0")/.." && pwd)
-
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
-if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
-  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
-  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-fi
+source "$(dirname "$0")/lib.sh"
 if ! command -v pgbouncer >/dev/null; then
   apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null
 fi
-(cd "$root" && cargo build --release -q)
-
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-work=$(mktemp -d /tmp/pgsidecar-bench.XXXXXX)
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  pkill -f "$work/pgbouncer.ini" 2>/dev/null || true
-  as_pg "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-pg_port=$(free_port); bouncer_port=$(free_port); sidecar_port=$(free_port); metrics_port=$(free_port)
-as_pg "$bin/initdb" -D "$work/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
-as_pg "$bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off" start >/dev/null
-psql_su() { "$bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres "$@"; }
-psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
-export PGPASSWORD=secret
-"$bin/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+start_postgres 10
+bouncer_port=$(free_port); sidecar_port=$(free_port)
 
 cat >"$work/pgbouncer.ini" <<INI
 [databases]
@@ -70,10 +42,7 @@ INI
 echo '"app" "secret"' >"$work/userlist.txt"
 [ "$(id -u)" = 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
 as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
-"$root/target/release/pgsidecar" run --upstream "postgres://app:secret@127.0.0.1:$pg_port/app" \
-  --listen "127.0.0.1:$sidecar_port" --metrics-listen "127.0.0.1:$metrics_port" \
-  --pool-size "$pool" --pool-mode transaction 2>"$work/sidecar.log" & pids+=($!)
-sleep 1
+start_sidecar "$sidecar_port" "$pool"
 
 workload_args() {
   case "$1" in
@@ -97,7 +66,7 @@ for round in $(seq 1 "$rounds"); do
       # One thread per client: -M prepared prepares synchronously (see tests/prepared.rs).
       out=$("$bin/pgbench" -n "${args[@]}" -c "$clients" -j "$clients" -T "$seconds" \
             -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1) || true  # a target may fail a workload
-      tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+      tps=$(tps_of "$out")
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
       printf 'round %d %-16s %-10s tps %10.1f  latency %7.3f ms  failed %s\n' \

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub server_resets: IntCounter,
     /// Session-state captures after transactions that may have changed a client's session.
     pub session_captures: IntCounter,
+    /// Checkouts that had to apply the client's settings (the connection carried others).
+    pub settings_applied: IntCounter,
     /// Clients holding a server connection because of session state that cannot be pooled.
     pub clients_pinned: IntGauge,
     /// Notifications fanned out to listening clients, and dropped for clients too slow to read.
@@ -138,6 +140,10 @@ impl Metrics {
             session_captures: counter(
                 "pgsidecar_session_captures_total",
                 "Session-state captures after transactions that may have changed a client's session",
+            ),
+            settings_applied: counter(
+                "pgsidecar_settings_applied_total",
+                "Checkouts that re-applied a client's session settings on a connection that carried others",
             ),
             clients_pinned: gauge(
                 "pgsidecar_clients_pinned",

@@ -104,6 +104,15 @@ impl Pool {
 
     /// Waits (bounded, FIFO) for a server connection, opening one if none is idle.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        self.checkout_for(&Settings::new()).await
+    }
+
+    /// Like [`Pool::checkout`], preferring an idle connection that already carries `settings`
+    /// (so nothing has to be applied before the client's statement).
+    pub async fn checkout_for(
+        self: &Arc<Self>,
+        settings: &Settings,
+    ) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -131,7 +140,7 @@ impl Pool {
         self.metrics
             .checkout_wait
             .observe(started.elapsed().as_secs_f64());
-        let conn = match self.take_idle() {
+        let conn = match self.take_idle(settings) {
             Some(conn) => conn,
             None => self.connect().await?,
         };
@@ -143,8 +152,17 @@ impl Pool {
         })
     }
 
-    fn take_idle(&self) -> Option<ServerConn> {
+    /// The most recently used idle connection that carries `settings`, or else the most
+    /// recently used one.
+    fn take_idle(&self, settings: &Settings) -> Option<ServerConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let matching = idle.iter().rposition(
+            |conn| matches!(&conn.applied, AppliedSettings::Known(have) if have == settings),
+        );
+        if let Some(i) = matching {
+            let last = idle.len() - 1;
+            idle.swap(i, last);
+        }
         while let Some(mut conn) = idle.pop() {
             self.metrics.server_state(ServerState::Idle).dec();
             if conn.looks_idle() {
@@ -286,28 +304,38 @@ impl Pool {
     }
 }
 
+/// Settings whose value is a list of identifiers (`GUC_LIST_QUOTE`): `SET name TO 'a, b'` would
+/// make one quoted identifier of the string, so these go through `set_config`.
+const LIST_QUOTE_SETTINGS: &[&str] = &[
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+];
+
 /// The SQL that moves a server connection from the settings it has to the client's `wanted`
-/// settings, or `None` when nothing differs. `set_config` has exactly the startup packet's
-/// semantics (a value is one string, not a list of identifiers).
+/// settings, or `None` when nothing differs. Each value is one string, as in the startup
+/// packet: `SET name TO 'value'` (a utility statement, cheaper for the server than a SELECT),
+/// or `set_config` for list-valued settings.
 pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
     let mut sql = String::new();
-    let mut sets = wanted
+    for (name, value) in wanted
         .iter()
         .filter(|(name, value)| have.get(*name) != Some(*value))
-        .peekable();
-    if sets.peek().is_some() {
-        sql.push_str("SELECT ");
-        for (i, (name, value)) in sets.enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
+    {
+        if LIST_QUOTE_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
             sql.push_str(&format!(
-                "pg_catalog.set_config({}, {}, false)",
+                "SELECT pg_catalog.set_config({}, {}, false);",
                 quote_literal(name),
                 quote_literal(value)
             ));
+        } else {
+            sql.push_str(&format!(
+                "SET {} TO {};",
+                quote_ident(name),
+                quote_literal(value)
+            ));
         }
-        sql.push(';');
     }
     for name in have.keys().filter(|name| !wanted.contains_key(*name)) {
         sql.push_str(&format!("RESET {};", quote_ident(name)));
@@ -413,7 +441,15 @@ mod tests {
         );
         assert_eq!(
             settings_sql(&have, &settings(&[("a", "1"), ("c", "x'y")])).unwrap(),
-            "SELECT pg_catalog.set_config(E'c', E'x''y', false);RESET \"b\";"
+            "SET \"c\" TO E'x''y';RESET \"b\";"
+        );
+        assert_eq!(
+            settings_sql(
+                &have,
+                &settings(&[("a", "1"), ("b", "2"), ("search_path", "a, b")])
+            )
+            .unwrap(),
+            "SELECT pg_catalog.set_config(E'search_path', E'a, b', false);"
         );
     }
 

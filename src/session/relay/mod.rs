@@ -478,7 +478,7 @@ impl Relay {
     async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
         let cancelled = self.info.key.waiting();
         let checkout = tokio::select! {
-            checkout = self.info.pool.checkout() => checkout,
+            checkout = self.info.pool.checkout_for(&self.info.state.settings) => checkout,
             _ = cancelled.notified() => {
                 self.app.metrics.error("cancelled_waiting");
                 return Err(ErrorReport::error(
@@ -506,6 +506,7 @@ impl Relay {
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;
         if let Some(sql) = conn.applied.sql_to(wanted) {
+            self.app.metrics.settings_applied.inc();
             conn.applied = AppliedSettings::Known(wanted.clone());
             frontend::append_query(&mut att.wbuf, &sql);
             att.push_expect(Expect {

@@ -1,0 +1,49 @@
+# Shared setup for the pgbench scripts in benches/ (sourced, not run): finds or installs the
+# PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
+# a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
+# Sets: bin root work pg_port; functions as_pg free_port psql_su start_sidecar tps_of.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+fi
+(cd "$root" && cargo build --release -q)
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d /tmp/pgsidecar-bench.XXXXXX)
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "$work/pgbouncer.ini" 2>/dev/null || true
+  as_pg "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_postgres SCALE: initdb, start, and pgbench -i at that scale.
+start_postgres() {
+  pg_port=$(free_port)
+  as_pg "$bin/initdb" -D "$work/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+  as_pg "$bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
+    -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off" start >/dev/null
+  psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+  export PGPASSWORD=secret
+  "$bin/pgbench" -i -q -s "$1" -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+}
+psql_su() { "$bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres "$@"; }
+
+# start_sidecar PORT POOL: pgsidecar in transaction mode in front of the database.
+start_sidecar() {
+  "$root/target/release/pgsidecar" run --upstream "postgres://app:secret@127.0.0.1:$pg_port/app" \
+    --listen "127.0.0.1:$1" --metrics-listen "127.0.0.1:$(free_port)" \
+    --pool-size "$2" --pool-mode transaction 2>"$work/sidecar-$1.log" & pids+=($!)
+  sleep 1
+}
+
+# tps_of OUTPUT: the tps pgbench reported.
+tps_of() { sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$1"; }
