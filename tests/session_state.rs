@@ -115,6 +115,33 @@ async fn session_settings_follow_their_client_and_never_reach_another() {
     assert_eq!(current, format!("{name}_reader"), "a lost its role");
     a.batch_execute("RESET ALL; RESET ROLE").await.unwrap();
     both("\"$user\", public", "search_path", "RESET ALL").await;
+    let current: String = a
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(current, name, "RESET ROLE");
+    // DISCARD ALL, DEALLOCATE ALL and RESET ALL act on their client only.
+    b.batch_execute("SET work_mem = '3MB'; PREPARE keep AS SELECT 1")
+        .await
+        .unwrap();
+    let kept = b.prepare("SELECT 2").await.unwrap();
+    for reset in ["DISCARD ALL", "DEALLOCATE ALL", "RESET ALL"] {
+        a.batch_execute("SET work_mem = '5MB'").await.unwrap();
+        a.batch_execute(reset).await.unwrap();
+        assert_eq!(
+            show(&a, "work_mem").await,
+            if reset == "DEALLOCATE ALL" {
+                "5MB"
+            } else {
+                "4MB"
+            },
+            "{reset}"
+        );
+        assert_eq!(show(&b, "work_mem").await, "3MB", "{reset} reached b");
+        b.simple_query("EXECUTE keep").await.unwrap();
+        b.query(&kept, &[]).await.unwrap();
+    }
     let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
     // Followed by capture, never by discarding the connection.
     assert_eq!(
@@ -274,7 +301,7 @@ async fn advisory_locks_temp_tables_and_hold_cursors_pin_their_client() {
     drop(a);
     let mut free = false;
     for _ in 0..50 {
-        if let Ok(v) = one_int(&b, "SELECT pg_try_advisory_lock(7)::int").await {
+        if let Ok(v) = one_int(&b, "SELECT pg_try_advisory_xact_lock(7)::int").await {
             free = v == 1;
             break;
         }

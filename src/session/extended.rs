@@ -33,9 +33,15 @@ pub(super) fn forward(
             let Some((portal, (name, rest))) = fields else {
                 return pass(att, frame, Awaited::BindComplete);
             };
-            let name = server_statement_name(att, statements, name);
-            att.wbuf
-                .extend_from_slice(&message(BIND_TAG, &[portal, &[0], &name, &[0], rest]));
+            let server_name = server_statement_name(att, statements, name);
+            if server_name == name {
+                // The unnamed statement (or one the client does not have): as it came.
+                return pass(att, frame, Awaited::BindComplete);
+            }
+            att.wbuf.extend_from_slice(&message(
+                BIND_TAG,
+                &[portal, &[0], &server_name, &[0], rest],
+            ));
             att.push_reply(Awaited::BindComplete, Reply::Forward);
         }
         DESCRIBE_TAG => match body.split_first() {

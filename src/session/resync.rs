@@ -111,14 +111,15 @@ impl Effects {
         }))
     }
 
-    /// What a classified statement text means for the session.
-    pub fn of(sql: &[u8], classified: &Classified) -> Arc<Effects> {
+    /// What a classified statement text means for the session. `client_prepared`: the client
+    /// has SQL prepared statements (only then is the text searched for their use).
+    pub fn of(sql: &[u8], classified: &Classified, client_prepared: bool) -> Arc<Effects> {
         let statements = match classified.classification.as_ref() {
             Classification::Unparsed { .. } => return Effects::unknown(),
             Classification::Parsed(statements) => statements,
         };
         let mut effects = Effects {
-            mentions_prepared: mentions_prepared(sql),
+            mentions_prepared: client_prepared && mentions_prepared(sql),
             ..Effects::default()
         };
         effects.statements = statements.len();
@@ -469,7 +470,7 @@ mod tests {
 
     fn effects(sql: &str) -> Arc<Effects> {
         let cache = ClassificationCache::new(1 << 20, Default::default());
-        Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()))
+        Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()), true)
     }
 
     #[test]

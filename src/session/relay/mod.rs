@@ -464,7 +464,8 @@ impl Relay {
             return Effects::none();
         };
         let classified = self.app.classifier.classify(sql);
-        let effects = Effects::of(sql, &classified);
+        let client_prepared = !self.info.state.sql_prepared.is_empty();
+        let effects = Effects::of(sql, &classified, client_prepared);
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
