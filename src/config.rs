@@ -88,6 +88,8 @@ impl fmt::Display for AuthMethod {
 pub struct DatabaseConfig {
     pub name: String,
     pub primary: UpstreamUrl,
+    /// Replica routing, when the database has replicas.
+    pub replicas: Option<ReplicaConfig>,
 }
 
 /// A client credential the sidecar checks.
@@ -247,8 +249,8 @@ struct FilePool {
 struct FileDatabase {
     name: String,
     primary: String,
-    #[serde(default)]
-    replicas: Vec<String>,
+    #[serde(flatten)]
+    replicas: replicas::FileReplicas,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +341,9 @@ impl Config {
                 db.name,
                 db.primary.masked()
             ));
+            if let Some(r) = &db.replicas {
+                out.push_str(&r.describe());
+            }
         }
         for user in &self.users {
             let secret = match user.secret {
@@ -445,15 +450,10 @@ impl FileConfig {
                     format!("{:?} appears twice", db.name),
                 ));
             }
-            if !db.replicas.is_empty() {
-                return Err(ConfigError::invalid(
-                    "database.replicas",
-                    "replica routing is not supported by this version yet",
-                ));
-            }
             databases.push(DatabaseConfig {
                 name: db.name,
                 primary: UpstreamUrl::parse(&db.primary)?,
+                replicas: db.replicas.validate()?,
             });
         }
         let mut names = HashSet::new();
@@ -602,8 +602,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+mod replicas;
 #[cfg(test)]
 mod tests;
 mod upstream;
 
+pub use replicas::{MaxLag, PrimaryReads, ReadYourWrites, ReplicaConfig, Strategy};
 pub use upstream::{SslMode, UpstreamUrl};

@@ -45,11 +45,17 @@ const SUPERVISOR: &str = r#"
 # before it stops the server: it stops when its stdin closes, however the parent ended.
 trap '' INT TERM HUP
 set -e
-dir="$1"; port="$2"; bin="$3"; opts="$4"; hba="$5"
+dir="$1"; port="$2"; bin="$3"; opts="$4"; hba="$5"; primary_dir="$6"; primary_port="$7"
 trap 'rm -rf "$dir"' EXIT
-"$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-    -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
-{ printf '%s\n' "$hba"; cat "$dir/data/pg_hba.conf"; } >"$dir/hba.tmp" && mv "$dir/hba.tmp" "$dir/data/pg_hba.conf"
+if [ -n "$primary_dir" ]; then
+  # A streaming replica of the primary whose socket is in $primary_dir.
+  "$bin/pg_basebackup" -D "$dir/data" -h "$primary_dir" -p "$primary_port" -U postgres -R -X stream \
+      --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+else
+  "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  { printf '%s\n' "$hba"; cat "$dir/data/pg_hba.conf"; } >"$dir/hba.tmp" && mv "$dir/hba.tmp" "$dir/data/pg_hba.conf"
+fi
 "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
     -o "$opts" \
     start >/dev/null || { cat "$dir/postgres.log" >&2; exit 1; }
@@ -67,6 +73,21 @@ impl LocalPostgres {
     /// Like [`LocalPostgres::start`], with `hba` lines placed first in `pg_hba.conf` (for
     /// per-user authentication methods such as `md5` or `trust`).
     pub fn start_with_hba(extra: &str, hba: &str) -> Result<LocalPostgres, LocalPgError> {
+        LocalPostgres::launch(extra, hba, None)
+    }
+
+    /// Starts a streaming replica of this server (pg_basebackup -R over its Unix socket);
+    /// `extra` is appended to the replica's server options (e.g.
+    /// `-c recovery_min_apply_delay=2s`). It stops on drop like any other.
+    pub fn start_replica(&self, extra: &str) -> Result<LocalPostgres, LocalPgError> {
+        LocalPostgres::launch(extra, "", Some((&self.dir, self.port)))
+    }
+
+    fn launch(
+        extra: &str,
+        hba: &str,
+        primary: Option<(&Path, u16)>,
+    ) -> Result<LocalPostgres, LocalPgError> {
         let bin = find_bin_dir().ok_or(LocalPgError::NoBinaries)?;
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
@@ -90,6 +111,12 @@ impl LocalPostgres {
             .arg(&bin)
             .arg(&options)
             .arg(hba)
+            .arg(primary.map(|(dir, _)| dir.as_os_str()).unwrap_or_default())
+            .arg(
+                primary
+                    .map(|(_, port)| port.to_string())
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -116,6 +116,17 @@ fn refuses_bad_values() {
             "unknown field",
         ),
         (FULL.replace("postgres://", "http://"), "postgres://"),
+        (
+            FULL.replace("[[database]]", "[[database]]\nreplica_stratgy = \"random\""),
+            "unknown field",
+        ),
+        (
+            FULL.replace(
+                "[[database]]",
+                "[[database]]\nreplicas = [\"postgres://a:b@h/d\"]\nread_your_writes = \"tenant\"",
+            ),
+            "tenancy",
+        ),
     ] {
         let err = Config::from_toml(&bad, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains(needle), "{needle}: {err}");
