@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 
 use crate::config::{SslMode, UpstreamUrl};
 use crate::protocol::backend::{
-    parse_parameter_status, ErrorFields, ERROR_RESPONSE_TAG, PARAMETER_STATUS_TAG,
-    READY_FOR_QUERY_TAG,
+    parse_data_row, parse_parameter_status, ErrorFields, DATA_ROW_TAG, ERROR_RESPONSE_TAG,
+    PARAMETER_STATUS_TAG, READY_FOR_QUERY_TAG,
 };
 use crate::protocol::frame::{try_frame, FrameError};
 use crate::stream::Stream;
@@ -486,10 +486,16 @@ impl ServerConn {
     /// Runs one simple query outside any client's view and waits for its ReadyForQuery,
     /// recording the ParameterStatus messages it caused; an ErrorResponse becomes `Upstream`.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.query_rows(sql).await.map(|_| ())
+    }
+
+    /// Like [`ServerConn::run_internal`], returning the rows (text values, `None` for NULL).
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out)?;
         self.write_all(&out).await?;
         let mut error = None;
+        let mut rows = Vec::new();
         loop {
             let Some(frame) = try_frame(&mut self.rbuf, MAX_STARTUP_MESSAGE)? else {
                 self.read_more().await?;
@@ -508,10 +514,15 @@ impl ServerConn {
                         message: fields.message,
                     });
                 }
+                DATA_ROW_TAG => {
+                    let row = parse_data_row(frame.body())
+                        .ok_or_else(|| ServerError::Protocol("malformed DataRow".into()))?;
+                    rows.push(row);
+                }
                 READY_FOR_QUERY_TAG => {
                     return match error {
                         Some(e) => Err(e),
-                        None => Ok(()),
+                        None => Ok(rows),
                     }
                 }
                 _ => {}

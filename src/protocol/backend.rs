@@ -267,10 +267,37 @@ pub fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     Some((name, value))
 }
 
+/// The column values of a DataRow body (`None` for NULL), as text; `None` when malformed.
+pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let mut rest = &body[2..];
+    let mut values = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let value = rest.get(..len as usize)?;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &rest[len as usize..];
+    }
+    Some(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::frame::try_frame;
+
+    #[test]
+    fn data_rows_parse_and_truncated_ones_do_not() {
+        let row = [0, 2, 0, 0, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(parse_data_row(&row), Some(vec![Some("a".to_owned()), None]));
+        assert_eq!(parse_data_row(&row[..6]), None);
+        assert_eq!(parse_data_row(&[0]), None);
+    }
 
     #[test]
     fn error_report_round_trips() {

@@ -11,9 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bytes::Buf;
-
 use crate::pool::pool::{quote_ident, quote_literal, Settings};
+use crate::protocol::backend::parse_data_row;
 
 /// Row names in the capture reply that are not settings start with a space (no setting can).
 const ROLE_ROW: &str = " role";
@@ -63,12 +62,13 @@ pub struct Captured {
 
 impl Captured {
     /// Adds one DataRow (two text columns) of the capture reply.
-    pub fn add_row(&mut self, mut body: &[u8]) -> Result<(), StateError> {
-        if body.remaining() < 2 || body.get_i16() != 2 {
+    pub fn add_row(&mut self, body: &[u8]) -> Result<(), StateError> {
+        let Some([Some(name), value]) =
+            parse_data_row(body).and_then(|r| <[_; 2]>::try_from(r).ok())
+        else {
             return Err(StateError::MalformedRow);
-        }
-        let name = column(&mut body)?.ok_or(StateError::MalformedRow)?;
-        let value = column(&mut body)?.unwrap_or_default();
+        };
+        let value = value.unwrap_or_default();
         match name.as_str() {
             ROLE_ROW if value != "none" => {
                 self.settings.insert("role".into(), value);
@@ -99,23 +99,6 @@ impl Captured {
         }
         (!sql.is_empty()).then_some(sql)
     }
-}
-
-fn column(body: &mut &[u8]) -> Result<Option<String>, StateError> {
-    if body.remaining() < 4 {
-        return Err(StateError::MalformedRow);
-    }
-    let len = body.get_i32();
-    if len < 0 {
-        return Ok(None);
-    }
-    let len = len as usize;
-    if body.remaining() < len {
-        return Err(StateError::MalformedRow);
-    }
-    let value = String::from_utf8_lossy(&body[..len]).into_owned();
-    body.advance(len);
-    Ok(Some(value))
 }
 
 /// A client's SQL-level prepared statement.
