@@ -9,7 +9,8 @@
 //! - [`protocol`]: the wire format, pure: framing, frontend/backend messages, startup, SQLSTATEs.
 //! - [`sql`]: SQL understanding, pure: fingerprinting scanner, classifier, classification cache.
 //! - [`session`]: one client connection as typed phases: handshake, auth, relay.
-//! - [`pool`]: upstream server connections and the pools that lend them.
+//! - [`pool`]: upstream server connections and the pools that lend them; replica health.
+//! - [`route`]: pure routing decisions (primary or replica).
 //! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`stream`]: plain or TLS connections; [`tls`]: certificates, acceptor, upstream connector.
 //! - [`localpg`]: throwaway local PostgreSQL servers for the demo and the tests.
@@ -24,6 +25,7 @@ pub mod localpg;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod route;
 pub mod session;
 pub mod sql;
 pub mod stream;

@@ -1,0 +1,3 @@
+//! Pure routing decisions, no I/O: where a request may run ([`replica`]).
+
+pub mod replica;
