@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::{CancelRegistry, IssuedKey};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pool::health::Topology;
 use crate::pool::{ConnectOptions, Pool};
 use crate::session::auth::UserAuth;
 
@@ -36,6 +37,8 @@ pub struct App {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pools: HashMap<String, Arc<Pool>>,
+    /// Databases with replicas: their primary, replicas and the replicas' health.
+    topologies: HashMap<String, Arc<Topology>>,
     users: HashMap<String, UserAuth>,
     mock_key: [u8; 32],
     rng: SystemRandom,
@@ -64,20 +67,40 @@ impl App {
             );
         }
         let mut pools = HashMap::new();
+        let mut topologies = HashMap::new();
         for db in &config.databases {
-            let options = ConnectOptions::for_url(
-                &db.primary,
-                config.pool.connect_timeout,
-                config.pool.tcp_keepalive,
-            )?;
-            let pool = Pool::new(
-                db.name.clone(),
-                db.primary.clone(),
-                config.pool.clone(),
-                options,
-                Arc::clone(&metrics),
-            );
-            pools.insert(db.name.clone(), Arc::new(pool));
+            let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
+                let options = ConnectOptions::for_url(
+                    url,
+                    config.pool.connect_timeout,
+                    config.pool.tcp_keepalive,
+                )?;
+                Ok::<_, AppError>(Arc::new(Pool::new(
+                    label,
+                    url.clone(),
+                    config.pool.clone(),
+                    options,
+                    Arc::clone(&metrics),
+                )))
+            };
+            let primary = pool_for(db.name.clone(), &db.primary)?;
+            if let Some(replicas) = &db.replicas {
+                let replica_pools = replicas
+                    .urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| pool_for(format!("{}/replica{i}", db.name), url))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let topology = Topology::new(
+                    &db.name,
+                    Arc::clone(&primary),
+                    replica_pools,
+                    replicas.clone(),
+                    &metrics,
+                );
+                topologies.insert(db.name.clone(), Arc::new(topology));
+            }
+            pools.insert(db.name.clone(), primary);
         }
         let tls = match &config.tls {
             Some(settings) => Some(crate::tls::acceptor(&settings.files)?),
@@ -96,6 +119,7 @@ impl App {
             config,
             metrics,
             pools,
+            topologies,
             users,
             mock_key,
             rng,
@@ -128,9 +152,14 @@ impl App {
         self.pools.get(database)
     }
 
-    /// All pools (health endpoints).
+    /// All primary pools (health endpoints).
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.pools.values()
+    }
+
+    /// The primary and replicas of a database that has replicas.
+    pub fn topology(&self, database: &str) -> Option<&Arc<Topology>> {
+        self.topologies.get(database)
     }
 
     /// A configured client user.
@@ -193,6 +222,11 @@ impl App {
         for pool in self.pools.values() {
             pool.close_idle();
         }
+        for topology in self.topologies.values() {
+            for replica in &topology.replicas {
+                replica.pool.close_idle();
+            }
+        }
     }
 }
 
@@ -234,6 +268,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
     for pool in app.pools() {
         tokio::spawn(Arc::clone(pool).watch(app.terminate.clone()));
+    }
+    for topology in app.topologies.values() {
+        for replica in &topology.replicas {
+            tokio::spawn(Arc::clone(&replica.pool).watch(app.terminate.clone()));
+        }
+        tokio::spawn(Arc::clone(topology).monitor(app.terminate.clone()));
     }
     tokio::spawn(Arc::clone(&app).serve(listener));
     tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");

@@ -36,6 +36,14 @@ pub struct Metrics {
     /// Notifications fanned out to listening clients, and dropped for clients too slow to read.
     pub notifications_delivered: IntCounter,
     pub notifications_dropped: IntCounter,
+    /// Requests routed to the primary and to replicas (databases with replicas only).
+    pub routed_primary: IntCounter,
+    pub routed_replica: IntCounter,
+    /// Per replica (`database`, `replica` = its position in the config): usable now, WAL bytes
+    /// behind the primary, times it was ejected.
+    pub replica_up: IntGaugeVec,
+    pub replica_lag_bytes: IntGaugeVec,
+    pub replica_ejections: IntCounterVec,
     pub checkout_wait: Histogram,
     pub queries: IntCounter,
     pub transactions: IntCounter,
@@ -117,6 +125,44 @@ impl Metrics {
         registry
             .register(Box::new(classified.clone()))
             .expect("metric registers once");
+        let routed = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_routed_total",
+                "Requests routed, by target (databases with replicas)",
+            ),
+            &["target"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(routed.clone()))
+            .expect("metric registers once");
+        let replica_gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["database", "replica"])
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registers once");
+            g
+        };
+        let replica_up = replica_gauge(
+            "pgsidecar_replica_up",
+            "1 while the replica serves reads (healthy and within max_replica_lag)",
+        );
+        let replica_lag_bytes = replica_gauge(
+            "pgsidecar_replica_lag_bytes",
+            "WAL bytes the replica has not replayed yet, at the last check",
+        );
+        let replica_ejections = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_replica_ejections_total",
+                "Times a replica stopped serving reads (failed check, not in recovery, or lagging)",
+            ),
+            &["database", "replica"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(replica_ejections.clone()))
+            .expect("metric registers once");
         let latency = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0, 10.0,
@@ -185,6 +231,11 @@ impl Metrics {
                 "Bytes sent to clients",
             ),
             upstream_up,
+            routed_primary: routed.with_label_values(&["primary"]),
+            routed_replica: routed.with_label_values(&["replica"]),
+            replica_up,
+            replica_lag_bytes,
+            replica_ejections,
             classified_hit: classified.with_label_values(&["hit"]),
             classified_miss: classified.with_label_values(&["miss"]),
             classified_unparsed: classified.with_label_values(&["unparsed"]),

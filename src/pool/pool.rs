@@ -97,6 +97,13 @@ impl Pool {
         }
     }
 
+    /// Server connections lent out now.
+    pub fn in_use(&self) -> usize {
+        self.config
+            .size
+            .saturating_sub(self.permits.available_permits())
+    }
+
     /// The upstream this pool connects to.
     pub fn url(&self) -> &UpstreamUrl {
         &self.url

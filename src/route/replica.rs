@@ -86,6 +86,47 @@ pub fn request_kind(classification: &Classification) -> RequestKind {
     }
 }
 
+/// How one statement text (or a whole request) bears on routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routing {
+    pub kind: RequestKind,
+    /// A `/* pgsidecar: route=… */` hint.
+    pub hint: Option<RoutePreference>,
+}
+
+impl Routing {
+    /// What an unknown statement means: the primary.
+    pub const PRIMARY: Routing = Routing {
+        kind: RequestKind::Other,
+        hint: None,
+    };
+
+    /// Routing of a classified text with its scanned hint.
+    pub fn of(classification: &Classification, hint: Option<&Hint>) -> Routing {
+        Routing {
+            kind: request_kind(classification),
+            hint: RoutePreference::from_hint(hint),
+        }
+    }
+
+    /// Two parts of one request (an extended batch): a replica only if both only read.
+    pub fn and(self, other: Routing) -> Routing {
+        Routing {
+            kind: match (self.kind, other.kind) {
+                (RequestKind::Read, RequestKind::Read) => RequestKind::Read,
+                _ => RequestKind::Other,
+            },
+            hint: self.hint.or(other.hint),
+        }
+    }
+
+    /// Where the request runs when it starts outside a transaction; `preference` is the
+    /// client's `SET pgsidecar.route` (a hint in the statement wins).
+    pub fn target(self, preference: RoutePreference) -> Target {
+        target(self.kind, self.hint.unwrap_or(preference))
+    }
+}
+
 /// Where a request that starts outside a transaction runs.
 pub fn target(kind: RequestKind, preference: RoutePreference) -> Target {
     match (preference, kind) {

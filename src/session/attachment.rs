@@ -144,6 +144,10 @@ pub(super) struct Attachment {
     pub(super) sql_created: Vec<String>,
     /// A client LISTEN ran on this server connection (the capture reports its channels).
     pub(super) listened: bool,
+    /// The server connection is a replica's.
+    pub(super) on_replica: bool,
+    /// The client ran something on the primary that may have written (read-your-writes).
+    pub(super) wrote: bool,
 }
 
 /// The reply expected to one extended-protocol message.
@@ -291,6 +295,8 @@ impl Attachment {
             sql_on_conn: BTreeSet::new(),
             sql_created: Vec::new(),
             listened: false,
+            on_replica: false,
+            wrote: false,
         }
     }
 

@@ -15,18 +15,22 @@ use super::statements::{message, split_cstr, ClientStatements, Prepared, PROXY_P
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
+use crate::route::replica::Routing;
 
 /// Queues one Parse, Bind, Describe, Execute or Close for the server (or answers it).
-/// `parsed`: what a Parse's statement does to the session when it runs.
+/// `parsed`: what a Parse's statement does to the session when it runs, and where it may go.
 pub(super) fn forward(
     att: &mut Attachment,
     statements: &mut ClientStatements,
     frame: &Frame,
-    parsed: Option<Arc<Effects>>,
+    parsed: Option<(Arc<Effects>, Routing)>,
 ) {
     let body = frame.body();
     match frame.tag() {
-        PARSE_TAG => parse(att, statements, frame, parsed.unwrap_or_else(Effects::none)),
+        PARSE_TAG => {
+            let (effects, routing) = parsed.unwrap_or_else(|| (Effects::none(), Routing::PRIMARY));
+            parse(att, statements, frame, effects, routing)
+        }
         BIND_TAG => {
             let fields =
                 split_cstr(body).and_then(|(portal, rest)| Some((portal, split_cstr(rest)?)));
@@ -91,6 +95,7 @@ fn parse(
     statements: &mut ClientStatements,
     frame: &Frame,
     effects: Arc<Effects>,
+    routing: Routing,
 ) {
     let Some((name, rest)) = split_cstr(frame.body()) else {
         // Malformed: let the server say so.
@@ -99,10 +104,11 @@ fn parse(
     if name.is_empty() {
         statements.unnamed = Some(frame.as_bytes().clone());
         statements.unnamed_effects = effects;
+        statements.unnamed_routing = Some(routing);
         att.unnamed_ready = true;
         return pass(att, frame, Awaited::ParseComplete);
     }
-    let prepared = statements.register(name, rest, effects);
+    let prepared = statements.register(name, rest, effects, routing);
     let conn = att.server.conn_mut();
     if conn.prepared.contains(&prepared.proxy) {
         att.push_synthesized(Bytes::from_static(PARSE_COMPLETE));

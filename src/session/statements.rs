@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::resync::Effects;
 use crate::protocol::frontend::PARSE_TAG;
+use crate::route::replica::Routing;
 
 /// Prefix of every proxy-wide statement name.
 pub const PROXY_PREFIX: &[u8] = b"pgsc_";
@@ -25,6 +26,8 @@ pub struct Prepared {
     pub parse: Bytes,
     /// What running it does to the session.
     pub effects: Arc<Effects>,
+    /// Where running it may go.
+    pub routing: Routing,
 }
 
 /// The statements one client has prepared.
@@ -33,20 +36,28 @@ pub struct ClientStatements {
     named: HashMap<Vec<u8>, Arc<Prepared>>,
     /// The Parse message of the client's unnamed statement, as it sent it.
     pub unnamed: Option<Bytes>,
-    /// What running the unnamed statement does to the session.
+    /// What running the unnamed statement does to the session, and where it may go.
     pub unnamed_effects: Arc<Effects>,
+    pub unnamed_routing: Option<Routing>,
 }
 
 impl ClientStatements {
     /// Records a Parse of `name` with the body `rest` (everything after the name) and returns
     /// the statement under its proxy-wide name.
-    pub fn register(&mut self, name: &[u8], rest: &[u8], effects: Arc<Effects>) -> Arc<Prepared> {
+    pub fn register(
+        &mut self,
+        name: &[u8],
+        rest: &[u8],
+        effects: Arc<Effects>,
+        routing: Routing,
+    ) -> Arc<Prepared> {
         let proxy = proxy_name(rest);
         let parse = message(PARSE_TAG, &[&proxy, &[0], rest]);
         let prepared = Arc::new(Prepared {
             proxy,
             parse,
             effects,
+            routing,
         });
         self.named.insert(name.to_vec(), Arc::clone(&prepared));
         prepared
@@ -68,6 +79,15 @@ impl ClientStatements {
         }
     }
 
+    /// Where running the statement `name` (empty: unnamed) may go; unknown ones: the primary.
+    pub fn routing_of(&self, name: &[u8]) -> Routing {
+        match name {
+            [] => self.unnamed_routing,
+            _ => self.named.get(name).map(|p| p.routing),
+        }
+        .unwrap_or(Routing::PRIMARY)
+    }
+
     /// Forgets a named statement (Close or a failed Parse); true if it existed.
     pub fn forget(&mut self, name: &[u8]) -> bool {
         self.named.remove(name).is_some()
@@ -77,6 +97,7 @@ impl ClientStatements {
     pub fn clear(&mut self) {
         self.named.clear();
         self.unnamed = None;
+        self.unnamed_routing = None;
     }
 }
 
@@ -128,7 +149,7 @@ mod tests {
     fn register_builds_a_renamed_parse() {
         let mut s = ClientStatements::default();
         let rest = b"SELECT 1\0\0\0";
-        let p = s.register(b"s0", rest, Effects::none());
+        let p = s.register(b"s0", rest, Effects::none(), Routing::PRIMARY);
         assert_eq!(p.parse[0], PARSE_TAG);
         let body = &p.parse[5..];
         let (name, after) = split_cstr(body).unwrap();

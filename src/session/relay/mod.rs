@@ -11,6 +11,7 @@
 //! session mode it stays until the client goes. This file is the client side (messages in,
 //! checkout, what statements mean for the session); `replies.rs` is the server side.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +30,7 @@ use super::{checkout_report, SessionInfo};
 use crate::app::App;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
+use crate::pool::health::Topology;
 use crate::pool::notify::{self, Sink};
 use crate::pool::server::AppliedSettings;
 use crate::pool::server::Exchange;
@@ -41,10 +43,12 @@ use crate::protocol::backend::{
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
+use crate::route::replica::{RequestKind, Routing, Target};
 use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
 mod replies;
+mod routing;
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
 const SERVER_WRITE_CHUNK: usize = 64 * 1024;
@@ -140,13 +144,30 @@ pub struct Relay {
     /// Notifications for the client from its database's LISTEN connection (transaction mode),
     /// once it has listened.
     notifications: Option<(Sink, mpsc::Receiver<Bytes>)>,
+    /// The database's primary and replicas, when it has replicas (transaction mode routes).
+    topology: Option<Arc<Topology>>,
+    /// Client frames held until their request is complete and its server is attached.
+    held: VecDeque<Frame>,
+    /// Where the next checkout goes.
+    next_target: Target,
+    /// The sequence of this client's last write on the primary (read-your-writes).
+    last_write: u64,
 }
 
 impl Relay {
     /// A relay for a client that has just received its first ReadyForQuery.
     pub fn new(app: Arc<App>, client: ClientConn<Stream>, info: SessionInfo) -> Relay {
         let mode = app.config.pool.mode;
+        let topology = match mode {
+            PoolMode::Transaction => app.topology(&info.pool.database).cloned(),
+            // Session mode pins the client to the primary.
+            PoolMode::Session => None,
+        };
         Relay {
+            topology,
+            held: VecDeque::new(),
+            next_target: Target::Primary,
+            last_write: 0,
             app,
             client,
             info,
@@ -217,7 +238,9 @@ impl Relay {
                         }
                         event = att.server.conn_mut().exchange(&mut att.wbuf) => {
                             if event? == Exchange::Read {
-                                self.on_server_bytes().await?;
+                                if let Some(end) = self.on_server_bytes().await? {
+                                    return Ok(end);
+                                }
                             }
                         }
                         read = self.client.fill(), if room => {
@@ -297,18 +320,23 @@ impl Relay {
             let Some(frame) = self.client.buffered_frame().map_err(ClientIoError::from)? else {
                 break;
             };
-            if let Some(end) = self.on_client_frame(frame).await? {
+            if let Some(end) = self.admit(frame).await? {
                 return Ok(Some(end));
             }
         }
+        self.finish_client_turn().await?;
+        Ok(None)
+    }
+
+    /// After client messages were handled: replies the sidecar gives itself with nothing ahead
+    /// of them go out, and so does everything queued for the client.
+    async fn finish_client_turn(&mut self) -> Result<(), RelayError> {
         if let Phase::Attached(att) = &mut self.phase {
-            // Replies the sidecar gives itself with nothing ahead of them go out now.
             while let Some(bytes) = att.pop_current_synthesized() {
                 self.client.wbuf.extend_from_slice(&bytes);
             }
         }
-        self.write_client().await?;
-        Ok(None)
+        self.write_client().await
     }
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
@@ -331,17 +359,23 @@ impl Relay {
         // What the message runs: a Query's statements, the statement a Bind binds (classified
         // at its Parse), or a function (FunctionCall). A Parse only classifies.
         let mut parsed = None;
-        let effects = match frame.tag() {
+        let (effects, routing) = match frame.tag() {
             frontend::QUERY_TAG => self.classify(&frame),
             frontend::PARSE_TAG => {
                 parsed = Some(self.classify(&frame));
-                Effects::none()
+                (Effects::none(), Routing::PRIMARY)
             }
             frontend::BIND_TAG => bound_statement(frame.body())
-                .and_then(|name| self.statements.effects_of(name))
-                .unwrap_or_else(Effects::none),
-            frontend::FUNCTION_CALL_TAG => Effects::unknown(),
-            _ => Effects::none(),
+                .map(|name| {
+                    let effects = self.statements.effects_of(name);
+                    (
+                        effects.unwrap_or_else(Effects::none),
+                        self.statements.routing_of(name),
+                    )
+                })
+                .unwrap_or((Effects::none(), Routing::PRIMARY)),
+            frontend::FUNCTION_CALL_TAG => (Effects::unknown(), Routing::PRIMARY),
+            _ => (Effects::none(), Routing::PRIMARY),
         };
         if let Phase::SkipToSync = self.phase {
             if role == MessageRole::Sync {
@@ -383,6 +417,15 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
+        if matches!(
+            frame.tag(),
+            frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG
+        ) && routing.kind != RequestKind::Read
+            && !att.on_replica
+        {
+            // Read-your-writes: this transaction may write on the primary.
+            att.wrote = true;
+        }
         if effects.notifies {
             let server_pid = att.server.conn_mut().key.process_id;
             let pool = &self.info.pool;
@@ -393,7 +436,7 @@ impl Relay {
         if transaction_mode {
             let extended = role == MessageRole::Extended;
             resync::before_forward(att, &mut self.info.state, &effects, extended);
-            if parsed.as_ref().is_some_and(|p| p.mentions_prepared) {
+            if parsed.as_ref().is_some_and(|(p, _)| p.mentions_prepared) {
                 // Describing `EXECUTE name` needs the statement too.
                 resync::ensure_sql_prepared(att, &self.info.state, true);
             }
@@ -455,13 +498,13 @@ impl Relay {
     /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
     /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
     /// how much of the traffic the sidecar understands.
-    fn classify(&self, frame: &Frame) -> Arc<Effects> {
+    fn classify(&self, frame: &Frame) -> (Arc<Effects>, Routing) {
         let sql = match frame.tag() {
             frontend::QUERY_TAG => frontend::query_text(frame.body()),
             _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
         };
         let Some(sql) = sql else {
-            return Effects::none();
+            return (Effects::none(), Routing::PRIMARY);
         };
         let classified = self.app.classifier.classify(sql);
         let client_prepared = !self.info.state.sql_prepared.is_empty();
@@ -472,14 +515,16 @@ impl Relay {
             (true, _) => metrics.classified_hit.inc(),
             (false, _) => metrics.classified_miss.inc(),
         }
-        effects
+        let routing = Routing::of(&classified.classification, classified.scan.hint.as_ref());
+        (effects, routing)
     }
 
     /// Checks out a server connection and queues what makes it carry this client's settings.
     async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
+        let (pool, on_replica) = self.pool_for_next()?;
         let cancelled = self.info.key.waiting();
         let checkout = tokio::select! {
-            checkout = self.info.pool.checkout_for(&self.info.state.settings) => checkout,
+            checkout = pool.checkout_for(&self.info.state.settings) => checkout,
             _ = cancelled.notified() => {
                 self.app.metrics.error("cancelled_waiting");
                 return Err(ErrorReport::error(
@@ -503,6 +548,7 @@ impl Relay {
             key: conn.key,
         });
         let mut att = Attachment::new(server);
+        att.on_replica = on_replica;
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;

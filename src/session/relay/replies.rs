@@ -6,10 +6,28 @@
 
 use super::*;
 
+/// Parameters a hot standby reports differently from its primary.
+const STANDBY_PARAMETERS: &[&str] = &[
+    "in_hot_standby",
+    "default_transaction_read_only",
+    "transaction_read_only",
+];
+
 impl Relay {
     /// Scans what the server sent: forwards or swallows each message, tracks ReadyForQuery,
     /// and releases the server connection when the client no longer needs it.
-    pub(super) async fn on_server_bytes(&mut self) -> Result<(), RelayError> {
+    pub(super) async fn on_server_bytes(&mut self) -> Result<Option<End>, RelayError> {
+        self.forward_replies().await?;
+        if self.held.is_empty() {
+            return Ok(None);
+        }
+        // Requests held for another server connection may run now.
+        let end = self.run_held().await?;
+        self.finish_client_turn().await?;
+        Ok(end)
+    }
+
+    async fn forward_replies(&mut self) -> Result<(), RelayError> {
         let max = self.app.config.max_message_size;
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(());
@@ -134,6 +152,10 @@ impl Relay {
                         if applying && state.told_otherwise(&name, &value) {
                             reply = Reply::Forward;
                         }
+                        if att.on_replica && STANDBY_PARAMETERS.contains(&name.as_str()) {
+                            // The client's session is the primary's: it never hears of standby.
+                            reply = Reply::Swallow;
+                        }
                         if reply == Reply::Forward {
                             state.reported(&name, &value);
                         }
@@ -186,14 +208,16 @@ impl Relay {
         let conn = att.server.conn_mut();
         emit(client, conn, &mut cut, metrics).await?;
         if self.mode == PoolMode::Transaction && att.is_quiet() {
+            if std::mem::take(&mut att.wrote) {
+                if let Some(topology) = &self.topology {
+                    self.last_write = topology.note_write();
+                }
+            }
             // Session state this client changed is captured and cleaned before anyone else
             // gets the connection; state that cannot be pooled keeps it.
-            let (step, channels) = resync::on_quiet(
-                att,
-                &mut self.info.state,
-                &self.info.pool.url().user,
-                &self.app.metrics,
-            );
+            let upstream_user = att.server.pool().url().user.clone();
+            let (step, channels) =
+                resync::on_quiet(att, &mut self.info.state, &upstream_user, &self.app.metrics);
             if let Some(added) = channels.filter(|c| !c.is_subset(&self.info.state.channels)) {
                 // LISTENs that committed inside a transaction.
                 let channels: std::collections::BTreeSet<String> =

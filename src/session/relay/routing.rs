@@ -1,0 +1,174 @@
+//! Routing between the primary and replicas (transaction mode, databases with replicas). Each
+//! request — a simple Query, or extended messages up to their Sync or Flush — is held until it
+//! is complete, then runs where its statements allow: on a replica when it only reads and starts
+//! outside a transaction (or is `BEGIN READ ONLY`), on the primary otherwise. A request that
+//! needs another server than the attached one waits, held, until the attached one is done; a
+//! transaction or an open batch never switches.
+
+use super::*;
+use crate::pool::health::NoReplica;
+use crate::pool::Pool;
+use crate::route::replica::{RoutePreference, Target};
+
+/// Frames held for one request at most; past that it runs on the primary as it is.
+const MAX_HELD: usize = 4096;
+
+impl Relay {
+    /// Takes one frame from the client: runs it now, or holds it until its request is complete
+    /// and the right server connection is attached.
+    pub(super) async fn admit(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
+        if self.topology.is_none() || self.mode != PoolMode::Transaction {
+            return self.on_client_frame(frame).await;
+        }
+        if self.held.is_empty() && self.continues_attached(&frame) {
+            return self.on_client_frame(frame).await;
+        }
+        self.held.push_back(frame);
+        self.run_held().await
+    }
+
+    /// Whether a frame continues what the attached server connection is doing: a transaction,
+    /// an open extended batch, COPY data — or ends the session.
+    fn continues_attached(&self, frame: &Frame) -> bool {
+        match frontend::role(frame.tag()) {
+            MessageRole::Terminate | MessageRole::Unknown | MessageRole::Copy => true,
+            _ => match &self.phase {
+                Phase::Attached(att) => {
+                    att.status != TransactionStatus::Idle || att.batch.is_some()
+                }
+                Phase::SkipToSync => true,
+                Phase::Detached => false,
+            },
+        }
+    }
+
+    /// Runs the held requests that can run now, in order; stops at one that is incomplete or
+    /// needs another server connection than the attached one (it runs once that one is done).
+    pub(super) async fn run_held(&mut self) -> Result<Option<End>, RelayError> {
+        while let Some(first) = self.held.front() {
+            if self.continues_attached(first) {
+                let frame = self.held.pop_front().expect("front exists");
+                if let Some(end) = self.on_client_frame(frame).await? {
+                    return Ok(Some(end));
+                }
+                continue;
+            }
+            let Some(len) = self.held_request_len() else {
+                return Ok(None);
+            };
+            let target = self.held_target(len);
+            let runs_now = match &self.phase {
+                Phase::Attached(att) => !att.on_replica || target == Target::Replica,
+                _ => true,
+            };
+            if !runs_now {
+                // The replica finishes what it has; then this request is routed afresh.
+                return Ok(None);
+            }
+            self.next_target = target;
+            for _ in 0..len {
+                let frame = self.held.pop_front().expect("request is held");
+                if let Some(end) = self.on_client_frame(frame).await? {
+                    return Ok(Some(end));
+                }
+            }
+            self.next_target = Target::Primary;
+        }
+        Ok(None)
+    }
+
+    /// Frames in the first held request, when it is complete: a Query or FunctionCall alone,
+    /// or extended messages through the first Sync or Flush.
+    fn held_request_len(&self) -> Option<usize> {
+        let first = self.held.front()?;
+        if frontend::role(first.tag()) == MessageRole::Request {
+            return Some(1);
+        }
+        match self.held.iter().position(|f| {
+            matches!(
+                frontend::role(f.tag()),
+                MessageRole::Sync | MessageRole::Flush | MessageRole::Request
+            )
+        }) {
+            Some(i) if frontend::role(self.held[i].tag()) == MessageRole::Request => Some(i),
+            Some(i) => Some(i + 1),
+            None if self.held.len() >= MAX_HELD => Some(self.held.len()),
+            None => None,
+        }
+    }
+
+    /// Where the first `len` held frames (one request) may run.
+    fn held_target(&self, len: usize) -> Target {
+        let mut routing: Option<Routing> = None;
+        let mut parsed_here: Vec<(&[u8], Routing)> = Vec::new();
+        for frame in self.held.iter().take(len) {
+            let part = match frame.tag() {
+                frontend::QUERY_TAG => {
+                    frontend::query_text(frame.body()).map(|sql| self.routing_of(sql))
+                }
+                frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(name, sql)| {
+                    let r = self.routing_of(sql);
+                    parsed_here.push((name, r));
+                    r
+                }),
+                frontend::BIND_TAG => bound_statement(frame.body()).map(|name| {
+                    parsed_here
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, r)| *r)
+                        .unwrap_or_else(|| self.statements.routing_of(name))
+                }),
+                frontend::FUNCTION_CALL_TAG => Some(Routing::PRIMARY),
+                _ => None,
+            };
+            if let Some(part) = part {
+                routing = Some(match routing {
+                    // A batch reads only if every statement in it does.
+                    Some(r) if frame.tag() != frontend::QUERY_TAG => r.and(part),
+                    _ => part,
+                });
+            }
+        }
+        routing.map_or(Target::Primary, |r| r.target(RoutePreference::Auto))
+    }
+
+    /// Routing of one statement text (classified through the cache; not counted in metrics —
+    /// the relay classifies it again, counted, when it runs).
+    fn routing_of(&self, sql: &[u8]) -> Routing {
+        let classified = self.app.classifier.classify(sql);
+        Routing::of(&classified.classification, classified.scan.hint.as_ref())
+    }
+
+    /// The pool the next checkout uses, and whether it is a replica's.
+    pub(super) fn pool_for_next(&self) -> Result<(Arc<Pool>, bool), ErrorReport> {
+        let Some(topology) = &self.topology else {
+            return Ok((Arc::clone(&self.info.pool), false));
+        };
+        if self.next_target == Target::Primary || topology.primary_serves_reads_too() {
+            topology.count_route(false);
+            return Ok((Arc::clone(&self.info.pool), false));
+        }
+        match topology.choose_replica(self.last_write) {
+            Ok(replica) => {
+                topology.count_route(true);
+                Ok((Arc::clone(&replica.pool), true))
+            }
+            Err(
+                NoReplica::NotCaughtUp
+                | NoReplica::Unavailable {
+                    primary_allowed: true,
+                },
+            ) => {
+                topology.count_route(false);
+                Ok((Arc::clone(&self.info.pool), false))
+            }
+            Err(NoReplica::Unavailable {
+                primary_allowed: false,
+            }) => Err(ErrorReport::error(
+                SqlState::CANNOT_CONNECT_NOW,
+                "no replica can serve reads now, and primary_reads = \"never\"",
+            )),
+        }
+    }
+}
