@@ -49,7 +49,9 @@ dir="$1"; port="$2"; bin="$3"; opts="$4"; hba="$5"; primary_dir="$6"; primary_po
 trap 'rm -rf "$dir"' EXIT
 if [ -n "$primary_dir" ]; then
   # A streaming replica of the primary whose socket is in $primary_dir.
+  # Its own replication slot keeps the WAL it needs while other backups checkpoint.
   "$bin/pg_basebackup" -D "$dir/data" -h "$primary_dir" -p "$primary_port" -U postgres -R -X stream \
+      --checkpoint=fast --create-slot --slot="pgsc_$(basename "$dir" | tr -c 'a-z0-9\n' '_')" \
       --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
 else
   "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
@@ -89,6 +91,11 @@ impl LocalPostgres {
         primary: Option<(&Path, u16)>,
     ) -> Result<LocalPostgres, LocalPgError> {
         let bin = find_bin_dir().ok_or(LocalPgError::NoBinaries)?;
+        // Base backups of one primary taken at once make each other's WAL disappear.
+        let _one_backup_at_a_time = primary.map(|_| {
+            static BACKUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            BACKUPS.lock().unwrap_or_else(|e| e.into_inner())
+        });
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
             "pgsidecar-pg-{}-{}",
@@ -98,7 +105,7 @@ impl LocalPostgres {
         std::fs::create_dir_all(&dir)?;
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300 {extra}",
+             -c full_page_writes=off -c max_connections=300 -c wal_keep_size=128MB {extra}",
             dir.display()
         );
         let owner = postgres_user_if_root();

@@ -54,6 +54,14 @@ fn replica_safe(statement: &StatementClass) -> bool {
             .all(|f| f.effect == Effect::ReadOnly)
 }
 
+/// COMMIT, ROLLBACK and savepoints: fine inside a read-only transaction.
+fn ends_or_marks(statement: &StatementClass) -> bool {
+    matches!(
+        statement.kind,
+        Kind::Commit | Kind::Rollback | Kind::Savepoint | Kind::Release | Kind::RollbackTo
+    )
+}
+
 /// How a request's statements bear on routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
@@ -78,7 +86,9 @@ pub fn request_kind(classification: &Classification) -> RequestKind {
         Kind::Begin {
             read_only: Some(true),
             isolation,
-        } if isolation != Some(Isolation::Serializable) && rest.iter().all(replica_safe) => {
+        } if isolation != Some(Isolation::Serializable)
+            && rest.iter().all(|s| replica_safe(s) || ends_or_marks(s)) =>
+        {
             RequestKind::BeginReadOnly
         }
         _ if statements.iter().all(replica_safe) => RequestKind::Read,
@@ -216,6 +226,14 @@ mod tests {
             assert_eq!(kind(sql), RequestKind::Other, "{sql}");
         }
         assert_eq!(kind("BEGIN READ ONLY"), RequestKind::BeginReadOnly);
+        assert_eq!(
+            kind("BEGIN READ ONLY; SELECT 1; COMMIT"),
+            RequestKind::BeginReadOnly
+        );
+        assert_eq!(
+            kind("BEGIN READ ONLY; INSERT INTO t VALUES (1); COMMIT"),
+            RequestKind::Other
+        );
         assert_eq!(
             kind("START TRANSACTION READ ONLY; SELECT 1"),
             RequestKind::BeginReadOnly

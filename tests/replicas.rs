@@ -1,0 +1,273 @@
+//! Routing between a primary and real streaming replicas (pg_basebackup -R of the test
+//! binary's server): reads outside transactions land on a replica, writes and everything in a
+//! read-write transaction on the primary, FOR UPDATE / nextval / data-modifying CTEs on the
+//! primary, hints obeyed, BEGIN READ ONLY on a replica; read-your-writes with a replica held back
+//! by recovery_min_apply_delay; a stopped replica is ejected and comes back.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgsidecar::localpg::LocalPostgres;
+use support::*;
+
+static REPLICA: OnceLock<LocalPostgres> = OnceLock::new();
+static DELAYED: OnceLock<LocalPostgres> = OnceLock::new();
+
+/// A streaming replica of the test server, shared by the tests that do not stop it.
+fn replica() -> &'static LocalPostgres {
+    REPLICA.get_or_init(|| pg().start_replica("").expect("start a streaming replica"))
+}
+
+/// A replica that applies commits two seconds late.
+fn delayed() -> &'static LocalPostgres {
+    DELAYED.get_or_init(|| {
+        pg().start_replica("-c recovery_min_apply_delay=2s")
+            .expect("start a delayed replica")
+    })
+}
+
+fn toml(name: &str, replicas: &[&LocalPostgres], settings: &str) -> String {
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.url(name, PASSWORD, name)))
+        .collect();
+    base_toml(name, "size = 4\ncheckout_timeout = \"10s\"").replace(
+        &format!("primary = \"{}\"\n", pg().url(name, PASSWORD, name)),
+        &format!(
+            "primary = \"{}\"\nreplicas = [{}]\nreplica_check_interval = \"100ms\"\n{settings}\n",
+            pg().url(name, PASSWORD, name),
+            urls.join(", ")
+        ),
+    )
+}
+
+async fn on_replica(client: &tokio_postgres::Client, sql: &str) -> bool {
+    let rows = client.simple_query(sql).await.unwrap();
+    let value = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row");
+    value == "t"
+}
+
+/// Waits until reads through `client` reach a replica (it is checked and caught up).
+async fn until_replica_serves(client: &tokio_postgres::Client) {
+    for _ in 0..300 {
+        if on_replica(client, "SELECT pg_is_in_recovery()").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no read reached a replica within 15 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
+    let name = fresh_user("route");
+    pg().psql(
+        &name,
+        &format!("CREATE TABLE t (id int); INSERT INTO t VALUES (0); CREATE SEQUENCE s; ALTER TABLE t OWNER TO {name}; ALTER SEQUENCE s OWNER TO {name}"),
+    )
+    .unwrap();
+    let replica = replica();
+    let sidecar = start(&toml(&name, &[replica], "read_your_writes = \"off\"")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&client).await;
+    for (sql, replica_expected) in [
+        ("SELECT pg_is_in_recovery()", true),
+        (
+            "SELECT pg_is_in_recovery() FROM t WHERE id = 0 FOR UPDATE",
+            false,
+        ),
+        ("SELECT pg_is_in_recovery() WHERE nextval('s') > 0", false),
+        (
+            "WITH d AS (INSERT INTO t VALUES (1) RETURNING id) SELECT pg_is_in_recovery() FROM d",
+            false,
+        ),
+        (
+            "/* pgsidecar: route=primary */ SELECT pg_is_in_recovery()",
+            false,
+        ),
+        (
+            "/* pgsidecar: route=replica */ SELECT pg_is_in_recovery()",
+            true,
+        ),
+        ("BEGIN READ ONLY; SELECT pg_is_in_recovery(); COMMIT", true),
+        ("BEGIN; SELECT pg_is_in_recovery(); COMMIT", false),
+        (
+            "SELECT pg_is_in_recovery(); INSERT INTO t VALUES (2)",
+            false,
+        ),
+    ] {
+        assert_eq!(on_replica(&client, sql).await, replica_expected, "{sql}");
+    }
+    // A read-write transaction stays on the primary for all its statements.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    client
+        .batch_execute("INSERT INTO t VALUES (3); COMMIT")
+        .await
+        .unwrap();
+    // The extended protocol: an unnamed statement, and a prepared one used again.
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    let statement = client
+        .prepare("SELECT pg_is_in_recovery(), $1::int")
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let row = client.query_one(&statement, &[&i]).await.unwrap();
+        assert!(row.get::<_, bool>(0));
+    }
+    let n = client
+        .execute("INSERT INTO t VALUES ($1)", &[&4i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // A pipeline of a read and a write: both run, the write on the primary.
+    let (read, write) = tokio::join!(
+        client.query_one("SELECT pg_is_in_recovery()", &[]),
+        client.execute("INSERT INTO t VALUES (5)", &[])
+    );
+    read.unwrap();
+    write.unwrap();
+    // The client never hears that a standby served it.
+    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    raw.run_internal("SELECT pg_is_in_recovery()")
+        .await
+        .unwrap();
+    let hot = raw.params.iter().find(|(n, _)| n == "in_hot_standby");
+    assert_eq!(hot.map(|(_, v)| v.as_str()), Some("off"));
+    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+    assert!(
+        metric(&text, "pgsidecar_routed_total{target=\"replica\"}").unwrap() >= 5.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "pgsidecar_routed_total{target=\"primary\"}").unwrap() >= 5.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_writes_while_the_replica_lags() {
+    let name = fresh_user("ryw");
+    pg().psql(
+        &name,
+        &format!("CREATE TABLE w (id int); ALTER TABLE w OWNER TO {name}"),
+    )
+    .unwrap();
+    let delayed = delayed();
+    let sidecar = start(&toml(&name, &[delayed], "read_your_writes = \"client\"")).await;
+    let writer = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&other).await;
+    for i in 0..3 {
+        writer
+            .batch_execute(&format!("INSERT INTO w VALUES ({i})"))
+            .await
+            .unwrap();
+        // The writer always sees its committed write, though the replica is 2 s behind.
+        let seen: i64 = writer
+            .query_one("SELECT count(*) FROM w WHERE id = $1", &[&i])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seen, 1, "the writer missed its own write {i}");
+    }
+    // Another client (scope "client") may read the lagging replica, and does.
+    let rows = other
+        .simple_query("SELECT pg_is_in_recovery(), count(*) FROM w WHERE id = 2")
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        row,
+        ("t".to_owned(), "0".to_owned()),
+        "the other client read the replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_is_ejected_and_comes_back() {
+    let name = fresh_user("eject");
+    let own = pg().start_replica("").expect("start a replica to stop");
+    let sidecar = start(&toml(&name, &[&own], "read_your_writes = \"off\"")).await;
+    let never = start(&toml(
+        &name,
+        &[&own],
+        "read_your_writes = \"off\"\nprimary_reads = \"never\"",
+    ))
+    .await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let strict = connect(never.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&client).await;
+    until_replica_serves(&strict).await;
+    own.stop().unwrap();
+    // Reads go on, on the primary, once the replica is found gone; never a hang.
+    let mut on_primary = false;
+    for _ in 0..100 {
+        match client.simple_query("SELECT pg_is_in_recovery()").await {
+            Ok(rows) => {
+                let v = rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                });
+                if v.as_deref() == Some("f") {
+                    on_primary = true;
+                    break;
+                }
+            }
+            Err(e) => panic!("a read failed after the replica stopped: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(on_primary, "reads did not fall back to the primary");
+    // With primary_reads = "never", a read says clearly that no replica can serve it.
+    let e = strict
+        .simple_query("SELECT pg_is_in_recovery()")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("57P03"), "{e}");
+    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+    let up = format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}");
+    assert_eq!(metric(&text, &up), Some(0.0), "{text}");
+    assert!(
+        metric(
+            &text,
+            &format!("pgsidecar_replica_ejections_total{{database=\"{name}\",replica=\"0\"}}")
+        )
+        .unwrap()
+            >= 1.0,
+        "{text}"
+    );
+    own.start_again().unwrap();
+    until_replica_serves(&client).await;
+    until_replica_serves(&strict).await;
+}
