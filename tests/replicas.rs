@@ -106,6 +106,45 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     ] {
         assert_eq!(on_replica(&client, sql).await, replica_expected, "{sql}");
     }
+    // SET pgsidecar.route is the sidecar's own: consumed, never sent upstream.
+    client
+        .batch_execute("SET pgsidecar.route = primary")
+        .await
+        .unwrap();
+    assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    assert!(
+        on_replica(
+            &client,
+            "/* pgsidecar: route=replica */ SELECT pg_is_in_recovery()"
+        )
+        .await
+    );
+    client
+        .batch_execute("SET pgsidecar.route TO 'replica'")
+        .await
+        .unwrap();
+    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    // It cannot send a write to a replica.
+    client
+        .batch_execute("INSERT INTO t VALUES (9)")
+        .await
+        .unwrap();
+    let e = client
+        .batch_execute("SET pgsidecar.route = sideways")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22023"), "{e}");
+    client.batch_execute("RESET pgsidecar.route").await.unwrap();
+    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    let e = client
+        .simple_query("SHOW pgsidecar.route")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&e).as_deref(),
+        Some("42704"),
+        "never reached the server: {e}"
+    );
     // A read-write transaction stays on the primary for all its statements.
     client.batch_execute("BEGIN").await.unwrap();
     assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);

@@ -138,6 +138,13 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unrecog
 }
 
 /// `ReadyForQuery`.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    buf.put_u8(COMMAND_COMPLETE_TAG);
+    buf.put_i32(4 + tag.len() as i32 + 1);
+    buf.put_slice(tag.as_bytes());
+    buf.put_u8(0);
+}
+
 pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
     let at = begin(buf, READY_FOR_QUERY_TAG);
     buf.put_u8(status.as_byte());

@@ -43,7 +43,7 @@ use crate::protocol::backend::{
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
-use crate::route::replica::{RequestKind, Routing, Target};
+use crate::route::replica::{RequestKind, RoutePreference, Routing, Target};
 use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
@@ -152,6 +152,8 @@ pub struct Relay {
     next_target: Target,
     /// The sequence of this client's last write on the primary (read-your-writes).
     last_write: u64,
+    /// `SET pgsidecar.route`.
+    route_preference: RoutePreference,
 }
 
 impl Relay {
@@ -168,6 +170,7 @@ impl Relay {
             held: VecDeque::new(),
             next_target: Target::Primary,
             last_write: 0,
+            route_preference: RoutePreference::Auto,
             app,
             client,
             info,

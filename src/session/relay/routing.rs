@@ -9,9 +9,12 @@ use super::*;
 use crate::pool::health::NoReplica;
 use crate::pool::Pool;
 use crate::route::replica::{RoutePreference, Target};
+use crate::sql::classify::{Kind, SettingName, ValueRef};
 
 /// Frames held for one request at most; past that it runs on the primary as it is.
 const MAX_HELD: usize = 4096;
+/// The session setting by which a client states where its reads go; never sent upstream.
+const ROUTE_SETTING: &str = "pgsidecar.route";
 
 impl Relay {
     /// Takes one frame from the client: runs it now, or holds it until its request is complete
@@ -20,7 +23,7 @@ impl Relay {
         if self.topology.is_none() || self.mode != PoolMode::Transaction {
             return self.on_client_frame(frame).await;
         }
-        if self.held.is_empty() && self.continues_attached(&frame) {
+        if self.held.is_empty() && self.continues_attached(&frame) && !names_route_setting(&frame) {
             return self.on_client_frame(frame).await;
         }
         self.held.push_back(frame);
@@ -56,6 +59,28 @@ impl Relay {
             let Some(len) = self.held_request_len() else {
                 return Ok(None);
             };
+            if let Some(setting) = self.route_setting(&self.held[0]) {
+                // `SET pgsidecar.route`: the sidecar's own, answered here in its turn.
+                let (busy, status) = match &self.phase {
+                    Phase::Attached(att) => {
+                        (!att.expect.is_empty() || att.batch.is_some(), att.status)
+                    }
+                    _ => (false, TransactionStatus::Idle),
+                };
+                if busy {
+                    return Ok(None);
+                }
+                self.held.pop_front();
+                match setting {
+                    Ok((preference, tag)) => {
+                        self.route_preference = preference;
+                        backend::command_complete(&mut self.client.wbuf, tag);
+                    }
+                    Err(report) => report.write(&mut self.client.wbuf),
+                }
+                backend::ready_for_query(&mut self.client.wbuf, status);
+                continue;
+            }
             let target = self.held_target(len);
             let runs_now = match &self.phase {
                 Phase::Attached(att) => !att.on_replica || target == Target::Replica,
@@ -130,7 +155,57 @@ impl Relay {
                 });
             }
         }
-        routing.map_or(Target::Primary, |r| r.target(RoutePreference::Auto))
+        routing.map_or(Target::Primary, |r| r.target(self.route_preference))
+    }
+
+    /// A simple Query that is only `SET [LOCAL] pgsidecar.route = …` or `RESET
+    /// pgsidecar.route`: the preference and command tag, or the error for a bad value.
+    fn route_setting(
+        &self,
+        frame: &Frame,
+    ) -> Option<Result<(RoutePreference, &'static str), ErrorReport>> {
+        if frame.tag() != frontend::QUERY_TAG {
+            return None;
+        }
+        // Cheap test first: only texts that name the setting are looked at closely.
+        if !names_route_setting(frame) {
+            return None;
+        }
+        let sql = frontend::query_text(frame.body())?;
+        let classified = self.app.classifier.classify(sql);
+        let Classification::Parsed(statements) = classified.classification.as_ref() else {
+            return None;
+        };
+        let [statement] = statements.as_slice() else {
+            return None;
+        };
+        let [change] = statement.settings.as_slice() else {
+            return None;
+        };
+        let named =
+            matches!(&change.name, SettingName::Fixed(n) if n.eq_ignore_ascii_case(ROUTE_SETTING));
+        if !named || !matches!(statement.kind, Kind::Set | Kind::SetLocal | Kind::Reset) {
+            return None;
+        }
+        let value = match &change.value {
+            None => return Some(Ok((RoutePreference::Auto, "RESET"))),
+            Some(ValueRef::Word(w)) => w.clone(),
+            Some(ValueRef::Literal(i)) => classified
+                .scan
+                .literals
+                .get(*i)
+                .map(|l| l.value(sql).into_owned())
+                .unwrap_or_default(),
+            Some(_) => String::new(),
+        };
+        Some(RoutePreference::parse(&value).map(|p| (p, "SET")).ok_or_else(|| {
+            ErrorReport::error(
+                SqlState::INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid value for parameter \"{ROUTE_SETTING}\": \"{value}\" (use primary, replica or auto)"
+                ),
+            )
+        }))
     }
 
     /// Routing of one statement text (classified through the cache; not counted in metrics —
@@ -171,4 +246,13 @@ impl Relay {
             )),
         }
     }
+}
+
+/// Whether a simple Query's text names `pgsidecar.route` (a cheap test before classifying).
+fn names_route_setting(frame: &Frame) -> bool {
+    frame.tag() == frontend::QUERY_TAG
+        && frontend::query_text(frame.body()).is_some_and(|sql| {
+            sql.windows(ROUTE_SETTING.len())
+                .any(|w| w.eq_ignore_ascii_case(ROUTE_SETTING.as_bytes()))
+        })
 }
