@@ -58,7 +58,14 @@ async fn on_replica(client: &tokio_postgres::Client, sql: &str) -> bool {
 /// Waits until reads through `client` reach a replica (it is checked and caught up).
 async fn until_replica_serves(client: &tokio_postgres::Client) {
     for _ in 0..300 {
-        if on_replica(client, "SELECT pg_is_in_recovery()").await {
+        // Until the first good check, reads may fail where the primary may not serve them.
+        let read = client.simple_query("SELECT pg_is_in_recovery()").await;
+        let on_replica = read.ok().is_some_and(|rows| {
+            rows.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))
+            })
+        });
+        if on_replica {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,7 +275,28 @@ async fn a_stopped_replica_is_ejected_and_comes_back() {
     let strict = connect(never.addr, &name, PASSWORD, &name).await.unwrap();
     until_replica_serves(&client).await;
     until_replica_serves(&strict).await;
+    // A query running on the replica when it stops fails with an error, and its client's
+    // next query runs elsewhere on the same connection.
+    let victim = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&victim).await;
+    let running = tokio::spawn(async move {
+        let outcome = victim
+            .simple_query("SELECT pg_sleep(5), pg_is_in_recovery()")
+            .await;
+        (victim, outcome)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
     own.stop().unwrap();
+    let (victim, outcome) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("no hang")
+        .unwrap();
+    let e = outcome.unwrap_err();
+    assert!(
+        matches!(sqlstate(&e).as_deref(), Some("57P01" | "08006")),
+        "{e}"
+    );
+    assert!(!on_replica(&victim, "SELECT pg_is_in_recovery()").await);
     // Reads go on, on the primary, once the replica is found gone; never a hang.
     let mut on_primary = false;
     for _ in 0..100 {

@@ -153,6 +153,17 @@ impl Topology {
         }
     }
 
+    /// Stops sending reads to the replica behind `pool` (it failed under a client) until its
+    /// next successful check.
+    pub fn eject(&self, pool: &Arc<Pool>) {
+        if let Some(replica) = self.replicas.iter().find(|r| Arc::ptr_eq(&r.pool, pool)) {
+            if replica.usable.swap(false, Ordering::AcqRel) {
+                replica.ejections.inc();
+            }
+            replica.up.set(0);
+        }
+    }
+
     /// Whether a read may use the primary even though a replica could serve it.
     pub fn primary_serves_reads_too(&self) -> bool {
         self.config.primary_reads == PrimaryReads::Always && {

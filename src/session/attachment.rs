@@ -148,6 +148,8 @@ pub(super) struct Attachment {
     pub(super) on_replica: bool,
     /// The client ran something on the primary that may have written (read-your-writes).
     pub(super) wrote: bool,
+    /// The replica sent FATAL (the client got it as an ERROR) and is closing.
+    pub(super) replica_said_fatal: bool,
 }
 
 /// The reply expected to one extended-protocol message.
@@ -247,6 +249,14 @@ impl ExpectQueue {
         self.entries.clear();
     }
 
+    /// The entries whose ReadyForQuery the client waits for, in order.
+    pub(super) fn clients(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.reply() == Reply::Forward)
+            .count()
+    }
+
     /// The ReadyForQuery at the front arrived: the next entry is now the server's work.
     pub(super) fn pop_front(&mut self) -> Option<Expect> {
         self.front_since = Instant::now();
@@ -297,6 +307,7 @@ impl Attachment {
             listened: false,
             on_replica: false,
             wrote: false,
+            replica_said_fatal: false,
         }
     }
 

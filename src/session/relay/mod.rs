@@ -240,10 +240,19 @@ impl Relay {
                             self.app.metrics.client_bytes_sent.inc_by(n as u64);
                         }
                         event = att.server.conn_mut().exchange(&mut att.wbuf) => {
-                            if event? == Exchange::Read {
-                                if let Some(end) = self.on_server_bytes().await? {
-                                    return Ok(end);
+                            match event {
+                                Ok(Exchange::Read) => {
+                                    if let Some(end) = self.on_server_bytes().await? {
+                                        return Ok(end);
+                                    }
                                 }
+                                Ok(Exchange::Wrote) => {}
+                                // A replica that goes away ends the request, not the session
+                                // (unless a reply was halfway through to the client).
+                                Err(e) if att.on_replica && att.passthrough.is_none() => {
+                                    self.replica_lost(e).await?;
+                                }
+                                Err(e) => return Err(e.into()),
                             }
                         }
                         read = self.client.fill(), if room => {

@@ -182,10 +182,20 @@ impl Relay {
                 }
                 ERROR_RESPONSE_TAG => {
                     metrics.error("server_error");
+                    let fields = ErrorFields::parse(body);
                     if reply == Reply::Swallow {
-                        let fields = ErrorFields::parse(body);
                         tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
                         failed = true;
+                    } else if att.on_replica && fields.severity == "FATAL" {
+                        // The replica is going away, not the client's session: the client
+                        // gets an ERROR and keeps its connection.
+                        let mut error = bytes::BytesMut::new();
+                        ErrorReport::error(SqlState::CONNECTION_FAILURE, fields.message)
+                            .with_code_text(&fields.code)
+                            .write(&mut error);
+                        notification = Some(error.freeze());
+                        reply = Reply::Swallow;
+                        att.replica_said_fatal = true;
                     }
                 }
                 _ => {}

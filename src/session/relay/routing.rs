@@ -215,6 +215,39 @@ impl Relay {
         Routing::of(&classified.classification, classified.scan.hint.as_ref())
     }
 
+    /// The replica the client was attached to is gone (closed, or a socket error) while the
+    /// client's session is sound: every request it still waits for gets an ERROR (08006) and a
+    /// ReadyForQuery, the replica is ejected until its next good check, and the client's next
+    /// request goes elsewhere. The sidecar does not retry the request: it may have run.
+    pub(super) async fn replica_lost(&mut self, error: ServerError) -> Result<(), RelayError> {
+        let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) else {
+            return Ok(());
+        };
+        self.info.key.detach().await;
+        self.app.metrics.error("replica_lost");
+        tracing::warn!(error = %error, "the replica serving a client was lost");
+        if let Some(topology) = &self.topology {
+            topology.eject(att.server.pool());
+        }
+        let message = "the replica serving this query was lost; the query did not complete";
+        for i in 0..att.expect.clients() {
+            if !(i == 0 && att.replica_said_fatal) {
+                ErrorReport::error(SqlState::CONNECTION_FAILURE, message)
+                    .write(&mut self.client.wbuf);
+            }
+            backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
+        }
+        if att.batch.is_some() {
+            // The rest of the open batch is dropped up to its Sync, which gets its answer.
+            ErrorReport::error(SqlState::CONNECTION_FAILURE, message).write(&mut self.client.wbuf);
+            self.phase = Phase::SkipToSync;
+        }
+        // The server connection is closed with the attachment, never returned to the pool.
+        drop(att);
+        self.run_held().await?;
+        self.finish_client_turn().await
+    }
+
     /// The pool the next checkout uses, and whether it is a replica's.
     pub(super) fn pool_for_next(&self) -> Result<(Arc<Pool>, bool), ErrorReport> {
         let Some(topology) = &self.topology else {
