@@ -83,7 +83,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     .unwrap();
     let replica = replica();
     let sidecar = start(&toml(&name, &[replica], "read_your_writes = \"off\"")).await;
-    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let mut client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
     until_replica_serves(&client).await;
     for (sql, replica_expected) in [
         ("SELECT pg_is_in_recovery()", true),
@@ -152,6 +152,33 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         Some("42704"),
         "never reached the server: {e}"
     );
+    // A bare BEGIN waits for the statement that decides where the transaction runs.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("SET TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    client.batch_execute("COMMIT").await.unwrap();
+    for end in ["COMMIT", "ROLLBACK"] {
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute(end).await.unwrap();
+    }
+    let transaction = client.transaction().await.unwrap();
+    let row = transaction
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(
+        !row.get::<_, bool>(0),
+        "a read-write transaction runs on the primary"
+    );
+    transaction
+        .execute("INSERT INTO t VALUES (6)", &[])
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
     // A read-write transaction stays on the primary for all its statements.
     client.batch_execute("BEGIN").await.unwrap();
     assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);

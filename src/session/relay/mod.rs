@@ -154,6 +154,9 @@ pub struct Relay {
     last_write: u64,
     /// `SET pgsidecar.route`.
     route_preference: RoutePreference,
+    /// A bare BEGIN the sidecar answered; it goes upstream with the next statement, which
+    /// decides where the transaction runs.
+    begin_pending: Option<Frame>,
 }
 
 impl Relay {
@@ -171,6 +174,7 @@ impl Relay {
             next_target: Target::Primary,
             last_write: 0,
             route_preference: RoutePreference::Auto,
+            begin_pending: None,
             app,
             client,
             info,
@@ -429,6 +433,13 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
+        if let Some(begin) = self.begin_pending.take() {
+            // The held BEGIN goes first; its reply was given already.
+            att.wbuf.extend_from_slice(begin.as_bytes());
+            att.push_expect(Expect {
+                source: Source::Sidecar,
+            });
+        }
         if matches!(
             frame.tag(),
             frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG

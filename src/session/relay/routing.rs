@@ -9,7 +9,7 @@ use super::*;
 use crate::pool::health::NoReplica;
 use crate::pool::Pool;
 use crate::route::replica::{RoutePreference, Target};
-use crate::sql::classify::{Kind, SettingName, ValueRef};
+use crate::sql::classify::{Isolation, Kind, SettingName, ValueRef};
 
 /// Frames held for one request at most; past that it runs on the primary as it is.
 const MAX_HELD: usize = 4096;
@@ -65,6 +65,7 @@ impl Relay {
                     Phase::Attached(att) => {
                         (!att.expect.is_empty() || att.batch.is_some(), att.status)
                     }
+                    _ if self.begin_pending.is_some() => (false, TransactionStatus::InTransaction),
                     _ => (false, TransactionStatus::Idle),
                 };
                 if busy {
@@ -81,7 +82,29 @@ impl Relay {
                 backend::ready_for_query(&mut self.client.wbuf, status);
                 continue;
             }
-            let target = self.held_target(len);
+            if let Some(reply) = self.held_begin_step(len) {
+                // A bare BEGIN, or the COMMIT / ROLLBACK that ends one with nothing in it.
+                self.held.pop_front();
+                let (tag, status) = match reply {
+                    BeginStep::Hold(frame) => {
+                        self.begin_pending = Some(frame);
+                        ("BEGIN", TransactionStatus::InTransaction)
+                    }
+                    BeginStep::End(tag) => {
+                        self.begin_pending = None;
+                        (tag, TransactionStatus::Idle)
+                    }
+                };
+                backend::command_complete(&mut self.client.wbuf, tag);
+                backend::ready_for_query(&mut self.client.wbuf, status);
+                continue;
+            }
+            let target = match self.begin_pending {
+                // The statement after a held BEGIN decides where the transaction runs.
+                Some(_) if self.sets_read_only(&self.held[0]) => Target::Replica,
+                Some(_) => Target::Primary,
+                None => self.held_target(len),
+            };
             let runs_now = match &self.phase {
                 Phase::Attached(att) => !att.on_replica || target == Target::Replica,
                 _ => true,
@@ -208,6 +231,58 @@ impl Relay {
         }))
     }
 
+    /// What a held request means for a bare BEGIN: one that starts outside a transaction is
+    /// answered by the sidecar and held ([`BeginStep::Hold`]), and a COMMIT or ROLLBACK right
+    /// after one ends it without a server ([`BeginStep::End`]).
+    fn held_begin_step(&self, len: usize) -> Option<BeginStep> {
+        let frame = self
+            .held
+            .front()
+            .filter(|f| len == 1 && f.tag() == frontend::QUERY_TAG)?;
+        let sql = frontend::query_text(frame.body())?;
+        let classified = self.app.classifier.classify(sql);
+        let Classification::Parsed(statements) = classified.classification.as_ref() else {
+            return None;
+        };
+        let [statement] = statements.as_slice() else {
+            return None;
+        };
+        match (&statement.kind, &self.begin_pending, &self.phase) {
+            (
+                Kind::Begin {
+                    read_only: None,
+                    isolation,
+                },
+                None,
+                Phase::Detached,
+            ) if *isolation != Some(Isolation::Serializable) => {
+                Some(BeginStep::Hold(frame.clone()))
+            }
+            (Kind::Commit, Some(_), _) => Some(BeginStep::End("COMMIT")),
+            (Kind::Rollback, Some(_), _) => Some(BeginStep::End("ROLLBACK")),
+            _ => None,
+        }
+    }
+
+    /// `SET TRANSACTION READ ONLY` (not SERIALIZABLE, which a hot standby refuses) as the
+    /// statement after a held BEGIN.
+    fn sets_read_only(&self, frame: &Frame) -> bool {
+        let Some(sql) = (frame.tag() == frontend::QUERY_TAG)
+            .then(|| frontend::query_text(frame.body()))
+            .flatten()
+        else {
+            return false;
+        };
+        let classified = self.app.classifier.classify(sql);
+        let Classification::Parsed(statements) = classified.classification.as_ref() else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+        matches!(statements.as_slice(), [s] if s.kind == Kind::SetTransaction)
+            && text.contains("read only")
+            && !text.contains("serializable")
+    }
+
     /// Routing of one statement text (classified through the cache; not counted in metrics —
     /// the relay classifies it again, counted, when it runs).
     fn routing_of(&self, sql: &[u8]) -> Routing {
@@ -279,6 +354,14 @@ impl Relay {
             )),
         }
     }
+}
+
+/// What a held request does to a bare BEGIN.
+enum BeginStep {
+    /// A bare BEGIN: answered, and sent upstream with the next statement.
+    Hold(Frame),
+    /// COMMIT or ROLLBACK of a held BEGIN with nothing in it: answered with this tag.
+    End(&'static str),
 }
 
 /// Whether a simple Query's text names `pgsidecar.route` (a cheap test before classifying).
