@@ -1,7 +1,8 @@
 # Shared setup for the pgbench scripts in benches/ (sourced, not run): finds or installs the
 # PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
 # a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
-# Sets: bin root work pg_port; functions as_pg free_port psql_su start_sidecar tps_of.
+# Sets: bin root work pg_port; functions as_pg free_port psql_su start_postgres start_replica
+# start_sidecar tps_of.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -20,6 +21,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   pkill -f "$work/pgbouncer.ini" 2>/dev/null || true
+  as_pg "$bin/pg_ctl" -D "$work/replica" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -34,6 +36,13 @@ start_postgres() {
   psql_su -d postgres -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
   export PGPASSWORD=secret
   "$bin/pgbench" -i -q -s "$1" -h 127.0.0.1 -p "$pg_port" -U app app >/dev/null 2>&1
+}
+# start_replica: a streaming replica of it (pg_basebackup -R) on $replica_port.
+start_replica() {
+  replica_port=$(free_port)
+  as_pg "$bin/pg_basebackup" -D "$work/replica" -h "$work" -p "$pg_port" -U postgres -R -X stream --checkpoint=fast
+  as_pg "$bin/pg_ctl" -D "$work/replica" -l "$work/replica.log" -w \
+    -o "-p $replica_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
 }
 psql_su() { "$bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres "$@"; }
 

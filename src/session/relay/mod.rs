@@ -44,6 +44,7 @@ use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
 use crate::route::replica::{RequestKind, RoutePreference, Routing, Target};
+use crate::sql::cache::Classified;
 use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
@@ -157,6 +158,8 @@ pub struct Relay {
     /// A bare BEGIN the sidecar answered; it goes upstream with the next statement, which
     /// decides where the transaction runs.
     begin_pending: Option<Frame>,
+    /// The classification routing just made of the next frame's text, so it is not made twice.
+    classified_next: Option<(Bytes, Classified)>,
 }
 
 impl Relay {
@@ -175,6 +178,7 @@ impl Relay {
             last_write: 0,
             route_preference: RoutePreference::Auto,
             begin_pending: None,
+            classified_next: None,
             app,
             client,
             info,
@@ -521,7 +525,7 @@ impl Relay {
     /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
     /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
     /// how much of the traffic the sidecar understands.
-    fn classify(&self, frame: &Frame) -> (Arc<Effects>, Routing) {
+    fn classify(&mut self, frame: &Frame) -> (Arc<Effects>, Routing) {
         let sql = match frame.tag() {
             frontend::QUERY_TAG => frontend::query_text(frame.body()),
             _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
@@ -529,7 +533,10 @@ impl Relay {
         let Some(sql) = sql else {
             return (Effects::none(), Routing::PRIMARY);
         };
-        let classified = self.app.classifier.classify(sql);
+        let classified = match self.classified_next.take() {
+            Some((bytes, c)) if bytes == frame.as_bytes() => c,
+            _ => self.app.classifier.classify(sql),
+        };
         let client_prepared = !self.info.state.sql_prepared.is_empty();
         let effects = Effects::of(sql, &classified, client_prepared);
         let metrics = &self.app.metrics;

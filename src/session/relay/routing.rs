@@ -103,7 +103,12 @@ impl Relay {
                 // The statement after a held BEGIN decides where the transaction runs.
                 Some(_) if self.sets_read_only(&self.held[0]) => Target::Replica,
                 Some(_) => Target::Primary,
-                None => self.held_target(len),
+                None => {
+                    let (target, classified) = self.held_target(len);
+                    // A Query's classification, made for routing, serves the relay too.
+                    self.classified_next = classified.map(|c| (self.held[0].as_bytes().clone(), c));
+                    target
+                }
             };
             let runs_now = match &self.phase {
                 Phase::Attached(att) => !att.on_replica || target == Target::Replica,
@@ -145,15 +150,20 @@ impl Relay {
         }
     }
 
-    /// Where the first `len` held frames (one request) may run.
-    fn held_target(&self, len: usize) -> Target {
+    /// Where the first `len` held frames (one request) may run, with the classification of a
+    /// request that is one Query.
+    fn held_target(&self, len: usize) -> (Target, Option<Classified>) {
         let mut routing: Option<Routing> = None;
+        let mut query_classified = None;
         let mut parsed_here: Vec<(&[u8], Routing)> = Vec::new();
         for frame in self.held.iter().take(len) {
             let part = match frame.tag() {
-                frontend::QUERY_TAG => {
-                    frontend::query_text(frame.body()).map(|sql| self.routing_of(sql))
-                }
+                frontend::QUERY_TAG => frontend::query_text(frame.body()).map(|sql| {
+                    let classified = self.app.classifier.classify(sql);
+                    let r = Routing::of(&classified.classification, classified.scan.hint.as_ref());
+                    query_classified = (len == 1).then_some(classified);
+                    r
+                }),
                 frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(name, sql)| {
                     let r = self.routing_of(sql);
                     parsed_here.push((name, r));
@@ -178,7 +188,8 @@ impl Relay {
                 });
             }
         }
-        routing.map_or(Target::Primary, |r| r.target(self.route_preference))
+        let target = routing.map_or(Target::Primary, |r| r.target(self.route_preference));
+        (target, query_classified)
     }
 
     /// A simple Query that is only `SET [LOCAL] pgsidecar.route = …` or `RESET
