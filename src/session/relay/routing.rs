@@ -9,7 +9,7 @@ use super::*;
 use crate::pool::health::NoReplica;
 use crate::pool::Pool;
 use crate::route::replica::{RoutePreference, Target};
-use crate::sql::classify::{Isolation, Kind, SettingName, ValueRef};
+use crate::sql::classify::{Isolation, Kind, SettingName, StatementClass, ValueRef};
 
 /// Frames held for one request at most; past that it runs on the primary as it is.
 const MAX_HELD: usize = 4096;
@@ -198,21 +198,11 @@ impl Relay {
         &self,
         frame: &Frame,
     ) -> Option<Result<(RoutePreference, &'static str), ErrorReport>> {
-        if frame.tag() != frontend::QUERY_TAG {
-            return None;
-        }
         // Cheap test first: only texts that name the setting are looked at closely.
         if !names_route_setting(frame) {
             return None;
         }
-        let sql = frontend::query_text(frame.body())?;
-        let classified = self.app.classifier.classify(sql);
-        let Classification::Parsed(statements) = classified.classification.as_ref() else {
-            return None;
-        };
-        let [statement] = statements.as_slice() else {
-            return None;
-        };
+        let (sql, classified, statement) = self.sole_statement(frame)?;
         let [change] = statement.settings.as_slice() else {
             return None;
         };
@@ -246,18 +236,8 @@ impl Relay {
     /// answered by the sidecar and held ([`BeginStep::Hold`]), and a COMMIT or ROLLBACK right
     /// after one ends it without a server ([`BeginStep::End`]).
     fn held_begin_step(&self, len: usize) -> Option<BeginStep> {
-        let frame = self
-            .held
-            .front()
-            .filter(|f| len == 1 && f.tag() == frontend::QUERY_TAG)?;
-        let sql = frontend::query_text(frame.body())?;
-        let classified = self.app.classifier.classify(sql);
-        let Classification::Parsed(statements) = classified.classification.as_ref() else {
-            return None;
-        };
-        let [statement] = statements.as_slice() else {
-            return None;
-        };
+        let frame = self.held.front().filter(|_| len == 1)?;
+        let (_, _, statement) = self.sole_statement(frame)?;
         match (&statement.kind, &self.begin_pending, &self.phase) {
             (
                 Kind::Begin {
@@ -278,20 +258,33 @@ impl Relay {
     /// `SET TRANSACTION READ ONLY` (not SERIALIZABLE, which a hot standby refuses) as the
     /// statement after a held BEGIN.
     fn sets_read_only(&self, frame: &Frame) -> bool {
-        let Some(sql) = (frame.tag() == frontend::QUERY_TAG)
-            .then(|| frontend::query_text(frame.body()))
-            .flatten()
-        else {
-            return false;
-        };
-        let classified = self.app.classifier.classify(sql);
-        let Classification::Parsed(statements) = classified.classification.as_ref() else {
+        let Some((sql, _, statement)) = self.sole_statement(frame) else {
             return false;
         };
         let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
-        matches!(statements.as_slice(), [s] if s.kind == Kind::SetTransaction)
+        statement.kind == Kind::SetTransaction
             && text.contains("read only")
             && !text.contains("serializable")
+    }
+
+    /// A simple Query of exactly one statement: its text, classification, and the statement.
+    fn sole_statement<'f>(
+        &self,
+        frame: &'f Frame,
+    ) -> Option<(&'f [u8], Classified, StatementClass)> {
+        if frame.tag() != frontend::QUERY_TAG {
+            return None;
+        }
+        let sql = frontend::query_text(frame.body())?;
+        let classified = self.app.classifier.classify(sql);
+        let Classification::Parsed(statements) = classified.classification.as_ref() else {
+            return None;
+        };
+        let [statement] = statements.as_slice() else {
+            return None;
+        };
+        let statement = statement.clone();
+        Some((sql, classified, statement))
     }
 
     /// Routing of one statement text (classified through the cache; not counted in metrics —
