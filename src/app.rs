@@ -167,6 +167,15 @@ impl App {
         self.users.get(name)
     }
 
+    /// A configured user's fixed tenant.
+    pub fn fixed_tenant(&self, name: &str) -> Option<String> {
+        self.config
+            .users
+            .iter()
+            .find(|u| u.name == name)
+            .and_then(|u| u.tenant.clone())
+    }
+
     /// The per-process key behind mock SCRAM secrets for unknown users.
     pub fn mock_key(&self) -> &[u8] {
         &self.mock_key

@@ -98,6 +98,8 @@ pub struct UserConfig {
     pub name: String,
     pub auth: AuthMethod,
     pub secret: UserSecret,
+    /// A fixed tenant for this user (service accounts), with `[tenancy]`.
+    pub tenant: Option<String>,
 }
 
 impl fmt::Debug for UserConfig {
@@ -179,6 +181,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub databases: Vec<DatabaseConfig>,
     pub users: Vec<UserConfig>,
+    /// Tenant context for Row-Level Security, when configured.
+    pub tenancy: Option<TenancyConfig>,
 }
 
 /// Values given on the command line or in `PGSIDECAR_*` variables; they win over the file.
@@ -208,7 +212,7 @@ struct FileConfig {
     #[serde(default)]
     user: Vec<FileUser>,
     tls: Option<FileTls>,
-    tenancy: Option<toml::Value>,
+    tenancy: Option<tenancy::FileTenancy>,
     #[serde(default)]
     classifier: FileClassifier,
 }
@@ -260,6 +264,7 @@ struct FileUser {
     password: Option<String>,
     scram_verifier: Option<String>,
     auth: Option<AuthMethod>,
+    tenant: Option<String>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
@@ -355,6 +360,12 @@ impl Config {
                 "\n[[user]]\nname = \"{}\"\nauth = \"{}\"\n{secret}\n",
                 user.name, user.auth
             ));
+            if let Some(tenant) = &user.tenant {
+                out.push_str(&format!("tenant = \"{tenant}\"\n"));
+            }
+        }
+        if let Some(tenancy) = &self.tenancy {
+            out.push_str(&tenancy.describe());
         }
         out
     }
@@ -362,9 +373,10 @@ impl Config {
 
 impl FileConfig {
     fn validate(self, o: &Overrides) -> Result<Config, ConfigError> {
-        if self.tenancy.is_some() {
-            return Err(ConfigError::Unsupported("tenancy"));
-        }
+        let tenancy = self
+            .tenancy
+            .map(tenancy::FileTenancy::validate)
+            .transpose()?;
         let addr = |key: &str,
                     v: Option<String>,
                     default: &str|
@@ -497,10 +509,28 @@ impl FileConfig {
                     ))
                 }
             }
+            if let Some(tenant) = &u.tenant {
+                match &tenancy {
+                    Some(t) if t.valid_tenant(tenant) => {}
+                    Some(_) => {
+                        return Err(ConfigError::invalid(
+                            "user.tenant",
+                            format!("user {:?}: {tenant:?} is not a valid tenant name", u.name),
+                        ))
+                    }
+                    None => {
+                        return Err(ConfigError::invalid(
+                            "user.tenant",
+                            format!("user {:?}: a tenant needs a [tenancy] section", u.name),
+                        ))
+                    }
+                }
+            }
             users.push(UserConfig {
                 name: u.name,
                 auth,
                 secret,
+                tenant: u.tenant,
             });
         }
         if users.is_empty() {
@@ -510,6 +540,7 @@ impl FileConfig {
             ));
         }
         Ok(Config {
+            tenancy,
             listen,
             metrics_listen,
             shutdown_delay: duration("shutdown_delay", self.shutdown_delay, "0s")?,
@@ -603,9 +634,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 mod replicas;
+mod tenancy;
 #[cfg(test)]
 mod tests;
 mod upstream;
 
 pub use replicas::{MaxLag, PrimaryReads, ReadYourWrites, ReplicaConfig, Strategy};
+pub use tenancy::{TenancyConfig, TenantSource};
 pub use upstream::{SslMode, UpstreamUrl};

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub notifications_dropped: IntCounter,
     /// Requests routed to the primary and to replicas (databases with replicas only).
     pub routed_primary: IntCounter,
+    /// Statements and logins refused to protect the tenant setting (42501).
+    pub tenancy_refusals: IntCounter,
     pub routed_replica: IntCounter,
     /// Per replica (`database`, `replica` = its position in the config): usable now, WAL bytes
     /// behind the primary, times it was ejected.
@@ -232,6 +234,10 @@ impl Metrics {
             ),
             upstream_up,
             routed_primary: routed.with_label_values(&["primary"]),
+            tenancy_refusals: counter(
+                "pgsidecar_tenancy_refusals_total",
+                "Statements and logins refused because they would change or escape the tenant setting",
+            ),
             routed_replica: routed.with_label_values(&["replica"]),
             replica_up,
             replica_lag_bytes,

@@ -108,8 +108,8 @@ fn refuses_bad_values() {
             "missing field `key`",
         ),
         (
-            format!("{FULL}\n[tenancy]\nsource = \"username\"\n"),
-            "[tenancy]",
+            format!("{FULL}\n[tenancy]\nsource = \"jwt\"\n"),
+            "tenancy.source",
         ),
         (
             FULL.replace("max_waiting = 3", "max_waitng = 3"),

@@ -20,6 +20,7 @@ impl SqlState {
     pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
     /// 28P01: wrong password or unknown user (deliberately indistinguishable).
     pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 3D000: the client asked for a database the sidecar does not serve.
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     /// 53300: the pool had no server connection within `checkout_timeout`.

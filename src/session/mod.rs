@@ -8,7 +8,9 @@ pub mod auth;
 mod cleanup;
 pub mod client;
 mod extended;
+pub mod guard;
 pub mod handshake;
+pub mod identity;
 pub mod relay;
 mod resync;
 pub mod state;
@@ -135,18 +137,48 @@ async fn login(
     if startup.needs_negotiation() {
         backend::negotiate_protocol_version(&mut client.wbuf, 0, &startup.protocol_options);
     }
+    let tenancy = app.config.tenancy.as_ref();
+    let identity =
+        identity::resolve(&startup.user, tenancy, |u| app.fixed_tenant(u)).map_err(|e| {
+            app.metrics.error(e.kind());
+            Some(e.report())
+        })?;
     if let Err(e) = auth::authenticate(
         client,
-        &startup.user,
-        app.user(&startup.user),
+        &identity.user,
+        app.user(&identity.user),
         app.mock_key(),
         app.rng(),
     )
     .await
     {
         app.metrics.error(e.kind());
-        tracing::info!(user = %startup.user, reason = e.kind(), "client authentication failed");
+        tracing::info!(user = %identity.user, reason = e.kind(), "client authentication failed");
         return Err(e.report());
+    }
+    if let Some(e) = identity::needs_tenant(&identity, tenancy) {
+        app.metrics.error(e.kind());
+        return Err(Some(e.report()));
+    }
+    let mut reserved = BTreeMap::new();
+    if let (Some(t), Some(tenant)) = (tenancy, &identity.tenant) {
+        tracing::debug!(user = %identity.user, tenant = %tenant, "client tenant");
+        if startup
+            .params
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(&t.setting))
+        {
+            app.metrics.error("tenancy_refused");
+            app.metrics.tenancy_refusals.inc();
+            return Err(Some(ErrorReport::fatal(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied to set parameter \"{}\": it is reserved for the tenant",
+                    t.setting
+                ),
+            )));
+        }
+        reserved.insert(t.setting.clone(), tenant.clone());
     }
     let Some(pool) = app.pool(&startup.database) else {
         app.metrics.error("unknown_database");
@@ -155,7 +187,9 @@ async fn login(
             format!("database \"{}\" does not exist", startup.database),
         )));
     };
-    let settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
+    let startup_settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
+    let mut settings = startup_settings.clone();
+    settings.extend(reserved.clone());
     let statuses = match pool.startup_statuses(&settings).await {
         Ok(s) => s,
         Err(e) => {
@@ -175,7 +209,7 @@ async fn login(
     }
     Ok(SessionInfo {
         pool: Arc::clone(pool),
-        state: state::SessionState::new(settings, &statuses),
+        state: state::SessionState::new(startup_settings, reserved, &statuses),
         key,
     })
 }

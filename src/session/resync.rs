@@ -331,7 +331,7 @@ fn inject(att: &mut Attachment, sql: &str) {
 /// Runs `sql` (no parameters, no rows) inside an extended batch: through the unnamed
 /// statement (the client's is prepared again before it is next used) and a portal of the
 /// sidecar's own, every reply swallowed.
-fn inject_extended(att: &mut Attachment, sql: &str) {
+pub(super) fn inject_extended(att: &mut Attachment, sql: &str) {
     const PORTAL: &[u8] = b"pgsc_portal\0";
     att.wbuf.extend_from_slice(&message(
         PARSE_TAG,

@@ -115,6 +115,8 @@ pub struct SqlPrepared {
 pub struct SessionState {
     /// The startup packet's settings: what RESET goes back to.
     startup: Settings,
+    /// Settings the sidecar owns (the tenant): always in force, whatever the client runs.
+    reserved: Settings,
     /// The settings the client's next transaction must run with.
     pub settings: Settings,
     /// The ParameterStatus values the client has been told.
@@ -128,10 +130,17 @@ pub struct SessionState {
 impl SessionState {
     /// The state of a client that just logged in with `startup` settings and was told
     /// `statuses`.
-    pub fn new(startup: Settings, statuses: &[(String, String)]) -> SessionState {
+    pub fn new(
+        startup: Settings,
+        reserved: Settings,
+        statuses: &[(String, String)],
+    ) -> SessionState {
+        let mut settings = startup.clone();
+        settings.extend(reserved.clone());
         SessionState {
-            settings: startup.clone(),
+            settings,
             startup,
+            reserved,
             reported: statuses.iter().cloned().collect(),
             sql_prepared: BTreeMap::new(),
             channels: BTreeSet::new(),
@@ -157,6 +166,8 @@ impl SessionState {
                 .entry(name.clone())
                 .or_insert_with(|| value.clone());
         }
+        // Whatever happened on the server (RESET ALL, DISCARD ALL), these stay.
+        settings.extend(self.reserved.clone());
         self.settings = settings;
     }
 
@@ -236,12 +247,19 @@ mod tests {
     #[test]
     fn reset_goes_back_to_the_startup_value() {
         let startup: Settings = [("application_name".to_owned(), "web".to_owned())].into();
-        let mut s = SessionState::new(startup, &[("application_name".into(), "web".into())]);
+        let reserved: Settings = [("app.tenant_id".to_owned(), "acme".to_owned())].into();
+        let mut s = SessionState::new(
+            startup,
+            reserved,
+            &[("application_name".into(), "web".into())],
+        );
         s.adopt_settings(&[("work_mem".to_owned(), "8192".to_owned())].into());
         assert_eq!(s.settings.get("application_name").unwrap(), "web");
         assert_eq!(s.settings.get("work_mem").unwrap(), "8192");
         s.adopt_settings(&[("application_name".to_owned(), "x".to_owned())].into());
         assert_eq!(s.settings.get("application_name").unwrap(), "x");
+        s.adopt_settings(&[("app.tenant_id".to_owned(), "other".to_owned())].into());
+        assert_eq!(s.settings.get("app.tenant_id").unwrap(), "acme");
         assert!(!s.told_otherwise("application_name", "web"));
         assert!(s.told_otherwise("application_name", "x"));
     }

@@ -24,6 +24,7 @@ use super::attachment::{
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
 use super::extended;
+use super::guard::{self, Refusal};
 use super::resync::{self, Effects, ListenChange, Quiet, Resync};
 use super::statements::{split_cstr, ClientStatements};
 use super::{checkout_report, SessionInfo};
@@ -376,6 +377,18 @@ impl Relay {
             }
             _ => {}
         }
+        // Under tenant enforcement, a refused Query becomes one that raises the refusal on the
+        // server (so a transaction fails there too); a refused Parse is replaced further down.
+        let refused = self.guard(&frame);
+        let frame = match (&refused, frame.tag()) {
+            (Some(sql), frontend::QUERY_TAG) => {
+                let mut query = bytes::BytesMut::new();
+                frontend::append_query(&mut query, sql);
+                Frame::from_bytes(query.freeze())
+            }
+            _ => frame,
+        };
+        let refused_parse = refused.filter(|_| frame.tag() == frontend::PARSE_TAG);
         // What the message runs: a Query's statements, the statement a Bind binds (classified
         // at its Parse), or a function (FunctionCall). A Parse only classifies.
         let mut parsed = None;
@@ -476,7 +489,16 @@ impl Relay {
             self.statements.clear();
             att.server.conn_mut().prepared.clear();
         }
-        if role == MessageRole::Extended {
+        if let Some(raise) = refused_parse {
+            // The server raises the refusal where the Parse was, and skips to Sync.
+            match frontend::parse_text(frame.body()).map(|(name, _)| name) {
+                Some(b"") | None => self.statements.unnamed = None,
+                Some(name) => {
+                    self.statements.forget(name);
+                }
+            }
+            resync::inject_extended(att, &raise);
+        } else if role == MessageRole::Extended {
             extended::forward(att, &mut self.statements, &frame, parsed);
         } else {
             att.wbuf.extend_from_slice(frame.as_bytes());
@@ -547,6 +569,25 @@ impl Relay {
         }
         let routing = Routing::of(&classified.classification, classified.scan.hint.as_ref());
         (effects, routing)
+    }
+
+    /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
+    /// guard refuses (42501 with the guard's message), counted and logged at debug level.
+    fn guard(&self, frame: &Frame) -> Option<String> {
+        let tenancy = self.app.config.tenancy.as_ref().filter(|t| t.enforce)?;
+        let sql = match frame.tag() {
+            frontend::QUERY_TAG => frontend::query_text(frame.body())?,
+            frontend::PARSE_TAG => frontend::parse_text(frame.body())?.1,
+            _ => return None,
+        };
+        let classified = self.app.classifier.classify(sql);
+        let Refusal(message) = guard::check(sql, &classified, &tenancy.setting).err()?;
+        self.app.metrics.tenancy_refusals.inc();
+        tracing::debug!(reason = %message, "statement refused under tenant enforcement");
+        Some(format!(
+            "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}; END$pgsc$",
+            crate::pool::pool::quote_literal(&message)
+        ))
     }
 
     /// Checks out a server connection and queues what makes it carry this client's settings.

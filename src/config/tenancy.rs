@@ -1,0 +1,155 @@
+//! The `[tenancy]` section: which setting Row-Level Security policies read, where a client's
+//! tenant comes from, how a tenant name is checked, and whether clients are kept from changing
+//! or escaping it. Parsing and validation only.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// Where a client's tenant comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSource {
+    /// `app.acme` logs in as user `app`, tenant `acme` (split at the last separator).
+    Username,
+}
+
+/// Tenant context for Row-Level Security.
+#[derive(Debug, Clone)]
+pub struct TenancyConfig {
+    /// The setting the policies read (`current_setting('app.tenant_id')`).
+    pub setting: String,
+    pub source: TenantSource,
+    pub separator: char,
+    /// Longest tenant name accepted.
+    pub max_length: usize,
+    /// Clients may not change the tenant setting or escape it (SET ROLE, DO, functions…).
+    pub enforce: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTenancy {
+    setting: Option<String>,
+    source: Option<String>,
+    separator: Option<String>,
+    max_tenant_length: Option<usize>,
+    enforce: Option<bool>,
+}
+
+impl FileTenancy {
+    pub(super) fn validate(self) -> Result<TenancyConfig, ConfigError> {
+        let setting = self.setting.unwrap_or_else(|| "app.tenant_id".to_owned());
+        let valid_setting = setting.split_once('.').is_some_and(|(a, b)| {
+            [a, b].iter().all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+        });
+        if !valid_setting {
+            return Err(ConfigError::invalid(
+                "tenancy.setting",
+                format!("{setting:?} is not a custom setting name like \"app.tenant_id\" (lower case, one dot)"),
+            ));
+        }
+        let source = match self.source.as_deref().unwrap_or("username") {
+            "username" => TenantSource::Username,
+            "certificate" | "jwt" => {
+                return Err(ConfigError::invalid(
+                    "tenancy.source",
+                    "\"certificate\" and \"jwt\" are not supported by this version yet",
+                ))
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "tenancy.source",
+                    format!("{other:?} is not one of \"username\", \"certificate\", \"jwt\""),
+                ))
+            }
+        };
+        let separator = match self.separator.as_deref().unwrap_or(".") {
+            s if s.chars().count() == 1 => s.chars().next().unwrap_or('.'),
+            s => {
+                return Err(ConfigError::invalid(
+                    "tenancy.separator",
+                    format!("{s:?} must be one character"),
+                ))
+            }
+        };
+        let max_length = self.max_tenant_length.unwrap_or(63);
+        if max_length == 0 || max_length > 1024 {
+            return Err(ConfigError::invalid(
+                "tenancy.max_tenant_length",
+                "must be between 1 and 1024",
+            ));
+        }
+        Ok(TenancyConfig {
+            setting,
+            source,
+            separator,
+            max_length,
+            enforce: self.enforce.unwrap_or(true),
+        })
+    }
+}
+
+impl TenancyConfig {
+    /// Splits a login name into (user, tenant) at the last separator; the tenant part is
+    /// `None` when there is no separator.
+    pub fn split<'a>(&self, login: &'a str) -> (&'a str, Option<&'a str>) {
+        match login.rfind(self.separator) {
+            Some(i) => (&login[..i], Some(&login[i + self.separator.len_utf8()..])),
+            None => (login, None),
+        }
+    }
+
+    /// Whether a tenant name is acceptable: 1 to `max_length` ASCII letters, digits, `_`, `-`.
+    pub fn valid_tenant(&self, tenant: &str) -> bool {
+        !tenant.is_empty()
+            && tenant.len() <= self.max_length
+            && tenant
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
+    /// The section as TOML (for `pgsidecar check`).
+    pub fn describe(&self) -> String {
+        format!(
+            "\n[tenancy]\nsetting = \"{}\"\nsource = \"username\"\nseparator = \"{}\"\nmax_tenant_length = {}\nenforce = {}\n",
+            self.setting, self.separator, self.max_length, self.enforce
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenancy(toml: &str) -> Result<TenancyConfig, ConfigError> {
+        toml::from_str::<FileTenancy>(toml).unwrap().validate()
+    }
+
+    #[test]
+    fn splits_at_the_last_separator_and_checks_tenants() {
+        let t = tenancy("").unwrap();
+        assert_eq!(t.setting, "app.tenant_id");
+        assert_eq!(t.split("app.acme"), ("app", Some("acme")));
+        assert_eq!(t.split("my.app.acme"), ("my.app", Some("acme")));
+        assert_eq!(t.split("app"), ("app", None));
+        assert!(t.valid_tenant("acme-2_b"));
+        for bad in ["", "a'b", "a b", "acme;", &"x".repeat(64), "é"] {
+            assert!(!t.valid_tenant(bad), "{bad:?}");
+        }
+        let t = tenancy("separator = \"@\"\nsetting = \"rls.tenant\"").unwrap();
+        assert_eq!(t.split("app@acme"), ("app", Some("acme")));
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(tenancy("source = \"jwt\"").is_err());
+        assert!(tenancy("setting = \"Tenant\"").is_err());
+        assert!(tenancy("setting = \"a.b'c\"").is_err());
+        assert!(tenancy("separator = \"::\"").is_err());
+    }
+}

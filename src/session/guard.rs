@@ -1,0 +1,184 @@
+//! The tenant guard: what a client may not run while tenant enforcement is on, because it would
+//! change the tenant setting or step outside what the sidecar can check — SET / SET LOCAL /
+//! RESET of the setting, `set_config` of it anywhere (or with a name the sidecar cannot read),
+//! SET ROLE and SET SESSION AUTHORIZATION, DO blocks, CREATE FUNCTION / PROCEDURE, text that
+//! does not parse, and LISTEN / NOTIFY on the sidecar's reserved channels. Pure: the relay
+//! refuses what this returns with 42501.
+
+use crate::sql::cache::Classified;
+use crate::sql::classify::{Classification, Kind, SettingName};
+
+/// Channels whose names start with this are the sidecar's own.
+pub const RESERVED_CHANNEL_PREFIX: &str = "pgsidecar";
+
+/// A statement text the guard refuses, and why (the message the client gets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// Checks a statement text (`sql`, classified) against the reserved `setting`.
+pub fn check(sql: &[u8], classified: &Classified, setting: &str) -> Result<(), Refusal> {
+    let statements = match classified.classification.as_ref() {
+        Classification::Parsed(statements) => statements,
+        Classification::Unparsed { .. } => {
+            return Err(Refusal(
+                "permission denied: statements the sidecar cannot parse are refused while tenant enforcement is on".into(),
+            ))
+        }
+    };
+    for statement in statements {
+        let refused_kind = match &statement.kind {
+            Kind::SetRole => Some("SET ROLE"),
+            Kind::SetSessionAuthorization => Some("SET SESSION AUTHORIZATION"),
+            Kind::Do => Some("DO blocks"),
+            Kind::CreateFunction => Some("CREATE FUNCTION and CREATE PROCEDURE"),
+            Kind::Listen { channel }
+            | Kind::Notify { channel }
+            | Kind::Unlisten {
+                channel: Some(channel),
+            } if reserved_channel(channel) => Some("LISTEN and NOTIFY on the sidecar's channels"),
+            _ => None,
+        };
+        if let Some(what) = refused_kind {
+            return Err(Refusal(format!(
+                "permission denied: {what} are refused while tenant enforcement is on"
+            )));
+        }
+        for change in &statement.settings {
+            let name = match &change.name {
+                SettingName::Fixed(name) => name.clone(),
+                SettingName::Literal(i) => match classified.scan.literals.get(*i) {
+                    Some(literal) => literal.value(sql).into_owned(),
+                    None => String::new(),
+                },
+                SettingName::Computed => {
+                    return Err(Refusal(
+                        "permission denied: set_config with a computed setting name is refused while tenant enforcement is on".into(),
+                    ))
+                }
+            };
+            if name.trim().eq_ignore_ascii_case(setting) {
+                return Err(Refusal(format!(
+                    "permission denied to set parameter \"{setting}\": it is reserved for the tenant"
+                )));
+            }
+        }
+        // pg_notify with a channel the sidecar cannot read could reach its reserved channels.
+        for call in &statement.functions {
+            if call.name.rsplit('.').next() == Some("pg_notify")
+                && !notifies_literal_channel(sql, classified)
+            {
+                return Err(Refusal(
+                    "permission denied: pg_notify with a computed channel is refused while tenant enforcement is on".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reserved_channel(channel: &str) -> bool {
+    channel
+        .to_ascii_lowercase()
+        .starts_with(RESERVED_CHANNEL_PREFIX)
+}
+
+/// Whether every `pg_notify(` in the text takes a string literal, not reserved, as its
+/// channel.
+fn notifies_literal_channel(sql: &[u8], classified: &Classified) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let mut rest = text.as_str();
+    let mut offset = 0;
+    while let Some(at) = rest.find("pg_notify") {
+        let after = offset + at + "pg_notify".len();
+        let open = text[after..].trim_start();
+        let Some(arg) = open.strip_prefix('(') else {
+            return false;
+        };
+        let arg_start = text.len() - arg.trim_start().len();
+        let literal = classified
+            .scan
+            .literals
+            .iter()
+            .find(|l| l.span.start == arg_start);
+        match literal {
+            Some(l) if !reserved_channel(&l.value(sql)) => {}
+            _ => return false,
+        }
+        offset = after;
+        rest = &text[after..];
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::cache::ClassificationCache;
+
+    fn guard(sql: &str) -> Result<(), Refusal> {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        check(
+            sql.as_bytes(),
+            &cache.classify(sql.as_bytes()),
+            "app.tenant_id",
+        )
+    }
+
+    #[test]
+    fn allowed() {
+        for sql in [
+            "SELECT * FROM t WHERE tenant_id = current_setting('app.tenant_id')",
+            "SET work_mem = '8MB'",
+            "SELECT set_config('work_mem', '8MB', false)",
+            "RESET ALL",
+            "DISCARD ALL",
+            "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+            "LISTEN jobs",
+            "SELECT pg_notify('jobs', 'x')",
+            "NOTIFY jobs, 'x'",
+        ] {
+            assert_eq!(guard(sql), Ok(()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn refused() {
+        for sql in [
+            "SET app.tenant_id = 'other'",
+            "set APP.TENANT_ID to 'other'",
+            "SET \"app.tenant_id\" = 'other'",
+            "SET LOCAL app.tenant_id = 'other'",
+            "RESET app.tenant_id",
+            "SET app.tenant_id TO DEFAULT",
+            "SELECT set_config('app.tenant_id', 'other', false)",
+            "SELECT pg_catalog.set_config('APP.tenant_id', 'other', true)",
+            "SELECT 1; SELECT set_config('app.tenant_id', 'other', false)",
+            "WITH x AS (SELECT set_config('app.tenant_id', 'b', false)) SELECT * FROM x",
+            "SELECT * FROM t WHERE set_config('app.tenant_id', 'b', false) IS NOT NULL",
+            "SELECT set_config(n, 'b', false) FROM (VALUES ('app.tenant_id')) v(n)",
+            "SELECT set_config('app.' || 'tenant_id', 'b', false)",
+            "PREPARE p AS SELECT set_config('app.tenant_id', 'b', false)",
+            "EXPLAIN ANALYZE SELECT set_config('app.tenant_id', 'b', false)",
+            "SET ROLE admin",
+            "SET SESSION AUTHORIZATION admin",
+            "DO $$BEGIN PERFORM set_config('app.tenant_id', 'b', false); END$$",
+            "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS $$ SELECT 1 $$",
+            "CREATE OR REPLACE PROCEDURE p() LANGUAGE plpgsql AS $$BEGIN END$$",
+            "this is not sql",
+            "LISTEN pgsidecar_invalidate",
+            "NOTIFY pgsidecar_invalidate",
+            "SELECT pg_notify(chr(112) || 'gsidecar', 'x')",
+            "SELECT pg_notify('pgsidecar_x', 'x')",
+            "DECLARE c CURSOR FOR SELECT set_config('app.tenant_id', 'b', false)",
+            "CREATE TABLE x AS SELECT set_config('app.tenant_id', 'b', false)",
+            "COPY (SELECT set_config('app.tenant_id', 'b', false)) TO STDOUT",
+            "SELECT \"set_config\"('app.tenant_id', 'b', false)",
+            "CREATE VIEW v AS SELECT set_config('app.tenant_id', 'b', false)",
+            "INSERT INTO t SELECT set_config('app.tenant_id', 'b', false)",
+            "SELECT set_config(E'app.tenant_id', 'b', false)",
+            "SELECT set_config('app.tenant_id'::text, 'b', false)",
+        ] {
+            assert!(guard(sql).is_err(), "{sql} was allowed");
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Tenant context for Row-Level Security against a real Postgres: a table with policies on
+//! `current_setting('app.tenant_id')` owned by another role than the one the sidecar logs in
+//! as; tenants (from the login name `user.tenant`) interleaving on one server connection see
+//! and change only their rows; an adversarial suite of attempts to change or escape the tenant
+//! setting, each refused with 42501 and no foreign row coming back; identity refusals.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+
+/// A database with an RLS-protected table, and a sidecar in front of it whose upstream role
+/// (`<name>_app`) does not own the table. Returns (name, sidecar).
+async fn setup() -> (String, pgsidecar::app::Running) {
+    let name = fresh_user("tenant");
+    let app = format!("{name}_app");
+    pg().psql(
+        &name,
+        &format!(
+            "CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}';
+             CREATE TABLE items (tenant_id text NOT NULL, v int);
+             ALTER TABLE items OWNER TO {name};
+             ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON items
+                 USING (tenant_id = current_setting('app.tenant_id', true))
+                 WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
+             GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {app};
+             INSERT INTO items VALUES ('acme', 1), ('acme', 2), ('globex', 10), ('initech', 100);"
+        ),
+    )
+    .unwrap();
+    let toml = base_toml(&name, "size = 1\ncheckout_timeout = \"10s\"").replace(
+        &pg().url(&name, PASSWORD, &name),
+        &pg().url(&app, PASSWORD, &name),
+    ) + "\n[tenancy]\nsetting = \"app.tenant_id\"\n";
+    (name.clone(), start(&toml).await)
+}
+
+async fn tenant_client(
+    sidecar: &pgsidecar::app::Running,
+    name: &str,
+    tenant: &str,
+) -> tokio_postgres::Client {
+    connect(sidecar.addr, &format!("{name}.{tenant}"), PASSWORD, name)
+        .await
+        .unwrap()
+}
+
+async fn visible_tenants(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query("SELECT DISTINCT tenant_id FROM items ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_interleaving_on_one_connection_see_only_their_rows() {
+    let (name, sidecar) = setup().await;
+    let mut clients = Vec::new();
+    for tenant in TENANTS {
+        clients.push((tenant, tenant_client(&sidecar, &name, tenant).await));
+    }
+    for round in 0..3 {
+        for (tenant, client) in &clients {
+            assert_eq!(visible_tenants(client).await, vec![tenant.to_string()]);
+            // Writes land in the client's own tenant; another tenant's rows are refused.
+            client
+                .execute(
+                    "INSERT INTO items VALUES ($1, $2)",
+                    &[&tenant.to_string(), &round],
+                )
+                .await
+                .unwrap();
+            let e = client
+                .execute("INSERT INTO items VALUES ('someone_else', 0)", &[])
+                .await
+                .unwrap_err();
+            assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
+            // Prepared statements, transactions and updates stay inside the tenant.
+            let statement = client
+                .prepare("UPDATE items SET v = v + 1 WHERE v >= 0")
+                .await
+                .unwrap();
+            client.batch_execute("BEGIN").await.unwrap();
+            let updated = client.execute(&statement, &[]).await.unwrap();
+            client.batch_execute("COMMIT").await.unwrap();
+            let own: i64 = client
+                .query_one("SELECT count(*) FROM items", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(updated as i64, own);
+        }
+    }
+    // COPY out is tenant-scoped (COPY FROM is refused by Postgres itself under RLS).
+    let (_, acme) = &clients[0];
+    let stream = acme.copy_out("COPY items TO STDOUT").await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.lines().all(|l| l.starts_with("acme\t")), "{text}");
+    assert!(text.lines().count() >= 2, "{text}");
+    // RESET ALL and DISCARD ALL are allowed; the tenant stays in force after them.
+    for reset in ["RESET ALL", "DISCARD ALL"] {
+        acme.batch_execute(reset).await.unwrap();
+        assert_eq!(
+            visible_tenants(acme).await,
+            vec!["acme".to_owned()],
+            "{reset}"
+        );
+        let setting: String = acme
+            .query_one("SELECT current_setting('app.tenant_id')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(setting, "acme");
+    }
+    // What the superuser sees: each tenant's rows where they belong.
+    let rows = pg()
+        .psql(
+            &name,
+            "SELECT tenant_id, count(*) FROM items GROUP BY 1 ORDER BY 1",
+        )
+        .unwrap();
+    assert!(!rows.contains("someone_else"), "{rows}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_to_change_or_escape_the_tenant_are_refused() {
+    let (name, sidecar) = setup().await;
+    let acme = tenant_client(&sidecar, &name, "acme").await;
+    let attempts = [
+        "SET app.tenant_id = 'globex'",
+        "set APP.TENANT_ID to 'globex'",
+        "SET \"app.tenant_id\" = 'globex'",
+        "SET SESSION app.tenant_id = 'globex'",
+        "SET LOCAL app.tenant_id = 'globex'",
+        "RESET app.tenant_id",
+        "SET app.tenant_id TO DEFAULT",
+        "SELECT set_config('app.tenant_id', 'globex', false)",
+        "SELECT set_config('app.tenant_id', 'globex', true)",
+        "SELECT pg_catalog.set_config('APP.Tenant_Id', 'globex', false)",
+        "SELECT \"set_config\"('app.tenant_id', 'globex', false)",
+        "SELECT set_config(E'app.tenant_id', 'globex', false)",
+        "SELECT set_config('app.' || 'tenant_id', 'globex', false)",
+        "SELECT set_config(n, 'globex', false) FROM (VALUES ('app.tenant_id')) v(n)",
+        "SELECT * FROM items WHERE set_config('app.tenant_id', 'globex', false) IS NOT NULL",
+        "WITH x AS (SELECT set_config('app.tenant_id', 'globex', false)) SELECT * FROM items, x",
+        "SELECT 1; SELECT set_config('app.tenant_id', 'globex', false); SELECT * FROM items",
+        "/* hello */ SET app.tenant_id = 'globex'",
+        "-- comment\nSET app.tenant_id = 'globex'",
+        "PREPARE p AS SELECT set_config('app.tenant_id', 'globex', false)",
+        "EXPLAIN ANALYZE SELECT set_config('app.tenant_id', 'globex', false)",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT set_config('app.tenant_id', 'globex', false)",
+        "COPY (SELECT set_config('app.tenant_id', 'globex', false)) TO STDOUT",
+        "CREATE TEMP TABLE x AS SELECT set_config('app.tenant_id', 'globex', false)",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "DO $$BEGIN PERFORM set_config('app.tenant_id', 'globex', false); END$$",
+        "CREATE FUNCTION pg_temp.f() RETURNS text LANGUAGE sql AS $$ SELECT set_config('app.tenant_id', 'globex', false) $$",
+        "CREATE OR REPLACE PROCEDURE pg_temp.p() LANGUAGE sql AS $$ SELECT 1 $$",
+        "SELEC set_config('app.tenant_id', 'globex', false)",
+        "LISTEN pgsidecar_invalidate",
+        "NOTIFY pgsidecar_invalidate, 'x'",
+        "SELECT pg_notify(chr(112) || 'gsidecar_invalidate', 'x')",
+    ];
+    assert!(attempts.len() >= 30);
+    for attempt in attempts {
+        let e = acme.simple_query(attempt).await.unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{attempt}: {e}");
+        assert_eq!(
+            visible_tenants(&acme).await,
+            vec!["acme".to_owned()],
+            "{attempt}"
+        );
+    }
+    // The same through the extended protocol: refused at Parse.
+    for attempt in &attempts[..12] {
+        let e = acme.prepare(attempt).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&e).as_deref(),
+            Some("42501"),
+            "extended {attempt}: {e}"
+        );
+    }
+    let e = acme
+        .query(
+            "SELECT set_config($1, 'globex', false)",
+            &[&"app.tenant_id"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
+    // A refusal inside a transaction fails it on the server too: COMMIT commits nothing.
+    acme.batch_execute("BEGIN; INSERT INTO items VALUES ('acme', 555)")
+        .await
+        .unwrap();
+    acme.simple_query("SET app.tenant_id = 'globex'")
+        .await
+        .unwrap_err();
+    let e = acme.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"), "{e}");
+    acme.batch_execute("COMMIT").await.unwrap();
+    let kept: i64 = acme
+        .query_one("SELECT count(*) FROM items WHERE v = 555", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0, "a transaction with a refused statement committed");
+    let setting: String = acme
+        .query_one("SELECT current_setting('app.tenant_id')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "acme");
+    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+    assert!(
+        metric(&text, "pgsidecar_tenancy_refusals_total").unwrap() >= 40.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_without_a_valid_tenant_are_refused() {
+    let (name, sidecar) = setup().await;
+    for (login, code) in [
+        (name.clone(), "28000"),
+        (format!("{name}.ac'me"), "28000"),
+        (format!("{name}."), "28000"),
+        (format!("{name}.{}", "x".repeat(64)), "28000"),
+    ] {
+        let e = connect(sidecar.addr, &login, PASSWORD, &name)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some(code), "{login}: {e}");
+    }
+    let e = connect(sidecar.addr, &format!("{name}.acme"), "wrong", &name)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+    // The tenant setting cannot come in through the startup packet either.
+    let e = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(sidecar.addr.port())
+        .user(format!("{name}.acme"))
+        .password(PASSWORD)
+        .dbname(&name)
+        .options("-c app.tenant_id=globex")
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
+}
