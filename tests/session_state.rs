@@ -374,57 +374,11 @@ async fn startup_settings_and_parameter_status_stay_with_their_client() {
     assert_eq!(show(&c, "work_mem").await, "5MB");
 }
 
-/// A tokio-postgres client through the sidecar whose notifications arrive on a channel.
-async fn listening_client(
-    addr: std::net::SocketAddr,
-    name: &str,
-) -> (
-    tokio_postgres::Client,
-    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) {
-    let (client, mut conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(addr.port())
-        .user(name)
-        .password(PASSWORD)
-        .dbname(name)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n);
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    (client, rx)
-}
-
-async fn next(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) -> Option<tokio_postgres::Notification> {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn none_within(rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>) {
-    let late = tokio::time::timeout(Duration::from_millis(400), rx.recv()).await;
-    assert!(late.is_err(), "unexpected notification: {late:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_keeps_delivering_across_transactions() {
     let name = fresh_user("listen");
     let sidecar = start(&base_toml(&name, "size = 1")).await;
-    let (a, mut inbox) = listening_client(sidecar.addr, &name).await;
+    let (a, mut inbox) = listening_client(sidecar.addr, &name, &name).await;
     let mut b = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
         .await
         .unwrap();

@@ -262,3 +262,34 @@ async fn logins_without_a_valid_tenant_are_refused() {
         .expect("refused");
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_hear_each_others_notifications() {
+    let (name, sidecar) = setup().await;
+    let (acme, mut acme_inbox) =
+        listening_client(sidecar.addr, &format!("{name}.acme"), &name).await;
+    let (globex, mut globex_inbox) =
+        listening_client(sidecar.addr, &format!("{name}.globex"), &name).await;
+    acme.batch_execute("LISTEN jobs").await.unwrap();
+    globex.execute("LISTEN jobs", &[]).await.unwrap();
+    // Same channel name, different tenants: each hears only its own.
+    acme.batch_execute("NOTIFY jobs, 'for acme'").await.unwrap();
+    globex
+        .batch_execute("SELECT pg_notify('jobs', 'for globex')")
+        .await
+        .unwrap();
+    let n = next(&mut acme_inbox).await.expect("acme hears its own");
+    assert_eq!((n.channel(), n.payload()), ("jobs", "for acme"));
+    let n = next(&mut globex_inbox).await.expect("globex hears its own");
+    assert_eq!((n.channel(), n.payload()), ("jobs", "for globex"));
+    none_within(&mut acme_inbox).await;
+    none_within(&mut globex_inbox).await;
+    // Someone outside the sidecar notifying the bare channel reaches no tenant.
+    pg().psql(&name, "NOTIFY jobs, 'bare'").unwrap();
+    none_within(&mut acme_inbox).await;
+    // UNLISTEN works on the tenant's channel.
+    acme.batch_execute("UNLISTEN jobs").await.unwrap();
+    globex.batch_execute("NOTIFY jobs, 'again'").await.unwrap();
+    assert_eq!(next(&mut globex_inbox).await.unwrap().payload(), "again");
+    none_within(&mut acme_inbox).await;
+}

@@ -306,6 +306,23 @@ fn sync_sql(have: &BTreeSet<String>, want: &BTreeSet<String>) -> Option<String> 
     (!sql.is_empty()).then_some(sql)
 }
 
+/// A whole NotificationResponse (`message`) with `prefix` taken off its channel, or `None`
+/// when the channel does not carry the prefix (another tenant's) or the message is malformed.
+pub fn strip_channel_prefix(message: &[u8], prefix: &str) -> Option<Bytes> {
+    let (pid, channel, payload) = parse_notification(message.get(5..)?)?;
+    let channel = channel.strip_prefix(prefix)?;
+    let len = 4 + 4 + channel.len() + 1 + payload.len() + 1;
+    let mut out = BytesMut::with_capacity(len + 1);
+    out.put_u8(NOTIFICATION_RESPONSE_TAG);
+    out.put_i32(len as i32);
+    out.put_i32(pid);
+    out.put_slice(channel.as_bytes());
+    out.put_u8(0);
+    out.put_slice(payload.as_bytes());
+    out.put_u8(0);
+    Some(out.freeze())
+}
+
 /// (sender PID, channel, payload) of a NotificationResponse body.
 pub fn parse_notification(body: &[u8]) -> Option<(i32, &str, &str)> {
     let mut b = body;
@@ -334,6 +351,17 @@ mod tests {
         b.extend_from_slice(payload.as_bytes());
         b.push(0);
         b
+    }
+
+    #[test]
+    fn channel_prefixes_come_off() {
+        let mut message = vec![NOTIFICATION_RESPONSE_TAG];
+        let b = body(7, "acme.jobs", "x");
+        message.extend_from_slice(&(b.len() as i32 + 4).to_be_bytes());
+        message.extend_from_slice(&b);
+        let stripped = strip_channel_prefix(&message, "acme.").unwrap();
+        assert_eq!(parse_notification(&stripped[5..]), Some((7, "jobs", "x")));
+        assert_eq!(strip_channel_prefix(&message, "globex."), None);
     }
 
     #[test]

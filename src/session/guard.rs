@@ -5,6 +5,7 @@
 //! does not parse, and LISTEN / NOTIFY on the sidecar's reserved channels. Pure: the relay
 //! refuses what this returns with 42501.
 
+use crate::pool::pool::{quote_ident, quote_literal};
 use crate::sql::cache::Classified;
 use crate::sql::classify::{Classification, Kind, SettingName};
 
@@ -76,6 +77,102 @@ pub fn check(sql: &[u8], classified: &Classified, setting: &str) -> Result<(), R
     Ok(())
 }
 
+/// Under tenant enforcement, LISTEN / UNLISTEN / NOTIFY / `pg_notify` channels are the
+/// tenant's: `jobs` is `<tenant>.jobs` on the server, so tenants never hear each other. Returns
+/// the text to send instead of `sql` when it names channels (`None`: send it as it is).
+pub fn namespace_channels(
+    sql: &[u8],
+    classified: &Classified,
+    tenant: &str,
+) -> Result<Option<String>, Refusal> {
+    let Classification::Parsed(statements) = classified.classification.as_ref() else {
+        return Ok(None);
+    };
+    let named = |channel: &str| -> Result<String, Refusal> {
+        let full = format!("{tenant}.{channel}");
+        if full.len() > 63 {
+            return Err(Refusal(format!(
+                "channel name \"{channel}\" is too long for tenant \"{tenant}\" (at most {} bytes)",
+                62 - tenant.len()
+            )));
+        }
+        Ok(full)
+    };
+    let channel_statements = statements
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.kind,
+                Kind::Listen { .. } | Kind::Unlisten { .. } | Kind::Notify { .. }
+            )
+        })
+        .count();
+    if channel_statements > 0 {
+        let [statement] = statements.as_slice() else {
+            return Err(Refusal(
+                "permission denied: LISTEN, UNLISTEN and NOTIFY must be sent as a statement of their own while tenant enforcement is on".into(),
+            ));
+        };
+        return Ok(match &statement.kind {
+            Kind::Listen { channel } => Some(format!("LISTEN {}", quote_ident(&named(channel)?))),
+            Kind::Unlisten {
+                channel: Some(channel),
+            } => Some(format!("UNLISTEN {}", quote_ident(&named(channel)?))),
+            Kind::Notify { channel } => {
+                let payload = classified
+                    .scan
+                    .literals
+                    .last()
+                    .map(|l| format!(", {}", quote_literal(&l.value(sql))))
+                    .unwrap_or_default();
+                Some(format!("NOTIFY {}{payload}", quote_ident(&named(channel)?)))
+            }
+            // UNLISTEN * only ever reaches the tenant's own channels.
+            _ => None,
+        });
+    }
+    let calls_notify = statements.iter().any(|s| {
+        s.functions
+            .iter()
+            .any(|f| f.name.rsplit('.').next() == Some("pg_notify"))
+    });
+    if !calls_notify {
+        return Ok(None);
+    }
+    // pg_notify('jobs', …): the channel literal is replaced in place (check() made sure every
+    // channel is a literal).
+    let text = String::from_utf8_lossy(sql).into_owned();
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(at) = lower[search..].find("pg_notify") {
+        let after = search + at + "pg_notify".len();
+        let arg_start = lower.len()
+            - lower[after..]
+                .trim_start()
+                .trim_start_matches('(')
+                .trim_start()
+                .len();
+        let Some(literal) = classified
+            .scan
+            .literals
+            .iter()
+            .find(|l| l.span.start == arg_start)
+        else {
+            return Err(Refusal(
+                "permission denied: pg_notify with a computed channel is refused while tenant enforcement is on".into(),
+            ));
+        };
+        out.push_str(&text[copied..literal.span.start]);
+        out.push_str(&quote_literal(&named(&literal.value(sql))?));
+        copied = literal.span.end;
+        search = literal.span.end.max(after);
+    }
+    out.push_str(&text[copied..]);
+    Ok(Some(out))
+}
+
 fn reserved_channel(channel: &str) -> bool {
     channel
         .to_ascii_lowercase()
@@ -122,6 +219,41 @@ mod tests {
             &cache.classify(sql.as_bytes()),
             "app.tenant_id",
         )
+    }
+
+    fn namespaced(sql: &str) -> Result<Option<String>, Refusal> {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        namespace_channels(sql.as_bytes(), &cache.classify(sql.as_bytes()), "acme")
+    }
+
+    #[test]
+    fn channels_are_the_tenants() {
+        assert_eq!(
+            namespaced("LISTEN Jobs"),
+            Ok(Some("LISTEN \"acme.jobs\"".into()))
+        );
+        assert_eq!(
+            namespaced("UNLISTEN \"Jobs\""),
+            Ok(Some("UNLISTEN \"acme.Jobs\"".into()))
+        );
+        assert_eq!(namespaced("UNLISTEN *"), Ok(None));
+        assert_eq!(
+            namespaced("NOTIFY jobs, 'it''s'"),
+            Ok(Some("NOTIFY \"acme.jobs\", E'it''s'".into()))
+        );
+        assert_eq!(
+            namespaced("NOTIFY jobs"),
+            Ok(Some("NOTIFY \"acme.jobs\"".into()))
+        );
+        assert_eq!(
+            namespaced("SELECT pg_notify('jobs', 'x'), PG_NOTIFY ( 'b', 'y')"),
+            Ok(Some(
+                "SELECT pg_notify(E'acme.jobs', 'x'), PG_NOTIFY ( E'acme.b', 'y')".into()
+            ))
+        );
+        assert_eq!(namespaced("SELECT 1"), Ok(None));
+        assert!(namespaced("LISTEN a; LISTEN b").is_err());
+        assert!(namespaced(&format!("LISTEN {}", "x".repeat(60))).is_err());
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct SessionInfo {
     pub pool: Arc<crate::pool::Pool>,
     pub state: state::SessionState,
     pub key: crate::cancel::IssuedKey,
+    /// The client's tenant (with `[tenancy]`).
+    pub tenant: Option<String>,
 }
 
 /// Authenticates, checks the database, and sends the startup reply. `Err(Some(report))` is
@@ -210,6 +212,7 @@ async fn login(
     Ok(SessionInfo {
         pool: Arc::clone(pool),
         state: state::SessionState::new(startup_settings, reserved, &statuses),
+        tenant: identity.tenant,
         key,
     })
 }

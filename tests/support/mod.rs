@@ -337,3 +337,52 @@ pub fn error_code(replies: &[(u8, Vec<u8>)]) -> Option<String> {
         .find(|(t, _)| *t == b'E')
         .map(|(_, body)| pgsidecar::protocol::backend::ErrorFields::parse(body).code)
 }
+
+/// A tokio-postgres client through the sidecar whose notifications arrive on a channel.
+pub async fn listening_client(
+    addr: std::net::SocketAddr,
+    user: &str,
+    database: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(user)
+        .password(PASSWORD)
+        .dbname(database)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, rx)
+}
+
+pub async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> Option<tokio_postgres::Notification> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+pub async fn none_within(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let late = tokio::time::timeout(Duration::from_millis(400), rx.recv()).await;
+    assert!(late.is_err(), "unexpected notification: {late:?}");
+}

@@ -244,6 +244,7 @@ impl Relay {
                     let between_messages = att.passthrough.is_none();
                     tokio::select! {
                         Some(message) = next_notification(&mut self.notifications), if between_messages => {
+                            let message = self.for_client(message).unwrap_or_default();
                             self.client.wbuf.extend_from_slice(&message);
                             let n = self.client.flush().await?;
                             self.app.metrics.client_bytes_sent.inc_by(n as u64);
@@ -288,6 +289,7 @@ impl Relay {
                 Phase::Detached | Phase::SkipToSync => {
                     tokio::select! {
                         Some(message) = next_notification(&mut self.notifications) => {
+                            let message = self.for_client(message).unwrap_or_default();
                             self.client.wbuf.extend_from_slice(&message);
                             self.write_client().await?;
                         }
@@ -379,16 +381,16 @@ impl Relay {
         }
         // Under tenant enforcement, a refused Query becomes one that raises the refusal on the
         // server (so a transaction fails there too); a refused Parse is replaced further down.
-        let refused = self.guard(&frame);
-        let frame = match (&refused, frame.tag()) {
-            (Some(sql), frontend::QUERY_TAG) => {
-                let mut query = bytes::BytesMut::new();
-                frontend::append_query(&mut query, sql);
-                Frame::from_bytes(query.freeze())
+        let (frame, refused) = match self.guard(&frame) {
+            Guarded::Pass => (frame, None),
+            Guarded::Refused(raise) if frame.tag() == frontend::QUERY_TAG => {
+                (with_text(&frame, &raise), None)
             }
-            _ => frame,
+            Guarded::Refused(raise) => (frame, Some(raise)),
+            // Channel names made the tenant's.
+            Guarded::Rewritten(sql) => (with_text(&frame, &sql), None),
         };
-        let refused_parse = refused.filter(|_| frame.tag() == frontend::PARSE_TAG);
+        let refused_parse = refused;
         // What the message runs: a Query's statements, the statement a Bind binds (classified
         // at its Parse), or a function (FunctionCall). A Parse only classifies.
         let mut parsed = None;
@@ -573,21 +575,50 @@ impl Relay {
 
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
     /// guard refuses (42501 with the guard's message), counted and logged at debug level.
-    fn guard(&self, frame: &Frame) -> Option<String> {
-        let tenancy = self.app.config.tenancy.as_ref().filter(|t| t.enforce)?;
+    fn guard(&self, frame: &Frame) -> Guarded {
+        let (Some(tenancy), Some(tenant)) = (
+            self.app.config.tenancy.as_ref().filter(|t| t.enforce),
+            &self.info.tenant,
+        ) else {
+            return Guarded::Pass;
+        };
         let sql = match frame.tag() {
-            frontend::QUERY_TAG => frontend::query_text(frame.body())?,
-            frontend::PARSE_TAG => frontend::parse_text(frame.body())?.1,
-            _ => return None,
+            frontend::QUERY_TAG => frontend::query_text(frame.body()),
+            frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(_, sql)| sql),
+            _ => None,
+        };
+        let Some(sql) = sql else {
+            return Guarded::Pass;
         };
         let classified = self.app.classifier.classify(sql);
-        let Refusal(message) = guard::check(sql, &classified, &tenancy.setting).err()?;
-        self.app.metrics.tenancy_refusals.inc();
-        tracing::debug!(reason = %message, "statement refused under tenant enforcement");
-        Some(format!(
-            "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}; END$pgsc$",
-            crate::pool::pool::quote_literal(&message)
-        ))
+        let outcome = guard::check(sql, &classified, &tenancy.setting)
+            .and_then(|()| guard::namespace_channels(sql, &classified, tenant));
+        match outcome {
+            Ok(None) => Guarded::Pass,
+            Ok(Some(sql)) => Guarded::Rewritten(sql),
+            Err(Refusal(message)) => {
+                self.app.metrics.tenancy_refusals.inc();
+                tracing::debug!(reason = %message, "statement refused under tenant enforcement");
+                Guarded::Refused(format!(
+                    "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}; END$pgsc$",
+                    crate::pool::pool::quote_literal(&message)
+                ))
+            }
+        }
+    }
+
+    /// A notification on its way to the client: under tenant enforcement the channel loses
+    /// the tenant's prefix, and one of another tenant never arrives (`None`).
+    fn for_client(&self, message: Bytes) -> Option<Bytes> {
+        match (
+            &self.info.tenant,
+            self.app.config.tenancy.as_ref().filter(|t| t.enforce),
+        ) {
+            (Some(tenant), Some(_)) => {
+                notify::strip_channel_prefix(&message, &format!("{tenant}."))
+            }
+            _ => Some(message),
+        }
     }
 
     /// Checks out a server connection and queues what makes it carry this client's settings.
@@ -671,6 +702,33 @@ impl Relay {
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
         Ok(())
     }
+}
+
+/// What the tenant guard makes of a Query or Parse.
+enum Guarded {
+    Pass,
+    /// Refused: the statement that raises the refusal on the server instead.
+    Refused(String),
+    /// Sent with this text instead (tenant channels).
+    Rewritten(String),
+}
+
+/// A Query or Parse like `frame` with another statement text.
+fn with_text(frame: &Frame, sql: &str) -> Frame {
+    let mut out = bytes::BytesMut::new();
+    if frame.tag() == frontend::QUERY_TAG {
+        frontend::append_query(&mut out, sql);
+        return Frame::from_bytes(out.freeze());
+    }
+    let body = frame.body();
+    let Some((name, old)) = frontend::parse_text(body) else {
+        return frame.clone();
+    };
+    let rest = &body[(name.len() + 1 + old.len() + 1).min(body.len())..];
+    Frame::from_bytes(super::statements::message(
+        frontend::PARSE_TAG,
+        &[name, &[0], sql.as_bytes(), &[0], rest],
+    ))
 }
 
 /// The statement name of a Bind body.

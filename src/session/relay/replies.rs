@@ -37,6 +37,11 @@ impl Relay {
         let statements = &mut self.statements;
         let state = &mut self.info.state;
         let notifier = &self.info.pool.notifier;
+        // Under tenant enforcement, channels arrive as `<tenant>.<channel>`.
+        let channel_prefix = match (&self.info.tenant, &self.app.config.tenancy) {
+            (Some(tenant), Some(t)) if t.enforce => Some(format!("{tenant}.")),
+            _ => None,
+        };
         let transaction_mode = self.mode == PoolMode::Transaction;
         let mut cut = 0usize;
         loop {
@@ -170,7 +175,12 @@ impl Relay {
                         .filter(|(_, channel)| {
                             !(transaction_mode && state.channels.contains(channel))
                         })
-                        .map(|(message, _)| message);
+                        .and_then(|(message, _)| match &channel_prefix {
+                            Some(prefix) => {
+                                crate::pool::notify::strip_channel_prefix(&message, prefix)
+                            }
+                            None => Some(message),
+                        });
                 }
                 DATA_ROW_TAG => {
                     if let Resync::Capturing { rows, .. } = &mut att.resync {
