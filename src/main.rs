@@ -206,21 +206,22 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
             }
         };
         match pgsidecar::pool::ServerConn::connect(0, &db.primary, &[], &options).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 println!(
                     "# database {}: connected to {}",
                     db.name,
                     db.primary.masked()
                 );
-                if conn
-                    .params
-                    .iter()
-                    .any(|(n, v)| n == "is_superuser" && v == "on")
-                {
-                    println!(
-                        "# WARNING: upstream user {:?} is a superuser; Row-Level Security does not apply to it",
-                        db.primary.user
-                    );
+                match pgsidecar::pool::audit::audit_role(&mut conn).await {
+                    Ok(warnings) => {
+                        for warning in warnings {
+                            println!("# WARNING: upstream user {:?} {warning}", db.primary.user);
+                        }
+                    }
+                    Err(e) => eprintln!(
+                        "pgsidecar: database {}: could not check the upstream role: {e}",
+                        db.name
+                    ),
                 }
             }
             Err(e) => {

@@ -293,3 +293,42 @@ async fn tenants_never_hear_each_others_notifications() {
     assert_eq!(next(&mut globex_inbox).await.unwrap().payload(), "again");
     none_within(&mut acme_inbox).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_warns_about_roles_that_could_escape_rls() {
+    let (name, _sidecar) = setup().await;
+    let app = format!("{name}_app");
+    let audit = |user: String| {
+        let name = name.clone();
+        async move {
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
+            let mut conn = raw_connect(addr, &user, PASSWORD, &name, &[])
+                .await
+                .unwrap();
+            pgsidecar::pool::audit::audit_role(&mut conn).await.unwrap()
+        }
+    };
+    // The table owner bypasses policies that are not FORCEd, and may create in its schema.
+    let owner = audit(name.clone()).await;
+    assert!(
+        owner.iter().any(|w| w.contains("owns table items")),
+        "{owner:?}"
+    );
+    assert!(
+        owner.iter().any(|w| w.contains("CREATE in schema public")),
+        "{owner:?}"
+    );
+    // The sidecar's role only has the default TEMP privilege.
+    let plain = audit(app.clone()).await;
+    assert!(plain.iter().all(|w| w.contains("TEMP")), "{plain:?}");
+    pg().psql(
+        &name,
+        &format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"),
+    )
+    .unwrap();
+    assert_eq!(audit(app).await, Vec::<String>::new());
+    pg().psql(&name, "ALTER TABLE items FORCE ROW LEVEL SECURITY")
+        .unwrap();
+    let owner = audit(name.clone()).await;
+    assert!(!owner.iter().any(|w| w.contains("owns table")), "{owner:?}");
+}

@@ -1,6 +1,7 @@
 //! Upstream connections: one [`pool::Pool`] per (database, upstream user, target), each made of
 //! [`server::ServerConn`]s.
 
+pub mod audit;
 pub mod health;
 pub mod notify;
 #[allow(clippy::module_inception)]
