@@ -39,6 +39,8 @@ pub struct App {
     pools: HashMap<String, Arc<Pool>>,
     /// Databases with replicas: their primary, replicas and the replicas' health.
     topologies: HashMap<String, Arc<Topology>>,
+    /// `[tenancy] max_connections_per_tenant`, when set.
+    pub tenant_limits: Option<crate::pool::tenants::TenantLimits>,
     users: HashMap<String, UserAuth>,
     mock_key: [u8; 32],
     rng: SystemRandom,
@@ -115,11 +117,17 @@ impl App {
                 read_only_functions: config.classifier.read_only_functions.clone(),
             },
         );
+        let tenant_limits = config
+            .tenancy
+            .as_ref()
+            .filter(|t| t.max_connections_per_tenant > 0)
+            .map(|t| crate::pool::tenants::TenantLimits::new(t.max_connections_per_tenant));
         Ok(Arc::new(App {
             config,
             metrics,
             pools,
             topologies,
+            tenant_limits,
             users,
             mock_key,
             rng,

@@ -15,6 +15,11 @@ const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 /// A database with an RLS-protected table, and a sidecar in front of it whose upstream role
 /// (`<name>_app`) does not own the table. Returns (name, sidecar).
 async fn setup() -> (String, pgsidecar::app::Running) {
+    setup_with("size = 1\ncheckout_timeout = \"10s\"", "").await
+}
+
+/// Like [`setup`], with these `[pool]` lines and extra `[tenancy]` lines.
+async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Running) {
     let name = fresh_user("tenant");
     let app = format!("{name}_app");
     pg().psql(
@@ -32,10 +37,11 @@ async fn setup() -> (String, pgsidecar::app::Running) {
         ),
     )
     .unwrap();
-    let toml = base_toml(&name, "size = 1\ncheckout_timeout = \"10s\"").replace(
+    let toml = base_toml(&name, pool).replace(
         &pg().url(&name, PASSWORD, &name),
         &pg().url(&app, PASSWORD, &name),
-    ) + "\n[tenancy]\nsetting = \"app.tenant_id\"\n";
+    ) + "\n[tenancy]\nsetting = \"app.tenant_id\"\n"
+        + tenancy;
     (name.clone(), start(&toml).await)
 }
 
@@ -331,4 +337,29 @@ async fn check_connect_warns_about_roles_that_could_escape_rls() {
         .unwrap();
     let owner = audit(name.clone()).await;
     assert!(!owner.iter().any(|w| w.contains("owns table")), "{owner:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_cap_waits_while_others_are_served() {
+    let (name, sidecar) = setup_with(
+        "size = 2\ncheckout_timeout = \"500ms\"",
+        "max_connections_per_tenant = 1\n",
+    )
+    .await;
+    let first = tenant_client(&sidecar, &name, "acme").await;
+    let second = tenant_client(&sidecar, &name, "acme").await;
+    let other = tenant_client(&sidecar, &name, "globex").await;
+    // acme holds one server connection in an open transaction: its cap.
+    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let e = second.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("maximum of 1"), "{message}");
+    // The pool has room, and globex gets it.
+    assert_eq!(visible_tenants(&other).await, vec!["globex".to_owned()]);
+    first.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(visible_tenants(&second).await, vec!["acme".to_owned()]);
 }

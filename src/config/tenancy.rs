@@ -24,6 +24,8 @@ pub struct TenancyConfig {
     pub max_length: usize,
     /// Clients may not change the tenant setting or escape it (SET ROLE, DO, functions…).
     pub enforce: bool,
+    /// Server connections one tenant may hold at once per database (0: no cap).
+    pub max_connections_per_tenant: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,7 @@ pub(super) struct FileTenancy {
     separator: Option<String>,
     max_tenant_length: Option<usize>,
     enforce: Option<bool>,
+    max_connections_per_tenant: Option<usize>,
 }
 
 impl FileTenancy {
@@ -90,6 +93,7 @@ impl FileTenancy {
             separator,
             max_length,
             enforce: self.enforce.unwrap_or(true),
+            max_connections_per_tenant: self.max_connections_per_tenant.unwrap_or(0),
         })
     }
 }
@@ -116,8 +120,8 @@ impl TenancyConfig {
     /// The section as TOML (for `pgsidecar check`).
     pub fn describe(&self) -> String {
         format!(
-            "\n[tenancy]\nsetting = \"{}\"\nsource = \"username\"\nseparator = \"{}\"\nmax_tenant_length = {}\nenforce = {}\n",
-            self.setting, self.separator, self.max_length, self.enforce
+            "\n[tenancy]\nsetting = \"{}\"\nsource = \"username\"\nseparator = \"{}\"\nmax_tenant_length = {}\nenforce = {}\nmax_connections_per_tenant = {}\n",
+            self.setting, self.separator, self.max_length, self.enforce, self.max_connections_per_tenant
         )
     }
 }

@@ -7,6 +7,7 @@ pub mod notify;
 #[allow(clippy::module_inception)]
 pub mod pool;
 pub mod server;
+pub mod tenants;
 
 pub use pool::{Checkout, CheckoutError, Pool};
 pub use server::{AppliedSettings, ConnectOptions, ServerConn, ServerError};

@@ -150,6 +150,8 @@ pub(super) struct Attachment {
     pub(super) wrote: bool,
     /// The replica sent FATAL (the client got it as an ERROR) and is closing.
     pub(super) replica_said_fatal: bool,
+    /// The client's tenant's share of server connections, given back with the attachment.
+    pub(super) tenant_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The reply expected to one extended-protocol message.
@@ -308,6 +310,7 @@ impl Attachment {
             on_replica: false,
             wrote: false,
             replica_said_fatal: false,
+            tenant_permit: None,
         }
     }
 

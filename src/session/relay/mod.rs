@@ -625,6 +625,29 @@ impl Relay {
     async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
         let (pool, on_replica) = self.pool_for_next()?;
         let cancelled = self.info.key.waiting();
+        // A tenant at its cap waits here, behind nobody else's requests.
+        let tenant_permit = match (&self.app.tenant_limits, &self.info.tenant) {
+            (Some(limits), Some(tenant)) => {
+                let timeout = self.app.config.pool.checkout_timeout;
+                tokio::select! {
+                    permit = limits.acquire(&self.info.pool.database, tenant, timeout) => match permit {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            self.app.metrics.error("tenant_at_cap");
+                            return Err(ErrorReport::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string()));
+                        }
+                    },
+                    _ = cancelled.notified() => {
+                        self.app.metrics.error("cancelled_waiting");
+                        return Err(ErrorReport::error(
+                            SqlState::QUERY_CANCELED,
+                            "canceling statement due to user request",
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         let checkout = tokio::select! {
             checkout = pool.checkout_for(&self.info.state.settings) => checkout,
             _ = cancelled.notified() => {
@@ -651,6 +674,7 @@ impl Relay {
         });
         let mut att = Attachment::new(server);
         att.on_replica = on_replica;
+        att.tenant_permit = tenant_permit;
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;
