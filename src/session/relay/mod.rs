@@ -575,7 +575,7 @@ impl Relay {
 
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
     /// guard refuses (42501 with the guard's message), counted and logged at debug level.
-    fn guard(&self, frame: &Frame) -> Guarded {
+    fn guard(&mut self, frame: &Frame) -> Guarded {
         let (Some(tenancy), Some(tenant)) = (
             self.app.config.tenancy.as_ref().filter(|t| t.enforce),
             &self.info.tenant,
@@ -590,11 +590,18 @@ impl Relay {
         let Some(sql) = sql else {
             return Guarded::Pass;
         };
-        let classified = self.app.classifier.classify(sql);
+        let classified = match self.classified_next.take() {
+            Some((bytes, c)) if bytes == frame.as_bytes() => c,
+            _ => self.app.classifier.classify(sql),
+        };
         let outcome = guard::check(sql, &classified, &tenancy.setting)
             .and_then(|()| guard::namespace_channels(sql, &classified, tenant));
         match outcome {
-            Ok(None) => Guarded::Pass,
+            Ok(None) => {
+                // The relay classifies the same text next: this classification serves it.
+                self.classified_next = Some((frame.as_bytes().clone(), classified));
+                Guarded::Pass
+            }
             Ok(Some(sql)) => Guarded::Rewritten(sql),
             Err(Refusal(message)) => {
                 self.app.metrics.tenancy_refusals.inc();

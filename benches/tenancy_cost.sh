@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The cost of tenant context: pgbench select-only (-S) with 16 clients spread over 4 tenants
+# (4 pgbench processes of 4 clients, logging in as app.t1 … app.t4) through a pgsidecar with
+# [tenancy] (enforcement on), against the same clients logging in as app through one without,
+# rounds interleaved. With tenants, a server connection last used by another tenant gets the
+# tenant setting applied (pipelined) before the client's statement, and every statement passes
+# the tenant guard.
+#
+#   benches/tenancy_cost.sh [rounds=3] [seconds=10] [pool=8] [mode=simple]
+set -euo pipefail
+rounds=${1:-3}; seconds=${2:-10}; pool=${3:-8}; mode=${4:-simple}
+source "$(dirname "$0")/lib.sh"
+start_postgres 10
+
+on=$(free_port); off=$(free_port)
+config() {
+  cat <<TOML
+listen = "127.0.0.1:$1"
+metrics_listen = "127.0.0.1:$(free_port)"
+[pool]
+size = $pool
+[[database]]
+name = "app"
+primary = "postgres://app:secret@127.0.0.1:$pg_port/app"
+[[user]]
+name = "app"
+password = "secret"
+$2
+TOML
+}
+on_metrics=$(free_port)
+config "$on" "[tenancy]" | sed "s/^metrics_listen = .*/metrics_listen = \"127.0.0.1:$on_metrics\"/" >"$work/on.toml"
+config "$off" "" >"$work/off.toml"
+for which in on off; do
+  "$root/target/release/pgsidecar" run --config "$work/$which.toml" 2>"$work/$which.log" & pids+=($!)
+done
+sleep 2
+
+# run PORT TENANTS: four pgbench processes at once; prints the summed tps.
+run() {
+  local outs=() total=0
+  for g in 1 2 3 4; do
+    local user=app
+    [ "$2" = yes ] && user="app.t$g"
+    "$bin/pgbench" -n -S -M "$mode" -c 4 -j 4 -T "$seconds" -h 127.0.0.1 -p "$1" -U "$user" app \
+      >"$work/out.$g" 2>&1 &
+    outs+=($!)
+  done
+  for p in "${outs[@]}"; do wait "$p" || true; done
+  for g in 1 2 3 4; do
+    total=$(python3 -c "print($total + $(tps_of "$(cat "$work/out.$g")"))")
+  done
+  echo "$total"
+}
+
+declare -A sum
+for round in $(seq 1 "$rounds"); do
+  for which in on off; do
+    if [ "$which" = on ]; then tps=$(run "$on" yes); else tps=$(run "$off" no); fi
+    printf 'round %d tenancy %-3s tps %10.1f\n' "$round" "$which" "$tps"
+    sum[$which]=$(python3 -c "print(${sum[$which]:-0} + $tps)")
+  done
+done
+applied=$(python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:$on_metrics/metrics').read().decode(); print(next(l.split()[1] for l in t.splitlines() if l.startswith('pgsidecar_settings_applied_total ')))")
+echo "tenant settings re-applied on checkout (tenancy on, all rounds): $applied"
+python3 - "${sum[on]}" "${sum[off]}" "$rounds" "$pool" <<'PY'
+import sys
+on, off, rounds, pool = (float(x) for x in sys.argv[1:])
+print(f"16 clients over 4 tenants, pool {pool:.0f}, means over {rounds:.0f} rounds")
+print(f"tenancy on   tps {on / rounds:10.1f}")
+print(f"tenancy off  tps {off / rounds:10.1f}")
+print(f"ratio on / off {on / off:5.3f}")
+PY
