@@ -41,6 +41,8 @@ pub struct App {
     topologies: HashMap<String, Arc<Topology>>,
     /// `[tenancy] max_connections_per_tenant`, when set.
     pub tenant_limits: Option<crate::pool::tenants::TenantLimits>,
+    /// Verifies JWT logins (`[tenancy] source = "jwt"`).
+    pub jwt: Option<crate::session::jwt::JwtVerifier>,
     users: HashMap<String, UserAuth>,
     mock_key: [u8; 32],
     rng: SystemRandom,
@@ -122,7 +124,15 @@ impl App {
             .as_ref()
             .filter(|t| t.max_connections_per_tenant > 0)
             .map(|t| crate::pool::tenants::TenantLimits::new(t.max_connections_per_tenant));
+        let jwt = match config.tenancy.as_ref().and_then(|t| t.jwt.as_ref()) {
+            Some(j) => Some(
+                crate::session::jwt::JwtVerifier::new(j)
+                    .map_err(|e| AppError::User(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(App {
+            jwt,
             config,
             metrics,
             pools,

@@ -70,6 +70,9 @@ pub enum AuthMethod {
     Password,
     #[serde(rename = "trust")]
     Trust,
+    /// The password is a JWT, checked as `[tenancy]` says (`source = "jwt"`).
+    #[serde(rename = "jwt")]
+    Jwt,
 }
 
 impl fmt::Display for AuthMethod {
@@ -79,6 +82,7 @@ impl fmt::Display for AuthMethod {
             AuthMethod::Md5 => "md5",
             AuthMethod::Password => "password",
             AuthMethod::Trust => "trust",
+            AuthMethod::Jwt => "jwt",
         })
     }
 }
@@ -494,6 +498,17 @@ impl FileConfig {
             };
             match (auth, &secret) {
                 (AuthMethod::Trust, _) => {}
+                (AuthMethod::Jwt, UserSecret::None)
+                    if tenancy.as_ref().is_some_and(|t| t.jwt.is_some()) => {}
+                (AuthMethod::Jwt, _) => {
+                    return Err(ConfigError::invalid(
+                        "user",
+                        format!(
+                            "user {:?}: auth = \"jwt\" needs [tenancy] source = \"jwt\" and no password",
+                            u.name
+                        ),
+                    ))
+                }
                 (
                     AuthMethod::ScramSha256,
                     UserSecret::Password(_) | UserSecret::ScramVerifier(_),
@@ -640,5 +655,5 @@ mod tests;
 mod upstream;
 
 pub use replicas::{MaxLag, PrimaryReads, ReadYourWrites, ReplicaConfig, Strategy};
-pub use tenancy::{TenancyConfig, TenantSource};
+pub use tenancy::{JwtConfig, TenancyConfig, TenantSource};
 pub use upstream::{SslMode, UpstreamUrl};

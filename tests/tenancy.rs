@@ -363,3 +363,112 @@ async fn a_tenant_at_its_cap_waits_while_others_are_served() {
     first.batch_execute("COMMIT").await.unwrap();
     assert_eq!(visible_tenants(&second).await, vec!["acme".to_owned()]);
 }
+
+fn token(key: &rcgen::KeyPair, claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_logins_carry_their_tenant_and_bad_tokens_are_refused() {
+    let name = fresh_user("jwt");
+    let app = format!("{name}_app");
+    pg().psql(
+        &name,
+        &format!(
+            "CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}';
+             CREATE TABLE items (tenant_id text NOT NULL, v int);
+             ALTER TABLE items OWNER TO {name};
+             ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON items USING (tenant_id = current_setting('app.tenant_id', true));
+             GRANT SELECT ON items TO {app};
+             INSERT INTO items VALUES ('acme', 1), ('globex', 2);"
+        ),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = std::env::temp_dir().join(format!("pgsidecar-jwt-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let public = dir.join("jwt.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let toml = format!(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+[pool]
+size = 1
+[[database]]
+name = "{name}"
+primary = "{url}"
+[[user]]
+name = "web"
+auth = "jwt"
+[tenancy]
+source = "jwt"
+jwt_algorithm = "ES256"
+jwt_public_key = "{public}"
+jwt_audience = "pgsidecar"
+jwt_issuer = "tests"
+jwt_claims_setting = "request.jwt.claims"
+"#,
+        url = pg().url(&app, PASSWORD, &name),
+        public = public.display()
+    );
+    let sidecar = start(&toml).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = serde_json::json!({
+        "tenant_id": "acme", "aud": "pgsidecar", "iss": "tests", "exp": now + 600, "sub": "u1"
+    });
+    let client = connect(sidecar.addr, "web", &token(&key, good.clone()), &name)
+        .await
+        .unwrap();
+    assert_eq!(visible_tenants(&client).await, vec!["acme".to_owned()]);
+    let claims: String = client
+        .query_one("SELECT current_setting('request.jwt.claims')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(claims.contains("\"sub\":\"u1\""), "{claims}");
+    let e = client
+        .simple_query("SET request.jwt.claims = '{}'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
+    let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut expired = good.clone();
+    expired["exp"] = serde_json::json!(now - 10);
+    let mut early = good.clone();
+    early["nbf"] = serde_json::json!(now + 600);
+    let mut audience = good.clone();
+    audience["aud"] = serde_json::json!("someone-else");
+    let mut issuer = good.clone();
+    issuer["iss"] = serde_json::json!("mallory");
+    let mut no_tenant = good.clone();
+    no_tenant.as_object_mut().unwrap().remove("tenant_id");
+    let mut bad_tenant = good.clone();
+    bad_tenant["tenant_id"] = serde_json::json!("ac'me");
+    for (case, password, code) in [
+        ("expired", token(&key, expired), "28P01"),
+        ("not yet valid", token(&key, early), "28P01"),
+        ("wrong audience", token(&key, audience), "28P01"),
+        ("wrong issuer", token(&key, issuer), "28P01"),
+        ("wrongly signed", token(&other_key, good.clone()), "28P01"),
+        ("no tenant claim", token(&key, no_tenant), "28P01"),
+        ("invalid tenant", token(&key, bad_tenant), "28000"),
+        ("not a token", "secret".to_owned(), "28P01"),
+    ] {
+        let e = connect(sidecar.addr, "web", &password, &name)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some(code), "{case}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -11,6 +11,28 @@ use super::ConfigError;
 pub enum TenantSource {
     /// `app.acme` logs in as user `app`, tenant `acme` (split at the last separator).
     Username,
+    /// The client's password is a JWT; the tenant is one of its claims.
+    Jwt,
+}
+
+/// How JWTs are checked (`source = "jwt"`).
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// The HS256 shared secret.
+    pub secret: Option<String>,
+    /// The RS256/ES256 public key (PEM file).
+    pub public_key: Option<std::path::PathBuf>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    /// The claim that names the tenant.
+    pub tenant_claim: String,
+    /// A setting that receives all claims as JSON (PostgREST's `request.jwt.claims`).
+    pub claims_setting: Option<String>,
+    /// A claim naming the upstream role to SET ROLE to, from `allowed_roles` only.
+    pub role_claim: Option<String>,
+    pub allowed_roles: Vec<String>,
 }
 
 /// Tenant context for Row-Level Security.
@@ -26,6 +48,8 @@ pub struct TenancyConfig {
     pub enforce: bool,
     /// Server connections one tenant may hold at once per database (0: no cap).
     pub max_connections_per_tenant: usize,
+    /// With `source = "jwt"`.
+    pub jwt: Option<JwtConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +61,16 @@ pub(super) struct FileTenancy {
     max_tenant_length: Option<usize>,
     enforce: Option<bool>,
     max_connections_per_tenant: Option<usize>,
+    jwt_algorithm: Option<String>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_tenant_claim: Option<String>,
+    jwt_claims_setting: Option<String>,
+    jwt_role_claim: Option<String>,
+    #[serde(default)]
+    allowed_roles: Vec<String>,
 }
 
 impl FileTenancy {
@@ -58,10 +92,11 @@ impl FileTenancy {
         }
         let source = match self.source.as_deref().unwrap_or("username") {
             "username" => TenantSource::Username,
-            "certificate" | "jwt" => {
+            "jwt" => TenantSource::Jwt,
+            "certificate" => {
                 return Err(ConfigError::invalid(
                     "tenancy.source",
-                    "\"certificate\" and \"jwt\" are not supported by this version yet",
+                    "\"certificate\" is not supported by this version yet",
                 ))
             }
             other => {
@@ -87,7 +122,47 @@ impl FileTenancy {
                 "must be between 1 and 1024",
             ));
         }
+        let jwt = match source {
+            TenantSource::Jwt => {
+                let algorithm = self.jwt_algorithm.unwrap_or_else(|| "HS256".into());
+                let key_ok = match algorithm.as_str() {
+                    "HS256" => self.jwt_secret.as_ref().is_some_and(|s| s.len() >= 32),
+                    "RS256" | "ES256" => self.jwt_public_key.is_some(),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "tenancy.jwt_algorithm",
+                            format!("{algorithm:?} is not one of \"HS256\", \"RS256\", \"ES256\""),
+                        ))
+                    }
+                };
+                if !key_ok {
+                    return Err(ConfigError::invalid(
+                        "tenancy.jwt_secret",
+                        "HS256 needs jwt_secret (at least 32 bytes); RS256 and ES256 need jwt_public_key (a PEM file)",
+                    ));
+                }
+                if self.jwt_role_claim.is_some() && self.allowed_roles.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "tenancy.allowed_roles",
+                        "jwt_role_claim needs the list of roles it may select",
+                    ));
+                }
+                Some(JwtConfig {
+                    algorithm,
+                    secret: self.jwt_secret,
+                    public_key: self.jwt_public_key.map(Into::into),
+                    audience: self.jwt_audience,
+                    issuer: self.jwt_issuer,
+                    tenant_claim: self.jwt_tenant_claim.unwrap_or_else(|| "tenant_id".into()),
+                    claims_setting: self.jwt_claims_setting,
+                    role_claim: self.jwt_role_claim,
+                    allowed_roles: self.allowed_roles,
+                })
+            }
+            TenantSource::Username => None,
+        };
         Ok(TenancyConfig {
+            jwt,
             setting,
             source,
             separator,
@@ -120,8 +195,16 @@ impl TenancyConfig {
     /// The section as TOML (for `pgsidecar check`).
     pub fn describe(&self) -> String {
         format!(
-            "\n[tenancy]\nsetting = \"{}\"\nsource = \"username\"\nseparator = \"{}\"\nmax_tenant_length = {}\nenforce = {}\nmax_connections_per_tenant = {}\n",
-            self.setting, self.separator, self.max_length, self.enforce, self.max_connections_per_tenant
+            "\n[tenancy]\nsetting = \"{}\"\nsource = \"{}\"\nseparator = \"{}\"\nmax_tenant_length = {}\nenforce = {}\nmax_connections_per_tenant = {}\n",
+            self.setting,
+            match self.source {
+                TenantSource::Username => "username",
+                TenantSource::Jwt => "jwt",
+            },
+            self.separator,
+            self.max_length,
+            self.enforce,
+            self.max_connections_per_tenant
         )
     }
 }
@@ -152,6 +235,14 @@ mod tests {
     #[test]
     fn refusals() {
         assert!(tenancy("source = \"jwt\"").is_err());
+        assert!(tenancy("source = \"jwt\"\njwt_secret = \"short\"").is_err());
+        assert!(tenancy("source = \"certificate\"").is_err());
+        let t = tenancy(&format!(
+            "source = \"jwt\"\njwt_secret = \"{}\"",
+            "k".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(t.jwt.unwrap().tenant_claim, "tenant_id");
         assert!(tenancy("setting = \"Tenant\"").is_err());
         assert!(tenancy("setting = \"a.b'c\"").is_err());
         assert!(tenancy("separator = \"::\"").is_err());

@@ -108,7 +108,7 @@ fn refuses_bad_values() {
             "missing field `key`",
         ),
         (
-            format!("{FULL}\n[tenancy]\nsource = \"jwt\"\n"),
+            format!("{FULL}\n[tenancy]\nsource = \"certificate\"\n"),
             "tenancy.source",
         ),
         (

@@ -14,6 +14,7 @@ use std::num::NonZeroU32;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{ClientConn, ClientIoError};
+use super::jwt::{Grant, JwtVerifier};
 use crate::config::{AuthMethod, UserConfig, UserSecret};
 use crate::protocol::backend::{self, ErrorReport, AUTH_MD5_PASSWORD, AUTH_SASL_CONTINUE};
 use crate::protocol::backend::{AUTH_CLEARTEXT_PASSWORD, AUTH_SASL_FINAL};
@@ -134,6 +135,11 @@ pub struct UserAuth {
 }
 
 impl UserAuth {
+    /// How this user authenticates.
+    pub fn method(&self) -> AuthMethod {
+        self.method
+    }
+
     /// Prepares a user's credential (derives the SCRAM secret from a password once).
     pub fn prepare(user: &UserConfig, rng: &SystemRandom) -> Result<UserAuth, String> {
         let (scram, password) = match &user.secret {
@@ -173,12 +179,25 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     auth: Option<&UserAuth>,
     mock_key: &[u8],
     rng: &SystemRandom,
-) -> Result<(), AuthError> {
+    jwt: Option<&JwtVerifier>,
+) -> Result<Option<Grant>, AuthError> {
     let Some(auth) = auth else {
         let mock = ScramSecret::mock(user, mock_key);
         scram_exchange(conn, &mock, rng).await?;
         return Err(AuthError::Failed(user.to_owned()));
     };
+    if auth.method == AuthMethod::Jwt {
+        backend::authentication(&mut conn.wbuf, AUTH_CLEARTEXT_PASSWORD, &[]);
+        let token = read_password(conn).await?;
+        return match jwt.map(|v| v.verify(&token)) {
+            Some(Ok(grant)) => Ok(Some(grant)),
+            Some(Err(e)) => {
+                tracing::debug!(user, error = %e, "JWT refused");
+                Err(AuthError::Failed(user.to_owned()))
+            }
+            None => Err(AuthError::Failed(user.to_owned())),
+        };
+    }
     let ok = match auth.method {
         AuthMethod::Trust => true,
         AuthMethod::ScramSha256 => match &auth.scram {
@@ -203,9 +222,10 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 .as_deref()
                 .is_some_and(|p| constant_time_eq(p.as_bytes(), answer.as_bytes()))
         }
+        AuthMethod::Jwt => false,
     };
     if ok {
-        Ok(())
+        Ok(None)
     } else {
         Err(AuthError::Failed(user.to_owned()))
     }

@@ -16,8 +16,9 @@ pub const RESERVED_CHANNEL_PREFIX: &str = "pgsidecar";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
-/// Checks a statement text (`sql`, classified) against the reserved `setting`.
-pub fn check(sql: &[u8], classified: &Classified, setting: &str) -> Result<(), Refusal> {
+/// Checks a statement text (`sql`, classified) against the `reserved` settings (the tenant
+/// setting, and what a JWT granted: its claims setting, the role).
+pub fn check(sql: &[u8], classified: &Classified, reserved: &[&str]) -> Result<(), Refusal> {
     let statements = match classified.classification.as_ref() {
         Classification::Parsed(statements) => statements,
         Classification::Unparsed { .. } => {
@@ -57,7 +58,10 @@ pub fn check(sql: &[u8], classified: &Classified, setting: &str) -> Result<(), R
                     ))
                 }
             };
-            if name.trim().eq_ignore_ascii_case(setting) {
+            if let Some(setting) = reserved
+                .iter()
+                .find(|r| name.trim().eq_ignore_ascii_case(r))
+            {
                 return Err(Refusal(format!(
                     "permission denied to set parameter \"{setting}\": it is reserved for the tenant"
                 )));
@@ -217,7 +221,7 @@ mod tests {
         check(
             sql.as_bytes(),
             &cache.classify(sql.as_bytes()),
-            "app.tenant_id",
+            &["app.tenant_id", "role"],
         )
     }
 
@@ -292,6 +296,7 @@ mod tests {
             "PREPARE p AS SELECT set_config('app.tenant_id', 'b', false)",
             "EXPLAIN ANALYZE SELECT set_config('app.tenant_id', 'b', false)",
             "SET ROLE admin",
+            "RESET ROLE",
             "SET SESSION AUTHORIZATION admin",
             "DO $$BEGIN PERFORM set_config('app.tenant_id', 'b', false); END$$",
             "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS $$ SELECT 1 $$",

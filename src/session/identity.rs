@@ -2,7 +2,7 @@
 //! it runs as (`[tenancy] source = "username"`: `app.acme` is user `app`, tenant `acme`; or the
 //! user's fixed `tenant`). Pure.
 
-use crate::config::TenancyConfig;
+use crate::config::{TenancyConfig, TenantSource};
 use crate::protocol::backend::ErrorReport;
 use crate::protocol::sqlstate::SqlState;
 
@@ -63,6 +63,13 @@ pub fn resolve(
         return Ok(Identity {
             user: login.to_owned(),
             tenant: Some(tenant),
+        });
+    }
+    if tenancy.source == TenantSource::Jwt {
+        // The tenant comes with the token.
+        return Ok(Identity {
+            user: login.to_owned(),
+            tenant: None,
         });
     }
     match tenancy.split(login) {

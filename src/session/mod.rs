@@ -11,6 +11,7 @@ mod extended;
 pub mod guard;
 pub mod handshake;
 pub mod identity;
+pub mod jwt;
 pub mod relay;
 mod resync;
 pub mod state;
@@ -36,6 +37,7 @@ use handshake::{Accepted, Handshake, HandshakeError, Refused};
 pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
     let _connected = GaugeGuard::new(&app.metrics.client_connections);
     let _ = tcp.set_nodelay(true);
+    let loopback = tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let acceptor = app.tls_acceptor();
     let tls = handshake::ClientTls {
         acceptor: acceptor.as_deref(),
@@ -84,10 +86,12 @@ pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
             return;
         }
     };
+    // Cleartext secrets (JWTs) only travel over TLS or inside the host.
+    let secure = loopback || matches!(stream, Stream::Tls(_));
     let mut client = ClientConn::new(stream, leftover, app.config.max_message_size);
     let login = tokio::time::timeout(
         app.config.limits.login_timeout,
-        login(&app, &mut client, &startup),
+        login(&app, &mut client, &startup, secure),
     )
     .await;
     let session = match login {
@@ -129,6 +133,7 @@ async fn login(
     app: &Arc<App>,
     client: &mut ClientConn<Stream>,
     startup: &crate::protocol::startup::StartupMessage,
+    secure: bool,
 ) -> Result<SessionInfo, Option<ErrorReport>> {
     if startup.params.iter().any(|(name, _)| name == "replication") {
         return Err(Some(ErrorReport::fatal(
@@ -140,29 +145,54 @@ async fn login(
         backend::negotiate_protocol_version(&mut client.wbuf, 0, &startup.protocol_options);
     }
     let tenancy = app.config.tenancy.as_ref();
-    let identity =
+    let mut identity =
         identity::resolve(&startup.user, tenancy, |u| app.fixed_tenant(u)).map_err(|e| {
             app.metrics.error(e.kind());
             Some(e.report())
         })?;
-    if let Err(e) = auth::authenticate(
+    let user_auth = app.user(&identity.user);
+    if !secure && user_auth.is_some_and(|u| u.method() == crate::config::AuthMethod::Jwt) {
+        app.metrics.error("jwt_insecure");
+        return Err(Some(ErrorReport::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "JWT logins need TLS or a loopback connection",
+        )));
+    }
+    let grant = match auth::authenticate(
         client,
         &identity.user,
-        app.user(&identity.user),
+        user_auth,
         app.mock_key(),
         app.rng(),
+        app.jwt.as_ref(),
     )
     .await
     {
-        app.metrics.error(e.kind());
-        tracing::info!(user = %identity.user, reason = e.kind(), "client authentication failed");
-        return Err(e.report());
+        Ok(grant) => grant,
+        Err(e) => {
+            app.metrics.error(e.kind());
+            tracing::info!(user = %identity.user, reason = e.kind(), "client authentication failed");
+            return Err(e.report());
+        }
+    };
+    let mut reserved = BTreeMap::new();
+    if let (Some(grant), Some(t)) = (grant, tenancy) {
+        if !t.valid_tenant(&grant.tenant) {
+            app.metrics.error("tenant_invalid");
+            return Err(Some(identity::IdentityError::InvalidTenant.report()));
+        }
+        identity.tenant = Some(grant.tenant);
+        if let Some(setting) = t.jwt.as_ref().and_then(|j| j.claims_setting.as_ref()) {
+            reserved.insert(setting.clone(), grant.claims_json);
+        }
+        if let Some(role) = grant.role {
+            reserved.insert("role".to_owned(), role);
+        }
     }
     if let Some(e) = identity::needs_tenant(&identity, tenancy) {
         app.metrics.error(e.kind());
         return Err(Some(e.report()));
     }
-    let mut reserved = BTreeMap::new();
     if let (Some(t), Some(tenant)) = (tenancy, &identity.tenant) {
         tracing::debug!(user = %identity.user, tenant = %tenant, "client tenant");
         if startup

@@ -147,6 +147,11 @@ impl SessionState {
         }
     }
 
+    /// The names of the settings the sidecar owns.
+    pub fn reserved_names(&self) -> impl Iterator<Item = &str> {
+        self.reserved.keys().map(String::as_str)
+    }
+
     /// Records a ParameterStatus the client is sent.
     pub fn reported(&mut self, name: &str, value: &str) {
         self.reported.insert(name.to_owned(), value.to_owned());

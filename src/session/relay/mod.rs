@@ -594,7 +594,11 @@ impl Relay {
             Some((bytes, c)) if bytes == frame.as_bytes() => c,
             _ => self.app.classifier.classify(sql),
         };
-        let outcome = guard::check(sql, &classified, &tenancy.setting)
+        let mut reserved: Vec<&str> = self.info.state.reserved_names().collect();
+        if !reserved.contains(&tenancy.setting.as_str()) {
+            reserved.push(&tenancy.setting);
+        }
+        let outcome = guard::check(sql, &classified, &reserved)
             .and_then(|()| guard::namespace_channels(sql, &classified, tenant));
         match outcome {
             Ok(None) => {
