@@ -381,6 +381,17 @@ impl FileConfig {
             .tenancy
             .map(tenancy::FileTenancy::validate)
             .transpose()?;
+        let verified_clients = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if tenancy
+            .as_ref()
+            .is_some_and(|t| t.source == TenantSource::Certificate)
+            && !verified_clients
+        {
+            return Err(ConfigError::invalid(
+                "tenancy.source",
+                "\"certificate\" needs [tls] client_ca, so client certificates are verified",
+            ));
+        }
         let addr = |key: &str,
                     v: Option<String>,
                     default: &str|

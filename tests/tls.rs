@@ -41,7 +41,7 @@ fn certs() -> &'static Certs {
             (params.self_signed(&key).unwrap(), key)
         };
         let (ca_cert, ca_key) = ca("pgsidecar test CA");
-        let (other_cert, _) = ca("some other CA");
+        let (other_cert, other_key) = ca("some other CA");
         let leaf = |sans: Vec<String>, cn: &str| {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(sans).unwrap();
@@ -50,6 +50,37 @@ fn certs() -> &'static Certs {
         };
         let (server, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost");
         let (client, client_key) = leaf(vec![], "client");
+        // Client certificates naming tenants: by a SPIFFE URI SAN, and one from an untrusted CA.
+        let tenant_leaf = |uri: &str, cn: &str, signer: (&rcgen::Certificate, &KeyPair)| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                rcgen::Ia5String::try_from(uri).unwrap(),
+            )];
+            (params.signed_by(&key, signer.0, signer.1).unwrap(), key)
+        };
+        for (file, uri, signer) in [
+            (
+                "acme",
+                "spiffe://example.org/tenant/acme",
+                (&ca_cert, &ca_key),
+            ),
+            (
+                "service",
+                "spiffe://example.org/service/billing",
+                (&ca_cert, &ca_key),
+            ),
+            (
+                "untrusted",
+                "spiffe://example.org/tenant/acme",
+                (&other_cert, &other_key),
+            ),
+        ] {
+            let (cert, key) = tenant_leaf(uri, file, signer);
+            std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+            write_private(&dir.join(format!("{file}.key")), &key.serialize_pem());
+        }
         std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(dir.join("other-ca.pem"), other_cert.pem()).unwrap();
         std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
@@ -93,13 +124,12 @@ fn tls_section(client_ca: bool, required: bool) -> String {
 }
 
 async fn psql(port: u16, name: &str, conninfo: &str) -> (bool, String, String) {
+    psql_query(port, name, conninfo, "SELECT 42").await
+}
+
+async fn psql_query(port: u16, name: &str, conninfo: &str, sql: &str) -> (bool, String, String) {
     let conn = format!("host=127.0.0.1 port={port} user={name} dbname={name} {conninfo}");
-    let out = run_pg_program(
-        "psql",
-        &["-X", "-At", "-d", &conn, "-c", "SELECT 42"],
-        PASSWORD,
-    )
-    .await;
+    let out = run_pg_program("psql", &["-X", "-At", "-d", &conn, "-c", sql], PASSWORD).await;
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
@@ -240,4 +270,37 @@ fn acceptor_reads_pem_files_and_names_broken_ones() {
         .expect("a broken key is refused");
     assert!(err.to_string().contains("key.pem"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_comes_from_the_client_certificate() {
+    tls_pg();
+    let name = fresh_user("tlstenant");
+    let toml = format!(
+        "{}{}\n[tenancy]\nsource = \"certificate\"\ncertificate_pattern = \"spiffe://example.org/tenant/{{tenant}}\"\n",
+        base_toml(&name, "size = 2"),
+        tls_section(true, true)
+    );
+    let sidecar = start(&toml).await;
+    let port = sidecar.addr.port();
+    let ca = certs().path("ca.pem");
+    let with = |file: &str| {
+        format!(
+            "sslmode=verify-full sslrootcert={ca} sslcert={} sslkey={}",
+            certs().path(&format!("{file}.pem")),
+            certs().path(&format!("{file}.key"))
+        )
+    };
+    let tenant_query = "SELECT current_setting('app.tenant_id')";
+    let (ok, out, err) = psql_query(port, &name, &with("acme"), tenant_query).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "acme");
+    // A certificate that names no tenant is refused; so is one from an untrusted CA.
+    for file in ["service", "untrusted"] {
+        let (ok, _, err) = psql_query(port, &name, &with(file), tenant_query).await;
+        assert!(!ok, "{file}: a login got in");
+        if file == "service" {
+            assert!(err.contains("names no valid tenant"), "{err}");
+        }
+    }
 }

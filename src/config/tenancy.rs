@@ -13,6 +13,9 @@ pub enum TenantSource {
     Username,
     /// The client's password is a JWT; the tenant is one of its claims.
     Jwt,
+    /// The verified client certificate (`[tls] client_ca`): its subject CN, or a URI SAN
+    /// matching `certificate_pattern`.
+    Certificate,
 }
 
 /// How JWTs are checked (`source = "jwt"`).
@@ -50,6 +53,10 @@ pub struct TenancyConfig {
     pub max_connections_per_tenant: usize,
     /// With `source = "jwt"`.
     pub jwt: Option<JwtConfig>,
+    /// With `source = "certificate"`: a URI pattern with one `{tenant}`, matched against the
+    /// certificate's URI SANs (e.g. `spiffe://example.org/tenant/{tenant}`); without one, the
+    /// subject CN is the tenant.
+    pub certificate_pattern: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +78,7 @@ pub(super) struct FileTenancy {
     jwt_role_claim: Option<String>,
     #[serde(default)]
     allowed_roles: Vec<String>,
+    certificate_pattern: Option<String>,
 }
 
 impl FileTenancy {
@@ -93,12 +101,7 @@ impl FileTenancy {
         let source = match self.source.as_deref().unwrap_or("username") {
             "username" => TenantSource::Username,
             "jwt" => TenantSource::Jwt,
-            "certificate" => {
-                return Err(ConfigError::invalid(
-                    "tenancy.source",
-                    "\"certificate\" is not supported by this version yet",
-                ))
-            }
+            "certificate" => TenantSource::Certificate,
             other => {
                 return Err(ConfigError::invalid(
                     "tenancy.source",
@@ -159,9 +162,18 @@ impl FileTenancy {
                     allowed_roles: self.allowed_roles,
                 })
             }
-            TenantSource::Username => None,
+            TenantSource::Username | TenantSource::Certificate => None,
         };
+        if let Some(pattern) = &self.certificate_pattern {
+            if pattern.matches("{tenant}").count() != 1 {
+                return Err(ConfigError::invalid(
+                    "tenancy.certificate_pattern",
+                    format!("{pattern:?} must contain {{tenant}} exactly once"),
+                ));
+            }
+        }
         Ok(TenancyConfig {
+            certificate_pattern: self.certificate_pattern,
             jwt,
             setting,
             source,
@@ -200,6 +212,7 @@ impl TenancyConfig {
             match self.source {
                 TenantSource::Username => "username",
                 TenantSource::Jwt => "jwt",
+                TenantSource::Certificate => "certificate",
             },
             self.separator,
             self.max_length,
@@ -236,7 +249,9 @@ mod tests {
     fn refusals() {
         assert!(tenancy("source = \"jwt\"").is_err());
         assert!(tenancy("source = \"jwt\"\njwt_secret = \"short\"").is_err());
-        assert!(tenancy("source = \"certificate\"").is_err());
+        assert!(
+            tenancy("source = \"certificate\"\ncertificate_pattern = \"spiffe://x/\"").is_err()
+        );
         let t = tenancy(&format!(
             "source = \"jwt\"\njwt_secret = \"{}\"",
             "k".repeat(32)

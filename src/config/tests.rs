@@ -109,7 +109,7 @@ fn refuses_bad_values() {
         ),
         (
             format!("{FULL}\n[tenancy]\nsource = \"certificate\"\n"),
-            "tenancy.source",
+            "client_ca",
         ),
         (
             FULL.replace("max_waiting = 3", "max_waitng = 3"),

@@ -65,8 +65,11 @@ pub fn resolve(
             tenant: Some(tenant),
         });
     }
-    if tenancy.source == TenantSource::Jwt {
-        // The tenant comes with the token.
+    if matches!(
+        tenancy.source,
+        TenantSource::Jwt | TenantSource::Certificate
+    ) {
+        // The tenant comes with the token or the certificate.
         return Ok(Identity {
             user: login.to_owned(),
             tenant: None,

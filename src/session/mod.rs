@@ -5,6 +5,7 @@
 
 pub mod attachment;
 pub mod auth;
+pub mod certificate;
 mod cleanup;
 pub mod client;
 mod extended;
@@ -88,10 +89,26 @@ pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
     };
     // Cleartext secrets (JWTs) only travel over TLS or inside the host.
     let secure = loopback || matches!(stream, Stream::Tls(_));
+    // The client certificate the TLS handshake verified (with `[tls] client_ca`).
+    let peer_certificate = match &stream {
+        Stream::Tls(tls) => tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|der| der.as_ref().to_vec()),
+        Stream::Plain(_) => None,
+    };
     let mut client = ClientConn::new(stream, leftover, app.config.max_message_size);
     let login = tokio::time::timeout(
         app.config.limits.login_timeout,
-        login(&app, &mut client, &startup, secure),
+        login(
+            &app,
+            &mut client,
+            &startup,
+            secure,
+            peer_certificate.as_deref(),
+        ),
     )
     .await;
     let session = match login {
@@ -134,6 +151,7 @@ async fn login(
     client: &mut ClientConn<Stream>,
     startup: &crate::protocol::startup::StartupMessage,
     secure: bool,
+    peer_certificate: Option<&[u8]>,
 ) -> Result<SessionInfo, Option<ErrorReport>> {
     if startup.params.iter().any(|(name, _)| name == "replication") {
         return Err(Some(ErrorReport::fatal(
@@ -187,6 +205,21 @@ async fn login(
         }
         if let Some(role) = grant.role {
             reserved.insert("role".to_owned(), role);
+        }
+    }
+    if let Some(t) = tenancy.filter(|t| t.source == crate::config::TenantSource::Certificate) {
+        if identity.tenant.is_none() {
+            let tenant = peer_certificate
+                .and_then(|der| certificate::tenant_of(der, t.certificate_pattern.as_deref()))
+                .filter(|tenant| t.valid_tenant(tenant));
+            if tenant.is_none() {
+                app.metrics.error("tenant_certificate");
+                return Err(Some(ErrorReport::fatal(
+                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                    "the client certificate names no valid tenant",
+                )));
+            }
+            identity.tenant = tenant;
         }
     }
     if let Some(e) = identity::needs_tenant(&identity, tenancy) {
