@@ -51,6 +51,9 @@ use crate::stream::Stream;
 
 mod replies;
 mod routing;
+mod tenancy;
+
+use tenancy::{with_text, Guarded};
 
 /// While this many bytes wait to be written to the server, the client is not read (backpressure).
 const SERVER_WRITE_CHUNK: usize = 64 * 1024;
@@ -573,65 +576,6 @@ impl Relay {
         (effects, routing)
     }
 
-    /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
-    /// guard refuses (42501 with the guard's message), counted and logged at debug level.
-    fn guard(&mut self, frame: &Frame) -> Guarded {
-        let (Some(tenancy), Some(tenant)) = (
-            self.app.config.tenancy.as_ref().filter(|t| t.enforce),
-            &self.info.tenant,
-        ) else {
-            return Guarded::Pass;
-        };
-        let sql = match frame.tag() {
-            frontend::QUERY_TAG => frontend::query_text(frame.body()),
-            frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(_, sql)| sql),
-            _ => None,
-        };
-        let Some(sql) = sql else {
-            return Guarded::Pass;
-        };
-        let classified = match self.classified_next.take() {
-            Some((bytes, c)) if bytes == frame.as_bytes() => c,
-            _ => self.app.classifier.classify(sql),
-        };
-        let mut reserved: Vec<&str> = self.info.state.reserved_names().collect();
-        if !reserved.contains(&tenancy.setting.as_str()) {
-            reserved.push(&tenancy.setting);
-        }
-        let outcome = guard::check(sql, &classified, &reserved)
-            .and_then(|()| guard::namespace_channels(sql, &classified, tenant));
-        match outcome {
-            Ok(None) => {
-                // The relay classifies the same text next: this classification serves it.
-                self.classified_next = Some((frame.as_bytes().clone(), classified));
-                Guarded::Pass
-            }
-            Ok(Some(sql)) => Guarded::Rewritten(sql),
-            Err(Refusal(message)) => {
-                self.app.metrics.tenancy_refusals.inc();
-                tracing::debug!(reason = %message, "statement refused under tenant enforcement");
-                Guarded::Refused(format!(
-                    "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}; END$pgsc$",
-                    crate::pool::pool::quote_literal(&message)
-                ))
-            }
-        }
-    }
-
-    /// A notification on its way to the client: under tenant enforcement the channel loses
-    /// the tenant's prefix, and one of another tenant never arrives (`None`).
-    fn for_client(&self, message: Bytes) -> Option<Bytes> {
-        match (
-            &self.info.tenant,
-            self.app.config.tenancy.as_ref().filter(|t| t.enforce),
-        ) {
-            (Some(tenant), Some(_)) => {
-                notify::strip_channel_prefix(&message, &format!("{tenant}."))
-            }
-            _ => Some(message),
-        }
-    }
-
     /// Checks out a server connection and queues what makes it carry this client's settings.
     async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
         let (pool, on_replica) = self.pool_for_next()?;
@@ -737,33 +681,6 @@ impl Relay {
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
         Ok(())
     }
-}
-
-/// What the tenant guard makes of a Query or Parse.
-enum Guarded {
-    Pass,
-    /// Refused: the statement that raises the refusal on the server instead.
-    Refused(String),
-    /// Sent with this text instead (tenant channels).
-    Rewritten(String),
-}
-
-/// A Query or Parse like `frame` with another statement text.
-fn with_text(frame: &Frame, sql: &str) -> Frame {
-    let mut out = bytes::BytesMut::new();
-    if frame.tag() == frontend::QUERY_TAG {
-        frontend::append_query(&mut out, sql);
-        return Frame::from_bytes(out.freeze());
-    }
-    let body = frame.body();
-    let Some((name, old)) = frontend::parse_text(body) else {
-        return frame.clone();
-    };
-    let rest = &body[(name.len() + 1 + old.len() + 1).min(body.len())..];
-    Frame::from_bytes(super::statements::message(
-        frontend::PARSE_TAG,
-        &[name, &[0], sql.as_bytes(), &[0], rest],
-    ))
 }
 
 /// The statement name of a Bind body.
