@@ -387,6 +387,7 @@ async fn jwt_logins_carry_their_tenant_and_bad_tokens_are_refused() {
              ALTER TABLE items ENABLE ROW LEVEL SECURITY;
              CREATE POLICY by_tenant ON items USING (tenant_id = current_setting('app.tenant_id', true));
              GRANT SELECT ON items TO {app};
+             CREATE ROLE {app}_reader; GRANT {app}_reader TO {app}; GRANT SELECT ON items TO {app}_reader;
              INSERT INTO items VALUES ('acme', 1), ('globex', 2);"
         ),
     )
@@ -415,6 +416,8 @@ jwt_public_key = "{public}"
 jwt_audience = "pgsidecar"
 jwt_issuer = "tests"
 jwt_claims_setting = "request.jwt.claims"
+jwt_role_claim = "role"
+allowed_roles = ["{app}_reader"]
 "#,
         url = pg().url(&app, PASSWORD, &name),
         public = public.display()
@@ -425,7 +428,8 @@ jwt_claims_setting = "request.jwt.claims"
         .unwrap()
         .as_secs();
     let good = serde_json::json!({
-        "tenant_id": "acme", "aud": "pgsidecar", "iss": "tests", "exp": now + 600, "sub": "u1"
+        "tenant_id": "acme", "aud": "pgsidecar", "iss": "tests", "exp": now + 600, "sub": "u1",
+        "role": format!("{app}_reader")
     });
     let client = connect(sidecar.addr, "web", &token(&key, good.clone()), &name)
         .await
@@ -437,6 +441,15 @@ jwt_claims_setting = "request.jwt.claims"
         .unwrap()
         .get(0);
     assert!(claims.contains("\"sub\":\"u1\""), "{claims}");
+    // The role claim selected the upstream role; the client cannot leave it.
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(role, format!("{app}_reader"));
+    let e = client.simple_query("RESET ROLE").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
     let e = client
         .simple_query("SET request.jwt.claims = '{}'")
         .await
@@ -453,6 +466,8 @@ jwt_claims_setting = "request.jwt.claims"
     issuer["iss"] = serde_json::json!("mallory");
     let mut no_tenant = good.clone();
     no_tenant.as_object_mut().unwrap().remove("tenant_id");
+    let mut other_role = good.clone();
+    other_role["role"] = serde_json::json!("postgres");
     let mut bad_tenant = good.clone();
     bad_tenant["tenant_id"] = serde_json::json!("ac'me");
     for (case, password, code) in [
@@ -463,6 +478,7 @@ jwt_claims_setting = "request.jwt.claims"
         ("wrongly signed", token(&other_key, good.clone()), "28P01"),
         ("no tenant claim", token(&key, no_tenant), "28P01"),
         ("invalid tenant", token(&key, bad_tenant), "28000"),
+        ("role not allowed", token(&key, other_role), "28P01"),
         ("not a token", "secret".to_owned(), "28P01"),
     ] {
         let e = connect(sidecar.addr, "web", &password, &name)

@@ -123,3 +123,57 @@ impl JwtVerifier {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            algorithm: "HS256".into(),
+            secret: Some("k".repeat(32)),
+            public_key: None,
+            audience: None,
+            issuer: None,
+            tenant_claim: "tenant_id".into(),
+            claims_setting: None,
+            role_claim: None,
+            allowed_roles: Vec::new(),
+        }
+    }
+
+    fn hs256(secret: &str, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hs256_tokens() {
+        let verifier = JwtVerifier::new(&config()).unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let good = hs256(
+            &"k".repeat(32),
+            serde_json::json!({"tenant_id": "acme", "exp": exp}),
+        );
+        assert_eq!(verifier.verify(&good).unwrap().tenant, "acme");
+        let forged = hs256(
+            &"x".repeat(32),
+            serde_json::json!({"tenant_id": "acme", "exp": exp}),
+        );
+        assert!(verifier.verify(&forged).is_err());
+        let no_exp = hs256(&"k".repeat(32), serde_json::json!({"tenant_id": "acme"}));
+        assert!(verifier.verify(&no_exp).is_err());
+        let numeric = hs256(
+            &"k".repeat(32),
+            serde_json::json!({"tenant_id": 7, "exp": exp}),
+        );
+        assert!(matches!(
+            verifier.verify(&numeric),
+            Err(JwtError::MissingClaim(_))
+        ));
+    }
+}
