@@ -43,6 +43,8 @@ pub struct App {
     pub tenant_limits: Option<crate::pool::tenants::TenantLimits>,
     /// Verifies JWT logins (`[tenancy] source = "jwt"`).
     pub jwt: Option<crate::session::jwt::JwtVerifier>,
+    /// `[tenancy] metric_tenants`, when set.
+    pub tenant_queries: Option<crate::metrics::TenantQueries>,
     users: HashMap<String, UserAuth>,
     mock_key: [u8; 32],
     rng: SystemRandom,
@@ -131,8 +133,14 @@ impl App {
             ),
             None => None,
         };
+        let tenant_queries = config
+            .tenancy
+            .as_ref()
+            .filter(|t| t.metric_tenants > 0)
+            .map(|t| metrics.tenant_queries(t.metric_tenants));
         Ok(Arc::new(App {
             jwt,
+            tenant_queries,
             config,
             metrics,
             pools,

@@ -17,6 +17,28 @@ pub enum ServerState {
     Active,
 }
 
+/// Query counters labelled by tenant, bounded (see [`Metrics::tenant_queries`]).
+pub struct TenantQueries {
+    vec: IntCounterVec,
+    limit: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl TenantQueries {
+    /// The counter a tenant's queries go to.
+    pub fn counter(&self, tenant: &str) -> IntCounter {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let label = if seen.contains(tenant)
+            || (seen.len() < self.limit && seen.insert(tenant.to_owned()))
+        {
+            tenant
+        } else {
+            "other"
+        };
+        self.vec.with_label_values(&[label])
+    }
+}
+
 /// All metrics of one sidecar process.
 pub struct Metrics {
     registry: Registry,
@@ -263,6 +285,27 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything.
+    /// Per-tenant query counts for the first `limit` tenants seen (the rest count as
+    /// `other`), so the label's cardinality stays bounded.
+    pub fn tenant_queries(&self, limit: usize) -> TenantQueries {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_tenant_queries_total",
+                "Queries by tenant (the first [tenancy] metric_tenants tenants; the rest as \"other\")",
+            ),
+            &["tenant"],
+        )
+        .expect("metric definition is valid");
+        self.registry
+            .register(Box::new(vec.clone()))
+            .expect("metric registers once");
+        TenantQueries {
+            vec,
+            limit,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding in-memory metric families into a Vec cannot fail.

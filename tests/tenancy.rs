@@ -15,7 +15,11 @@ const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 /// A database with an RLS-protected table, and a sidecar in front of it whose upstream role
 /// (`<name>_app`) does not own the table. Returns (name, sidecar).
 async fn setup() -> (String, pgsidecar::app::Running) {
-    setup_with("size = 1\ncheckout_timeout = \"10s\"", "").await
+    setup_with(
+        "size = 1\ncheckout_timeout = \"10s\"",
+        "metric_tenants = 2\n",
+    )
+    .await
 }
 
 /// Like [`setup`], with these `[pool]` lines and extra `[tenancy]` lines.
@@ -40,6 +44,8 @@ async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Runni
     let toml = base_toml(&name, pool).replace(
         &pg().url(&name, PASSWORD, &name),
         &pg().url(&app, PASSWORD, &name),
+    ) + &format!(
+        "\n[[user]]\nname = \"{name}_svc\"\npassword = \"{PASSWORD}\"\ntenant = \"globex\"\n"
     ) + "\n[tenancy]\nsetting = \"app.tenant_id\"\n"
         + tenancy;
     (name.clone(), start(&toml).await)
@@ -130,6 +136,29 @@ async fn tenants_interleaving_on_one_connection_see_only_their_rows() {
             .get(0);
         assert_eq!(setting, "acme");
     }
+    // A service account with a fixed tenant needs no tenant in its login.
+    let svc = connect(sidecar.addr, &format!("{name}_svc"), PASSWORD, &name)
+        .await
+        .unwrap();
+    assert_eq!(visible_tenants(&svc).await, vec!["globex".to_owned()]);
+    let e = connect(sidecar.addr, &format!("{name}_svc.acme"), PASSWORD, &name)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28000"), "{e}");
+    // Queries by tenant, the label bounded to the first two tenants seen.
+    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
+    assert!(
+        metric(&text, "pgsidecar_tenant_queries_total{tenant=\"acme\"}").unwrap() > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "pgsidecar_tenant_queries_total{tenant=\"other\"}").unwrap() > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "pgsidecar_tenant_queries_total{tenant=\"initech\"}").is_none(),
+        "{text}"
+    );
     // What the superuser sees: each tenant's rows where they belong.
     let rows = pg()
         .psql(

@@ -51,6 +51,9 @@ pub struct TenancyConfig {
     pub enforce: bool,
     /// Server connections one tenant may hold at once per database (0: no cap).
     pub max_connections_per_tenant: usize,
+    /// Tenants that get their own `tenant` label on `pgsidecar_tenant_queries_total` (0: no
+    /// per-tenant metric).
+    pub metric_tenants: usize,
     /// With `source = "jwt"`.
     pub jwt: Option<JwtConfig>,
     /// With `source = "certificate"`: a URI pattern with one `{tenant}`, matched against the
@@ -68,6 +71,7 @@ pub(super) struct FileTenancy {
     max_tenant_length: Option<usize>,
     enforce: Option<bool>,
     max_connections_per_tenant: Option<usize>,
+    metric_tenants: Option<usize>,
     jwt_algorithm: Option<String>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<String>,
@@ -181,6 +185,7 @@ impl FileTenancy {
             max_length,
             enforce: self.enforce.unwrap_or(true),
             max_connections_per_tenant: self.max_connections_per_tenant.unwrap_or(0),
+            metric_tenants: self.metric_tenants.unwrap_or(0).min(1000),
         })
     }
 }

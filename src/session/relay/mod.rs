@@ -164,6 +164,8 @@ pub struct Relay {
     begin_pending: Option<Frame>,
     /// The classification routing just made of the next frame's text, so it is not made twice.
     classified_next: Option<(Bytes, Classified)>,
+    /// This client's tenant's query counter (`[tenancy] metric_tenants`).
+    tenant_queries: Option<prometheus::IntCounter>,
 }
 
 impl Relay {
@@ -175,7 +177,12 @@ impl Relay {
             // Session mode pins the client to the primary.
             PoolMode::Session => None,
         };
+        let tenant_queries = match (&app.tenant_queries, &info.tenant) {
+            (Some(q), Some(tenant)) => Some(q.counter(tenant)),
+            _ => None,
+        };
         Relay {
+            tenant_queries,
             topology,
             held: VecDeque::new(),
             next_target: Target::Primary,
@@ -515,6 +522,9 @@ impl Relay {
                 self.statements.unnamed = None;
                 att.unnamed_ready = false;
                 self.app.metrics.queries.inc();
+                if let Some(c) = &self.tenant_queries {
+                    c.inc();
+                }
                 att.push_expect(Expect {
                     source: Source::Query { sent: now },
                 });
@@ -525,6 +535,9 @@ impl Relay {
                 if frame.tag() == frontend::EXECUTE_TAG {
                     batch.executes += 1;
                     self.app.metrics.queries.inc();
+                    if let Some(c) = &self.tenant_queries {
+                        c.inc();
+                    }
                 }
             }
             MessageRole::Sync => {
