@@ -212,7 +212,8 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
                     db.name,
                     db.primary.masked()
                 );
-                match pgsidecar::pool::audit::audit_role(&mut conn).await {
+                let tenant_setting = config.tenancy.as_ref().map(|t| t.setting.as_str());
+                match pgsidecar::pool::audit::audit_role(&mut conn, tenant_setting).await {
                     Ok(warnings) => {
                         for warning in warnings {
                             println!("# WARNING: upstream user {:?} {warning}", db.primary.user);

@@ -207,6 +207,8 @@ async fn attempts_to_change_or_escape_the_tenant_are_refused() {
         "LISTEN pgsidecar_invalidate",
         "NOTIFY pgsidecar_invalidate, 'x'",
         "SELECT pg_notify(chr(112) || 'gsidecar_invalidate', 'x')",
+        "ALTER ROLE CURRENT_USER SET app.tenant_id = 'globex'",
+        "RESET ALL; SELECT * FROM items",
     ];
     assert!(attempts.len() >= 30);
     for attempt in attempts {
@@ -340,7 +342,9 @@ async fn check_connect_warns_about_roles_that_could_escape_rls() {
             let mut conn = raw_connect(addr, &user, PASSWORD, &name, &[])
                 .await
                 .unwrap();
-            pgsidecar::pool::audit::audit_role(&mut conn).await.unwrap()
+            pgsidecar::pool::audit::audit_role(&mut conn, Some("app.tenant_id"))
+                .await
+                .unwrap()
         }
     };
     // The table owner bypasses policies that are not FORCEd, and may create in its schema.
@@ -361,7 +365,21 @@ async fn check_connect_warns_about_roles_that_could_escape_rls() {
         &format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"),
     )
     .unwrap();
-    assert_eq!(audit(app).await, Vec::<String>::new());
+    assert_eq!(audit(app.clone()).await, Vec::<String>::new());
+    pg().psql(
+        &name,
+        &format!("ALTER ROLE {app} SET app.tenant_id = 'globex'"),
+    )
+    .unwrap();
+    let plain = audit(app.clone()).await;
+    assert!(
+        plain
+            .iter()
+            .any(|w| w.contains("default for app.tenant_id")),
+        "{plain:?}"
+    );
+    pg().psql(&name, &format!("ALTER ROLE {app} RESET app.tenant_id"))
+        .unwrap();
     pg().psql(&name, "ALTER TABLE items FORCE ROW LEVEL SECURITY")
         .unwrap();
     let owner = audit(name.clone()).await;

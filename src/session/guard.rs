@@ -27,6 +27,28 @@ pub fn check(sql: &[u8], classified: &Classified, reserved: &[&str]) -> Result<(
             ))
         }
     };
+    // RESET ALL / DISCARD ALL empty the tenant setting until the sidecar sets it again right
+    // after them: nothing may run in between.
+    let resets = statements
+        .iter()
+        .any(|s| matches!(s.kind, Kind::ResetAll | Kind::Discard { all: true }));
+    if resets && statements.len() > 1 {
+        return Err(Refusal(
+            "permission denied: RESET ALL and DISCARD ALL must be sent as a statement of their own while tenant enforcement is on".into(),
+        ));
+    }
+    // Setting defaults of roles and databases apply under RESET ALL.
+    for range in &classified.scan.statements {
+        let text = String::from_utf8_lossy(sql.get(range.clone()).unwrap_or_default())
+            .to_ascii_lowercase();
+        let words: Vec<&str> = text.split_whitespace().take(2).collect();
+        if let ["alter", what @ ("role" | "user" | "database" | "system")] = words.as_slice() {
+            return Err(Refusal(format!(
+                "permission denied: ALTER {} is refused while tenant enforcement is on",
+                what.to_ascii_uppercase()
+            )));
+        }
+    }
     for statement in statements {
         let refused_kind = match &statement.kind {
             Kind::SetRole => Some("SET ROLE"),
@@ -268,6 +290,7 @@ mod tests {
             "SELECT set_config('work_mem', '8MB', false)",
             "RESET ALL",
             "DISCARD ALL",
+            "ALTER TABLE t ADD COLUMN c int",
             "BEGIN; INSERT INTO t VALUES (1); COMMIT",
             "LISTEN jobs",
             "SELECT pg_notify('jobs', 'x')",
@@ -297,6 +320,11 @@ mod tests {
             "EXPLAIN ANALYZE SELECT set_config('app.tenant_id', 'b', false)",
             "SET ROLE admin",
             "RESET ROLE",
+            "ALTER ROLE CURRENT_USER SET app.tenant_id = 'other'",
+            "alter   user me SET app.tenant_id = 'other'",
+            "ALTER DATABASE d SET app.tenant_id = 'other'",
+            "RESET ALL; SELECT * FROM t",
+            "SELECT 1; DISCARD ALL",
             "SET SESSION AUTHORIZATION admin",
             "DO $$BEGIN PERFORM set_config('app.tenant_id', 'b', false); END$$",
             "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS $$ SELECT 1 $$",

@@ -73,6 +73,8 @@ pub struct Effects {
     pub capture: bool,
     /// DISCARD ALL.
     pub discard_all: bool,
+    /// RESET ALL.
+    pub reset_all: bool,
     /// DEALLOCATE ALL.
     pub deallocate_all: bool,
     /// SQL PREPARE statements, by name.
@@ -137,6 +139,7 @@ impl Effects {
                     effects.listen_changes.push(ListenChange::UnlistenAll);
                 }
                 Kind::Deallocate { name: None } => effects.deallocate_all = true,
+                Kind::ResetAll => effects.reset_all = true,
                 Kind::Deallocate { name: Some(name) } => effects.deallocates.push(name.clone()),
                 Kind::Execute { name } => effects.executes.push(name.clone()),
                 Kind::Prepare { name } => {

@@ -147,6 +147,11 @@ impl SessionState {
         }
     }
 
+    /// The SQL that puts the settings the sidecar owns back (after RESET ALL / DISCARD ALL).
+    pub fn reserved_sql(&self) -> Option<String> {
+        crate::pool::pool::settings_sql(&Settings::new(), &self.reserved)
+    }
+
     /// The names of the settings the sidecar owns.
     pub fn reserved_names(&self) -> impl Iterator<Item = &str> {
         self.reserved.keys().map(String::as_str)

@@ -528,6 +528,15 @@ impl Relay {
                 att.push_expect(Expect {
                     source: Source::Query { sent: now },
                 });
+                if effects.reset_all || effects.discard_all {
+                    // The tenant (and what else the sidecar owns) is back before anything else.
+                    if let Some(sql) = self.info.state.reserved_sql() {
+                        frontend::append_query(&mut att.wbuf, &sql);
+                        att.push_expect(Expect {
+                            source: Source::Apply,
+                        });
+                    }
+                }
             }
             MessageRole::Extended => {
                 let copy_ends = att.copy_ends;
