@@ -215,6 +215,16 @@ async fn sql_prepared_statements_survive_transactions_and_stay_private() {
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42P05"));
     assert_eq!(one_int(&a, "EXECUTE q(2)").await.unwrap(), 3);
+    for _ in 0..3 {
+        // The failed duplicate changed nothing, on this connection or the next.
+        b.simple_query("SELECT 1").await.unwrap();
+        assert_eq!(one_int(&a, "EXECUTE q(2)").await.unwrap(), 3);
+    }
+    // In one query, in order: the old statement goes, the new one comes.
+    a.batch_execute("DEALLOCATE q; PREPARE q(int) AS SELECT $1 + 10")
+        .await
+        .unwrap();
+    assert_eq!(one_int(&a, "EXECUTE q(1)").await.unwrap(), 11);
     let e = a.batch_execute("PREPARE bad AS SELEC 1").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42601"));
     let e = a.simple_query("EXECUTE bad").await.unwrap_err();

@@ -65,6 +65,14 @@ impl ListenChange {
     }
 }
 
+/// A change to the client's SQL prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlOp {
+    Prepare(String, SqlPrepared),
+    Deallocate(String),
+    DeallocateAll,
+}
+
 /// What a client statement means for its session state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Effects {
@@ -81,6 +89,8 @@ pub struct Effects {
     pub prepares: Vec<(String, SqlPrepared)>,
     /// DEALLOCATE of one statement.
     pub deallocates: Vec<String>,
+    /// PREPARE / DEALLOCATE [ALL] in the order the text runs them.
+    pub sql_ops: Vec<SqlOp>,
     /// EXECUTE of a SQL prepared statement.
     pub executes: Vec<String>,
     /// LISTEN or UNLISTEN (DISCARD ALL unlistens too).
@@ -138,9 +148,15 @@ impl Effects {
                     effects.listens = true;
                     effects.listen_changes.push(ListenChange::UnlistenAll);
                 }
-                Kind::Deallocate { name: None } => effects.deallocate_all = true,
+                Kind::Deallocate { name: None } => {
+                    effects.deallocate_all = true;
+                    effects.sql_ops.push(SqlOp::DeallocateAll);
+                }
                 Kind::ResetAll => effects.reset_all = true,
-                Kind::Deallocate { name: Some(name) } => effects.deallocates.push(name.clone()),
+                Kind::Deallocate { name: Some(name) } => {
+                    effects.deallocates.push(name.clone());
+                    effects.sql_ops.push(SqlOp::Deallocate(name.clone()));
+                }
                 Kind::Execute { name } => effects.executes.push(name.clone()),
                 Kind::Prepare { name } => {
                     let text = classified
@@ -151,13 +167,16 @@ impl Effects {
                         .and_then(|range| sql.get(range.clone()))
                         .map(|t| String::from_utf8_lossy(t).into_owned());
                     match text {
-                        Some(text) => effects.prepares.push((
-                            name.clone(),
-                            SqlPrepared {
+                        Some(text) => {
+                            let prepared = SqlPrepared {
                                 text,
                                 capture: may_change_session(statement),
-                            },
-                        )),
+                            };
+                            effects
+                                .sql_ops
+                                .push(SqlOp::Prepare(name.clone(), prepared.clone()));
+                            effects.prepares.push((name.clone(), prepared));
+                        }
                         // Its text cannot be told apart: the capture drops it afterwards.
                         None => effects.capture = true,
                     }
@@ -255,16 +274,26 @@ pub(super) fn before_forward(
         // The capture reports what this connection listens on; the cleanup unlistens it.
         att.listened = true;
     }
-    for (name, prepared) in &effects.prepares {
-        state.sql_prepared.insert(name.clone(), prepared.clone());
-        att.sql_on_conn.insert(name.clone());
-        att.sql_created.push(name.clone());
+    for op in &effects.sql_ops {
+        match op {
+            // A name the client has already is refused by the server (42P05): no change.
+            SqlOp::Prepare(name, _) if state.sql_prepared.contains_key(name) => {}
+            SqlOp::Prepare(name, prepared) => {
+                state.sql_prepared.insert(name.clone(), prepared.clone());
+                att.sql_on_conn.insert(name.clone());
+                att.sql_created.push(name.clone());
+            }
+            SqlOp::Deallocate(name) => {
+                state.sql_prepared.remove(name);
+                att.sql_on_conn.remove(name);
+            }
+            SqlOp::DeallocateAll => {
+                state.sql_prepared.clear();
+                att.sql_on_conn.clear();
+            }
+        }
     }
-    for name in &effects.deallocates {
-        state.sql_prepared.remove(name);
-        att.sql_on_conn.remove(name);
-    }
-    if effects.deallocate_all || effects.discard_all {
+    if effects.discard_all {
         state.sql_prepared.clear();
         att.sql_on_conn.clear();
     }
