@@ -2,7 +2,7 @@
 # PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
 # a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
 # Sets: bin root work pg_port; functions as_pg free_port psql_su start_postgres start_replica
-# start_sidecar tps_of.
+# start_sidecar sidecar_toml tps_of.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -52,6 +52,25 @@ start_sidecar() {
     --listen "127.0.0.1:$1" --metrics-listen "127.0.0.1:$(free_port)" \
     --pool-size "$2" --pool-mode transaction 2>"$work/sidecar-$1.log" & pids+=($!)
   sleep 1
+}
+
+# sidecar_toml PORT METRICS_PORT POOL DATABASE_LINES TRAILING_LINES: a config for database
+# `app` (user app/secret) with these extra [[database]] lines and sections after [[user]].
+sidecar_toml() {
+  cat <<TOML
+listen = "127.0.0.1:$1"
+metrics_listen = "127.0.0.1:$2"
+[pool]
+size = $3
+[[database]]
+name = "app"
+primary = "postgres://app:secret@127.0.0.1:$pg_port/app"
+$4
+[[user]]
+name = "app"
+password = "secret"
+$5
+TOML
 }
 
 # tps_of OUTPUT: the tps pgbench reported.

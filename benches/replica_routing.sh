@@ -12,24 +12,9 @@ start_postgres 10
 start_replica
 
 routed=$(free_port); plain=$(free_port)
-config() {
-  cat <<TOML
-listen = "127.0.0.1:$1"
-metrics_listen = "127.0.0.1:$(free_port)"
-[pool]
-size = $pool
-[[database]]
-name = "app"
-primary = "postgres://app:secret@127.0.0.1:$pg_port/app"
-$2
-[[user]]
-name = "app"
-password = "secret"
-TOML
-}
-config "$routed" "replicas = [\"postgres://app:secret@127.0.0.1:$replica_port/app\"]
-read_your_writes = \"off\"" >"$work/routed.toml"
-config "$plain" "" >"$work/plain.toml"
+sidecar_toml "$routed" "$(free_port)" "$pool" "replicas = [\"postgres://app:secret@127.0.0.1:$replica_port/app\"]
+read_your_writes = \"off\"" "" >"$work/routed.toml"
+sidecar_toml "$plain" "$(free_port)" "$pool" "" "" >"$work/plain.toml"
 for which in routed plain; do
   "$root/target/release/pgsidecar" run --config "$work/$which.toml" 2>"$work/$which.log" & pids+=($!)
 done

@@ -13,24 +13,9 @@ source "$(dirname "$0")/lib.sh"
 start_postgres 10
 
 on=$(free_port); off=$(free_port)
-config() {
-  cat <<TOML
-listen = "127.0.0.1:$1"
-metrics_listen = "127.0.0.1:$(free_port)"
-[pool]
-size = $pool
-[[database]]
-name = "app"
-primary = "postgres://app:secret@127.0.0.1:$pg_port/app"
-[[user]]
-name = "app"
-password = "secret"
-$2
-TOML
-}
 on_metrics=$(free_port)
-config "$on" "[tenancy]" | sed "s/^metrics_listen = .*/metrics_listen = \"127.0.0.1:$on_metrics\"/" >"$work/on.toml"
-config "$off" "" >"$work/off.toml"
+sidecar_toml "$on" "$on_metrics" "$pool" "" "[tenancy]" >"$work/on.toml"
+sidecar_toml "$off" "$(free_port)" "$pool" "" "" >"$work/off.toml"
 for which in on off; do
   "$root/target/release/pgsidecar" run --config "$work/$which.toml" 2>"$work/$which.log" & pids+=($!)
 done

@@ -22,12 +22,13 @@ async fn setup() -> (String, pgsidecar::app::Running) {
     .await
 }
 
-/// Like [`setup`], with these `[pool]` lines and extra `[tenancy]` lines.
-async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Running) {
-    let name = fresh_user("tenant");
+/// In database `name` (owned by role `name`): table `items` with an RLS policy on
+/// `app.tenant_id`, and a login role `<name>_app` (returned) that may use it but does not own
+/// it; `extra` SQL runs after.
+fn rls_schema(name: &str, extra: &str) -> String {
     let app = format!("{name}_app");
     pg().psql(
-        &name,
+        name,
         &format!(
             "CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}';
              CREATE TABLE items (tenant_id text NOT NULL, v int);
@@ -37,8 +38,20 @@ async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Runni
                  USING (tenant_id = current_setting('app.tenant_id', true))
                  WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
              GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {app};
-             INSERT INTO items VALUES ('acme', 1), ('acme', 2), ('globex', 10), ('initech', 100);"
+             {extra}"
         ),
+    )
+    .unwrap();
+    app
+}
+
+/// Like [`setup`], with these `[pool]` lines and extra `[tenancy]` lines.
+async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Running) {
+    let name = fresh_user("tenant");
+    let app = rls_schema(&name, "");
+    pg().psql(
+        &name,
+        "INSERT INTO items VALUES ('acme', 1), ('acme', 2), ('globex', 10), ('initech', 100)",
     )
     .unwrap();
     let toml = base_toml(&name, pool).replace(
@@ -424,21 +437,14 @@ fn token(key: &rcgen::KeyPair, claims: serde_json::Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_logins_carry_their_tenant_and_bad_tokens_are_refused() {
     let name = fresh_user("jwt");
-    let app = format!("{name}_app");
-    pg().psql(
+    let app = rls_schema(
         &name,
         &format!(
-            "CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}';
-             CREATE TABLE items (tenant_id text NOT NULL, v int);
-             ALTER TABLE items OWNER TO {name};
-             ALTER TABLE items ENABLE ROW LEVEL SECURITY;
-             CREATE POLICY by_tenant ON items USING (tenant_id = current_setting('app.tenant_id', true));
-             GRANT SELECT ON items TO {app};
-             CREATE ROLE {app}_reader; GRANT {app}_reader TO {app}; GRANT SELECT ON items TO {app}_reader;
+            "CREATE ROLE {name}_app_reader; GRANT {name}_app_reader TO {name}_app;
+             GRANT SELECT ON items TO {name}_app_reader;
              INSERT INTO items VALUES ('acme', 1), ('globex', 2);"
         ),
-    )
-    .unwrap();
+    );
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let dir = std::env::temp_dir().join(format!("pgsidecar-jwt-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
