@@ -311,6 +311,21 @@ async fn logins_without_a_valid_tenant_are_refused() {
         .err()
         .expect("refused");
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
+    for options in ["-c role=postgres", "-c session_authorization=postgres"] {
+        let e = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(sidecar.addr.port())
+            .user(format!("{name}.acme"))
+            .password(PASSWORD)
+            .dbname(&name)
+            .options(options)
+            .connect_timeout(Duration::from_secs(10))
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{options}: {e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,22 +228,26 @@ async fn login(
     }
     if let (Some(t), Some(tenant)) = (tenancy, &identity.tenant) {
         tracing::debug!(user = %identity.user, tenant = %tenant, "client tenant");
-        if startup
-            .params
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case(&t.setting))
-        {
+        reserved.insert(t.setting.clone(), tenant.clone());
+        // The startup packet cannot set what statements may not (the tenant, a granted role,
+        // another role or session authorization).
+        let refused = startup.params.iter().find(|(name, _)| {
+            reserved.keys().any(|r| name.eq_ignore_ascii_case(r))
+                || (t.enforce
+                    && ["role", "session_authorization"]
+                        .iter()
+                        .any(|r| name.eq_ignore_ascii_case(r)))
+        });
+        if let Some((name, _)) = refused {
             app.metrics.error("tenancy_refused");
             app.metrics.tenancy_refusals.inc();
             return Err(Some(ErrorReport::fatal(
                 SqlState::INSUFFICIENT_PRIVILEGE,
                 format!(
-                    "permission denied to set parameter \"{}\": it is reserved for the tenant",
-                    t.setting
+                    "permission denied to set parameter \"{name}\": it is reserved for the tenant"
                 ),
             )));
         }
-        reserved.insert(t.setting.clone(), tenant.clone());
     }
     let Some(pool) = app.pool(&startup.database) else {
         app.metrics.error("unknown_database");
