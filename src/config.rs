@@ -477,10 +477,21 @@ impl FileConfig {
                     format!("{:?} appears twice", db.name),
                 ));
             }
+            let replicas = db.replicas.validate()?;
+            if replicas
+                .as_ref()
+                .is_some_and(|r| r.read_your_writes == ReadYourWrites::Tenant)
+                && tenancy.is_none()
+            {
+                return Err(ConfigError::invalid(
+                    "database.read_your_writes",
+                    "\"tenant\" needs a [tenancy] section",
+                ));
+            }
             databases.push(DatabaseConfig {
                 name: db.name,
                 primary: UpstreamUrl::parse(&db.primary)?,
-                replicas: db.replicas.validate()?,
+                replicas,
             });
         }
         let mut names = HashSet::new();

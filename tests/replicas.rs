@@ -365,3 +365,44 @@ async fn a_stopped_replica_is_ejected_and_comes_back() {
     until_replica_serves(&client).await;
     until_replica_serves(&strict).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_by_tenant() {
+    let name = fresh_user("rywtenant");
+    pg().psql(
+        &name,
+        &format!("CREATE TABLE w (id int); ALTER TABLE w OWNER TO {name}"),
+    )
+    .unwrap();
+    let delayed = delayed();
+    let sidecar = start(&format!(
+        "{}\n[tenancy]\n",
+        toml(&name, &[delayed], "read_your_writes = \"tenant\"")
+    ))
+    .await;
+    let as_tenant = |tenant: &'static str| {
+        let name = name.clone();
+        async move {
+            connect(sidecar.addr, &format!("{name}.{tenant}"), PASSWORD, &name)
+                .await
+                .unwrap()
+        }
+    };
+    let writer = as_tenant("acme").await;
+    let colleague = as_tenant("acme").await;
+    let stranger = as_tenant("globex").await;
+    until_replica_serves(&stranger).await;
+    writer
+        .batch_execute("INSERT INTO w VALUES (1)")
+        .await
+        .unwrap();
+    // Another client of the writer's tenant reads the write (from the primary)…
+    let seen: i64 = colleague
+        .query_one("SELECT count(*) FROM w WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 1, "a client of the writing tenant missed the write");
+    // …while another tenant may read the lagging replica.
+    assert!(on_replica(&stranger, "SELECT pg_is_in_recovery()").await);
+}

@@ -38,6 +38,8 @@ pub enum PrimaryReads {
 pub enum ReadYourWrites {
     /// The client that wrote.
     Client,
+    /// Every client of the same tenant (with `[tenancy]`).
+    Tenant,
     /// Every client of the sidecar: the useful default for applications with their own pool,
     /// which read on another connection than they wrote on.
     #[default]
@@ -100,6 +102,7 @@ impl ReplicaConfig {
         };
         let read_your_writes = match self.read_your_writes {
             ReadYourWrites::Client => "client",
+            ReadYourWrites::Tenant => "tenant",
             ReadYourWrites::Sidecar => "sidecar",
             ReadYourWrites::Off => "off",
         };
@@ -151,16 +154,11 @@ impl FileReplicas {
             Some("client") => ReadYourWrites::Client,
             Some("sidecar") => ReadYourWrites::Sidecar,
             Some("off") => ReadYourWrites::Off,
-            Some("tenant") => {
-                return Err(ConfigError::invalid(
-                    "database.read_your_writes",
-                    "\"tenant\" needs [tenancy], which this version does not implement yet",
-                ))
-            }
+            Some("tenant") => ReadYourWrites::Tenant,
             Some(other) => {
                 return Err(ConfigError::invalid(
                     "database.read_your_writes",
-                    format!("{other:?} is not one of \"client\", \"sidecar\", \"off\""),
+                    format!("{other:?} is not one of \"client\", \"tenant\", \"sidecar\", \"off\""),
                 ))
             }
         };
@@ -231,9 +229,6 @@ mod tests {
     fn refusals() {
         let mut f = file(&[]);
         f.primary_reads = Some(PrimaryReads::Never);
-        assert!(f.validate().is_err());
-        let mut f = file(&["postgres://a:b@127.0.0.1:5433/app"]);
-        f.read_your_writes = Some("tenant".into());
         assert!(f.validate().is_err());
         let mut f = file(&["postgres://a:b@127.0.0.1:5433/app"]);
         f.read_your_writes = Some("everyone".into());

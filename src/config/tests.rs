@@ -125,7 +125,7 @@ fn refuses_bad_values() {
                 "[[database]]",
                 "[[database]]\nreplicas = [\"postgres://a:b@h/d\"]\nread_your_writes = \"tenant\"",
             ),
-            "tenancy",
+            "needs a [tenancy]",
         ),
     ] {
         let err = Config::from_toml(&bad, &Overrides::default()).unwrap_err();

@@ -61,6 +61,8 @@ pub struct Topology {
     turn: AtomicUsize,
     /// Writes committed on the primary (read-your-writes scope "sidecar").
     writes: AtomicU64,
+    /// The sequence of each tenant's last write (scope "tenant").
+    tenant_writes: Mutex<std::collections::HashMap<String, u64>>,
     polls: Mutex<VecDeque<Poll>>,
     /// The primary's WAL position at the last poll, and its WAL rate (bytes per second).
     primary_lsn: AtomicU64,
@@ -102,6 +104,7 @@ impl Topology {
             config,
             turn: AtomicUsize::new(0),
             writes: AtomicU64::new(0),
+            tenant_writes: Mutex::new(std::collections::HashMap::new()),
             polls: Mutex::new(VecDeque::new()),
             primary_lsn: AtomicU64::new(0),
             wal_rate: AtomicU64::new(0),
@@ -110,18 +113,38 @@ impl Topology {
         }
     }
 
-    /// Records a write that committed on the primary; returns its sequence number (kept by
-    /// the client for read-your-writes scope "client").
-    pub fn note_write(&self) -> u64 {
-        self.writes.fetch_add(1, Ordering::AcqRel) + 1
+    /// Records a write that committed on the primary (by a client of `tenant`); returns its
+    /// sequence number (kept by the client for read-your-writes scope "client").
+    pub fn note_write(&self, tenant: Option<&str>) -> u64 {
+        let seq = self.writes.fetch_add(1, Ordering::AcqRel) + 1;
+        if let (Some(tenant), ReadYourWrites::Tenant) = (tenant, self.config.read_your_writes) {
+            let mut writes = self.tenant_writes.lock().unwrap_or_else(|e| e.into_inner());
+            if writes.len() >= 100_000 {
+                // Tenants whose writes every replica has long replayed.
+                writes.clear();
+            }
+            writes.insert(tenant.to_owned(), seq);
+        }
+        seq
     }
 
     /// The replica a read should use. `client_writes` is the sequence of the client's last
     /// write (0: none).
-    pub fn choose_replica(&self, client_writes: u64) -> Result<&Replica, NoReplica> {
+    pub fn choose_replica(
+        &self,
+        client_writes: u64,
+        tenant: Option<&str>,
+    ) -> Result<&Replica, NoReplica> {
         let scope_writes = match self.config.read_your_writes {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Client => client_writes,
+            ReadYourWrites::Tenant => match tenant {
+                Some(tenant) => {
+                    let writes = self.tenant_writes.lock().unwrap_or_else(|e| e.into_inner());
+                    writes.get(tenant).copied().unwrap_or(0).max(client_writes)
+                }
+                None => client_writes,
+            },
             ReadYourWrites::Sidecar => self.writes.load(Ordering::Acquire),
         };
         let required = match self.required_lsn(scope_writes) {

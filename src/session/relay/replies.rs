@@ -230,7 +230,7 @@ impl Relay {
         if self.mode == PoolMode::Transaction && att.is_quiet() {
             if std::mem::take(&mut att.wrote) {
                 if let Some(topology) = &self.topology {
-                    self.last_write = topology.note_write();
+                    self.last_write = topology.note_write(self.info.tenant.as_deref());
                 }
             }
             // Session state this client changed is captured and cleaned before anyone else

@@ -336,7 +336,7 @@ impl Relay {
             topology.count_route(false);
             return Ok((Arc::clone(&self.info.pool), false));
         }
-        match topology.choose_replica(self.last_write) {
+        match topology.choose_replica(self.last_write, self.info.tenant.as_deref()) {
             Ok(replica) => {
                 topology.count_route(true);
                 Ok((Arc::clone(&replica.pool), true))
