@@ -5,7 +5,7 @@
 //! does not parse, and LISTEN / NOTIFY on the sidecar's reserved channels. Pure: the relay
 //! refuses what this returns with 42501.
 
-use crate::pool::pool::{quote_ident, quote_literal};
+use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::sql::cache::Classified;
 use crate::sql::classify::{Classification, Kind, SettingName};
 
@@ -18,7 +18,7 @@ pub struct Refusal(pub String);
 
 /// Checks a statement text (`sql`, classified) against the `reserved` settings (the tenant
 /// setting, and what a JWT granted: its claims setting, the role).
-pub fn check(sql: &[u8], classified: &Classified, reserved: &[&str]) -> Result<(), Refusal> {
+pub fn check(sql: &[u8], classified: &Classified, reserved: &Settings) -> Result<(), Refusal> {
     let statements = match classified.classification.as_ref() {
         Classification::Parsed(statements) => statements,
         Classification::Unparsed { .. } => {
@@ -81,7 +81,7 @@ pub fn check(sql: &[u8], classified: &Classified, reserved: &[&str]) -> Result<(
                 }
             };
             if let Some(setting) = reserved
-                .iter()
+                .keys()
                 .find(|r| name.trim().eq_ignore_ascii_case(r))
             {
                 return Err(Refusal(format!(
@@ -243,7 +243,9 @@ mod tests {
         check(
             sql.as_bytes(),
             &cache.classify(sql.as_bytes()),
-            &["app.tenant_id", "role"],
+            &[("app.tenant_id", "acme"), ("role", "reader")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
         )
     }
 

@@ -83,12 +83,6 @@ pub struct Effects {
     pub discard_all: bool,
     /// RESET ALL.
     pub reset_all: bool,
-    /// DEALLOCATE ALL.
-    pub deallocate_all: bool,
-    /// SQL PREPARE statements, by name.
-    pub prepares: Vec<(String, SqlPrepared)>,
-    /// DEALLOCATE of one statement.
-    pub deallocates: Vec<String>,
     /// PREPARE / DEALLOCATE [ALL] in the order the text runs them.
     pub sql_ops: Vec<SqlOp>,
     /// EXECUTE of a SQL prepared statement.
@@ -148,14 +142,10 @@ impl Effects {
                     effects.listens = true;
                     effects.listen_changes.push(ListenChange::UnlistenAll);
                 }
-                Kind::Deallocate { name: None } => {
-                    effects.deallocate_all = true;
-                    effects.sql_ops.push(SqlOp::DeallocateAll);
-                }
+                Kind::Deallocate { name: None } => effects.sql_ops.push(SqlOp::DeallocateAll),
                 Kind::ResetAll => effects.reset_all = true,
                 Kind::Deallocate { name: Some(name) } => {
-                    effects.deallocates.push(name.clone());
-                    effects.sql_ops.push(SqlOp::Deallocate(name.clone()));
+                    effects.sql_ops.push(SqlOp::Deallocate(name.clone()))
                 }
                 Kind::Execute { name } => effects.executes.push(name.clone()),
                 Kind::Prepare { name } => {
@@ -172,10 +162,7 @@ impl Effects {
                                 text,
                                 capture: may_change_session(statement),
                             };
-                            effects
-                                .sql_ops
-                                .push(SqlOp::Prepare(name.clone(), prepared.clone()));
-                            effects.prepares.push((name.clone(), prepared));
+                            effects.sql_ops.push(SqlOp::Prepare(name.clone(), prepared));
                         }
                         // Its text cannot be told apart: the capture drops it afterwards.
                         None => effects.capture = true,
@@ -208,12 +195,15 @@ impl Effects {
     pub fn any(&self) -> bool {
         self.capture
             || self.discard_all
-            || self.deallocate_all
             || self.listens
             || self.mentions_prepared
-            || !self.prepares.is_empty()
-            || !self.deallocates.is_empty()
+            || !self.sql_ops.is_empty()
             || !self.executes.is_empty()
+    }
+
+    /// DEALLOCATE ALL.
+    pub fn deallocates_all(&self) -> bool {
+        self.sql_ops.contains(&SqlOp::DeallocateAll)
     }
 }
 
@@ -259,10 +249,9 @@ pub(super) fn before_forward(
         return;
     }
     let needs_prepared = effects.mentions_prepared
-        || effects
-            .prepares
-            .iter()
-            .any(|(name, _)| state.sql_prepared.contains_key(name));
+        || effects.sql_ops.iter().any(
+            |op| matches!(op, SqlOp::Prepare(name, _) if state.sql_prepared.contains_key(name)),
+        );
     if needs_prepared {
         ensure_sql_prepared(att, state, extended);
     }
@@ -305,7 +294,10 @@ pub(super) fn before_forward(
         || executes_capturing
         || effects.listens
         || !att.sql_on_conn.is_empty()
-        || !effects.deallocates.is_empty()
+        || effects
+            .sql_ops
+            .iter()
+            .any(|op| matches!(op, SqlOp::Deallocate(_)))
     {
         mark_due(att);
     }
@@ -540,15 +532,14 @@ mod tests {
     #[test]
     fn prepare_keeps_its_own_statement_text() {
         let e = effects("SELECT 1; PREPARE q(int) AS SELECT $1 + 1; EXECUTE q(2)");
-        assert_eq!(e.prepares.len(), 1);
-        assert_eq!(e.prepares[0].0, "q");
-        assert_eq!(
-            e.prepares[0].1.text.trim(),
-            "PREPARE q(int) AS SELECT $1 + 1"
-        );
+        let [SqlOp::Prepare(name, prepared)] = e.sql_ops.as_slice() else {
+            panic!("one PREPARE expected: {:?}", e.sql_ops);
+        };
+        assert_eq!(name, "q");
+        assert_eq!(prepared.text.trim(), "PREPARE q(int) AS SELECT $1 + 1");
         assert_eq!(e.executes, vec!["q".to_owned()]);
         let e = effects("DEALLOCATE ALL");
-        assert!(e.deallocate_all);
+        assert!(e.deallocates_all());
         let e = effects("LISTEN jobs");
         assert!(e.listens && !e.capture);
         assert!(effects("DISCARD ALL").discard_all);

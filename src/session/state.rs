@@ -152,9 +152,9 @@ impl SessionState {
         crate::pool::pool::settings_sql(&Settings::new(), &self.reserved)
     }
 
-    /// The names of the settings the sidecar owns.
-    pub fn reserved_names(&self) -> impl Iterator<Item = &str> {
-        self.reserved.keys().map(String::as_str)
+    /// The settings the sidecar owns.
+    pub fn reserved(&self) -> &Settings {
+        &self.reserved
     }
 
     /// Records a ParameterStatus the client is sent.

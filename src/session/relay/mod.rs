@@ -391,7 +391,7 @@ impl Relay {
         }
         // Under tenant enforcement, a refused Query becomes one that raises the refusal on the
         // server (so a transaction fails there too); a refused Parse is replaced further down.
-        let (frame, refused) = match self.guard(&frame) {
+        let (frame, refused_parse) = match self.guard(&frame) {
             Guarded::Pass => (frame, None),
             Guarded::Refused(raise) if frame.tag() == frontend::QUERY_TAG => {
                 (with_text(&frame, &raise), None)
@@ -400,7 +400,6 @@ impl Relay {
             // Channel names made the tenant's.
             Guarded::Rewritten(sql) => (with_text(&frame, &sql), None),
         };
-        let refused_parse = refused;
         // What the message runs: a Query's statements, the statement a Bind binds (classified
         // at its Parse), or a function (FunctionCall). A Parse only classifies.
         let mut parsed = None;
@@ -497,7 +496,7 @@ impl Relay {
                 resync::mark_due(att);
             }
         }
-        if effects.deallocate_all || effects.discard_all {
+        if effects.deallocates_all() || effects.discard_all {
             self.statements.clear();
             att.server.conn_mut().prepared.clear();
         }

@@ -9,7 +9,7 @@ impl Relay {
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
     /// guard refuses (42501 with the guard's message), counted and logged at debug level.
     pub(super) fn guard(&mut self, frame: &Frame) -> Guarded {
-        let (Some(tenancy), Some(tenant)) = (
+        let (Some(_), Some(tenant)) = (
             self.app.config.tenancy.as_ref().filter(|t| t.enforce),
             &self.info.tenant,
         ) else {
@@ -27,11 +27,8 @@ impl Relay {
             Some((bytes, c)) if bytes == frame.as_bytes() => c,
             _ => self.app.classifier.classify(sql),
         };
-        let mut reserved: Vec<&str> = self.info.state.reserved_names().collect();
-        if !reserved.contains(&tenancy.setting.as_str()) {
-            reserved.push(&tenancy.setting);
-        }
-        let outcome = guard::check(sql, &classified, &reserved)
+        // The tenant setting is among the reserved ones whenever there is a tenant (login).
+        let outcome = guard::check(sql, &classified, self.info.state.reserved())
             .and_then(|()| guard::namespace_channels(sql, &classified, tenant));
         match outcome {
             Ok(None) => {
