@@ -13,6 +13,7 @@
 //! - [`route`]: pure routing decisions (primary or replica).
 //! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`stream`]: plain or TLS connections; [`tls`]: certificates, acceptor, upstream connector.
+//! - [`token`]: the signed tenant token and the SQL that verifies it inside Postgres.
 //! - [`localpg`]: throwaway local PostgreSQL servers for the demo and the tests.
 
 #![forbid(unsafe_code)]
@@ -30,3 +31,4 @@ pub mod session;
 pub mod sql;
 pub mod stream;
 pub mod tls;
+pub mod token;

@@ -1,4 +1,4 @@
-//! The `pgsidecar` command line (clap): `run`, `check` and `demo`. Loads the configuration once,
+//! The `pgsidecar` command line (clap): `run`, `check`, `tenancy-sql` and `demo`. Loads the configuration once,
 //! starts the [`pgsidecar::app`], and turns signals into the sidecar shutdown sequence.
 
 use std::net::SocketAddr;
@@ -31,6 +31,16 @@ enum Command {
         /// Also connect to every upstream and warn about unsafe roles.
         #[arg(long)]
         connect: bool,
+    },
+    /// Print the SQL that installs `pgsidecar.tenant()` and the signing key of `[tenancy]`;
+    /// run it once per database as its owner (psql -f). Running it twice is harmless.
+    TenancySql {
+        #[arg(long)]
+        config: PathBuf,
+        /// Key rotation: keys installed before stay valid until this time (an SQL timestamp,
+        /// e.g. "2026-12-01 12:00+00"); without it, this key becomes the only one.
+        #[arg(long, value_name = "UNTIL")]
+        rotate: Option<String>,
     },
     /// Start a throwaway local PostgreSQL and run the proxy in front of it.
     Demo {
@@ -119,6 +129,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config, connect } => runtime.block_on(check(&config, connect)),
+        Command::TenancySql { config, rotate } => tenancy_sql(&config, rotate.as_deref()),
         Command::Demo {
             listen,
             metrics_listen,
@@ -212,8 +223,7 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
                     db.name,
                     db.primary.masked()
                 );
-                let tenant_setting = config.tenancy.as_ref().map(|t| t.setting.as_str());
-                match pgsidecar::pool::audit::audit_role(&mut conn, tenant_setting).await {
+                match pgsidecar::pool::audit::audit_role(&mut conn, config.tenancy.as_ref()).await {
                     Ok(warnings) => {
                         for warning in warnings {
                             println!("# WARNING: upstream user {:?} {warning}", db.primary.user);
@@ -235,6 +245,29 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn tenancy_sql(path: &std::path::Path, rotate: Option<&str>) -> ExitCode {
+    let config = match Config::from_file(path, &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsidecar: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match config.tenancy.as_ref().and_then(|t| t.signer.as_ref()) {
+        Some(signer) => {
+            print!("{}", signer.install_sql(rotate));
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "pgsidecar: {}: no [tenancy] signing_key or signing_key_file",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -62,6 +62,11 @@ pub struct Metrics {
     pub routed_primary: IntCounter,
     /// Statements and logins refused to protect the tenant setting (42501).
     pub tenancy_refusals: IntCounter,
+    /// Server connections handed from one tenant to another (each after DISCARD ALL).
+    pub tenant_hops: IntCounter,
+    /// Statements forwarded under tenant enforcement although the classifier could not parse
+    /// them (the signed tenant keeps them inside the tenant).
+    pub tenancy_unparsed_forwarded: IntCounter,
     pub routed_replica: IntCounter,
     /// Per replica (`database`, `replica` = its position in the config): usable now, WAL bytes
     /// behind the primary, times it was ejected.
@@ -259,6 +264,14 @@ impl Metrics {
             tenancy_refusals: counter(
                 "pgsidecar_tenancy_refusals_total",
                 "Statements and logins refused because they would change or escape the tenant setting",
+            ),
+            tenant_hops: counter(
+                "pgsidecar_tenant_hops_total",
+                "Server connections handed from one tenant to another, each after DISCARD ALL",
+            ),
+            tenancy_unparsed_forwarded: counter(
+                "pgsidecar_tenancy_unparsed_forwarded_total",
+                "Statements the classifier could not parse, forwarded under tenant enforcement",
             ),
             routed_replica: routed.with_label_values(&["replica"]),
             replica_up,

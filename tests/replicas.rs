@@ -376,7 +376,7 @@ async fn read_your_writes_by_tenant() {
     .unwrap();
     let delayed = delayed();
     let sidecar = start(&format!(
-        "{}\n[tenancy]\n",
+        "{}{TENANCY}",
         toml(&name, &[delayed], "read_your_writes = \"tenant\"")
     ))
     .await;

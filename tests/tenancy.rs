@@ -59,7 +59,8 @@ async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Runni
         &pg().url(&app, PASSWORD, &name),
     ) + &format!(
         "\n[[user]]\nname = \"{name}_svc\"\npassword = \"{PASSWORD}\"\ntenant = \"globex\"\n"
-    ) + "\n[tenancy]\nsetting = \"app.tenant_id\"\n"
+    ) + TENANCY
+        + "setting = \"app.tenant_id\"\n"
         + tenancy;
     (name.clone(), start(&toml).await)
 }
@@ -221,7 +222,10 @@ async fn attempts_to_change_or_escape_the_tenant_are_refused() {
         "NOTIFY pgsidecar_invalidate, 'x'",
         "SELECT pg_notify(chr(112) || 'gsidecar_invalidate', 'x')",
         "ALTER ROLE CURRENT_USER SET app.tenant_id = 'globex'",
-        "RESET ALL; SELECT * FROM items",
+        "SET role = 'postgres'",
+        "SELECT set_config('role', 'postgres', false)",
+        "SET standard_conforming_strings = off",
+        "SELECT set_config(E'app\\x2etenant_id', 'globex', false)",
     ];
     assert!(attempts.len() >= 30);
     for attempt in attempts {
@@ -354,55 +358,79 @@ async fn tenants_never_hear_each_others_notifications() {
 async fn check_connect_warns_about_roles_that_could_escape_rls() {
     let (name, _sidecar) = setup().await;
     let app = format!("{name}_app");
+    let config = pgsidecar::config::Config::from_toml(
+        &(base_toml(&name, "size = 1") + TENANCY),
+        &Default::default(),
+    )
+    .unwrap();
     let audit = |user: String| {
         let name = name.clone();
+        let tenancy = config.tenancy.clone();
         async move {
             let addr: std::net::SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
             let mut conn = raw_connect(addr, &user, PASSWORD, &name, &[])
                 .await
                 .unwrap();
-            pgsidecar::pool::audit::audit_role(&mut conn, Some("app.tenant_id"))
+            pgsidecar::pool::audit::audit_role(&mut conn, tenancy.as_ref())
                 .await
                 .unwrap()
         }
     };
+    let has = |warnings: &[String], needle: &str| warnings.iter().any(|w| w.contains(needle));
     // The table owner bypasses policies that are not FORCEd, and may create in its schema.
     let owner = audit(name.clone()).await;
-    assert!(
-        owner.iter().any(|w| w.contains("owns table items")),
-        "{owner:?}"
-    );
-    assert!(
-        owner.iter().any(|w| w.contains("CREATE in schema public")),
-        "{owner:?}"
-    );
-    // The sidecar's role only has the default TEMP privilege.
+    assert!(has(&owner, "owns table items"), "{owner:?}");
+    assert!(has(&owner, "CREATE in schema public"), "{owner:?}");
+    // The sidecar's role: TEMP, track_activities, a policy on the plain setting, and no
+    // pgsidecar.tenant() yet.
     let plain = audit(app.clone()).await;
-    assert!(plain.iter().all(|w| w.contains("TEMP")), "{plain:?}");
+    for needle in [
+        "TEMP",
+        "track_activities",
+        "policy by_tenant",
+        "has no function pgsidecar.tenant()",
+    ] {
+        assert!(has(&plain, needle), "{needle}: {plain:?}");
+    }
+    assert_eq!(plain.len(), 4, "{plain:?}");
+    install_tenancy_sql(&name);
     pg().psql(
         &name,
-        &format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"),
+        &format!(
+            "REVOKE TEMP ON DATABASE {name} FROM PUBLIC; ALTER ROLE {app} SET track_activities = off;
+             ALTER POLICY by_tenant ON items USING (tenant_id = (SELECT pgsidecar.tenant()))
+                 WITH CHECK (tenant_id = (SELECT pgsidecar.tenant()))"
+        ),
     )
     .unwrap();
     assert_eq!(audit(app.clone()).await, Vec::<String>::new());
+    // Installed with another key: named.
+    let other = pgsidecar::token::Signer::new(&[7; 32]).unwrap();
+    pg().psql(&name, &other.install_sql(None)).unwrap();
+    let plain = audit(app.clone()).await;
+    assert!(has(&plain, "does not accept this sidecar's signing key"), "{plain:?}");
+    install_tenancy_sql(&name);
+    // Role defaults for the tenant setting, and membership in a role that bypasses RLS.
     pg().psql(
         &name,
-        &format!("ALTER ROLE {app} SET app.tenant_id = 'globex'"),
+        &format!(
+            "ALTER ROLE {app} SET app.tenant_id = 'globex'; CREATE ROLE {name}_auditor BYPASSRLS;
+             GRANT {name}_auditor TO {app}; GRANT {name} TO {app}"
+        ),
     )
     .unwrap();
     let plain = audit(app.clone()).await;
-    assert!(
-        plain
-            .iter()
-            .any(|w| w.contains("default for app.tenant_id")),
-        "{plain:?}"
-    );
-    pg().psql(&name, &format!("ALTER ROLE {app} RESET app.tenant_id"))
-        .unwrap();
+    for needle in [
+        "default for app.tenant_id",
+        &format!("member of role {name}_auditor, which has BYPASSRLS"),
+        &format!("member of {name}, owner of table items"),
+    ] {
+        assert!(has(&plain, needle), "{needle}: {plain:?}");
+    }
     pg().psql(&name, "ALTER TABLE items FORCE ROW LEVEL SECURITY")
         .unwrap();
     let owner = audit(name.clone()).await;
-    assert!(!owner.iter().any(|w| w.contains("owns table")), "{owner:?}");
+    assert!(!has(&owner, "owns table"), "{owner:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,6 +497,7 @@ primary = "{url}"
 name = "web"
 auth = "jwt"
 [tenancy]
+signing_key = "test-signing-key-0123456789abcdefghij"
 source = "jwt"
 jwt_algorithm = "ES256"
 jwt_public_key = "{public}"

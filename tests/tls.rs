@@ -277,7 +277,7 @@ async fn the_tenant_comes_from_the_client_certificate() {
     tls_pg();
     let name = fresh_user("tlstenant");
     let toml = format!(
-        "{}{}\n[tenancy]\nsource = \"certificate\"\ncertificate_pattern = \"spiffe://example.org/tenant/{{tenant}}\"\n",
+        "{}{}{TENANCY}source = \"certificate\"\ncertificate_pattern = \"spiffe://example.org/tenant/{{tenant}}\"\n",
         base_toml(&name, "size = 2"),
         tls_section(true, true)
     );

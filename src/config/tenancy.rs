@@ -60,6 +60,11 @@ pub struct TenancyConfig {
     /// certificate's URI SANs (e.g. `spiffe://example.org/tenant/{tenant}`); without one, the
     /// subject CN is the tenant.
     pub certificate_pattern: Option<String>,
+    /// Signs the tenant token the sidecar sets on every server connection (`signing_key` or
+    /// `signing_key_file`); `None` only with `enforce = false`.
+    pub signer: Option<crate::token::Signer>,
+    /// How long a token is valid; it is set again before half of that has passed.
+    pub token_lifetime: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +88,9 @@ pub(super) struct FileTenancy {
     #[serde(default)]
     allowed_roles: Vec<String>,
     certificate_pattern: Option<String>,
+    signing_key: Option<String>,
+    signing_key_file: Option<String>,
+    token_lifetime: Option<String>,
 }
 
 impl FileTenancy {
@@ -176,18 +184,68 @@ impl FileTenancy {
                 ));
             }
         }
+        let enforce = self.enforce.unwrap_or(true);
+        let signer = signer(self.signing_key, self.signing_key_file.as_deref(), enforce)?;
+        let token_lifetime = match self.token_lifetime.as_deref() {
+            None => std::time::Duration::from_secs(3600),
+            Some(s) => super::parse_duration(s)
+                .ok()
+                .filter(|d| d.as_secs() >= 60)
+                .ok_or_else(|| {
+                    ConfigError::invalid("tenancy.token_lifetime", format!("{s:?} is not a duration of at least 60s"))
+                })?,
+        };
         Ok(TenancyConfig {
+            signer,
+            token_lifetime,
             certificate_pattern: self.certificate_pattern,
             jwt,
             setting,
             source,
             separator,
             max_length,
-            enforce: self.enforce.unwrap_or(true),
+            enforce,
             max_connections_per_tenant: self.max_connections_per_tenant.unwrap_or(0),
             metric_tenants: self.metric_tenants.unwrap_or(0).min(1000),
         })
     }
+}
+
+/// The token signer from `signing_key` (the key's bytes as written) or `signing_key_file` (the
+/// file's bytes, one trailing newline dropped). Required unless enforcement is off.
+fn signer(
+    key: Option<String>,
+    file: Option<&str>,
+    enforce: bool,
+) -> Result<Option<crate::token::Signer>, ConfigError> {
+    let bytes = match (key, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "tenancy.signing_key",
+                "give signing_key or signing_key_file, not both",
+            ))
+        }
+        (Some(key), None) => key.into_bytes(),
+        (None, Some(path)) => {
+            let mut bytes = std::fs::read(path).map_err(|e| {
+                ConfigError::invalid("tenancy.signing_key_file", format!("{path}: {e}"))
+            })?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            bytes
+        }
+        (None, None) if enforce => {
+            return Err(ConfigError::invalid(
+                "tenancy.signing_key",
+                "tenant enforcement needs a signing key (signing_key or signing_key_file, at least 32 bytes, the same for every sidecar of the deployment); see `pgsidecar tenancy-sql`",
+            ))
+        }
+        (None, None) => return Ok(None),
+    };
+    crate::token::Signer::new(&bytes)
+        .map(Some)
+        .map_err(|e| ConfigError::invalid("tenancy.signing_key", e.to_string()))
 }
 
 impl TenancyConfig {
@@ -231,8 +289,12 @@ impl TenancyConfig {
 mod tests {
     use super::*;
 
+    const KEY: &str = "signing_key = \"0123456789abcdef0123456789abcdef\"\n";
+
     fn tenancy(toml: &str) -> Result<TenancyConfig, ConfigError> {
-        toml::from_str::<FileTenancy>(toml).unwrap().validate()
+        toml::from_str::<FileTenancy>(&format!("{KEY}{toml}"))
+            .unwrap()
+            .validate()
     }
 
     #[test]
@@ -266,5 +328,11 @@ mod tests {
         assert!(tenancy("setting = \"Tenant\"").is_err());
         assert!(tenancy("setting = \"a.b'c\"").is_err());
         assert!(tenancy("separator = \"::\"").is_err());
+        assert!(tenancy("token_lifetime = \"1s\"").is_err());
+        // No key: only without enforcement (unsafe against hostile SQL).
+        let bare = |t: &str| toml::from_str::<FileTenancy>(t).unwrap().validate();
+        assert!(bare("").is_err());
+        assert!(bare("signing_key = \"short\"").is_err());
+        assert!(bare("enforce = false").unwrap().signer.is_none());
     }
 }

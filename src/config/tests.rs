@@ -108,7 +108,7 @@ fn refuses_bad_values() {
             "missing field `key`",
         ),
         (
-            format!("{FULL}\n[tenancy]\nsource = \"certificate\"\n"),
+            format!("{FULL}\n[tenancy]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\nsource = \"certificate\"\n"),
             "client_ca",
         ),
         (

@@ -111,14 +111,16 @@ impl Pool {
 
     /// Waits (bounded, FIFO) for a server connection, opening one if none is idle.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
-        self.checkout_for(&Settings::new()).await
+        self.checkout_for(&Settings::new(), None).await
     }
 
-    /// Like [`Pool::checkout`], preferring an idle connection that already carries `settings`
-    /// (so nothing has to be applied before the client's statement).
+    /// Like [`Pool::checkout`], preferring an idle connection that last served `tenant` (so
+    /// no DISCARD ALL is needed), then one that already carries `settings` (so nothing has to
+    /// be applied before the client's statement).
     pub async fn checkout_for(
         self: &Arc<Self>,
         settings: &Settings,
+        tenant: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -147,7 +149,7 @@ impl Pool {
         self.metrics
             .checkout_wait
             .observe(started.elapsed().as_secs_f64());
-        let conn = match self.take_idle(settings) {
+        let conn = match self.take_idle(settings, tenant) {
             Some(conn) => conn,
             None => self.connect().await?,
         };
@@ -159,14 +161,23 @@ impl Pool {
         })
     }
 
-    /// The most recently used idle connection that carries `settings`, or else the most
-    /// recently used one.
-    fn take_idle(&self, settings: &Settings) -> Option<ServerConn> {
+    /// The most recently used idle connection of the same tenant (or of none) that carries
+    /// `settings`; else of the same tenant; else of no tenant; else the most recently used.
+    fn take_idle(&self, settings: &Settings, tenant: Option<&str>) -> Option<ServerConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let matching = idle.iter().rposition(
-            |conn| matches!(&conn.applied, AppliedSettings::Known(have) if have == settings),
-        );
-        if let Some(i) = matching {
+        let score = |conn: &ServerConn| {
+            let same_tenant = conn.tenant.as_deref() == tenant;
+            let same_settings =
+                matches!(&conn.applied, AppliedSettings::Known(have) if have == settings);
+            2 * u8::from(same_tenant) + u8::from(same_settings) + u8::from(conn.tenant.is_none())
+        };
+        let best = idle
+            .iter()
+            .enumerate()
+            .rev()
+            .max_by_key(|(i, conn)| (score(conn), *i))
+            .map(|(i, _)| i);
+        if let Some(i) = best {
             let last = idle.len() - 1;
             idle.swap(i, last);
         }

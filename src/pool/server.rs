@@ -112,6 +112,12 @@ pub struct ServerConn {
     pub port: u16,
     /// Proxy-named prepared statements that exist on this connection.
     pub prepared: PreparedSet,
+    /// The tenant whose session this connection carries (`None`: no tenant's, as after
+    /// DISCARD ALL); another tenant gets it only after DISCARD ALL.
+    pub tenant: Option<std::sync::Arc<str>>,
+    /// Until when the signed tenant token on the connection needs no renewal (`None`: it has
+    /// none the sidecar can vouch for).
+    pub token_fresh_until: Option<Instant>,
 }
 
 /// The proxy-named statements a server connection has prepared, oldest first, bounded.
@@ -243,6 +249,8 @@ impl ServerConn {
             created: Instant::now(),
             idle_since: Instant::now(),
             prepared: PreparedSet::default(),
+            tenant: None,
+            token_fresh_until: None,
         };
         conn.startup(url, params).await?;
         Ok(conn)
@@ -476,6 +484,14 @@ impl ServerConn {
     }
 
     /// Records a ParameterStatus the server sent.
+    /// DISCARD ALL ran: the connection carries no client's session state, tenant or token.
+    pub fn discarded(&mut self) {
+        self.applied = AppliedSettings::Known(BTreeMap::new());
+        self.prepared.clear();
+        self.tenant = None;
+        self.token_fresh_until = None;
+    }
+
     pub fn note_parameter(&mut self, name: &str, value: &str) {
         match self.params.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => value.clone_into(&mut slot.1),

@@ -240,6 +240,7 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    pub detail: String,
 }
 
 impl ErrorFields {
@@ -259,6 +260,7 @@ impl ErrorFields {
                 b'S' if fields.severity.is_empty() => fields.severity = value.to_owned(),
                 b'C' => fields.code = value.to_owned(),
                 b'M' => fields.message = value.to_owned(),
+                b'D' => fields.detail = value.to_owned(),
                 _ => {}
             }
             rest = next;

@@ -38,9 +38,7 @@ pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
         Ok(Ok(())) if att.status == TransactionStatus::Idle => {
             if discard {
                 // DISCARD ALL dropped the session's settings and prepared statements.
-                let conn = att.server.conn_mut();
-                conn.applied = AppliedSettings::Known(Default::default());
-                conn.prepared.clear();
+                att.server.conn_mut().discarded();
             }
             att.server.release();
         }

@@ -1,72 +1,75 @@
-//! The tenant guard: what a client may not run while tenant enforcement is on, because it would
-//! change the tenant setting or step outside what the sidecar can check — SET / SET LOCAL /
-//! RESET of the setting, `set_config` of it anywhere (or with a name the sidecar cannot read),
-//! SET ROLE and SET SESSION AUTHORIZATION, DO blocks, CREATE FUNCTION / PROCEDURE, text that
-//! does not parse, and LISTEN / NOTIFY on the sidecar's reserved channels. Pure: the relay
-//! refuses what this returns with 42501.
+//! The tenant guard: defence in depth under tenant enforcement, and the source of clear 42501
+//! errors. Isolation itself rests on the signed tenant token that Postgres verifies
+//! (`crate::token`) and on DISCARD ALL between tenants; the guard refuses what plainly tries to
+//! change the tenant or step outside it — SET / RESET / `set_config` of a reserved setting
+//! (the tenant setting, what a JWT granted, `pgsidecar.*`), `role` and
+//! `session_authorization` in every form, `standard_conforming_strings = off` (with it the
+//! scanner and Postgres would disagree on where strings end), ALTER ROLE / USER / DATABASE /
+//! SYSTEM, DO blocks, CREATE FUNCTION / PROCEDURE, the sidecar's reserved channels — and must
+//! not refuse what real drivers and ORMs send. Text sqlparser cannot parse is let through
+//! unless it names channels, roles or string syntax. Pure: the relay refuses what this returns.
 
 use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::sql::cache::Classified;
-use crate::sql::classify::{Classification, Kind, SettingName};
+use crate::sql::classify::{Classification, Kind, SettingName, StatementClass, ValueRef};
+use crate::sql::fingerprint::{Scan, PLACEHOLDER};
 
 /// Channels whose names start with this are the sidecar's own.
 pub const RESERVED_CHANNEL_PREFIX: &str = "pgsidecar";
+
+/// Settings whose names start with this are the sidecar's own (the signed tenant token).
+const RESERVED_SETTING_PREFIX: &str = "pgsidecar.";
+
+/// Words that make unparsable text refused: it may name channels (which the sidecar
+/// namespaces), the role, or the string syntax the scanner relies on.
+const UNPARSED_REFUSED_WORDS: &[&str] = &[
+    "listen",
+    "unlisten",
+    "notify",
+    "pg_notify",
+    "role",
+    "session_authorization",
+    "authorization",
+    "standard_conforming_strings",
+    "set_config",
+];
+
+/// The DETAIL of the error the server raises for a refusal; the relay gives the client the
+/// refusal alone, as an error of the sidecar's (no PL/pgSQL CONTEXT).
+pub const REFUSAL_DETAIL: &str = "pgsidecar refusal";
 
 /// A statement text the guard refuses, and why (the message the client gets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
+impl Refusal {
+    fn because(what: &str) -> Refusal {
+        Refusal(format!(
+            "permission denied: {what} while tenant enforcement is on"
+        ))
+    }
+}
+
+/// What the guard decided about a statement text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Parsed and allowed.
+    Allowed,
+    /// Not parsed, and nothing in it concerns the sidecar's own state: forwarded (the signed
+    /// tenant keeps it inside the tenant).
+    Unparsed,
+}
+
 /// Checks a statement text (`sql`, classified) against the `reserved` settings (the tenant
 /// setting, and what a JWT granted: its claims setting, the role).
-pub fn check(sql: &[u8], classified: &Classified, reserved: &Settings) -> Result<(), Refusal> {
+pub fn check(sql: &[u8], classified: &Classified, reserved: &Settings) -> Result<Verdict, Refusal> {
     let statements = match classified.classification.as_ref() {
         Classification::Parsed(statements) => statements,
-        Classification::Unparsed { .. } => {
-            return Err(Refusal(
-                "permission denied: statements the sidecar cannot parse are refused while tenant enforcement is on".into(),
-            ))
-        }
+        Classification::Unparsed { .. } => return check_unparsed(&classified.scan),
     };
-    // RESET ALL / DISCARD ALL empty the tenant setting until the sidecar sets it again right
-    // after them: nothing may run in between.
-    let resets = statements
-        .iter()
-        .any(|s| matches!(s.kind, Kind::ResetAll | Kind::Discard { all: true }));
-    if resets && statements.len() > 1 {
-        return Err(Refusal(
-            "permission denied: RESET ALL and DISCARD ALL must be sent as a statement of their own while tenant enforcement is on".into(),
-        ));
-    }
-    // Setting defaults of roles and databases apply under RESET ALL.
-    for range in &classified.scan.statements {
-        let text = String::from_utf8_lossy(sql.get(range.clone()).unwrap_or_default())
-            .to_ascii_lowercase();
-        let words: Vec<&str> = text.split_whitespace().take(2).collect();
-        if let ["alter", what @ ("role" | "user" | "database" | "system")] = words.as_slice() {
-            return Err(Refusal(format!(
-                "permission denied: ALTER {} is refused while tenant enforcement is on",
-                what.to_ascii_uppercase()
-            )));
-        }
-    }
+    let jwt_role = reserved.contains_key("role");
     for statement in statements {
-        let refused_kind = match &statement.kind {
-            Kind::SetRole => Some("SET ROLE"),
-            Kind::SetSessionAuthorization => Some("SET SESSION AUTHORIZATION"),
-            Kind::Do => Some("DO blocks"),
-            Kind::CreateFunction => Some("CREATE FUNCTION and CREATE PROCEDURE"),
-            Kind::Listen { channel }
-            | Kind::Notify { channel }
-            | Kind::Unlisten {
-                channel: Some(channel),
-            } if reserved_channel(channel) => Some("LISTEN and NOTIFY on the sidecar's channels"),
-            _ => None,
-        };
-        if let Some(what) = refused_kind {
-            return Err(Refusal(format!(
-                "permission denied: {what} are refused while tenant enforcement is on"
-            )));
-        }
+        check_kind(statement)?;
         for change in &statement.settings {
             let name = match &change.name {
                 SettingName::Fixed(name) => name.clone(),
@@ -75,51 +78,144 @@ pub fn check(sql: &[u8], classified: &Classified, reserved: &Settings) -> Result
                     None => String::new(),
                 },
                 SettingName::Computed => {
-                    return Err(Refusal(
-                        "permission denied: set_config with a computed setting name is refused while tenant enforcement is on".into(),
+                    return Err(Refusal::because(
+                        "set_config with a computed setting name is refused",
                     ))
                 }
             };
-            if let Some(setting) = reserved
-                .keys()
-                .find(|r| name.trim().eq_ignore_ascii_case(r))
-            {
-                return Err(Refusal(format!(
-                    "permission denied to set parameter \"{setting}\": it is reserved for the tenant"
-                )));
-            }
+            let value = change.value.as_ref().map(|v| match v {
+                ValueRef::Literal(i) => classified
+                    .scan
+                    .literals
+                    .get(*i)
+                    .map(|l| l.value(sql).into_owned()),
+                ValueRef::Word(w) => Some(w.clone()),
+                ValueRef::Param(_) | ValueRef::Expression => None,
+            });
+            check_setting(name.trim(), value, reserved, jwt_role)?;
         }
         // pg_notify with a channel the sidecar cannot read could reach its reserved channels.
         for call in &statement.functions {
             if call.name.rsplit('.').next() == Some("pg_notify")
                 && !notifies_literal_channel(sql, classified)
             {
-                return Err(Refusal(
-                    "permission denied: pg_notify with a computed channel is refused while tenant enforcement is on".into(),
+                return Err(Refusal::because(
+                    "pg_notify with a computed channel is refused",
                 ));
             }
         }
     }
-    Ok(())
+    Ok(Verdict::Allowed)
+}
+
+fn check_kind(statement: &StatementClass) -> Result<(), Refusal> {
+    let refused = match &statement.kind {
+        // SET ROLE and SET SESSION AUTHORIZATION are judged as the settings they change.
+        Kind::Do => Some("DO blocks are refused"),
+        Kind::CreateFunction => Some("CREATE FUNCTION and CREATE PROCEDURE are refused"),
+        Kind::AlterRole => Some("ALTER ROLE and ALTER USER are refused"),
+        Kind::Listen { channel }
+        | Kind::Notify { channel }
+        | Kind::Unlisten {
+            channel: Some(channel),
+        } if reserved_channel(channel) => Some("LISTEN and NOTIFY on the sidecar's channels are refused"),
+        _ => None,
+    };
+    refused.map_or(Ok(()), |what| Err(Refusal::because(what)))
+}
+
+/// One setting a statement changes (`value`: `None` for RESET or a value the sidecar cannot
+/// read, `Some(None)`…) — refused when reserved, a role, or strings that stop conforming.
+fn check_setting(
+    name: &str,
+    value: Option<Option<String>>,
+    reserved: &Settings,
+    jwt_role: bool,
+) -> Result<(), Refusal> {
+    let lower = name.to_ascii_lowercase();
+    if let Some(setting) = reserved.keys().find(|r| lower.eq_ignore_ascii_case(r)) {
+        return Err(Refusal(format!(
+            "permission denied to set parameter \"{setting}\": it is reserved for the tenant"
+        )));
+    }
+    if lower.starts_with(RESERVED_SETTING_PREFIX) {
+        return Err(Refusal(format!(
+            "permission denied to set parameter \"{name}\": it is reserved for the sidecar"
+        )));
+    }
+    let reset = value.is_none();
+    let is = |v: &Option<Option<String>>, words: &[&str]| {
+        matches!(v, Some(Some(v)) if words.iter().any(|w| v.trim().eq_ignore_ascii_case(w)))
+    };
+    match lower.as_str() {
+        "role" if !jwt_role && (reset || is(&value, &["none"])) => Ok(()),
+        "role" => Err(Refusal::because("changing the role is refused")),
+        "session_authorization" if reset => Ok(()),
+        "session_authorization" => Err(Refusal::because(
+            "changing the session authorization is refused",
+        )),
+        "standard_conforming_strings" if reset || is(&value, &["on", "true", "yes", "1"]) => Ok(()),
+        "standard_conforming_strings" => Err(Refusal::because(
+            "standard_conforming_strings = off is refused",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Text sqlparser cannot parse: forwarded, unless its words name channels, roles or the
+/// string syntax, or it is ALTER DATABASE / SYSTEM / ROLE / USER.
+fn check_unparsed(scan: &Scan) -> Result<Verdict, Refusal> {
+    for statement in scan.fingerprint.split(|&b| b == b';') {
+        let words = words(statement);
+        if let [first, second, ..] = words.as_slice() {
+            if first == "alter" && matches!(second.as_str(), "role" | "user" | "database" | "system")
+            {
+                return Err(Refusal(format!(
+                    "permission denied: ALTER {} is refused while tenant enforcement is on",
+                    second.to_ascii_uppercase()
+                )));
+            }
+        }
+        if let Some(word) = words
+            .iter()
+            .find(|w| UNPARSED_REFUSED_WORDS.contains(&w.as_str()))
+        {
+            return Err(Refusal(format!(
+                "permission denied: a statement the sidecar cannot parse that mentions \"{word}\" is refused while tenant enforcement is on"
+            )));
+        }
+    }
+    Ok(Verdict::Unparsed)
+}
+
+/// The words of a fingerprint (comments and literals already gone, unquoted words lower
+/// case), quoted identifiers unquoted and folded.
+fn words(fingerprint: &[u8]) -> Vec<String> {
+    fingerprint
+        .split(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80) || b == PLACEHOLDER)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
+        .collect()
 }
 
 /// Under tenant enforcement, LISTEN / UNLISTEN / NOTIFY / `pg_notify` channels are the
-/// tenant's: `jobs` is `<tenant>.jobs` on the server, so tenants never hear each other. Returns
+/// tenant's: `jobs` is `<prefix>jobs` on the server, with a prefix keyed by the signing key
+/// that another tenant cannot compute, so tenants never hear or forge each other's. Returns
 /// the text to send instead of `sql` when it names channels (`None`: send it as it is).
 pub fn namespace_channels(
     sql: &[u8],
     classified: &Classified,
-    tenant: &str,
+    prefix: &str,
 ) -> Result<Option<String>, Refusal> {
     let Classification::Parsed(statements) = classified.classification.as_ref() else {
         return Ok(None);
     };
     let named = |channel: &str| -> Result<String, Refusal> {
-        let full = format!("{tenant}.{channel}");
+        let full = format!("{prefix}{channel}");
         if full.len() > 63 {
             return Err(Refusal(format!(
-                "channel name \"{channel}\" is too long for tenant \"{tenant}\" (at most {} bytes)",
-                62 - tenant.len()
+                "channel name \"{channel}\" is too long: at most {} bytes under tenant enforcement",
+                63 - prefix.len()
             )));
         }
         Ok(full)
@@ -186,8 +282,8 @@ pub fn namespace_channels(
             .iter()
             .find(|l| l.span.start == arg_start)
         else {
-            return Err(Refusal(
-                "permission denied: pg_notify with a computed channel is refused while tenant enforcement is on".into(),
+            return Err(Refusal::because(
+                "pg_notify with a computed channel is refused",
             ));
         };
         out.push_str(&text[copied..literal.span.start]);
@@ -238,20 +334,28 @@ mod tests {
     use super::*;
     use crate::sql::cache::ClassificationCache;
 
-    fn guard(sql: &str) -> Result<(), Refusal> {
+    fn guard_with(sql: &str, reserved: &[(&str, &str)]) -> Result<Verdict, Refusal> {
         let cache = ClassificationCache::new(1 << 20, Default::default());
-        check(
-            sql.as_bytes(),
-            &cache.classify(sql.as_bytes()),
-            &[("app.tenant_id", "acme"), ("role", "reader")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .into(),
-        )
+        let reserved: Settings = reserved
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        check(sql.as_bytes(), &cache.classify(sql.as_bytes()), &reserved)
+    }
+
+    /// With a role chosen by a JWT.
+    fn guard(sql: &str) -> Result<Verdict, Refusal> {
+        guard_with(sql, &[("app.tenant_id", "acme"), ("role", "reader")])
+    }
+
+    /// With the tenant only.
+    fn guard_plain(sql: &str) -> Result<Verdict, Refusal> {
+        guard_with(sql, &[("app.tenant_id", "acme")])
     }
 
     fn namespaced(sql: &str) -> Result<Option<String>, Refusal> {
         let cache = ClassificationCache::new(1 << 20, Default::default());
-        namespace_channels(sql.as_bytes(), &cache.classify(sql.as_bytes()), "acme")
+        namespace_channels(sql.as_bytes(), &cache.classify(sql.as_bytes()), "acme.")
     }
 
     #[test]
@@ -297,9 +401,38 @@ mod tests {
             "LISTEN jobs",
             "SELECT pg_notify('jobs', 'x')",
             "NOTIFY jobs, 'x'",
+            "RESET ALL; SELECT * FROM t",
+            "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+            "SET standard_conforming_strings = on",
+            "RESET standard_conforming_strings",
         ] {
-            assert_eq!(guard(sql), Ok(()), "{sql}");
+            assert_eq!(guard(sql), Ok(Verdict::Allowed), "{sql}");
         }
+        // What sqlparser cannot parse but Postgres accepts goes through (the signed tenant
+        // keeps it inside the tenant).
+        for sql in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+            "SELECT * FROM t FOR KEY SHARE",
+            "SELECT * FROM t FOR NO KEY UPDATE",
+            "TABLE t",
+            "SELECT 'a'\n'b'",
+            "SELECT xmlelement(name foo)",
+            "SELECT * FROM ROWS FROM (generate_series(1, 2), generate_series(1, 3))",
+            "MOVE NEXT IN c",
+        ] {
+            assert_eq!(guard(sql), Ok(Verdict::Unparsed), "{sql}");
+        }
+        // Back to the login role, where no JWT chose one.
+        for sql in [
+            "SET ROLE NONE",
+            "RESET ROLE",
+            "RESET SESSION AUTHORIZATION",
+            "SET SESSION AUTHORIZATION DEFAULT",
+        ] {
+            assert_eq!(guard_plain(sql), Ok(Verdict::Allowed), "{sql}");
+        }
+        assert!(guard("SET ROLE NONE").is_err() && guard("RESET ROLE").is_err());
     }
 
     #[test]
@@ -325,13 +458,28 @@ mod tests {
             "ALTER ROLE CURRENT_USER SET app.tenant_id = 'other'",
             "alter   user me SET app.tenant_id = 'other'",
             "ALTER DATABASE d SET app.tenant_id = 'other'",
-            "RESET ALL; SELECT * FROM t",
-            "SELECT 1; DISCARD ALL",
             "SET SESSION AUTHORIZATION admin",
+            "SET role = 'admin'",
+            "SET role TO admin",
+            "SET session_authorization = 'admin'",
+            "SELECT set_config('role', 'admin', false)",
+            "SELECT set_config('session_authorization', 'admin', false)",
+            "SET standard_conforming_strings = off",
+            "SET standard_conforming_strings TO 'off'",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT set_config(E'app\\x2etenant_id', 'b', false)",
+            "SELECT set_config(E'app\\056tenant_id', 'b', false)",
+            "SELECT set_config(E'\\u0061pp.tenant_id', 'b', false)",
+            "SELECT set_config(U&'\\0061pp.tenant_id', 'b', false)",
+            "SELECT set_config(U&'!0061pp.tenant_id' UESCAPE '!', 'b', false)",
+            "SELECT * FROM set_config('app.tenant_id', 'b', false)",
+            "SELECT * FROM t, LATERAL set_config('app.tenant_id', 'b', false)",
+            "SET pgsidecar.tenant = 'x'",
+            "ALTER SYSTEM SET app.tenant_id = 'x'",
+            "ALTER /* x */ ROLE me SET app.tenant_id = 'x'",
             "DO $$BEGIN PERFORM set_config('app.tenant_id', 'b', false); END$$",
             "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS $$ SELECT 1 $$",
             "CREATE OR REPLACE PROCEDURE p() LANGUAGE plpgsql AS $$BEGIN END$$",
-            "this is not sql",
             "LISTEN pgsidecar_invalidate",
             "NOTIFY pgsidecar_invalidate",
             "SELECT pg_notify(chr(112) || 'gsidecar', 'x')",

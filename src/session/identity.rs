@@ -111,7 +111,7 @@ mod tests {
 
     fn tenancy() -> TenancyConfig {
         crate::config::Config::from_toml(
-            "[[database]]\nname = \"d\"\nprimary = \"postgres://a:b@h/d\"\n[[user]]\nname = \"app\"\npassword = \"x\"\n[tenancy]\n",
+            "[[database]]\nname = \"d\"\nprimary = \"postgres://a:b@h/d\"\n[[user]]\nname = \"app\"\npassword = \"x\"\n[tenancy]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n",
             &Default::default(),
         )
         .unwrap()

@@ -142,6 +142,8 @@ pub struct SessionInfo {
     pub key: crate::cancel::IssuedKey,
     /// The client's tenant (with `[tenancy]`).
     pub tenant: Option<String>,
+    /// What the signed tenant token says for this client (with a `[tenancy]` signing key).
+    pub grant: Option<crate::token::Grant>,
 }
 
 /// Authenticates, checks the database, and sends the startup reply. `Err(Some(report))` is
@@ -153,6 +155,8 @@ async fn login(
     secure: bool,
     peer_certificate: Option<&[u8]>,
 ) -> Result<SessionInfo, Option<ErrorReport>> {
+    // `replication=false` (or off, no, 0) asks for an ordinary connection: it is dropped.
+    let startup = &without_false_replication(startup);
     if startup.params.iter().any(|(name, _)| name == "replication") {
         return Err(Some(ErrorReport::fatal(
             SqlState::FEATURE_NOT_SUPPORTED,
@@ -194,6 +198,7 @@ async fn login(
         }
     };
     let mut reserved = BTreeMap::new();
+    let mut token_grant = crate::token::Grant::default();
     if let (Some(grant), Some(t)) = (grant, tenancy) {
         if !t.valid_tenant(&grant.tenant) {
             app.metrics.error("tenant_invalid");
@@ -201,10 +206,13 @@ async fn login(
         }
         identity.tenant = Some(grant.tenant);
         if let Some(setting) = t.jwt.as_ref().and_then(|j| j.claims_setting.as_ref()) {
-            reserved.insert(setting.clone(), grant.claims_json);
+            reserved.insert(setting.clone(), grant.claims_json.clone());
         }
+        // `pgsidecar.claims()` returns them, verified, whether or not a setting gets them.
+        token_grant.claims = Some(grant.claims_json);
         if let Some(role) = grant.role {
-            reserved.insert("role".to_owned(), role);
+            reserved.insert("role".to_owned(), role.clone());
+            token_grant.role = Some(role);
         }
     }
     if let Some(t) = tenancy.filter(|t| t.source == crate::config::TenantSource::Certificate) {
@@ -231,12 +239,9 @@ async fn login(
         reserved.insert(t.setting.clone(), tenant.clone());
         // The startup packet cannot set what statements may not (the tenant, a granted role,
         // another role or session authorization).
-        let refused = startup.params.iter().find(|(name, _)| {
+        let refused = startup.params.iter().find(|(name, value)| {
             reserved.keys().any(|r| name.eq_ignore_ascii_case(r))
-                || (t.enforce
-                    && ["role", "session_authorization"]
-                        .iter()
-                        .any(|r| name.eq_ignore_ascii_case(r)))
+                || (t.enforce && startup_setting_refused(name, value))
         });
         if let Some((name, _)) = refused {
             app.metrics.error("tenancy_refused");
@@ -279,9 +284,43 @@ async fn login(
     Ok(SessionInfo {
         pool: Arc::clone(pool),
         state: state::SessionState::new(startup_settings, reserved, &statuses),
+        grant: identity
+            .tenant
+            .clone()
+            .filter(|_| tenancy.is_some_and(|t| t.signer.is_some()))
+            .map(|tenant| crate::token::Grant {
+                tenant,
+                ..token_grant
+            }),
         tenant: identity.tenant,
         key,
     })
+}
+
+/// Under tenant enforcement, startup settings a statement could not make either: a role, a
+/// session authorization, the sidecar's own, or strings that stop conforming.
+fn startup_setting_refused(name: &str, value: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(name.as_str(), "role" | "session_authorization")
+        || name.starts_with("pgsidecar.")
+        || (name == "standard_conforming_strings"
+            && !["on", "true", "yes", "1"]
+                .iter()
+                .any(|v| value.trim().eq_ignore_ascii_case(v)))
+}
+
+/// The startup message without a `replication` parameter that asks for no replication.
+fn without_false_replication(
+    startup: &crate::protocol::startup::StartupMessage,
+) -> crate::protocol::startup::StartupMessage {
+    let mut startup = startup.clone();
+    startup.params.retain(|(name, value)| {
+        name != "replication"
+            || !["false", "off", "no", "0"]
+                .iter()
+                .any(|v| value.eq_ignore_ascii_case(v))
+    });
+    startup
 }
 
 /// The FATAL for a login that could not get its settings checked upstream.

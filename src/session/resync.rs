@@ -332,7 +332,10 @@ pub(super) fn mark_due(att: &mut Attachment) {
         Resync::Capturing { then_due, .. } | Resync::Settling { then_due, .. } => *then_due = true,
         Resync::Due | Resync::Failed => {}
     }
-    att.server.conn_mut().applied = AppliedSettings::Unknown;
+    let conn = att.server.conn_mut();
+    conn.applied = AppliedSettings::Unknown;
+    // The client may have changed the token too: it is set again at the next checkout.
+    conn.token_fresh_until = None;
 }
 
 /// An injected statement failed.
@@ -473,8 +476,7 @@ pub(super) fn on_quiet(
 
 /// DISCARD ALL, after which the connection carries no client state at all.
 fn reset(att: &mut Attachment) {
-    let conn = att.server.conn_mut();
-    conn.prepared.clear();
+    att.server.conn_mut().discarded();
     att.unnamed_ready = false;
     att.sql_on_conn.clear();
     att.sql_created.clear();

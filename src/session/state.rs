@@ -81,6 +81,8 @@ impl Captured {
             LISTEN_ROW => {
                 self.channels.insert(value);
             }
+            // The sidecar's own (the signed tenant token): never a client setting.
+            _ if name.starts_with("pgsidecar.") => {}
             _ => {
                 self.settings.insert(name, value);
             }

@@ -97,6 +97,8 @@ pub enum Kind {
     Do,
     /// CREATE FUNCTION / PROCEDURE.
     CreateFunction,
+    /// ALTER ROLE / ALTER USER (role defaults apply to later sessions).
+    AlterRole,
     /// Anything else (VACUUM, LOCK, GRANT, …).
     Utility,
 }
@@ -448,6 +450,7 @@ fn kind_of(statement: &Statement) -> Kind {
             }
         }
         Statement::CreateFunction(_) | Statement::CreateProcedure { .. } => Kind::CreateFunction,
+        Statement::AlterRole { .. } => Kind::AlterRole,
         Statement::CreateTable(_)
         | Statement::CreateView(_)
         | Statement::CreateIndex(_)
@@ -462,7 +465,6 @@ fn kind_of(statement: &Statement) -> Kind {
         | Statement::AlterTable(_)
         | Statement::AlterIndex { .. }
         | Statement::AlterView(_)
-        | Statement::AlterRole { .. }
         | Statement::AlterPolicy(_)
         | Statement::AlterSchema(_)
         | Statement::AlterType(_)
@@ -522,6 +524,25 @@ fn statement_settings(
                 local,
             }])
         }
+        // SET ROLE and SET SESSION AUTHORIZATION change the settings of those names.
+        Statement::Set(ast::Set::SetRole {
+            context_modifier,
+            role_name,
+        }) => Some(vec![SettingChange {
+            name: SettingName::Fixed("role".into()),
+            value: Some(ValueRef::Word(
+                role_name.as_ref().map_or("none".into(), ident_value),
+            )),
+            local: matches!(context_modifier, Some(ast::ContextModifier::Local)),
+        }]),
+        Statement::Set(ast::Set::SetSessionAuthorization(param)) => match &param.kind {
+            ast::SetSessionAuthorizationParamKind::User(user) => Some(vec![SettingChange {
+                name: SettingName::Fixed("session_authorization".into()),
+                value: Some(ValueRef::Word(ident_value(user))),
+                local: false,
+            }]),
+            ast::SetSessionAuthorizationParamKind::Default => None,
+        },
         Statement::Set(ast::Set::SetTimeZone { local, value }) => Some(vec![SettingChange {
             name: SettingName::Fixed("timezone".into()),
             value: Some(positions.value_ref(value)),

@@ -22,6 +22,8 @@ pub enum LiteralKind {
     String,
     /// `E'…'` with backslash escapes.
     EscapeString,
+    /// `U&'…'` with Unicode escapes, optionally followed by `UESCAPE 'c'`.
+    UnicodeString,
     /// `$tag$…$tag$`.
     Dollar,
     /// `B'…'` or `X'…'`.
@@ -39,8 +41,10 @@ pub struct Literal {
 }
 
 impl Literal {
-    /// The literal's value as text. Escapes are decoded for the common cases (`''`, and in
-    /// `E''` strings `\\'`, `\\\\`, `\\n`, `\\t`, `\\r`); bytes that are not UTF-8 are replaced.
+    /// The literal's value as text, decoded as Postgres decodes it (with
+    /// `standard_conforming_strings` on): `''`, every `E''` escape (`\\n`, octal, `\\xHH`,
+    /// `\\uXXXX`, `\\UXXXXXXXX`…), `U&''` escapes with their `UESCAPE` character, `$tag$`
+    /// bodies. Bytes that are not UTF-8 are replaced.
     pub fn value<'a>(&self, sql: &'a [u8]) -> Cow<'a, str> {
         let raw = &sql[self.span.clone()];
         match self.kind {
@@ -53,6 +57,7 @@ impl Literal {
                 let inner = &raw[2..raw.len().saturating_sub(1).max(2)];
                 unquote(inner, true)
             }
+            LiteralKind::UnicodeString => unicode_string(raw),
             LiteralKind::BitString => {
                 let inner = &raw[2..raw.len().saturating_sub(1).max(2)];
                 String::from_utf8_lossy(inner)
@@ -82,22 +87,111 @@ fn unquote(inner: &[u8], backslashes: bool) -> Cow<'_, str> {
                 out.push(b'\'');
                 i += 2;
             }
-            b'\\' if backslashes && i + 1 < inner.len() => {
-                out.push(match inner[i + 1] {
-                    b'n' => b'\n',
-                    b't' => b'\t',
-                    b'r' => b'\r',
-                    b'b' => 8,
-                    b'f' => 12,
-                    other => other,
-                });
-                i += 2;
-            }
+            b'\\' if backslashes && i + 1 < inner.len() => i = backslash_escape(inner, i + 1, &mut out),
             b => {
                 out.push(b);
                 i += 1;
             }
         }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Decodes the `E''` escape whose letter is at `at` into `out`; returns where the text goes on.
+fn backslash_escape(inner: &[u8], at: usize, out: &mut Vec<u8>) -> usize {
+    let digits = |from: usize, max: usize, radix: u32| {
+        let len = inner[from..]
+            .iter()
+            .take(max)
+            .take_while(|b| (**b as char).is_digit(radix))
+            .count();
+        let text = std::str::from_utf8(&inner[from..from + len]).unwrap_or("");
+        (u32::from_str_radix(text, radix).ok(), from + len)
+    };
+    let push_char = |out: &mut Vec<u8>, code: Option<u32>| {
+        let c = code.and_then(char::from_u32).unwrap_or('\u{fffd}');
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    };
+    match inner[at] {
+        b'b' => out.push(8),
+        b'f' => out.push(12),
+        b'n' => out.push(b'\n'),
+        b'r' => out.push(b'\r'),
+        b't' => out.push(b'\t'),
+        b'0'..=b'7' => {
+            let (code, next) = digits(at, 3, 8);
+            out.push(code.unwrap_or(0) as u8);
+            return next;
+        }
+        b'x' if inner.get(at + 1).is_some_and(u8::is_ascii_hexdigit) => {
+            let (code, next) = digits(at + 1, 2, 16);
+            out.push(code.unwrap_or(0) as u8);
+            return next;
+        }
+        b'u' | b'U' => {
+            let width = if inner[at] == b'u' { 4 } else { 8 };
+            let (code, next) = digits(at + 1, width, 16);
+            if next - (at + 1) == width {
+                push_char(out, code);
+                return next;
+            }
+            // Postgres refuses an incomplete Unicode escape; keep the text as it is.
+            out.push(inner[at]);
+        }
+        other => out.push(other),
+    }
+    at + 1
+}
+
+/// `U&'…'` [`UESCAPE 'c'`]: `c` (default `\\`) then 4 hex digits, `c+` then 6, `cc` for `c`.
+fn unicode_string(raw: &[u8]) -> Cow<'_, str> {
+    // raw = U&'body' [UESCAPE 'c']; the body ends at the quote not doubled.
+    let body_start = 3.min(raw.len());
+    let mut end = body_start;
+    while end < raw.len() {
+        if raw[end] == b'\'' {
+            if raw.get(end + 1) == Some(&b'\'') {
+                end += 2;
+                continue;
+            }
+            break;
+        }
+        end += 1;
+    }
+    let tail = &raw[(end + 1).min(raw.len())..];
+    let escape = tail
+        .iter()
+        .position(|&b| b == b'\'')
+        .and_then(|q| tail.get(q + 1).copied())
+        .unwrap_or(b'\\');
+    let body = unquote(&raw[body_start..end], false);
+    let body = body.as_bytes();
+    let mut out = Vec::with_capacity(body.len());
+    let hex = |from: usize, len: usize| {
+        body.get(from..from + len)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|d| u32::from_str_radix(d, 16).ok())
+    };
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != escape {
+            out.push(body[i]);
+            i += 1;
+            continue;
+        }
+        let (code, next) = match body.get(i + 1) {
+            Some(b) if *b == escape => {
+                out.push(escape);
+                i += 2;
+                continue;
+            }
+            Some(b'+') => (hex(i + 2, 6), i + 8),
+            _ => (hex(i + 1, 4), i + 5),
+        };
+        let c = code.and_then(char::from_u32).unwrap_or('\u{fffd}');
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        i = next.min(body.len());
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
@@ -291,7 +385,39 @@ pub fn scan(sql: &[u8]) -> Scan {
             push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
             continue;
         }
-        // U&'…' Unicode strings and U&"…" identifiers: keep the prefix, scan the rest next turn.
+        // U&'…' Unicode strings, with an optional UESCAPE clause.
+        if (b == b'U' || b == b'u') && sql.get(i + 1) == Some(&b'&') && sql.get(i + 2) == Some(&b'\'') {
+            let start = i;
+            i += 3;
+            while i < n {
+                match sql[i] {
+                    b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
+                    b'\'' => {
+                        i += 1;
+                        break;
+                    }
+                    _ => i += 1,
+                }
+            }
+            i = i.min(n);
+            let rest = &sql[i..];
+            let ws = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let after = &rest[ws..];
+            if after.len() >= 7 && after[..7].eq_ignore_ascii_case(b"uescape") {
+                let ws2 = after[7..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+                let quote = &after[7 + ws2..];
+                if quote.len() >= 3 && quote[0] == b'\'' && quote[2] == b'\'' {
+                    i += ws + 7 + ws2 + 3;
+                }
+            }
+            out.literals.push(Literal {
+                kind: LiteralKind::UnicodeString,
+                span: start..i,
+            });
+            push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
+            continue;
+        }
+        // U&"…" identifiers: keep the prefix, scan the rest next turn.
         if (b == b'U' || b == b'u') && sql.get(i + 1) == Some(&b'&') {
             push(&mut out, b"u&", Class::Word, &mut pending_space);
             i += 2;

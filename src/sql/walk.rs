@@ -272,18 +272,25 @@ impl Visitor for Walker<'_> {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        // `FROM generate_series(…)`, `FROM dblink(…)`: a function, not a table.
-        if let TableFactor::Table {
-            name,
-            args: Some(_),
-            ..
-        } = factor
-        {
-            let name = object_name(name);
-            self.table_functions.push(name.clone());
-            let effect = function_effect(&name, self.read_only);
-            self.functions.push(FunctionCall { name, effect });
+        // `FROM generate_series(…)`, `FROM dblink(…)`, `LATERAL f(…)`: a function, not a
+        // table.
+        let (name, args) = match factor {
+            TableFactor::Table {
+                name,
+                args: Some(args),
+                ..
+            } => (name, args.args.as_slice()),
+            TableFactor::Function { name, args, .. } => (name, args.as_slice()),
+            _ => return ControlFlow::Continue(()),
+        };
+        let name = object_name(name);
+        if name.rsplit('.').next() == Some("set_config") {
+            // `FROM set_config(…)`: as in an expression.
+            self.settings.push(self.set_config_args(args));
         }
+        self.table_functions.push(name.clone());
+        let effect = function_effect(&name, self.read_only);
+        self.functions.push(FunctionCall { name, effect });
         ControlFlow::Continue(())
     }
 
@@ -319,17 +326,22 @@ impl<'a> Walker<'a> {
 
     /// `set_config(name, value, is_local)` as a setting change.
     fn set_config(&self, function: &ast::Function) -> SettingChange {
-        let args: Vec<&Expr> = match &function.args {
-            ast::FunctionArguments::List(list) => list
-                .args
-                .iter()
-                .filter_map(|a| match a {
-                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        match &function.args {
+            ast::FunctionArguments::List(list) => self.set_config_args(&list.args),
+            _ => self.set_config_args(&[]),
+        }
+    }
+
+    /// A setting change from `set_config`'s arguments: a name or `is_local` the sidecar cannot
+    /// read counts as computed and as session-wide.
+    fn set_config_args(&self, args: &[ast::FunctionArg]) -> SettingChange {
+        let args: Vec<&Expr> = args
+            .iter()
+            .filter_map(|a| match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
         let name = match args.first().map(|e| self.positions.value_ref(e)) {
             Some(ValueRef::Literal(i)) => SettingName::Literal(i),
             _ => SettingName::Computed,

@@ -19,6 +19,18 @@ use tokio_postgres::NoTls;
 
 pub const PASSWORD: &str = "secret";
 
+/// The `[tenancy]` signing key of the test sidecars.
+pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdefghij";
+/// `[tenancy]` with the test signing key, to append further tenancy lines to.
+pub const TENANCY: &str = "\n[tenancy]\nsigning_key = \"test-signing-key-0123456789abcdefghij\"\n";
+
+/// Installs `pgsidecar.tenant()` with the test signing key in database `db`.
+pub fn install_tenancy_sql(db: &str) {
+    let signer = pgsidecar::token::Signer::new(SIGNING_KEY.as_bytes()).expect("test key");
+    pg().psql(db, &signer.install_sql(None))
+        .expect("install the tenancy SQL");
+}
+
 static PG: OnceLock<LocalPostgres> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 

@@ -166,6 +166,8 @@ pub struct Relay {
     classified_next: Option<(Bytes, Classified)>,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
     tenant_queries: Option<prometheus::IntCounter>,
+    /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
+    channel_prefix: Option<String>,
 }
 
 impl Relay {
@@ -182,6 +184,7 @@ impl Relay {
             _ => None,
         };
         Relay {
+            channel_prefix: tenancy::channel_prefix(&app, info.tenant.as_deref()),
             tenant_queries,
             topology,
             held: VecDeque::new(),
@@ -461,6 +464,11 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
+        if att.is_quiet() && att.pending.is_empty() {
+            // A token past half its lifetime is renewed between requests (session mode, and
+            // clients pinned to their connection).
+            tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, false);
+        }
         if let Some(begin) = self.begin_pending.take() {
             // The held BEGIN goes first; its reply was given already.
             att.wbuf.extend_from_slice(begin.as_bytes());
@@ -535,6 +543,7 @@ impl Relay {
                             source: Source::Apply,
                         });
                     }
+                    tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, true);
                 }
             }
             MessageRole::Extended => {
@@ -625,7 +634,7 @@ impl Relay {
             _ => None,
         };
         let checkout = tokio::select! {
-            checkout = pool.checkout_for(&self.info.state.settings) => checkout,
+            checkout = pool.checkout_for(&self.info.state.settings, self.info.tenant.as_deref()) => checkout,
             _ = cancelled.notified() => {
                 self.app.metrics.error("cancelled_waiting");
                 return Err(ErrorReport::error(
@@ -651,6 +660,7 @@ impl Relay {
         let mut att = Attachment::new(server);
         att.on_replica = on_replica;
         att.tenant_permit = tenant_permit;
+        self.tenant_on_checkout(&mut att);
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;

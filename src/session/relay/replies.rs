@@ -38,10 +38,7 @@ impl Relay {
         let state = &mut self.info.state;
         let notifier = &self.info.pool.notifier;
         // Under tenant enforcement, channels arrive as `<tenant>.<channel>`.
-        let channel_prefix = match (&self.info.tenant, &self.app.config.tenancy) {
-            (Some(tenant), Some(t)) if t.enforce => Some(format!("{tenant}.")),
-            _ => None,
-        };
+        let channel_prefix = &self.channel_prefix;
         let transaction_mode = self.mode == PoolMode::Transaction;
         let mut cut = 0usize;
         loop {
@@ -175,7 +172,7 @@ impl Relay {
                         .filter(|(_, channel)| {
                             !(transaction_mode && state.channels.contains(channel))
                         })
-                        .and_then(|(message, _)| match &channel_prefix {
+                        .and_then(|(message, _)| match channel_prefix {
                             Some(prefix) => {
                                 crate::pool::notify::strip_channel_prefix(&message, prefix)
                             }
@@ -196,6 +193,16 @@ impl Relay {
                     if reply == Reply::Swallow {
                         tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
                         failed = true;
+                    } else if fields.code == SqlState::INSUFFICIENT_PRIVILEGE.code()
+                        && fields.detail == guard::REFUSAL_DETAIL
+                    {
+                        // A tenant-guard refusal the server raised so the transaction fails
+                        // there too: the client gets it as the sidecar's own error.
+                        let mut error = bytes::BytesMut::new();
+                        ErrorReport::error(SqlState::INSUFFICIENT_PRIVILEGE, fields.message)
+                            .write(&mut error);
+                        notification = Some(error.freeze());
+                        reply = Reply::Swallow;
                     } else if att.on_replica && fields.severity == "FATAL" {
                         // The replica is going away, not the client's session: the client
                         // gets an ERROR and keeps its connection.

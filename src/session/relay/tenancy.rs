@@ -4,15 +4,42 @@
 //! their way to the client.
 
 use super::*;
+use crate::token::{Grant, SET_TOKEN_SQL};
+
+/// The keyed prefix of the tenant's channels, under tenant enforcement.
+pub(super) fn channel_prefix(app: &App, tenant: Option<&str>) -> Option<String> {
+    let tenancy = app.config.tenancy.as_ref().filter(|t| t.enforce)?;
+    Some(tenancy.signer.as_ref()?.channel_prefix(tenant?))
+}
 
 impl Relay {
+        /// A server connection was just checked out for this client: if it last served another
+    /// tenant it is reset with DISCARD ALL first (nothing of that tenant's session survives:
+    /// temporary objects, prepared statements, settings, role, LISTENs, advisory locks), and
+    /// it gets this client's signed tenant token unless it carries a fresh one already.
+    pub(super) fn tenant_on_checkout(&self, att: &mut Attachment) {
+        let Some(tenant) = &self.info.tenant else {
+            return;
+        };
+        let conn = att.server.conn_mut();
+        if conn.tenant.as_deref() != Some(tenant.as_str()) {
+            if conn.tenant.is_some() {
+                frontend::append_query(&mut att.wbuf, "DISCARD ALL");
+                att.push_expect(Expect {
+                    source: Source::Sidecar,
+                });
+                self.app.metrics.tenant_hops.inc();
+                att.server.conn_mut().discarded();
+            }
+            att.server.conn_mut().tenant = Some(Arc::from(tenant.as_str()));
+        }
+        renew_token(&self.app, self.info.grant.as_ref(), att, false);
+    }
+
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
     /// guard refuses (42501 with the guard's message), counted and logged at debug level.
     pub(super) fn guard(&mut self, frame: &Frame) -> Guarded {
-        let (Some(_), Some(tenant)) = (
-            self.app.config.tenancy.as_ref().filter(|t| t.enforce),
-            &self.info.tenant,
-        ) else {
+        let Some(prefix) = &self.channel_prefix else {
             return Guarded::Pass;
         };
         let sql = match frame.tag() {
@@ -28,8 +55,14 @@ impl Relay {
             _ => self.app.classifier.classify(sql),
         };
         // The tenant setting is among the reserved ones whenever there is a tenant (login).
-        let outcome = guard::check(sql, &classified, self.info.state.reserved())
-            .and_then(|()| guard::namespace_channels(sql, &classified, tenant));
+        let outcome = guard::check(sql, &classified, self.info.state.reserved()).and_then(
+            |verdict| {
+                if verdict == guard::Verdict::Unparsed {
+                    self.app.metrics.tenancy_unparsed_forwarded.inc();
+                }
+                guard::namespace_channels(sql, &classified, prefix)
+            },
+        );
         match outcome {
             Ok(None) => {
                 // The relay classifies the same text next: this classification serves it.
@@ -41,8 +74,9 @@ impl Relay {
                 self.app.metrics.tenancy_refusals.inc();
                 tracing::debug!(reason = %message, "statement refused under tenant enforcement");
                 Guarded::Refused(format!(
-                    "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}; END$pgsc$",
-                    crate::pool::pool::quote_literal(&message)
+                    "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}, DETAIL = '{}'; END$pgsc$",
+                    crate::pool::pool::quote_literal(&message),
+                    guard::REFUSAL_DETAIL
                 ))
             }
         }
@@ -51,14 +85,9 @@ impl Relay {
     /// A notification on its way to the client: under tenant enforcement the channel loses
     /// the tenant's prefix, and one of another tenant never arrives (`None`).
     pub(super) fn for_client(&self, message: Bytes) -> Option<Bytes> {
-        match (
-            &self.info.tenant,
-            self.app.config.tenancy.as_ref().filter(|t| t.enforce),
-        ) {
-            (Some(tenant), Some(_)) => {
-                notify::strip_channel_prefix(&message, &format!("{tenant}."))
-            }
-            _ => Some(message),
+        match &self.channel_prefix {
+            Some(prefix) => notify::strip_channel_prefix(&message, prefix),
+            None => Some(message),
         }
     }
 }
@@ -70,6 +99,63 @@ pub(super) enum Guarded {
     Refused(String),
     /// Sent with this text instead (tenant channels).
     Rewritten(String),
+}
+
+/// Sets the client's signed tenant token on the attached server connection (pipelined, its
+/// reply swallowed) when the connection has none the sidecar can vouch for, or one past
+/// half its lifetime, or always with `force` (after RESET ALL / DISCARD ALL). Only between
+/// requests: the token goes as an extended batch of its own.
+pub(super) fn renew_token(app: &App, grant: Option<&Grant>, att: &mut Attachment, force: bool) {
+    let Some(tenancy) = app.config.tenancy.as_ref() else {
+        return;
+    };
+    let (Some(signer), Some(grant)) = (tenancy.signer.as_ref(), grant) else {
+        return;
+    };
+    let lifetime = tenancy.token_lifetime;
+    let now = Instant::now();
+    let conn = att.server.conn_mut();
+    if !force && conn.token_fresh_until.is_some_and(|until| until > now) {
+        return;
+    }
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        + lifetime;
+    let token = signer.sign(grant, conn.key.process_id, expires.as_secs());
+    conn.token_fresh_until = Some(now + lifetime / 2);
+    append_set_token(&mut att.wbuf, &token);
+    att.unnamed_ready = false;
+    att.push_expect(Expect {
+        source: Source::Sidecar,
+    });
+}
+
+/// Parse, Bind, Execute and Sync of [`SET_TOKEN_SQL`] with `token` as its parameter, through
+/// the unnamed statement and portal.
+fn append_set_token(out: &mut bytes::BytesMut, token: &str) {
+    use crate::session::statements::message;
+    out.extend_from_slice(&message(
+        frontend::PARSE_TAG,
+        &[b"\0", SET_TOKEN_SQL.as_bytes(), b"\0", &0i16.to_be_bytes()],
+    ));
+    let len = i32::try_from(token.len()).unwrap_or(i32::MAX).to_be_bytes();
+    out.extend_from_slice(&message(
+        frontend::BIND_TAG,
+        &[
+            b"\0\0",
+            &0i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &len,
+            token.as_bytes(),
+            &0i16.to_be_bytes(),
+        ],
+    ));
+    out.extend_from_slice(&message(
+        frontend::EXECUTE_TAG,
+        &[b"\0", &0i32.to_be_bytes()],
+    ));
+    out.extend_from_slice(&message(frontend::SYNC_TAG, &[]));
 }
 
 /// A Query or Parse like `frame` with another statement text.

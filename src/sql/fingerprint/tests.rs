@@ -206,3 +206,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn literals_decode_as_postgres_decodes_them() {
+    for (sql, value) in [
+        (r"SELECT E'app\x2etenant_id'", "app.tenant_id"),
+        (r"SELECT E'app\056tenant_id'", "app.tenant_id"),
+        (r"SELECT E'\u0061pp'", "app"),
+        (r"SELECT E'\U00000061pp'", "app"),
+        (r"SELECT E'a\'b\\c\qd'", "a'b\\cqd"),
+        (r"SELECT U&'\0061pp'", "app"),
+        (r"SELECT U&'\+000061pp\\'", "app\\"),
+        (r"SELECT U&'!0061pp!!' UESCAPE '!'", "app!"),
+        ("SELECT $t$a'b$t$", "a'b"),
+    ] {
+        let s = scan(sql.as_bytes());
+        assert_eq!(s.literals.len(), 1, "{sql}");
+        assert_eq!(s.literals[0].value(sql.as_bytes()), value, "{sql}");
+    }
+}
