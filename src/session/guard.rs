@@ -223,9 +223,10 @@ pub fn namespace_channels(
     let channel_statements = statements
         .iter()
         .filter(|s| {
+            // UNLISTEN * needs no rewriting: it only ever reaches the tenant's own channels.
             matches!(
                 s.kind,
-                Kind::Listen { .. } | Kind::Unlisten { .. } | Kind::Notify { .. }
+                Kind::Listen { .. } | Kind::Unlisten { channel: Some(_) } | Kind::Notify { .. }
             )
         })
         .count();

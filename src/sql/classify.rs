@@ -284,6 +284,7 @@ fn classify_statement(
         .iter()
         .chain(&class.tables_written)
         .any(|t| t.starts_with("pg_temp"))
+        || walker.temporary
         || is_temporary_create(statement);
     class.locking = walker.locking;
     class.functions = walker.functions;

@@ -182,6 +182,8 @@ pub(super) struct Walker<'a> {
     pub(super) settings: Vec<SettingChange>,
     pub(super) locking: bool,
     pub(super) writes: bool,
+    /// It creates a temporary table (SELECT … INTO TEMP).
+    pub(super) temporary: bool,
 }
 
 impl Visitor for Walker<'_> {
@@ -195,6 +197,26 @@ impl Visitor for Walker<'_> {
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if !query.locks.is_empty() {
             self.locking = true;
+        }
+        // SELECT … INTO [TEMP] t creates a table.
+        if let ast::SetExpr::Select(select) = query.body.as_ref() {
+            if let Some(into) = &select.into {
+                self.writes = true;
+                self.temporary |= into.temporary;
+                for target in &into.targets {
+                    match target {
+                        Expr::Identifier(ident) => self.targets.push(ident.value.to_lowercase()),
+                        Expr::CompoundIdentifier(parts) => self.targets.push(
+                            parts
+                                .iter()
+                                .map(|p| p.value.to_lowercase())
+                                .collect::<Vec<_>>()
+                                .join("."),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
         }
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
@@ -321,6 +343,7 @@ impl<'a> Walker<'a> {
             settings: Vec::new(),
             locking: false,
             writes: false,
+            temporary: false,
         }
     }
 
