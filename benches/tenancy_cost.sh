@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The cost of tenant context: pgbench select-only (-S) with 16 clients spread over 4 tenants
 # (4 pgbench processes of 4 clients, logging in as app.t1 … app.t4) through a pgsidecar with
-# [tenancy] (enforcement on), against the same clients logging in as app through one without,
-# rounds interleaved. With tenants, a server connection last used by another tenant gets the
-# tenant setting applied (pipelined) before the client's statement, and every statement passes
-# the tenant guard.
+# [tenancy] (enforcement on, signed tenant), against the same clients logging in as app through
+# one without, rounds interleaved. With tenants, a server connection last used by another tenant
+# is reset with DISCARD ALL and gets the tenant setting and the signed token (pipelined) before
+# the client's statement, and every statement passes the tenant guard.
 #
 #   benches/tenancy_cost.sh [rounds=3] [seconds=10] [pool=8] [mode=simple]
 set -euo pipefail
@@ -14,7 +14,10 @@ start_postgres 10
 
 on=$(free_port); off=$(free_port)
 on_metrics=$(free_port)
-sidecar_toml "$on" "$on_metrics" "$pool" "" "[tenancy]" >"$work/on.toml"
+sidecar_toml "$on" "$on_metrics" "$pool" "" "[tenancy]
+signing_key = \"bench-signing-key-0123456789abcdefghijk\"" >"$work/on.toml"
+# The signed tenant is verified by pgsidecar.tenant(), installed once per database.
+"$root/target/release/pgsidecar" tenancy-sql --config "$work/on.toml" | psql_su -d app >/dev/null
 sidecar_toml "$off" "$(free_port)" "$pool" "" "" >"$work/off.toml"
 for which in on off; do
   "$root/target/release/pgsidecar" run --config "$work/$which.toml" 2>"$work/$which.log" & pids+=($!)
@@ -46,8 +49,9 @@ for round in $(seq 1 "$rounds"); do
     sum[$which]=$(python3 -c "print(${sum[$which]:-0} + $tps)")
   done
 done
-applied=$(python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:$on_metrics/metrics').read().decode(); print(next(l.split()[1] for l in t.splitlines() if l.startswith('pgsidecar_settings_applied_total ')))")
-echo "tenant settings re-applied on checkout (tenancy on, all rounds): $applied"
+metric() { python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:$on_metrics/metrics').read().decode(); print(next(l.split()[1] for l in t.splitlines() if l.startswith('$1 ')))"; }
+echo "tenant settings re-applied on checkout (tenancy on, all rounds): $(metric pgsidecar_settings_applied_total)"
+echo "tenant hops (DISCARD ALL between tenants, all rounds): $(metric pgsidecar_tenant_hops_total)"
 python3 - "${sum[on]}" "${sum[off]}" "$rounds" "$pool" <<'PY'
 import sys
 on, off, rounds, pool = (float(x) for x in sys.argv[1:])

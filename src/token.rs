@@ -122,8 +122,8 @@ impl Signer {
                 self.kid
             ),
             Some(until) => format!(
-                "UPDATE pgsidecar.signing_keys\n   SET valid_until = LEAST(COALESCE(valid_until, 'infinity'), {}::timestamptz)\n WHERE kid <> '{}';",
-                format!("'{}'", until.replace('\'', "''")),
+                "UPDATE pgsidecar.signing_keys\n   SET valid_until = LEAST(COALESCE(valid_until, 'infinity'), '{}'::timestamptz)\n WHERE kid <> '{}';",
+                until.replace('\'', "''"),
                 self.kid
             ),
         };
@@ -226,7 +226,10 @@ mod tests {
             let (message, mac) = token.rsplit_once(':').unwrap();
             let fields: Vec<&str> = token.split(':').collect();
             assert_eq!(fields.len(), 8);
-            assert_eq!(&fields[..5], &["v1", signer.kid(), "1900000000", "4242", "acme"]);
+            assert_eq!(
+                &fields[..5],
+                &["v1", signer.kid(), "1900000000", "4242", "acme"]
+            );
             // What the SQL computes: sha256(outer || sha256(inner || message)).
             let inner = digest::digest(
                 &digest::SHA256,
@@ -244,7 +247,9 @@ mod tests {
             };
             assert_ne!(signer.sign(&other, 4242, 1_900_000_000), token);
             assert_ne!(
-                Signer::new(&[2; 32]).unwrap().sign(&grant, 4242, 1_900_000_000),
+                Signer::new(&[2; 32])
+                    .unwrap()
+                    .sign(&grant, 4242, 1_900_000_000),
                 token
             );
         }
@@ -265,7 +270,10 @@ mod tests {
         let plain = s.install_sql(None);
         assert!(plain.contains("DELETE FROM pgsidecar.signing_keys WHERE kid <>"));
         assert!(plain.contains("FUNCTION pgsidecar.tenant() RETURNS text"));
-        assert!(!plain.contains(&hex(&[3; 32])), "the key itself is never written");
+        assert!(
+            !plain.contains(&hex(&[3; 32])),
+            "the key itself is never written"
+        );
         let rotate = s.install_sql(Some("2026-12-01 00:00+00"));
         assert!(rotate.contains("LEAST(COALESCE(valid_until, 'infinity'), '2026-12-01 00:00+00'"));
     }

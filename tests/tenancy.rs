@@ -408,7 +408,10 @@ async fn check_connect_warns_about_roles_that_could_escape_rls() {
     let other = pgsidecar::token::Signer::new(&[7; 32]).unwrap();
     pg().psql(&name, &other.install_sql(None)).unwrap();
     let plain = audit(app.clone()).await;
-    assert!(has(&plain, "does not accept this sidecar's signing key"), "{plain:?}");
+    assert!(
+        has(&plain, "does not accept this sidecar's signing key"),
+        "{plain:?}"
+    );
     install_tenancy_sql(&name);
     // Role defaults for the tenant setting, and membership in a role that bypasses RLS.
     pg().psql(

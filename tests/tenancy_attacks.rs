@@ -33,16 +33,22 @@ async fn setup(mode: &str) -> (String, pgsidecar::app::Running) {
         ),
     )
     .unwrap();
-    let toml = base_toml(&name, &format!("size = 1\nmode = \"{mode}\"\ncheckout_timeout = \"20s\""))
-        .replace(
-            &pg().url(&name, PASSWORD, &name),
-            &pg().url(&app, PASSWORD, &name),
-        )
-        + TENANCY;
+    let toml = base_toml(
+        &name,
+        &format!("size = 1\nmode = \"{mode}\"\ncheckout_timeout = \"20s\""),
+    )
+    .replace(
+        &pg().url(&name, PASSWORD, &name),
+        &pg().url(&app, PASSWORD, &name),
+    ) + TENANCY;
     (name, start(&toml).await)
 }
 
-async fn client(sidecar: &pgsidecar::app::Running, name: &str, tenant: &str) -> tokio_postgres::Client {
+async fn client(
+    sidecar: &pgsidecar::app::Running,
+    name: &str,
+    tenant: &str,
+) -> tokio_postgres::Client {
     connect(sidecar.addr, &format!("{name}.{tenant}"), PASSWORD, name)
         .await
         .unwrap()
@@ -51,7 +57,10 @@ async fn client(sidecar: &pgsidecar::app::Running, name: &str, tenant: &str) -> 
 /// Every row the client can read, as (tenant, secret).
 async fn rows(client: &tokio_postgres::Client) -> Vec<(String, String)> {
     client
-        .query("SELECT tenant_id, coalesce(secret, '') FROM accounts ORDER BY id", &[])
+        .query(
+            "SELECT tenant_id, coalesce(secret, '') FROM accounts ORDER BY id",
+            &[],
+        )
         .await
         .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         .unwrap_or_default()
@@ -61,7 +70,10 @@ async fn rows(client: &tokio_postgres::Client) -> Vec<(String, String)> {
 async fn only_own(client: &tokio_postgres::Client, tenant: &str, what: &str) {
     for (owner, secret) in rows(client).await {
         assert_eq!(owner, tenant, "{what}: {tenant} read a row of {owner}");
-        assert!(!secret.contains("PLANTED"), "{what}: {tenant} read a planted row");
+        assert!(
+            !secret.contains("PLANTED"),
+            "{what}: {tenant} read a planted row"
+        );
     }
 }
 
@@ -100,12 +112,27 @@ async fn next_tenants_are_clean(sidecar: &pgsidecar::app::Running, name: &str, w
             .await
             .unwrap();
         let (tz, path, ro): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        assert_ne!(tz, "Pacific/Kiritimati", "{what}: {tenant} inherited a time zone");
-        assert_eq!(path, "\"$user\", public", "{what}: {tenant} inherited a search_path");
+        assert_ne!(
+            tz, "Pacific/Kiritimati",
+            "{what}: {tenant} inherited a time zone"
+        );
+        assert_eq!(
+            path, "\"$user\", public",
+            "{what}: {tenant} inherited a search_path"
+        );
         assert_eq!(ro, "off", "{what}: {tenant} inherited read-only");
-        assert_eq!(row.get::<_, i64>(3), 0, "{what}: prepared statements survived");
+        assert_eq!(
+            row.get::<_, i64>(3),
+            0,
+            "{what}: prepared statements survived"
+        );
         assert_eq!(row.get::<_, i64>(4), 0, "{what}: temp objects survived");
-        assert!(row.get::<_, Option<String>>(5).unwrap_or_default().is_empty(), "{what}: app.loot survived");
+        assert!(
+            row.get::<_, Option<String>>(5)
+                .unwrap_or_default()
+                .is_empty(),
+            "{what}: app.loot survived"
+        );
         assert!(row.get::<_, bool>(6), "{what}: {tenant} inherited a role");
     }
 }
@@ -160,7 +187,10 @@ async fn reproductions_read_no_foreign_row_and_leave_nothing_behind() {
     // Parse/Bind with the name as a parameter, and set_config local in a transaction.
     let acme = client(&sidecar, &name, "acme").await;
     let _ = acme
-        .query("SELECT set_config($1, $2, false)", &[&"app.tenant_id", &"globex"])
+        .query(
+            "SELECT set_config($1, $2, false)",
+            &[&"app.tenant_id", &"globex"],
+        )
         .await;
     only_own(&acme, "acme", "parameterised set_config").await;
     // COPY out of a query that changes the setting.
@@ -175,7 +205,10 @@ async fn reproductions_read_no_foreign_row_and_leave_nothing_behind() {
     next_tenants_are_clean(&sidecar, &name, "after the extended attacks").await;
     // The hops were counted.
     let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
-    assert!(metric(&text, "pgsidecar_tenant_hops_total").unwrap() >= 20.0, "{text}");
+    assert!(
+        metric(&text, "pgsidecar_tenant_hops_total").unwrap() >= 20.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +217,10 @@ async fn a_forged_or_moved_token_verifies_to_nothing() {
     let acme = client(&sidecar, &name, "acme").await;
     // The token is on the connection; the tenant it names is acme's.
     let row = acme
-        .query_one("SELECT current_setting('pgsidecar.tenant'), pgsidecar.tenant()", &[])
+        .query_one(
+            "SELECT current_setting('pgsidecar.tenant'), pgsidecar.tenant()",
+            &[],
+        )
         .await
         .unwrap();
     let (token, tenant): (String, String) = (row.get(0), row.get(1));
@@ -227,7 +263,10 @@ async fn prepared_statements_and_notifications_never_cross_tenants() {
     let (name, sidecar) = setup("transaction").await;
     let globex = client(&sidecar, &name, "globex").await;
     let statement = globex.prepare("SELECT secret FROM accounts").await.unwrap();
-    globex.batch_execute("PREPARE mine AS SELECT secret FROM accounts").await.unwrap();
+    globex
+        .batch_execute("PREPARE mine AS SELECT secret FROM accounts")
+        .await
+        .unwrap();
     // 8. acme, on the same server connection, sees none of globex's statements.
     let acme = client(&sidecar, &name, "acme").await;
     let texts: Vec<String> = acme
@@ -238,7 +277,9 @@ async fn prepared_statements_and_notifications_never_cross_tenants() {
         .map(|r| r.get(0))
         .collect();
     assert!(texts.iter().all(|t| !t.contains("secret")), "{texts:?}");
-    let _ = acme.simple_query("DEALLOCATE ALL; PREPARE mine AS SELECT 'acme-sql'").await;
+    let _ = acme
+        .simple_query("DEALLOCATE ALL; PREPARE mine AS SELECT 'acme-sql'")
+        .await;
     // globex's statements still run globex's SQL, and its rows only.
     let rows = globex.query(&statement, &[]).await.unwrap();
     let secrets: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -253,7 +294,8 @@ async fn prepared_statements_and_notifications_never_cross_tenants() {
         .collect();
     assert_eq!(got, vec!["globex-secret".to_owned()]);
     // 9. A notification raised inside SQL on a guessed channel never reaches globex.
-    let (listener, mut inbox) = listening_client(sidecar.addr, &format!("{name}.globex"), &name).await;
+    let (listener, mut inbox) =
+        listening_client(sidecar.addr, &format!("{name}.globex"), &name).await;
     listener.batch_execute("LISTEN jobs").await.unwrap();
     for channel in ["globex.jobs", "jobs"] {
         let _ = acme
@@ -288,7 +330,11 @@ async fn session_mode_resets_between_tenants_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_drivers_send_is_not_refused() {
     let (name, sidecar) = setup("transaction").await;
-    pg().psql(&name, &format!("GRANT CREATE ON SCHEMA public TO {name}_app")).unwrap();
+    pg().psql(
+        &name,
+        &format!("GRANT CREATE ON SCHEMA public TO {name}_app"),
+    )
+    .unwrap();
     let acme = client(&sidecar, &name, "acme").await;
     for sql in [
         "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
@@ -323,7 +369,10 @@ async fn what_drivers_send_is_not_refused() {
     let rows = raw.query_rows("SELECT pgsidecar.tenant()").await.unwrap();
     assert_eq!(rows[0][0].as_deref(), Some("acme"));
     // A refusal reads like the sidecar's own error: no PL/pgSQL context, no detail.
-    let e = acme.simple_query("SET app.tenant_id = 'x'").await.unwrap_err();
+    let e = acme
+        .simple_query("SET app.tenant_id = 'x'")
+        .await
+        .unwrap_err();
     let db = e.as_db_error().expect("an error from the server side");
     assert_eq!(db.code().code(), "42501");
     assert!(db.message().starts_with("permission denied"), "{db:?}");

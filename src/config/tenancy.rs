@@ -192,7 +192,10 @@ impl FileTenancy {
                 .ok()
                 .filter(|d| d.as_secs() >= 60)
                 .ok_or_else(|| {
-                    ConfigError::invalid("tenancy.token_lifetime", format!("{s:?} is not a duration of at least 60s"))
+                    ConfigError::invalid(
+                        "tenancy.token_lifetime",
+                        format!("{s:?} is not a duration of at least 60s"),
+                    )
                 })?,
         };
         Ok(TenancyConfig {

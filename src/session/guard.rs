@@ -118,7 +118,9 @@ fn check_kind(statement: &StatementClass) -> Result<(), Refusal> {
         | Kind::Notify { channel }
         | Kind::Unlisten {
             channel: Some(channel),
-        } if reserved_channel(channel) => Some("LISTEN and NOTIFY on the sidecar's channels are refused"),
+        } if reserved_channel(channel) => {
+            Some("LISTEN and NOTIFY on the sidecar's channels are refused")
+        }
         _ => None,
     };
     refused.map_or(Ok(()), |what| Err(Refusal::because(what)))
@@ -144,9 +146,7 @@ fn check_setting(
         )));
     }
     let reset = value.is_none();
-    let is = |v: &Option<Option<String>>, words: &[&str]| {
-        matches!(v, Some(Some(v)) if words.iter().any(|w| v.trim().eq_ignore_ascii_case(w)))
-    };
+    let is = |v: &Option<Option<String>>, words: &[&str]| matches!(v, Some(Some(v)) if words.iter().any(|w| v.trim().eq_ignore_ascii_case(w)));
     match lower.as_str() {
         "role" if !jwt_role && (reset || is(&value, &["none"])) => Ok(()),
         "role" => Err(Refusal::because("changing the role is refused")),
@@ -168,7 +168,8 @@ fn check_unparsed(scan: &Scan) -> Result<Verdict, Refusal> {
     for statement in scan.fingerprint.split(|&b| b == b';') {
         let words = words(statement);
         if let [first, second, ..] = words.as_slice() {
-            if first == "alter" && matches!(second.as_str(), "role" | "user" | "database" | "system")
+            if first == "alter"
+                && matches!(second.as_str(), "role" | "user" | "database" | "system")
             {
                 return Err(Refusal(format!(
                     "permission denied: ALTER {} is refused while tenant enforcement is on",

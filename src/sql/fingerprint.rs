@@ -87,7 +87,9 @@ fn unquote(inner: &[u8], backslashes: bool) -> Cow<'_, str> {
                 out.push(b'\'');
                 i += 2;
             }
-            b'\\' if backslashes && i + 1 < inner.len() => i = backslash_escape(inner, i + 1, &mut out),
+            b'\\' if backslashes && i + 1 < inner.len() => {
+                i = backslash_escape(inner, i + 1, &mut out)
+            }
             b => {
                 out.push(b);
                 i += 1;
@@ -386,7 +388,10 @@ pub fn scan(sql: &[u8]) -> Scan {
             continue;
         }
         // U&'…' Unicode strings, with an optional UESCAPE clause.
-        if (b == b'U' || b == b'u') && sql.get(i + 1) == Some(&b'&') && sql.get(i + 2) == Some(&b'\'') {
+        if (b == b'U' || b == b'u')
+            && sql.get(i + 1) == Some(&b'&')
+            && sql.get(i + 2) == Some(&b'\'')
+        {
             let start = i;
             i += 3;
             while i < n {
@@ -404,7 +409,10 @@ pub fn scan(sql: &[u8]) -> Scan {
             let ws = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
             let after = &rest[ws..];
             if after.len() >= 7 && after[..7].eq_ignore_ascii_case(b"uescape") {
-                let ws2 = after[7..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+                let ws2 = after[7..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
                 let quote = &after[7 + ws2..];
                 if quote.len() >= 3 && quote[0] == b'\'' && quote[2] == b'\'' {
                     i += ws + 7 + ws2 + 3;

@@ -13,7 +13,7 @@ pub(super) fn channel_prefix(app: &App, tenant: Option<&str>) -> Option<String> 
 }
 
 impl Relay {
-        /// A server connection was just checked out for this client: if it last served another
+    /// A server connection was just checked out for this client: if it last served another
     /// tenant it is reset with DISCARD ALL first (nothing of that tenant's session survives:
     /// temporary objects, prepared statements, settings, role, LISTENs, advisory locks), and
     /// it gets this client's signed tenant token unless it carries a fresh one already.
@@ -55,14 +55,13 @@ impl Relay {
             _ => self.app.classifier.classify(sql),
         };
         // The tenant setting is among the reserved ones whenever there is a tenant (login).
-        let outcome = guard::check(sql, &classified, self.info.state.reserved()).and_then(
-            |verdict| {
+        let outcome =
+            guard::check(sql, &classified, self.info.state.reserved()).and_then(|verdict| {
                 if verdict == guard::Verdict::Unparsed {
                     self.app.metrics.tenancy_unparsed_forwarded.inc();
                 }
                 guard::namespace_channels(sql, &classified, prefix)
-            },
-        );
+            });
         match outcome {
             Ok(None) => {
                 // The relay classifies the same text next: this classification serves it.
