@@ -355,6 +355,90 @@ async fn tenants_never_hear_each_others_notifications() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_sql_installs_once_and_rotates_keys() {
+    let name = fresh_user("tsql");
+    let dir = std::env::temp_dir().join(format!("pgsidecar-tsql-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // `pgsidecar tenancy-sql --config FILE [--rotate UNTIL]`, run with psql.
+    let install = |key: &str, rotate: Option<&str>| {
+        let config = dir.join(format!("{key}.toml"));
+        std::fs::write(
+            &config,
+            base_toml(&name, "size = 1") + &format!("[tenancy]\nsigning_key = \"{key}\"\n"),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+        command.arg("tenancy-sql").arg("--config").arg(&config);
+        if let Some(until) = rotate {
+            command.arg("--rotate").arg(until);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        pg().psql(&name, &String::from_utf8(out.stdout).unwrap())
+            .unwrap();
+    };
+    let (old, new) = ("old-key-0123456789abcdef0123456789ab", "new-key-0123456789abcdef0123456789ab");
+    let admin = connect_direct_superuser(&name).await;
+    let pid: i32 = admin
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Which keys the installed function accepts now.
+    let accepts = |key: &'static str| {
+        let admin = &admin;
+        async move {
+            let signer = pgsidecar::token::Signer::new(key.as_bytes()).unwrap();
+            let grant = pgsidecar::token::Grant {
+                tenant: "acme".into(),
+                ..Default::default()
+            };
+            let token = signer.sign(&grant, pid, 4_000_000_000);
+            admin
+                .query_one(
+                    "SELECT set_config('pgsidecar.tenant', $1, false) IS NULL, pgsidecar.tenant()",
+                    &[&token],
+                )
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(1)
+                .is_some()
+        }
+    };
+    install(old, None);
+    install(old, None);
+    assert!(accepts(old).await);
+    assert!(!accepts(new).await);
+    // A rotation keeps the old key valid until the given time.
+    install(new, Some("2999-01-01 00:00+00"));
+    assert!(accepts(old).await && accepts(new).await);
+    install(new, Some("2000-01-01 00:00+00"));
+    assert!(!accepts(old).await && accepts(new).await);
+    // Without --rotate, only the configured key stays.
+    install(old, None);
+    assert!(accepts(old).await && !accepts(new).await);
+    // Without a key there is nothing to print.
+    let config = dir.join("none.toml");
+    std::fs::write(&config, base_toml(&name, "size = 1") + "[tenancy]\nenforce = false\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["tenancy-sql", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // The key table is the owner's alone.
+    let app = format!("{name}_reader");
+    pg().psql(&name, &format!("CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}'"))
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
+    let mut conn = raw_connect(addr, &app, PASSWORD, &name, &[]).await.unwrap();
+    assert!(conn
+        .query_rows("SELECT * FROM pgsidecar.signing_keys")
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_connect_warns_about_roles_that_could_escape_rls() {
     let (name, _sidecar) = setup().await;
     let app = format!("{name}_app");
@@ -513,6 +597,7 @@ allowed_roles = ["{app}_reader"]
         url = pg().url(&app, PASSWORD, &name),
         public = public.display()
     );
+    install_tenancy_sql(&name);
     let sidecar = start(&toml).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -532,6 +617,19 @@ allowed_roles = ["{app}_reader"]
         .unwrap()
         .get(0);
     assert!(claims.contains("\"sub\":\"u1\""), "{claims}");
+    // The same, verified: from the signed tenant, through pgsidecar.claims() / role().
+    let row = client
+        .query_one(
+            "SELECT pgsidecar.tenant(), pgsidecar.claims()->>'sub', pgsidecar.role()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let verified: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        verified,
+        ("acme".to_owned(), "u1".to_owned(), format!("{app}_reader"))
+    );
     // The role claim selected the upstream role; the client cannot leave it.
     let role: String = client
         .query_one("SELECT current_user::text", &[])
