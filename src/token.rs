@@ -8,9 +8,10 @@
 //! the last `:` under the deployment's signing key (hex). A client can overwrite the setting,
 //! but cannot make one that names another tenant, nor move one to another connection.
 //!
-//! The verifying functions are plpgsql `SECURITY DEFINER` (a `LANGUAGE sql` one is planned
-//! again on every call); HMAC is computed with the built-in `sha256()` from the key's inner
-//! and outer pads, which are stored instead of the key, in a table only the owner can read.
+//! The verifying functions are plpgsql `SECURITY DEFINER` holding one query (a `LANGUAGE sql`
+//! one is planned again on every call, and a view is planned into every statement that uses
+//! it); HMAC is computed with the built-in `sha256()` from the key's inner and outer pads,
+//! which are stored instead of the key, in a table only the owner can read.
 
 use base64::Engine;
 use ring::{digest, hmac};
@@ -132,7 +133,7 @@ impl Signer {
                 "CREATE OR REPLACE FUNCTION pgsidecar.{name}() RETURNS {returns}\n\
                  LANGUAGE plpgsql STABLE SECURITY DEFINER\n\
                  SET search_path = pg_catalog, pg_temp\n\
-                 AS $fn$\n{VERIFY}  RETURN {result};\nEND\n$fn$;\n\
+                 AS $fn$\nBEGIN\n  RETURN (SELECT {result}\n{VERIFY});\nEND\n$fn$;\n\
                  REVOKE ALL ON FUNCTION pgsidecar.{name}() FROM PUBLIC;\n\
                  GRANT EXECUTE ON FUNCTION pgsidecar.{name}() TO PUBLIC;\n"
             )
@@ -158,40 +159,38 @@ impl Signer {
             kid = self.kid,
             inner = hex(&self.pads.0),
             outer = hex(&self.pads.1),
-            tenant = function("tenant", "text", "f[5]"),
+            tenant = function("tenant", "text", "split_part(s.t, ':', 5)"),
             claims = function(
                 "claims",
                 "jsonb",
-                "NULLIF(convert_from(decode(f[7], 'base64'), 'UTF8'), '')::jsonb"
+                "NULLIF(convert_from(decode(split_part(s.t, ':', 7), 'base64'), 'UTF8'), '')::jsonb"
             ),
             role = function(
                 "role",
                 "text",
-                "NULLIF(convert_from(decode(f[6], 'base64'), 'UTF8'), '')"
+                "NULLIF(convert_from(decode(split_part(s.t, ':', 6), 'base64'), 'UTF8'), '')"
             ),
         )
     }
 }
 
-/// The body every verifying function shares: `f` holds the token's fields once it verified;
-/// anything wrong returns NULL (fail closed: `tenant_id = NULL` is never true). The MAC is
-/// compared as text: a comparison of 64 bytes differs in timing by nanoseconds, far below the
-/// microseconds of noise of one call from SQL (hashing both sides first cost 1.5 µs a query).
-const VERIFY: &str = "DECLARE
-  t text := current_setting('pgsidecar.tenant', true);
-  f text[];
-  k record;
-BEGIN
-  IF t IS NULL OR length(t) < 90 OR length(t) > 65536 THEN RETURN NULL; END IF;
-  f := string_to_array(t, ':');
-  IF cardinality(f) <> 8 OR f[1] <> 'v1' OR f[4] <> pg_backend_pid()::text THEN RETURN NULL; END IF;
-  SELECT inner_pad, outer_pad INTO k FROM pgsidecar.signing_keys
-   WHERE kid = f[2] AND (valid_until IS NULL OR valid_until > now());
-  IF NOT FOUND THEN RETURN NULL; END IF;
-  IF encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(left(t, -65), 'UTF8'))), 'hex')
-     <> f[8] THEN RETURN NULL; END IF;
-  IF f[3]::bigint <= extract(epoch FROM now()) THEN RETURN NULL; END IF;
-";
+/// The query every verifying function shares (one SQL statement, so plpgsql sets up one plan
+/// per transaction, not one per step): the token's fields as `s.t`, joined to its key, kept
+/// only if its MAC verifies, its PID is the connection's, and its expiry and key are valid;
+/// anything wrong gives no row, so the function returns NULL (fail closed: `tenant_id = NULL`
+/// is never true). The fields are cast only after the MAC proved the sidecar wrote them
+/// (CASE orders the evaluation). The MAC is compared as text: a comparison of 64 bytes differs
+/// in timing by nanoseconds, far below the microseconds of noise of one call from SQL.
+const VERIFY: &str = "    FROM (SELECT current_setting('pgsidecar.tenant', true) AS t) s
+    JOIN pgsidecar.signing_keys k ON k.kid = split_part(s.t, ':', 2)
+   WHERE CASE WHEN length(s.t) BETWEEN 90 AND 65536
+               AND split_part(s.t, ':', 4) = pg_backend_pid()::text
+               AND encode(sha256(k.outer_pad || sha256(k.inner_pad
+                     || convert_to(left(s.t, -65), 'UTF8'))), 'hex') = right(s.t, 64)
+              THEN split_part(s.t, ':', 1) = 'v1'
+               AND split_part(s.t, ':', 3)::bigint > extract(epoch FROM now())
+               AND (k.valid_until IS NULL OR k.valid_until > now())
+              ELSE false END";
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -377,7 +377,10 @@ async fn tenancy_sql_installs_once_and_rotates_keys() {
         pg().psql(&name, &String::from_utf8(out.stdout).unwrap())
             .unwrap();
     };
-    let (old, new) = ("old-key-0123456789abcdef0123456789ab", "new-key-0123456789abcdef0123456789ab");
+    let (old, new) = (
+        "old-key-0123456789abcdef0123456789ab",
+        "new-key-0123456789abcdef0123456789ab",
+    );
     let admin = connect_direct_superuser(&name).await;
     let pid: i32 = admin
         .query_one("SELECT pg_backend_pid()", &[])
@@ -419,7 +422,11 @@ async fn tenancy_sql_installs_once_and_rotates_keys() {
     assert!(accepts(old).await && !accepts(new).await);
     // Without a key there is nothing to print.
     let config = dir.join("none.toml");
-    std::fs::write(&config, base_toml(&name, "size = 1") + "[tenancy]\nenforce = false\n").unwrap();
+    std::fs::write(
+        &config,
+        base_toml(&name, "size = 1") + "[tenancy]\nenforce = false\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
         .args(["tenancy-sql", "--config"])
         .arg(&config)
@@ -428,8 +435,11 @@ async fn tenancy_sql_installs_once_and_rotates_keys() {
     assert!(!out.status.success());
     // The key table is the owner's alone.
     let app = format!("{name}_reader");
-    pg().psql(&name, &format!("CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}'"))
-        .unwrap();
+    pg().psql(
+        &name,
+        &format!("CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}'"),
+    )
+    .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
     let mut conn = raw_connect(addr, &app, PASSWORD, &name, &[]).await.unwrap();
     assert!(conn

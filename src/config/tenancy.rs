@@ -284,7 +284,14 @@ impl TenancyConfig {
             self.max_length,
             self.enforce,
             self.max_connections_per_tenant
-        )
+        ) + &match &self.signer {
+            Some(signer) => format!(
+                "signing_key = \"****\"  # key id {}\ntoken_lifetime = \"{}s\"\n",
+                signer.kid(),
+                self.token_lifetime.as_secs()
+            ),
+            None => "# no signing key: policies cannot verify the tenant (unsafe against hostile SQL)\n".into(),
+        }
     }
 }
 

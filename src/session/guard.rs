@@ -7,7 +7,7 @@
 //! scanner and Postgres would disagree on where strings end), ALTER ROLE / USER / DATABASE /
 //! SYSTEM, DO blocks, CREATE FUNCTION / PROCEDURE, the sidecar's reserved channels — and must
 //! not refuse what real drivers and ORMs send. Text sqlparser cannot parse is let through
-//! unless it names channels, roles or string syntax. Pure: the relay refuses what this returns.
+//! unless it names channels, `set_config`, a role change or string syntax. Pure: the relay refuses what this returns.
 
 use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::sql::cache::Classified;
@@ -21,18 +21,21 @@ pub const RESERVED_CHANNEL_PREFIX: &str = "pgsidecar";
 const RESERVED_SETTING_PREFIX: &str = "pgsidecar.";
 
 /// Words that make unparsable text refused: it may name channels (which the sidecar
-/// namespaces), the role, or the string syntax the scanner relies on.
+/// namespaces), set settings it cannot read, or change the string syntax the scanner relies on.
 const UNPARSED_REFUSED_WORDS: &[&str] = &[
     "listen",
     "unlisten",
     "notify",
     "pg_notify",
-    "role",
-    "session_authorization",
-    "authorization",
-    "standard_conforming_strings",
     "set_config",
+    "standard_conforming_strings",
+    "session_authorization",
 ];
+
+/// Words that change the role when they follow `SET`, `RESET`, `LOCAL` or `SESSION`
+/// (`SET ROLE x`, `SET LOCAL ROLE x`, `SET SESSION AUTHORIZATION x`); a column called `role`
+/// elsewhere is no reason to refuse.
+const ROLE_WORDS: &[&str] = &["role", "authorization"];
 
 /// The DETAIL of the error the server raises for a refusal; the relay gives the client the
 /// refusal alone, as an error of the sidecar's (no PL/pgSQL CONTEXT).
@@ -177,9 +180,14 @@ fn check_unparsed(scan: &Scan) -> Result<Verdict, Refusal> {
                 )));
             }
         }
+        let role_change = words.windows(2).find(|pair| {
+            matches!(pair[0].as_str(), "set" | "reset" | "local" | "session")
+                && ROLE_WORDS.contains(&pair[1].as_str())
+        });
         if let Some(word) = words
             .iter()
             .find(|w| UNPARSED_REFUSED_WORDS.contains(&w.as_str()))
+            .or(role_change.map(|pair| &pair[1]))
         {
             return Err(Refusal(format!(
                 "permission denied: a statement the sidecar cannot parse that mentions \"{word}\" is refused while tenant enforcement is on"
@@ -422,6 +430,7 @@ mod tests {
             "SELECT xmlelement(name foo)",
             "SELECT * FROM ROWS FROM (generate_series(1, 2), generate_series(1, 3))",
             "MOVE NEXT IN c",
+            "SELECT role, authorization FROM users WHERE role = 'admin' FOR KEY SHARE",
         ] {
             assert_eq!(guard(sql), Ok(Verdict::Unparsed), "{sql}");
         }
@@ -463,6 +472,8 @@ mod tests {
             "SET SESSION AUTHORIZATION admin",
             "SET role = 'admin'",
             "SET role TO admin",
+            "SET LOCAL ROLE admin FOR KEY SHARE",
+            "SET SESSION AUTHORIZATION admin FOR KEY SHARE",
             "SET session_authorization = 'admin'",
             "SELECT set_config('role', 'admin', false)",
             "SELECT set_config('session_authorization', 'admin', false)",
