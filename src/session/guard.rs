@@ -7,7 +7,8 @@
 //! scanner and Postgres would disagree on where strings end), ALTER ROLE / USER / DATABASE /
 //! SYSTEM, DO blocks, CREATE FUNCTION / PROCEDURE, the sidecar's reserved channels — and must
 //! not refuse what real drivers and ORMs send. Text sqlparser cannot parse is let through
-//! unless it names channels, `set_config`, a role change or string syntax. Pure: the relay refuses what this returns.
+//! unless it names channels, `set_config`, a role change or string syntax. Pure: the relay
+//! refuses what this returns.
 
 use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::sql::cache::Classified;

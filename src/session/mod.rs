@@ -197,8 +197,60 @@ async fn login(
             return Err(e.report());
         }
     };
+    let TenantContext {
+        reserved,
+        grant: token_grant,
+    } = tenant_context(app, &mut identity, grant, startup, peer_certificate)?;
+    let Some(pool) = app.pool(&startup.database) else {
+        app.metrics.error("unknown_database");
+        return Err(Some(ErrorReport::fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", startup.database),
+        )));
+    };
+    let startup_settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
+    let mut settings = startup_settings.clone();
+    settings.extend(reserved.clone());
+    let statuses = match pool.startup_statuses(&settings).await {
+        Ok(s) => s,
+        Err(e) => {
+            app.metrics.error(e.kind());
+            return Err(Some(startup_failure(&e)));
+        }
+    };
+    let key = app.issue_key();
+    auth::write_ok(&mut client.wbuf);
+    for (name, value) in statuses.iter() {
+        backend::parameter_status(&mut client.wbuf, name, value);
+    }
+    backend::backend_key_data(&mut client.wbuf, key.process_id(), key.secret_key());
+    backend::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+    if client.flush().await.is_err() {
+        return Err(None);
+    }
+    Ok(SessionInfo {
+        pool: Arc::clone(pool),
+        state: state::SessionState::new(startup_settings, reserved, &statuses),
+        grant: token_grant,
+        tenant: identity.tenant,
+        key,
+    })
+}
+
+/// The client's tenant, once it authenticated: from its JWT grant or certificate (checked),
+/// the settings the sidecar reserves for it (the tenant setting, the JWT claims setting and
+/// role), refusing a startup packet that sets any of them, and what its signed token says
+/// (`None` without a signing key).
+fn tenant_context(
+    app: &App,
+    identity: &mut identity::Identity,
+    grant: Option<jwt::Grant>,
+    startup: &crate::protocol::startup::StartupMessage,
+    peer_certificate: Option<&[u8]>,
+) -> Result<TenantContext, Option<ErrorReport>> {
     let mut reserved = BTreeMap::new();
     let mut token_grant = crate::token::Grant::default();
+    let tenancy = app.config.tenancy.as_ref();
     if let (Some(grant), Some(t)) = (grant, tenancy) {
         if !t.valid_tenant(&grant.tenant) {
             app.metrics.error("tenant_invalid");
@@ -230,7 +282,7 @@ async fn login(
             identity.tenant = tenant;
         }
     }
-    if let Some(e) = identity::needs_tenant(&identity, tenancy) {
+    if let Some(e) = identity::needs_tenant(identity, tenancy) {
         app.metrics.error(e.kind());
         return Err(Some(e.report()));
     }
@@ -254,47 +306,26 @@ async fn login(
             )));
         }
     }
-    let Some(pool) = app.pool(&startup.database) else {
-        app.metrics.error("unknown_database");
-        return Err(Some(ErrorReport::fatal(
-            SqlState::INVALID_CATALOG_NAME,
-            format!("database \"{}\" does not exist", startup.database),
-        )));
-    };
-    let startup_settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
-    let mut settings = startup_settings.clone();
-    settings.extend(reserved.clone());
-    let statuses = match pool.startup_statuses(&settings).await {
-        Ok(s) => s,
-        Err(e) => {
-            app.metrics.error(e.kind());
-            return Err(Some(startup_failure(&e)));
-        }
-    };
-    let key = app.issue_key();
-    auth::write_ok(&mut client.wbuf);
-    for (name, value) in statuses.iter() {
-        backend::parameter_status(&mut client.wbuf, name, value);
-    }
-    backend::backend_key_data(&mut client.wbuf, key.process_id(), key.secret_key());
-    backend::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
-    if client.flush().await.is_err() {
-        return Err(None);
-    }
-    Ok(SessionInfo {
-        pool: Arc::clone(pool),
-        state: state::SessionState::new(startup_settings, reserved, &statuses),
-        grant: identity
-            .tenant
-            .clone()
-            .filter(|_| tenancy.is_some_and(|t| t.signer.is_some()))
-            .map(|tenant| crate::token::Grant {
-                tenant,
-                ..token_grant
-            }),
-        tenant: identity.tenant,
-        key,
+    let token_grant = identity
+        .tenant
+        .clone()
+        .filter(|_| tenancy.is_some_and(|t| t.signer.is_some()))
+        .map(|tenant| crate::token::Grant {
+            tenant,
+            ..token_grant
+        });
+    Ok(TenantContext {
+        reserved,
+        grant: token_grant,
     })
+}
+
+/// What [`tenant_context`] found.
+struct TenantContext {
+    /// The settings the sidecar owns for the client.
+    reserved: BTreeMap<String, String>,
+    /// What the client's signed tenant token says.
+    grant: Option<crate::token::Grant>,
 }
 
 /// Under tenant enforcement, startup settings a statement could not make either: a role, a
