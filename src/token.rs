@@ -18,9 +18,6 @@ use ring::{digest, hmac};
 
 /// The setting that carries the token on a server connection.
 pub const TOKEN_SETTING: &str = "pgsidecar.tenant";
-/// The statement that sets the token; the token is its only parameter, so it never appears in
-/// a query text (`pg_stat_activity`, the server log).
-pub const SET_TOKEN_SQL: &str = "SELECT pg_catalog.set_config('pgsidecar.tenant', $1, false)";
 /// Shortest signing key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
 /// HMAC-SHA256's block size: keys are padded to it.

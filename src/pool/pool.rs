@@ -370,6 +370,26 @@ impl AppliedSettings {
             AppliedSettings::Unknown => settings_sql(&Settings::new(), wanted),
         }
     }
+
+    /// The settings to set (name, value) that give a server connection in this state the
+    /// `wanted` ones, when nothing needs a RESET (`None` when something does).
+    pub fn sets_to<'a>(&self, wanted: &'a Settings) -> Option<Vec<(&'a str, &'a str)>> {
+        let empty = Settings::new();
+        let have = match self {
+            AppliedSettings::Known(have) => have,
+            AppliedSettings::Unknown => &empty,
+        };
+        if have.keys().any(|name| !wanted.contains_key(name)) {
+            return None;
+        }
+        Some(
+            wanted
+                .iter()
+                .filter(|(name, value)| have.get(*name) != Some(*value))
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect(),
+        )
+    }
 }
 
 /// A string literal that means the same whatever `standard_conforming_strings` is.

@@ -661,16 +661,34 @@ impl Relay {
         att.on_replica = on_replica;
         att.tenant_permit = tenant_permit;
         self.tenant_on_checkout(&mut att);
+        let token = tenancy::due_token(&self.app, self.info.grant.as_ref(), &mut att);
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;
-        if let Some(sql) = conn.applied.sql_to(wanted) {
-            self.app.metrics.settings_applied.inc();
-            conn.applied = AppliedSettings::Known(wanted.clone());
-            frontend::append_query(&mut att.wbuf, &sql);
-            att.push_expect(Expect {
-                source: Source::Apply,
-            });
+        match (token, conn.applied.sets_to(wanted)) {
+            // The token and the settings in one statement (set_config, values as parameters).
+            (Some(token), Some(mut sets)) => {
+                if !sets.is_empty() {
+                    self.app.metrics.settings_applied.inc();
+                }
+                conn.applied = AppliedSettings::Known(wanted.clone());
+                sets.push((crate::token::TOKEN_SETTING, &token));
+                tenancy::push_set_config(&mut att, &sets, Source::Apply);
+            }
+            (token, _) => {
+                if let Some(sql) = conn.applied.sql_to(wanted) {
+                    self.app.metrics.settings_applied.inc();
+                    conn.applied = AppliedSettings::Known(wanted.clone());
+                    frontend::append_query(&mut att.wbuf, &sql);
+                    att.push_expect(Expect {
+                        source: Source::Apply,
+                    });
+                }
+                if let Some(token) = token {
+                    let sets = [(crate::token::TOKEN_SETTING, token.as_str())];
+                    tenancy::push_set_config(&mut att, &sets, Source::Sidecar);
+                }
+            }
         }
         Ok(att)
     }

@@ -4,7 +4,7 @@
 //! their way to the client.
 
 use super::*;
-use crate::token::{Grant, SET_TOKEN_SQL};
+use crate::token::{Grant, TOKEN_SETTING};
 
 /// The keyed prefix of the tenant's channels, under tenant enforcement.
 pub(super) fn channel_prefix(app: &App, tenant: Option<&str>) -> Option<String> {
@@ -15,8 +15,8 @@ pub(super) fn channel_prefix(app: &App, tenant: Option<&str>) -> Option<String> 
 impl Relay {
     /// A server connection was just checked out for this client: if it last served another
     /// tenant it is reset with DISCARD ALL first (nothing of that tenant's session survives:
-    /// temporary objects, prepared statements, settings, role, LISTENs, advisory locks), and
-    /// it gets this client's signed tenant token unless it carries a fresh one already.
+    /// temporary objects, prepared statements, settings, role, LISTENs, advisory locks). The
+    /// token and the client's settings follow ([`due_token`]).
     pub(super) fn tenant_on_checkout(&self, att: &mut Attachment) {
         let Some(tenant) = &self.info.tenant else {
             return;
@@ -33,7 +33,6 @@ impl Relay {
             }
             att.server.conn_mut().tenant = Some(Arc::from(tenant.as_str()));
         }
-        renew_token(&self.app, self.info.grant.as_ref(), att, false);
     }
 
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
@@ -101,60 +100,77 @@ pub(super) enum Guarded {
 }
 
 /// Sets the client's signed tenant token on the attached server connection (pipelined, its
-/// reply swallowed) when the connection has none the sidecar can vouch for, or one past
-/// half its lifetime, or always with `force` (after RESET ALL / DISCARD ALL). Only between
-/// requests: the token goes as an extended batch of its own.
+/// reply swallowed) when [`due_token`] says so. Only between requests: it goes as an extended
+/// batch of its own.
 pub(super) fn renew_token(app: &App, grant: Option<&Grant>, att: &mut Attachment, force: bool) {
-    let Some(tenancy) = app.config.tenancy.as_ref() else {
-        return;
-    };
-    let (Some(signer), Some(grant)) = (tenancy.signer.as_ref(), grant) else {
-        return;
-    };
+    if force {
+        att.server.conn_mut().token_fresh_until = None;
+    }
+    if let Some(token) = due_token(app, grant, att) {
+        push_set_config(att, &[(TOKEN_SETTING, &token)], Source::Sidecar);
+    }
+}
+
+/// The signed tenant token to set on the attached server connection, when it has none the
+/// sidecar can vouch for or one past half its lifetime (the connection then counts it as
+/// fresh: the caller must send it).
+pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) -> Option<String> {
+    let tenancy = app.config.tenancy.as_ref()?;
+    let (signer, grant) = (tenancy.signer.as_ref()?, grant?);
     let lifetime = tenancy.token_lifetime;
     let now = Instant::now();
     let conn = att.server.conn_mut();
-    if !force && conn.token_fresh_until.is_some_and(|until| until > now) {
-        return;
+    if conn.token_fresh_until.is_some_and(|until| until > now) {
+        return None;
     }
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         + lifetime;
-    let token = signer.sign(grant, conn.key.process_id, expires.as_secs());
     conn.token_fresh_until = Some(now + lifetime / 2);
-    append_set_token(&mut att.wbuf, &token);
-    att.unnamed_ready = false;
-    att.push_expect(Expect {
-        source: Source::Sidecar,
-    });
+    Some(signer.sign(grant, conn.key.process_id, expires.as_secs()))
 }
 
-/// Parse, Bind, Execute and Sync of [`SET_TOKEN_SQL`] with `token` as its parameter, through
-/// the unnamed statement and portal.
-fn append_set_token(out: &mut bytes::BytesMut, token: &str) {
+/// One statement that sets every (name, value) with `set_config` — the values as Bind
+/// parameters, so a token never appears in a query text — as an extended batch of its own
+/// (Parse, Bind, Execute, Sync through the unnamed statement and portal) whose reply is
+/// handled as `source` says.
+pub(super) fn push_set_config(att: &mut Attachment, sets: &[(&str, &str)], source: Source) {
     use crate::session::statements::message;
+    let calls: Vec<String> = (0..sets.len())
+        .map(|i| {
+            format!(
+                "pg_catalog.set_config(${}, ${}, false)",
+                2 * i + 1,
+                2 * i + 2
+            )
+        })
+        .collect();
+    let sql = format!("SELECT {}", calls.join(", "));
+    let out = &mut att.wbuf;
     out.extend_from_slice(&message(
         frontend::PARSE_TAG,
-        &[b"\0", SET_TOKEN_SQL.as_bytes(), b"\0", &0i16.to_be_bytes()],
+        &[b"\0", sql.as_bytes(), b"\0", &0i16.to_be_bytes()],
     ));
-    let len = i32::try_from(token.len()).unwrap_or(i32::MAX).to_be_bytes();
-    out.extend_from_slice(&message(
-        frontend::BIND_TAG,
-        &[
-            b"\0\0",
-            &0i16.to_be_bytes(),
-            &1i16.to_be_bytes(),
-            &len,
-            token.as_bytes(),
-            &0i16.to_be_bytes(),
-        ],
-    ));
+    let mut bind = bytes::BytesMut::new();
+    bind.extend_from_slice(b"\0\0");
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let count = i16::try_from(2 * sets.len()).unwrap_or(i16::MAX);
+    bind.extend_from_slice(&count.to_be_bytes());
+    for value in sets.iter().flat_map(|(name, value)| [*name, *value]) {
+        let len = i32::try_from(value.len()).unwrap_or(i32::MAX);
+        bind.extend_from_slice(&len.to_be_bytes());
+        bind.extend_from_slice(value.as_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&message(frontend::BIND_TAG, &[&bind]));
     out.extend_from_slice(&message(
         frontend::EXECUTE_TAG,
         &[b"\0", &0i32.to_be_bytes()],
     ));
     out.extend_from_slice(&message(frontend::SYNC_TAG, &[]));
+    att.unnamed_ready = false;
+    att.push_expect(Expect { source });
 }
 
 /// A Query or Parse like `frame` with another statement text.
