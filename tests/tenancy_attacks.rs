@@ -239,20 +239,53 @@ async fn a_forged_or_moved_token_verifies_to_nothing() {
     let fields: Vec<&str> = token.split(':').collect();
     let forged = [
         token.replace(":acme:", ":globex:"),
-        token.replacen(fields[3], "1", 1),
+        token.replacen(&format!(":{}:", fields[3]), ":1:", 1),
         token.replacen(fields[1], "0000000000000000", 1),
-        token.replacen(fields[2], "9999999999", 1),
+        token.replacen(&format!(":{}:", fields[2]), ":9999999999:", 1),
         "garbage".to_owned(),
     ];
-    for forged in forged {
-        let sql = "SELECT set_config('pgsidecar.tenant', $1, false) IS NOT NULL, pgsidecar.tenant(), (SELECT count(*) FROM accounts)";
-        let row = acme.query_one(sql, &[&forged]).await;
-        // The guard refuses SET of the token in plain text, not through a parameter: either
-        // way nothing is visible.
-        if let Ok(row) = row {
-            assert_eq!(row.get::<_, Option<String>>(1), None, "{forged}");
-            assert_eq!(row.get::<_, i64>(2), 0, "{forged}");
-        }
+    // Straight on the server as the sidecar's role: the function verifies them to nothing,
+    // and acme's own token is worthless on another connection (another PID).
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
+    let direct = connect(addr, &format!("{name}_app"), PASSWORD, &name)
+        .await
+        .unwrap();
+    for forged in forged.iter().chain([&token]) {
+        let row = direct
+            .query_one(
+                "SELECT set_config('pgsidecar.tenant', $1, false) IS NULL, pgsidecar.tenant(), (SELECT count(*) FROM accounts)",
+                &[forged],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(1), None, "{forged}");
+        assert_eq!(row.get::<_, i64>(2), 0, "{forged}");
+    }
+    // Through the sidecar, set by SQL the guard cannot see: nothing is visible for the rest of
+    // that transaction, and the sidecar's own token is back after it.
+    for forged in &forged {
+        acme.batch_execute("BEGIN").await.unwrap();
+        acme.query_one(
+            "SELECT query_to_xml(format('select set_config(%L, %L, false)', 'pgsidecar.' || 'tenant', $1::text), false, false, '') IS NOT NULL",
+            &[forged],
+        )
+        .await
+        .unwrap();
+        let row = acme
+            .query_one(
+                "SELECT pgsidecar.tenant(), (SELECT count(*) FROM accounts)",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0), None, "{forged}");
+        assert_eq!(row.get::<_, i64>(1), 0, "{forged}");
+        acme.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            rows(&acme).await.len(),
+            1,
+            "{forged}: the token did not come back"
+        );
     }
     drop(acme);
     next_tenants_are_clean(&sidecar, &name, "forged tokens").await;

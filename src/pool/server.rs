@@ -115,9 +115,17 @@ pub struct ServerConn {
     /// The tenant whose session this connection carries (`None`: no tenant's, as after
     /// DISCARD ALL); another tenant gets it only after DISCARD ALL.
     pub tenant: Option<std::sync::Arc<str>>,
-    /// Until when the signed tenant token on the connection needs no renewal (`None`: it has
-    /// none the sidecar can vouch for).
-    pub token_fresh_until: Option<Instant>,
+    /// The signed tenant token the sidecar set on the connection (`None`: none it can vouch
+    /// for).
+    pub token: Option<TokenOnConn>,
+}
+
+/// A signed tenant token the sidecar set on a server connection.
+#[derive(Debug, Clone)]
+pub struct TokenOnConn {
+    pub token: String,
+    /// Until then it needs no renewal (half its lifetime).
+    pub fresh_until: Instant,
 }
 
 /// The proxy-named statements a server connection has prepared, oldest first, bounded.
@@ -250,7 +258,7 @@ impl ServerConn {
             idle_since: Instant::now(),
             prepared: PreparedSet::default(),
             tenant: None,
-            token_fresh_until: None,
+            token: None,
         };
         conn.startup(url, params).await?;
         Ok(conn)
@@ -489,7 +497,7 @@ impl ServerConn {
         self.applied = AppliedSettings::Known(BTreeMap::new());
         self.prepared.clear();
         self.tenant = None;
-        self.token_fresh_until = None;
+        self.token = None;
     }
 
     pub fn note_parameter(&mut self, name: &str, value: &str) {

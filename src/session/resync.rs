@@ -332,10 +332,7 @@ pub(super) fn mark_due(att: &mut Attachment) {
         Resync::Capturing { then_due, .. } | Resync::Settling { then_due, .. } => *then_due = true,
         Resync::Due | Resync::Failed => {}
     }
-    let conn = att.server.conn_mut();
-    conn.applied = AppliedSettings::Unknown;
-    // The client may have changed the token too: it is set again at the next checkout.
-    conn.token_fresh_until = None;
+    att.server.conn_mut().applied = AppliedSettings::Unknown;
 }
 
 /// An injected statement failed.
@@ -423,6 +420,12 @@ pub(super) fn on_quiet(
             rows: captured,
             then_due: false,
         } => {
+            let conn = att.server.conn_mut();
+            if conn.token.as_ref().map(|t| &t.token) != captured.token.as_ref() {
+                // The client changed or reset its token: it is set again before its next
+                // statement.
+                conn.token = None;
+            }
             let channels = std::mem::take(&mut att.listened).then(|| captured.channels.clone());
             for name in std::mem::take(&mut att.sql_created) {
                 if !captured.prepared.contains(&name) {
@@ -526,6 +529,15 @@ mod tests {
             "SET ROLE reader",
             "DO $$BEGIN END$$",
             "this is not sql",
+            // set_config in any position, and functions that run SQL given as text.
+            "SELECT * FROM set_config('a.b', 'x', false)",
+            "SELECT * FROM t, LATERAL set_config('a.b', 'x', false)",
+            "WITH c AS (SELECT set_config('a.b', 'x', false)) SELECT * FROM c",
+            "COPY (SELECT set_config('a.b', 'x', false)) TO STDOUT",
+            "EXPLAIN ANALYZE SELECT set_config('a.b', 'x', false)",
+            "SELECT query_to_xml('select 1', false, false, '')",
+            "SELECT * FROM ts_stat('select to_tsvector(''a'')')",
+            "SELECT * INTO TEMP t2 FROM t",
         ] {
             assert!(effects(sql).capture, "{sql}");
         }

@@ -58,6 +58,8 @@ pub struct Captured {
     pub prepared: BTreeSet<String>,
     /// Channels the connection listens on.
     pub channels: BTreeSet<String>,
+    /// The signed tenant token on the connection, if any.
+    pub token: Option<String>,
 }
 
 impl Captured {
@@ -81,7 +83,8 @@ impl Captured {
             LISTEN_ROW => {
                 self.channels.insert(value);
             }
-            // The sidecar's own (the signed tenant token): never a client setting.
+            // The sidecar's own: never a client setting.
+            crate::token::TOKEN_SETTING => self.token = Some(value),
             _ if name.starts_with("pgsidecar.") => {}
             _ => {
                 self.settings.insert(name, value);

@@ -104,7 +104,7 @@ pub(super) enum Guarded {
 /// batch of its own.
 pub(super) fn renew_token(app: &App, grant: Option<&Grant>, att: &mut Attachment, force: bool) {
     if force {
-        att.server.conn_mut().token_fresh_until = None;
+        att.server.conn_mut().token = None;
     }
     if let Some(token) = due_token(app, grant, att) {
         push_set_config(att, &[(TOKEN_SETTING, &token)], Source::Sidecar);
@@ -120,15 +120,19 @@ pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) 
     let lifetime = tenancy.token_lifetime;
     let now = Instant::now();
     let conn = att.server.conn_mut();
-    if conn.token_fresh_until.is_some_and(|until| until > now) {
+    if conn.token.as_ref().is_some_and(|t| t.fresh_until > now) {
         return None;
     }
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         + lifetime;
-    conn.token_fresh_until = Some(now + lifetime / 2);
-    Some(signer.sign(grant, conn.key.process_id, expires.as_secs()))
+    let token = signer.sign(grant, conn.key.process_id, expires.as_secs());
+    conn.token = Some(crate::pool::server::TokenOnConn {
+        token: token.clone(),
+        fresh_until: now + lifetime / 2,
+    });
+    Some(token)
 }
 
 /// One statement that sets every (name, value) with `set_config` — the values as Bind
