@@ -2,7 +2,7 @@
 # PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
 # a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
 # Sets: bin root work pg_port; functions as_pg free_port psql_su start_postgres start_replica
-# start_sidecar sidecar_toml tps_of.
+# start_sidecar sidecar_toml pgbench_groups tps_of.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -71,6 +71,25 @@ name = "app"
 password = "secret"
 $5
 TOML
+}
+
+# pgbench_groups PORT TENANTS PGBENCH_ARGS…: four pgbench processes of four clients at once,
+# logging in as app.t1 … app.t4 (TENANTS = yes) or as app; prints the summed tps.
+pgbench_groups() {
+  local port=$1 tenants=$2 outs=() total=0
+  shift 2
+  for g in 1 2 3 4; do
+    local user=app
+    [ "$tenants" = yes ] && user="app.t$g"
+    PGPASSWORD=secret "$bin/pgbench" -n "$@" -c 4 -j 4 -h 127.0.0.1 -p "$port" -U "$user" app \
+      >"$work/out.$g" 2>&1 &
+    outs+=($!)
+  done
+  for p in "${outs[@]}"; do wait "$p" || true; done
+  for g in 1 2 3 4; do
+    total=$(python3 -c "print($total + $(tps_of "$(cat "$work/out.$g")"))")
+  done
+  echo "$total"
 }
 
 # tps_of OUTPUT: the tps pgbench reported.

@@ -67,21 +67,7 @@ message = f"v1:{kid}:{int(time.time()) + 3600}:{sys.argv[1]}:acme::"
 print(message + ":" + hmac.new(key, message.encode(), hashlib.sha256).hexdigest())
 PY
 
-# run: four pgbench processes of four clients as tenants t1…t4; prints the summed tps.
 printf '\\set aid random(1, 1000000)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' >"$work/select.sql"
-run() {
-  local outs=() total=0
-  for g in 1 2 3 4; do
-    PGPASSWORD=secret "$bin/pgbench" -n -f "$work/select.sql" -c 4 -j 4 -T "$seconds" -h 127.0.0.1 -p "$port" -U "app.t$g" app \
-      >"$work/out.$g" 2>&1 &
-    outs+=($!)
-  done
-  for p in "${outs[@]}"; do wait "$p" || true; done
-  for g in 1 2 3 4; do
-    total=$(python3 -c "print($total + $(tps_of "$(cat "$work/out.$g")"))")
-  done
-  echo "$total"
-}
 
 declare -A us tps
 for round in $(seq 1 "$rounds"); do
@@ -92,7 +78,7 @@ for round in $(seq 1 "$rounds"); do
     else
       psql_su -d app -c "ALTER POLICY by_tenant ON pgbench_accounts USING ((SELECT pgsidecar.tenant()) IS NOT NULL)"
     fi
-    t=$(run)
+    t=$(pgbench_groups "$port" yes -f "$work/select.sql" -T "$seconds")
     printf 'round %d policy %-6s loop %6.2f us/query  pgbench tps %10.1f\n' "$round" "$which" "$u" "$t"
     us[$which]=$(python3 -c "print(${us[$which]:-0} + $u)")
     tps[$which]=$(python3 -c "print(${tps[$which]:-0} + $t)")

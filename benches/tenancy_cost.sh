@@ -24,27 +24,14 @@ for which in on off; do
 done
 sleep 2
 
-# run PORT TENANTS: four pgbench processes at once; prints the summed tps.
-run() {
-  local outs=() total=0
-  for g in 1 2 3 4; do
-    local user=app
-    [ "$2" = yes ] && user="app.t$g"
-    "$bin/pgbench" -n -S -M "$mode" -c 4 -j 4 -T "$seconds" -h 127.0.0.1 -p "$1" -U "$user" app \
-      >"$work/out.$g" 2>&1 &
-    outs+=($!)
-  done
-  for p in "${outs[@]}"; do wait "$p" || true; done
-  for g in 1 2 3 4; do
-    total=$(python3 -c "print($total + $(tps_of "$(cat "$work/out.$g")"))")
-  done
-  echo "$total"
-}
-
 declare -A sum
 for round in $(seq 1 "$rounds"); do
   for which in on off; do
-    if [ "$which" = on ]; then tps=$(run "$on" yes); else tps=$(run "$off" no); fi
+    if [ "$which" = on ]; then
+      tps=$(pgbench_groups "$on" yes -S -M "$mode" -T "$seconds")
+    else
+      tps=$(pgbench_groups "$off" no -S -M "$mode" -T "$seconds")
+    fi
     printf 'round %d tenancy %-3s tps %10.1f\n' "$round" "$which" "$tps"
     sum[$which]=$(python3 -c "print(${sum[$which]:-0} + $tps)")
   done

@@ -65,16 +65,6 @@ async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Runni
     (name.clone(), start(&toml).await)
 }
 
-async fn tenant_client(
-    sidecar: &pgsidecar::app::Running,
-    name: &str,
-    tenant: &str,
-) -> tokio_postgres::Client {
-    connect(sidecar.addr, &format!("{name}.{tenant}"), PASSWORD, name)
-        .await
-        .unwrap()
-}
-
 async fn visible_tenants(client: &tokio_postgres::Client) -> Vec<String> {
     client
         .query("SELECT DISTINCT tenant_id FROM items ORDER BY 1", &[])
@@ -276,11 +266,8 @@ async fn attempts_to_change_or_escape_the_tenant_are_refused() {
         .unwrap()
         .get(0);
     assert_eq!(setting, "acme");
-    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
-    assert!(
-        metric(&text, "pgsidecar_tenancy_refusals_total").unwrap() >= 40.0,
-        "{text}"
-    );
+    let refusals = scrape(sidecar.metrics_addr, "pgsidecar_tenancy_refusals_total").await;
+    assert!(refusals.unwrap() >= 40.0, "{refusals:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

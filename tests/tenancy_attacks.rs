@@ -44,16 +44,6 @@ async fn setup(mode: &str) -> (String, pgsidecar::app::Running) {
     (name, start(&toml).await)
 }
 
-async fn client(
-    sidecar: &pgsidecar::app::Running,
-    name: &str,
-    tenant: &str,
-) -> tokio_postgres::Client {
-    connect(sidecar.addr, &format!("{name}.{tenant}"), PASSWORD, name)
-        .await
-        .unwrap()
-}
-
 /// Every row the client can read, as (tenant, secret).
 async fn rows(client: &tokio_postgres::Client) -> Vec<(String, String)> {
     client
@@ -92,7 +82,7 @@ async fn attacker_reads_no_foreign_row(client: &tokio_postgres::Client, what: &s
 /// statement or temp object of anyone else.
 async fn next_tenants_are_clean(sidecar: &pgsidecar::app::Running, name: &str, what: &str) {
     for tenant in TENANTS {
-        let c = client(sidecar, name, tenant).await;
+        let c = tenant_client(sidecar, name, tenant).await;
         let seen = rows(&c).await;
         assert_eq!(
             seen.iter().filter(|(t, _)| t == tenant).count(),
@@ -178,14 +168,14 @@ async fn reproductions_read_no_foreign_row_and_leave_nothing_behind() {
     let (name, sidecar) = setup("transaction").await;
     for (i, attack) in SIMPLE_ATTACKS.iter().enumerate() {
         let what = format!("attack {i}: {attack}");
-        let acme = client(&sidecar, &name, "acme").await;
+        let acme = tenant_client(&sidecar, &name, "acme").await;
         let _ = acme.simple_query(attack).await;
         attacker_reads_no_foreign_row(&acme, &what).await;
         drop(acme);
         next_tenants_are_clean(&sidecar, &name, &what).await;
     }
     // Parse/Bind with the name as a parameter, and set_config local in a transaction.
-    let acme = client(&sidecar, &name, "acme").await;
+    let acme = tenant_client(&sidecar, &name, "acme").await;
     let _ = acme
         .query(
             "SELECT set_config($1, $2, false)",
@@ -204,17 +194,14 @@ async fn reproductions_read_no_foreign_row_and_leave_nothing_behind() {
     drop(acme);
     next_tenants_are_clean(&sidecar, &name, "after the extended attacks").await;
     // The hops were counted.
-    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
-    assert!(
-        metric(&text, "pgsidecar_tenant_hops_total").unwrap() >= 20.0,
-        "{text}"
-    );
+    let hops = scrape(sidecar.metrics_addr, "pgsidecar_tenant_hops_total").await;
+    assert!(hops.unwrap() >= 20.0, "{hops:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_or_moved_token_verifies_to_nothing() {
     let (name, sidecar) = setup("transaction").await;
-    let acme = client(&sidecar, &name, "acme").await;
+    let acme = tenant_client(&sidecar, &name, "acme").await;
     // The token is on the connection; the tenant it names is acme's.
     let row = acme
         .query_one(
@@ -294,14 +281,14 @@ async fn a_forged_or_moved_token_verifies_to_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_and_notifications_never_cross_tenants() {
     let (name, sidecar) = setup("transaction").await;
-    let globex = client(&sidecar, &name, "globex").await;
+    let globex = tenant_client(&sidecar, &name, "globex").await;
     let statement = globex.prepare("SELECT secret FROM accounts").await.unwrap();
     globex
         .batch_execute("PREPARE mine AS SELECT secret FROM accounts")
         .await
         .unwrap();
     // 8. acme, on the same server connection, sees none of globex's statements.
-    let acme = client(&sidecar, &name, "acme").await;
+    let acme = tenant_client(&sidecar, &name, "acme").await;
     let texts: Vec<String> = acme
         .query("SELECT statement FROM pg_prepared_statements", &[])
         .await
@@ -352,7 +339,7 @@ async fn session_mode_resets_between_tenants_too() {
         SIMPLE_ATTACKS[18],
         SIMPLE_ATTACKS[19],
     ] {
-        let acme = client(&sidecar, &name, "acme").await;
+        let acme = tenant_client(&sidecar, &name, "acme").await;
         let _ = acme.simple_query(attack).await;
         attacker_reads_no_foreign_row(&acme, attack).await;
         drop(acme);
@@ -368,7 +355,7 @@ async fn what_drivers_send_is_not_refused() {
         &format!("GRANT CREATE ON SCHEMA public TO {name}_app"),
     )
     .unwrap();
-    let acme = client(&sidecar, &name, "acme").await;
+    let acme = tenant_client(&sidecar, &name, "acme").await;
     for sql in [
         "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
         "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; COMMIT",

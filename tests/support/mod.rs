@@ -24,6 +24,13 @@ pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdefghij";
 /// `[tenancy]` with the test signing key, to append further tenancy lines to.
 pub const TENANCY: &str = "\n[tenancy]\nsigning_key = \"test-signing-key-0123456789abcdefghij\"\n";
 
+/// A client of `tenant` (login `<name>.<tenant>`) through the sidecar, to database `name`.
+pub async fn tenant_client(sidecar: &Running, name: &str, tenant: &str) -> tokio_postgres::Client {
+    connect(sidecar.addr, &format!("{name}.{tenant}"), PASSWORD, name)
+        .await
+        .unwrap()
+}
+
 /// Installs `pgsidecar.tenant()` with the test signing key in database `db`.
 pub fn install_tenancy_sql(db: &str) {
     let signer = pgsidecar::token::Signer::new(SIGNING_KEY.as_bytes()).expect("test key");
@@ -291,6 +298,12 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Metric `name` as the sidecar whose metrics listener is `metrics_addr` reports it now.
+pub async fn scrape(metrics_addr: SocketAddr, name: &str) -> Option<f64> {
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    metric(&text, name)
 }
 
 /// Bind of `statement` to the unnamed portal, Execute, Sync.
