@@ -93,7 +93,34 @@ fn steps() -> Vec<(&'static str, BytesMut, usize)> {
     frontend::query("SELECT 1/0", &mut in_block).unwrap();
     frontend::query("SELECT 1", &mut in_block).unwrap();
     frontend::query("ROLLBACK", &mut in_block).unwrap();
+    // A Query or FunctionCall after an error inside an extended batch is discarded by the
+    // server with the rest of the batch: one ReadyForQuery, for the Sync.
+    let mut discarded = BytesMut::new();
+    frontend::parse("", "SELEC 1", [], &mut discarded).unwrap();
+    frontend::query("SELECT 1", &mut discarded).unwrap();
+    frontend::sync(&mut discarded);
+    let mut discarded_call = BytesMut::new();
+    frontend::parse("", "SELEC 1", [], &mut discarded_call).unwrap();
+    discarded_call.extend_from_slice(&function_call("-5"));
+    frontend::query("SELECT 2", &mut discarded_call).unwrap();
+    frontend::sync(&mut discarded_call);
+    // Without an error, a Query inside a batch is answered on its own.
+    let mut answered = BytesMut::new();
+    parse_bind_execute(&mut answered, "SELECT 1");
+    frontend::query("SELECT 2", &mut answered).unwrap();
+    frontend::sync(&mut answered);
+    // A Sync during a simple Query's COPY FROM STDIN is ignored by the server.
+    let mut copy_sync = query("COPY proto_copy FROM STDIN");
+    frontend::CopyData::new(b"1\n".as_slice())
+        .unwrap()
+        .write(&mut copy_sync);
+    frontend::sync(&mut copy_sync);
+    frontend::copy_done(&mut copy_sync);
     vec![
+        ("query after an error in a batch", discarded, 1),
+        ("function call after an error in a batch", discarded_call, 1),
+        ("query inside a batch", answered, 2),
+        ("sync during simple COPY FROM STDIN", copy_sync, 1),
         ("empty query", query(""), 1),
         ("empty statements", query(";;"), 1),
         ("multi-statement", query("SELECT 1; SELECT 'two'; SELECT 3"), 1),
@@ -115,6 +142,11 @@ fn steps() -> Vec<(&'static str, BytesMut, usize)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_match_postgres_message_for_message() {
     let name = fresh_user("proto");
+    pg().psql(
+        &name,
+        &format!("CREATE TABLE proto_copy (a int); ALTER TABLE proto_copy OWNER TO {name}"),
+    )
+    .unwrap();
     let sidecar = start(&base_toml(&name, "size = 1")).await;
     let direct_addr: SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
     let mut direct = raw_connect(direct_addr, &name, PASSWORD, &name, &[])
@@ -138,6 +170,24 @@ async fn replies_match_postgres_message_for_message() {
         // Another client takes the one server connection in between.
         other.simple_query("SELECT 1").await.unwrap();
     }
+    // A Sync during a COPY FROM STDIN that fails: Postgres answers it or not depending on
+    // whether it read it before the error; the sidecar gives the client the COPY's error and
+    // closes that server connection rather than guess, so the pool is never held.
+    let mut failing_copy = query("COPY proto_copy FROM STDIN");
+    frontend::CopyData::new(b"not a number\n".as_slice())
+        .unwrap()
+        .write(&mut failing_copy);
+    frontend::sync(&mut failing_copy);
+    frontend::copy_done(&mut failing_copy);
+    let mut copy_client = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    copy_client.write_all(&failing_copy).await.unwrap();
+    let got = read_until_ready(&mut copy_client, 1).await;
+    assert_eq!(error_code(&got).as_deref(), Some("22P02"), "{}", tags(&got));
+    other.simple_query("SELECT 1").await.unwrap();
+    drop(copy_client);
+    other.simple_query("SELECT 1").await.unwrap();
     // Flush without Sync: the replies so far arrive, without ReadyForQuery.
     let mut out = BytesMut::new();
     frontend::parse("", "SELECT 5", [], &mut out).unwrap();

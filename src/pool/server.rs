@@ -491,7 +491,6 @@ impl ServerConn {
         }
     }
 
-    /// Records a ParameterStatus the server sent.
     /// DISCARD ALL ran: the connection carries no client's session state, tenant or token.
     pub fn discarded(&mut self) {
         self.applied = AppliedSettings::Known(BTreeMap::new());
@@ -500,6 +499,7 @@ impl ServerConn {
         self.token = None;
     }
 
+    /// Records a ParameterStatus the server sent.
     pub fn note_parameter(&mut self, name: &str, value: &str) {
         match self.params.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => value.clone_into(&mut slot.1),

@@ -55,8 +55,17 @@ pub(super) enum Source {
     Apply,
     /// The session-state capture: its DataRows are read by the sidecar.
     Capture,
-    /// A client's simple Query (or FunctionCall).
-    Query { sent: Instant },
+    /// A client's simple Query (or FunctionCall). `in_batch`: sent inside an extended batch
+    /// (after extended messages, before their Sync), where an error before it makes the server
+    /// discard it without a reply. `copy_ends`: the client's CopyDone/CopyFail count then.
+    Query {
+        sent: Instant,
+        in_batch: bool,
+        copy_ends: u64,
+    },
+    /// A Sync the server ignores (sent while it was in COPY FROM STDIN for a simple Query):
+    /// no ReadyForQuery comes for it.
+    Ignored,
     /// A client's Sync, closing this batch.
     Sync(Batch),
 }
@@ -70,7 +79,7 @@ pub(super) struct Expect {
 impl Expect {
     pub(super) fn reply(&self) -> Reply {
         match self.source {
-            Source::Sidecar | Source::Apply | Source::Capture => Reply::Swallow,
+            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => Reply::Swallow,
             Source::Query { .. } | Source::Sync(_) => Reply::Forward,
         }
     }
@@ -78,7 +87,7 @@ impl Expect {
     /// Statements in the request (a Query counts one, a batch counts its Executes).
     pub(super) fn statements(&self) -> u32 {
         match &self.source {
-            Source::Sidecar | Source::Apply | Source::Capture => 0,
+            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => 0,
             Source::Query { .. } => 1,
             Source::Sync(batch) => batch.executes,
         }
@@ -86,8 +95,8 @@ impl Expect {
 
     pub(super) fn sent(&self) -> Option<Instant> {
         match &self.source {
-            Source::Sidecar | Source::Apply | Source::Capture => None,
-            Source::Query { sent } => Some(*sent),
+            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => None,
+            Source::Query { sent, .. } => Some(*sent),
             Source::Sync(batch) => Some(batch.started),
         }
     }
@@ -152,6 +161,13 @@ pub(super) struct Attachment {
     pub(super) replica_said_fatal: bool,
     /// The client's tenant's share of server connections, given back with the attachment.
     pub(super) tenant_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The server entered COPY FROM STDIN for a simple Query while the client's
+    /// CopyDone/CopyFail count was this: until the client ends it, its Syncs are ignored.
+    pub(super) simple_copy_in: Option<u64>,
+    /// The sidecar cannot be sure which ReadyForQuery messages are still to come (a COPY
+    /// FROM STDIN that failed while the client's Syncs were in flight): the connection is
+    /// closed instead of going back to the pool.
+    pub(super) uncertain: bool,
 }
 
 /// The reply expected to one extended-protocol message.
@@ -259,6 +275,16 @@ impl ExpectQueue {
             .count()
     }
 
+    /// Syncs the client sent while its CopyDone/CopyFail count was `copy_ends` (during a
+    /// simple Query's COPY FROM STDIN): the server ignores them.
+    fn mark_ignored_syncs(&mut self, copy_ends: u64) {
+        for entry in self.entries.iter_mut().skip(1) {
+            if matches!(&entry.source, Source::Sync(b) if b.copy_ends_at_start == copy_ends) {
+                entry.source = Source::Ignored;
+            }
+        }
+    }
+
     /// The ReadyForQuery at the front arrived: the next entry is now the server's work.
     pub(super) fn pop_front(&mut self) -> Option<Expect> {
         self.front_since = Instant::now();
@@ -311,6 +337,8 @@ impl Attachment {
             wrote: false,
             replica_said_fatal: false,
             tenant_permit: None,
+            simple_copy_in: None,
+            uncertain: false,
         }
     }
 
@@ -336,8 +364,18 @@ impl Attachment {
 
     /// The server entered COPY FROM STDIN for the request it is working on. In an extended
     /// batch, a Sync the client sent before ending the COPY is ignored by the server, so the
-    /// batch stays open until the client's next Sync.
+    /// batch stays open until the client's next Sync; for a simple Query, such Syncs are
+    /// ignored and answered by nothing.
     pub(super) fn note_copy_in(&mut self) {
+        if let Some(Expect {
+            source: Source::Query { copy_ends, .. },
+        }) = self.expect.front()
+        {
+            let during_copy = *copy_ends;
+            self.simple_copy_in = Some(during_copy);
+            self.expect.mark_ignored_syncs(during_copy);
+            return;
+        }
         let ignored_sync = matches!(
             self.expect.front(),
             Some(Expect { source: Source::Sync(b) }) if b.copy_ends_at_start == self.copy_ends
@@ -355,6 +393,28 @@ impl Attachment {
         } else if let (true, Some(batch)) = (self.expect.is_empty(), self.batch.as_mut()) {
             batch.copy_in = true;
         }
+    }
+
+    /// The server is in COPY FROM STDIN for a simple Query the client has not ended yet: a
+    /// Sync now gets no ReadyForQuery.
+    pub(super) fn in_simple_copy_in(&self) -> bool {
+        self.simple_copy_in == Some(self.copy_ends)
+    }
+
+    /// Entries whose ReadyForQuery will never come, now at the front: the server discarded a
+    /// Query inside a failed extended batch (`after_batch_error`), or ignored a Sync during
+    /// COPY. Returns whether one was skipped.
+    pub(super) fn skip_unanswered(&mut self, after_batch_error: bool) -> bool {
+        let unanswered = match self.expect.front().map(|e| &e.source) {
+            Some(Source::Ignored) => true,
+            Some(Source::Query { in_batch: true, .. }) => after_batch_error,
+            _ => false,
+        };
+        if unanswered {
+            self.expect.pop_front();
+            self.readies += 1;
+        }
+        unanswered
     }
 
     /// Queues a ReadyForQuery the client's connection now waits for.

@@ -27,6 +27,10 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
     // In transaction mode the session state is clean unless the client changed it and left
     // before the sidecar caught up (or holds what pinned it).
+    if att.uncertain {
+        // Which replies are still to come is not known: never reused, never waited on.
+        return;
+    }
     let discard =
         mode == PoolMode::Session || att.server.conn_mut().applied == AppliedSettings::Unknown;
     if !discard && att.is_quiet() {

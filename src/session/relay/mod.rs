@@ -532,8 +532,14 @@ impl Relay {
                 if let Some(c) = &self.tenant_queries {
                     c.inc();
                 }
+                let in_batch = att.batch.is_some();
+                let copy_ends = att.copy_ends;
                 att.push_expect(Expect {
-                    source: Source::Query { sent: now },
+                    source: Source::Query {
+                        sent: now,
+                        in_batch,
+                        copy_ends,
+                    },
                 });
                 if effects.reset_all || effects.discard_all {
                     // The tenant (and what else the sidecar owns) is back before anything else.
@@ -556,6 +562,9 @@ impl Relay {
                         c.inc();
                     }
                 }
+            }
+            MessageRole::Sync if att.in_simple_copy_in() => {
+                // The server is in a simple Query's COPY FROM STDIN: it ignores this Sync.
             }
             MessageRole::Sync => {
                 let batch = att
@@ -721,7 +730,12 @@ impl Relay {
     async fn release(&mut self) {
         if let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) {
             self.info.key.detach().await;
-            att.server.release();
+            if att.uncertain {
+                // Dropping a checkout closes its connection.
+                tracing::debug!("closing a server connection whose replies are uncertain");
+            } else {
+                att.server.release();
+            }
         }
     }
 

@@ -126,11 +126,21 @@ impl Relay {
                             })
                         })?;
                     att.status = status;
-                    att.readies += 1;
+                    if att.expect.is_empty() {
+                        // One the sidecar could not foresee (a Sync Postgres answered after a
+                        // COPY it ended with an error): the client gets it, as from Postgres.
+                        tracing::debug!("ReadyForQuery with nothing expected");
+                    } else {
+                        att.readies += 1;
+                    }
                     let readies = att.readies;
                     // Anything still pending for a finished batch was skipped by the server.
                     att.pending.retain(|p| p.after() >= readies);
                     if let Some(done) = att.expect.pop_front() {
+                        if let Source::Query { .. } = done.source {
+                            // Whatever COPY the Query ran is over.
+                            att.simple_copy_in = None;
+                        }
                         reply = done.reply();
                         if let Some(sent) = done.sent() {
                             metrics.query_duration.observe(sent.elapsed().as_secs_f64());
@@ -138,6 +148,8 @@ impl Relay {
                         if done.statements() > 0 && status == TransactionStatus::Idle {
                             metrics.transactions.inc();
                         }
+                    } else {
+                        reply = Reply::Forward;
                     }
                 }
                 PARAMETER_STATUS_TAG => {
@@ -189,6 +201,11 @@ impl Relay {
                 }
                 ERROR_RESPONSE_TAG => {
                     metrics.error("server_error");
+                    if att.simple_copy_in.is_some() {
+                        // The COPY failed: Syncs the client sent during it are answered if
+                        // the server read them after the error, ignored if before.
+                        att.uncertain = true;
+                    }
                     let fields = ErrorFields::parse(body);
                     if reply == Reply::Swallow {
                         tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
@@ -226,6 +243,10 @@ impl Relay {
             }
             if failed {
                 resync::injected_failed(att);
+            }
+            if header.tag == READY_FOR_QUERY_TAG {
+                // Syncs the server ignored during COPY get no ReadyForQuery.
+                while att.skip_unanswered(false) {}
             }
             if let Some(message) = notification {
                 client.write_through(&message).await?;
@@ -273,22 +294,30 @@ fn match_pending(
     statements: &mut ClientStatements,
     tag: u8,
 ) -> Option<Reply> {
-    let readies = att.readies;
     let Some(Pending::Reply { awaited, reply, .. }) = att.current_pending() else {
         return None;
     };
     let reply = *reply;
     if tag == ERROR_RESPONSE_TAG {
-        while att.pending.front().is_some_and(|p| p.after() == readies) {
-            if let Some(Pending::Reply {
-                parse_of: Some((client_name, proxy)),
-                ..
-            }) = att.pending.pop_front()
-            {
-                att.server.conn_mut().prepared.remove(&proxy);
-                if !client_name.is_empty() {
-                    statements.forget(&client_name);
+        loop {
+            let readies = att.readies;
+            while att.pending.front().is_some_and(|p| p.after() == readies) {
+                if let Some(Pending::Reply {
+                    parse_of: Some((client_name, proxy)),
+                    ..
+                }) = att.pending.pop_front()
+                {
+                    att.server.conn_mut().prepared.remove(&proxy);
+                    if !client_name.is_empty() {
+                        statements.forget(&client_name);
+                    }
                 }
+            }
+            // A Query or FunctionCall the client sent before the batch's Sync is discarded
+            // too: no ReadyForQuery comes for it, and the batch's messages after it are
+            // skipped as well.
+            if !att.skip_unanswered(true) {
+                break;
             }
         }
         // Errors always reach the client.
