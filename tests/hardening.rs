@@ -307,3 +307,58 @@ async fn a_slow_reader_never_makes_the_sidecar_buffer_the_result() {
     assert_eq!(rows, 300);
     assert!(total > 300_000_000);
 }
+
+/// Sends SIGCONT to a process on drop (a frozen backend is never left behind).
+struct Frozen(i32);
+
+impl Frozen {
+    fn freeze(pid: i32) -> Frozen {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_given_up_after_the_timeout_and_its_grace() {
+    let name = fresh_user("frozen");
+    let toml = base_toml(&name, "size = 1")
+        .replace("drain_timeout", "query_timeout = \"300ms\"\ndrain_timeout");
+    let sidecar = start(&toml).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let frozen = Frozen::freeze(pid);
+    // The cancel reaches a stopped process; the sidecar answers anyway and drops that
+    // connection.
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    // The client carries on, on a new server connection, while the old one is still frozen.
+    let other: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(other, pid);
+    drop(frozen);
+    let abandoned = scrape(
+        sidecar.metrics_addr,
+        "pgsidecar_errors_total{kind=\"query_abandoned\"}",
+    )
+    .await;
+    assert_eq!(abandoned, Some(1.0));
+}

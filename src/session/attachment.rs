@@ -7,7 +7,7 @@
 //! swallow and synthesize messages. No I/O here.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -24,12 +24,19 @@ pub(super) enum Timer {
     IdleInTransaction(Instant),
     /// The front statement ran too long: cancel it upstream (57014).
     QueryTimeout(Instant),
+    /// The cancel was sent and the server has said nothing since, for longer than the grace
+    /// period (a frozen server): end the client's requests with 57014 and close the connection.
+    Abandon(Instant),
 }
+
+/// How long a server may stay silent after a query-timeout cancel before the sidecar gives up
+/// on it.
+pub(super) const ABANDON_GRACE: Duration = Duration::from_secs(5);
 
 /// Waits for the timer, or forever when there is none.
 pub(super) async fn sleep_until_some(timer: Option<Timer>) {
     match timer {
-        Some(Timer::IdleInTransaction(at) | Timer::QueryTimeout(at)) => {
+        Some(Timer::IdleInTransaction(at) | Timer::QueryTimeout(at) | Timer::Abandon(at)) => {
             tokio::time::sleep_until(at.into()).await
         }
         None => std::future::pending().await,
@@ -133,6 +140,8 @@ pub(super) struct Attachment {
     pub(super) copy_ends: u64,
     /// When the client last sent something or the last reply completed.
     pub(super) last_activity: Instant,
+    /// When the server last sent something.
+    pub(super) last_server_bytes: Instant,
     /// Bytes of a large client CopyData still to stream through unbuffered.
     pub(super) client_stream: usize,
     /// Replies to individual extended-protocol messages, in order (see [`Pending`]).
@@ -234,8 +243,8 @@ pub(super) struct ExpectQueue {
     entries: VecDeque<Expect>,
     /// When the front entry became the one the server works on.
     front_since: Instant,
-    /// A cancel was already sent for the front entry (query timeout).
-    pub(super) front_cancelled: bool,
+    /// When a cancel was sent for the front entry (query timeout).
+    pub(super) front_cancelled: Option<Instant>,
 }
 
 impl ExpectQueue {
@@ -243,7 +252,7 @@ impl ExpectQueue {
         ExpectQueue {
             entries: VecDeque::new(),
             front_since: now,
-            front_cancelled: false,
+            front_cancelled: None,
         }
     }
 
@@ -288,7 +297,7 @@ impl ExpectQueue {
     /// The ReadyForQuery at the front arrived: the next entry is now the server's work.
     pub(super) fn pop_front(&mut self) -> Option<Expect> {
         self.front_since = Instant::now();
-        self.front_cancelled = false;
+        self.front_cancelled = None;
         self.entries.pop_front()
     }
 
@@ -323,6 +332,7 @@ impl Attachment {
             passthrough: None,
             copy_ends: 0,
             last_activity: now,
+            last_server_bytes: now,
             client_stream: 0,
             pending: VecDeque::new(),
             requests: 0,
@@ -345,10 +355,13 @@ impl Attachment {
     /// The deadline the relay must act on next, if a limit applies now.
     pub(super) fn next_timer(&self, limits: &ClientLimits) -> Option<Timer> {
         if let Some(started) = self.expect.front_started() {
-            if limits.query_timeout.is_zero() || self.expect.front_cancelled {
+            if limits.query_timeout.is_zero() {
                 return None;
             }
-            return Some(Timer::QueryTimeout(started + limits.query_timeout));
+            return Some(match self.expect.front_cancelled {
+                Some(at) => Timer::Abandon(at.max(self.last_server_bytes) + ABANDON_GRACE),
+                None => Timer::QueryTimeout(started + limits.query_timeout),
+            });
         }
         let idle_in_transaction = self.expect.is_empty()
             && self.batch.is_none()

@@ -41,8 +41,9 @@ pub struct Refused {
 pub enum HandshakeError {
     #[error(transparent)]
     Startup(#[from] StartupError),
-    #[error("client sent data after SSLRequest before the server answered")]
-    BufferedAfterSslRequest,
+    /// `SSLRequest` or `GSSENCRequest`.
+    #[error("client sent data after {0} before the server answered")]
+    BufferedAfterNegotiation(&'static str),
     #[error("too many SSL/GSS negotiation requests")]
     TooManyNegotiations,
     #[error("this server requires TLS: connect with sslmode=require or stronger")]
@@ -60,7 +61,7 @@ impl HandshakeError {
     pub fn kind(&self) -> &'static str {
         match self {
             HandshakeError::Startup(e) => e.kind(),
-            HandshakeError::BufferedAfterSslRequest | HandshakeError::TooManyNegotiations => {
+            HandshakeError::BufferedAfterNegotiation(_) | HandshakeError::TooManyNegotiations => {
                 "startup_protocol"
             }
             HandshakeError::TlsRequired => "tls_required",
@@ -127,7 +128,14 @@ pub async fn handshake(tcp: TcpStream, tls: ClientTls<'_>) -> Result<Accepted, R
                 if !buf.is_empty() {
                     // Bytes sent before the answer would be read as if they were encrypted
                     // (CVE-2021-23214); refuse them.
-                    return Err(refuse(stream, HandshakeError::BufferedAfterSslRequest));
+                    let request = match packet {
+                        FirstPacket::SslRequest => "SSLRequest",
+                        _ => "GSSENCRequest",
+                    };
+                    return Err(refuse(
+                        stream,
+                        HandshakeError::BufferedAfterNegotiation(request),
+                    ));
                 }
                 let wants_tls = matches!(packet, FirstPacket::SslRequest);
                 stream = match (stream, tls.acceptor) {
@@ -194,7 +202,7 @@ async fn fill<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::startup::{PROTOCOL_3_0, SSL_REQUEST_CODE};
+    use crate::protocol::startup::{GSSENC_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE};
 
     /// A connected loopback pair: (client side, server side).
     async fn pair() -> (TcpStream, TcpStream) {
@@ -240,20 +248,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bytes_after_ssl_request_are_refused() {
-        let (mut client, server) = pair().await;
-        let mut packet = ssl_request();
-        packet.extend_from_slice(b"Qgarbage");
-        client.write_all(&packet).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let Err(refused) = handshake(server, NO_TLS).await else {
-            panic!("accepted")
-        };
-        assert!(matches!(
-            refused.error,
-            HandshakeError::BufferedAfterSslRequest
-        ));
-        assert!(refused.stream.is_some(), "the client can still be told why");
+    async fn bytes_after_ssl_or_gssenc_request_are_refused_naming_the_request() {
+        for (code, request) in [
+            (SSL_REQUEST_CODE, "SSLRequest"),
+            (GSSENC_REQUEST_CODE, "GSSENCRequest"),
+        ] {
+            let (mut client, server) = pair().await;
+            let mut packet = 8i32.to_be_bytes().to_vec();
+            packet.extend_from_slice(&code.to_be_bytes());
+            packet.extend_from_slice(b"Qgarbage");
+            // One write: the request and the bytes after it arrive together.
+            client.write_all(&packet).await.unwrap();
+            let Err(refused) = handshake(server, NO_TLS).await else {
+                panic!("accepted")
+            };
+            assert!(
+                matches!(refused.error, HandshakeError::BufferedAfterNegotiation(r) if r == request),
+                "{}",
+                refused.error
+            );
+            assert!(refused.stream.is_some(), "the client can still be told why");
+        }
     }
 
     #[tokio::test]

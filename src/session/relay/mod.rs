@@ -265,6 +265,7 @@ impl Relay {
                         event = att.server.conn_mut().exchange(&mut att.wbuf) => {
                             match event {
                                 Ok(Exchange::Read) => {
+                                    att.last_server_bytes = Instant::now();
                                     if let Some(end) = self.on_server_bytes().await? {
                                         return Ok(end);
                                     }
@@ -289,10 +290,11 @@ impl Relay {
                             match timer {
                                 Some(Timer::IdleInTransaction(_)) => return Err(RelayError::IdleInTransaction),
                                 Some(Timer::QueryTimeout(_)) => {
-                                    att.expect.front_cancelled = true;
+                                    att.expect.front_cancelled = Some(Instant::now());
                                     self.app.metrics.error("query_timeout");
                                     self.info.key.cancel_in_background();
                                 }
+                                Some(Timer::Abandon(_)) => self.abandon().await?,
                                 None => {}
                             }
                         }

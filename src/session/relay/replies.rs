@@ -285,6 +285,43 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// The server stayed silent past the query-timeout cancel and its grace period (frozen):
+    /// every request the client waits for ends with 57014, and the server connection is
+    /// closed, never reused. Inside a message already half forwarded the client cannot be told
+    /// cleanly: the session ends as when the upstream is lost.
+    pub(super) async fn abandon(&mut self) -> Result<(), RelayError> {
+        let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) else {
+            return Ok(());
+        };
+        self.app.metrics.error("query_abandoned");
+        tracing::warn!(
+            "the server did not answer after a query-timeout cancel; closing its connection"
+        );
+        self.info.key.detach().await;
+        if att.passthrough.is_some() {
+            return Err(RelayError::Server(crate::pool::ServerError::Closed));
+        }
+        let cancelled = ErrorReport::error(
+            SqlState::QUERY_CANCELED,
+            "canceling statement due to statement timeout: the server did not answer",
+        );
+        for _ in 0..att.expect.clients() {
+            cancelled.write(&mut self.client.wbuf);
+            backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
+        }
+        if att.batch.is_some() {
+            // An extended batch the client has not ended yet: the rest up to its Sync is
+            // dropped, and the Sync answered.
+            cancelled.write(&mut self.client.wbuf);
+            self.phase = Phase::SkipToSync;
+        }
+        // Dropping the attachment closes the server connection.
+        drop(att);
+        self.write_client().await
+    }
+}
+
 /// Matches a server message to the pending reply it answers, if the server is working on an
 /// extended message now; returns what to do with the message. An ErrorResponse ends the batch:
 /// the server skips the rest, so the rest's pending replies go, and statements whose Parse
