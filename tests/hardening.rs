@@ -362,3 +362,31 @@ async fn a_frozen_server_is_given_up_after_the_timeout_and_its_grace() {
     .await;
     assert_eq!(abandoned, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_never_goes_back_with_a_client_message_half_sent() {
+    let name = fresh_user("copyhdr");
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    // COPY … TO STDOUT, then a CopyData whose length field says 5 MB and a few bytes of it
+    // (found by the stress harness), then the client goes away.
+    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(
+        "COPY (SELECT generate_series(1, 50)) TO STDOUT",
+        &mut bytes,
+    )
+    .unwrap();
+    bytes.extend_from_slice(b"d\x00S\x00\x00\x00\x04");
+    raw.write_all(&bytes).await.unwrap();
+    // The COPY's rows arrive while the CopyData is still half sent: the server connection must
+    // not go back to the pool then, or the next client's query becomes CopyData.
+    let replies = read_until_ready(&mut raw, 1).await;
+    assert!(tags(&replies).ends_with("CZ"), "{}", tags(&replies));
+    drop(raw);
+    let answered =
+        tokio::time::timeout(Duration::from_secs(30), other.simple_query("SELECT 1")).await;
+    answered.expect("the next query is answered").unwrap();
+}

@@ -471,9 +471,11 @@ impl Attachment {
         }
     }
 
-    /// Nothing in flight, not in a transaction: the connection can go back to the pool.
+    /// Nothing in flight, not in a transaction, no client message half forwarded: the
+    /// connection can go back to the pool.
     pub(super) fn is_quiet(&self) -> bool {
-        self.expect.is_empty()
+        self.client_stream == 0
+            && self.expect.is_empty()
             && self.pending.is_empty()
             && self.batch.is_none()
             && self.passthrough.is_none()

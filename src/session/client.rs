@@ -76,6 +76,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         Ok(n)
     }
 
+    /// Reads ahead (up to `limit` bytes buffered) until the client closes its socket or fails,
+    /// and returns why; used while the client waits for something else, so a client that left
+    /// stops waiting. Past `limit` it only waits.
+    pub async fn gone(&mut self, limit: usize) -> ClientIoError {
+        while self.rbuf.len() < limit {
+            if let Err(e) = self.fill().await {
+                return e;
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Writes everything gathered in `wbuf`.
     pub async fn flush(&mut self) -> Result<usize, ClientIoError> {
         let n = self.wbuf.len();

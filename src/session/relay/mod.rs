@@ -49,6 +49,7 @@ use crate::sql::cache::Classified;
 use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
+mod checkout;
 mod replies;
 mod routing;
 mod tenancy;
@@ -615,93 +616,6 @@ impl Relay {
         }
         let routing = Routing::of(&classified.classification, classified.scan.hint.as_ref());
         (effects, routing)
-    }
-
-    /// Checks out a server connection and queues what makes it carry this client's settings.
-    async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
-        let (pool, on_replica) = self.pool_for_next()?;
-        let cancelled = self.info.key.waiting();
-        // A tenant at its cap waits here, behind nobody else's requests.
-        let tenant_permit = match (&self.app.tenant_limits, &self.info.tenant) {
-            (Some(limits), Some(tenant)) => {
-                let timeout = self.app.config.pool.checkout_timeout;
-                tokio::select! {
-                    permit = limits.acquire(&self.info.pool.database, tenant, timeout) => match permit {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            self.app.metrics.error("tenant_at_cap");
-                            return Err(ErrorReport::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string()));
-                        }
-                    },
-                    _ = cancelled.notified() => {
-                        self.app.metrics.error("cancelled_waiting");
-                        return Err(ErrorReport::error(
-                            SqlState::QUERY_CANCELED,
-                            "canceling statement due to user request",
-                        ));
-                    }
-                }
-            }
-            _ => None,
-        };
-        let checkout = tokio::select! {
-            checkout = pool.checkout_for(&self.info.state.settings, self.info.tenant.as_deref()) => checkout,
-            _ = cancelled.notified() => {
-                self.app.metrics.error("cancelled_waiting");
-                return Err(ErrorReport::error(
-                    SqlState::QUERY_CANCELED,
-                    "canceling statement due to user request",
-                ));
-            }
-        };
-        let mut server = match checkout {
-            Ok(s) => s,
-            Err(e) => {
-                self.app.metrics.error(e.kind());
-                tracing::debug!(error = %e, "checkout failed");
-                return Err(checkout_report(&e, Severity::Error));
-            }
-        };
-        let conn = server.conn_mut();
-        self.info.key.running(CancelTarget {
-            host: conn.host.clone(),
-            port: conn.port,
-            key: conn.key,
-        });
-        let mut att = Attachment::new(server);
-        att.on_replica = on_replica;
-        att.tenant_permit = tenant_permit;
-        self.tenant_on_checkout(&mut att);
-        let token = tenancy::due_token(&self.app, self.info.grant.as_ref(), &mut att);
-        let conn = att.server.conn_mut();
-        // Connections in unknown state never reach the pool: this is a diff of known settings.
-        let wanted = &self.info.state.settings;
-        match (token, conn.applied.sets_to(wanted)) {
-            // The token and the settings in one statement (set_config, values as parameters).
-            (Some(token), Some(mut sets)) => {
-                if !sets.is_empty() {
-                    self.app.metrics.settings_applied.inc();
-                }
-                conn.applied = AppliedSettings::Known(wanted.clone());
-                sets.push((crate::token::TOKEN_SETTING, &token));
-                tenancy::push_set_config(&mut att, &sets, Source::Apply);
-            }
-            (token, _) => {
-                if let Some(sql) = conn.applied.sql_to(wanted) {
-                    self.app.metrics.settings_applied.inc();
-                    conn.applied = AppliedSettings::Known(wanted.clone());
-                    frontend::append_query(&mut att.wbuf, &sql);
-                    att.push_expect(Expect {
-                        source: Source::Apply,
-                    });
-                }
-                if let Some(token) = token {
-                    let sets = [(crate::token::TOKEN_SETTING, token.as_str())];
-                    tenancy::push_set_config(&mut att, &sets, Source::Sidecar);
-                }
-            }
-        }
-        Ok(att)
     }
 
     /// The client now listens on `channels`: (un)subscribes it on the database's LISTEN

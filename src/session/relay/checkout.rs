@@ -1,0 +1,114 @@
+//! Checkout for one client: waiting for a server connection (behind the tenant's cap, bounded
+//! by `checkout_timeout`, ended by a cancel or by the client leaving), then preparing it —
+//! DISCARD ALL when it last served another tenant, the signed tenant token and the client's
+//! settings, pipelined before the client's statement.
+
+use super::*;
+
+/// While a client waits for a server connection, this much of what it sends next is read
+/// ahead (so a client that leaves is noticed); past it the client is not read.
+const WAITING_READ_AHEAD: usize = 1024 * 1024;
+
+impl Relay {
+    /// Checks out a server connection and queues what makes it carry this client's settings.
+    pub(super) async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
+        let (pool, on_replica) = self.pool_for_next()?;
+        let cancelled = self.info.key.waiting();
+        // A client that leaves while it waits leaves the queue too.
+        let (tenant_permit, checkout) = {
+            let gone = self.client.gone(WAITING_READ_AHEAD);
+            tokio::pin!(gone);
+            let left = |app: &App| {
+                app.metrics.error("client_gone_waiting");
+                ErrorReport::error(
+                    SqlState::QUERY_CANCELED,
+                    "canceling statement: the client went away while it waited for a connection",
+                )
+            };
+            // A tenant at its cap waits here, behind nobody else's requests.
+            let tenant_permit = match (&self.app.tenant_limits, &self.info.tenant) {
+                (Some(limits), Some(tenant)) => {
+                    let timeout = self.app.config.pool.checkout_timeout;
+                    tokio::select! {
+                        permit = limits.acquire(&self.info.pool.database, tenant, timeout) => match permit {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                self.app.metrics.error("tenant_at_cap");
+                                return Err(ErrorReport::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string()));
+                            }
+                        },
+                        _ = cancelled.notified() => {
+                            self.app.metrics.error("cancelled_waiting");
+                            return Err(ErrorReport::error(
+                                SqlState::QUERY_CANCELED,
+                                "canceling statement due to user request",
+                            ));
+                        }
+                        _ = &mut gone => return Err(left(&self.app)),
+                    }
+                }
+                _ => None,
+            };
+            let checkout = tokio::select! {
+                checkout = pool.checkout_for(&self.info.state.settings, self.info.tenant.as_deref()) => checkout,
+                _ = cancelled.notified() => {
+                    self.app.metrics.error("cancelled_waiting");
+                    return Err(ErrorReport::error(
+                        SqlState::QUERY_CANCELED,
+                        "canceling statement due to user request",
+                    ));
+                }
+                _ = &mut gone => return Err(left(&self.app)),
+            };
+            (tenant_permit, checkout)
+        };
+        let mut server = match checkout {
+            Ok(s) => s,
+            Err(e) => {
+                self.app.metrics.error(e.kind());
+                tracing::debug!(error = %e, "checkout failed");
+                return Err(checkout_report(&e, Severity::Error));
+            }
+        };
+        let conn = server.conn_mut();
+        self.info.key.running(CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
+            key: conn.key,
+        });
+        let mut att = Attachment::new(server);
+        att.on_replica = on_replica;
+        att.tenant_permit = tenant_permit;
+        self.tenant_on_checkout(&mut att);
+        let token = tenancy::due_token(&self.app, self.info.grant.as_ref(), &mut att);
+        let conn = att.server.conn_mut();
+        // Connections in unknown state never reach the pool: this is a diff of known settings.
+        let wanted = &self.info.state.settings;
+        match (token, conn.applied.sets_to(wanted)) {
+            // The token and the settings in one statement (set_config, values as parameters).
+            (Some(token), Some(mut sets)) => {
+                if !sets.is_empty() {
+                    self.app.metrics.settings_applied.inc();
+                }
+                conn.applied = AppliedSettings::Known(wanted.clone());
+                sets.push((crate::token::TOKEN_SETTING, &token));
+                tenancy::push_set_config(&mut att, &sets, Source::Apply);
+            }
+            (token, _) => {
+                if let Some(sql) = conn.applied.sql_to(wanted) {
+                    self.app.metrics.settings_applied.inc();
+                    conn.applied = AppliedSettings::Known(wanted.clone());
+                    frontend::append_query(&mut att.wbuf, &sql);
+                    att.push_expect(Expect {
+                        source: Source::Apply,
+                    });
+                }
+                if let Some(token) = token {
+                    let sets = [(crate::token::TOKEN_SETTING, token.as_str())];
+                    tenancy::push_set_config(&mut att, &sets, Source::Sidecar);
+                }
+            }
+        }
+        Ok(att)
+    }
+}
