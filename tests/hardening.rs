@@ -390,3 +390,28 @@ async fn a_server_connection_never_goes_back_with_a_client_message_half_sent() {
         tokio::time::timeout(Duration::from_secs(30), other.simple_query("SELECT 1")).await;
     answered.expect("the next query is answered").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_with_a_body_does_not_hold_the_pool() {
+    let name = fresh_user("flushbody");
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    // Found by the stress harness: a Flush whose length says 5 takes the next message's tag
+    // as its body.
+    let mut bytes = bytes::BytesMut::from(&b"H\x00\x00\x00\x05"[..]);
+    postgres_protocol::message::frontend::query(
+        "COPY (SELECT generate_series(1, 50)) TO STDOUT",
+        &mut bytes,
+    )
+    .unwrap();
+    bytes.extend_from_slice(b"E\x00\x00\x00\t\x00\x00\x00\x00\x00");
+    raw.write_all(&bytes).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_more()).await;
+    drop(raw);
+    let answered =
+        tokio::time::timeout(Duration::from_secs(30), other.simple_query("SELECT 1")).await;
+    answered.expect("the next query is answered").unwrap();
+}

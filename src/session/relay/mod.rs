@@ -72,6 +72,8 @@ pub enum RelayError {
     Server(#[from] ServerError),
     #[error("invalid frontend message type {0}")]
     UnknownMessage(u8),
+    #[error("invalid message format: message type {} has a body", char::from(*.0))]
+    MalformedMessage(u8),
     #[error("server sent a message the sidecar cannot frame: {0}")]
     ServerFrame(FrameError),
     #[error("terminating connection due to administrator command")]
@@ -87,7 +89,7 @@ impl RelayError {
             RelayError::Client(ClientIoError::Frame(e)) => e.kind(),
             RelayError::Client(_) => "client_io",
             RelayError::Server(e) => e.kind(),
-            RelayError::UnknownMessage(_) => "protocol_violation",
+            RelayError::UnknownMessage(_) | RelayError::MalformedMessage(_) => "protocol_violation",
             RelayError::ServerFrame(_) => "upstream_protocol",
             RelayError::Shutdown => "shutdown",
             RelayError::IdleInTransaction => "idle_in_transaction_timeout",
@@ -102,10 +104,9 @@ impl RelayError {
                 e.to_string(),
             )),
             RelayError::Client(_) => None,
-            RelayError::UnknownMessage(_) => Some(ErrorReport::fatal(
-                SqlState::PROTOCOL_VIOLATION,
-                self.to_string(),
-            )),
+            RelayError::UnknownMessage(_) | RelayError::MalformedMessage(_) => Some(
+                ErrorReport::fatal(SqlState::PROTOCOL_VIOLATION, self.to_string()),
+            ),
             RelayError::Server(_) | RelayError::ServerFrame(_) => Some(ErrorReport::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "the connection to the upstream server was lost",
@@ -380,6 +381,11 @@ impl Relay {
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
         let role = frontend::role(frame.tag());
+        if frontend::has_no_body(frame.tag()) && !frame.body().is_empty() {
+            // Postgres would take it as a protocol violation and skip to the next Sync; the
+            // sidecar never forwards a malformed message.
+            return Err(RelayError::MalformedMessage(frame.tag()));
+        }
         match role {
             MessageRole::Terminate => return Ok(Some(End::ClientLeft)),
             MessageRole::Unknown => return Err(RelayError::UnknownMessage(frame.tag())),

@@ -113,6 +113,7 @@ impl Relay {
             let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
             let mut reply = reply;
             let mut failed = false;
+            let mut unsolicited = false;
             let mut notification = None;
             match header.tag {
                 READY_FOR_QUERY_TAG => {
@@ -207,6 +208,9 @@ impl Relay {
                         att.uncertain = true;
                     }
                     let fields = ErrorFields::parse(body);
+                    unsolicited = att.expect.is_empty()
+                        && att.pending.is_empty()
+                        && fields.severity != "FATAL";
                     if reply == Reply::Swallow {
                         tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
                         failed = true;
@@ -243,6 +247,16 @@ impl Relay {
             }
             if failed {
                 resync::injected_failed(att);
+            }
+            if unsolicited {
+                // An error nothing asked for (a message without a reply was refused): the
+                // server may now skip everything up to a Sync, so one is sent (its
+                // ReadyForQuery swallowed) before the connection serves anything else.
+                att.wbuf
+                    .extend_from_slice(&[frontend::SYNC_TAG, 0, 0, 0, 4]);
+                att.push_expect(Expect {
+                    source: Source::Sidecar,
+                });
             }
             if header.tag == READY_FOR_QUERY_TAG {
                 // Syncs the server ignored during COPY get no ReadyForQuery.
