@@ -415,3 +415,30 @@ async fn a_flush_with_a_body_does_not_hold_the_pool() {
         tokio::time::timeout(Duration::from_secs(30), other.simple_query("SELECT 1")).await;
     answered.expect("the next query is answered").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_batch_gets_its_connection_cleaned_not_closed() {
+    let name = fresh_user("leavebatch");
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    // A failed Parse, a Query the server discards with the batch, then garbage: the session
+    // ends, and cleaning the connection must not wait for replies that never come.
+    for garbage in [
+        &b"\x13\x00\x00\x00\x04"[..],
+        &b"B\x00\x00\x00\x0c\x00\x00\x00\x00\x00\x00\x00\x00"[..],
+    ] {
+        let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+            .await
+            .unwrap();
+        let mut bytes = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::parse("", "SELEC 1", [], &mut bytes).unwrap();
+        postgres_protocol::message::frontend::query("SELECT 1", &mut bytes).unwrap();
+        bytes.extend_from_slice(garbage);
+        raw.write_all(&bytes).await.unwrap();
+        drop(raw);
+        other.simple_query("SELECT 1").await.unwrap();
+    }
+    // The connection was cleaned and reused, never closed and replaced.
+    let connects = scrape(sidecar.metrics_addr, "pgsidecar_server_connects_total").await;
+    assert_eq!(connects, Some(1.0));
+}

@@ -268,10 +268,6 @@ impl ExpectQueue {
         self.entries.is_empty()
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub(super) fn clear(&mut self) {
         self.entries.clear();
     }

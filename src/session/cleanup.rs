@@ -10,13 +10,15 @@ use super::attachment::Attachment;
 use super::relay::RelayError;
 use crate::config::PoolMode;
 use crate::pool::server::AppliedSettings;
-use crate::protocol::backend::{TransactionStatus, READY_FOR_QUERY_TAG};
+use crate::protocol::backend::{TransactionStatus, DATA_ROW_TAG, READY_FOR_QUERY_TAG};
 use crate::protocol::frame::{peek_header, HEADER_LEN};
 use crate::protocol::frontend::{self, append_query};
 
 /// Up to this many filler bytes are sent to finish a CopyData the client abandoned; past that
 /// the server connection is closed instead.
 const MAX_PADDING: usize = 16 * 1024 * 1024;
+/// DataRows longer than this cannot be the cleanup's marker row.
+const MAX_MARKER_ROW: usize = 256;
 /// How long cleaning a server connection after its client vanished may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,6 +57,16 @@ pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
     }
 }
 
+/// A value no client can have predicted, to recognise the end of the cleanup's replies.
+fn marker() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // The system RNG does not fail on Linux; if it did, the marker would only be predictable.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("pgsidecar-cleanup-{hex}")
+}
+
 async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
     if att.client_stream > MAX_PADDING {
         return Err(RelayError::Server(crate::pool::ServerError::Protocol(
@@ -65,9 +77,11 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
     // CopyFail below is read as a message, not as row data.
     att.wbuf.resize(att.wbuf.len() + att.client_stream, 0);
     att.client_stream = 0;
-    let mut expected = att.expect.len() + 2;
-    // CopyFail ends a COPY FROM STDIN (and is ignored otherwise); Sync ends an open batch;
-    // ROLLBACK ends a transaction. Each Sync and Query yields one ReadyForQuery.
+    // CopyFail ends a COPY FROM STDIN (and is ignored otherwise); Sync ends an open batch (and
+    // a skip to Sync after an error); ROLLBACK ends a transaction. Then a query whose answer
+    // carries a random marker: everything before it is the departed client's, however many
+    // replies the server chose to send, and the connection is clean once the marker's
+    // ReadyForQuery arrives.
     att.wbuf.put_u8(frontend::COPY_FAIL_TAG);
     let reason = b"client disconnected\0";
     att.wbuf.put_i32(4 + reason.len() as i32);
@@ -76,14 +90,16 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
     append_query(&mut att.wbuf, "ROLLBACK");
     if discard {
         append_query(&mut att.wbuf, "DISCARD ALL");
-        expected += 1;
     }
+    let marker = marker();
+    append_query(&mut att.wbuf, &format!("SELECT '{marker}'"));
     if !att.wbuf.is_empty() {
         att.server.conn_mut().write_all(&att.wbuf).await?;
         att.wbuf.clear();
     }
     let mut skip = att.passthrough.take().map_or(0, |p| p.remaining);
     let conn = att.server.conn_mut();
+    let mut marker_seen = false;
     loop {
         if skip > 0 {
             let n = skip.min(conn.rbuf.len());
@@ -94,23 +110,27 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
                 continue;
             }
         }
-        if expected == 0 {
-            break;
-        }
         let Some(header) = peek_header(&conn.rbuf).map_err(RelayError::ServerFrame)? else {
             conn.read_more().await?;
             continue;
         };
-        tracing::debug!(tag = %char::from(header.tag), expected, "cleanup reply");
-        if header.tag == READY_FOR_QUERY_TAG {
-            if conn.rbuf.len() < header.frame_len {
-                conn.read_more().await?;
-                continue;
-            }
+        let inspected = matches!(header.tag, READY_FOR_QUERY_TAG | DATA_ROW_TAG)
+            && header.frame_len <= MAX_MARKER_ROW;
+        if inspected && conn.rbuf.len() < header.frame_len {
+            conn.read_more().await?;
+            continue;
+        }
+        tracing::debug!(tag = %char::from(header.tag), marker_seen, "cleanup reply");
+        if inspected && header.tag == DATA_ROW_TAG {
+            let body = &conn.rbuf[HEADER_LEN..header.frame_len];
+            marker_seen |= body.windows(marker.len()).any(|w| w == marker.as_bytes());
+        }
+        if inspected && header.tag == READY_FOR_QUERY_TAG && marker_seen {
             if let Some(s) = TransactionStatus::from_byte(conn.rbuf[HEADER_LEN]) {
                 att.status = s;
             }
-            expected -= 1;
+            conn.consume(header.frame_len);
+            break;
         }
         skip = header.frame_len;
     }
