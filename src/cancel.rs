@@ -55,6 +55,10 @@ impl Slot {
 
 type Registry = Arc<Mutex<HashMap<i32, Arc<Slot>>>>;
 
+/// Issued process IDs start above Linux's largest possible `pid_max` (2^22), so one can never
+/// name a real backend: `pg_terminate_backend` of an issued PID touches nothing.
+pub const FIRST_ISSUED_PID: i32 = (1 << 22) + 1;
+
 /// Issues keys and answers CancelRequests.
 pub struct CancelRegistry {
     keys: Registry,
@@ -65,7 +69,7 @@ impl Default for CancelRegistry {
     fn default() -> CancelRegistry {
         CancelRegistry {
             keys: Arc::new(Mutex::new(HashMap::new())),
-            next_process_id: AtomicI32::new(1),
+            next_process_id: AtomicI32::new(0),
         }
     }
 }
@@ -78,8 +82,9 @@ impl CancelRegistry {
         let _ = rng.fill(&mut secret);
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let process_id = loop {
-            let id = self.next_process_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
-            if id != 0 && !keys.contains_key(&id) {
+            let n = self.next_process_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+            let id = FIRST_ISSUED_PID + n % (i32::MAX - FIRST_ISSUED_PID);
+            if !keys.contains_key(&id) {
                 break id;
             }
         };
@@ -202,5 +207,26 @@ impl Drop for IssuedKey {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.process_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_pids_can_never_be_real_ones_and_stay_within_int32() {
+        let registry = CancelRegistry::default();
+        let rng = SystemRandom::new();
+        let a = registry.issue(&rng);
+        let b = registry.issue(&rng);
+        assert_eq!(a.process_id(), FIRST_ISSUED_PID);
+        assert_eq!(b.process_id(), FIRST_ISSUED_PID + 1);
+        // The counter wraps around i32 and the PIDs stay in range.
+        registry.next_process_id.store(i32::MAX, Ordering::Relaxed);
+        for _ in 0..3 {
+            let key = registry.issue(&rng);
+            assert!(key.process_id() >= FIRST_ISSUED_PID, "{}", key.process_id());
+        }
     }
 }
