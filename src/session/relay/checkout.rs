@@ -18,6 +18,13 @@ impl Relay {
         let (tenant_permit, checkout) = {
             let gone = self.client.gone(WAITING_READ_AHEAD);
             tokio::pin!(gone);
+            let user_cancel = |app: &App| {
+                app.metrics.error("cancelled_waiting");
+                ErrorReport::error(
+                    SqlState::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                )
+            };
             let left = |app: &App| {
                 app.metrics.error("client_gone_waiting");
                 ErrorReport::error(
@@ -37,13 +44,7 @@ impl Relay {
                                 return Err(ErrorReport::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string()));
                             }
                         },
-                        _ = cancelled.notified() => {
-                            self.app.metrics.error("cancelled_waiting");
-                            return Err(ErrorReport::error(
-                                SqlState::QUERY_CANCELED,
-                                "canceling statement due to user request",
-                            ));
-                        }
+                        _ = cancelled.notified() => return Err(user_cancel(&self.app)),
                         _ = &mut gone => return Err(left(&self.app)),
                     }
                 }
@@ -51,13 +52,7 @@ impl Relay {
             };
             let checkout = tokio::select! {
                 checkout = pool.checkout_for(&self.info.state.settings, self.info.tenant.as_deref()) => checkout,
-                _ = cancelled.notified() => {
-                    self.app.metrics.error("cancelled_waiting");
-                    return Err(ErrorReport::error(
-                        SqlState::QUERY_CANCELED,
-                        "canceling statement due to user request",
-                    ));
-                }
+                _ = cancelled.notified() => return Err(user_cancel(&self.app)),
                 _ = &mut gone => return Err(left(&self.app)),
             };
             (tenant_permit, checkout)
