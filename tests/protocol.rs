@@ -116,7 +116,30 @@ fn steps() -> Vec<(&'static str, BytesMut, usize)> {
         .write(&mut copy_sync);
     frontend::sync(&mut copy_sync);
     frontend::copy_done(&mut copy_sync);
+    // SQL DEALLOCATE of a statement prepared through the protocol (how psycopg with libpq < 17
+    // evicts), then the same name prepared again.
+    let mut prepare_named = BytesMut::new();
+    frontend::parse("_pg3_0", "SELECT 1", [], &mut prepare_named).unwrap();
+    frontend::sync(&mut prepare_named);
+    let mut prepare_again = BytesMut::new();
+    frontend::parse("_pg3_0", "SELECT 2", [], &mut prepare_again).unwrap();
+    frontend::bind(
+        "",
+        "_pg3_0",
+        [],
+        [],
+        |_: (), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut prepare_again,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut prepare_again).unwrap();
+    frontend::sync(&mut prepare_again);
     vec![
+        ("a named protocol statement", prepare_named, 1),
+        ("SQL DEALLOCATE of it", query("DEALLOCATE _pg3_0"), 1),
+        ("the same name prepared again", prepare_again, 1),
         ("query after an error in a batch", discarded, 1),
         ("function call after an error in a batch", discarded_call, 1),
         ("query inside a batch", answered, 2),

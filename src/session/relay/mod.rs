@@ -440,6 +440,9 @@ impl Relay {
             }
             return Ok(None);
         }
+        if role == MessageRole::Request && self.deallocated_protocol_statement(&effects) {
+            return Ok(None);
+        }
         if self.mode == PoolMode::Transaction && !effects.listen_changes.is_empty() {
             // The LISTEN connection listens before a LISTEN returns to the client, so nothing
             // sent after that is missed; notifications then come only from there.
@@ -646,6 +649,41 @@ impl Relay {
                 "the LISTEN connection does not listen yet; notifications may be missed"
             );
         }
+    }
+
+    /// SQL `DEALLOCATE [PREPARE] name` of a statement the client prepared through the protocol
+    /// (drivers evict their Parse'd statements so: psycopg with libpq < 17): the two share one
+    /// namespace in Postgres, but on the servers the statement has its proxy-wide name, so the
+    /// sidecar forgets it and answers as Postgres would — when nothing is in flight before it
+    /// and no failed transaction must refuse it (then it goes to the server as sent).
+    fn deallocated_protocol_statement(&mut self, effects: &Effects) -> bool {
+        let [resync::SqlOp::Deallocate(name)] = effects.sql_ops.as_slice() else {
+            return false;
+        };
+        if effects.statements != 1
+            || self.info.state.sql_prepared.contains_key(name)
+            || self.statements.get(name.as_bytes()).is_none()
+        {
+            return false;
+        }
+        let status = match &self.phase {
+            Phase::Detached if self.begin_pending.is_some() => TransactionStatus::InTransaction,
+            Phase::Detached => TransactionStatus::Idle,
+            Phase::Attached(att)
+                if att.expect.is_empty()
+                    && att.pending.is_empty()
+                    && att.batch.is_none()
+                    && att.passthrough.is_none()
+                    && att.status != TransactionStatus::Failed =>
+            {
+                att.status
+            }
+            _ => return false,
+        };
+        self.statements.forget(name.as_bytes());
+        backend::command_complete(&mut self.client.wbuf, "DEALLOCATE");
+        backend::ready_for_query(&mut self.client.wbuf, status);
+        true
     }
 
     /// Returns the server connection to the pool, once no cancel for it is in flight.
