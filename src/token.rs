@@ -136,8 +136,9 @@ impl Signer {
             )
         };
         format!(
-            "-- pgsidecar: the signed tenant, verified inside Postgres. Run as the database owner\n\
-             -- (or a superuser) with psql; running it again is harmless.\n\
+            "-- pgsidecar: the signed tenant, verified inside Postgres. Run with psql as the database\n\
+             -- owner or a superuser, never as the role pgsidecar logs in as (whoever can read the\n\
+             -- key can sign any tenant). Running it again is harmless.\n\
              BEGIN;\n\
              CREATE SCHEMA IF NOT EXISTS pgsidecar;\n\
              REVOKE ALL ON SCHEMA pgsidecar FROM PUBLIC;\n\

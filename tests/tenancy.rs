@@ -485,6 +485,19 @@ async fn check_connect_warns_about_roles_that_could_escape_rls() {
     )
     .unwrap();
     assert_eq!(audit(app.clone()).await, Vec::<String>::new());
+    // A role that can read the key could sign any tenant: named.
+    pg().psql(
+        &name,
+        &format!("GRANT SELECT ON pgsidecar.signing_keys TO {app}"),
+    )
+    .unwrap();
+    let plain = audit(app.clone()).await;
+    assert!(has(&plain, "may read pgsidecar.signing_keys"), "{plain:?}");
+    pg().psql(
+        &name,
+        &format!("REVOKE SELECT ON pgsidecar.signing_keys FROM {app}"),
+    )
+    .unwrap();
     // Installed with another key: named.
     let other = pgsidecar::token::Signer::new(&[7; 32]).unwrap();
     pg().psql(&name, &other.install_sql(None)).unwrap();

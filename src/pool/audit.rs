@@ -51,7 +51,14 @@ UNION ALL SELECT 'policy ' || pg_catalog.quote_ident(p.policyname) || ' on ' \
   FROM pg_catalog.pg_policies p \
   WHERE {setting} <> '' AND (pg_catalog.strpos(COALESCE(p.qual, '') || COALESCE(p.with_check, ''), {setting}) > 0) \
 UNION ALL SELECT 'has no function pgsidecar.tenant(): run the SQL of `pgsidecar tenancy-sql` as the database owner' \
-  WHERE {signed} AND pg_catalog.to_regprocedure('pgsidecar.tenant()') IS NULL";
+  WHERE {signed} AND pg_catalog.to_regprocedure('pgsidecar.tenant()') IS NULL \
+UNION ALL SELECT 'may read pgsidecar.signing_keys: whoever reads it can sign any tenant; install as another role' \
+  WHERE {signed} AND pg_catalog.to_regclass('pgsidecar.signing_keys') IS NOT NULL \
+    AND pg_catalog.has_table_privilege(current_user, 'pgsidecar.signing_keys', 'SELECT') \
+UNION ALL SELECT 'owns (or is a member of the owner of) pgsidecar.tenant(): it could replace the function; install as another role' \
+  FROM pg_catalog.pg_proc p \
+  WHERE {signed} AND p.oid = pg_catalog.to_regprocedure('pgsidecar.tenant()') \
+    AND pg_catalog.pg_has_role(current_user, p.proowner, 'MEMBER')";
 
 /// The tenant the audit's own token names.
 const AUDIT_TENANT: &str = "pgsidecar-audit";
