@@ -5,7 +5,8 @@
 //! (the tenant setting, what a JWT granted, `pgsidecar.*`), `role` and
 //! `session_authorization` in every form, `standard_conforming_strings = off` (with it the
 //! scanner and Postgres would disagree on where strings end), ALTER ROLE / USER / DATABASE /
-//! SYSTEM, DO blocks, CREATE FUNCTION / PROCEDURE, the sidecar's reserved channels — and must
+//! SYSTEM, DO blocks, CREATE FUNCTION / PROCEDURE, the sidecar's reserved channels,
+//! `pg_cancel_backend` / `pg_terminate_backend` (other connections serve other tenants) — and must
 //! not refuse what real drivers and ORMs send. Text sqlparser cannot parse is let through
 //! unless it names channels, `set_config`, a role change or string syntax. Pure: the relay
 //! refuses what this returns.
@@ -97,6 +98,18 @@ pub fn check(sql: &[u8], classified: &Classified, reserved: &Settings) -> Result
                 ValueRef::Param(_) | ValueRef::Expression => None,
             });
             check_setting(name.trim(), value, reserved, jwt_role)?;
+        }
+        // Other server connections of the shared role serve other tenants.
+        if let Some(call) = statement.functions.iter().find(|f| {
+            matches!(
+                f.name.rsplit('.').next(),
+                Some("pg_cancel_backend" | "pg_terminate_backend")
+            )
+        }) {
+            return Err(Refusal::because(&format!(
+                "{}() is refused (the server connections of this role serve other tenants)",
+                call.name.rsplit('.').next().unwrap_or_default()
+            )));
         }
         // pg_notify with a channel the sidecar cannot read could reach its reserved channels.
         for call in &statement.functions {
@@ -489,6 +502,8 @@ mod tests {
             "SELECT * FROM set_config('app.tenant_id', 'b', false)",
             "SELECT * FROM t, LATERAL set_config('app.tenant_id', 'b', false)",
             "SET pgsidecar.tenant = 'x'",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+            "SELECT pg_catalog.pg_cancel_backend(42)",
             "ALTER SYSTEM SET app.tenant_id = 'x'",
             "ALTER /* x */ ROLE me SET app.tenant_id = 'x'",
             "DO $$BEGIN PERFORM set_config('app.tenant_id', 'b', false); END$$",
