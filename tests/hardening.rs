@@ -442,3 +442,50 @@ async fn a_client_that_leaves_mid_batch_gets_its_connection_cleaned_not_closed()
     let connects = scrape(sidecar.metrics_addr, "pgsidecar_server_connects_total").await;
     assert_eq!(connects, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_every_server_connection_fails_only_open_transactions() {
+    let name = fresh_user("terminate");
+    let sidecar = start(&base_toml(&name, "size = 4")).await;
+    let mut in_tx = Vec::new();
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+        if i < 2 {
+            client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+            in_tx.push(client);
+        } else {
+            client.batch_execute("SELECT 1").await.unwrap();
+            idle.push(client);
+        }
+    }
+    // Every backend the sidecar holds (two in transactions, the rest idle in the pool) dies.
+    let admin = connect_direct_superuser(&name).await;
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = $1 AND pid <> pg_backend_pid()) t",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 2, "{killed}");
+    // Wait until they are gone (their sockets closed), as the sidecar will find them.
+    while backends_of(&admin, &name).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Clients inside a transaction learn it; idle clients never notice, on new connections.
+    for client in &in_tx {
+        let e = client.batch_execute("SELECT 1").await.unwrap_err();
+        assert!(e.as_db_error().is_some() || e.is_closed(), "{e:?}");
+    }
+    for client in &idle {
+        for _ in 0..3 {
+            client.batch_execute("SELECT 1").await.unwrap();
+        }
+    }
+    // The pool refilled: new clients are served too.
+    let fresh = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    fresh.batch_execute("SELECT 1").await.unwrap();
+}
