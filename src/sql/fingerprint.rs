@@ -198,6 +198,25 @@ fn unicode_string(raw: &[u8]) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The length of a ` UESCAPE 'c'` clause at the start of `rest` (0 when there is none).
+fn uescape_len(rest: &[u8]) -> usize {
+    let ws = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    let after = &rest[ws..];
+    if after.len() < 7 || !after[..7].eq_ignore_ascii_case(b"uescape") {
+        return 0;
+    }
+    let ws2 = after[7..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    let quote = &after[7 + ws2..];
+    if quote.len() >= 3 && quote[0] == b'\'' && quote[2] == b'\'' {
+        ws + 7 + ws2 + 3
+    } else {
+        0
+    }
+}
+
 /// A leading `/* pgsidecar: key=value … */` comment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hint {
@@ -356,16 +375,19 @@ pub fn scan(sql: &[u8]) -> Scan {
         }
         // String-like literals, with their prefixes.
         let prefix = match b {
-            b'E' | b'e' if sql.get(i + 1) == Some(&b'\'') => Some(LiteralKind::EscapeString),
+            b'E' | b'e' if sql.get(i + 1) == Some(&b'\'') => Some((LiteralKind::EscapeString, 2)),
             b'B' | b'b' | b'X' | b'x' if sql.get(i + 1) == Some(&b'\'') => {
-                Some(LiteralKind::BitString)
+                Some((LiteralKind::BitString, 2))
             }
-            b'\'' => Some(LiteralKind::String),
+            b'U' | b'u' if sql.get(i + 1) == Some(&b'&') && sql.get(i + 2) == Some(&b'\'') => {
+                Some((LiteralKind::UnicodeString, 3))
+            }
+            b'\'' => Some((LiteralKind::String, 1)),
             _ => None,
         };
-        if let Some(kind) = prefix {
+        if let Some((kind, prefix_len)) = prefix {
             let start = i;
-            i += if kind == LiteralKind::String { 1 } else { 2 };
+            i += prefix_len;
             let backslashes = kind == LiteralKind::EscapeString;
             while i < n {
                 match sql[i] {
@@ -378,48 +400,12 @@ pub fn scan(sql: &[u8]) -> Scan {
                     _ => i += 1,
                 }
             }
-            let end = i.min(n);
-            i = end;
+            i = i.min(n);
+            if kind == LiteralKind::UnicodeString {
+                i += uescape_len(&sql[i..]);
+            }
             out.literals.push(Literal {
                 kind,
-                span: start..end,
-            });
-            push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
-            continue;
-        }
-        // U&'…' Unicode strings, with an optional UESCAPE clause.
-        if (b == b'U' || b == b'u')
-            && sql.get(i + 1) == Some(&b'&')
-            && sql.get(i + 2) == Some(&b'\'')
-        {
-            let start = i;
-            i += 3;
-            while i < n {
-                match sql[i] {
-                    b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
-                    b'\'' => {
-                        i += 1;
-                        break;
-                    }
-                    _ => i += 1,
-                }
-            }
-            i = i.min(n);
-            let rest = &sql[i..];
-            let ws = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
-            let after = &rest[ws..];
-            if after.len() >= 7 && after[..7].eq_ignore_ascii_case(b"uescape") {
-                let ws2 = after[7..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_whitespace())
-                    .count();
-                let quote = &after[7 + ws2..];
-                if quote.len() >= 3 && quote[0] == b'\'' && quote[2] == b'\'' {
-                    i += ws + 7 + ws2 + 3;
-                }
-            }
-            out.literals.push(Literal {
-                kind: LiteralKind::UnicodeString,
                 span: start..i,
             });
             push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
