@@ -16,6 +16,9 @@
 use base64::Engine;
 use ring::{digest, hmac};
 
+/// Settings whose names start with this are the sidecar's own: clients may not set them and
+/// never carry them from one server connection to another.
+pub const RESERVED_SETTING_PREFIX: &str = "pgsidecar.";
 /// The setting that carries the token on a server connection.
 pub const TOKEN_SETTING: &str = "pgsidecar.tenant";
 /// Shortest signing key accepted, in bytes.

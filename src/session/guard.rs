@@ -15,12 +15,10 @@ use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::sql::cache::Classified;
 use crate::sql::classify::{Classification, Kind, SettingName, StatementClass, ValueRef};
 use crate::sql::fingerprint::{Scan, PLACEHOLDER};
+use crate::token::RESERVED_SETTING_PREFIX;
 
 /// Channels whose names start with this are the sidecar's own.
 pub const RESERVED_CHANNEL_PREFIX: &str = "pgsidecar";
-
-/// Settings whose names start with this are the sidecar's own (the signed tenant token).
-const RESERVED_SETTING_PREFIX: &str = "pgsidecar.";
 
 /// Words that make unparsable text refused: it may name channels (which the sidecar
 /// namespaces), set settings it cannot read, or change the string syntax the scanner relies on.
@@ -171,12 +169,24 @@ fn check_setting(
         "session_authorization" => Err(Refusal::because(
             "changing the session authorization is refused",
         )),
-        "standard_conforming_strings" if reset || is(&value, &["on", "true", "yes", "1"]) => Ok(()),
+        "standard_conforming_strings"
+            if reset || matches!(&value, Some(Some(v)) if keeps_strings_conforming(v)) =>
+        {
+            Ok(())
+        }
         "standard_conforming_strings" => Err(Refusal::because(
             "standard_conforming_strings = off is refused",
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether a value for `standard_conforming_strings` keeps it on (the scanner reads strings
+/// as Postgres does only then).
+pub fn keeps_strings_conforming(value: &str) -> bool {
+    ["on", "true", "yes", "1"]
+        .iter()
+        .any(|v| value.trim().eq_ignore_ascii_case(v))
 }
 
 /// Text sqlparser cannot parse: forwarded, unless its words name channels, roles or the

@@ -333,11 +333,8 @@ struct TenantContext {
 fn startup_setting_refused(name: &str, value: &str) -> bool {
     let name = name.to_ascii_lowercase();
     matches!(name.as_str(), "role" | "session_authorization")
-        || name.starts_with("pgsidecar.")
-        || (name == "standard_conforming_strings"
-            && !["on", "true", "yes", "1"]
-                .iter()
-                .any(|v| value.trim().eq_ignore_ascii_case(v)))
+        || name.starts_with(crate::token::RESERVED_SETTING_PREFIX)
+        || (name == "standard_conforming_strings" && !guard::keeps_strings_conforming(value))
 }
 
 /// The startup message without a `replication` parameter that asks for no replication.

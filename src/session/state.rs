@@ -85,7 +85,7 @@ impl Captured {
             }
             // The sidecar's own: never a client setting.
             crate::token::TOKEN_SETTING => self.token = Some(value),
-            _ if name.starts_with("pgsidecar.") => {}
+            _ if name.starts_with(crate::token::RESERVED_SETTING_PREFIX) => {}
             _ => {
                 self.settings.insert(name, value);
             }
