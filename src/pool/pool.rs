@@ -331,16 +331,33 @@ const LIST_QUOTE_SETTINGS: &[&str] = &[
     "local_preload_libraries",
 ];
 
+/// The settings to set (name, value) and the names to reset that move a server connection
+/// from the settings it has to `wanted`.
+fn settings_diff<'h, 'w>(
+    have: &'h Settings,
+    wanted: &'w Settings,
+) -> (Vec<(&'w str, &'w str)>, Vec<&'h str>) {
+    let sets = wanted
+        .iter()
+        .filter(|(name, value)| have.get(*name) != Some(*value))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let resets = have
+        .keys()
+        .filter(|name| !wanted.contains_key(*name))
+        .map(String::as_str)
+        .collect();
+    (sets, resets)
+}
+
 /// The SQL that moves a server connection from the settings it has to the client's `wanted`
 /// settings, or `None` when nothing differs. Each value is one string, as in the startup
 /// packet: `SET name TO 'value'` (a utility statement, cheaper for the server than a SELECT),
 /// or `set_config` for list-valued settings.
 pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
+    let (sets, resets) = settings_diff(have, wanted);
     let mut sql = String::new();
-    for (name, value) in wanted
-        .iter()
-        .filter(|(name, value)| have.get(*name) != Some(*value))
-    {
+    for (name, value) in sets {
         if LIST_QUOTE_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
             sql.push_str(&format!(
                 "SELECT pg_catalog.set_config({}, {}, false);",
@@ -355,40 +372,35 @@ pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
             ));
         }
     }
-    for name in have.keys().filter(|name| !wanted.contains_key(*name)) {
+    for name in resets {
         sql.push_str(&format!("RESET {};", quote_ident(name)));
     }
     (!sql.is_empty()).then_some(sql)
 }
 
+/// The settings of a connection in unknown state are diffed from the defaults.
+static NO_SETTINGS: Settings = Settings::new();
+
 impl AppliedSettings {
+    /// The client settings a connection in this state carries (none known: the defaults).
+    fn have(&self) -> &Settings {
+        match self {
+            AppliedSettings::Known(have) => have,
+            AppliedSettings::Unknown => &NO_SETTINGS,
+        }
+    }
+
     /// The SQL that gives a server connection in this state the `wanted` client settings
     /// (from the defaults when the state is unknown), or `None` when nothing differs.
     pub fn sql_to(&self, wanted: &Settings) -> Option<String> {
-        match self {
-            AppliedSettings::Known(have) => settings_sql(have, wanted),
-            AppliedSettings::Unknown => settings_sql(&Settings::new(), wanted),
-        }
+        settings_sql(self.have(), wanted)
     }
 
     /// The settings to set (name, value) that give a server connection in this state the
     /// `wanted` ones, when nothing needs a RESET (`None` when something does).
-    pub fn sets_to<'a>(&self, wanted: &'a Settings) -> Option<Vec<(&'a str, &'a str)>> {
-        let empty = Settings::new();
-        let have = match self {
-            AppliedSettings::Known(have) => have,
-            AppliedSettings::Unknown => &empty,
-        };
-        if have.keys().any(|name| !wanted.contains_key(name)) {
-            return None;
-        }
-        Some(
-            wanted
-                .iter()
-                .filter(|(name, value)| have.get(*name) != Some(*value))
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect(),
-        )
+    pub fn sets_to<'w>(&self, wanted: &'w Settings) -> Option<Vec<(&'w str, &'w str)>> {
+        let (sets, resets) = settings_diff(self.have(), wanted);
+        resets.is_empty().then_some(sets)
     }
 }
 
