@@ -1,6 +1,7 @@
 //! The signed tenant token: what the sidecar sets on a server connection at checkout so that
 //! Postgres itself can tell which tenant the connection serves, and the SQL that verifies it
-//! there (`pgsidecar tenancy-sql`). Pure: signing, the keyed channel prefix, and SQL text.
+//! there (`pgsidecar tenancy-sql`). Pure but for reading the clock for expiries: signing, the
+//! keyed channel prefix, and SQL text.
 //!
 //! A token is `v1:<kid>:<expires>:<pid>:<tenant>:<role>:<claims>:<mac>`: the key id, the
 //! expiry (Unix seconds), the backend PID of the server connection it was made for, the tenant,
@@ -107,6 +108,15 @@ impl Signer {
         format!("{message}:{}", hex(mac.as_ref()))
     }
 
+    /// [`Signer::sign`] with an expiry `valid_for` from now (the only place the clock is read).
+    pub fn sign_for(&self, grant: &Grant, pid: i32, valid_for: std::time::Duration) -> String {
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            + valid_for;
+        self.sign(grant, pid, expires.as_secs())
+    }
+
     /// The channel prefix of `tenant`'s notifications: another tenant cannot compute it.
     pub fn channel_prefix(&self, tenant: &str) -> String {
         let mac = hmac::sign(&self.key, format!("channel:{tenant}").as_bytes());
@@ -193,7 +203,8 @@ const VERIFY: &str = "    FROM (SELECT current_setting('pgsidecar.tenant', true)
                AND (k.valid_until IS NULL OR k.valid_until > now())
               ELSE false END";
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");

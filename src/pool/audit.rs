@@ -88,12 +88,11 @@ pub async fn audit_role(
             tenant: AUDIT_TENANT.into(),
             ..Default::default()
         };
-        let expires = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            + 60;
-        let token = signer.sign(&grant, conn.key.process_id, expires);
+        let token = signer.sign_for(
+            &grant,
+            conn.key.process_id,
+            std::time::Duration::from_secs(60),
+        );
         let rows = conn
             .query_rows(&format!(
                 "SELECT pg_catalog.set_config('pgsidecar.tenant', {}, false) IS NULL, pgsidecar.tenant()",

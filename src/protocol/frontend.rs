@@ -80,6 +80,11 @@ pub fn append_query(buf: &mut bytes::BytesMut, sql: &str) {
     buf.put_u8(0);
 }
 
+/// Appends a `Sync` message.
+pub fn append_sync(buf: &mut bytes::BytesMut) {
+    buf.extend_from_slice(&[SYNC_TAG, 0, 0, 0, 4]);
+}
+
 /// `SASLInitialResponse` body: mechanism name and the client-first message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SaslInitialResponse<'a> {

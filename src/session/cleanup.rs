@@ -63,8 +63,7 @@ fn marker() -> String {
     let mut bytes = [0u8; 16];
     // The system RNG does not fail on Linux; if it did, the marker would only be predictable.
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("pgsidecar-cleanup-{hex}")
+    format!("pgsidecar-cleanup-{}", crate::token::hex(&bytes))
 }
 
 async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
@@ -86,7 +85,7 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
     let reason = b"client disconnected\0";
     att.wbuf.put_i32(4 + reason.len() as i32);
     att.wbuf.put_slice(reason);
-    att.wbuf.put_slice(&[frontend::SYNC_TAG, 0, 0, 0, 4]);
+    frontend::append_sync(&mut att.wbuf);
     append_query(&mut att.wbuf, "ROLLBACK");
     if discard {
         append_query(&mut att.wbuf, "DISCARD ALL");

@@ -252,8 +252,7 @@ impl Relay {
                 // An error nothing asked for (a message without a reply was refused): the
                 // server may now skip everything up to a Sync, so one is sent (its
                 // ReadyForQuery swallowed) before the connection serves anything else.
-                att.wbuf
-                    .extend_from_slice(&[frontend::SYNC_TAG, 0, 0, 0, 4]);
+                frontend::append_sync(&mut att.wbuf);
                 att.push_expect(Expect {
                     source: Source::Sidecar,
                 });

@@ -123,11 +123,7 @@ pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) 
     if conn.token.as_ref().is_some_and(|t| t.fresh_until > now) {
         return None;
     }
-    let expires = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        + lifetime;
-    let token = signer.sign(grant, conn.key.process_id, expires.as_secs());
+    let token = signer.sign_for(grant, conn.key.process_id, lifetime);
     conn.token = Some(crate::pool::server::TokenOnConn {
         token: token.clone(),
         fresh_until: now + lifetime / 2,
@@ -172,7 +168,7 @@ pub(super) fn push_set_config(att: &mut Attachment, sets: &[(&str, &str)], sourc
         frontend::EXECUTE_TAG,
         &[b"\0", &0i32.to_be_bytes()],
     ));
-    out.extend_from_slice(&message(frontend::SYNC_TAG, &[]));
+    frontend::append_sync(out);
     att.unnamed_ready = false;
     att.push_expect(Expect { source });
 }
