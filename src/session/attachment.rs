@@ -467,15 +467,19 @@ impl Attachment {
         }
     }
 
-    /// Nothing in flight, not in a transaction, no client message half forwarded: the
-    /// connection can go back to the pool.
-    pub(super) fn is_quiet(&self) -> bool {
+    /// Nothing in flight either way: no reply awaited, no batch open, no message half
+    /// forwarded or unsent.
+    pub(super) fn between_requests(&self) -> bool {
         self.client_stream == 0
             && self.expect.is_empty()
             && self.pending.is_empty()
             && self.batch.is_none()
             && self.passthrough.is_none()
             && self.wbuf.is_empty()
-            && self.status == TransactionStatus::Idle
+    }
+
+    /// Between requests and not in a transaction: the connection can go back to the pool.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.between_requests() && self.status == TransactionStatus::Idle
     }
 }

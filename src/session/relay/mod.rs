@@ -476,7 +476,7 @@ impl Relay {
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
-        if att.is_quiet() && att.pending.is_empty() {
+        if att.is_quiet() {
             // A token past half its lifetime is renewed between requests (session mode, and
             // clients pinned to their connection).
             tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, false);
@@ -670,11 +670,7 @@ impl Relay {
             Phase::Detached if self.begin_pending.is_some() => TransactionStatus::InTransaction,
             Phase::Detached => TransactionStatus::Idle,
             Phase::Attached(att)
-                if att.expect.is_empty()
-                    && att.pending.is_empty()
-                    && att.batch.is_none()
-                    && att.passthrough.is_none()
-                    && att.status != TransactionStatus::Failed =>
+                if att.between_requests() && att.status != TransactionStatus::Failed =>
             {
                 att.status
             }

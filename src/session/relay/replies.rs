@@ -127,30 +127,34 @@ impl Relay {
                             })
                         })?;
                     att.status = status;
-                    if att.expect.is_empty() {
-                        // One the sidecar could not foresee (a Sync Postgres answered after a
-                        // COPY it ended with an error): the client gets it, as from Postgres.
-                        tracing::debug!("ReadyForQuery with nothing expected");
-                    } else {
+                    let done = att.expect.pop_front();
+                    if done.is_some() {
                         att.readies += 1;
                     }
                     let readies = att.readies;
                     // Anything still pending for a finished batch was skipped by the server.
                     att.pending.retain(|p| p.after() >= readies);
-                    if let Some(done) = att.expect.pop_front() {
-                        if let Source::Query { .. } = done.source {
-                            // Whatever COPY the Query ran is over.
-                            att.simple_copy_in = None;
+                    match done {
+                        Some(done) => {
+                            if let Source::Query { .. } = done.source {
+                                // Whatever COPY the Query ran is over.
+                                att.simple_copy_in = None;
+                            }
+                            reply = done.reply();
+                            if let Some(sent) = done.sent() {
+                                metrics.query_duration.observe(sent.elapsed().as_secs_f64());
+                            }
+                            if done.statements() > 0 && status == TransactionStatus::Idle {
+                                metrics.transactions.inc();
+                            }
                         }
-                        reply = done.reply();
-                        if let Some(sent) = done.sent() {
-                            metrics.query_duration.observe(sent.elapsed().as_secs_f64());
+                        None => {
+                            // One the sidecar could not foresee (a Sync Postgres answered after
+                            // a COPY it ended with an error): the client gets it, as from
+                            // Postgres.
+                            tracing::debug!("ReadyForQuery with nothing expected");
+                            reply = Reply::Forward;
                         }
-                        if done.statements() > 0 && status == TransactionStatus::Idle {
-                            metrics.transactions.inc();
-                        }
-                    } else {
-                        reply = Reply::Forward;
                     }
                 }
                 PARAMETER_STATUS_TAG => {
