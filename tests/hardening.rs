@@ -363,11 +363,24 @@ async fn a_frozen_server_is_given_up_after_the_timeout_and_its_grace() {
     assert_eq!(abandoned, Some(1.0));
 }
 
+/// A sidecar with one server connection, for database `<prefix>_…`, and a client of it.
+async fn pool_of_one(prefix: &str) -> (String, pgsidecar::app::Running, tokio_postgres::Client) {
+    let name = fresh_user(prefix);
+    let sidecar = start(&base_toml(&name, "size = 1")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    (name, sidecar, client)
+}
+
+/// The client's next query is answered (bounded, so a held pool fails the test, not hangs it).
+async fn still_served(client: &tokio_postgres::Client) {
+    let answered =
+        tokio::time::timeout(Duration::from_secs(30), client.simple_query("SELECT 1")).await;
+    answered.expect("the next query is answered").unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_connection_never_goes_back_with_a_client_message_half_sent() {
-    let name = fresh_user("copyhdr");
-    let sidecar = start(&base_toml(&name, "size = 1")).await;
-    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let (name, sidecar, other) = pool_of_one("copyhdr").await;
     // COPY … TO STDOUT, then a CopyData whose length field says 5 MB and a few bytes of it
     // (found by the stress harness), then the client goes away.
     let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
@@ -386,16 +399,12 @@ async fn a_server_connection_never_goes_back_with_a_client_message_half_sent() {
     let replies = read_until_ready(&mut raw, 1).await;
     assert!(tags(&replies).ends_with("CZ"), "{}", tags(&replies));
     drop(raw);
-    let answered =
-        tokio::time::timeout(Duration::from_secs(30), other.simple_query("SELECT 1")).await;
-    answered.expect("the next query is answered").unwrap();
+    still_served(&other).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_with_a_body_does_not_hold_the_pool() {
-    let name = fresh_user("flushbody");
-    let sidecar = start(&base_toml(&name, "size = 1")).await;
-    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let (name, sidecar, other) = pool_of_one("flushbody").await;
     let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
         .await
         .unwrap();
@@ -411,16 +420,12 @@ async fn a_flush_with_a_body_does_not_hold_the_pool() {
     raw.write_all(&bytes).await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_more()).await;
     drop(raw);
-    let answered =
-        tokio::time::timeout(Duration::from_secs(30), other.simple_query("SELECT 1")).await;
-    answered.expect("the next query is answered").unwrap();
+    still_served(&other).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_batch_gets_its_connection_cleaned_not_closed() {
-    let name = fresh_user("leavebatch");
-    let sidecar = start(&base_toml(&name, "size = 1")).await;
-    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    let (name, sidecar, other) = pool_of_one("leavebatch").await;
     // A failed Parse, a Query the server discards with the batch, then garbage: the session
     // ends, and cleaning the connection must not wait for replies that never come.
     for garbage in [

@@ -21,10 +21,15 @@ fn query(sql: &str) -> BytesMut {
 }
 
 fn parse_bind_execute(out: &mut BytesMut, sql: &str) {
-    frontend::parse("", sql, [], out).unwrap();
+    parse_bind_execute_named(out, "", sql);
+}
+
+/// Parse of `sql` as statement `name`, Bind of it to the unnamed portal, Execute.
+fn parse_bind_execute_named(out: &mut BytesMut, name: &str, sql: &str) {
+    frontend::parse(name, sql, [], out).unwrap();
     frontend::bind(
         "",
-        "",
+        name,
         [],
         [],
         |_: (), _| Ok(postgres_protocol::IsNull::No),
@@ -122,19 +127,7 @@ fn steps() -> Vec<(&'static str, BytesMut, usize)> {
     frontend::parse("_pg3_0", "SELECT 1", [], &mut prepare_named).unwrap();
     frontend::sync(&mut prepare_named);
     let mut prepare_again = BytesMut::new();
-    frontend::parse("_pg3_0", "SELECT 2", [], &mut prepare_again).unwrap();
-    frontend::bind(
-        "",
-        "_pg3_0",
-        [],
-        [],
-        |_: (), _| Ok(postgres_protocol::IsNull::No),
-        [],
-        &mut prepare_again,
-    )
-    .map_err(|_| ())
-    .unwrap();
-    frontend::execute("", 0, &mut prepare_again).unwrap();
+    parse_bind_execute_named(&mut prepare_again, "_pg3_0", "SELECT 2");
     frontend::sync(&mut prepare_again);
     vec![
         ("a named protocol statement", prepare_named, 1),

@@ -56,6 +56,17 @@ async fn rows(client: &tokio_postgres::Client) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The first column of every row `sql` returns, as text.
+async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// The client reads no row of another tenant and nothing planted.
 async fn only_own(client: &tokio_postgres::Client, tenant: &str, what: &str) {
     for (owner, secret) in rows(client).await {
@@ -214,13 +225,7 @@ async fn a_forged_or_moved_token_verifies_to_nothing() {
     assert_eq!(tenant, "acme");
     // Its text never appears in a query text.
     let admin = connect_direct_superuser(&name).await;
-    let texts: Vec<String> = admin
-        .query("SELECT coalesce(query, '') FROM pg_stat_activity", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let texts = texts(&admin, "SELECT coalesce(query, '') FROM pg_stat_activity").await;
     assert!(texts.iter().all(|q| !q.contains(&token)), "{texts:?}");
     // Another tenant's name, another PID, another key id, a later expiry: all NULL.
     let fields: Vec<&str> = token.split(':').collect();
@@ -289,13 +294,7 @@ async fn prepared_statements_and_notifications_never_cross_tenants() {
         .unwrap();
     // 8. acme, on the same server connection, sees none of globex's statements.
     let acme = tenant_client(&sidecar, &name, "acme").await;
-    let texts: Vec<String> = acme
-        .query("SELECT statement FROM pg_prepared_statements", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let texts = texts(&acme, "SELECT statement FROM pg_prepared_statements").await;
     assert!(texts.iter().all(|t| !t.contains("secret")), "{texts:?}");
     let _ = acme
         .simple_query("DEALLOCATE ALL; PREPARE mine AS SELECT 'acme-sql'")
