@@ -41,6 +41,15 @@ fn parse_bind_execute_named(out: &mut BytesMut, name: &str, sql: &str) {
     frontend::execute("", 0, out).unwrap();
 }
 
+/// `COPY proto_copy FROM STDIN` with one row, then a Sync while the COPY runs, then CopyDone.
+fn copy_with_sync_inside(row: &[u8]) -> BytesMut {
+    let mut out = query("COPY proto_copy FROM STDIN");
+    frontend::CopyData::new(row).unwrap().write(&mut out);
+    frontend::sync(&mut out);
+    frontend::copy_done(&mut out);
+    out
+}
+
 /// A FunctionCall of `int4abs` (OID 1397) on a text argument.
 fn function_call(arg: &str) -> BytesMut {
     let mut body = BytesMut::new();
@@ -115,12 +124,7 @@ fn steps() -> Vec<(&'static str, BytesMut, usize)> {
     frontend::query("SELECT 2", &mut answered).unwrap();
     frontend::sync(&mut answered);
     // A Sync during a simple Query's COPY FROM STDIN is ignored by the server.
-    let mut copy_sync = query("COPY proto_copy FROM STDIN");
-    frontend::CopyData::new(b"1\n".as_slice())
-        .unwrap()
-        .write(&mut copy_sync);
-    frontend::sync(&mut copy_sync);
-    frontend::copy_done(&mut copy_sync);
+    let copy_sync = copy_with_sync_inside(b"1\n");
     // SQL DEALLOCATE of a statement prepared through the protocol (how psycopg with libpq < 17
     // evicts), then the same name prepared again.
     let mut prepare_named = BytesMut::new();
@@ -189,12 +193,7 @@ async fn replies_match_postgres_message_for_message() {
     // A Sync during a COPY FROM STDIN that fails: Postgres answers it or not depending on
     // whether it read it before the error; the sidecar gives the client the COPY's error and
     // closes that server connection rather than guess, so the pool is never held.
-    let mut failing_copy = query("COPY proto_copy FROM STDIN");
-    frontend::CopyData::new(b"not a number\n".as_slice())
-        .unwrap()
-        .write(&mut failing_copy);
-    frontend::sync(&mut failing_copy);
-    frontend::copy_done(&mut failing_copy);
+    let failing_copy = copy_with_sync_inside(b"not a number\n");
     let mut copy_client = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
         .await
         .unwrap();
