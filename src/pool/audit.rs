@@ -60,6 +60,9 @@ UNION ALL SELECT 'owns (or is a member of the owner of) pgsidecar.tenant(): it c
   WHERE {signed} AND p.oid = pg_catalog.to_regprocedure('pgsidecar.tenant()') \
     AND pg_catalog.pg_has_role(current_user, p.proowner, 'MEMBER')";
 
+/// How the audit's warning about a missing `pgsidecar.tenant()` begins.
+const MISSING_FUNCTION: &str = "has no function pgsidecar.tenant()";
+
 /// The tenant the audit's own token names.
 const AUDIT_TENANT: &str = "pgsidecar-audit";
 
@@ -80,8 +83,8 @@ pub async fn audit_role(
         .into_iter()
         .filter_map(|row| row.into_iter().next().flatten())
         .collect();
-    let installed = warnings.iter().any(|w| w.contains("pgsidecar.tenant()"));
-    if let (Some(signer), false) = (signer, installed) {
+    let missing = warnings.iter().any(|w| w.starts_with(MISSING_FUNCTION));
+    if let (Some(signer), false) = (signer, missing) {
         // A token for this connection, signed with this sidecar's key: the function must
         // accept it. (It names no real tenant and dies with the connection.)
         let grant = crate::token::Grant {

@@ -156,7 +156,7 @@ async fn login(
     peer_certificate: Option<&[u8]>,
 ) -> Result<SessionInfo, Option<ErrorReport>> {
     // `replication=false` (or off, no, 0) asks for an ordinary connection: it is dropped.
-    let startup = &without_false_replication(startup);
+    let startup = &*without_false_replication(startup);
     if startup.params.iter().any(|(name, _)| name == "replication") {
         return Err(Some(ErrorReport::fatal(
             SqlState::FEATURE_NOT_SUPPORTED,
@@ -337,18 +337,23 @@ fn startup_setting_refused(name: &str, value: &str) -> bool {
         || (name == "standard_conforming_strings" && !guard::keeps_strings_conforming(value))
 }
 
-/// The startup message without a `replication` parameter that asks for no replication.
+/// The startup message without a `replication` parameter that asks for no replication (a
+/// copy only when there is one).
 fn without_false_replication(
     startup: &crate::protocol::startup::StartupMessage,
-) -> crate::protocol::startup::StartupMessage {
-    let mut startup = startup.clone();
-    startup.params.retain(|(name, value)| {
-        name != "replication"
-            || !["false", "off", "no", "0"]
+) -> std::borrow::Cow<'_, crate::protocol::startup::StartupMessage> {
+    let no_replication = |(name, value): &(String, String)| {
+        name == "replication"
+            && ["false", "off", "no", "0"]
                 .iter()
                 .any(|v| value.eq_ignore_ascii_case(v))
-    });
-    startup
+    };
+    if !startup.params.iter().any(no_replication) {
+        return std::borrow::Cow::Borrowed(startup);
+    }
+    let mut startup = startup.clone();
+    startup.params.retain(|p| !no_replication(p));
+    std::borrow::Cow::Owned(startup)
 }
 
 /// The FATAL for a login that could not get its settings checked upstream.
