@@ -33,13 +33,19 @@ const PID_LIMIT: usize = 65_536;
 /// Where a client's notifications go: ready-made NotificationResponse messages.
 pub type Sink = mpsc::Sender<Bytes>;
 
-/// The client now listens on exactly these channels (empty: none); `done` fires once the
-/// listener connection listens on all of them.
-struct Command {
-    client: i32,
-    channels: BTreeSet<String>,
-    sink: Sink,
-    done: Option<oneshot::Sender<()>>,
+/// What the listener task is asked to do.
+enum Command {
+    /// The client now listens on exactly these channels (empty: none); `done` fires once the
+    /// listener connection listens on all of them.
+    Listen {
+        client: i32,
+        channels: BTreeSet<String>,
+        sink: Sink,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// Fires once every notification committed before the request has been handed to the
+    /// clients' sinks (a query sent now has been answered).
+    Barrier(oneshot::Sender<()>),
 }
 
 /// The listeners' state inside the listener task.
@@ -48,6 +54,8 @@ struct Listeners {
     clients: HashMap<i32, (BTreeSet<String>, Sink)>,
     /// Waiting for the LISTEN statements that are about to be sent.
     unsent: Vec<oneshot::Sender<()>>,
+    /// Waiting for a query sent after they asked (barriers).
+    barriers: Vec<oneshot::Sender<()>>,
     /// Waiting for the ReadyForQuery of each LISTEN query in flight, in order.
     in_flight: VecDeque<Vec<oneshot::Sender<()>>>,
 }
@@ -77,7 +85,7 @@ impl Notifier {
 
     /// Says that `client` now listens on `channels` (empty: on none), delivering to `sink`.
     pub fn listen(self: &Arc<Self>, client: i32, channels: BTreeSet<String>, sink: Sink) {
-        self.send(Command {
+        self.send(Command::Listen {
             client,
             channels,
             sink,
@@ -95,13 +103,23 @@ impl Notifier {
         timeout: Duration,
     ) -> bool {
         let (done, listening) = oneshot::channel();
-        self.send(Command {
+        self.send(Command::Listen {
             client,
             channels,
             sink,
             done: Some(done),
         });
         matches!(tokio::time::timeout(timeout, listening).await, Ok(Ok(())))
+    }
+
+    /// Waits (at most `timeout`) until every notification committed before this call has been
+    /// handed to the listening clients' sinks: the listener connection answers a query sent
+    /// after it, and Postgres delivers pending notifications before that ReadyForQuery. False
+    /// if there is no listener connection or it did not answer in time.
+    pub async fn barrier(self: &Arc<Self>, timeout: Duration) -> bool {
+        let (done, answered) = oneshot::channel();
+        self.send(Command::Barrier(done));
+        matches!(tokio::time::timeout(timeout, answered).await, Ok(Ok(())))
     }
 
     fn send(self: &Arc<Self>, command: Command) {
@@ -164,6 +182,7 @@ impl Notifier {
                     Err(e) => {
                         tracing::warn!(error = %e, "could not open the LISTEN connection");
                         listeners.unsent.clear();
+                        listeners.barriers.clear();
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             command = commands.recv() => match command {
@@ -176,7 +195,14 @@ impl Notifier {
                     }
                 }
             }
-            match (conn.as_mut(), sync_sql(&listening, &wanted)) {
+            if conn.is_none() {
+                // Nothing is delivered without a connection: barriers do not wait for one.
+                listeners.barriers.clear();
+            }
+            // Barriers need a query of their own: an empty one when no LISTEN is due.
+            let sql = sync_sql(&listening, &wanted)
+                .or_else(|| (!listeners.barriers.is_empty()).then(String::new));
+            match (conn.as_mut(), sql) {
                 (Some(c), Some(sql)) => {
                     let mut out = BytesMut::new();
                     append_query(&mut out, &sql);
@@ -185,7 +211,8 @@ impl Notifier {
                         continue;
                     }
                     listening = wanted;
-                    let waiting = std::mem::take(&mut listeners.unsent);
+                    let mut waiting = std::mem::take(&mut listeners.unsent);
+                    waiting.append(&mut listeners.barriers);
                     listeners.in_flight.push_back(waiting);
                 }
                 // Nothing to send: whoever waits is served already (or when the query in
@@ -282,13 +309,21 @@ impl Notifier {
 
 impl Listeners {
     fn apply(&mut self, command: Command) {
-        if command.channels.is_empty() {
-            self.clients.remove(&command.client);
+        let (client, channels, sink, done) = match command {
+            Command::Barrier(done) => return self.barriers.push(done),
+            Command::Listen {
+                client,
+                channels,
+                sink,
+                done,
+            } => (client, channels, sink, done),
+        };
+        if channels.is_empty() {
+            self.clients.remove(&client);
         } else {
-            self.clients
-                .insert(command.client, (command.channels, command.sink));
+            self.clients.insert(client, (channels, sink));
         }
-        if let Some(done) = command.done {
+        if let Some(done) = done {
             self.unsent.push(done);
         }
     }

@@ -166,6 +166,9 @@ pub(super) struct Attachment {
     pub(super) on_replica: bool,
     /// The client ran something on the primary that may have written (read-your-writes).
     pub(super) wrote: bool,
+    /// The client's transaction sent notifications: before the ReadyForQuery that ends it,
+    /// the ones on channels the client listens to are delivered (as Postgres does).
+    pub(super) notified: bool,
     /// The replica sent FATAL (the client got it as an ERROR) and is closing.
     pub(super) replica_said_fatal: bool,
     /// The client's tenant's share of server connections, given back with the attachment.
@@ -341,6 +344,7 @@ impl Attachment {
             listened: false,
             on_replica: false,
             wrote: false,
+            notified: false,
             replica_said_fatal: false,
             tenant_permit: None,
             simple_copy_in: None,

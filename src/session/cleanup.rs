@@ -10,15 +10,19 @@ use super::attachment::Attachment;
 use super::relay::RelayError;
 use crate::config::PoolMode;
 use crate::pool::server::AppliedSettings;
-use crate::protocol::backend::{TransactionStatus, DATA_ROW_TAG, READY_FOR_QUERY_TAG};
+use crate::protocol::backend::{
+    parse_parameter_status, TransactionStatus, DATA_ROW_TAG, PARAMETER_STATUS_TAG,
+    READY_FOR_QUERY_TAG,
+};
 use crate::protocol::frame::{peek_header, HEADER_LEN};
 use crate::protocol::frontend::{self, append_query};
 
 /// Up to this many filler bytes are sent to finish a CopyData the client abandoned; past that
 /// the server connection is closed instead.
 const MAX_PADDING: usize = 16 * 1024 * 1024;
-/// DataRows longer than this cannot be the cleanup's marker row.
-const MAX_MARKER_ROW: usize = 256;
+/// Replies longer than this are skipped unread: the marker row and the ParameterStatus and
+/// ReadyForQuery messages the cleanup reads are all shorter.
+const MAX_INSPECTED: usize = 256;
 /// How long cleaning a server connection after its client vanished may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -113,13 +117,24 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
             conn.read_more().await?;
             continue;
         };
-        let inspected = matches!(header.tag, READY_FOR_QUERY_TAG | DATA_ROW_TAG)
-            && header.frame_len <= MAX_MARKER_ROW;
+        let inspected = matches!(
+            header.tag,
+            READY_FOR_QUERY_TAG | DATA_ROW_TAG | PARAMETER_STATUS_TAG
+        ) && header.frame_len <= MAX_INSPECTED;
         if inspected && conn.rbuf.len() < header.frame_len {
             conn.read_more().await?;
             continue;
         }
         tracing::debug!(tag = %char::from(header.tag), marker_seen, "cleanup reply");
+        if inspected && header.tag == PARAMETER_STATUS_TAG {
+            // What DISCARD ALL (or the client's last SET) changed: the next client to log in
+            // on this connection is told the connection's real values.
+            let body = &conn.rbuf[HEADER_LEN..header.frame_len];
+            if let Some((name, value)) = parse_parameter_status(body) {
+                let (name, value) = (name.to_owned(), value.to_owned());
+                conn.note_parameter(&name, &value);
+            }
+        }
         if inspected && header.tag == DATA_ROW_TAG {
             let body = &conn.rbuf[HEADER_LEN..header.frame_len];
             marker_seen |= body.windows(marker.len()).any(|w| w == marker.as_bytes());

@@ -255,8 +255,9 @@ impl Relay {
                     // sending replies to a long pipeline never deadlocks against the sidecar.
                     let room = att.wbuf.len() < SERVER_WRITE_CHUNK;
                     let timer = att.next_timer(&self.app.config.limits);
-                    // Notifications go out between messages, never inside one.
-                    let between_messages = att.passthrough.is_none();
+                    // Notifications go out between messages, never inside one; those of a
+                    // transaction that notified wait for its ReadyForQuery (replies.rs).
+                    let between_messages = att.passthrough.is_none() && !att.notified;
                     tokio::select! {
                         Some(message) = next_notification(&mut self.notifications), if between_messages => {
                             let message = self.for_client(message).unwrap_or_default();
@@ -498,6 +499,7 @@ impl Relay {
             att.wrote = true;
         }
         if effects.notifies {
+            att.notified = true;
             let server_pid = att.server.conn_mut().key.process_id;
             let pool = &self.info.pool;
             pool.notifier

@@ -37,6 +37,7 @@ impl Relay {
         let statements = &mut self.statements;
         let state = &mut self.info.state;
         let notifier = &self.info.pool.notifier;
+        let notifications = &mut self.notifications;
         // Under tenant enforcement, channels arrive as `<tenant>.<channel>`.
         let channel_prefix = &self.channel_prefix;
         let transaction_mode = self.mode == PoolMode::Transaction;
@@ -112,6 +113,7 @@ impl Relay {
             }
             let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
             let mut reply = reply;
+            let mut own_notifications = false;
             let mut failed = false;
             let mut unsolicited = false;
             let mut notification = None;
@@ -147,6 +149,11 @@ impl Relay {
                             if done.statements() > 0 && status == TransactionStatus::Idle {
                                 metrics.transactions.inc();
                             }
+                            own_notifications = reply == Reply::Forward
+                                && status == TransactionStatus::Idle
+                                && std::mem::take(&mut att.notified)
+                                && transaction_mode
+                                && !state.channels.is_empty();
                         }
                         None => {
                             // One the sidecar could not foresee (a Sync Postgres answered after
@@ -189,11 +196,8 @@ impl Relay {
                         .filter(|(_, channel)| {
                             !(transaction_mode && state.channels.contains(channel))
                         })
-                        .and_then(|(message, _)| match channel_prefix {
-                            Some(prefix) => {
-                                crate::pool::notify::strip_channel_prefix(&message, prefix)
-                            }
-                            None => Some(message),
+                        .and_then(|(message, _)| {
+                            tenancy::for_client(channel_prefix.as_deref(), message)
                         });
                 }
                 DATA_ROW_TAG => {
@@ -242,6 +246,14 @@ impl Relay {
                 }
                 _ => {}
             }
+            if own_notifications {
+                // The client's transaction notified channels it listens to: Postgres
+                // delivers those before this ReadyForQuery, and so does the sidecar.
+                emit(client, conn, &mut cut, metrics).await?;
+                deliver_own_notifications(client, notifier, notifications, channel_prefix, metrics)
+                    .await?;
+            }
+            let conn = att.server.conn_mut();
             match reply {
                 Reply::Forward => cut += header.frame_len,
                 Reply::Swallow => {
@@ -388,6 +400,34 @@ fn match_pending(
         }
     }
     Some(reply)
+}
+
+/// How long a ReadyForQuery waits for the client's own notifications to come round through the
+/// database's LISTEN connection.
+const OWN_NOTIFICATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes the notifications that reached the client's queue up to now, once the LISTEN
+/// connection has handed on everything committed so far (a barrier).
+async fn deliver_own_notifications(
+    client: &mut ClientConn<Stream>,
+    notifier: &Arc<crate::pool::notify::Notifier>,
+    notifications: &mut Option<(Sink, mpsc::Receiver<Bytes>)>,
+    channel_prefix: &Option<String>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), RelayError> {
+    let Some((_, rx)) = notifications else {
+        return Ok(());
+    };
+    if !notifier.barrier(OWN_NOTIFICATIONS_WAIT).await {
+        tracing::debug!("the LISTEN connection did not answer a barrier; notifications may follow");
+    }
+    while let Ok(message) = rx.try_recv() {
+        if let Some(message) = tenancy::for_client(channel_prefix.as_deref(), message) {
+            client.write_through(&message).await?;
+            metrics.client_bytes_sent.inc_by(message.len() as u64);
+        }
+    }
+    Ok(())
 }
 
 /// Writes the first `cut` bytes of the server's buffer to the client and consumes them.

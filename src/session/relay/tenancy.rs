@@ -83,10 +83,16 @@ impl Relay {
     /// A notification on its way to the client: under tenant enforcement the channel loses
     /// the tenant's prefix, and one of another tenant never arrives (`None`).
     pub(super) fn for_client(&self, message: Bytes) -> Option<Bytes> {
-        match &self.channel_prefix {
-            Some(prefix) => notify::strip_channel_prefix(&message, prefix),
-            None => Some(message),
-        }
+        for_client(self.channel_prefix.as_deref(), message)
+    }
+}
+
+/// A notification with the tenant's channel prefix (if any) taken off; `None` when it is
+/// another tenant's.
+pub(super) fn for_client(channel_prefix: Option<&str>, message: Bytes) -> Option<Bytes> {
+    match channel_prefix {
+        Some(prefix) => notify::strip_channel_prefix(&message, prefix),
+        None => Some(message),
     }
 }
 
