@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::pool::health::Topology;
 use crate::pool::{ConnectOptions, Pool};
 use crate::session::auth::UserAuth;
+use crate::sql::signal::SignalKind;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -212,8 +213,14 @@ impl App {
     }
 
     /// Issues a unique BackendKeyData for a new client.
-    pub fn issue_key(&self) -> IssuedKey {
-        self.cancels.issue(&self.rng)
+    /// `owner` (user and tenant) is who may signal the client by its PID.
+    pub fn issue_key(&self, owner: String) -> IssuedKey {
+        self.cancels.issue(&self.rng, owner)
+    }
+
+    /// `pg_cancel_backend` / `pg_terminate_backend` of an issued PID by a client of `owner`.
+    pub async fn signal(&self, process_id: i32, owner: &str, kind: SignalKind) -> bool {
+        self.cancels.signal(process_id, owner, kind).await
     }
 
     /// Handles a CancelRequest from a client connection.

@@ -4,6 +4,9 @@
 //!
 //! A server connection is not returned to its pool while a cancel for it is being delivered,
 //! so a late cancel can never hit the next client's statement.
+//!
+//! `pg_cancel_backend` / `pg_terminate_backend` of an issued PID act here too ([`CancelRegistry::signal`]),
+//! for clients of the same owner (user and tenant) only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -17,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::pool::server::BackendKey;
+use crate::sql::signal::SignalKind;
 
 /// How long delivering one CancelRequest upstream may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +46,10 @@ enum CancelState {
 
 struct Slot {
     secret_key: i32,
+    /// Who may signal this client by PID (its user and tenant).
+    owner: String,
+    /// Fired by `pg_terminate_backend` of this client's PID: its session ends.
+    terminate: tokio_util::sync::CancellationToken,
     state: Mutex<CancelState>,
     /// Held while a cancel is delivered, and while the relay releases the server connection.
     delivery: Arc<tokio::sync::Mutex<()>>,
@@ -76,7 +84,7 @@ impl Default for CancelRegistry {
 
 impl CancelRegistry {
     /// Issues a unique BackendKeyData for a new client.
-    pub fn issue(&self, rng: &SystemRandom) -> IssuedKey {
+    pub fn issue(&self, rng: &SystemRandom, owner: String) -> IssuedKey {
         let mut secret = [0u8; 4];
         // SystemRandom only fails when the OS has no randomness; a zero secret still works.
         let _ = rng.fill(&mut secret);
@@ -90,6 +98,8 @@ impl CancelRegistry {
         };
         let slot = Arc::new(Slot {
             secret_key: i32::from_be_bytes(secret),
+            owner,
+            terminate: tokio_util::sync::CancellationToken::new(),
             state: Mutex::new(CancelState::Idle),
             delivery: Arc::new(tokio::sync::Mutex::new(())),
         });
@@ -115,13 +125,37 @@ impl CancelRegistry {
             tracing::debug!("cancel request matched no client");
             return;
         };
-        let _delivering = slot.delivery.lock().await;
-        let state = slot.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match state {
-            CancelState::Idle => tracing::debug!("cancel request for an idle client"),
-            CancelState::Waiting(notify) => notify.notify_one(),
-            CancelState::Running(target) => send_cancel(&target).await,
+        deliver(&slot).await;
+    }
+
+    /// `pg_cancel_backend(process_id)` / `pg_terminate_backend(process_id)` from a client of
+    /// `owner`: cancels the running request of, or ends the session of, the client with that
+    /// issued PID, if it has the same owner. False (nothing done) for unknown PIDs and for
+    /// other owners' clients, which a client cannot tell apart.
+    pub async fn signal(&self, process_id: i32, owner: &str, kind: SignalKind) -> bool {
+        let slot = {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.get(&process_id).filter(|s| s.owner == owner).cloned()
+        };
+        let Some(slot) = slot else {
+            return false;
+        };
+        match kind {
+            SignalKind::Cancel => deliver(&slot).await,
+            SignalKind::Terminate => slot.terminate.cancel(),
         }
+        true
+    }
+}
+
+/// Cancels what the slot's client waits for or runs.
+async fn deliver(slot: &Slot) {
+    let _delivering = slot.delivery.lock().await;
+    let state = slot.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match state {
+        CancelState::Idle => tracing::debug!("cancel request for an idle client"),
+        CancelState::Waiting(notify) => notify.notify_one(),
+        CancelState::Running(target) => send_cancel(&target).await,
     }
 }
 
@@ -162,6 +196,16 @@ impl IssuedKey {
 
     pub fn secret_key(&self) -> i32 {
         self.slot.secret_key
+    }
+
+    /// Who may signal this client by PID (and whom it may signal).
+    pub fn owner(&self) -> &str {
+        &self.slot.owner
+    }
+
+    /// Fires when another client of the same owner ran `pg_terminate_backend` of this PID.
+    pub fn terminated(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.slot.terminate.clone().cancelled_owned()
     }
 
     /// The client waits for a server connection: a cancel now fires the returned notifier.
@@ -218,14 +262,14 @@ mod tests {
     fn issued_pids_can_never_be_real_ones_and_stay_within_int32() {
         let registry = CancelRegistry::default();
         let rng = SystemRandom::new();
-        let a = registry.issue(&rng);
-        let b = registry.issue(&rng);
+        let a = registry.issue(&rng, String::new());
+        let b = registry.issue(&rng, String::new());
         assert_eq!(a.process_id(), FIRST_ISSUED_PID);
         assert_eq!(b.process_id(), FIRST_ISSUED_PID + 1);
         // The counter wraps around i32 and the PIDs stay in range.
         registry.next_process_id.store(i32::MAX, Ordering::Relaxed);
         for _ in 0..3 {
-            let key = registry.issue(&rng);
+            let key = registry.issue(&rng, String::new());
             assert!(key.process_id() >= FIRST_ISSUED_PID, "{}", key.process_id());
         }
     }

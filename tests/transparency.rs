@@ -115,3 +115,152 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
         .expect("answered");
     assert!(tags(&replies).ends_with('Z'), "{}", tags(&replies));
 }
+
+/// Polls (bounded) until `sql`, run directly as the superuser, returns a count of at least one.
+async fn wait_for(db: &str, sql: &str) {
+    let admin = connect_direct_superuser(db).await;
+    for _ in 0..1000 {
+        let n: i64 = admin.query_one(sql, &[]).await.unwrap().get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never true: {sql}");
+}
+
+/// Reads from a raw connection until the sidecar closes it: the SQLSTATEs of its errors.
+async fn errors_until_closed(conn: &mut ServerConn) -> Vec<String> {
+    let mut codes = Vec::new();
+    loop {
+        while let Ok(Some(frame)) = pgsidecar::protocol::frame::try_frame(&mut conn.rbuf, 1 << 20) {
+            if frame.tag() == b'E' {
+                codes.push(pgsidecar::protocol::backend::ErrorFields::parse(frame.body()).code);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), conn.read_more()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return codes,
+            Err(_) => panic!("still open; errors so far {codes:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_of_issued_pids_act_on_the_sidecars_own_clients() {
+    for mode in ["transaction", "session"] {
+        let name = fresh_user("signals");
+        let sidecar = start(&base_toml(&name, &format!("mode = \"{mode}\"\nsize = 3"))).await;
+        let mut a = raw(sidecar.addr, &name, &[]).await;
+        let a_pid = a.key.process_id;
+        assert!(a_pid > 1 << 22, "{a_pid} could be a real PID");
+        let b = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+
+        // Simple protocol, literal PID: the running query is cancelled.
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query("SELECT pg_sleep(60)", &mut out).unwrap();
+        a.write_all(&out).await.unwrap();
+        wait_for(
+            &name,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+        )
+        .await;
+        let rows = b
+            .simple_query(&format!("SELECT pg_cancel_backend({a_pid})"))
+            .await
+            .unwrap();
+        let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+            panic!("{mode}: no row");
+        };
+        assert_eq!(row.get("pg_cancel_backend"), Some("t"), "{mode}");
+        let replies = read_until_ready(&mut a, 1).await;
+        assert_eq!(error_code(&replies).as_deref(), Some("57014"), "{mode}");
+        assert_eq!(
+            tags(&query(&mut a, "SELECT 1").await),
+            "TDCZ",
+            "{mode}: a goes on"
+        );
+
+        // Extended protocol, PID as a parameter: the session ends with 57P01.
+        let ended: bool = b
+            .query_one("SELECT pg_terminate_backend($1)", &[&a_pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ended, "{mode}");
+        assert_eq!(errors_until_closed(&mut a).await, ["57P01"], "{mode}");
+
+        // Gone, or never issued: false, and nothing happens.
+        let again: bool = b
+            .query_one("SELECT pg_terminate_backend($1)", &[&a_pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!again, "{mode}");
+        let rows = b
+            .simple_query("SELECT pg_catalog.pg_cancel_backend(2147483000) AS c")
+            .await
+            .unwrap();
+        let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+            panic!("{mode}: no row");
+        };
+        assert_eq!(row.get("c"), Some("f"), "{mode}");
+        // A PID that is not the sidecar's reaches Postgres's own function.
+        let real: bool = b
+            .query_one("SELECT pg_cancel_backend($1)", &[&1i32])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!real, "{mode}: PID 1 is no backend");
+        assert_eq!(
+            b.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+            2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_signal_another_tenants_client() {
+    let name = fresh_user("signal_tenant");
+    install_tenancy_sql(&name);
+    let sidecar = start(&(base_toml(&name, "size = 3") + TENANCY)).await;
+    let acme_login = format!("{name}.acme");
+    let mut acme = raw_connect(sidecar.addr, &acme_login, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let pid = acme.key.process_id;
+    let globex = tenant_client(&sidecar, &name, "globex").await;
+    for sql in [
+        format!("SELECT pg_terminate_backend({pid})"),
+        format!("SELECT pg_cancel_backend({pid})"),
+    ] {
+        let rows = globex.simple_query(&sql).await.unwrap();
+        let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+            panic!("no row for {sql}");
+        };
+        assert_eq!(row.get(0), Some("f"), "{sql}");
+    }
+    let by_param: bool = globex
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!by_param);
+    assert_eq!(tags(&query(&mut acme, "SELECT 1").await), "TDCZ");
+    // Under enforcement a real backend's PID is not for tenants to signal.
+    let real: bool = globex
+        .query_one("SELECT pg_terminate_backend($1)", &[&1i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!real);
+    // The same tenant may.
+    let acme2 = tenant_client(&sidecar, &name, "acme").await;
+    let ended: bool = acme2
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended);
+    assert_eq!(errors_until_closed(&mut acme).await, ["57P01"]);
+}

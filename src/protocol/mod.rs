@@ -4,6 +4,7 @@
 //! Nothing here allocates per forwarded message; builders write into a caller's `BytesMut`.
 
 pub mod backend;
+pub mod bind;
 pub mod frame;
 pub mod frontend;
 pub mod sqlstate;

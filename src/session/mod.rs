@@ -218,7 +218,7 @@ async fn login(
             return Err(Some(startup_failure(&e)));
         }
     };
-    let key = app.issue_key();
+    let key = app.issue_key(owner(&identity.user, identity.tenant.as_deref()));
     auth::write_ok(&mut client.wbuf);
     for (name, value) in statuses.iter() {
         backend::parameter_status(&mut client.wbuf, name, value);
@@ -235,6 +235,11 @@ async fn login(
         tenant: identity.tenant,
         key,
     })
+}
+
+/// Who may signal a client by its PID: clients of the same user and tenant.
+pub(crate) fn owner(user: &str, tenant: Option<&str>) -> String {
+    format!("{user}\0{}", tenant.unwrap_or_default())
 }
 
 /// The client's tenant, once it authenticated: from its JWT grant or certificate (checked),

@@ -97,6 +97,9 @@ pub struct Effects {
     pub notifies: bool,
     /// Statements in the text.
     pub statements: usize,
+    /// The sidecar's stand-in for a signal call whose PID is Bind parameter `n` (1-based):
+    /// its Binds are looked at (`relay/signals.rs`).
+    pub signal: Option<(crate::sql::signal::SignalKind, usize)>,
 }
 
 impl Effects {

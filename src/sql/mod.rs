@@ -5,4 +5,5 @@ pub mod cache;
 pub mod classify;
 pub mod fingerprint;
 pub mod functions;
+pub mod signal;
 mod walk;

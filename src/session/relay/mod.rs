@@ -52,6 +52,7 @@ use crate::stream::Stream;
 mod checkout;
 mod replies;
 mod routing;
+mod signals;
 mod tenancy;
 
 use tenancy::{with_text, Guarded};
@@ -80,6 +81,9 @@ pub enum RelayError {
     Shutdown,
     #[error("terminating connection due to idle-in-transaction timeout")]
     IdleInTransaction,
+    /// Another client ran `pg_terminate_backend` of this client's PID.
+    #[error("terminating connection due to administrator command")]
+    Terminated,
 }
 
 impl RelayError {
@@ -93,6 +97,7 @@ impl RelayError {
             RelayError::ServerFrame(_) => "upstream_protocol",
             RelayError::Shutdown => "shutdown",
             RelayError::IdleInTransaction => "idle_in_transaction_timeout",
+            RelayError::Terminated => "terminated_by_pid",
         }
     }
 
@@ -111,7 +116,7 @@ impl RelayError {
                 SqlState::CONNECTION_FAILURE,
                 "the connection to the upstream server was lost",
             )),
-            RelayError::Shutdown => Some(ErrorReport::fatal(
+            RelayError::Shutdown | RelayError::Terminated => Some(ErrorReport::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 self.to_string(),
             )),
@@ -247,7 +252,8 @@ impl Relay {
         // Registered once, not on every turn of the loop (each registration takes a lock).
         let draining = self.app.draining.clone().cancelled_owned();
         let terminate = self.app.terminate.clone().cancelled_owned();
-        tokio::pin!(draining, terminate);
+        let killed = self.info.key.terminated();
+        tokio::pin!(draining, terminate, killed);
         loop {
             match &mut self.phase {
                 Phase::Attached(att) => {
@@ -302,6 +308,7 @@ impl Relay {
                             }
                         }
                         _ = &mut terminate => return Err(RelayError::Shutdown),
+                        _ = &mut killed => return Err(RelayError::Terminated),
                     }
                 }
                 Phase::Detached | Phase::SkipToSync => {
@@ -325,6 +332,7 @@ impl Relay {
                         _ = &mut draining, if matches!(self.phase, Phase::Detached) => {
                             return Err(RelayError::Shutdown);
                         }
+                        _ = &mut killed => return Err(RelayError::Terminated),
                     }
                 }
             }
@@ -402,6 +410,21 @@ impl Relay {
             }
             _ => {}
         }
+        // Signals of the PIDs this sidecar issued are the sidecar's to act on.
+        let (frame, signal) = match frame.tag() {
+            frontend::QUERY_TAG => (self.signal_query(frame).await, None),
+            frontend::PARSE_TAG => self.signal_parse(frame),
+            frontend::BIND_TAG => {
+                let signal = bound_statement(frame.body())
+                    .and_then(|name| self.statements.effects_of(name))
+                    .and_then(|effects| effects.signal);
+                match signal {
+                    Some((kind, n)) => (self.signal_bind(frame, kind, n).await, None),
+                    None => (frame, None),
+                }
+            }
+            _ => (frame, None),
+        };
         // Under tenant enforcement, a refused Query becomes one that raises the refusal on the
         // server (so a transaction fails there too); a refused Parse is replaced further down.
         let (frame, refused_parse) = match self.guard(&frame) {
@@ -419,7 +442,15 @@ impl Relay {
         let (effects, routing) = match frame.tag() {
             frontend::QUERY_TAG => self.classify(&frame),
             frontend::PARSE_TAG => {
-                parsed = Some(self.classify(&frame));
+                let (effects, routing) = self.classify(&frame);
+                let effects = match signal {
+                    Some(signal) => Arc::new(Effects {
+                        signal: Some(signal),
+                        ..(*effects).clone()
+                    }),
+                    None => effects,
+                };
+                parsed = Some((effects, routing));
                 (Effects::none(), Routing::PRIMARY)
             }
             frontend::BIND_TAG => bound_statement(frame.body())
