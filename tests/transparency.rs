@@ -264,3 +264,100 @@ async fn a_tenant_cannot_signal_another_tenants_client() {
     assert!(ended);
     assert_eq!(errors_until_closed(&mut acme).await, ["57P01"]);
 }
+
+/// Parse of a named statement with a Sync, its replies read.
+async fn prepare(conn: &mut ServerConn, name: &str, sql: &str) {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::parse(name, sql, [], &mut out).unwrap();
+    postgres_protocol::message::frontend::sync(&mut out);
+    conn.write_all(&out).await.unwrap();
+    assert_eq!(tags(&read_until_ready(conn, 1).await), "1Z");
+}
+
+/// The text of the first DataRow's first column.
+fn first_value(replies: &[(u8, Vec<u8>)]) -> String {
+    let (_, body) = replies.iter().find(|(t, _)| *t == b'D').expect("a row");
+    String::from_utf8_lossy(&body[6..]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_and_execute_reach_protocol_statements_even_pipelined() {
+    for mode in ["transaction", "session"] {
+        let name = fresh_user("sql_names");
+        let sidecar = start(&toml(&name, mode)).await;
+        let mut conn = raw(sidecar.addr, &name, &[]).await;
+        prepare(&mut conn, "_pg3_0", "SELECT $1::int * 10").await;
+        prepare(&mut conn, "_pg3_1", "SELECT 7").await;
+
+        // EXECUTE by the protocol-level name, alone and pipelined.
+        assert_eq!(
+            first_value(&query(&mut conn, "EXECUTE _pg3_0(4)").await),
+            "40"
+        );
+        let mut out = BytesMut::new();
+        for sql in [
+            "SELECT pg_sleep(0.01)",
+            "EXECUTE _pg3_0(5)",
+            "DEALLOCATE _pg3_1",
+            "DEALLOCATE PREPARE _pg3_1",
+            "BEGIN",
+            "SELECT 1/0",
+            "DEALLOCATE _pg3_0",
+            "ROLLBACK",
+        ] {
+            postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+        }
+        conn.write_all(&out).await.unwrap();
+        let replies = read_until_ready(&mut conn, 8).await;
+        let per_query: Vec<String> = tags(&replies)
+            .split_inclusive('Z')
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            per_query,
+            ["TDCZ", "TDCZ", "CZ", "EZ", "CZ", "EZ", "EZ", "CZ"],
+            "{mode}"
+        );
+        assert_eq!(first_value(&replies[4..]), "50", "{mode}");
+        let codes: Vec<String> = replies
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| pgsidecar::protocol::backend::ErrorFields::parse(b).code)
+            .collect();
+        assert_eq!(codes, ["26000", "22012", "25P02"], "{mode}");
+        // _pg3_1 is gone, _pg3_0 survived the failed transaction's DEALLOCATE.
+        let mut out = BytesMut::new();
+        bind_execute(&mut out, "_pg3_1");
+        conn.write_all(&out).await.unwrap();
+        let replies = read_until_ready(&mut conn, 1).await;
+        assert_eq!(error_code(&replies).as_deref(), Some("26000"), "{mode}");
+        assert_eq!(
+            first_value(&query(&mut conn, "EXECUTE _pg3_0(6)").await),
+            "60"
+        );
+
+        // A server connection that lacks the statement gets it before the EXECUTE.
+        let admin = connect_direct_superuser(&name).await;
+        admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
+            ))
+            .await
+            .unwrap();
+        if mode == "transaction" {
+            wait_for(
+                &name,
+                &format!("SELECT (count(*) = 0)::int::bigint FROM pg_stat_activity WHERE usename = '{name}'"),
+            )
+            .await;
+            let replies = query(&mut conn, "EXECUTE _pg3_0(7)").await;
+            let replies = if error_code(&replies).is_some() {
+                // The pool learned of the dead connection on this request; the next is served.
+                query(&mut conn, "EXECUTE _pg3_0(7)").await
+            } else {
+                replies
+            };
+            assert_eq!(first_value(&replies), "70", "{mode}");
+        }
+    }
+}

@@ -14,6 +14,8 @@ impl SqlState {
     /// 0A000: something the sidecar does not support.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 25P02: a statement in a transaction that already failed.
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 25P03: a client sat idle inside a transaction too long.
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
     /// 28000: the client may not log in this way.

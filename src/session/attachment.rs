@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::resync::Resync;
+use super::statements::Prepared;
 use crate::config::ClientLimits;
 use crate::metrics::GaugeGuard;
 use crate::pool::Checkout;
@@ -75,6 +76,10 @@ pub(super) enum Source {
     Ignored,
     /// A client's Sync, closing this batch.
     Sync(Batch),
+    /// A client's Query the sidecar answers itself when its turn comes (the server knows
+    /// nothing of it): SQL `DEALLOCATE` of this protocol-level statement, taken out of the
+    /// client's statements (put back if the transaction has failed by then).
+    Deallocate(String, std::sync::Arc<Prepared>),
 }
 
 /// One ReadyForQuery the client's connection is waiting for.
@@ -87,14 +92,18 @@ impl Expect {
     pub(super) fn reply(&self) -> Reply {
         match self.source {
             Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => Reply::Swallow,
-            Source::Query { .. } | Source::Sync(_) => Reply::Forward,
+            Source::Query { .. } | Source::Sync(_) | Source::Deallocate(..) => Reply::Forward,
         }
     }
 
     /// Statements in the request (a Query counts one, a batch counts its Executes).
     pub(super) fn statements(&self) -> u32 {
         match &self.source {
-            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => 0,
+            Source::Sidecar
+            | Source::Apply
+            | Source::Capture
+            | Source::Ignored
+            | Source::Deallocate(..) => 0,
             Source::Query { .. } => 1,
             Source::Sync(batch) => batch.executes,
         }
@@ -102,7 +111,11 @@ impl Expect {
 
     pub(super) fn sent(&self) -> Option<Instant> {
         match &self.source {
-            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => None,
+            Source::Sidecar
+            | Source::Apply
+            | Source::Capture
+            | Source::Ignored
+            | Source::Deallocate(..) => None,
             Source::Query { sent, .. } => Some(*sent),
             Source::Sync(batch) => Some(batch.started),
         }
@@ -428,6 +441,19 @@ impl Attachment {
             self.readies += 1;
         }
         unanswered
+    }
+
+    /// The front entry if the sidecar answers it itself (its turn has come).
+    pub(super) fn pop_local(&mut self) -> Option<(String, std::sync::Arc<Prepared>)> {
+        match self.expect.front().map(|e| &e.source) {
+            Some(Source::Deallocate(..)) => {}
+            _ => return None,
+        }
+        self.readies += 1;
+        match self.expect.pop_front().map(|e| e.source) {
+            Some(Source::Deallocate(name, prepared)) => Some((name, prepared)),
+            _ => None,
+        }
     }
 
     /// Queues a ReadyForQuery the client's connection now waits for.

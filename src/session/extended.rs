@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::attachment::{Attachment, Awaited, Pending, Reply};
+use super::attachment::{Attachment, Awaited, Expect, Pending, Reply, Source};
 use super::resync::Effects;
 use super::statements::{message, split_cstr, ClientStatements, Prepared, PROXY_PREFIX};
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -141,6 +141,20 @@ fn send_parse(
         reply,
         after: att.requests,
         parse_of: Some((client_name.unwrap_or_default(), prepared.proxy.clone())),
+    });
+}
+
+/// Prepares the statement on this server connection, if it lacks it, before a simple Query
+/// that runs it (SQL `EXECUTE` of a protocol-level name): with a Sync of its own, its
+/// ReadyForQuery swallowed.
+pub(super) fn prepare_for_query(att: &mut Attachment, prepared: &Prepared) {
+    if att.server.conn_mut().prepared.contains(&prepared.proxy) {
+        return;
+    }
+    send_parse(att, prepared, Reply::Swallow, None);
+    crate::protocol::frontend::append_sync(&mut att.wbuf);
+    att.push_expect(Expect {
+        source: Source::Sidecar,
     });
 }
 

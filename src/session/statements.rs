@@ -93,6 +93,16 @@ impl ClientStatements {
         self.named.remove(name).is_some()
     }
 
+    /// Takes a named statement out (a DEALLOCATE that may yet be refused).
+    pub fn take(&mut self, name: &[u8]) -> Option<Arc<Prepared>> {
+        self.named.remove(name)
+    }
+
+    /// Puts back a statement [`ClientStatements::take`] took out.
+    pub fn restore(&mut self, name: &[u8], prepared: Arc<Prepared>) {
+        self.named.insert(name.to_vec(), prepared);
+    }
+
     /// Forgets everything (DISCARD ALL, DEALLOCATE ALL).
     pub fn clear(&mut self) {
         self.named.clear();

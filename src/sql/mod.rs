@@ -5,5 +5,6 @@ pub mod cache;
 pub mod classify;
 pub mod fingerprint;
 pub mod functions;
+pub mod rename;
 pub mod signal;
 mod walk;

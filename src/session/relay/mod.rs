@@ -53,7 +53,10 @@ mod checkout;
 mod replies;
 mod routing;
 mod signals;
+mod sql_names;
 mod tenancy;
+
+use sql_names::local_deallocate;
 
 use tenancy::{with_text, Guarded};
 
@@ -505,6 +508,10 @@ impl Relay {
                 }
             }
         }
+        let frame = match role {
+            MessageRole::Request => self.protocol_execute(&frame, &effects).unwrap_or(frame),
+            _ => frame,
+        };
         let Phase::Attached(att) = &mut self.phase else {
             return Ok(None);
         };
@@ -682,37 +689,6 @@ impl Relay {
                 "the LISTEN connection does not listen yet; notifications may be missed"
             );
         }
-    }
-
-    /// SQL `DEALLOCATE [PREPARE] name` of a statement the client prepared through the protocol
-    /// (drivers evict their Parse'd statements so: psycopg with libpq < 17): the two share one
-    /// namespace in Postgres, but on the servers the statement has its proxy-wide name, so the
-    /// sidecar forgets it and answers as Postgres would — when nothing is in flight before it
-    /// and no failed transaction must refuse it (then it goes to the server as sent).
-    fn deallocated_protocol_statement(&mut self, effects: &Effects) -> bool {
-        let [resync::SqlOp::Deallocate(name)] = effects.sql_ops.as_slice() else {
-            return false;
-        };
-        if effects.statements != 1
-            || self.info.state.sql_prepared.contains_key(name)
-            || self.statements.get(name.as_bytes()).is_none()
-        {
-            return false;
-        }
-        let status = match &self.phase {
-            Phase::Detached if self.begin_pending.is_some() => TransactionStatus::InTransaction,
-            Phase::Detached => TransactionStatus::Idle,
-            Phase::Attached(att)
-                if att.between_requests() && att.status != TransactionStatus::Failed =>
-            {
-                att.status
-            }
-            _ => return false,
-        };
-        self.statements.forget(name.as_bytes());
-        backend::command_complete(&mut self.client.wbuf, "DEALLOCATE");
-        backend::ready_for_query(&mut self.client.wbuf, status);
-        true
     }
 
     /// Returns the server connection to the pool, once no cancel for it is in flight.

@@ -276,6 +276,14 @@ impl Relay {
             if header.tag == READY_FOR_QUERY_TAG {
                 // Syncs the server ignored during COPY get no ReadyForQuery.
                 while att.skip_unanswered(false) {}
+                // Requests the sidecar answers itself, now that their turn has come.
+                while let Some((name, prepared)) = att.pop_local() {
+                    emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                    let mut answer = bytes::BytesMut::new();
+                    local_deallocate(&mut answer, statements, (&name, prepared), att.status);
+                    client.write_through(&answer).await?;
+                    metrics.client_bytes_sent.inc_by(answer.len() as u64);
+                }
             }
             if let Some(message) = notification {
                 client.write_through(&message).await?;
