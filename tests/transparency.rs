@@ -361,3 +361,64 @@ async fn sql_deallocate_and_execute_reach_protocol_statements_even_pipelined() {
         }
     }
 }
+
+/// Prepares `sql` as `b1`, binds 'happy' to it and runs it: its replies.
+async fn prepare_and_run(conn: &mut ServerConn, sql: &str) -> Vec<(u8, Vec<u8>)> {
+    prepare(conn, "b1", sql).await;
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::bind(
+        "",
+        "b1",
+        [],
+        [Some("happy")],
+        |v: Option<&str>, buf| {
+            buf.extend_from_slice(v.unwrap_or_default().as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [],
+        &mut out,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    postgres_protocol::message::frontend::execute("", 0, &mut out).unwrap();
+    postgres_protocol::message::frontend::sync(&mut out);
+    conn.write_all(&out).await.unwrap();
+    let replies = read_until_ready(conn, 1).await;
+    query(conn, "DEALLOCATE b1").await;
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_statements_do_not_outlive_a_rolled_back_type() {
+    for mode in ["transaction", "session"] {
+        let name = fresh_user("rolled_back_type");
+        let sidecar = start(&toml(&name, mode)).await;
+        for (i, rollback) in ["ROLLBACK TO s", "ROLLBACK"].iter().enumerate() {
+            let ty = format!("mood{i}");
+            let sql = format!("SELECT $1::{ty}");
+            let mut a = raw(sidecar.addr, &name, &[]).await;
+            query(
+                &mut a,
+                &format!("BEGIN; SAVEPOINT s; CREATE TYPE {ty} AS ENUM ('happy')"),
+            )
+            .await;
+            prepare(&mut a, "a1", &sql).await;
+            assert_eq!(tags(&query(&mut a, rollback).await), "CZ");
+            query(&mut a, "COMMIT").await;
+            query(&mut a, "DEALLOCATE a1").await;
+            query(&mut a, &format!("CREATE TYPE {ty} AS ENUM ('happy')")).await;
+            // The same text prepared again — by this client, or by the next one on the same
+            // server connection — is parsed against the type that exists now.
+            let replies = prepare_and_run(&mut a, &sql).await;
+            assert_eq!(tags(&replies), "2DCZ", "{mode} {rollback}: {replies:?}");
+            drop(a);
+            let mut b = raw(sidecar.addr, &name, &[]).await;
+            let replies = prepare_and_run(&mut b, &sql).await;
+            assert_eq!(
+                tags(&replies),
+                "2DCZ",
+                "{mode} {rollback}, next client: {replies:?}"
+            );
+        }
+    }
+}

@@ -179,6 +179,16 @@ pub(super) struct Attachment {
     pub(super) on_replica: bool,
     /// The client ran something on the primary that may have written (read-your-writes).
     pub(super) wrote: bool,
+    /// A statement that may change the catalog ran on this attachment since the last
+    /// transaction end the client asked for.
+    pub(super) catalog_changed: bool,
+    /// Proxy-wide statements prepared on the server connection since then: a rollback may
+    /// leave them pointing at catalog objects that no longer exist.
+    pub(super) parsed_since_catalog_change: Vec<bytes::Bytes>,
+    /// The client asked for a rollback (or commit) in an extended batch after a catalog
+    /// change: those statements are closed after its Sync (`Some(true)`: the transaction
+    /// ends there).
+    pub(super) forget_parsed_at_sync: Option<bool>,
     /// The client's transaction sent notifications: before the ReadyForQuery that ends it,
     /// the ones on channels the client listens to are delivered (as Postgres does).
     pub(super) notified: bool,
@@ -358,6 +368,9 @@ impl Attachment {
             on_replica: false,
             wrote: false,
             notified: false,
+            catalog_changed: false,
+            parsed_since_catalog_change: Vec::new(),
+            forget_parsed_at_sync: None,
             replica_said_fatal: false,
             tenant_permit: None,
             simple_copy_in: None,
@@ -454,6 +467,13 @@ impl Attachment {
             Some(Source::Deallocate(name, prepared)) => Some((name, prepared)),
             _ => None,
         }
+    }
+
+    /// Statements prepared since the catalog change are closed after the client's next Sync
+    /// (`ends`: its transaction ends by then).
+    pub(super) fn forget_parsed_after_sync(&mut self, ends: bool) {
+        let at_sync = self.forget_parsed_at_sync.get_or_insert(ends);
+        *at_sync |= ends;
     }
 
     /// Queues a ReadyForQuery the client's connection now waits for.

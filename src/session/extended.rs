@@ -136,11 +136,41 @@ fn send_parse(
         att.push_reply(Awaited::CloseComplete, Reply::Swallow);
     }
     att.wbuf.extend_from_slice(&prepared.parse);
+    if att.catalog_changed && att.parsed_since_catalog_change.len() < MAX_PARSED_TRACKED {
+        att.parsed_since_catalog_change.push(prepared.proxy.clone());
+    }
     att.pending.push_back(Pending::Reply {
         awaited: Awaited::ParseComplete,
         reply,
         after: att.requests,
         parse_of: Some((client_name.unwrap_or_default(), prepared.proxy.clone())),
+    });
+}
+
+/// Statements prepared after a catalog change that a rollback closes, at most (past that, the
+/// server connection's own bound on prepared statements closes the oldest anyway).
+const MAX_PARSED_TRACKED: usize = 1024;
+
+/// The client's rollback (or commit, which rolls back a failed transaction) of a transaction
+/// that changed the catalog is on its way: statements prepared since the change are closed on
+/// the server (and prepared again when next used), so no client ever runs one parsed against
+/// a type or table that the rollback removed. Between requests only: Closes and a Sync of its
+/// own, their replies swallowed. `ends`: the transaction ends (not just a subtransaction).
+pub(super) fn forget_parsed_since_catalog_change(att: &mut Attachment, ends: bool) {
+    let parsed = std::mem::take(&mut att.parsed_since_catalog_change);
+    att.catalog_changed &= !ends;
+    if parsed.is_empty() {
+        return;
+    }
+    for proxy in parsed {
+        att.server.conn_mut().prepared.remove(&proxy);
+        att.wbuf
+            .extend_from_slice(&message(CLOSE_TAG, &[b"S", &proxy, &[0]]));
+        att.push_reply(Awaited::CloseComplete, Reply::Swallow);
+    }
+    crate::protocol::frontend::append_sync(&mut att.wbuf);
+    att.push_expect(Expect {
+        source: Source::Sidecar,
     });
 }
 

@@ -97,6 +97,14 @@ pub struct Effects {
     pub notifies: bool,
     /// Statements in the text.
     pub statements: usize,
+    /// It may create or change catalog objects (DDL, DO, anything not understood): statements
+    /// prepared after it may depend on objects a rollback removes.
+    pub catalog: bool,
+    /// It may end a transaction or subtransaction by rolling it back: ROLLBACK, ROLLBACK TO
+    /// SAVEPOINT, or COMMIT (of a failed transaction). `Some(true)` when the transaction ends.
+    pub ends_transaction: Option<bool>,
+    /// COPY … FROM STDIN: the server reads the client's data after it.
+    pub copy_from: bool,
     /// The sidecar's stand-in for a signal call whose PID is Bind parameter `n` (1-based):
     /// its Binds are looked at (`relay/signals.rs`).
     pub signal: Option<(crate::sql::signal::SignalKind, usize)>,
@@ -115,6 +123,7 @@ impl Effects {
         Arc::clone(UNKNOWN.get_or_init(|| {
             Arc::new(Effects {
                 capture: true,
+                catalog: true,
                 ..Effects::default()
             })
         }))
@@ -134,6 +143,16 @@ impl Effects {
         effects.statements = statements.len();
         for (i, statement) in statements.iter().enumerate() {
             effects.capture |= may_change_session(statement);
+            effects.catalog |=
+                matches!(statement.kind, Kind::Ddl | Kind::Do | Kind::CreateFunction);
+            match statement.kind {
+                Kind::CopyFrom => effects.copy_from = true,
+                Kind::Rollback | Kind::Commit => effects.ends_transaction = Some(true),
+                Kind::RollbackTo => {
+                    effects.ends_transaction.get_or_insert(false);
+                }
+                _ => {}
+            }
             effects.notifies |= matches!(statement.kind, Kind::Notify { .. })
                 || statement
                     .functions
@@ -187,7 +206,11 @@ impl Effects {
                 _ => {}
             }
         }
-        if effects.any() || effects.notifies {
+        if effects.any()
+            || effects.notifies
+            || effects.catalog
+            || effects.ends_transaction.is_some()
+        {
             Arc::new(effects)
         } else {
             Effects::none()

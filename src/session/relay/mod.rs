@@ -556,6 +556,9 @@ impl Relay {
                 resync::mark_due(att);
             }
         }
+        if effects.catalog {
+            att.catalog_changed = true;
+        }
         if effects.deallocates_all() || effects.discard_all {
             self.statements.clear();
             att.server.conn_mut().prepared.clear();
@@ -593,6 +596,15 @@ impl Relay {
                         copy_ends,
                     },
                 });
+                if let (Some(ends), true) = (effects.ends_transaction, att.catalog_changed) {
+                    if in_batch || effects.copy_from {
+                        // Not while the server may skip to a Sync or read COPY data: after
+                        // the client's next Sync.
+                        att.forget_parsed_after_sync(ends);
+                    } else {
+                        extended::forget_parsed_since_catalog_change(att, ends);
+                    }
+                }
                 if effects.reset_all || effects.discard_all {
                     // The tenant (and what else the sidecar owns) is back before anything else.
                     if let Some(sql) = self.info.state.reserved_sql() {
@@ -605,6 +617,9 @@ impl Relay {
                 }
             }
             MessageRole::Extended => {
+                if let (Some(ends), true) = (effects.ends_transaction, att.catalog_changed) {
+                    att.forget_parsed_after_sync(ends);
+                }
                 let copy_ends = att.copy_ends;
                 let batch = att.batch.get_or_insert_with(|| Batch::new(now, copy_ends));
                 if frame.tag() == frontend::EXECUTE_TAG {
@@ -630,6 +645,9 @@ impl Relay {
                     att.push_expect(Expect {
                         source: Source::Sync(batch),
                     });
+                    if let Some(ends) = att.forget_parsed_at_sync.take() {
+                        extended::forget_parsed_since_catalog_change(att, ends);
+                    }
                 }
             }
             MessageRole::Flush
