@@ -40,21 +40,21 @@ fn python_with_psycopg() -> PathBuf {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg3_prepared_pipeline_copy_and_notifications() {
+/// Runs a script under `tests/drivers` against the sidecar; asserts it printed "ok".
+async fn run_script(script: &str, sidecar: &pgsidecar::app::Running, name: &str) {
     let python = tokio::task::spawn_blocking(python_with_psycopg)
         .await
         .unwrap();
-    let name = fresh_user("psycopg");
-    let sidecar = start(&base_toml(&name, "size = 2\ncheckout_timeout = \"30s\"")).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/psycopg_check.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(script);
     let out = tokio::process::Command::new(python)
         .arg(script)
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", sidecar.addr.port().to_string())
-        .env("PGUSER", &name)
+        .env("PGUSER", name)
         .env("PGPASSWORD", PASSWORD)
-        .env("PGDATABASE", &name)
+        .env("PGDATABASE", name)
         .output()
         .await
         .unwrap();
@@ -62,4 +62,21 @@ async fn psycopg3_prepared_pipeline_copy_and_notifications() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("ok"), "{stdout}\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_prepared_pipeline_copy_and_notifications() {
+    let name = fresh_user("psycopg");
+    let sidecar = start(&base_toml(&name, "size = 2\ncheckout_timeout = \"30s\"")).await;
+    run_script("psycopg_check.py", &sidecar, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_cannot_tell_the_sidecar_from_postgres() {
+    for mode in ["transaction", "session"] {
+        let name = fresh_user("psycopg_transparent");
+        let pool = format!("mode = \"{mode}\"\nsize = 3\ncheckout_timeout = \"30s\"");
+        let sidecar = start(&base_toml(&name, &pool)).await;
+        run_script("psycopg_transparency.py", &sidecar, &name).await;
+    }
 }
