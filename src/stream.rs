@@ -1,5 +1,6 @@
-//! A TCP connection, plain or TLS, as one `AsyncRead + AsyncWrite` type for both sides of the
-//! proxy. No protocol knowledge here.
+//! A TCP connection, plain or TLS — or an in-process pipe, which the relay's own tests drive
+//! over `tokio::io::duplex` — as one `AsyncRead + AsyncWrite` type for both sides of the proxy.
+//! No protocol knowledge here.
 
 use std::io;
 use std::pin::Pin;
@@ -12,17 +13,11 @@ use tokio::net::TcpStream;
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// An in-process connection (`tokio::io::duplex`); never TLS.
+    Memory(tokio::io::DuplexStream),
 }
 
 impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        }
-    }
-
     /// Whether TLS protects the connection.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
@@ -31,7 +26,7 @@ impl Stream {
     /// The peer's verified certificate chain (TLS with client certificates only).
     pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         match self {
-            Stream::Plain(_) => None,
+            Stream::Plain(_) | Stream::Memory(_) => None,
             Stream::Tls(s) => s.get_ref().1.peer_certificates(),
         }
     }
@@ -46,6 +41,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -59,6 +55,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -66,6 +63,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -73,6 +71,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -84,6 +83,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -91,6 +91,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Memory(s) => s.is_write_vectored(),
         }
     }
 }

@@ -38,12 +38,6 @@ pub enum MessageRole {
     Unknown,
 }
 
-/// Messages that are only a header (Sync, Flush, CopyDone, Terminate): a body makes them
-/// malformed.
-pub fn has_no_body(tag: u8) -> bool {
-    matches!(tag, SYNC_TAG | FLUSH_TAG | COPY_DONE_TAG | TERMINATE_TAG)
-}
-
 /// Classifies a frontend message by its tag.
 pub fn role(tag: u8) -> MessageRole {
     match tag {

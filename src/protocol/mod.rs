@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bind;
 pub mod frame;
 pub mod frontend;
+pub mod grammar;
 pub mod sqlstate;
 pub mod startup;
 

@@ -290,17 +290,12 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     backend::authentication(&mut conn.wbuf, AUTH_SASL_CONTINUE, server_first.as_bytes());
 
     let body = read_auth_message(conn).await?;
-    let client_final = std::str::from_utf8(&body).map_err(|_| malformed())?;
-    let (without_proof, proof) = client_final.rsplit_once(",p=").ok_or_else(malformed)?;
-    let mut channel_binding = None;
-    let mut final_nonce = None;
-    for attr in without_proof.split(',') {
-        if let Some(v) = attr.strip_prefix("c=") {
-            channel_binding = Some(v);
-        } else if let Some(v) = attr.strip_prefix("r=") {
-            final_nonce = Some(v);
-        }
-    }
+    let ClientFinal {
+        without_proof,
+        channel_binding,
+        nonce: final_nonce,
+        proof,
+    } = ClientFinal::parse(&body)?;
     if channel_binding != Some(B64.encode(first.gs2_header).as_str()) {
         return Err(AuthError::Protocol(
             "unexpected SCRAM channel-binding attribute in client-final-message".into(),
@@ -308,10 +303,6 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if final_nonce != Some(nonce.as_str()) {
         return Err(AuthError::Protocol("SCRAM nonce mismatch".into()));
-    }
-    let proof = B64.decode(proof).map_err(|_| malformed())?;
-    if proof.len() != 32 {
-        return Err(malformed());
     }
     let auth_message = format!("{},{server_first},{without_proof}", first.bare);
     let stored = hmac::Key::new(hmac::HMAC_SHA256, &secret.stored_key);
@@ -333,14 +324,15 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The parts of a client-first-message the server needs.
-struct ClientFirst<'a> {
-    gs2_header: &'a str,
-    bare: &'a str,
-    nonce: &'a str,
+pub struct ClientFirst<'a> {
+    pub gs2_header: &'a str,
+    pub bare: &'a str,
+    pub nonce: &'a str,
 }
 
 impl<'a> ClientFirst<'a> {
-    fn parse(data: &'a [u8]) -> Result<ClientFirst<'a>, AuthError> {
+    /// Reads a client-first-message (RFC 5802); channel binding is refused.
+    pub fn parse(data: &'a [u8]) -> Result<ClientFirst<'a>, AuthError> {
         let text = std::str::from_utf8(data).map_err(|_| malformed())?;
         let header_len = if text.starts_with("n,,") || text.starts_with("y,,") {
             3
@@ -362,6 +354,45 @@ impl<'a> ClientFirst<'a> {
             gs2_header: &text[..header_len],
             bare,
             nonce,
+        })
+    }
+}
+
+/// The parts of a client-final-message the server needs.
+pub struct ClientFinal<'a> {
+    /// Everything before `,p=` (part of the AuthMessage).
+    pub without_proof: &'a str,
+    /// `c=`: the base64 GS2 header.
+    pub channel_binding: Option<&'a str>,
+    /// `r=`: the combined nonce.
+    pub nonce: Option<&'a str>,
+    /// `p=`, decoded: 32 bytes.
+    pub proof: Vec<u8>,
+}
+
+impl<'a> ClientFinal<'a> {
+    /// Reads a client-final-message (RFC 5802).
+    pub fn parse(body: &'a [u8]) -> Result<ClientFinal<'a>, AuthError> {
+        let text = std::str::from_utf8(body).map_err(|_| malformed())?;
+        let (without_proof, proof) = text.rsplit_once(",p=").ok_or_else(malformed)?;
+        let mut channel_binding = None;
+        let mut nonce = None;
+        for attr in without_proof.split(',') {
+            if let Some(v) = attr.strip_prefix("c=") {
+                channel_binding = Some(v);
+            } else if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            }
+        }
+        let proof = B64.decode(proof).map_err(|_| malformed())?;
+        if proof.len() != 32 {
+            return Err(malformed());
+        }
+        Ok(ClientFinal {
+            without_proof,
+            channel_binding,
+            nonce,
+            proof,
         })
     }
 }

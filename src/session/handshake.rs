@@ -4,7 +4,6 @@
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::protocol::startup::{
     packet_len, parse_first_packet, FirstPacket, StartupError, StartupMessage,
@@ -78,8 +77,8 @@ pub struct ClientTls<'a> {
 }
 
 /// Reads first packets until a StartupMessage or CancelRequest arrives.
-pub async fn handshake(tcp: TcpStream, tls: ClientTls<'_>) -> Result<Accepted, Refused> {
-    let mut stream = Stream::Plain(tcp);
+pub async fn handshake(stream: Stream, tls: ClientTls<'_>) -> Result<Accepted, Refused> {
+    let mut stream = stream;
     let mut buf = BytesMut::new();
     let refuse = |stream, error| Refused {
         stream: Some(stream),
@@ -204,14 +203,10 @@ mod tests {
     use super::*;
     use crate::protocol::startup::{GSSENC_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE};
 
-    /// A connected loopback pair: (client side, server side).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
+    /// A connected in-process pair: (client side, server side).
+    async fn pair() -> (tokio::io::DuplexStream, Stream) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        (client, Stream::Memory(server))
     }
 
     const NO_TLS: ClientTls<'static> = ClientTls {

@@ -36,9 +36,14 @@ use handshake::{Accepted, Handshake, HandshakeError, Refused};
 
 /// Serves one accepted client connection to its end.
 pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
-    let _connected = GaugeGuard::new(&app.metrics.client_connections);
     let _ = tcp.set_nodelay(true);
     let loopback = tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    serve_stream(app, Stream::Plain(tcp), loopback).await;
+}
+
+/// Serves one client connection (`loopback`: from inside the host) to its end.
+pub async fn serve_stream(app: Arc<App>, stream: Stream, loopback: bool) {
+    let _connected = GaugeGuard::new(&app.metrics.client_connections);
     let acceptor = app.tls_acceptor();
     let tls = handshake::ClientTls {
         acceptor: acceptor.as_deref(),
@@ -47,7 +52,7 @@ pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
     // A client that never finishes its first packets is dropped silently, as Postgres does.
     let outcome = tokio::time::timeout(
         app.config.limits.login_timeout,
-        handshake::handshake(tcp, tls),
+        handshake::handshake(stream, tls),
     )
     .await;
     let (stream, leftover, startup) = match outcome {
@@ -97,7 +102,7 @@ pub async fn serve_client(app: Arc<App>, tcp: TcpStream) {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .map(|der| der.as_ref().to_vec()),
-        Stream::Plain(_) => None,
+        Stream::Plain(_) | Stream::Memory(_) => None,
     };
     let mut client = ClientConn::new(stream, leftover, app.config.max_message_size);
     let login = tokio::time::timeout(

@@ -76,7 +76,7 @@ pub enum RelayError {
     Server(#[from] ServerError),
     #[error("invalid frontend message type {0}")]
     UnknownMessage(u8),
-    #[error("invalid message format: message type {} has a body", char::from(*.0))]
+    #[error("invalid message format (message type {:?})", char::from(*.0))]
     MalformedMessage(u8),
     #[error("server sent a message the sidecar cannot frame: {0}")]
     ServerFrame(FrameError),
@@ -393,9 +393,9 @@ impl Relay {
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
         let role = frontend::role(frame.tag());
-        if frontend::has_no_body(frame.tag()) && !frame.body().is_empty() {
-            // Postgres would take it as a protocol violation and skip to the next Sync; the
-            // sidecar never forwards a malformed message.
+        if !crate::protocol::grammar::well_formed(frame.tag(), frame.body()) {
+            // Postgres raises "invalid message format" (and skips to the next Sync); the
+            // sidecar never forwards a malformed message and ends the session.
             return Err(RelayError::MalformedMessage(frame.tag()));
         }
         match role {

@@ -1,0 +1,42 @@
+//! The fingerprint scanner, the classifier, the tenant guard and the small SQL readers.
+//! Asserts: no panic; literal and statement ranges inside the text; where sqlparser parses the
+//! text, the scanner finds as many statements as it does.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pgsidecar::sql::classify::{classify, Classification, Options};
+use pgsidecar::sql::fingerprint::scan;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+fuzz_target!(|data: &[u8]| {
+    let scanned = scan(data);
+    for l in &scanned.literals {
+        assert!(l.span.start <= l.span.end && l.span.end <= data.len());
+        let _ = l.value(data);
+    }
+    for r in &scanned.statements {
+        assert!(r.start <= r.end && r.end <= data.len());
+    }
+    let options = Options::default();
+    let classification = classify(data, &scanned, &options);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, text) {
+        if matches!(classification, Classification::Parsed(_)) {
+            assert_eq!(
+                scanned.statements.len(),
+                statements.len(),
+                "scanner and sqlparser disagree on statements in {text:?}"
+            );
+        }
+    }
+    let _ = pgsidecar::sql::signal::signal_call(text);
+    let _ = pgsidecar::sql::rename::execute_target(text, "s", "pgsc_x");
+    let cache = pgsidecar::sql::cache::ClassificationCache::new(1 << 20, Options::default());
+    let classified = cache.classify(data);
+    let reserved =
+        std::collections::BTreeMap::from([("pgsidecar.tenant".to_owned(), "v1:x".to_owned())]);
+    let _ = pgsidecar::session::guard::check(data, &classified, &reserved);
+});

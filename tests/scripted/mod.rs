@@ -1,0 +1,449 @@
+//! A scripted Postgres for the relay's fuzz harness: it logs in anyone (trust), answers each
+//! message at the protocol level as Postgres does — error skip-to-Sync, the COPY FROM STDIN
+//! sub-protocol in both query modes, Flush, FunctionCall, transaction status — without
+//! understanding SQL beyond a first word, and checks that every frame it receives is well
+//! formed. Anything malformed is recorded as a violation and the connection closed.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, BytesMut};
+use pgsidecar::protocol::bind::Bind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The running server: where it listens and what it saw that it should never see.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub violations: Arc<Mutex<Vec<String>>>,
+}
+
+pub async fn start() -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&violations);
+    tokio::spawn(async move {
+        let mut pid = 100;
+        while let Ok((socket, _)) = listener.accept().await {
+            pid += 1;
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                if let Err(v) = serve(socket, pid).await {
+                    seen.lock().unwrap().push(v);
+                }
+            });
+        }
+    });
+    Scripted { addr, violations }
+}
+
+/// Where the scripted session is.
+#[derive(Default)]
+struct Session {
+    /// 'I', 'T' or 'E'.
+    status: u8,
+    /// An extended-protocol error: everything up to Sync is discarded.
+    skipping: bool,
+    /// In COPY FROM STDIN: `Some(extended)`.
+    copy_in: Option<bool>,
+    rows_copied: usize,
+    statements: HashMap<Vec<u8>, String>,
+    portals: HashMap<Vec<u8>, String>,
+}
+
+type Violation = String;
+
+async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
+    let mut out = BytesMut::new();
+    // Startup, after any SSLRequest (answered N).
+    loop {
+        let len = socket.read_i32().await.map_err(|e| e.to_string())?;
+        if !(8..=10_000).contains(&len) {
+            return Err(format!("startup packet length {len}"));
+        }
+        let mut body = vec![0; len as usize - 4];
+        socket
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
+            80877103 => socket.write_all(b"N").await.map_err(|e| e.to_string())?,
+            196608 => break,
+            code => return Err(format!("startup code {code}")),
+        }
+    }
+    message(&mut out, b'R', &0i32.to_be_bytes());
+    for (k, v) in [
+        ("server_version", "15.0"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        message(
+            &mut out,
+            b'S',
+            &[k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat(),
+        );
+    }
+    message(
+        &mut out,
+        b'K',
+        &[pid.to_be_bytes(), 7i32.to_be_bytes()].concat(),
+    );
+    let mut session = Session {
+        status: b'I',
+        ..Session::default()
+    };
+    ready(&mut out, &session);
+    let mut rbuf = BytesMut::new();
+    loop {
+        if !out.is_empty() {
+            if socket.write_all(&out).await.is_err() {
+                return Ok(());
+            }
+            out.clear();
+        }
+        while rbuf.len() < 5 {
+            if socket
+                .read_buf(&mut rbuf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Ok(()); // the sidecar closed the connection
+            }
+        }
+        let tag = rbuf[0];
+        let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
+        if !(4..=(1 << 30)).contains(&len) {
+            return Err(format!("message {:?} with length {len}", tag as char));
+        }
+        while rbuf.len() < len as usize + 1 {
+            if socket
+                .read_buf(&mut rbuf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err(format!(
+                    "connection closed inside a {:?} message",
+                    tag as char
+                ));
+            }
+        }
+        let frame = rbuf.split_to(len as usize + 1);
+        let body = &frame[5..];
+        well_formed(tag, body).map_err(|why| format!("malformed {:?}: {why}", tag as char))?;
+        if tag == b'X' {
+            return Ok(());
+        }
+        answer(&mut session, tag, body, &mut out);
+    }
+}
+
+/// Checks a frontend message body against its grammar.
+fn well_formed(tag: u8, body: &[u8]) -> Result<(), &'static str> {
+    let exact_cstr = |b: &[u8]| b.iter().position(|&c| c == 0) == Some(b.len().wrapping_sub(1));
+    let ok = match tag {
+        b'Q' | b'f' => exact_cstr(body),
+        b'S' | b'H' | b'c' | b'X' => body.is_empty(),
+        b'd' => true,
+        b'D' | b'C' => matches!(body.first(), Some(b'S' | b'P')) && exact_cstr(&body[1..]),
+        b'E' => body.len() >= 5 && exact_cstr(&body[..body.len() - 4]),
+        b'B' => Bind::parse(body).is_some(),
+        b'P' => parse_fields(body).is_some(),
+        b'F' => function_call(body).is_some(),
+        _ => return Err("unknown message type"),
+    };
+    ok.then_some(())
+        .ok_or("does not follow the message's grammar")
+}
+
+/// (name, query) of a Parse body whose parameter types are consistent.
+fn parse_fields(body: &[u8]) -> Option<(Vec<u8>, String)> {
+    let name_end = body.iter().position(|&c| c == 0)?;
+    let rest = &body[name_end + 1..];
+    let query_end = rest.iter().position(|&c| c == 0)?;
+    let mut types = &rest[query_end + 1..];
+    if types.len() < 2 {
+        return None;
+    }
+    let n = types.get_i16();
+    (n >= 0 && types.len() == n as usize * 4).then(|| {
+        (
+            body[..name_end].to_vec(),
+            String::from_utf8_lossy(&rest[..query_end]).into_owned(),
+        )
+    })
+}
+
+fn function_call(mut b: &[u8]) -> Option<()> {
+    fn i16_of(b: &mut &[u8]) -> Option<i16> {
+        (b.len() >= 2).then(|| b.get_i16())
+    }
+    fn i32_of(b: &mut &[u8]) -> Option<i32> {
+        (b.len() >= 4).then(|| b.get_i32())
+    }
+    i32_of(&mut b)?;
+    let nformats = i16_of(&mut b)?;
+    for _ in 0..usize::try_from(nformats).ok()? {
+        i16_of(&mut b)?;
+    }
+    let nargs = i16_of(&mut b)?;
+    for _ in 0..usize::try_from(nargs).ok()? {
+        let len = i32_of(&mut b)?;
+        if len >= 0 {
+            let len = len as usize;
+            (b.len() >= len).then(|| b.advance(len))?;
+        } else if len != -1 {
+            return None;
+        }
+    }
+    i16_of(&mut b)?;
+    b.is_empty().then_some(())
+}
+
+fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.put_u8(tag);
+    out.put_i32(body.len() as i32 + 4);
+    out.put_slice(body);
+}
+
+fn ready(out: &mut BytesMut, session: &Session) {
+    message(out, b'Z', &[session.status]);
+}
+
+fn error(out: &mut BytesMut, code: &str, text: &str) {
+    let body = [
+        b"SERROR\0VERROR\0C".as_slice(),
+        code.as_bytes(),
+        b"\0M",
+        text.as_bytes(),
+        b"\0\0",
+    ]
+    .concat();
+    message(out, b'E', &body);
+}
+
+fn complete(out: &mut BytesMut, tag: &str) {
+    message(out, b'C', &[tag.as_bytes(), b"\0"].concat());
+}
+
+fn row_description(out: &mut BytesMut) {
+    let mut body = BytesMut::new();
+    body.put_i16(1);
+    body.put_slice(b"c\0");
+    body.put_i32(0);
+    body.put_i16(0);
+    body.put_i32(25);
+    body.put_i16(-1);
+    body.put_i32(-1);
+    body.put_i16(0);
+    message(out, b'T', &body);
+}
+
+fn data_row(out: &mut BytesMut, value: &str) {
+    let mut body = BytesMut::new();
+    body.put_i16(1);
+    body.put_i32(value.len() as i32);
+    body.put_slice(value.as_bytes());
+    message(out, b'D', &body);
+}
+
+/// What one statement does, by its first words: Err = it fails.
+enum Outcome {
+    Done,
+    CopyIn,
+}
+
+fn statement(
+    session: &mut Session,
+    sql: &str,
+    out: &mut BytesMut,
+    describe: bool,
+) -> Result<Outcome, ()> {
+    let upper = sql.trim().to_ascii_uppercase();
+    let ends =
+        (upper.starts_with("COMMIT") || upper.starts_with("END") || upper.starts_with("ABORT"))
+            || (upper.starts_with("ROLLBACK") && !upper.contains(" TO "));
+    if session.status == b'E' && !ends {
+        error(
+            out,
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        );
+        return Err(());
+    }
+    if upper.contains("FAIL") {
+        error(out, "42601", "syntax error (scripted)");
+        if session.status == b'T' {
+            session.status = b'E';
+        }
+        return Err(());
+    }
+    if upper.starts_with("BEGIN") || upper.starts_with("START") {
+        session.status = b'T';
+        complete(out, "BEGIN");
+    } else if ends {
+        session.status = b'I';
+        complete(
+            out,
+            if upper.starts_with("COMMIT") {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            },
+        );
+    } else if upper.starts_with("COPY") && upper.contains("FROM STDIN") {
+        message(out, b'G', &[0, 0, 0]);
+        session.rows_copied = 0;
+        return Ok(Outcome::CopyIn);
+    } else if upper.starts_with("COPY") && upper.contains("TO STDOUT") {
+        message(out, b'H', &[0, 0, 0]);
+        message(out, b'd', b"1\n");
+        message(out, b'c', b"");
+        complete(out, "COPY 1");
+    } else if upper.starts_with("SELECT") || upper.starts_with("WITH") || upper.starts_with("SHOW")
+    {
+        if describe {
+            row_description(out);
+        }
+        // `SELECT '<text>'` answers its text (the sidecar's cleanup marker needs that).
+        let value = sql
+            .trim()
+            .strip_prefix("SELECT '")
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or("1");
+        data_row(out, value);
+        complete(out, "SELECT 1");
+    } else {
+        let word = upper.split_whitespace().next().unwrap_or("OK").to_owned();
+        complete(out, &word);
+    }
+    Ok(Outcome::Done)
+}
+
+fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut) {
+    if let Some(extended) = session.copy_in {
+        return copy_message(session, extended, tag, out);
+    }
+    if session.skipping {
+        if tag == b'S' {
+            session.skipping = false;
+            ready(out, session);
+        }
+        return;
+    }
+    let cstr = |b: &[u8]| {
+        String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())])
+            .into_owned()
+    };
+    match tag {
+        b'Q' => {
+            let text = cstr(body);
+            if text.trim().is_empty() {
+                message(out, b'I', b"");
+            }
+            for sql in text.split(';').filter(|s| !s.trim().is_empty()) {
+                match statement(session, sql, out, true) {
+                    Ok(Outcome::Done) => {}
+                    Ok(Outcome::CopyIn) => {
+                        session.copy_in = Some(false);
+                        return;
+                    }
+                    Err(()) => break,
+                }
+            }
+            ready(out, session);
+        }
+        b'P' => match parse_fields(body) {
+            Some((_, query)) if query.to_ascii_uppercase().contains("FAIL") => {
+                error(out, "42601", "syntax error (scripted)");
+                session.skipping = true;
+            }
+            Some((name, query)) => {
+                session.statements.insert(name, query);
+                message(out, b'1', b"");
+            }
+            None => {}
+        },
+        b'B' => {
+            let bind = Bind::parse(body).expect("checked");
+            let text = session
+                .statements
+                .get(bind.statement)
+                .cloned()
+                .unwrap_or_default();
+            session.portals.insert(bind.portal.to_vec(), text);
+            message(out, b'2', b"");
+        }
+        b'D' => {
+            if body[0] == b'S' {
+                message(out, b't', &0i16.to_be_bytes());
+            }
+            message(out, b'n', b"");
+        }
+        b'E' => {
+            let portal = body[..body.len() - 4]
+                .split(|&c| c == 0)
+                .next()
+                .unwrap_or_default();
+            let text = session.portals.get(portal).cloned().unwrap_or_default();
+            match statement(session, &text, out, false) {
+                Ok(Outcome::Done) => {}
+                Ok(Outcome::CopyIn) => session.copy_in = Some(true),
+                Err(()) => session.skipping = true,
+            }
+        }
+        b'C' => message(out, b'3', b""),
+        b'S' => ready(out, session),
+        b'F' => {
+            message(out, b'V', &(-1i32).to_be_bytes());
+            ready(out, session);
+        }
+        // Flush: everything is written at once anyway. CopyData/Done/Fail outside COPY are
+        // ignored, as Postgres ignores them.
+        _ => {}
+    }
+}
+
+/// A message during COPY FROM STDIN.
+fn copy_message(session: &mut Session, extended: bool, tag: u8, out: &mut BytesMut) {
+    match tag {
+        b'd' => session.rows_copied += 1,
+        b'c' => {
+            session.copy_in = None;
+            complete(out, &format!("COPY {}", session.rows_copied));
+            if !extended {
+                ready(out, session);
+            }
+        }
+        // Flush and Sync are ignored during COPY FROM STDIN.
+        b'H' | b'S' => {}
+        other => {
+            session.copy_in = None;
+            if other == b'f' {
+                error(out, "57014", "COPY from stdin failed (scripted)");
+            } else {
+                error(
+                    out,
+                    "08P01",
+                    &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                );
+            }
+            if session.status == b'T' {
+                session.status = b'E';
+            }
+            if extended {
+                session.skipping = true;
+            } else {
+                ready(out, session);
+            }
+        }
+    }
+}
