@@ -406,3 +406,57 @@ async fn read_your_writes_by_tenant() {
     // …while another tenant may read the lagging replica.
     assert!(on_replica(&stranger, "SELECT pg_is_in_recovery()").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_stalled_network_path_is_ejected() {
+    let name = fresh_user("stall");
+    let port = replica().port;
+    let proxy =
+        support::stall::StallProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let direct = replica().url(&name, PASSWORD, &name);
+    let through_proxy = direct.replace(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()));
+    let config = format!(
+        "query_timeout = \"2s\"\n{}",
+        toml(&name, &[replica()], "read_your_writes = \"off\"").replace(&direct, &through_proxy)
+    );
+    let sidecar = start(&config).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&client).await;
+
+    proxy.stall();
+    let up = format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}");
+    let mut ejected = false;
+    for _ in 0..200 {
+        if scrape(sidecar.metrics_addr, &up).await == Some(0.0) {
+            ejected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ejected,
+        "the health check never gave up on the stalled replica"
+    );
+    // Reads go to the primary; a read that was already on the stalled path ends with an
+    // error (query timeout), never a hang.
+    let mut on_primary = false;
+    for _ in 0..20 {
+        let read = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.simple_query("SELECT pg_is_in_recovery()"),
+        )
+        .await
+        .expect("a read never hangs");
+        if let Ok(rows) = read {
+            on_primary = rows.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("f"))
+            });
+            if on_primary {
+                break;
+            }
+        }
+    }
+    assert!(on_primary, "reads did not go to the primary");
+    proxy.resume();
+    until_replica_serves(&client).await;
+}

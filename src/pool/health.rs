@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 use crate::route::replica::{choose, Candidate};
 
 /// Longest pause between checks of a replica that keeps failing.
+/// The shortest bound on one health check (intervals below it would eject replicas that are
+/// merely busy).
+const MIN_CHECK_BOUND: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Primary WAL polls remembered for read-your-writes.
 const POLLS_KEPT: usize = 256;
@@ -219,6 +222,12 @@ impl Topology {
             .map(|p| p.lsn)
     }
 
+    /// How long one check may take: its interval, but at least [`MIN_CHECK_BOUND`]. A replica
+    /// that does not answer within it is ejected.
+    fn check_bound(&self) -> Duration {
+        self.config.check_interval.max(MIN_CHECK_BOUND)
+    }
+
     /// Checks the primary and every replica until `stop` fires.
     pub async fn monitor(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let interval = self.config.check_interval;
@@ -268,6 +277,7 @@ impl Topology {
         let Ok(Some(lsn)) = lsn_query(
             &self.primary,
             "SELECT pg_catalog.pg_current_wal_lsn()::text",
+            self.check_bound(),
         )
         .await
         else {
@@ -294,7 +304,7 @@ impl Topology {
 
     /// One check of a replica; marks it usable or not.
     async fn check_replica(&self, replica: &Replica) -> Result<(), &'static str> {
-        let outcome = replica_state(&replica.pool).await;
+        let outcome = replica_state(&replica.pool, self.check_bound()).await;
         let verdict = match outcome {
             Err(reason) => Err(reason),
             Ok(replay) => {
@@ -334,10 +344,12 @@ impl Topology {
 }
 
 /// `pg_last_wal_replay_lsn()` of a server that must be in recovery.
-async fn replica_state(pool: &Arc<Pool>) -> Result<u64, &'static str> {
+async fn replica_state(pool: &Arc<Pool>, bound: Duration) -> Result<u64, &'static str> {
     let sql =
         "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.pg_last_wal_replay_lsn()::text";
-    let rows = query(pool, sql).await.ok_or("check failed")?;
+    let rows = query(pool, sql, bound)
+        .await
+        .ok_or("check failed or not answered in time")?;
     match rows.first().map(Vec::as_slice) {
         Some([Some(recovery), Some(lsn)]) if recovery == "true" => {
             parse_lsn(lsn).ok_or("unreadable replay position")
@@ -347,21 +359,25 @@ async fn replica_state(pool: &Arc<Pool>) -> Result<u64, &'static str> {
     }
 }
 
-async fn lsn_query(pool: &Arc<Pool>, sql: &str) -> Result<Option<u64>, ()> {
-    let rows = query(pool, sql).await.ok_or(())?;
+async fn lsn_query(pool: &Arc<Pool>, sql: &str, bound: Duration) -> Result<Option<u64>, ()> {
+    let rows = query(pool, sql, bound).await.ok_or(())?;
     Ok(rows
         .first()
         .and_then(|r| r.first().cloned().flatten())
         .and_then(|v| parse_lsn(&v)))
 }
 
-/// Runs `sql` on a connection of `pool` (bounded by its checkout timeout); `None` on any
-/// failure, in which case the connection is not returned to the pool.
-async fn query(pool: &Arc<Pool>, sql: &str) -> Option<Vec<Vec<Option<String>>>> {
-    let mut checkout = pool.checkout().await.ok()?;
-    let rows = checkout.conn_mut().query_rows(sql).await.ok()?;
-    checkout.release();
-    Some(rows)
+/// Runs `sql` on a connection of `pool` within `bound` (a stalled network path or a frozen
+/// server must not stall the checks); `None` on any failure or when the bound passed, in which
+/// case the connection is not returned to the pool.
+async fn query(pool: &Arc<Pool>, sql: &str, bound: Duration) -> Option<Vec<Vec<Option<String>>>> {
+    let run = async {
+        let mut checkout = pool.checkout().await.ok()?;
+        let rows = checkout.conn_mut().query_rows(sql).await.ok()?;
+        checkout.release();
+        Some(rows)
+    };
+    tokio::time::timeout(bound, run).await.ok().flatten()
 }
 
 /// `16/B374D848` → a byte position.

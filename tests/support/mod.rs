@@ -4,6 +4,8 @@
 //! psql, pgbench, a raw protocol client).
 #![allow(dead_code)]
 
+pub mod stall;
+
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
