@@ -25,8 +25,16 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, text) {
         if matches!(classification, Classification::Parsed(_)) {
+            // sqlparser also takes a vertical tab for whitespace (Postgres 16 does; 15 does
+            // not, and the scanner keeps such a statement, which is the cautious side).
+            let blank = |r: &std::ops::Range<usize>| {
+                data[r.clone()]
+                    .iter()
+                    .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b'))
+            };
+            let scanned_statements = scanned.statements.iter().filter(|r| !blank(r)).count();
             assert_eq!(
-                scanned.statements.len(),
+                scanned_statements,
                 statements.len(),
                 "scanner and sqlparser disagree on statements in {text:?}"
             );
