@@ -422,3 +422,37 @@ async fn shared_statements_do_not_outlive_a_rolled_back_type() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_before_terminate_are_answered() {
+    for mode in ["transaction", "session"] {
+        let name = fresh_user("terminate_late");
+        let sidecar = start(&toml(&name, mode)).await;
+        let mut conn = raw(sidecar.addr, &name, &[]).await;
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query("SELECT pg_sleep(0.05), 1", &mut out).unwrap();
+        prepare_message(&mut out);
+        postgres_protocol::message::frontend::terminate(&mut out);
+        conn.write_all(&out).await.unwrap();
+        let mut all = Vec::new();
+        loop {
+            while let Ok(Some(frame)) =
+                pgsidecar::protocol::frame::try_frame(&mut conn.rbuf, 1 << 20)
+            {
+                all.push(frame.tag());
+            }
+            match tokio::time::timeout(Duration::from_secs(10), conn.read_more()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break,
+                Err(_) => panic!("{mode}: not closed after the Terminate"),
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&all), "TDCZ1Z", "{mode}");
+    }
+}
+
+/// A Parse and a Sync.
+fn prepare_message(out: &mut BytesMut) {
+    postgres_protocol::message::frontend::parse("late", "SELECT 2", [], out).unwrap();
+    postgres_protocol::message::frontend::sync(out);
+}

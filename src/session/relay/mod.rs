@@ -178,6 +178,9 @@ pub struct Relay {
     tenant_queries: Option<prometheus::IntCounter>,
     /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
     channel_prefix: Option<String>,
+    /// The client sent Terminate while replies were still owed to it: they are delivered,
+    /// then the session ends (Postgres answers everything before it reads the Terminate).
+    closing: bool,
 }
 
 impl Relay {
@@ -210,6 +213,7 @@ impl Relay {
             phase: Phase::Detached,
             statements: ClientStatements::default(),
             notifications: None,
+            closing: false,
         }
     }
 
@@ -258,6 +262,9 @@ impl Relay {
         let killed = self.info.key.terminated();
         tokio::pin!(draining, terminate, killed);
         loop {
+            if self.closing && !self.owes_replies() {
+                return Ok(End::ClientLeft);
+            }
             match &mut self.phase {
                 Phase::Attached(att) => {
                     // The server is read while it is written to, so a server that is busy
@@ -291,7 +298,7 @@ impl Relay {
                                 Err(e) => return Err(e.into()),
                             }
                         }
-                        read = self.client.fill(), if room => {
+                        read = self.client.fill(), if room && !self.closing => {
                             let n = read?;
                             self.app.metrics.client_bytes_received.inc_by(n as u64);
                             if let Some(end) = self.on_client_bytes().await? {
@@ -347,7 +354,7 @@ impl Relay {
         if let Phase::Attached(att) = &mut self.phase {
             att.last_activity = Instant::now();
         }
-        loop {
+        while !self.closing {
             if let Phase::Attached(att) = &mut self.phase {
                 if att.client_stream > 0 {
                     let chunk = self.client.take_buffered(att.client_stream);
@@ -399,6 +406,10 @@ impl Relay {
             return Err(RelayError::MalformedMessage(frame.tag()));
         }
         match role {
+            MessageRole::Terminate if self.owes_replies() => {
+                self.closing = true;
+                return Ok(None);
+            }
             MessageRole::Terminate => return Ok(Some(End::ClientLeft)),
             MessageRole::Unknown => return Err(RelayError::UnknownMessage(frame.tag())),
             MessageRole::Copy => {
@@ -707,6 +718,14 @@ impl Relay {
                 "the LISTEN connection does not listen yet; notifications may be missed"
             );
         }
+    }
+
+    /// Replies to the client's requests are still to come from the server.
+    fn owes_replies(&self) -> bool {
+        matches!(
+            &self.phase,
+            Phase::Attached(att) if !att.expect.is_empty() || !att.pending.is_empty()
+        )
     }
 
     /// Returns the server connection to the pool, once no cancel for it is in flight.
