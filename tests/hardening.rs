@@ -494,3 +494,122 @@ async fn terminating_every_server_connection_fails_only_open_transactions() {
     let fresh = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
     fresh.batch_execute("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_every_server_connection_mid_load() {
+    let name = fresh_user("terminate_load");
+    let sidecar = start(&base_toml(&name, "size = 4\ncheckout_timeout = \"10s\"")).await;
+    let setup = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    setup
+        .batch_execute(
+            "CREATE TABLE counter (id int PRIMARY KEY, n int); INSERT INTO counter VALUES (1, 0)",
+        )
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+        client.batch_execute("SELECT 1").await.unwrap();
+        idle.push(client);
+    }
+    // Six clients committing transactions as fast as they can, until told to stop.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let stop = stop.clone();
+        let (addr, name) = (sidecar.addr, name.clone());
+        load.push(tokio::spawn(async move {
+            let (mut committed, mut failed) = (0u32, 0u32);
+            let mut client = connect(addr, &name, PASSWORD, &name).await.unwrap();
+            while !stop.is_cancelled() {
+                if client.is_closed() {
+                    // The sidecar ended a session whose server connection died mid-transaction
+                    // (08006); the application reconnects.
+                    client = connect(addr, &name, PASSWORD, &name).await.unwrap();
+                }
+                let tx = "BEGIN; UPDATE counter SET n = n + 1 WHERE id = 1; COMMIT";
+                match tokio::time::timeout(Duration::from_secs(30), client.batch_execute(tx)).await
+                {
+                    Ok(Ok(())) => committed += 1,
+                    Ok(Err(_)) => {
+                        failed += 1;
+                        // A transaction that failed mid-way is rolled back before going on.
+                        let _ = client.batch_execute("ROLLBACK").await;
+                    }
+                    Err(_) => panic!("a transaction hung"),
+                }
+            }
+            (committed, failed)
+        }));
+    }
+    let admin = connect_direct_superuser(&name).await;
+    // Mid-load: every server connection of the sidecar dies, twice.
+    for _ in 0..2 {
+        while admin
+            .query_one("SELECT n FROM counter", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+            < 50
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let killed: Vec<i32> = admin
+            .query(
+                "SELECT pid FROM (SELECT pid FROM pg_stat_activity WHERE usename = $1 OFFSET 0) t \
+                 WHERE pg_terminate_backend(pid)",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(!killed.is_empty());
+        // Until they are gone (their sockets closed), as the sidecar will find them.
+        loop {
+            let left: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                    &[&killed],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Idle clients never notice.
+        for client in &idle {
+            client.batch_execute("SELECT 1").await.unwrap();
+        }
+        admin
+            .batch_execute("UPDATE counter SET n = 0")
+            .await
+            .unwrap();
+    }
+    // The load goes on after the kills: the pool refilled.
+    while admin
+        .query_one("SELECT n FROM counter", &[])
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        < 50
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    let mut totals = (0, 0);
+    for task in load {
+        let (committed, failed) = task.await.unwrap();
+        totals.0 += committed;
+        totals.1 += failed;
+    }
+    eprintln!(
+        "mid-load terminations: {} transactions committed, {} failed",
+        totals.0, totals.1
+    );
+    assert!(totals.0 > 100, "{totals:?}");
+}
