@@ -28,7 +28,11 @@ async fn cancel_request_cancels_the_running_query_only() {
             .await
             .map(|_| bystander)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_count(
+        &name,
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+    )
+    .await;
     token.cancel_query(NoTls).await.unwrap();
     let (result, victim) = sleeper.await.unwrap();
     let err = result.unwrap_err();
@@ -53,7 +57,7 @@ async fn cancel_request_answers_a_request_waiting_for_a_connection() {
         let r = waiter.batch_execute("SELECT 2").await;
         (r, waiter)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_metric(sidecar.metrics_addr, "pgsidecar_clients_waiting", 1.0).await;
     token.cancel_query(NoTls).await.unwrap();
     let (result, waiter) = waiting.await.unwrap();
     let err = result.unwrap_err();
@@ -112,8 +116,8 @@ async fn idle_in_transaction_clients_are_disconnected_and_their_server_freed() {
         "{}",
         fields.message
     );
-    // Its server connection went back to the pool, rolled back, for the next client.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its server connection goes back to the pool, rolled back, for the next client (which
+    // waits for it if the rollback is still under way).
     let v: i32 = patient.query_typed("SELECT 4", &[]).await.unwrap()[0].get(0);
     assert_eq!(v, 4);
     let admin = connect_direct_superuser("postgres").await;
@@ -190,14 +194,19 @@ async fn idle_server_connections_that_die_or_age_are_replaced() {
         .unwrap()[0]
         .get(0);
     assert_ne!(pid, new_pid);
-    // Past max_lifetime the connection is closed too.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
-    assert_eq!(
-        metric(&text, "pgsidecar_server_connections{state=\"idle\"}"),
-        Some(0.0),
-        "{text}"
-    );
+    // Past max_lifetime the connection is closed too (once released, then reaped).
+    until_metric(
+        sidecar.metrics_addr,
+        "pgsidecar_server_connections{state=\"idle\"}",
+        1.0,
+    )
+    .await;
+    until_metric(
+        sidecar.metrics_addr,
+        "pgsidecar_server_connections{state=\"idle\"}",
+        0.0,
+    )
+    .await;
     let last_pid: i32 = client
         .query_typed("SELECT pg_backend_pid()", &[])
         .await

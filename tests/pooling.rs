@@ -192,7 +192,6 @@ async fn transaction_mode_shares_and_session_mode_pins() {
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     // When a session client leaves, its server connection is reset (DISCARD ALL) and reused.
     drop(c);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let wm: String = e.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
     assert_eq!(wm, "4MB", "session state must not leak to the next client");
 }
@@ -289,7 +288,7 @@ checkout_timeout = \"30s\"\nmax_waiting = 1",
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let queued = connect(bounded.addr, &name, PASSWORD, &name).await.unwrap();
     let queued = tokio::spawn(async move { queued.batch_execute("SELECT 1").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_metric(bounded.metrics_addr, "pgsidecar_clients_waiting", 1.0).await;
     let extra = connect(bounded.addr, &name, PASSWORD, &name).await.unwrap();
     let started = std::time::Instant::now();
     let err = extra.batch_execute("SELECT 1").await.unwrap_err();
@@ -426,6 +425,13 @@ async fn metrics_and_health_endpoints() {
     let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
     client.batch_execute("SELECT 1").await.unwrap();
     client.query_typed("SELECT 1", &[]).await.unwrap();
+    // The server connection goes back to the pool just after the client got its reply.
+    until_metric(
+        sidecar.metrics_addr,
+        "pgsidecar_server_connections{state=\"idle\"}",
+        1.0,
+    )
+    .await;
 
     let (status, text) = http_get(sidecar.metrics_addr, "/metrics").await;
     assert_eq!(status, 200);
@@ -497,8 +503,15 @@ async fn metrics_and_health_endpoints() {
     // Draining: readiness fails, idle clients are told 57P01.
     let app = sidecar.app.clone();
     let drain = tokio::spawn(async move { app.drain().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(http_get(sidecar.metrics_addr, "/readyz").await.0, 503);
+    let mut ready = 200;
+    for _ in 0..500 {
+        ready = http_get(sidecar.metrics_addr, "/readyz").await.0;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 503);
     assert!(client.batch_execute("SELECT 1").await.is_err());
     drain.await.unwrap();
 }

@@ -312,7 +312,19 @@ async fn a_stopped_replica_is_ejected_and_comes_back() {
             .await;
         (victim, outcome)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the query runs on the replica.
+    for _ in 0..500 {
+        let running = own
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(5)%'",
+            )
+            .unwrap();
+        if running != "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     own.stop().unwrap();
     let (victim, outcome) = tokio::time::timeout(Duration::from_secs(10), running)
         .await

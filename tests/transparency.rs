@@ -116,19 +116,6 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
     assert!(tags(&replies).ends_with('Z'), "{}", tags(&replies));
 }
 
-/// Polls (bounded) until `sql`, run directly as the superuser, returns a count of at least one.
-async fn wait_for(db: &str, sql: &str) {
-    let admin = connect_direct_superuser(db).await;
-    for _ in 0..1000 {
-        let n: i64 = admin.query_one(sql, &[]).await.unwrap().get(0);
-        if n > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never true: {sql}");
-}
-
 /// Reads from a raw connection until the sidecar closes it: the SQLSTATEs of its errors.
 async fn errors_until_closed(conn: &mut ServerConn) -> Vec<String> {
     let mut codes = Vec::new();
@@ -160,7 +147,7 @@ async fn signals_of_issued_pids_act_on_the_sidecars_own_clients() {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query("SELECT pg_sleep(60)", &mut out).unwrap();
         a.write_all(&out).await.unwrap();
-        wait_for(
+        until_count(
             &name,
             "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
         )
@@ -345,7 +332,7 @@ async fn sql_deallocate_and_execute_reach_protocol_statements_even_pipelined() {
             .await
             .unwrap();
         if mode == "transaction" {
-            wait_for(
+            until_count(
                 &name,
                 &format!("SELECT (count(*) = 0)::int::bigint FROM pg_stat_activity WHERE usename = '{name}'"),
             )

@@ -222,6 +222,32 @@ pub async fn raw_connect(
     ServerConn::connect(0, &url, params, &options).await
 }
 
+/// Polls (bounded: panics after 20 s) until `sql`, run directly on database `db` as the
+/// superuser, returns a count of at least one.
+pub async fn until_count(db: &str, sql: &str) {
+    let admin = connect_direct_superuser(db).await;
+    for _ in 0..1000 {
+        let n: i64 = admin.query_one(sql, &[]).await.unwrap().get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never true: {sql}");
+}
+
+/// Polls `/metrics` until the metric `name` has `value` (bounded: panics after 10 s), for
+/// gauges that a concurrent task (a release after the reply) is about to change.
+pub async fn until_metric(metrics_addr: SocketAddr, name: &str, value: f64) {
+    for _ in 0..500 {
+        if scrape(metrics_addr, name).await == Some(value) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name} never became {value}");
+}
+
 /// `GET path` on the metrics listener: (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr)
