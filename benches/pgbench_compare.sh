@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Load comparison in one run: pgbench against direct PostgreSQL, PgBouncer (transaction mode)
 # and pgsidecar (transaction mode), same pool size, targets interleaved round by round.
-# Prints each target's tps and mean latency and its ratio to direct. Quote ratios, not absolute
-# numbers: the machine is small and noisy.
+# Prints each target's tps and mean latency and its ratio to direct, and for the two proxies
+# their CPU time per transaction (utime + stime of the proxy process from /proc/<pid>/stat
+# across each run, divided by the transactions pgbench processed) — steadier than tps on a
+# shared machine. Quote ratios, not absolute numbers: the machine is small and noisy.
 #
 #   benches/pgbench_compare.sh [rounds=3] [seconds=10] [clients=16] [pool=20] [workloads]
 #   workloads (comma-separated, default all five):
@@ -43,6 +45,12 @@ echo '"app" "secret"' >"$work/userlist.txt"
 [ "$(id -u)" = 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
 as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
 start_sidecar "$sidecar_port" "$pool"
+sidecar_pid=${pids[-1]}
+bouncer_pid=$(pgrep -f "^pgbouncer $work/pgbouncer.ini" | head -n1)
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+# cpu_ticks PID: utime + stime so far (fields 14 and 15; the command name has no spaces).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A proxy_pid=([pgbouncer]=$bouncer_pid [pgsidecar]=$sidecar_pid)
 
 workload_args() {
   case "$1" in
@@ -56,21 +64,27 @@ workload_args() {
 }
 targets=(direct pgbouncer pgsidecar)
 declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgsidecar]=$sidecar_port)
-declare -A tps_sum lat_sum
+declare -A tps_sum lat_sum cpu_sum
 IFS=, read -r -a wl <<<"$workloads"
 for round in $(seq 1 "$rounds"); do
   for w in "${wl[@]}"; do
     # shellcheck disable=SC2207
     args=($(workload_args "$w"))
     for t in "${targets[@]}"; do
+      pid=${proxy_pid[$t]:-}
+      before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
       # One thread per client: -M prepared prepares synchronously (see tests/prepared.rs).
       out=$("$bin/pgbench" -n "${args[@]}" -c "$clients" -j "$clients" -T "$seconds" \
             -h 127.0.0.1 -p "${ports[$t]}" -U app app 2>&1) || true  # a target may fail a workload
+      after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+      done_tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+      cpu=$(python3 -c "print(($after - $before) * $tick_us / max(${done_tx:-0}, 1))")
       tps=$(tps_of "$out")
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
-      printf 'round %d %-16s %-10s tps %10.1f  latency %7.3f ms  failed %s\n' \
-        "$round" "$w" "$t" "${tps:-0}" "${lat:-0}" "${failed:-?}"
+      printf 'round %d %-16s %-10s tps %10.1f  latency %7.3f ms  failed %s  cpu %s us/tx\n' \
+        "$round" "$w" "$t" "${tps:-0}" "${lat:-0}" "${failed:-?}" "$([ -n "$pid" ] && printf '%.1f' "$cpu" || echo -)"
+      cpu_sum[$w/$t]=$(python3 -c "print(${cpu_sum[$w/$t]:-0} + $cpu)")
       tps_sum[$w/$t]=$(python3 -c "print(${tps_sum[$w/$t]:-0} + ${tps:-0})")
       lat_sum[$w/$t]=$(python3 -c "print(${lat_sum[$w/$t]:-0} + ${lat:-0})")
     done
@@ -82,6 +96,8 @@ for w in "${wl[@]}"; do
   for t in "${targets[@]}"; do
     python3 -c "
 tps = ${tps_sum[$w/$t]} / $rounds; lat = ${lat_sum[$w/$t]} / $rounds; d = ${tps_sum[$w/direct]} / $rounds
-print(f'{\"$w\":<16} {\"$t\":<10} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / d:5.2f}')"
+cpu = ${cpu_sum[$w/$t]} / $rounds
+cpu = f'{cpu:7.1f}' if '$t' != 'direct' else '      -'
+print(f'{\"$w\":<16} {\"$t\":<10} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / max(d, 1e-9):5.2f}  proxy cpu {cpu} us/tx')"
   done
 done
