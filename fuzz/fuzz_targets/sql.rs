@@ -24,17 +24,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, text) {
-        if matches!(classification, Classification::Parsed(_)) {
-            // sqlparser also takes a vertical tab for whitespace (Postgres 16 does; 15 does
-            // not, and the scanner keeps such a statement, which is the cautious side).
-            let blank = |r: &std::ops::Range<usize>| {
-                data[r.clone()]
-                    .iter()
-                    .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b'))
-            };
-            let scanned_statements = scanned.statements.iter().filter(|r| !blank(r)).count();
+        // sqlparser takes a vertical tab for whitespace (Postgres 16 does; 15 does not, and
+        // the scanner keeps such a statement, which is the cautious side): not compared.
+        if matches!(classification, Classification::Parsed(_)) && !data.contains(&b'\x0b') {
             assert_eq!(
-                scanned_statements,
+                scanned.statements.len(),
                 statements.len(),
                 "scanner and sqlparser disagree on statements in {text:?}"
             );
@@ -42,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = pgsidecar::sql::signal::signal_call(text);
     let _ = pgsidecar::sql::rename::execute_target(text, "s", "pgsc_x");
-    let cache = pgsidecar::sql::cache::ClassificationCache::new(1 << 20, Options::default());
+    static CACHE: std::sync::OnceLock<pgsidecar::sql::cache::ClassificationCache> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        pgsidecar::sql::cache::ClassificationCache::new(1 << 20, Options::default())
+    });
     let classified = cache.classify(data);
     let reserved =
         std::collections::BTreeMap::from([("pgsidecar.tenant".to_owned(), "v1:x".to_owned())]);
