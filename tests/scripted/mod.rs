@@ -28,6 +28,7 @@ pub async fn start() -> Scripted {
     tokio::spawn(async move {
         let mut pid = 100;
         while let Ok((socket, _)) = listener.accept().await {
+            let _ = socket.set_nodelay(true);
             pid += 1;
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
@@ -102,7 +103,11 @@ async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
     ready(&mut out, &session);
     let mut rbuf = BytesMut::new();
     loop {
-        if !out.is_empty() {
+        // Replies go out when the messages that arrived together have been answered.
+        let whole_frame_buffered = rbuf.len() >= 5
+            && rbuf.len()
+                > i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]).max(0) as usize;
+        if !out.is_empty() && !whole_frame_buffered {
             if socket.write_all(&out).await.is_err() {
                 return Ok(());
             }
