@@ -5,7 +5,7 @@
 //! client is answered or closed, never left hanging; the scripted server never receives a
 //! malformed message; and afterwards an ordinary client is served at once by the pool of one
 //! (nothing leaked, nothing left waiting for a reply that never comes).
-//! `PROPTEST_CASES` sets the number of sessions (default 256).
+//! `PROPTEST_CASES` sets the number of sessions (default 1024).
 
 mod scripted;
 
@@ -380,7 +380,7 @@ async fn run_session(app: &Arc<App>, bytes: Vec<u8>) -> Result<(), String> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1024),
         ..ProptestConfig::default()
     })]
 
