@@ -234,6 +234,10 @@ static PANICS: AtomicUsize = AtomicUsize::new(0);
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             PANICS.fetch_add(1, Ordering::SeqCst);
@@ -395,6 +399,7 @@ proptest! {
             encode(m, &mut out);
         }
         let bytes = apply(out.to_vec(), &mutation);
+
         let outcome = h.runtime.block_on(run_session(&h.app, bytes));
         h.sessions.fetch_add(1, Ordering::Relaxed);
         prop_assert!(outcome.is_ok(), "{:?}", outcome);

@@ -157,6 +157,8 @@ pub(super) struct Attachment {
     pub(super) last_server_bytes: Instant,
     /// Bytes of a large client CopyData still to stream through unbuffered.
     pub(super) client_stream: usize,
+    /// Messages of the sidecar's own that wait for that CopyData to end (never inside it).
+    pub(super) after_stream: BytesMut,
     /// Replies to individual extended-protocol messages, in order (see [`Pending`]).
     pub(super) pending: VecDeque<Pending>,
     /// ReadyForQuery messages asked for (Syncs, Queries, injected queries) on this attachment.
@@ -356,6 +358,7 @@ impl Attachment {
             last_activity: now,
             last_server_bytes: now,
             client_stream: 0,
+            after_stream: BytesMut::new(),
             pending: VecDeque::new(),
             requests: 0,
             readies: 0,
@@ -476,6 +479,30 @@ impl Attachment {
         *at_sync |= ends;
     }
 
+    /// A Sync of the sidecar's own (its ReadyForQuery swallowed), after any client message
+    /// half forwarded: bytes of the sidecar's never land inside a client's CopyData.
+    pub(super) fn inject_sync(&mut self) {
+        let out = if self.client_stream > 0 {
+            &mut self.after_stream
+        } else {
+            &mut self.wbuf
+        };
+        crate::protocol::frontend::append_sync(out);
+        self.push_expect(Expect {
+            source: Source::Sidecar,
+        });
+    }
+
+    /// Some of a streamed client message went to the server: once it is whole, what the
+    /// sidecar held back follows it.
+    pub(super) fn streamed(&mut self, n: usize) {
+        self.client_stream -= n;
+        if self.client_stream == 0 && !self.after_stream.is_empty() {
+            let held = self.after_stream.split();
+            self.wbuf.extend_from_slice(&held);
+        }
+    }
+
     /// Queues a ReadyForQuery the client's connection now waits for.
     pub(super) fn push_expect(&mut self, expect: Expect) {
         self.expect.push_back(expect);
@@ -521,6 +548,7 @@ impl Attachment {
     /// forwarded or unsent.
     pub(super) fn between_requests(&self) -> bool {
         self.client_stream == 0
+            && self.after_stream.is_empty()
             && self.expect.is_empty()
             && self.pending.is_empty()
             && self.batch.is_none()

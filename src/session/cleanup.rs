@@ -53,10 +53,12 @@ pub(super) async fn clean_and_release(mut att: Attachment, mode: PoolMode) {
             att.server.release();
         }
         other => {
-            tracing::debug!(
-                ok = matches!(other, Ok(Ok(()))),
-                "closing server connection that could not be cleaned"
-            );
+            let why = match &other {
+                Ok(Ok(())) => "still in a transaction".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            tracing::debug!(why, "closing server connection that could not be cleaned");
         }
     }
 }
@@ -79,7 +81,7 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
     // The client left inside a streamed CopyData: complete the message with filler so the
     // CopyFail below is read as a message, not as row data.
     att.wbuf.resize(att.wbuf.len() + att.client_stream, 0);
-    att.client_stream = 0;
+    att.streamed(att.client_stream);
     // CopyFail ends a COPY FROM STDIN (and is ignored otherwise); Sync ends an open batch (and
     // a skip to Sync after an error); ROLLBACK ends a transaction. Then a query whose answer
     // carries a random marker: everything before it is the departed client's, however many

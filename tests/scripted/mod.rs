@@ -59,19 +59,24 @@ type Violation = String;
 
 async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
     let mut out = BytesMut::new();
-    // Startup, after any SSLRequest (answered N).
+    // Startup, after any SSLRequest (answered N); a connection closed during it is no fault.
     loop {
-        let len = socket.read_i32().await.map_err(|e| e.to_string())?;
+        let Ok(len) = socket.read_i32().await else {
+            return Ok(());
+        };
         if !(8..=10_000).contains(&len) {
             return Err(format!("startup packet length {len}"));
         }
         let mut body = vec![0; len as usize - 4];
-        socket
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| e.to_string())?;
+        if socket.read_exact(&mut body).await.is_err() {
+            return Ok(());
+        }
         match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
-            80877103 => socket.write_all(b"N").await.map_err(|e| e.to_string())?,
+            80877103 => {
+                if socket.write_all(b"N").await.is_err() {
+                    return Ok(());
+                }
+            }
             196608 => break,
             code => return Err(format!("startup code {code}")),
         }
@@ -102,6 +107,7 @@ async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
     };
     ready(&mut out, &session);
     let mut rbuf = BytesMut::new();
+    let mut history: Vec<(char, i32)> = Vec::new();
     loop {
         // Replies go out when the messages that arrived together have been answered.
         let whole_frame_buffered = rbuf.len() >= 5
@@ -114,34 +120,35 @@ async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
             out.clear();
         }
         while rbuf.len() < 5 {
-            if socket
-                .read_buf(&mut rbuf)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Ok(()); // the sidecar closed the connection
+            match socket.read_buf(&mut rbuf).await {
+                // The sidecar closed the connection (a reset is a close too).
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
             }
         }
         let tag = rbuf[0];
         let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
         if !(4..=(1 << 30)).contains(&len) {
-            return Err(format!("message {:?} with length {len}", tag as char));
+            let seen = &rbuf[..rbuf.len().min(16)];
+            return Err(format!(
+                "message {:?} with length {len} (then {seen:?}; {} bytes buffered; after {history:?})",
+                tag as char,
+                rbuf.len()
+            ));
         }
         while rbuf.len() < len as usize + 1 {
-            if socket
-                .read_buf(&mut rbuf)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err(format!(
-                    "connection closed inside a {:?} message",
-                    tag as char
-                ));
+            match socket.read_buf(&mut rbuf).await {
+                // Closed inside a message: the sidecar gave the connection up (Postgres takes
+                // that as the client's disconnection, as here).
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
             }
         }
         let frame = rbuf.split_to(len as usize + 1);
+        history.push((tag as char, len));
+        if history.len() > 12 {
+            history.remove(0);
+        }
         let body = &frame[5..];
         well_formed(tag, body).map_err(|why| format!("malformed {:?}: {why}", tag as char))?;
         if tag == b'X' {

@@ -361,8 +361,8 @@ impl Relay {
                     if chunk.is_empty() {
                         break;
                     }
-                    att.client_stream -= chunk.len();
                     att.wbuf.extend_from_slice(&chunk);
+                    att.streamed(chunk.len());
                     continue;
                 }
                 let header = self.client.peek_header().map_err(ClientIoError::from)?;

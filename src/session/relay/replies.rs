@@ -268,10 +268,7 @@ impl Relay {
                 // An error nothing asked for (a message without a reply was refused): the
                 // server may now skip everything up to a Sync, so one is sent (its
                 // ReadyForQuery swallowed) before the connection serves anything else.
-                frontend::append_sync(&mut att.wbuf);
-                att.push_expect(Expect {
-                    source: Source::Sidecar,
-                });
+                att.inject_sync();
             }
             if header.tag == READY_FOR_QUERY_TAG {
                 // Syncs the server ignored during COPY get no ReadyForQuery.
