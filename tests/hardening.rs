@@ -504,6 +504,19 @@ async fn terminating_every_server_connection_fails_only_open_transactions() {
     fresh.batch_execute("SELECT 1").await.unwrap();
 }
 
+/// Polls until the load has committed `n` increments of the counter since it was last reset.
+async fn until_committed(admin: &tokio_postgres::Client, n: i32) {
+    while admin
+        .query_one("SELECT n FROM counter", &[])
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        < n
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_every_server_connection_mid_load() {
     let name = fresh_user("terminate_load");
@@ -554,15 +567,7 @@ async fn terminating_every_server_connection_mid_load() {
     let admin = connect_direct_superuser(&name).await;
     // Mid-load: every server connection of the sidecar dies, twice.
     for _ in 0..2 {
-        while admin
-            .query_one("SELECT n FROM counter", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0)
-            < 50
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_committed(&admin, 50).await;
         let killed: Vec<i32> = admin
             .query(
                 "SELECT pid FROM (SELECT pid FROM pg_stat_activity WHERE usename = $1 OFFSET 0) t \
@@ -600,15 +605,7 @@ async fn terminating_every_server_connection_mid_load() {
             .unwrap();
     }
     // The load goes on after the kills: the pool refilled.
-    while admin
-        .query_one("SELECT n FROM counter", &[])
-        .await
-        .unwrap()
-        .get::<_, i32>(0)
-        < 50
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_committed(&admin, 50).await;
     stop.cancel();
     let mut totals = (0, 0);
     for task in load {
