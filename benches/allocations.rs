@@ -38,7 +38,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const ROUNDS: u64 = 20_000;
+/// Transactions counted per kind (`ALLOCATION_ROUNDS` overrides, e.g. under a profiler).
+fn rounds() -> u64 {
+    std::env::var("ALLOCATION_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20_000)
+}
 
 /// Reads until `readies` ReadyForQuery messages arrived.
 async fn until_ready<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut BytesMut, readies: usize) {
@@ -69,11 +75,12 @@ async fn per_round<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, request: &[u
         until_ready(conn, &mut buf, 1).await;
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..ROUNDS {
+    let rounds = rounds();
+    for _ in 0..rounds {
         conn.write_all(request).await.unwrap();
         until_ready(conn, &mut buf, 1).await;
     }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / ROUNDS as f64
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / rounds as f64
 }
 
 fn requests() -> [(&'static str, BytesMut); 2] {
