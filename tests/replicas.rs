@@ -472,3 +472,68 @@ async fn a_replica_behind_a_stalled_network_path_is_ejected() {
     proxy.resume();
     until_replica_serves(&client).await;
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_behind_a_busy_server_are_bounded() {
+    let name = fresh_user("held_bound");
+    let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&client).await;
+    let mut conn = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    // A read that takes a while, then 4,000 pipelined requests of 10 KB each (40 MB); the
+    // client reads nothing meanwhile.
+    let mut first = bytes::BytesMut::new();
+    // On the replica; the requests after it must go to the primary, so they wait, held, until
+    // it is done.
+    pgsidecar::protocol::frontend::append_query(&mut first, "SELECT pg_sleep(3)");
+    let padding = "x".repeat(10_000);
+    let mut rest = bytes::BytesMut::new();
+    for i in 0..4000 {
+        let sql = format!("/* pgsidecar: route=primary */ SELECT {i} /* {padding} */");
+        pgsidecar::protocol::frontend::append_query(&mut rest, &sql);
+    }
+    let before = rss_kib();
+    conn.write_all(&first).await.unwrap();
+    let writer = tokio::spawn(async move {
+        conn.write_all(&rest).await.unwrap();
+        conn
+    });
+    // While the first read runs, the sidecar stops reading the client once it holds its bound:
+    // the writer cannot finish (kernel buffers take far less than 40 MB).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        !writer.is_finished(),
+        "40 MB of requests were all taken in while they had to wait"
+    );
+    assert!(
+        grown < 16 * 1024,
+        "the sidecar held {grown} KiB of requests"
+    );
+    // Then they all run, in order.
+    let mut conn = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the requests were taken in once the first was done")
+        .unwrap();
+    let replies = read_until_ready(&mut conn, 4001).await;
+    let rows: Vec<String> = replies
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
+        .collect();
+    assert_eq!(rows.len(), 4001, "the pg_sleep row and one per read");
+    assert_eq!(rows[1], "0");
+    assert_eq!(rows[4000], "3999");
+}

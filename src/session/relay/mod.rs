@@ -162,7 +162,7 @@ pub struct Relay {
     /// The database's primary and replicas, when it has replicas (transaction mode routes).
     topology: Option<Arc<Topology>>,
     /// Client frames held until their request is complete and its server is attached.
-    held: VecDeque<Frame>,
+    held: routing::Held,
     /// Where the next checkout goes.
     next_target: Target,
     /// The sequence of this client's last write on the primary (read-your-writes).
@@ -200,7 +200,7 @@ impl Relay {
             channel_prefix: tenancy::channel_prefix(&app, info.tenant.as_deref()),
             tenant_queries,
             topology,
-            held: VecDeque::new(),
+            held: routing::Held::default(),
             next_target: Target::Primary,
             last_write: 0,
             route_preference: RoutePreference::Auto,
@@ -269,7 +269,9 @@ impl Relay {
                 Phase::Attached(att) => {
                     // The server is read while it is written to, so a server that is busy
                     // sending replies to a long pipeline never deadlocks against the sidecar.
-                    let room = att.wbuf.len() < SERVER_WRITE_CHUNK;
+                    // Requests held behind the attached server count too (backpressure).
+                    let room = att.wbuf.len() < SERVER_WRITE_CHUNK
+                        && self.held.bytes() < routing::MAX_HELD_BYTES;
                     let timer = att.next_timer(&self.app.config.limits);
                     // Notifications go out between messages, never inside one; those of a
                     // transaction that notified wait for its ReadyForQuery (replies.rs).

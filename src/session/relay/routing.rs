@@ -13,6 +13,43 @@ use crate::sql::classify::{Isolation, Kind, SettingName, StatementClass, ValueRe
 
 /// Frames held for one request at most; past that it runs on the primary as it is.
 const MAX_HELD: usize = 4096;
+/// Bytes of held frames past which an incomplete request runs on the primary as it is, and the
+/// client is not read while complete requests wait (backpressure: never unbounded memory).
+pub(super) const MAX_HELD_BYTES: usize = 1 << 20;
+
+/// Client frames held until their request is complete and its server is attached, with their
+/// size. Read like a queue; frames go in and out only through `push_back` and `pop_front`.
+#[derive(Default)]
+pub(super) struct Held {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+}
+
+impl Held {
+    pub(super) fn push_back(&mut self, frame: Frame) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Frame> {
+        let frame = self.frames.pop_front()?;
+        self.bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = VecDeque<Frame>;
+
+    fn deref(&self) -> &VecDeque<Frame> {
+        &self.frames
+    }
+}
 /// The session setting by which a client states where its reads go; never sent upstream.
 const ROUTE_SETTING: &str = "pgsidecar.route";
 
@@ -145,7 +182,9 @@ impl Relay {
         }) {
             Some(i) if frontend::role(self.held[i].tag()) == MessageRole::Request => Some(i),
             Some(i) => Some(i + 1),
-            None if self.held.len() >= MAX_HELD => Some(self.held.len()),
+            None if self.held.len() >= MAX_HELD || self.held.bytes() >= MAX_HELD_BYTES => {
+                Some(self.held.len())
+            }
             None => None,
         }
     }
