@@ -266,23 +266,14 @@ async fn a_client_reads_its_own_writes_while_the_replica_lags() {
             .get(0);
         assert_eq!(seen, 1, "the writer missed its own write {i}");
     }
-    // Another client (scope "client") may read the lagging replica, and does.
-    let rows = other
-        .simple_query("SELECT pg_is_in_recovery(), count(*) FROM w WHERE id = 2")
-        .await
-        .unwrap();
-    let row = rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned()))
-            }
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(
-        row,
-        ("t".to_owned(), "0".to_owned()),
+    // Another client (scope "client") may read the lagging replica, and does (whether the
+    // replica has applied the write by then depends on the machine's speed, not on routing).
+    assert!(
+        on_replica(
+            &other,
+            "SELECT pg_is_in_recovery(), count(*) FROM w WHERE id = 2"
+        )
+        .await,
         "the other client read the replica"
     );
 }
@@ -355,7 +346,14 @@ async fn a_stopped_replica_is_ejected_and_comes_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(on_primary, "reads did not fall back to the primary");
-    // With primary_reads = "never", a read says clearly that no replica can serve it.
+    // With primary_reads = "never", a read says clearly that no replica can serve it (once
+    // that sidecar's health check found the replica gone).
+    until_metric(
+        never.metrics_addr,
+        &format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}"),
+        0.0,
+    )
+    .await;
     let e = strict
         .simple_query("SELECT pg_is_in_recovery()")
         .await

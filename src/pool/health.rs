@@ -3,11 +3,14 @@
 //! checks too); ejection with backoff and reinstatement; the primary's WAL position, polled on
 //! the same schedule, for lag and read-your-writes; and the choice of a replica for a read.
 //!
-//! Lag is measured by WAL position (the primary's `pg_current_wal_lsn()` against each
+//! Lag is measured by WAL position (the primary's `pg_current_wal_insert_lsn()` against each
 //! replica's `pg_last_wal_replay_lsn()`), never by replay timestamps, which grow while the
 //! primary is idle. Read-your-writes costs no round trip per query: a committed write gets a
 //! sequence number, and the first primary poll that *starts* after it says which WAL position a
-//! replica must have replayed before reads in the write's scope may go there again.
+//! replica must have replayed before reads in the write's scope may go there again. The insert
+//! position, not `pg_current_wal_lsn()` (the write position): with `synchronous_commit = off`
+//! a commit returns before its record is written, and the write position can still be short of
+//! it, which let a read reach a replica that had not replayed the client's own commit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -131,13 +134,13 @@ impl Topology {
         seq
     }
 
-    /// The replica a read should use. `client_writes` is the sequence of the client's last
-    /// write (0: none).
+    /// The replica a read should use, with its index. `client_writes` is the sequence of the
+    /// client's last write (0: none).
     pub fn choose_replica(
         &self,
         client_writes: u64,
         tenant: Option<&str>,
-    ) -> Result<&Replica, NoReplica> {
+    ) -> Result<(usize, &Replica), NoReplica> {
         let scope_writes = match self.config.read_your_writes {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Client => client_writes,
@@ -173,7 +176,7 @@ impl Topology {
             _ => 0,
         };
         match choose(&candidates, self.config.strategy, turn, random) {
-            Some(i) => Ok(&self.replicas[i]),
+            Some(i) => Ok((i, &self.replicas[i])),
             None if any_healthy => Err(NoReplica::NotCaughtUp),
             None => Err(NoReplica::Unavailable {
                 primary_allowed: self.config.primary_reads != PrimaryReads::Never,
@@ -276,7 +279,7 @@ impl Topology {
         let writes_before = self.writes.load(Ordering::Acquire);
         let Ok(Some(lsn)) = lsn_query(
             &self.primary,
-            "SELECT pg_catalog.pg_current_wal_lsn()::text",
+            "SELECT pg_catalog.pg_current_wal_insert_lsn()::text",
             self.check_bound(),
         )
         .await

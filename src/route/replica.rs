@@ -13,6 +13,20 @@ pub enum Target {
     Replica,
 }
 
+/// The server a connection serving a client belongs to, by name (later: a shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    Primary,
+    /// The database's replica at this index (its order in the configuration).
+    Replica(usize),
+}
+
+impl Upstream {
+    pub fn is_replica(self) -> bool {
+        matches!(self, Upstream::Replica(_))
+    }
+}
+
 /// What the client asked for, by a `/* pgsidecar: route=… */` hint or `SET pgsidecar.route`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RoutePreference {

@@ -177,8 +177,8 @@ pub(super) struct Attachment {
     pub(super) sql_created: Vec<String>,
     /// A client LISTEN ran on this server connection (the capture reports its channels).
     pub(super) listened: bool,
-    /// The server connection is a replica's.
-    pub(super) on_replica: bool,
+    /// Whose server connection it is: the primary's or a replica's.
+    pub(super) upstream: crate::route::replica::Upstream,
     /// The client ran something on the primary that may have written (read-your-writes).
     pub(super) wrote: bool,
     /// A statement that may change the catalog ran on this attachment since the last
@@ -368,7 +368,7 @@ impl Attachment {
             sql_on_conn: BTreeSet::new(),
             sql_created: Vec::new(),
             listened: false,
-            on_replica: false,
+            upstream: crate::route::replica::Upstream::Primary,
             wrote: false,
             notified: false,
             catalog_changed: false,

@@ -12,7 +12,7 @@ const WAITING_READ_AHEAD: usize = 1024 * 1024;
 impl Relay {
     /// Checks out a server connection and queues what makes it carry this client's settings.
     pub(super) async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
-        let (pool, on_replica) = self.pool_for_next()?;
+        let (pool, upstream) = self.pool_for_next()?;
         let cancelled = self.info.key.waiting();
         // A client that leaves while it waits leaves the queue too.
         let (tenant_permit, checkout) = {
@@ -72,7 +72,7 @@ impl Relay {
             key: conn.key,
         });
         let mut att = Attachment::new(server);
-        att.on_replica = on_replica;
+        att.upstream = upstream;
         att.tenant_permit = tenant_permit;
         self.tenant_on_checkout(&mut att);
         let token = tenancy::due_token(&self.app, self.info.grant.as_ref(), &mut att);

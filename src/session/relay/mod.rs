@@ -294,7 +294,7 @@ impl Relay {
                                 Ok(Exchange::Wrote) => {}
                                 // A replica that goes away ends the request, not the session
                                 // (unless a reply was halfway through to the client).
-                                Err(e) if att.on_replica && att.passthrough.is_none() => {
+                                Err(e) if att.upstream.is_replica() && att.passthrough.is_none() => {
                                     self.replica_lost(e).await?;
                                 }
                                 Err(e) => return Err(e.into()),
@@ -544,7 +544,7 @@ impl Relay {
             frame.tag(),
             frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG
         ) && routing.kind != RequestKind::Read
-            && !att.on_replica
+            && !att.upstream.is_replica()
         {
             // Read-your-writes: this transaction may write on the primary.
             att.wrote = true;

@@ -178,7 +178,8 @@ impl Relay {
                         if applying && state.told_otherwise(&name, &value) {
                             reply = Reply::Forward;
                         }
-                        if att.on_replica && STANDBY_PARAMETERS.contains(&name.as_str()) {
+                        if att.upstream.is_replica() && STANDBY_PARAMETERS.contains(&name.as_str())
+                        {
                             // The client's session is the primary's: it never hears of standby.
                             reply = Reply::Swallow;
                         }
@@ -232,7 +233,7 @@ impl Relay {
                             .write(&mut error);
                         notification = Some(error.freeze());
                         reply = Reply::Swallow;
-                    } else if att.on_replica && fields.severity == "FATAL" {
+                    } else if att.upstream.is_replica() && fields.severity == "FATAL" {
                         // The replica is going away, not the client's session: the client
                         // gets an ERROR and keeps its connection.
                         let mut error = bytes::BytesMut::new();

@@ -8,7 +8,7 @@
 use super::*;
 use crate::pool::health::NoReplica;
 use crate::pool::Pool;
-use crate::route::replica::{RoutePreference, Target};
+use crate::route::replica::{RoutePreference, Target, Upstream};
 use crate::sql::classify::{Isolation, Kind, SettingName, StatementClass, ValueRef};
 
 /// Frames held for one request at most; past that it runs on the primary as it is.
@@ -148,7 +148,7 @@ impl Relay {
                 }
             };
             let runs_now = match &self.phase {
-                Phase::Attached(att) => !att.on_replica || target == Target::Replica,
+                Phase::Attached(att) => !att.upstream.is_replica() || target == Target::Replica,
                 _ => true,
             };
             if !runs_now {
@@ -367,18 +367,18 @@ impl Relay {
     }
 
     /// The pool the next checkout uses, and whether it is a replica's.
-    pub(super) fn pool_for_next(&self) -> Result<(Arc<Pool>, bool), ErrorReport> {
+    pub(super) fn pool_for_next(&self) -> Result<(Arc<Pool>, Upstream), ErrorReport> {
         let Some(topology) = &self.topology else {
-            return Ok((Arc::clone(&self.info.pool), false));
+            return Ok((Arc::clone(&self.info.pool), Upstream::Primary));
         };
         if self.next_target == Target::Primary || topology.primary_serves_reads_too() {
             topology.count_route(false);
-            return Ok((Arc::clone(&self.info.pool), false));
+            return Ok((Arc::clone(&self.info.pool), Upstream::Primary));
         }
         match topology.choose_replica(self.last_write, self.info.tenant.as_deref()) {
-            Ok(replica) => {
+            Ok((index, replica)) => {
                 topology.count_route(true);
-                Ok((Arc::clone(&replica.pool), true))
+                Ok((Arc::clone(&replica.pool), Upstream::Replica(index)))
             }
             Err(
                 NoReplica::NotCaughtUp
@@ -387,7 +387,7 @@ impl Relay {
                 },
             ) => {
                 topology.count_route(false);
-                Ok((Arc::clone(&self.info.pool), false))
+                Ok((Arc::clone(&self.info.pool), Upstream::Primary))
             }
             Err(NoReplica::Unavailable {
                 primary_allowed: false,
