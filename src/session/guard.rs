@@ -489,6 +489,8 @@ mod tests {
             "PREPARE p AS SELECT set_config('app.tenant_id', 'b', false)",
             "EXPLAIN ANALYZE SELECT set_config('app.tenant_id', 'b', false)",
             "SET ROLE admin",
+            // `a$0$x` is one identifier to Postgres, a dollar quote hiding the SET to sqlparser.
+            "SELECT i_b$0$x; SET ROLE admin; SELECT $0$",
             "RESET ROLE",
             "ALTER ROLE CURRENT_USER SET app.tenant_id = 'other'",
             "alter   user me SET app.tenant_id = 'other'",

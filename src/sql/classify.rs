@@ -220,6 +220,18 @@ pub fn classify(sql: &[u8], scan: &Scan, options: &Options) -> Classification {
             }
         }
     };
+    if statements.len() != scan.statements.len() {
+        // sqlparser and Postgres's lexical rules (which the scanner follows) disagree on where
+        // statements end (`a$0$b` is one identifier in Postgres, a dollar quote to sqlparser):
+        // what sqlparser read is not what the server will run.
+        return Classification::Unparsed {
+            error: format!(
+                "statement boundaries differ from Postgres's ({} parsed, {} scanned)",
+                statements.len(),
+                scan.statements.len()
+            ),
+        };
+    }
     let positions = Positions::new(text, scan);
     Classification::Parsed(
         statements

@@ -468,3 +468,18 @@ fn multi_statement_strings_and_unparsable_text() {
         Classification::Unparsed { .. }
     ));
 }
+
+#[test]
+fn statements_sqlparser_splits_otherwise_than_postgres_are_unparsed() {
+    // Found by fuzzing: `i_b$0$enx` is one identifier in Postgres (a dollar-quote tag cannot
+    // start with a digit), so the `;` after it separates two statements; sqlparser saw one.
+    let hidden = "SELECT i_b$0$x; SET ROLE admin; SELECT $0$";
+    let fuzzed = "unlisten*end\0i_b$0$enx'x'k'ken\"\"\u{10}(_backend|;x'k-\u{7}\n|/;||\u{7}=|||";
+    for sql in [hidden, fuzzed] {
+        let scanned = crate::sql::fingerprint::scan(sql.as_bytes());
+        let classified = classify(sql.as_bytes(), &scanned, &Options::default());
+        if let Classification::Parsed(statements) = &classified {
+            assert_eq!(statements.len(), scanned.statements.len(), "{sql:?}");
+        }
+    }
+}
