@@ -166,9 +166,17 @@ pub struct ClassifierConfig {
 /// TLS for clients.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
-    pub files: crate::tls::TlsFiles,
+    pub files: TlsFiles,
     /// Refuse clients that do not use TLS.
     pub required: bool,
+}
+
+/// Where the client-facing certificate, key and optional client CA live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// The validated configuration.
@@ -595,7 +603,7 @@ impl FileConfig {
                     .collect(),
             },
             tls: self.tls.map(|t| TlsSettings {
-                files: crate::tls::TlsFiles {
+                files: TlsFiles {
                     cert: t.cert.into(),
                     key: t.key.into(),
                     client_ca: t.client_ca.map(Into::into),

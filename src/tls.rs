@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::SslMode;
+use crate::config::{SslMode, TlsFiles};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +26,6 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("invalid client CA: {0}")]
     ClientCa(String),
-}
-
-/// Where the client-facing certificate, key and optional client CA live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
 }
 
 fn provider() -> Arc<CryptoProvider> {

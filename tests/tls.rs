@@ -256,7 +256,7 @@ async fn upstream_sslmodes() {
 fn acceptor_reads_pem_files_and_names_broken_ones() {
     let dir = std::env::temp_dir().join(format!("pgsidecar-tls-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let files = pgsidecar::tls::TlsFiles {
+    let files = pgsidecar::config::TlsFiles {
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
         client_ca: None,
