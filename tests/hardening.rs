@@ -220,8 +220,10 @@ async fn clients_that_never_log_in_are_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let name = fresh_user("login");
     let toml = base_toml(&name, "size = 1")
-        .replace("drain_timeout", "login_timeout = \"500ms\"\ndrain_timeout");
+        .replace("drain_timeout", "login_timeout = \"2s\"\ndrain_timeout");
     let sidecar = start(&toml).await;
+    // Logged in before the others stall (a login under load may itself take 500 ms).
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
     // Silent after connecting: dropped without a word, as Postgres does.
     let mut silent = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
     let started = Instant::now();
@@ -256,7 +258,6 @@ async fn clients_that_never_log_in_are_dropped() {
     let fields = pgsidecar::protocol::backend::ErrorFields::parse(&rest[5..]);
     assert_eq!(fields.code, "57014");
     // Other clients were never affected.
-    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
     client.batch_execute("SELECT 1").await.unwrap();
 }
 
