@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::BufMut;
 
 use super::attachment::Attachment;
-use super::relay::RelayError;
 use crate::config::PoolMode;
 use crate::pool::server::AppliedSettings;
 use crate::protocol::backend::{
@@ -16,6 +15,17 @@ use crate::protocol::backend::{
 };
 use crate::protocol::frame::{peek_header, HEADER_LEN};
 use crate::protocol::frontend::{self, append_query};
+
+/// Why a server connection could not be cleaned (it is closed then).
+#[derive(Debug, thiserror::Error)]
+enum CleanupError {
+    #[error(transparent)]
+    Server(#[from] crate::pool::ServerError),
+    #[error("the server sent a message the sidecar cannot frame: {0}")]
+    Frame(#[from] crate::protocol::frame::FrameError),
+    #[error("the client left inside a CopyData message too large to complete")]
+    CopyTooLarge,
+}
 
 /// Up to this many filler bytes are sent to finish a CopyData the client abandoned; past that
 /// the server connection is closed instead.
@@ -72,11 +82,9 @@ fn marker() -> String {
     format!("pgsidecar-cleanup-{}", crate::token::hex(&bytes))
 }
 
-async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
+async fn clean(att: &mut Attachment, discard: bool) -> Result<(), CleanupError> {
     if att.client_stream > MAX_PADDING {
-        return Err(RelayError::Server(crate::pool::ServerError::Protocol(
-            "client left inside a large CopyData message".into(),
-        )));
+        return Err(CleanupError::CopyTooLarge);
     }
     // The client left inside a streamed CopyData: complete the message with filler so the
     // CopyFail below is read as a message, not as row data.
@@ -115,7 +123,7 @@ async fn clean(att: &mut Attachment, discard: bool) -> Result<(), RelayError> {
                 continue;
             }
         }
-        let Some(header) = peek_header(&conn.rbuf).map_err(RelayError::ServerFrame)? else {
+        let Some(header) = peek_header(&conn.rbuf)? else {
             conn.read_more().await?;
             continue;
         };
