@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::attachment::{Attachment, Awaited, Expect, Pending, Reply, Source};
+use super::attachment::{Attachment, Awaited, Pending, Reply};
 use super::resync::Effects;
 use super::statements::{message, split_cstr, ClientStatements, Prepared, PROXY_PREFIX};
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -168,31 +168,25 @@ pub(super) fn forget_parsed_since_catalog_change(att: &mut Attachment, ends: boo
             .extend_from_slice(&message(CLOSE_TAG, &[b"S", &proxy, &[0]]));
         att.push_reply(Awaited::CloseComplete, Reply::Swallow);
     }
-    crate::protocol::frontend::append_sync(&mut att.wbuf);
-    att.push_expect(Expect {
-        source: Source::Sidecar,
-    });
+    att.inject_sync();
 }
 
 /// Prepares the statement on this server connection, if it lacks it, before a simple Query
 /// that runs it (SQL `EXECUTE` of a protocol-level name): with a Sync of its own, its
 /// ReadyForQuery swallowed.
 pub(super) fn prepare_for_query(att: &mut Attachment, prepared: &Prepared) {
-    if att.server.conn_mut().prepared.contains(&prepared.proxy) {
-        return;
+    if ensure_prepared(att, prepared) {
+        att.inject_sync();
     }
-    send_parse(att, prepared, Reply::Swallow, None);
-    crate::protocol::frontend::append_sync(&mut att.wbuf);
-    att.push_expect(Expect {
-        source: Source::Sidecar,
-    });
 }
 
-/// Prepares the statement on this server connection if it lacks it.
-fn ensure_prepared(att: &mut Attachment, prepared: &Prepared) {
-    if !att.server.conn_mut().prepared.contains(&prepared.proxy) {
+/// Prepares the statement on this server connection if it lacks it; true if a Parse was sent.
+fn ensure_prepared(att: &mut Attachment, prepared: &Prepared) -> bool {
+    let lacks = !att.server.conn_mut().prepared.contains(&prepared.proxy);
+    if lacks {
         send_parse(att, prepared, Reply::Swallow, None);
     }
+    lacks
 }
 
 /// The name a Bind or Describe must use on this server connection for the client's `name`,
