@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use pgsidecar::config::{Config, Overrides};
+use pgsidecar::protocol::frame::try_frame;
 use pgsidecar::stream::Stream;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -50,13 +51,8 @@ fn rounds() -> u64 {
 async fn until_ready<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut BytesMut, readies: usize) {
     let mut seen = 0;
     loop {
-        while buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < len + 1 {
-                break;
-            }
-            let frame = buf.split_to(len + 1);
-            if frame[0] == b'Z' {
+        while let Some(frame) = try_frame(buf, 1 << 20).unwrap() {
+            if frame.tag() == b'Z' {
                 seen += 1;
                 if seen == readies {
                     return;

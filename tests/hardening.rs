@@ -262,17 +262,6 @@ async fn clients_that_never_log_in_are_dropped() {
     client.batch_execute("SELECT 1").await.unwrap();
 }
 
-/// Resident memory of this test process, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_never_makes_the_sidecar_buffer_the_result() {
     let name = fresh_user("slowreader");

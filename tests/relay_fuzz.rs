@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use pgsidecar::app::App;
 use pgsidecar::config::{Config, Overrides};
+use pgsidecar::protocol::frame::try_frame;
 use pgsidecar::stream::Stream;
 use postgres_protocol::message::frontend;
 use proptest::prelude::*;
@@ -317,13 +318,8 @@ async fn read_until(
     let mut replies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        while buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < len + 1 {
-                break;
-            }
-            let frame = buf.split_to(len + 1);
-            replies.push((frame[0], frame[5..].to_vec()));
+        while let Some(frame) = try_frame(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
+            replies.push((frame.tag(), frame.body().to_vec()));
             if done(&replies) {
                 return Ok(replies);
             }

@@ -471,16 +471,6 @@ async fn a_replica_behind_a_stalled_network_path_is_ejected() {
     until_replica_serves(&client).await;
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_held_behind_a_busy_server_are_bounded() {
     let name = fresh_user("held_bound");

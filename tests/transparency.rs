@@ -116,21 +116,29 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
     assert!(tags(&replies).ends_with('Z'), "{}", tags(&replies));
 }
 
-/// Reads from a raw connection until the sidecar closes it: the SQLSTATEs of its errors.
-async fn errors_until_closed(conn: &mut ServerConn) -> Vec<String> {
-    let mut codes = Vec::new();
+/// Reads from a raw connection until the sidecar closes it: (tag, body) of each message.
+async fn replies_until_closed(conn: &mut ServerConn) -> Vec<(u8, Vec<u8>)> {
+    let mut replies = Vec::new();
     loop {
         while let Ok(Some(frame)) = pgsidecar::protocol::frame::try_frame(&mut conn.rbuf, 1 << 20) {
-            if frame.tag() == b'E' {
-                codes.push(pgsidecar::protocol::backend::ErrorFields::parse(frame.body()).code);
-            }
+            replies.push((frame.tag(), frame.body().to_vec()));
         }
         match tokio::time::timeout(Duration::from_secs(10), conn.read_more()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => return codes,
-            Err(_) => panic!("still open; errors so far {codes:?}"),
+            Ok(Err(_)) => return replies,
+            Err(_) => panic!("still open; got {}", tags(&replies)),
         }
     }
+}
+
+/// The SQLSTATEs of the errors a raw connection gets until the sidecar closes it.
+async fn errors_until_closed(conn: &mut ServerConn) -> Vec<String> {
+    replies_until_closed(conn)
+        .await
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, body)| pgsidecar::protocol::backend::ErrorFields::parse(body).code)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,28 +426,11 @@ async fn requests_pipelined_before_terminate_are_answered() {
         let mut conn = raw(sidecar.addr, &name, &[]).await;
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query("SELECT pg_sleep(0.05), 1", &mut out).unwrap();
-        prepare_message(&mut out);
+        postgres_protocol::message::frontend::parse("late", "SELECT 2", [], &mut out).unwrap();
+        postgres_protocol::message::frontend::sync(&mut out);
         postgres_protocol::message::frontend::terminate(&mut out);
         conn.write_all(&out).await.unwrap();
-        let mut all = Vec::new();
-        loop {
-            while let Ok(Some(frame)) =
-                pgsidecar::protocol::frame::try_frame(&mut conn.rbuf, 1 << 20)
-            {
-                all.push(frame.tag());
-            }
-            match tokio::time::timeout(Duration::from_secs(10), conn.read_more()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => break,
-                Err(_) => panic!("{mode}: not closed after the Terminate"),
-            }
-        }
-        assert_eq!(String::from_utf8_lossy(&all), "TDCZ1Z", "{mode}");
+        let replies = replies_until_closed(&mut conn).await;
+        assert_eq!(tags(&replies), "TDCZ1Z", "{mode}");
     }
-}
-
-/// A Parse and a Sync.
-fn prepare_message(out: &mut BytesMut) {
-    postgres_protocol::message::frontend::parse("late", "SELECT 2", [], out).unwrap();
-    postgres_protocol::message::frontend::sync(out);
 }

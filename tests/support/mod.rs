@@ -222,6 +222,17 @@ pub async fn raw_connect(
     ServerConn::connect(0, &url, params, &options).await
 }
 
+/// This process's resident memory (the in-process sidecar's included), KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// Polls (bounded: panics after 20 s) until `sql`, run directly on database `db` as the
 /// superuser, returns a count of at least one.
 pub async fn until_count(db: &str, sql: &str) {
