@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -228,25 +227,9 @@ impl App {
         self.cancels.cancel(process_id, secret_key).await;
     }
 
-    /// Accepts clients until draining starts.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
-                        let app = Arc::clone(&self);
-                        self.tracker.spawn(crate::session::serve_client(app, stream));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off briefly, keep serving.
-                        self.metrics.error("accept");
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-                _ = self.draining.cancelled() => return,
-            }
-        }
+    /// The databases with replicas.
+    pub fn topologies(&self) -> impl Iterator<Item = &Arc<Topology>> {
+        self.topologies.values()
     }
 
     /// Stops accepting, lets running transactions finish up to `drain_timeout`, then closes
@@ -270,58 +253,4 @@ impl App {
             }
         }
     }
-}
-
-/// A running sidecar: its bound addresses and its [`App`].
-pub struct Running {
-    pub addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub app: Arc<App>,
-}
-
-/// Binds the client and metrics listeners and starts serving both in the current runtime.
-pub async fn start(config: Config) -> Result<Running, AppError> {
-    let listen = config.listen;
-    let metrics_listen = config.metrics_listen;
-    let app = App::new(config)?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let metrics_listener =
-        TcpListener::bind(metrics_listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: metrics_listen,
-                source,
-            })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: listen,
-        source,
-    })?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|source| AppError::Bind {
-            addr: metrics_listen,
-            source,
-        })?;
-    tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
-    for pool in app.pools() {
-        tokio::spawn(Arc::clone(pool).watch(app.terminate.clone()));
-    }
-    for topology in app.topologies.values() {
-        for replica in &topology.replicas {
-            tokio::spawn(Arc::clone(&replica.pool).watch(app.terminate.clone()));
-        }
-        tokio::spawn(Arc::clone(topology).monitor(app.terminate.clone()));
-    }
-    tokio::spawn(Arc::clone(&app).serve(listener));
-    tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");
-    Ok(Running {
-        addr,
-        metrics_addr,
-        app,
-    })
 }

@@ -22,6 +22,7 @@ pub mod app;
 pub mod cancel;
 pub mod config;
 pub mod http;
+pub mod listener;
 pub mod localpg;
 pub mod metrics;
 pub mod pool;

@@ -151,7 +151,7 @@ async fn run(config: Config) -> ExitCode {
         Ok(limit) => tracing::info!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let running = match pgsidecar::app::start(config).await {
+    let running = match pgsidecar::listener::start(config).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgsidecar: {e}");

@@ -41,7 +41,7 @@ fn python_with_psycopg() -> PathBuf {
 }
 
 /// Runs a script under `tests/drivers` against the sidecar; asserts it printed "ok".
-async fn run_script(script: &str, sidecar: &pgsidecar::app::Running, name: &str) {
+async fn run_script(script: &str, sidecar: &pgsidecar::listener::Running, name: &str) {
     let python = tokio::task::spawn_blocking(python_with_psycopg)
         .await
         .unwrap();

@@ -364,7 +364,9 @@ async fn a_frozen_server_is_given_up_after_the_timeout_and_its_grace() {
 }
 
 /// A sidecar with one server connection, for database `<prefix>_…`, and a client of it.
-async fn pool_of_one(prefix: &str) -> (String, pgsidecar::app::Running, tokio_postgres::Client) {
+async fn pool_of_one(
+    prefix: &str,
+) -> (String, pgsidecar::listener::Running, tokio_postgres::Client) {
     let name = fresh_user(prefix);
     let sidecar = start(&base_toml(&name, "size = 1")).await;
     let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();

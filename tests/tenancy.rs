@@ -14,7 +14,7 @@ const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
 /// A database with an RLS-protected table, and a sidecar in front of it whose upstream role
 /// (`<name>_app`) does not own the table. Returns (name, sidecar).
-async fn setup() -> (String, pgsidecar::app::Running) {
+async fn setup() -> (String, pgsidecar::listener::Running) {
     setup_with(
         "size = 1\ncheckout_timeout = \"10s\"",
         "metric_tenants = 2\n",
@@ -46,7 +46,7 @@ fn rls_schema(name: &str, extra: &str) -> String {
 }
 
 /// Like [`setup`], with these `[pool]` lines and extra `[tenancy]` lines.
-async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::app::Running) {
+async fn setup_with(pool: &str, tenancy: &str) -> (String, pgsidecar::listener::Running) {
     let name = fresh_user("tenant");
     let app = rls_schema(&name, "");
     pg().psql(

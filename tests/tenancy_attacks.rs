@@ -13,7 +13,7 @@ const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
 /// A database with `accounts` under FORCEd RLS on `pgsidecar.tenant()`, owned by the database
 /// owner; the sidecar logs in as `<name>_app`. Returns (name, sidecar).
-async fn setup(mode: &str) -> (String, pgsidecar::app::Running) {
+async fn setup(mode: &str) -> (String, pgsidecar::listener::Running) {
     let name = fresh_user("attack");
     let app = format!("{name}_app");
     install_tenancy_sql(&name);
@@ -91,7 +91,7 @@ async fn attacker_reads_no_foreign_row(client: &tokio_postgres::Client, what: &s
 /// A fresh client of every tenant, on the connection the attacker used: it reads its own row,
 /// no other, runs with default settings, writes to the real table, and finds no prepared
 /// statement or temp object of anyone else.
-async fn next_tenants_are_clean(sidecar: &pgsidecar::app::Running, name: &str, what: &str) {
+async fn next_tenants_are_clean(sidecar: &pgsidecar::listener::Running, name: &str, what: &str) {
     for tenant in TENANTS {
         let c = tenant_client(sidecar, name, tenant).await;
         let seen = rows(&c).await;

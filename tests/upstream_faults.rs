@@ -72,7 +72,7 @@ async fn restart() {
 }
 
 /// Runs `SELECT 1` until it succeeds (bounded): the sidecar serves again.
-async fn until_served(sidecar: &pgsidecar::app::Running, name: &str) {
+async fn until_served(sidecar: &pgsidecar::listener::Running, name: &str) {
     for _ in 0..300 {
         if let Ok(client) = connect(sidecar.addr, name, PASSWORD, name).await {
             if client.simple_query("SELECT 1").await.is_ok() {

@@ -72,7 +72,7 @@ pub async fn audit_role(
     conn: &mut ServerConn,
     tenancy: Option<&TenancyConfig>,
 ) -> Result<Vec<String>, ServerError> {
-    let setting = super::pool::quote_literal(tenancy.map_or("", |t| t.setting.as_str()));
+    let setting = crate::sql::quote::quote_literal(tenancy.map_or("", |t| t.setting.as_str()));
     let signer = tenancy.and_then(|t| t.signer.as_ref());
     let sql = AUDIT_SQL
         .replace("{setting}", &setting)
@@ -99,7 +99,7 @@ pub async fn audit_role(
         let rows = conn
             .query_rows(&format!(
                 "SELECT pg_catalog.set_config('pgsidecar.tenant', {}, false) IS NULL, pgsidecar.tenant()",
-                super::pool::quote_literal(&token)
+                crate::sql::quote::quote_literal(&token)
             ))
             .await?;
         let accepted = rows

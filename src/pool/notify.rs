@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pool::quote_ident;
 use super::server::{ConnectOptions, ServerConn};
 use crate::config::UpstreamUrl;
 use crate::metrics::Metrics;
@@ -20,6 +19,7 @@ use crate::protocol::backend::{
 };
 use crate::protocol::frame::try_frame;
 use crate::protocol::frontend::append_query;
+use crate::sql::quote::quote_ident;
 
 /// Notifications waiting for one client before newer ones are dropped (and counted).
 pub const CLIENT_QUEUE: usize = 4096;

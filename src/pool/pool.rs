@@ -5,7 +5,7 @@
 //! A [`Checkout`] owns its connection and its permit: dropping it without `release` closes
 //! the connection, so an unclean connection can never slip back into the pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ impl CheckoutError {
 }
 
 /// The settings a client's startup packet asks for.
-pub type Settings = BTreeMap<String, String>;
+pub use crate::sql::settings::Settings;
 /// The ParameterStatus list a client receives at login.
 pub type Statuses = Arc<Vec<(String, String)>>;
 type StatusCache = HashMap<Settings, Statuses>;
@@ -322,62 +322,6 @@ impl Pool {
     }
 }
 
-/// Settings whose value is a list of identifiers (`GUC_LIST_QUOTE`): `SET name TO 'a, b'` would
-/// make one quoted identifier of the string, so these go through `set_config`.
-const LIST_QUOTE_SETTINGS: &[&str] = &[
-    "search_path",
-    "temp_tablespaces",
-    "session_preload_libraries",
-    "local_preload_libraries",
-];
-
-/// The settings to set (name, value) and the names to reset that move a server connection
-/// from the settings it has to `wanted`.
-fn settings_diff<'h, 'w>(
-    have: &'h Settings,
-    wanted: &'w Settings,
-) -> (Vec<(&'w str, &'w str)>, Vec<&'h str>) {
-    let sets = wanted
-        .iter()
-        .filter(|(name, value)| have.get(*name) != Some(*value))
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let resets = have
-        .keys()
-        .filter(|name| !wanted.contains_key(*name))
-        .map(String::as_str)
-        .collect();
-    (sets, resets)
-}
-
-/// The SQL that moves a server connection from the settings it has to the client's `wanted`
-/// settings, or `None` when nothing differs. Each value is one string, as in the startup
-/// packet: `SET name TO 'value'` (a utility statement, cheaper for the server than a SELECT),
-/// or `set_config` for list-valued settings.
-pub fn settings_sql(have: &Settings, wanted: &Settings) -> Option<String> {
-    let (sets, resets) = settings_diff(have, wanted);
-    let mut sql = String::new();
-    for (name, value) in sets {
-        if LIST_QUOTE_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
-            sql.push_str(&format!(
-                "SELECT pg_catalog.set_config({}, {}, false);",
-                quote_literal(name),
-                quote_literal(value)
-            ));
-        } else {
-            sql.push_str(&format!(
-                "SET {} TO {};",
-                quote_ident(name),
-                quote_literal(value)
-            ));
-        }
-    }
-    for name in resets {
-        sql.push_str(&format!("RESET {};", quote_ident(name)));
-    }
-    (!sql.is_empty()).then_some(sql)
-}
-
 /// The settings of a connection in unknown state are diffed from the defaults.
 static NO_SETTINGS: Settings = Settings::new();
 
@@ -393,35 +337,15 @@ impl AppliedSettings {
     /// The SQL that gives a server connection in this state the `wanted` client settings
     /// (from the defaults when the state is unknown), or `None` when nothing differs.
     pub fn sql_to(&self, wanted: &Settings) -> Option<String> {
-        settings_sql(self.have(), wanted)
+        crate::sql::settings::sql(self.have(), wanted)
     }
 
     /// The settings to set (name, value) that give a server connection in this state the
     /// `wanted` ones, when nothing needs a RESET (`None` when something does).
     pub fn sets_to<'w>(&self, wanted: &'w Settings) -> Option<Vec<(&'w str, &'w str)>> {
-        let (sets, resets) = settings_diff(self.have(), wanted);
+        let (sets, resets) = crate::sql::settings::diff(self.have(), wanted);
         resets.is_empty().then_some(sets)
     }
-}
-
-/// A string literal that means the same whatever `standard_conforming_strings` is.
-pub fn quote_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 3);
-    out.push_str("E'");
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// A quoted identifier (`"a""b"`).
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// A server connection lent to one client (or to the sidecar's own work).
@@ -468,44 +392,5 @@ impl Drop for Checkout {
             tracing::debug!(server = conn.id, "closing server connection");
             self.pool.metrics.server_state(ServerState::Active).dec();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn settings_sql_diffs() {
-        let have = settings(&[("a", "1"), ("b", "2")]);
-        assert_eq!(
-            settings_sql(&have, &settings(&[("a", "1"), ("b", "2")])),
-            None
-        );
-        assert_eq!(
-            settings_sql(&have, &settings(&[("a", "1"), ("c", "x'y")])).unwrap(),
-            "SET \"c\" TO E'x''y';RESET \"b\";"
-        );
-        assert_eq!(
-            settings_sql(
-                &have,
-                &settings(&[("a", "1"), ("b", "2"), ("search_path", "a, b")])
-            )
-            .unwrap(),
-            "SELECT pg_catalog.set_config(E'search_path', E'a, b', false);"
-        );
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
 }

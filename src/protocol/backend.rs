@@ -23,6 +23,9 @@ pub const NOTICE_RESPONSE_TAG: u8 = b'N';
 pub const NOTIFICATION_RESPONSE_TAG: u8 = b'A';
 pub const PARAMETER_STATUS_TAG: u8 = b'S';
 pub const PARSE_COMPLETE_TAG: u8 = b'1';
+pub const PARAMETER_DESCRIPTION_TAG: u8 = b't';
+pub const EMPTY_QUERY_RESPONSE_TAG: u8 = b'I';
+pub const PORTAL_SUSPENDED_TAG: u8 = b's';
 pub const READY_FOR_QUERY_TAG: u8 = b'Z';
 
 /// `ParseComplete`, whole.

@@ -1,6 +1,8 @@
 //! Frontend (client → server) messages: tag constants and typed views of those the sidecar
 //! inspects. Views borrow from the frame; nothing here copies a body it does not need.
 
+use bytes::{BufMut, Bytes, BytesMut};
+
 use super::{read_cstr, read_i32};
 
 pub const BIND_TAG: u8 = b'B';
@@ -18,6 +20,8 @@ pub const PASSWORD_TAG: u8 = b'p';
 pub const QUERY_TAG: u8 = b'Q';
 pub const SYNC_TAG: u8 = b'S';
 pub const TERMINATE_TAG: u8 = b'X';
+/// Describe and Close of a prepared statement (`P` is a portal).
+pub const TARGET_STATEMENT: u8 = b'S';
 
 /// What a frontend message means for the request/response cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +107,24 @@ impl<'a> SaslInitialResponse<'a> {
 /// `PasswordMessage` body: the password (or md5 hash) as a C string.
 pub fn parse_password(body: &[u8]) -> Option<&str> {
     read_cstr(body).map(|(s, _)| s)
+}
+
+/// A frontend message from its tag and body parts.
+pub fn message(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = BytesMut::with_capacity(len + 5);
+    buf.put_u8(tag);
+    buf.put_i32((len + 4) as i32);
+    for p in parts {
+        buf.put_slice(p);
+    }
+    buf.freeze()
+}
+
+/// Splits a NUL-terminated field off the front of a body: (field, rest after the NUL).
+pub fn split_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = body.iter().position(|&b| b == 0)?;
+    Some((&body[..end], &body[end + 1..]))
 }
 
 #[cfg(test)]

@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::resync::Resync;
+use super::state::Captured;
 use super::statements::Prepared;
 use crate::config::ClientLimits;
 use crate::metrics::GaugeGuard;
 use crate::pool::Checkout;
-use crate::protocol::backend::TransactionStatus;
+use crate::protocol::backend::{
+    TransactionStatus, COMMAND_COMPLETE_TAG, EMPTY_QUERY_RESPONSE_TAG, NOTICE_RESPONSE_TAG,
+    NOTIFICATION_RESPONSE_TAG, PARAMETER_DESCRIPTION_TAG, PARAMETER_STATUS_TAG,
+    PORTAL_SUSPENDED_TAG,
+};
+use crate::sql::settings::Settings;
 
 /// A deadline the relay acts on while attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,25 @@ pub(super) async fn sleep_until_some(timer: Option<Timer>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// Where an attachment is in following its client's session state.
+#[derive(Debug, Default)]
+pub(super) enum Resync {
+    /// Nothing the client ran since the last capture could have changed its session.
+    #[default]
+    Clean,
+    /// Something may have: capture the state when the transaction is over.
+    Due,
+    /// The capture query is in flight; the rows read so far. `then_due`: the client ran
+    /// something since it was sent, so another capture follows.
+    Capturing { rows: Captured, then_due: bool },
+    /// The clean-up after a capture (or a reset) is in flight; then the connection carries
+    /// exactly these settings.
+    Settling { settings: Settings, then_due: bool },
+    /// A statement the sidecar injected failed: the connection's state is not known, so it is
+    /// reset with DISCARD ALL before anyone else uses it.
+    Failed,
 }
 
 /// What happens to the server's messages up to one ReadyForQuery.
@@ -228,13 +252,20 @@ impl Awaited {
     /// Whether `tag` completes the reply (`Some(next)` when more is to come).
     pub(super) fn advance(self, tag: u8) -> Option<Awaited> {
         match (self, tag) {
-            (Awaited::StatementDescription { .. }, b't') => Some(Awaited::StatementDescription {
-                parameters_seen: true,
-            }),
-            (Awaited::ExecuteResult, b'C' | b'I' | b's') => None,
+            (Awaited::StatementDescription { .. }, PARAMETER_DESCRIPTION_TAG) => {
+                Some(Awaited::StatementDescription {
+                    parameters_seen: true,
+                })
+            }
+            (
+                Awaited::ExecuteResult,
+                COMMAND_COMPLETE_TAG | EMPTY_QUERY_RESPONSE_TAG | PORTAL_SUSPENDED_TAG,
+            ) => None,
             (Awaited::ExecuteResult, _) => Some(self),
             // Notices, notifications and parameter changes may come at any point.
-            (_, b'N' | b'A' | b'S') => Some(self),
+            (_, NOTICE_RESPONSE_TAG | NOTIFICATION_RESPONSE_TAG | PARAMETER_STATUS_TAG) => {
+                Some(self)
+            }
             _ => None,
         }
     }

@@ -10,11 +10,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::attachment::{Attachment, Awaited, Pending, Reply};
-use super::resync::Effects;
-use super::statements::{message, split_cstr, ClientStatements, Prepared, PROXY_PREFIX};
+use super::effects::Effects;
+use super::statements::{ClientStatements, Prepared, PROXY_PREFIX};
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::Frame;
-use crate::protocol::frontend::{BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG};
+use crate::protocol::frontend::{message, split_cstr};
+use crate::protocol::frontend::{
+    BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG, TARGET_STATEMENT,
+};
 use crate::route::replica::Routing;
 
 /// Queues one Parse, Bind, Describe, Execute or Close for the server (or answers it).
@@ -49,13 +52,13 @@ pub(super) fn forward(
             att.push_reply(Awaited::BindComplete, Reply::Forward);
         }
         DESCRIBE_TAG => match body.split_first() {
-            Some((b'S', rest)) => {
+            Some((&TARGET_STATEMENT, rest)) => {
                 let Some((name, _)) = split_cstr(rest) else {
                     return pass(att, frame, Awaited::PortalDescription);
                 };
                 let name = server_statement_name(att, statements, name);
                 att.wbuf
-                    .extend_from_slice(&message(DESCRIBE_TAG, &[b"S", &name, &[0]]));
+                    .extend_from_slice(&message(DESCRIBE_TAG, &[&[TARGET_STATEMENT], &name, &[0]]));
                 let awaited = Awaited::StatementDescription {
                     parameters_seen: false,
                 };
@@ -64,7 +67,7 @@ pub(super) fn forward(
             _ => pass(att, frame, Awaited::PortalDescription),
         },
         CLOSE_TAG => match body.split_first() {
-            Some((b'S', rest)) => match split_cstr(rest).map(|(name, _)| name) {
+            Some((&TARGET_STATEMENT, rest)) => match split_cstr(rest).map(|(name, _)| name) {
                 // The proxy-named statement may serve other clients: it stays on the server.
                 Some(name) if !name.is_empty() => {
                     statements.forget(name);

@@ -11,10 +11,11 @@
 //! unless it names channels, `set_config`, a role change or string syntax. Pure: the relay
 //! refuses what this returns.
 
-use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::sql::cache::Classified;
 use crate::sql::classify::{Classification, Kind, SettingName, StatementClass, ValueRef};
 use crate::sql::fingerprint::{Scan, PLACEHOLDER};
+use crate::sql::quote::{quote_ident, quote_literal};
+use crate::sql::settings::Settings;
 use crate::token::RESERVED_SETTING_PREFIX;
 
 /// Channels whose names start with this are the sidecar's own.

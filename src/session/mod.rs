@@ -8,6 +8,7 @@ pub mod auth;
 pub mod certificate;
 mod cleanup;
 pub mod client;
+pub mod effects;
 mod extended;
 pub mod guard;
 pub mod handshake;

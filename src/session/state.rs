@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::pool::pool::{quote_ident, quote_literal, Settings};
 use crate::protocol::backend::parse_data_row;
+use crate::sql::quote::{quote_ident, quote_literal};
+use crate::sql::settings::Settings;
 
 /// Row names in the capture reply that are not settings start with a space (no setting can).
 const ROLE_ROW: &str = " role";
@@ -154,7 +155,7 @@ impl SessionState {
 
     /// The SQL that puts the settings the sidecar owns back (after RESET ALL / DISCARD ALL).
     pub fn reserved_sql(&self) -> Option<String> {
-        crate::pool::pool::settings_sql(&Settings::new(), &self.reserved)
+        crate::sql::settings::sql(&Settings::new(), &self.reserved)
     }
 
     /// The settings the sidecar owns.

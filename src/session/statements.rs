@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::resync::Effects;
-use crate::protocol::frontend::PARSE_TAG;
+use super::effects::Effects;
+use crate::protocol::frontend::{message, PARSE_TAG};
 use crate::route::replica::Routing;
 
 /// Prefix of every proxy-wide statement name.
@@ -122,27 +122,10 @@ pub fn proxy_name(query_and_types: &[u8]) -> Bytes {
     name.freeze()
 }
 
-/// A frontend message from its tag and body parts.
-pub fn message(tag: u8, parts: &[&[u8]]) -> Bytes {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut buf = BytesMut::with_capacity(len + 5);
-    buf.put_u8(tag);
-    buf.put_i32((len + 4) as i32);
-    for p in parts {
-        buf.put_slice(p);
-    }
-    buf.freeze()
-}
-
-/// Splits a NUL-terminated field off the front of a body: (field, rest after the NUL).
-pub fn split_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = body.iter().position(|&b| b == 0)?;
-    Some((&body[..end], &body[end + 1..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::frontend::split_cstr;
 
     #[test]
     fn proxy_names_depend_on_text_and_types_only() {

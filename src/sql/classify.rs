@@ -15,180 +15,13 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+pub use super::class::{
+    Classification, Equality, FunctionCall, Isolation, Kind, SettingChange, SettingName,
+    StatementClass, ValueRef,
+};
 use super::fingerprint::Scan;
 pub use super::functions::{function_effect, Effect};
 use super::walk::{aliases, equalities, object_name, Positions, Walker};
-
-/// Where a value in a statement comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueRef {
-    /// The n-th literal of the scan (read its value per execution).
-    Literal(usize),
-    /// A `$n` parameter.
-    Param(u32),
-    /// `DEFAULT`, or a value spelled as a keyword or identifier (e.g. `SET x TO on`).
-    Word(String),
-    /// Anything computed.
-    Expression,
-}
-
-/// A transaction isolation level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    ReadUncommitted,
-    ReadCommitted,
-    RepeatableRead,
-    Serializable,
-}
-
-/// What kind of statement it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    /// A query that reads (SELECT, VALUES, SHOW, EXPLAIN without ANALYZE…).
-    Read,
-    /// INSERT, UPDATE, DELETE, MERGE, TRUNCATE, or a query with a data-modifying CTE.
-    Write,
-    /// CREATE/ALTER/DROP and friends.
-    Ddl,
-    Begin {
-        isolation: Option<Isolation>,
-        read_only: Option<bool>,
-    },
-    Commit,
-    Rollback,
-    Savepoint,
-    Release,
-    RollbackTo,
-    /// `SET name …` (session level).
-    Set,
-    /// `SET LOCAL name …`.
-    SetLocal,
-    Reset,
-    ResetAll,
-    /// `DISCARD ALL` (`all`), or `DISCARD PLANS | SEQUENCES | TEMP`.
-    Discard {
-        all: bool,
-    },
-    SetRole,
-    SetSessionAuthorization,
-    /// `SET TRANSACTION …` / `SET SESSION CHARACTERISTICS …`: not a session setting.
-    SetTransaction,
-    Prepare {
-        name: String,
-    },
-    Execute {
-        name: String,
-    },
-    Deallocate {
-        name: Option<String>,
-    },
-    Listen {
-        channel: String,
-    },
-    Unlisten {
-        channel: Option<String>,
-    },
-    Notify {
-        channel: String,
-    },
-    CopyFrom,
-    CopyTo,
-    /// A `DO` block.
-    Do,
-    /// CREATE FUNCTION / PROCEDURE.
-    CreateFunction,
-    /// ALTER ROLE / ALTER USER (role defaults apply to later sessions).
-    AlterRole,
-    /// Anything else (VACUUM, LOCK, GRANT, …).
-    Utility,
-}
-
-/// A function the statement calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionCall {
-    /// Lower-cased, schema-qualified when written so (`pg_catalog.set_config`).
-    pub name: String,
-    pub effect: Effect,
-}
-
-/// A setting the statement changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettingChange {
-    /// The setting's name, when written as an identifier or a literal.
-    pub name: SettingName,
-    /// The new value; `None` for RESET.
-    pub value: Option<ValueRef>,
-    /// `SET LOCAL` or `set_config(…, true)`: only for the current transaction.
-    pub local: bool,
-}
-
-/// How a setting is named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SettingName {
-    /// Written as an identifier (part of the statement shape).
-    Fixed(String),
-    /// A literal (`set_config('app.tenant_id', …)`): read it per execution.
-    Literal(usize),
-    /// Computed: the sidecar cannot know which setting changes.
-    Computed,
-}
-
-/// `column = value` in the top-level AND chain of WHERE, or a column of an INSERT row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Equality {
-    /// The table the column belongs to (alias resolved), when known.
-    pub table: Option<String>,
-    pub column: String,
-    pub value: ValueRef,
-}
-
-/// Everything the classifier says about one statement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementClass {
-    pub kind: Kind,
-    pub tables_read: Vec<String>,
-    pub tables_written: Vec<String>,
-    /// FOR UPDATE / FOR SHARE / … anywhere.
-    pub locking: bool,
-    /// Creates or uses temporary objects (CREATE TEMP …, `pg_temp.` names).
-    pub temporary: bool,
-    pub functions: Vec<FunctionCall>,
-    pub settings: Vec<SettingChange>,
-    pub equalities: Vec<Equality>,
-    /// INSERT rows as column/value pairs.
-    pub insert_rows: Vec<Vec<Equality>>,
-}
-
-/// The classification of a whole query string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Classification {
-    /// One entry per statement of the string.
-    Parsed(Vec<StatementClass>),
-    /// sqlparser could not parse it; callers decide (primary, never cached, refused under
-    /// tenant enforcement).
-    Unparsed { error: String },
-}
-
-impl StatementClass {
-    fn new(kind: Kind) -> StatementClass {
-        StatementClass {
-            kind,
-            tables_read: Vec::new(),
-            tables_written: Vec::new(),
-            locking: false,
-            temporary: false,
-            functions: Vec::new(),
-            settings: Vec::new(),
-            equalities: Vec::new(),
-            insert_rows: Vec::new(),
-        }
-    }
-
-    /// Whether any called function is not known to be read-only.
-    pub fn has_unsafe_functions(&self) -> bool {
-        self.functions.iter().any(|f| f.effect != Effect::ReadOnly)
-    }
-}
 
 /// What the classifier is told beyond the SQL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -421,7 +254,14 @@ fn kind_of(statement: &Statement) -> Kind {
             ast::Set::SetTimeZone { local: true, .. } => Kind::SetLocal,
             ast::Set::SetRole { .. } => Kind::SetRole,
             ast::Set::SetSessionAuthorization(_) => Kind::SetSessionAuthorization,
-            ast::Set::SetTransaction { .. } => Kind::SetTransaction,
+            ast::Set::SetTransaction { session: true, .. } => Kind::SetSessionCharacteristics,
+            ast::Set::SetTransaction { modes, .. } => {
+                let (isolation, read_only) = transaction_modes(modes);
+                Kind::SetTransaction {
+                    isolation,
+                    read_only,
+                }
+            }
             _ => Kind::Set,
         },
         Statement::Reset(reset) => match reset.reset {

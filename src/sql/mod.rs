@@ -2,9 +2,12 @@
 //! classifier, and the classification cache keyed by fingerprint.
 
 pub mod cache;
+pub mod class;
 pub mod classify;
 pub mod fingerprint;
 pub mod functions;
+pub mod quote;
 pub mod rename;
+pub mod settings;
 pub mod signal;
 mod walk;

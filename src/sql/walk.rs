@@ -10,7 +10,7 @@ use sqlparser::ast::{
     self, Expr, FromTable, ObjectName, Query, Statement, TableFactor, TableObject, Visitor,
 };
 
-use super::classify::{Equality, FunctionCall, SettingChange, SettingName, ValueRef};
+use super::class::{Equality, FunctionCall, SettingChange, SettingName, ValueRef};
 use super::fingerprint::Scan;
 use super::functions::function_effect;
 

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgsidecar::app::Running;
 use pgsidecar::config::{Config, Overrides, UpstreamUrl};
+use pgsidecar::listener::Running;
 use pgsidecar::localpg::LocalPostgres;
 use pgsidecar::pool::ServerConn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,7 +116,9 @@ pub async fn start(toml: &str) -> Running {
         .with_test_writer()
         .try_init();
     let config = Config::from_toml(toml, &Overrides::default()).expect("valid test config");
-    pgsidecar::app::start(config).await.expect("sidecar starts")
+    pgsidecar::listener::start(config)
+        .await
+        .expect("sidecar starts")
 }
 
 /// A tokio-postgres client through `addr`.

@@ -18,15 +18,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::attachment::Resync;
 use super::attachment::{
     sleep_until_some, Attachment, Batch, Expect, Passthrough, Pending, Reply, Source, Timer,
 };
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
+use super::effects::{Effects, ListenChange};
 use super::extended;
 use super::guard::{self, Refusal};
-use super::resync::{self, Effects, ListenChange, Quiet, Resync};
-use super::statements::{split_cstr, ClientStatements};
+use super::resync::{self, Quiet};
+use super::statements::ClientStatements;
 use super::{checkout_report, SessionInfo};
 use crate::app::App;
 use crate::cancel::CancelTarget;
@@ -42,6 +44,7 @@ use crate::protocol::backend::{
     NOTIFICATION_RESPONSE_TAG, PARAMETER_STATUS_TAG, READY_FOR_QUERY_TAG,
 };
 use crate::protocol::frame::{peek_header, Frame, FrameError, HEADER_LEN};
+use crate::protocol::frontend::split_cstr;
 use crate::protocol::frontend::{self, MessageRole};
 use crate::protocol::sqlstate::SqlState;
 use crate::route::replica::{RequestKind, RoutePreference, Routing, Target};

@@ -297,13 +297,16 @@ impl Relay {
     /// `SET TRANSACTION READ ONLY` (not SERIALIZABLE, which a hot standby refuses) as the
     /// statement after a held BEGIN.
     fn sets_read_only(&self, frame: &Frame) -> bool {
-        let Some((sql, _, statement)) = self.sole_statement(frame) else {
+        let Some((_, _, statement)) = self.sole_statement(frame) else {
             return false;
         };
-        let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
-        statement.kind == Kind::SetTransaction
-            && text.contains("read only")
-            && !text.contains("serializable")
+        matches!(
+            statement.kind,
+            Kind::SetTransaction {
+                read_only: Some(true),
+                isolation,
+            } if isolation != Some(Isolation::Serializable)
+        )
     }
 
     /// A simple Query of exactly one statement: its text, classification, and the statement.

@@ -15,7 +15,7 @@ impl Relay {
     /// sidecar forgets it and answers as Postgres would — when nothing is in flight before it
     /// and no failed transaction must refuse it (then it goes to the server as sent).
     pub(super) fn deallocated_protocol_statement(&mut self, effects: &Effects) -> bool {
-        let [resync::SqlOp::Deallocate(name)] = effects.sql_ops.as_slice() else {
+        let [crate::session::effects::SqlOp::Deallocate(name)] = effects.sql_ops.as_slice() else {
             return false;
         };
         if effects.statements != 1

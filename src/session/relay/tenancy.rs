@@ -73,7 +73,7 @@ impl Relay {
                 tracing::debug!(reason = %message, "statement refused under tenant enforcement");
                 Guarded::Refused(format!(
                     "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}, DETAIL = '{}'; END$pgsc$",
-                    crate::pool::pool::quote_literal(&message),
+                    crate::sql::quote::quote_literal(&message),
                     guard::REFUSAL_DETAIL
                 ))
             }
@@ -142,7 +142,7 @@ pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) 
 /// (Parse, Bind, Execute, Sync through the unnamed statement and portal) whose reply is
 /// handled as `source` says.
 pub(super) fn push_set_config(att: &mut Attachment, sets: &[(&str, &str)], source: Source) {
-    use crate::session::statements::message;
+    use crate::protocol::frontend::message;
     let calls: Vec<String> = (0..sets.len())
         .map(|i| {
             format!(
@@ -191,7 +191,7 @@ pub(super) fn with_text(frame: &Frame, sql: &str) -> Frame {
         return frame.clone();
     };
     let rest = &body[(name.len() + 1 + old.len() + 1).min(body.len())..];
-    Frame::from_bytes(crate::session::statements::message(
+    Frame::from_bytes(crate::protocol::frontend::message(
         frontend::PARSE_TAG,
         &[name, &[0], sql.as_bytes(), &[0], rest],
     ))

@@ -101,7 +101,8 @@ fn cases() -> Vec<Case> {
         ("DISCARD ALL", Discard { all: true }, &[], &[], ""),
         ("SET ROLE admin", SetRole, &[], &[], "S"),
         ("SET SESSION AUTHORIZATION alice", SetSessionAuthorization, &[], &[], "S"),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", SetTransaction, &[], &[], ""),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", SetTransaction { isolation: Some(Isolation::Serializable), read_only: None }, &[], &[], ""),
+        ("SET TRANSACTION READ ONLY", SetTransaction { isolation: None, read_only: Some(true) }, &[], &[], ""),
         // Prepared statements, LISTEN/NOTIFY, COPY.
         ("PREPARE q1 (int) AS SELECT * FROM t WHERE id = $1", Prepare { name: "q1".into() }, &["t"], &[], ""),
         ("EXECUTE q1 (5)", Execute { name: "q1".into() }, &[], &[], ""),
@@ -224,7 +225,7 @@ fn more_cases() -> Vec<Case> {
         ("RESET ROLE", Reset, &[], &[], "S"),
         ("RESET SESSION AUTHORIZATION", SetSessionAuthorization, &[], &[], ""),
         ("SET ROLE NONE", SetRole, &[], &[], "S"),
-        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ", SetTransaction, &[], &[], ""),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ", SetSessionCharacteristics, &[], &[], ""),
         ("DISCARD PLANS", Discard { all: false }, &[], &[], ""),
         ("DISCARD TEMP", Discard { all: false }, &[], &[], ""),
         ("SELECT set_config('search_path', 'app', false)", Read, &[], &[], "FS"),

@@ -1,0 +1,95 @@
+//! Client settings as SQL: the statements that move a server connection from the settings it
+//! has to the ones a client wants. Pure.
+
+use std::collections::BTreeMap;
+
+use super::quote::{quote_ident, quote_literal};
+
+/// Settings by name (as a client's startup packet and SET statements give them).
+pub type Settings = BTreeMap<String, String>;
+
+/// Settings whose value is a list of identifiers (`GUC_LIST_QUOTE`): `SET name TO 'a, b'` would
+/// make one quoted identifier of the string, so these go through `set_config`.
+const LIST_QUOTE_SETTINGS: &[&str] = &[
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+];
+
+/// The settings to set (name, value) and the names to reset that move a server connection
+/// from the settings it has to `wanted`.
+pub fn diff<'h, 'w>(
+    have: &'h Settings,
+    wanted: &'w Settings,
+) -> (Vec<(&'w str, &'w str)>, Vec<&'h str>) {
+    let sets = wanted
+        .iter()
+        .filter(|(name, value)| have.get(*name) != Some(*value))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let resets = have
+        .keys()
+        .filter(|name| !wanted.contains_key(*name))
+        .map(String::as_str)
+        .collect();
+    (sets, resets)
+}
+
+/// The SQL that moves a server connection from the settings it has to the client's `wanted`
+/// settings, or `None` when nothing differs. Each value is one string, as in the startup
+/// packet: `SET name TO 'value'` (a utility statement, cheaper for the server than a SELECT),
+/// or `set_config` for list-valued settings.
+pub fn sql(have: &Settings, wanted: &Settings) -> Option<String> {
+    let (sets, resets) = diff(have, wanted);
+    let mut sql = String::new();
+    for (name, value) in sets {
+        if LIST_QUOTE_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
+            sql.push_str(&format!(
+                "SELECT pg_catalog.set_config({}, {}, false);",
+                quote_literal(name),
+                quote_literal(value)
+            ));
+        } else {
+            sql.push_str(&format!(
+                "SET {} TO {};",
+                quote_ident(name),
+                quote_literal(value)
+            ));
+        }
+    }
+    for name in resets {
+        sql.push_str(&format!("RESET {};", quote_ident(name)));
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sql_diffs() {
+        let have = settings(&[("a", "1"), ("b", "2")]);
+        assert_eq!(sql(&have, &settings(&[("a", "1"), ("b", "2")])), None);
+        assert_eq!(
+            sql(&have, &settings(&[("a", "1"), ("c", "x'y")])).unwrap(),
+            "SET \"c\" TO E'x''y';RESET \"b\";"
+        );
+        assert_eq!(
+            sql(
+                &have,
+                &settings(&[("a", "1"), ("b", "2"), ("search_path", "a, b")])
+            )
+            .unwrap(),
+            "SELECT pg_catalog.set_config(E'search_path', E'a, b', false);"
+        );
+    }
+}
