@@ -1,3 +1,5 @@
-//! Pure routing decisions, no I/O: where a request may run ([`replica`]).
+//! Pure routing decisions, no I/O: what to do with a request ([`plan`]) and where a request may
+//! run, primary or replica ([`replica`]).
 
+pub mod plan;
 pub mod replica;

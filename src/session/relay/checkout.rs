@@ -10,9 +10,10 @@ use super::*;
 const WAITING_READ_AHEAD: usize = 1024 * 1024;
 
 impl Relay {
-    /// Checks out a server connection and queues what makes it carry this client's settings.
-    pub(super) async fn attach(&mut self) -> Result<Attachment, ErrorReport> {
-        let (pool, upstream) = self.pool_for_next()?;
+    /// Checks out a server connection for `target` and queues what makes it carry this
+    /// client's settings.
+    pub(super) async fn attach(&mut self, target: Target) -> Result<Attachment, ErrorReport> {
+        let (pool, upstream) = self.pool_for(target)?;
         let cancelled = self.info.key.waiting();
         // A client that leaves while it waits leaves the queue too.
         let (tenant_permit, checkout) = {

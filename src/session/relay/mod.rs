@@ -53,12 +53,15 @@ use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
 mod checkout;
+mod intake;
 mod replies;
+mod request;
 mod routing;
 mod signals;
 mod sql_names;
 mod tenancy;
 
+use intake::Incoming;
 use sql_names::local_deallocate;
 
 use tenancy::{with_text, Guarded};
@@ -138,6 +141,9 @@ impl RelayError {
 enum Phase {
     /// No server connection.
     Detached,
+    /// No server connection, inside a transaction the sidecar answered BEGIN for: the BEGIN
+    /// goes upstream with the next statement, which decides where the transaction runs.
+    BeginHeld(Frame),
     /// A checkout failed inside an extended batch: drop messages until Sync, then answer it.
     SkipToSync,
     /// A server connection serves the client.
@@ -164,19 +170,12 @@ pub struct Relay {
     notifications: Option<(Sink, mpsc::Receiver<Bytes>)>,
     /// The database's primary and replicas, when it has replicas (transaction mode routes).
     topology: Option<Arc<Topology>>,
-    /// Client frames held until their request is complete and its server is attached.
-    held: routing::Held,
-    /// Where the next checkout goes.
-    next_target: Target,
+    /// Client frames held until their request is complete and can run.
+    held: intake::Held,
     /// The sequence of this client's last write on the primary (read-your-writes).
     last_write: u64,
     /// `SET pgsidecar.route`.
     route_preference: RoutePreference,
-    /// A bare BEGIN the sidecar answered; it goes upstream with the next statement, which
-    /// decides where the transaction runs.
-    begin_pending: Option<Frame>,
-    /// The classification routing just made of the next frame's text, so it is not made twice.
-    classified_next: Option<(Bytes, Classified)>,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
     tenant_queries: Option<prometheus::IntCounter>,
     /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
@@ -203,12 +202,9 @@ impl Relay {
             channel_prefix: tenancy::channel_prefix(&app, info.tenant.as_deref()),
             tenant_queries,
             topology,
-            held: routing::Held::default(),
-            next_target: Target::Primary,
+            held: intake::Held::default(),
             last_write: 0,
             route_preference: RoutePreference::Auto,
-            begin_pending: None,
-            classified_next: None,
             app,
             client,
             info,
@@ -274,7 +270,7 @@ impl Relay {
                     // sending replies to a long pipeline never deadlocks against the sidecar.
                     // Requests held behind the attached server count too (backpressure).
                     let room = att.wbuf.len() < SERVER_WRITE_CHUNK
-                        && self.held.bytes() < routing::MAX_HELD_BYTES;
+                        && self.held.bytes() < intake::MAX_HELD_BYTES;
                     let timer = att.next_timer(&self.app.config.limits);
                     // Notifications go out between messages, never inside one; those of a
                     // transaction that notified wait for its ReadyForQuery (replies.rs).
@@ -326,7 +322,7 @@ impl Relay {
                         _ = &mut killed => return Err(RelayError::Terminated),
                     }
                 }
-                Phase::Detached | Phase::SkipToSync => {
+                Phase::Detached | Phase::BeginHeld(_) | Phase::SkipToSync => {
                     tokio::select! {
                         Some(message) = next_notification(&mut self.notifications) => {
                             let message = self.for_client(message).unwrap_or_default();
@@ -401,304 +397,6 @@ impl Relay {
             }
         }
         self.write_client().await
-    }
-
-    async fn on_client_frame(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
-        let role = frontend::role(frame.tag());
-        if !crate::protocol::grammar::well_formed(frame.tag(), frame.body()) {
-            // Postgres raises "invalid message format" (and skips to the next Sync); the
-            // sidecar never forwards a malformed message and ends the session.
-            return Err(RelayError::MalformedMessage(frame.tag()));
-        }
-        match role {
-            MessageRole::Terminate if self.owes_replies() => {
-                self.closing = true;
-                return Ok(None);
-            }
-            MessageRole::Terminate => return Ok(Some(End::ClientLeft)),
-            MessageRole::Unknown => return Err(RelayError::UnknownMessage(frame.tag())),
-            MessageRole::Copy => {
-                // Outside COPY these are ignored, as Postgres ignores them after a failed COPY.
-                if let Phase::Attached(att) = &mut self.phase {
-                    if frame.tag() != frontend::COPY_DATA_TAG {
-                        att.copy_ends += 1;
-                    }
-                    att.wbuf.extend_from_slice(frame.as_bytes());
-                }
-                return Ok(None);
-            }
-            _ => {}
-        }
-        // Signals of the PIDs this sidecar issued are the sidecar's to act on.
-        let (frame, signal) = match frame.tag() {
-            frontend::QUERY_TAG => (self.signal_query(frame).await, None),
-            frontend::PARSE_TAG => self.signal_parse(frame),
-            frontend::BIND_TAG => {
-                let signal = bound_statement(frame.body())
-                    .and_then(|name| self.statements.effects_of(name))
-                    .and_then(|effects| effects.signal);
-                match signal {
-                    Some((kind, n)) => (self.signal_bind(frame, kind, n).await, None),
-                    None => (frame, None),
-                }
-            }
-            _ => (frame, None),
-        };
-        // Under tenant enforcement, a refused Query becomes one that raises the refusal on the
-        // server (so a transaction fails there too); a refused Parse is replaced further down.
-        let (frame, refused_parse) = match self.guard(&frame) {
-            Guarded::Pass => (frame, None),
-            Guarded::Refused(raise) if frame.tag() == frontend::QUERY_TAG => {
-                (with_text(&frame, &raise), None)
-            }
-            Guarded::Refused(raise) => (frame, Some(raise)),
-            // Channel names made the tenant's.
-            Guarded::Rewritten(sql) => (with_text(&frame, &sql), None),
-        };
-        // What the message runs: a Query's statements, the statement a Bind binds (classified
-        // at its Parse), or a function (FunctionCall). A Parse only classifies.
-        let mut parsed = None;
-        let (effects, routing) = match frame.tag() {
-            frontend::QUERY_TAG => self.classify(&frame),
-            frontend::PARSE_TAG => {
-                let (effects, routing) = self.classify(&frame);
-                let effects = match signal {
-                    Some(signal) => Arc::new(Effects {
-                        signal: Some(signal),
-                        ..(*effects).clone()
-                    }),
-                    None => effects,
-                };
-                parsed = Some((effects, routing));
-                (Effects::none(), Routing::PRIMARY)
-            }
-            frontend::BIND_TAG => bound_statement(frame.body())
-                .map(|name| {
-                    let effects = self.statements.effects_of(name);
-                    (
-                        effects.unwrap_or_else(Effects::none),
-                        self.statements.routing_of(name),
-                    )
-                })
-                .unwrap_or((Effects::none(), Routing::PRIMARY)),
-            frontend::FUNCTION_CALL_TAG => (Effects::unknown(), Routing::PRIMARY),
-            _ => (Effects::none(), Routing::PRIMARY),
-        };
-        if let Phase::SkipToSync = self.phase {
-            if role == MessageRole::Sync {
-                backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
-                self.phase = Phase::Detached;
-            }
-            return Ok(None);
-        }
-        if role == MessageRole::Request && self.deallocated_protocol_statement(&effects) {
-            return Ok(None);
-        }
-        if self.mode == PoolMode::Transaction && !effects.listen_changes.is_empty() {
-            // The LISTEN connection listens before a LISTEN returns to the client, so nothing
-            // sent after that is missed; notifications then come only from there.
-            let standalone = effects.statements == 1
-                && match &self.phase {
-                    Phase::Attached(att) => att.status == TransactionStatus::Idle,
-                    _ => true,
-                };
-            let mut channels = self.info.state.channels.clone();
-            ListenChange::apply(&effects.listen_changes, &mut channels, standalone);
-            if channels != self.info.state.channels {
-                self.info.state.channels = channels.clone();
-                self.subscribe(channels, true).await;
-            }
-        }
-        if let Phase::Detached = self.phase {
-            match self.attach().await {
-                Ok(att) => self.phase = Phase::Attached(Box::new(att)),
-                Err(report) => {
-                    report.write(&mut self.client.wbuf);
-                    match role {
-                        MessageRole::Request | MessageRole::Sync => {
-                            backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle)
-                        }
-                        _ => self.phase = Phase::SkipToSync,
-                    }
-                    return Ok(None);
-                }
-            }
-        }
-        let frame = match role {
-            MessageRole::Request => self.protocol_execute(&frame, &effects).unwrap_or(frame),
-            _ => frame,
-        };
-        let Phase::Attached(att) = &mut self.phase else {
-            return Ok(None);
-        };
-        if att.is_quiet() {
-            // A token past half its lifetime is renewed between requests (session mode, and
-            // clients pinned to their connection).
-            tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, false);
-        }
-        if let Some(begin) = self.begin_pending.take() {
-            // The held BEGIN goes first; its reply was given already.
-            att.wbuf.extend_from_slice(begin.as_bytes());
-            att.push_expect(Expect {
-                source: Source::Sidecar,
-            });
-        }
-        if matches!(
-            frame.tag(),
-            frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG
-        ) && routing.kind != RequestKind::Read
-            && !att.upstream.is_replica()
-        {
-            // Read-your-writes: this transaction may write on the primary.
-            att.wrote = true;
-        }
-        if effects.notifies {
-            att.notified = true;
-            let server_pid = att.server.conn_mut().key.process_id;
-            let pool = &self.info.pool;
-            pool.notifier
-                .note_sender(server_pid, self.info.key.process_id());
-        }
-        let transaction_mode = self.mode == PoolMode::Transaction;
-        if transaction_mode {
-            let extended = role == MessageRole::Extended;
-            resync::before_forward(att, &mut self.info.state, &effects, extended);
-            if parsed.as_ref().is_some_and(|(p, _)| p.mentions_prepared) {
-                // Describing `EXECUTE name` needs the statement too.
-                resync::ensure_sql_prepared(att, &self.info.state, true);
-            }
-            if att.pinned.is_some() && matches!(role, MessageRole::Request | MessageRole::Sync) {
-                // Whether the client still holds what pins it is asked after each request.
-                resync::mark_due(att);
-            }
-        }
-        if effects.catalog {
-            att.catalog_changed = true;
-        }
-        if effects.deallocates_all() || effects.discard_all {
-            self.statements.clear();
-            att.server.conn_mut().prepared.clear();
-        }
-        if let Some(raise) = refused_parse {
-            // The server raises the refusal where the Parse was, and skips to Sync.
-            match frontend::parse_text(frame.body()).map(|(name, _)| name) {
-                Some(b"") | None => self.statements.unnamed = None,
-                Some(name) => {
-                    self.statements.forget(name);
-                }
-            }
-            resync::inject_extended(att, &raise);
-        } else if role == MessageRole::Extended {
-            extended::forward(att, &mut self.statements, &frame, parsed);
-        } else {
-            att.wbuf.extend_from_slice(frame.as_bytes());
-        }
-        let now = Instant::now();
-        match role {
-            MessageRole::Request => {
-                // A simple Query destroys the unnamed statement, as in Postgres.
-                self.statements.unnamed = None;
-                att.unnamed_ready = false;
-                self.app.metrics.queries.inc();
-                if let Some(c) = &self.tenant_queries {
-                    c.inc();
-                }
-                let in_batch = att.batch.is_some();
-                let copy_ends = att.copy_ends;
-                att.push_expect(Expect {
-                    source: Source::Query {
-                        sent: now,
-                        in_batch,
-                        copy_ends,
-                    },
-                });
-                if let (Some(ends), true) = (effects.ends_transaction, att.catalog_changed) {
-                    if in_batch || effects.copy_from {
-                        // Not while the server may skip to a Sync or read COPY data: after
-                        // the client's next Sync.
-                        att.forget_parsed_after_sync(ends);
-                    } else {
-                        extended::forget_parsed_since_catalog_change(att, ends);
-                    }
-                }
-                if effects.reset_all || effects.discard_all {
-                    // The tenant (and what else the sidecar owns) is back before anything else.
-                    if let Some(sql) = self.info.state.reserved_sql() {
-                        frontend::append_query(&mut att.wbuf, &sql);
-                        att.push_expect(Expect {
-                            source: Source::Apply,
-                        });
-                    }
-                    tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, true);
-                }
-            }
-            MessageRole::Extended => {
-                if let (Some(ends), true) = (effects.ends_transaction, att.catalog_changed) {
-                    att.forget_parsed_after_sync(ends);
-                }
-                let copy_ends = att.copy_ends;
-                let batch = att.batch.get_or_insert_with(|| Batch::new(now, copy_ends));
-                if frame.tag() == frontend::EXECUTE_TAG {
-                    batch.executes += 1;
-                    self.app.metrics.queries.inc();
-                    if let Some(c) = &self.tenant_queries {
-                        c.inc();
-                    }
-                }
-            }
-            MessageRole::Sync if att.in_simple_copy_in() => {
-                // The server is in a simple Query's COPY FROM STDIN: it ignores this Sync.
-            }
-            MessageRole::Sync => {
-                let batch = att
-                    .batch
-                    .take()
-                    .unwrap_or_else(|| Batch::new(now, att.copy_ends));
-                if batch.copy_in && batch.copy_ends_at_start == att.copy_ends {
-                    // The server is in COPY FROM STDIN and ignores this Sync: no ReadyForQuery.
-                    att.batch = Some(batch);
-                } else {
-                    att.push_expect(Expect {
-                        source: Source::Sync(batch),
-                    });
-                    if let Some(ends) = att.forget_parsed_at_sync.take() {
-                        extended::forget_parsed_since_catalog_change(att, ends);
-                    }
-                }
-            }
-            MessageRole::Flush
-            | MessageRole::Copy
-            | MessageRole::Terminate
-            | MessageRole::Unknown => {}
-        }
-        Ok(None)
-    }
-
-    /// Classifies a statement text as it passes — once per shape thanks to the cache, and for
-    /// prepared statements once at Parse — so `pgsidecar_statements_classified_total` shows
-    /// how much of the traffic the sidecar understands.
-    fn classify(&mut self, frame: &Frame) -> (Arc<Effects>, Routing) {
-        let sql = match frame.tag() {
-            frontend::QUERY_TAG => frontend::query_text(frame.body()),
-            _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
-        };
-        let Some(sql) = sql else {
-            return (Effects::none(), Routing::PRIMARY);
-        };
-        let classified = match self.classified_next.take() {
-            Some((bytes, c)) if bytes == frame.as_bytes() => c,
-            _ => self.app.classifier.classify(sql),
-        };
-        let client_prepared = !self.info.state.sql_prepared.is_empty();
-        let effects = Effects::of(sql, &classified, client_prepared);
-        let metrics = &self.app.metrics;
-        match (classified.hit, classified.classification.as_ref()) {
-            (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
-            (true, _) => metrics.classified_hit.inc(),
-            (false, _) => metrics.classified_miss.inc(),
-        }
-        let routing = Routing::of(&classified.classification, classified.scan.hint.as_ref());
-        (effects, routing)
     }
 
     /// The client now listens on `channels`: (un)subscribes it on the database's LISTEN

@@ -11,49 +11,40 @@ use crate::sql::signal::{signal_call, SignalArg, SignalCall, SignalKind};
 
 impl Relay {
     /// A Query that is exactly a signal call of an issued PID: acted on now, and replaced by
-    /// a statement that answers with the outcome. In a failed transaction nothing is done
+    /// a statement that answers with the outcome (`Some`: the replacement). In a failed transaction nothing is done
     /// (the server refuses the statement, as Postgres would).
-    pub(super) async fn signal_query(&mut self, frame: Frame) -> Frame {
-        let Some(call) = frontend::query_text(frame.body())
+    pub(super) async fn signal_query(&mut self, frame: &Frame) -> Option<Frame> {
+        let call = frontend::query_text(frame.body())
             .and_then(|sql| std::str::from_utf8(sql).ok())
-            .and_then(signal_call)
-        else {
-            return frame;
-        };
+            .and_then(signal_call)?;
         let SignalArg::Literal(pid) = call.arg else {
-            return frame;
+            return None;
         };
-        let Some(pid) = issued(pid) else {
-            return frame;
-        };
+        let pid = issued(pid)?;
         if matches!(&self.phase, Phase::Attached(att) if att.status == TransactionStatus::Failed) {
-            return frame;
+            return None;
         }
         let done = self.app.signal(pid, self.info.key.owner(), call.kind).await;
-        with_text(&frame, &call.answered(done))
+        Some(with_text(frame, &call.answered(done)))
     }
 
     /// A Parse of a signal call whose PID is a `$n` parameter: replaced by a statement that
-    /// answers for issued PIDs from the parameter the sidecar binds, and the statement marked
-    /// as a signal so its Binds are looked at.
-    pub(super) fn signal_parse(&self, frame: Frame) -> (Frame, Option<(SignalKind, usize)>) {
+    /// answers for issued PIDs from the parameter the sidecar binds (`Some`: the replacement),
+    /// and the statement marked as a signal so its Binds are looked at.
+    pub(super) fn signal_parse(&self, frame: &Frame) -> Option<(Frame, (SignalKind, usize))> {
         let call = frontend::parse_text(frame.body())
             .and_then(|(_, sql)| std::str::from_utf8(sql).ok())
-            .and_then(signal_call);
-        let Some(
-            call @ SignalCall {
-                arg: SignalArg::Param(n),
-                ..
-            },
-        ) = call
+            .and_then(signal_call)?;
+        let SignalCall {
+            arg: SignalArg::Param(n),
+            ..
+        } = call
         else {
-            return (frame, None);
+            return None;
         };
         let real_backends = self.channel_prefix.is_none();
-        match call.dispatching(FIRST_ISSUED_PID - 1, real_backends) {
-            Some(sql) => (with_text(&frame, &sql), Some((call.kind, n))),
-            None => (frame, None),
-        }
+        let sql = call.dispatching(FIRST_ISSUED_PID - 1, real_backends)?;
+        Some((with_text(frame, &sql), (call.kind, n)))
     }
 
     /// A Bind of a signal statement whose PID parameter is an issued PID: acted on, and the

@@ -25,7 +25,7 @@ impl Relay {
             return false;
         }
         let status = match &mut self.phase {
-            Phase::Detached if self.begin_pending.is_some() => TransactionStatus::InTransaction,
+            Phase::BeginHeld(_) => TransactionStatus::InTransaction,
             Phase::Detached => TransactionStatus::Idle,
             Phase::Attached(att)
                 if att.between_requests() && att.status != TransactionStatus::Failed =>

@@ -37,7 +37,7 @@ impl Relay {
 
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
     /// guard refuses (42501 with the guard's message), counted and logged at debug level.
-    pub(super) fn guard(&mut self, frame: &Frame) -> Guarded {
+    pub(super) fn guard(&self, frame: &Frame, classified: Option<&Classified>) -> Guarded {
         let Some(prefix) = &self.channel_prefix else {
             return Guarded::Pass;
         };
@@ -49,24 +49,24 @@ impl Relay {
         let Some(sql) = sql else {
             return Guarded::Pass;
         };
-        let classified = match self.classified_next.take() {
-            Some((bytes, c)) if bytes == frame.as_bytes() => c,
-            _ => self.app.classifier.classify(sql),
+        let made;
+        let classified = match classified {
+            Some(c) => c,
+            None => {
+                made = self.app.classifier.classify(sql);
+                &made
+            }
         };
         // The tenant setting is among the reserved ones whenever there is a tenant (login).
         let outcome =
-            guard::check(sql, &classified, self.info.state.reserved()).and_then(|verdict| {
+            guard::check(sql, classified, self.info.state.reserved()).and_then(|verdict| {
                 if verdict == guard::Verdict::Unparsed {
                     self.app.metrics.tenancy_unparsed_forwarded.inc();
                 }
-                guard::namespace_channels(sql, &classified, prefix)
+                guard::namespace_channels(sql, classified, prefix)
             });
         match outcome {
-            Ok(None) => {
-                // The relay classifies the same text next: this classification serves it.
-                self.classified_next = Some((frame.as_bytes().clone(), classified));
-                Guarded::Pass
-            }
+            Ok(None) => Guarded::Pass,
             Ok(Some(sql)) => Guarded::Rewritten(sql),
             Err(Refusal(message)) => {
                 self.app.metrics.tenancy_refusals.inc();

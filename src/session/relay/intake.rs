@@ -1,0 +1,276 @@
+//! The intake: client frames become requests — a simple Query (or FunctionCall), or extended
+//! messages up to their Sync or Flush — in every pool mode. Each statement text is classified
+//! once, when its frame arrives; the classification travels with the frame. A complete request
+//! is planned (`route::plan`: answer it here, send it to a target, or wait) and run; frames that
+//! continue what the attached server connection is doing (a transaction, an open batch, COPY
+//! data) run at once. What is held is bounded in bytes: past the bound the client is not read
+//! until the queue drains.
+
+use super::*;
+use crate::route::plan::{plan, Local, Plan, RequestFacts, SessionView, Sole, TxPin};
+
+/// Frames held for one request at most; past that it runs on the primary as it is.
+const MAX_HELD: usize = 4096;
+/// Bytes of held frames past which an incomplete request runs on the primary as it is, and the
+/// client is not read while complete requests wait (backpressure: never unbounded memory).
+pub(super) const MAX_HELD_BYTES: usize = 1 << 20;
+
+/// A client frame with the classification of the statement text it carries (Query, Parse).
+pub(super) type Incoming = (Frame, Option<Classified>);
+
+/// Client frames held until their request is complete and can run, with their size. Read like a
+/// queue; frames go in and out only through `push_back` and `pop_front`.
+#[derive(Default)]
+pub(super) struct Held {
+    frames: VecDeque<Incoming>,
+    bytes: usize,
+}
+
+impl Held {
+    pub(super) fn push_back(&mut self, incoming: Incoming) {
+        self.bytes += incoming.0.len();
+        self.frames.push_back(incoming);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Incoming> {
+        let incoming = self.frames.pop_front()?;
+        self.bytes -= incoming.0.len();
+        Some(incoming)
+    }
+
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = VecDeque<Incoming>;
+
+    fn deref(&self) -> &VecDeque<Incoming> {
+        &self.frames
+    }
+}
+
+impl Relay {
+    /// Takes one frame from the client: checks it, classifies its text, and runs it now or holds
+    /// it until its request is complete and can run.
+    pub(super) async fn admit(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
+        if !crate::protocol::grammar::well_formed(frame.tag(), frame.body()) {
+            // Postgres raises "invalid message format" (and skips to the next Sync); the
+            // sidecar never forwards a malformed message and ends the session.
+            return Err(RelayError::MalformedMessage(frame.tag()));
+        }
+        let classified = self.classify_text(&frame);
+        if self.held.is_empty() && self.continues_attached(&frame) {
+            return self
+                .on_client_frame((frame, classified), Target::Primary)
+                .await;
+        }
+        self.held.push_back((frame, classified));
+        self.run_held().await
+    }
+
+    /// Classifies the statement text a Query or Parse carries — once per shape thanks to the
+    /// cache — and counts it, so `pgsidecar_statements_classified_total` shows how much of the
+    /// traffic the sidecar understands.
+    pub(super) fn classify_text(&self, frame: &Frame) -> Option<Classified> {
+        let sql = match frame.tag() {
+            frontend::QUERY_TAG => frontend::query_text(frame.body()),
+            frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(_, query)| query),
+            _ => None,
+        }?;
+        let classified = self.app.classifier.classify(sql);
+        let metrics = &self.app.metrics;
+        match (classified.hit, classified.classification.as_ref()) {
+            (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
+            (true, _) => metrics.classified_hit.inc(),
+            (false, _) => metrics.classified_miss.inc(),
+        }
+        Some(classified)
+    }
+
+    /// Whether a frame continues what the attached server connection is doing: a transaction,
+    /// an open extended batch, COPY data, the rest of a failed batch — or ends the session.
+    fn continues_attached(&self, frame: &Frame) -> bool {
+        match frontend::role(frame.tag()) {
+            MessageRole::Terminate | MessageRole::Unknown | MessageRole::Copy => true,
+            _ => match self.session_view().pin {
+                TxPin::Pinned(_) => true,
+                TxPin::None | TxPin::HeldBegin | TxPin::Attached { .. } => {
+                    matches!(self.phase, Phase::SkipToSync)
+                }
+            },
+        }
+    }
+
+    /// The session as the plan sees it.
+    fn session_view(&self) -> SessionView {
+        let pin = match &self.phase {
+            // Dropping the rest of a failed batch happens before any plan.
+            Phase::Detached | Phase::SkipToSync => TxPin::None,
+            Phase::BeginHeld(_) => TxPin::HeldBegin,
+            Phase::Attached(att)
+                if att.status != TransactionStatus::Idle || att.batch.is_some() =>
+            {
+                TxPin::Pinned(att.upstream)
+            }
+            Phase::Attached(att) => TxPin::Attached {
+                upstream: att.upstream,
+                busy: !att.expect.is_empty(),
+            },
+        };
+        SessionView {
+            pin,
+            preference: self.route_preference,
+            routes: self.topology.is_some() && self.mode == PoolMode::Transaction,
+        }
+    }
+
+    /// Runs the held requests that can run now, in order; stops at one that is incomplete or
+    /// must wait for the attached server connection (it runs once that one is done).
+    pub(super) async fn run_held(&mut self) -> Result<Option<End>, RelayError> {
+        while let Some((first, _)) = self.held.front() {
+            if self.continues_attached(first) {
+                let incoming = self.held.pop_front().expect("front exists");
+                if let Some(end) = self.on_client_frame(incoming, Target::Primary).await? {
+                    return Ok(Some(end));
+                }
+                continue;
+            }
+            let Some(len) = self.held_request_len() else {
+                return Ok(None);
+            };
+            let target = match plan(&self.held_facts(len), &self.session_view()) {
+                Plan::Wait => return Ok(None),
+                Plan::Answer(local) => {
+                    let (frame, _) = self.held.pop_front().expect("request is held");
+                    self.answer_locally(local, frame);
+                    continue;
+                }
+                Plan::Send(target) => target,
+                // The attached connection serves it; no target is chosen.
+                Plan::Continue => Target::Primary,
+            };
+            for _ in 0..len {
+                let incoming = self.held.pop_front().expect("request is held");
+                if let Some(end) = self.on_client_frame(incoming, target).await? {
+                    return Ok(Some(end));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Frames in the first held request, when it is complete: a Query or FunctionCall alone,
+    /// or extended messages through the first Sync or Flush.
+    fn held_request_len(&self) -> Option<usize> {
+        let (first, _) = self.held.front()?;
+        if frontend::role(first.tag()) == MessageRole::Request {
+            return Some(1);
+        }
+        match self.held.iter().position(|(f, _)| {
+            matches!(
+                frontend::role(f.tag()),
+                MessageRole::Sync | MessageRole::Flush | MessageRole::Request
+            )
+        }) {
+            Some(i) if frontend::role(self.held[i].0.tag()) == MessageRole::Request => Some(i),
+            Some(i) => Some(i + 1),
+            None if self.held.len() >= MAX_HELD || self.held.bytes() >= MAX_HELD_BYTES => {
+                Some(self.held.len())
+            }
+            None => None,
+        }
+    }
+
+    /// What the plan needs to know of the first `len` held frames (one request), from the
+    /// classifications they carry and, for a Bind, the statement it binds.
+    fn held_facts(&self, len: usize) -> RequestFacts {
+        let request = || self.held.iter().take(len);
+        let mut routing: Option<Routing> = None;
+        for (i, (frame, classified)) in request().enumerate() {
+            let part = match frame.tag() {
+                frontend::QUERY_TAG | frontend::PARSE_TAG => Some(routing_of(classified.as_ref())),
+                frontend::BIND_TAG => bound_statement(frame.body()).map(|name| {
+                    // A statement parsed earlier in this request, or one the client has.
+                    let parsed_here = request().take(i).filter(|(f, c)| {
+                        f.tag() == frontend::PARSE_TAG
+                            && c.is_some()
+                            && frontend::parse_text(f.body()).is_some_and(|(n, _)| n == name)
+                    });
+                    match parsed_here.last() {
+                        Some((_, c)) => routing_of(c.as_ref()),
+                        None => self.statements.routing_of(name),
+                    }
+                }),
+                frontend::FUNCTION_CALL_TAG => Some(Routing::PRIMARY),
+                _ => None,
+            };
+            if let Some(part) = part {
+                routing = Some(match routing {
+                    // A batch reads only if every statement in it does.
+                    Some(r) => r.and(part),
+                    None => part,
+                });
+            }
+        }
+        let sole = match request().next() {
+            Some((frame, Some(classified))) if len == 1 && frame.tag() == frontend::QUERY_TAG => {
+                frontend::query_text(frame.body())
+                    .map_or(Sole::Other, |sql| Sole::of(sql, classified))
+            }
+            _ => Sole::Other,
+        };
+        RequestFacts {
+            routing: routing.unwrap_or(Routing::PRIMARY),
+            sole,
+        }
+    }
+
+    /// Answers a one-Query request the sidecar handles itself, in its turn.
+    fn answer_locally(&mut self, local: Local, frame: Frame) {
+        let now = match &self.phase {
+            Phase::Attached(att) => att.status,
+            Phase::BeginHeld(_) => TransactionStatus::InTransaction,
+            Phase::Detached | Phase::SkipToSync => TransactionStatus::Idle,
+        };
+        let wbuf = &mut self.client.wbuf;
+        let status = match local {
+            Local::HoldBegin => {
+                self.phase = Phase::BeginHeld(frame);
+                backend::command_complete(wbuf, "BEGIN");
+                TransactionStatus::InTransaction
+            }
+            Local::EndHeldBegin(tag) => {
+                self.phase = Phase::Detached;
+                backend::command_complete(wbuf, tag);
+                TransactionStatus::Idle
+            }
+            Local::Route(preference, tag) => {
+                self.route_preference = preference;
+                backend::command_complete(wbuf, tag);
+                now
+            }
+            Local::BadRoute(value) => {
+                let setting = crate::route::plan::ROUTE_SETTING;
+                ErrorReport::error(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "invalid value for parameter \"{setting}\": \"{value}\" (use primary, replica or auto)"
+                    ),
+                )
+                .write(wbuf);
+                now
+            }
+        };
+        backend::ready_for_query(wbuf, status);
+    }
+}
+
+/// Routing of one classified statement text (a text the sidecar could not read: the primary).
+fn routing_of(classified: Option<&Classified>) -> Routing {
+    classified.map_or(Routing::PRIMARY, |c| {
+        Routing::of(&c.classification, c.scan.hint.as_ref())
+    })
+}
