@@ -28,7 +28,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A server connection running a client's statement: where to send its CancelRequest.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     pub key: BackendKey,
 }
@@ -169,7 +169,7 @@ pub async fn send_cancel(target: &CancelTarget) {
         &mut packet,
     );
     let deliver = async {
-        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let mut stream = TcpStream::connect((&*target.host, target.port)).await?;
         stream.write_all(&packet).await?;
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await?;

@@ -108,7 +108,7 @@ pub struct ServerConn {
     /// When the connection last went back to the pool.
     pub idle_since: Instant,
     /// The host and port this connection reached (cancel requests go there).
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     pub port: u16,
     /// Proxy-named prepared statements that exist on this connection.
     pub prepared: PreparedSet,
@@ -245,7 +245,7 @@ impl ServerConn {
         let mut conn = ServerConn {
             id,
             stream,
-            host: host.to_owned(),
+            host: std::sync::Arc::from(host),
             port,
             rbuf: BytesMut::with_capacity(16 * 1024),
             params: Vec::new(),

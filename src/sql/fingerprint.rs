@@ -8,6 +8,7 @@
 //! scanner works on bytes (the client's encoding need not be UTF-8), never panics, and
 //! allocates only its result. It must not try to understand SQL beyond lexing.
 
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -250,11 +251,11 @@ pub struct Scan {
     /// The statement's shape; equal for executions that differ only in literals,
     /// comments, whitespace or the case of unquoted words.
     pub fingerprint: Vec<u8>,
-    /// The literals replaced, in order.
-    pub literals: Vec<Literal>,
+    /// The literals replaced, in order (inline up to 8: no allocation for most statements).
+    pub literals: SmallVec<[Literal; 8]>,
     /// Top-level statements (split at `;` outside quotes, comments and parentheses), as byte
-    /// ranges of the original text, empty statements left out.
-    pub statements: Vec<Range<usize>>,
+    /// ranges of the original text, empty statements left out (inline up to 2).
+    pub statements: SmallVec<[Range<usize>; 2]>,
     /// A leading `/* pgsidecar: … */` hint.
     pub hint: Option<Hint>,
 }
@@ -282,20 +283,35 @@ impl Class {
     }
 }
 
+/// Byte classes for words, as a table (the scanner's inner loop): bit 0 a word may start with
+/// the byte, bit 1 a word may contain it.
+const WORD_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        let start = byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80;
+        let inner = start || byte.is_ascii_digit() || byte == b'$';
+        table[b] = (start as u8) | ((inner as u8) << 1);
+        b += 1;
+    }
+    table
+};
+
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    WORD_BYTES[b as usize] & 1 != 0
 }
 
 fn is_ident_char(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    WORD_BYTES[b as usize] & 2 != 0
 }
 
 /// Scans `sql` once.
 pub fn scan(sql: &[u8]) -> Scan {
     let mut out = Scan {
         fingerprint: Vec::with_capacity(sql.len()),
-        literals: Vec::new(),
-        statements: Vec::new(),
+        literals: SmallVec::new(),
+        statements: SmallVec::new(),
         hint: None,
     };
     let n = sql.len();
@@ -498,11 +514,14 @@ pub fn scan(sql: &[u8]) -> Scan {
         }
         // Words: lower-cased (unquoted identifiers and keywords are case-insensitive).
         if is_ident_start(b) {
-            push(&mut out, &[], Class::Word, &mut pending_space);
-            while i < n && is_ident_char(sql[i]) {
-                out.fingerprint.push(sql[i].to_ascii_lowercase());
-                i += 1;
-            }
+            let start = i;
+            i += sql[i..]
+                .iter()
+                .position(|&c| !is_ident_char(c))
+                .unwrap_or(n - i);
+            let at = out.fingerprint.len();
+            push(&mut out, &sql[start..i], Class::Word, &mut pending_space);
+            out.fingerprint[at..].make_ascii_lowercase();
             continue;
         }
         // Everything else: one byte of punctuation or operator.

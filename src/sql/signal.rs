@@ -51,7 +51,11 @@ pub struct SignalCall {
 /// literal or a `$n` parameter, possibly cast).
 pub fn signal_call(sql: &str) -> Option<SignalCall> {
     // Most statements never mention either function: no parse for them.
-    if !sql.to_ascii_lowercase().contains("_backend") {
+    let mentions = sql
+        .as_bytes()
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"_backend"));
+    if !mentions {
         return None;
     }
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
