@@ -14,7 +14,7 @@ use crate::cancel::{CancelRegistry, IssuedKey};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::health::Topology;
-use crate::pool::{ConnectOptions, Pool};
+use crate::pool::{ConnectOptions, Database, Pool};
 use crate::session::auth::UserAuth;
 use crate::sql::signal::SignalKind;
 
@@ -36,9 +36,8 @@ pub enum AppError {
 pub struct App {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pools: HashMap<String, Arc<Pool>>,
-    /// Databases with replicas: their primary, replicas and the replicas' health.
-    topologies: HashMap<String, Arc<Topology>>,
+    /// The databases clients connect to, by name.
+    databases: HashMap<String, Arc<Database>>,
     /// `[tenancy] max_connections_per_tenant`, when set.
     pub tenant_limits: Option<crate::pool::tenants::TenantLimits>,
     /// Verifies JWT logins (`[tenancy] source = "jwt"`).
@@ -72,8 +71,7 @@ impl App {
                 UserAuth::prepare(user, &rng).map_err(AppError::User)?,
             );
         }
-        let mut pools = HashMap::new();
-        let mut topologies = HashMap::new();
+        let mut databases = HashMap::new();
         for db in &config.databases {
             let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
                 let options = ConnectOptions::for_url(
@@ -90,6 +88,7 @@ impl App {
                 )))
             };
             let primary = pool_for(db.name.clone(), &db.primary)?;
+            let mut topology = None;
             if let Some(replicas) = &db.replicas {
                 let replica_pools = replicas
                     .urls
@@ -97,16 +96,20 @@ impl App {
                     .enumerate()
                     .map(|(i, url)| pool_for(format!("{}/replica{i}", db.name), url))
                     .collect::<Result<Vec<_>, _>>()?;
-                let topology = Topology::new(
+                topology = Some(Arc::new(Topology::new(
                     &db.name,
                     Arc::clone(&primary),
                     replica_pools,
                     replicas.clone(),
                     &metrics,
-                );
-                topologies.insert(db.name.clone(), Arc::new(topology));
+                )));
             }
-            pools.insert(db.name.clone(), primary);
+            let database = Database {
+                name: db.name.clone(),
+                primary,
+                replicas: topology,
+            };
+            databases.insert(db.name.clone(), Arc::new(database));
         }
         let tls = match &config.tls {
             Some(settings) => Some(crate::tls::acceptor(&settings.files)?),
@@ -143,8 +146,7 @@ impl App {
             tenant_queries,
             config,
             metrics,
-            pools,
-            topologies,
+            databases,
             tenant_limits,
             users,
             mock_key,
@@ -173,19 +175,14 @@ impl App {
         Ok(())
     }
 
-    /// The pool serving a client database name.
-    pub fn pool(&self, database: &str) -> Option<&Arc<Pool>> {
-        self.pools.get(database)
+    /// A database clients connect to, by name.
+    pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
+        self.databases.get(name)
     }
 
-    /// All primary pools (health endpoints).
-    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.pools.values()
-    }
-
-    /// The primary and replicas of a database that has replicas.
-    pub fn topology(&self, database: &str) -> Option<&Arc<Topology>> {
-        self.topologies.get(database)
+    /// Every database.
+    pub fn databases(&self) -> impl Iterator<Item = &Arc<Database>> {
+        self.databases.values()
     }
 
     /// A configured client user.
@@ -227,11 +224,6 @@ impl App {
         self.cancels.cancel(process_id, secret_key).await;
     }
 
-    /// The databases with replicas.
-    pub fn topologies(&self) -> impl Iterator<Item = &Arc<Topology>> {
-        self.topologies.values()
-    }
-
     /// Stops accepting, lets running transactions finish up to `drain_timeout`, then closes
     /// every session with 57P01.
     pub async fn drain(&self) {
@@ -244,13 +236,8 @@ impl App {
             self.terminate.cancel();
             self.tracker.wait().await;
         }
-        for pool in self.pools.values() {
+        for pool in self.databases.values().flat_map(|d| d.pools()) {
             pool.close_idle();
-        }
-        for topology in self.topologies.values() {
-            for replica in &topology.replicas {
-                replica.pool.close_idle();
-            }
         }
     }
 }

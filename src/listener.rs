@@ -46,14 +46,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             source,
         })?;
     tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
-    for pool in app.pools() {
-        tokio::spawn(Arc::clone(pool).watch(app.terminate.clone()));
-    }
-    for topology in app.topologies() {
-        for replica in &topology.replicas {
-            tokio::spawn(Arc::clone(&replica.pool).watch(app.terminate.clone()));
+    for database in app.databases() {
+        for pool in database.pools() {
+            tokio::spawn(Arc::clone(pool).watch(app.terminate.clone()));
         }
-        tokio::spawn(Arc::clone(topology).monitor(app.terminate.clone()));
+        if let Some(topology) = &database.replicas {
+            tokio::spawn(Arc::clone(topology).monitor(app.terminate.clone()));
+        }
     }
     tokio::spawn(accept_clients(Arc::clone(&app), listener));
     tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");

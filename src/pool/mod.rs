@@ -2,6 +2,7 @@
 //! [`server::ServerConn`]s.
 
 pub mod audit;
+pub mod database;
 pub mod health;
 pub mod notify;
 #[allow(clippy::module_inception)]
@@ -9,5 +10,6 @@ pub mod pool;
 pub mod server;
 pub mod tenants;
 
+pub use database::Database;
 pub use pool::{Checkout, CheckoutError, Pool};
 pub use server::{AppliedSettings, ConnectOptions, ServerConn, ServerError};

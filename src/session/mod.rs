@@ -141,9 +141,9 @@ pub async fn serve_stream(app: Arc<App>, stream: Stream, loopback: bool) {
     relay::Relay::new(app, client, session).run().await;
 }
 
-/// What login establishes for the relay: the pool, the client's session state, its issued key.
+/// What login establishes for the relay: the database, the client's session state, its issued key.
 pub struct SessionInfo {
-    pub pool: Arc<crate::pool::Pool>,
+    pub database: Arc<crate::pool::Database>,
     pub state: state::SessionState,
     pub key: crate::cancel::IssuedKey,
     /// The client's tenant (with `[tenancy]`).
@@ -207,7 +207,7 @@ async fn login(
         reserved,
         grant: token_grant,
     } = tenant_context(app, &mut identity, grant, startup, peer_certificate)?;
-    let Some(pool) = app.pool(&startup.database) else {
+    let Some(database) = app.database(&startup.database) else {
         app.metrics.error("unknown_database");
         return Err(Some(ErrorReport::fatal(
             SqlState::INVALID_CATALOG_NAME,
@@ -217,7 +217,7 @@ async fn login(
     let startup_settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
     let mut settings = startup_settings.clone();
     settings.extend(reserved.clone());
-    let statuses = match pool.startup_statuses(&settings).await {
+    let statuses = match database.primary.startup_statuses(&settings).await {
         Ok(s) => s,
         Err(e) => {
             app.metrics.error(e.kind());
@@ -235,7 +235,7 @@ async fn login(
         return Err(None);
     }
     Ok(SessionInfo {
-        pool: Arc::clone(pool),
+        database: Arc::clone(database),
         state: state::SessionState::new(startup_settings, reserved, &statuses),
         grant: token_grant,
         tenant: identity.tenant,

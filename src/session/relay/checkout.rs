@@ -38,7 +38,7 @@ impl Relay {
                 (Some(limits), Some(tenant)) => {
                     let timeout = self.app.config.pool.checkout_timeout;
                     tokio::select! {
-                        permit = limits.acquire(&self.info.pool.database, tenant, timeout) => match permit {
+                        permit = limits.acquire(&self.info.database.name, tenant, timeout) => match permit {
                             Ok(p) => Some(p),
                             Err(e) => {
                                 self.app.metrics.error("tenant_at_cap");

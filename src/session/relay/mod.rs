@@ -190,7 +190,7 @@ impl Relay {
     pub fn new(app: Arc<App>, client: ClientConn<Stream>, info: SessionInfo) -> Relay {
         let mode = app.config.pool.mode;
         let topology = match mode {
-            PoolMode::Transaction => app.topology(&info.pool.database).cloned(),
+            PoolMode::Transaction => info.database.replicas.clone(),
             // Session mode pins the client to the primary.
             PoolMode::Session => None,
         };
@@ -221,10 +221,8 @@ impl Relay {
         let outcome = self.pump().await;
         if let Some((sink, _)) = self.notifications.take() {
             let pid = self.info.key.process_id();
-            self.info
-                .pool
-                .notifier
-                .listen(pid, Default::default(), sink);
+            let notifier = &self.info.database.primary.notifier;
+            notifier.listen(pid, Default::default(), sink);
         }
         if let Err(e) = &outcome {
             match e {
@@ -410,7 +408,7 @@ impl Relay {
             .get_or_insert_with(|| mpsc::channel(notify::CLIENT_QUEUE));
         let sink = sink.clone();
         let pid = self.info.key.process_id();
-        let notifier = &self.info.pool.notifier;
+        let notifier = &self.info.database.primary.notifier;
         if !wait {
             return notifier.listen(pid, channels, sink);
         }

@@ -36,7 +36,7 @@ impl Relay {
         let client = &mut self.client;
         let statements = &mut self.statements;
         let state = &mut self.info.state;
-        let notifier = &self.info.pool.notifier;
+        let notifier = &self.info.database.primary.notifier;
         let notifications = &mut self.notifications;
         // Under tenant enforcement, channels arrive as `<tenant>.<channel>`.
         let channel_prefix = &self.channel_prefix;

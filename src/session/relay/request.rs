@@ -255,7 +255,7 @@ impl Relay {
         if u.effects.notifies {
             att.notified = true;
             let server_pid = att.server.conn_mut().key.process_id;
-            let pool = &self.info.pool;
+            let pool = &self.info.database.primary;
             pool.notifier
                 .note_sender(server_pid, self.info.key.process_id());
         }

@@ -43,11 +43,11 @@ impl Relay {
     /// The pool a checkout for `target` uses, and whose it is.
     pub(super) fn pool_for(&self, target: Target) -> Result<(Arc<Pool>, Upstream), ErrorReport> {
         let Some(topology) = &self.topology else {
-            return Ok((Arc::clone(&self.info.pool), Upstream::Primary));
+            return Ok((Arc::clone(&self.info.database.primary), Upstream::Primary));
         };
         if target == Target::Primary || topology.primary_serves_reads_too() {
             topology.count_route(false);
-            return Ok((Arc::clone(&self.info.pool), Upstream::Primary));
+            return Ok((Arc::clone(&self.info.database.primary), Upstream::Primary));
         }
         match topology.choose_replica(self.last_write, self.info.tenant.as_deref()) {
             Ok((index, replica)) => {
@@ -61,7 +61,7 @@ impl Relay {
                 },
             ) => {
                 topology.count_route(false);
-                Ok((Arc::clone(&self.info.pool), Upstream::Primary))
+                Ok((Arc::clone(&self.info.database.primary), Upstream::Primary))
             }
             Err(NoReplica::Unavailable {
                 primary_allowed: false,
