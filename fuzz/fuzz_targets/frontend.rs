@@ -42,9 +42,12 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(Bind::parse(body).is_some(), well_formed);
                 if let Some(bind) = Bind::parse(body) {
                     assert_eq!(&bind.encode()[..], &frame.as_bytes()[..]);
-                    for i in 0..bind.params.len() {
+                    for i in 0..bind.param_count() {
                         let _ = bind.param_int(i);
+                        let _ = bind.param_str(i);
+                        let _ = bind.param_uuid(i);
                         let _ = bind.int_like(i, 7);
+                        let _ = bind.encode_replacing(i, b"7");
                     }
                 }
             }
@@ -54,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 // Describe, Execute, Close: a kind byte or a name, then a C string.
-                let _ = pgsidecar::session::statements::split_cstr(body);
+                let _ = pgsidecar::protocol::frontend::split_cstr(body);
             }
         }
     }

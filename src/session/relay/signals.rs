@@ -63,13 +63,7 @@ impl Relay {
             SignalCall::FALSE_PID
         };
         let value = bind.int_like(n - 1, answer);
-        let mut params = bind.params.clone();
-        params[n - 1] = Some(&value);
-        let rebound = Bind {
-            params,
-            ..bind.clone()
-        };
-        Frame::from_bytes(rebound.encode().freeze())
+        Frame::from_bytes(bind.encode_replacing(n - 1, &value).freeze())
     }
 }
 
