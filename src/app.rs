@@ -62,6 +62,14 @@ pub struct App {
 impl App {
     /// Builds pools and prepares credentials; opens no connection yet.
     pub fn new(config: Config) -> Result<Arc<App>, AppError> {
+        App::with_dialer(config, crate::stream::Dialer::Tcp)
+    }
+
+    /// As [`App::new`], with upstream connections opened by `dialer` (tests: in-process pipes).
+    pub fn with_dialer(
+        config: Config,
+        dialer: crate::stream::Dialer,
+    ) -> Result<Arc<App>, AppError> {
         let metrics = Arc::new(Metrics::new());
         let rng = SystemRandom::new();
         let mut users = HashMap::new();
@@ -74,11 +82,14 @@ impl App {
         let mut databases = HashMap::new();
         for db in &config.databases {
             let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
-                let options = ConnectOptions::for_url(
-                    url,
-                    config.pool.connect_timeout,
-                    config.pool.tcp_keepalive,
-                )?;
+                let options = ConnectOptions {
+                    dialer: dialer.clone(),
+                    ..ConnectOptions::for_url(
+                        url,
+                        config.pool.connect_timeout,
+                        config.pool.tcp_keepalive,
+                    )?
+                };
                 Ok::<_, AppError>(Arc::new(Pool::new(
                     label,
                     url.clone(),

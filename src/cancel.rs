@@ -31,6 +31,8 @@ pub struct CancelTarget {
     pub host: Arc<str>,
     pub port: u16,
     pub key: BackendKey,
+    /// How the connection was opened (the cancel goes the same way).
+    pub dialer: crate::stream::Dialer,
 }
 
 /// What a client's key points at right now.
@@ -169,7 +171,14 @@ pub async fn send_cancel(target: &CancelTarget) {
         &mut packet,
     );
     let deliver = async {
-        let mut stream = TcpStream::connect((&*target.host, target.port)).await?;
+        let mut stream = match &target.dialer {
+            crate::stream::Dialer::Tcp => crate::stream::Stream::Plain(
+                TcpStream::connect((&*target.host, target.port)).await?,
+            ),
+            crate::stream::Dialer::Memory(dial) => {
+                crate::stream::Stream::Memory(dial(&target.host, target.port)?)
+            }
+        };
         stream.write_all(&packet).await?;
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await?;

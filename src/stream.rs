@@ -1,6 +1,6 @@
 //! A TCP connection, plain or TLS — or an in-process pipe, which the relay's own tests drive
-//! over `tokio::io::duplex` — as one `AsyncRead + AsyncWrite` type for both sides of the proxy.
-//! No protocol knowledge here.
+//! over `tokio::io::duplex` — as one `AsyncRead + AsyncWrite` type for both sides of the proxy,
+//! and the [`Dialer`] that opens upstream connections. No protocol knowledge here.
 
 use std::io;
 use std::pin::Pin;
@@ -8,6 +8,28 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// Opens one end of an in-process pipe to a host and port.
+pub type MemoryDial = dyn Fn(&str, u16) -> io::Result<tokio::io::DuplexStream> + Send + Sync;
+
+/// How upstream connections (and cancel requests) reach a server: TCP, or an in-process pipe
+/// (the relay's tests run a scripted server with no network and, with `tokio::time::pause`,
+/// no real time either).
+#[derive(Clone, Default)]
+pub enum Dialer {
+    #[default]
+    Tcp,
+    Memory(std::sync::Arc<MemoryDial>),
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dialer::Tcp => "Tcp",
+            Dialer::Memory(_) => "Memory",
+        })
+    }
+}
 
 /// A client or server connection.
 pub enum Stream {

@@ -68,6 +68,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// How this pool's connections are opened (cancel requests go the same way).
+    pub fn dialer(&self) -> &crate::stream::Dialer {
+        &self.connect_options.dialer
+    }
+
     /// A pool with no connections yet; they are opened on demand.
     pub fn new(
         database: String,

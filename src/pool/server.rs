@@ -178,6 +178,8 @@ pub struct ConnectOptions {
     pub keepalive: Duration,
     /// TLS per the URL's `sslmode` (`None`: plaintext).
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// TCP, or an in-process pipe (tests).
+    pub dialer: crate::stream::Dialer,
 }
 
 impl ConnectOptions {
@@ -191,6 +193,7 @@ impl ConnectOptions {
             timeout,
             keepalive,
             tls: crate::tls::connector(url.sslmode, url.sslrootcert.as_deref())?,
+            dialer: crate::stream::Dialer::Tcp,
         })
     }
 }
@@ -220,13 +223,12 @@ impl ServerConn {
         Err(last.unwrap_or_else(|| ServerError::Protocol("the upstream URL has no host".into())))
     }
 
-    async fn connect_one(
-        id: u64,
+    /// A TCP connection (keepalive set, TLS as the URL's sslmode asks).
+    async fn open_tcp(
         url: &UpstreamUrl,
         (host, port): (&str, u16),
-        params: &[(&str, &str)],
         options: &ConnectOptions,
-    ) -> Result<ServerConn, ServerError> {
+    ) -> Result<Stream, ServerError> {
         let stream =
             TcpStream::connect((host, port))
                 .await
@@ -241,7 +243,26 @@ impl ServerConn {
                 .with_interval(options.keepalive.min(Duration::from_secs(10)));
             socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         }
-        let stream = Self::negotiate_tls(stream, url, host, options).await?;
+        Self::negotiate_tls(stream, url, host, options).await
+    }
+
+    async fn connect_one(
+        id: u64,
+        url: &UpstreamUrl,
+        (host, port): (&str, u16),
+        params: &[(&str, &str)],
+        options: &ConnectOptions,
+    ) -> Result<ServerConn, ServerError> {
+        let stream = match &options.dialer {
+            crate::stream::Dialer::Tcp => Self::open_tcp(url, (host, port), options).await?,
+            // In-process pipes (tests) carry no TLS.
+            crate::stream::Dialer::Memory(dial) => {
+                Stream::Memory(dial(host, port).map_err(|source| ServerError::Connect {
+                    addr: format!("{host}:{port}"),
+                    source,
+                })?)
+            }
+        };
         let mut conn = ServerConn {
             id,
             stream,

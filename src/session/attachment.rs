@@ -7,7 +7,9 @@
 //! swallow and synthesize messages. No I/O here.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 
@@ -43,7 +45,7 @@ pub(super) const ABANDON_GRACE: Duration = Duration::from_secs(5);
 pub(super) async fn sleep_until_some(timer: Option<Timer>) {
     match timer {
         Some(Timer::IdleInTransaction(at) | Timer::QueryTimeout(at) | Timer::Abandon(at)) => {
-            tokio::time::sleep_until(at.into()).await
+            tokio::time::sleep_until(at).await
         }
         None => std::future::pending().await,
     }

@@ -2,17 +2,24 @@
 //! message at the protocol level as Postgres does — error skip-to-Sync, the COPY FROM STDIN
 //! sub-protocol in both query modes, Flush, FunctionCall, transaction status — without
 //! understanding SQL beyond a first word, and checks that every frame it receives is well
-//! formed. Anything malformed is recorded as a violation and the connection closed.
+//! formed. Anything malformed is recorded as a violation and the connection closed. It listens
+//! on TCP ([`start`]) or answers in-process pipes ([`memory`]: no network, so tests may pause
+//! time). `SELECT pg_sleep(n)` sleeps (a CancelRequest ends it with 57014) and `SELECT
+//! pg_freeze()` never answers, even a cancel.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use pgsidecar::protocol::bind::Bind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use pgsidecar::stream::Dialer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// The running server: where it listens and what it saw that it should never see.
 pub struct Scripted {
@@ -23,22 +30,51 @@ pub struct Scripted {
 pub async fn start() -> Scripted {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let violations = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&violations);
+    let shared = Shared::default();
+    let violations = Arc::clone(&shared.violations);
     tokio::spawn(async move {
-        let mut pid = 100;
         while let Ok((socket, _)) = listener.accept().await {
             let _ = socket.set_nodelay(true);
-            pid += 1;
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                if let Err(v) = serve(socket, pid).await {
-                    seen.lock().unwrap().push(v);
-                }
-            });
+            tokio::spawn(shared.clone().serve(socket));
         }
     });
     Scripted { addr, violations }
+}
+
+/// The in-process server: a dialer for `App::with_dialer` (every dial is a new connection, any
+/// host and port) and the violations it saw.
+pub fn memory() -> (Dialer, Arc<Mutex<Vec<String>>>) {
+    let shared = Shared::default();
+    let violations = Arc::clone(&shared.violations);
+    let dial = move |_: &str, _: u16| {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(shared.clone().serve(theirs));
+        Ok(ours)
+    };
+    (Dialer::Memory(Arc::new(dial)), violations)
+}
+
+/// What the server's connections share: PIDs, the way to cancel each, what went wrong.
+#[derive(Clone, Default)]
+struct Shared {
+    violations: Arc<Mutex<Vec<String>>>,
+    pids: Arc<AtomicI32>,
+    cancels: Arc<Mutex<HashMap<i32, Arc<Notify>>>>,
+}
+
+impl Shared {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self, socket: S) {
+        let pid = 100 + self.pids.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(Notify::new());
+        self.cancels
+            .lock()
+            .unwrap()
+            .insert(pid, Arc::clone(&cancel));
+        if let Err(v) = serve(socket, pid, &cancel, &self.cancels).await {
+            self.violations.lock().unwrap().push(v);
+        }
+        self.cancels.lock().unwrap().remove(&pid);
+    }
 }
 
 /// Where the scripted session is.
@@ -57,7 +93,12 @@ struct Session {
 
 type Violation = String;
 
-async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
+    pid: i32,
+    cancel: &Notify,
+    cancels: &Mutex<HashMap<i32, Arc<Notify>>>,
+) -> Result<(), Violation> {
     let mut out = BytesMut::new();
     // Startup, after any SSLRequest (answered N); a connection closed during it is no fault.
     loop {
@@ -78,6 +119,14 @@ async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
                 }
             }
             196608 => break,
+            // CancelRequest: the statement that connection is running (if any) ends with 57014.
+            80877102 if body.len() == 12 => {
+                let target = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                if let Some(notify) = cancels.lock().unwrap().get(&target) {
+                    notify.notify_waiters();
+                }
+                return Ok(());
+            }
             code => return Err(format!("startup code {code}")),
         }
     }
@@ -154,7 +203,7 @@ async fn serve(mut socket: TcpStream, pid: i32) -> Result<(), Violation> {
         if tag == b'X' {
             return Ok(());
         }
-        answer(&mut session, tag, body, &mut out);
+        answer(&mut session, tag, body, &mut out, cancel).await;
     }
 }
 
@@ -271,6 +320,10 @@ fn data_row(out: &mut BytesMut, value: &str) {
 enum Outcome {
     Done,
     CopyIn,
+    /// `SELECT pg_sleep(n)`: its result comes after n seconds, or an error on a cancel.
+    Sleep(Duration),
+    /// `SELECT pg_freeze()`: nothing ever comes.
+    Freeze,
 }
 
 fn statement(
@@ -320,6 +373,15 @@ fn statement(
         message(out, b'd', b"1\n");
         message(out, b'c', b"");
         complete(out, "COPY 1");
+    } else if let Some(secs) = upper
+        .strip_prefix("SELECT PG_SLEEP(")
+        .and_then(|rest| rest.strip_suffix(')'))
+    {
+        return Ok(Outcome::Sleep(Duration::from_secs(
+            secs.parse().unwrap_or(1),
+        )));
+    } else if upper.starts_with("SELECT PG_FREEZE()") {
+        return Ok(Outcome::Freeze);
     } else if upper.starts_with("SELECT") || upper.starts_with("WITH") || upper.starts_with("SHOW")
     {
         if describe {
@@ -340,7 +402,30 @@ fn statement(
     Ok(Outcome::Done)
 }
 
-fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut) {
+/// Sleeps for `pg_sleep`: the statement's result, or 57014 when `cancel` fires first.
+async fn sleep(
+    session: &mut Session,
+    duration: Duration,
+    out: &mut BytesMut,
+    cancel: &Notify,
+) -> Result<(), ()> {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {
+            data_row(out, "");
+            complete(out, "SELECT 1");
+            Ok(())
+        }
+        _ = cancel.notified() => {
+            error(out, "57014", "canceling statement due to user request");
+            if session.status == b'T' {
+                session.status = b'E';
+            }
+            Err(())
+        }
+    }
+}
+
+async fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut, cancel: &Notify) {
     if let Some(extended) = session.copy_in {
         return copy_message(session, extended, tag, out);
     }
@@ -368,6 +453,13 @@ fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut) {
                         session.copy_in = Some(false);
                         return;
                     }
+                    Ok(Outcome::Sleep(duration)) => {
+                        row_description(out);
+                        if sleep(session, duration, out, cancel).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Outcome::Freeze) => std::future::pending::<()>().await,
                     Err(()) => break,
                 }
             }
@@ -409,6 +501,12 @@ fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut) {
             match statement(session, &text, out, false) {
                 Ok(Outcome::Done) => {}
                 Ok(Outcome::CopyIn) => session.copy_in = Some(true),
+                Ok(Outcome::Sleep(duration)) => {
+                    if sleep(session, duration, out, cancel).await.is_err() {
+                        session.skipping = true;
+                    }
+                }
+                Ok(Outcome::Freeze) => std::future::pending::<()>().await,
                 Err(()) => session.skipping = true,
             }
         }

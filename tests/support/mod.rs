@@ -220,6 +220,7 @@ pub async fn raw_connect(
         timeout: Duration::from_secs(10),
         keepalive: Duration::ZERO,
         tls: None,
+        dialer: Default::default(),
     };
     ServerConn::connect(0, &url, params, &options).await
 }

@@ -66,11 +66,13 @@ impl Relay {
                 return Err(checkout_report(&e, Severity::Error));
             }
         };
+        let dialer = server.pool().dialer().clone();
         let conn = server.conn_mut();
         self.info.key.running(CancelTarget {
             host: conn.host.clone(),
             port: conn.port,
             key: conn.key,
+            dialer,
         });
         let mut att = Attachment::new(server);
         att.upstream = upstream;

@@ -124,7 +124,7 @@ pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) 
     let tenancy = app.config.tenancy.as_ref()?;
     let (signer, grant) = (tenancy.signer.as_ref()?, grant?);
     let lifetime = tenancy.token_lifetime;
-    let now = Instant::now();
+    let now = std::time::Instant::now();
     let conn = att.server.conn_mut();
     if conn.token.as_ref().is_some_and(|t| t.fresh_until > now) {
         return None;
