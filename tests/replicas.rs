@@ -525,3 +525,44 @@ async fn requests_held_behind_a_busy_server_are_bounded() {
     assert_eq!(rows[1], "0");
     assert_eq!(rows[4000], "3999");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_setting_answers_in_its_turn_behind_pipelined_requests() {
+    let name = fresh_user("route_pipelined");
+    let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    until_replica_serves(&client).await;
+    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    // All sent at once: the settings are the sidecar's, answered between the replica's and
+    // the primary's replies in the order they were asked, and each changes where the
+    // requests after it go.
+    let mut out = bytes::BytesMut::new();
+    for sql in [
+        "SELECT pg_is_in_recovery()::text FROM pg_sleep(0.2)",
+        "SET pgsidecar.route = primary",
+        "SELECT pg_is_in_recovery()::text",
+        "SET pgsidecar.route = sideways",
+        "RESET pgsidecar.route",
+        "SELECT pg_is_in_recovery()::text",
+    ] {
+        pgsidecar::protocol::frontend::append_query(&mut out, sql);
+    }
+    raw.write_all(&out).await.unwrap();
+    let replies = read_until_ready(&mut raw, 6).await;
+    assert_eq!(tags(&replies), "TDCZCZTDCZEZCZTDCZ");
+    let text = |(_, body): &(u8, Vec<u8>)| String::from_utf8_lossy(body).into_owned();
+    let rows: Vec<String> = replies
+        .iter()
+        .filter(|(t, _)| matches!(t, b'D' | b'C'))
+        .map(text)
+        .collect();
+    assert!(rows[0].ends_with("true"), "{rows:?}");
+    assert!(rows[2].starts_with("SET"), "{rows:?}");
+    assert!(rows[3].ends_with("false"), "{rows:?}");
+    assert!(rows[5].starts_with("RESET"), "{rows:?}");
+    // A read behind requests in flight on the primary stays there, in order.
+    assert!(rows[6].ends_with("false"), "{rows:?}");
+    assert_eq!(error_code(&replies).as_deref(), Some("22023"));
+}

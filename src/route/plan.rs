@@ -88,9 +88,9 @@ pub enum TxPin {
     None,
     /// The sidecar answered a bare BEGIN; it goes upstream with the next statement.
     HeldBegin,
-    /// A server connection of this upstream is attached outside a transaction; `busy`: replies
-    /// to earlier requests are still to come on it.
-    Attached { upstream: Upstream, busy: bool },
+    /// A server connection of this upstream is attached outside a transaction (replies to
+    /// earlier requests may still be coming on it).
+    Attached(Upstream),
     /// Inside a transaction (or an open extended batch, or COPY) on this upstream: everything
     /// continues there.
     Pinned(Upstream),
@@ -143,8 +143,7 @@ pub fn plan(request: &RequestFacts, session: &SessionView) -> Plan {
         return Plan::Send(Target::Primary);
     }
     match (&request.sole, session.pin) {
-        // Answered in order: after the replies in flight.
-        (Sole::RouteSetting(_), TxPin::Attached { busy: true, .. }) => return Plan::Wait,
+        // Answered in its turn, after the replies in flight.
         (Sole::RouteSetting(value), _) => return Plan::Answer(route_setting(value.as_deref())),
         (Sole::BareBegin, TxPin::None) => return Plan::Answer(Local::HoldBegin),
         (Sole::Commit, TxPin::HeldBegin) => return Plan::Answer(Local::EndHeldBegin("COMMIT")),
@@ -159,21 +158,9 @@ pub fn plan(request: &RequestFacts, session: &SessionView) -> Plan {
     };
     match (session.pin, target) {
         // The replica finishes what it has; then the request is planned afresh.
-        (
-            TxPin::Attached {
-                upstream: Upstream::Replica(_),
-                ..
-            },
-            Target::Primary,
-        ) => Plan::Wait,
+        (TxPin::Attached(Upstream::Replica(_)), Target::Primary) => Plan::Wait,
         // Reads behind requests in flight on the primary stay there, in order.
-        (
-            TxPin::Attached {
-                upstream: Upstream::Primary,
-                ..
-            },
-            _,
-        ) => Plan::Send(Target::Primary),
+        (TxPin::Attached(Upstream::Primary), _) => Plan::Send(Target::Primary),
         _ => Plan::Send(target),
     }
 }
@@ -212,18 +199,8 @@ mod tests {
         }
     }
 
-    const IDLE_PRIMARY: TxPin = TxPin::Attached {
-        upstream: Upstream::Primary,
-        busy: false,
-    };
-    const BUSY_PRIMARY: TxPin = TxPin::Attached {
-        upstream: Upstream::Primary,
-        busy: true,
-    };
-    const BUSY_REPLICA: TxPin = TxPin::Attached {
-        upstream: Upstream::Replica(1),
-        busy: true,
-    };
+    const PRIMARY: TxPin = TxPin::Attached(Upstream::Primary);
+    const REPLICA: TxPin = TxPin::Attached(Upstream::Replica(1));
 
     #[test]
     fn sole_statements() {
@@ -287,15 +264,14 @@ mod tests {
                 Continue,
             ),
             // Behind the primary's replies in flight, reads stay on the primary.
-            ("SELECT 1", BUSY_PRIMARY, Send(primary)),
-            ("SELECT 1", IDLE_PRIMARY, Send(primary)),
+            ("SELECT 1", PRIMARY, Send(primary)),
             // A write behind a replica's replies waits for them, a read joins them.
-            ("UPDATE t SET a = 1", BUSY_REPLICA, Wait),
-            ("SELECT 1", BUSY_REPLICA, Send(replica)),
+            ("UPDATE t SET a = 1", REPLICA, Wait),
+            ("SELECT 1", REPLICA, Send(replica)),
             // Held BEGIN.
             ("BEGIN", TxPin::None, Answer(Local::HoldBegin)),
-            ("BEGIN", IDLE_PRIMARY, Send(primary)),
-            ("BEGIN", BUSY_REPLICA, Wait),
+            ("BEGIN", PRIMARY, Send(primary)),
+            ("BEGIN", REPLICA, Wait),
             (
                 "COMMIT",
                 TxPin::HeldBegin,
@@ -319,10 +295,15 @@ mod tests {
                 TxPin::HeldBegin,
                 Answer(Local::Route(RoutePreference::Auto, "RESET")),
             ),
-            ("SET pgsidecar.route = primary", BUSY_PRIMARY, Wait),
+            // Behind replies in flight too: the answer keeps its place in the client's queue.
+            (
+                "SET pgsidecar.route = primary",
+                REPLICA,
+                Answer(Local::Route(RoutePreference::Primary, "SET")),
+            ),
             (
                 "SET pgsidecar.route = elsewhere",
-                IDLE_PRIMARY,
+                PRIMARY,
                 Answer(Local::BadRoute("elsewhere".into())),
             ),
         ];

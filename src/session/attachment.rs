@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use bytes::BytesMut;
 
 use super::state::Captured;
-use super::statements::Prepared;
 use crate::config::ClientLimits;
 use crate::metrics::GaugeGuard;
 use crate::pool::Checkout;
@@ -102,10 +101,6 @@ pub(super) enum Source {
     Ignored,
     /// A client's Sync, closing this batch.
     Sync(Batch),
-    /// A client's Query the sidecar answers itself when its turn comes (the server knows
-    /// nothing of it): SQL `DEALLOCATE` of this protocol-level statement, taken out of the
-    /// client's statements (put back if the transaction has failed by then).
-    Deallocate(String, std::sync::Arc<Prepared>),
 }
 
 /// One ReadyForQuery the client's connection is waiting for.
@@ -118,18 +113,23 @@ impl Expect {
     pub(super) fn reply(&self) -> Reply {
         match self.source {
             Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => Reply::Swallow,
-            Source::Query { .. } | Source::Sync(_) | Source::Deallocate(..) => Reply::Forward,
+            Source::Query { .. } | Source::Sync(_) => Reply::Forward,
         }
+    }
+
+    /// Whether the client asked for this ReadyForQuery (it has a slot in the client's reply
+    /// queue): a Query, a Sync — also one the server turned out to ignore.
+    pub(super) fn has_client_slot(&self) -> bool {
+        matches!(
+            self.source,
+            Source::Query { .. } | Source::Sync(_) | Source::Ignored
+        )
     }
 
     /// Statements in the request (a Query counts one, a batch counts its Executes).
     pub(super) fn statements(&self) -> u32 {
         match &self.source {
-            Source::Sidecar
-            | Source::Apply
-            | Source::Capture
-            | Source::Ignored
-            | Source::Deallocate(..) => 0,
+            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => 0,
             Source::Query { .. } => 1,
             Source::Sync(batch) => batch.executes,
         }
@@ -137,11 +137,7 @@ impl Expect {
 
     pub(super) fn sent(&self) -> Option<Instant> {
         match &self.source {
-            Source::Sidecar
-            | Source::Apply
-            | Source::Capture
-            | Source::Ignored
-            | Source::Deallocate(..) => None,
+            Source::Sidecar | Source::Apply | Source::Capture | Source::Ignored => None,
             Source::Query { sent, .. } => Some(*sent),
             Source::Sync(batch) => Some(batch.started),
         }
@@ -333,12 +329,15 @@ impl ExpectQueue {
         self.entries.clear();
     }
 
-    /// The entries whose ReadyForQuery the client waits for, in order.
-    pub(super) fn clients(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| e.reply() == Reply::Forward)
-            .count()
+    /// The entries the client asked for, in order (each has a slot in the client's reply
+    /// queue): `true` for a ReadyForQuery still to come, `false` for a Sync the server will
+    /// ignore (no reply for it).
+    pub(super) fn client_entries(&self) -> impl Iterator<Item = bool> + '_ {
+        self.entries.iter().filter_map(|e| match e.source {
+            Source::Query { .. } | Source::Sync(_) => Some(true),
+            Source::Ignored => Some(false),
+            Source::Sidecar | Source::Apply | Source::Capture => None,
+        })
     }
 
     /// Syncs the client sent while its CopyDone/CopyFail count was `copy_ends` (during a
@@ -440,8 +439,9 @@ impl Attachment {
     /// The server entered COPY FROM STDIN for the request it is working on. In an extended
     /// batch, a Sync the client sent before ending the COPY is ignored by the server, so the
     /// batch stays open until the client's next Sync; for a simple Query, such Syncs are
-    /// ignored and answered by nothing.
-    pub(super) fn note_copy_in(&mut self) {
+    /// ignored and answered by nothing. Returns whether the client's Sync at the front was
+    /// dropped so (it gets no reply).
+    pub(super) fn note_copy_in(&mut self) -> bool {
         if let Some(Expect {
             source: Source::Query { copy_ends, .. },
         }) = self.expect.front()
@@ -449,7 +449,7 @@ impl Attachment {
             let during_copy = *copy_ends;
             self.simple_copy_in = Some(during_copy);
             self.expect.mark_ignored_syncs(during_copy);
-            return;
+            return false;
         }
         let ignored_sync = matches!(
             self.expect.front(),
@@ -464,10 +464,12 @@ impl Attachment {
                 self.batch = Some(batch);
                 // Its ReadyForQuery will never come.
                 self.readies += 1;
+                return true;
             }
         } else if let (true, Some(batch)) = (self.expect.is_empty(), self.batch.as_mut()) {
             batch.copy_in = true;
         }
+        false
     }
 
     /// The server is in COPY FROM STDIN for a simple Query the client has not ended yet: a
@@ -490,19 +492,6 @@ impl Attachment {
             self.readies += 1;
         }
         unanswered
-    }
-
-    /// The front entry if the sidecar answers it itself (its turn has come).
-    pub(super) fn pop_local(&mut self) -> Option<(String, std::sync::Arc<Prepared>)> {
-        match self.expect.front().map(|e| &e.source) {
-            Some(Source::Deallocate(..)) => {}
-            _ => return None,
-        }
-        self.readies += 1;
-        match self.expect.pop_front().map(|e| e.source) {
-            Some(Source::Deallocate(name, prepared)) => Some((name, prepared)),
-            _ => None,
-        }
     }
 
     /// Statements prepared since the catalog change are closed after the client's next Sync

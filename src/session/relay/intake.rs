@@ -6,6 +6,7 @@
 //! data) run at once. What is held is bounded in bytes: past the bound the client is not read
 //! until the queue drains.
 
+use super::queue::LocalReply;
 use super::*;
 use crate::route::plan::{plan, Local, Plan, RequestFacts, SessionView, Sole, TxPin};
 
@@ -115,10 +116,7 @@ impl Relay {
             {
                 TxPin::Pinned(att.upstream)
             }
-            Phase::Attached(att) => TxPin::Attached {
-                upstream: att.upstream,
-                busy: !att.expect.is_empty(),
-            },
+            Phase::Attached(att) => TxPin::Attached(att.upstream),
         };
         SessionView {
             pin,
@@ -230,41 +228,26 @@ impl Relay {
 
     /// Answers a one-Query request the sidecar handles itself, in its turn.
     fn answer_locally(&mut self, local: Local, frame: Frame) {
-        let now = match &self.phase {
-            Phase::Attached(att) => att.status,
-            Phase::BeginHeld(_) => TransactionStatus::InTransaction,
-            Phase::Detached | Phase::SkipToSync => TransactionStatus::Idle,
-        };
         let wbuf = &mut self.client.wbuf;
-        let status = match local {
+        match local {
+            // Only without a server connection: nothing is owed before these.
             Local::HoldBegin => {
                 self.phase = Phase::BeginHeld(frame);
                 backend::command_complete(wbuf, "BEGIN");
-                TransactionStatus::InTransaction
+                backend::ready_for_query(wbuf, TransactionStatus::InTransaction);
             }
             Local::EndHeldBegin(tag) => {
                 self.phase = Phase::Detached;
                 backend::command_complete(wbuf, tag);
-                TransactionStatus::Idle
+                backend::ready_for_query(wbuf, TransactionStatus::Idle);
             }
+            // Requests after this one route by the new preference; its answer keeps its place.
             Local::Route(preference, tag) => {
                 self.route_preference = preference;
-                backend::command_complete(wbuf, tag);
-                now
+                self.answer_in_turn(LocalReply::Done(tag));
             }
-            Local::BadRoute(value) => {
-                let setting = crate::route::plan::ROUTE_SETTING;
-                ErrorReport::error(
-                    SqlState::INVALID_PARAMETER_VALUE,
-                    format!(
-                        "invalid value for parameter \"{setting}\": \"{value}\" (use primary, replica or auto)"
-                    ),
-                )
-                .write(wbuf);
-                now
-            }
-        };
-        backend::ready_for_query(wbuf, status);
+            Local::BadRoute(value) => self.answer_in_turn(LocalReply::BadRoute(value)),
+        }
     }
 }
 

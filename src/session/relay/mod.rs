@@ -54,6 +54,7 @@ use crate::stream::Stream;
 
 mod checkout;
 mod intake;
+mod queue;
 mod replies;
 mod request;
 mod routing;
@@ -62,7 +63,6 @@ mod sql_names;
 mod tenancy;
 
 use intake::Incoming;
-use sql_names::local_deallocate;
 
 use tenancy::{with_text, Guarded};
 
@@ -172,6 +172,8 @@ pub struct Relay {
     topology: Option<Arc<Topology>>,
     /// Client frames held until their request is complete and can run.
     held: intake::Held,
+    /// The replies owed to the client, in order.
+    replies: queue::ReplyQueue,
     /// The sequence of this client's last write on the primary (read-your-writes).
     last_write: u64,
     /// `SET pgsidecar.route`.
@@ -203,6 +205,7 @@ impl Relay {
             tenant_queries,
             topology,
             held: intake::Held::default(),
+            replies: queue::ReplyQueue::default(),
             last_write: 0,
             route_preference: RoutePreference::Auto,
             app,
@@ -423,10 +426,30 @@ impl Relay {
 
     /// Replies to the client's requests are still to come from the server.
     fn owes_replies(&self) -> bool {
-        matches!(
-            &self.phase,
-            Phase::Attached(att) if !att.expect.is_empty() || !att.pending.is_empty()
-        )
+        !self.replies.is_empty()
+            || matches!(
+                &self.phase,
+                Phase::Attached(att) if !att.expect.is_empty() || !att.pending.is_empty()
+            )
+    }
+
+    /// The transaction status the client was last told of (replies the sidecar gives itself
+    /// report it).
+    fn status_now(&self) -> TransactionStatus {
+        match &self.phase {
+            Phase::Attached(att) => att.status,
+            Phase::BeginHeld(_) => TransactionStatus::InTransaction,
+            Phase::Detached | Phase::SkipToSync => TransactionStatus::Idle,
+        }
+    }
+
+    /// A reply the sidecar gives itself: written now if nothing is owed before it, else
+    /// queued to be rendered when its turn comes.
+    fn answer_in_turn(&mut self, reply: queue::LocalReply) {
+        if let Some(due) = self.replies.push_local(reply) {
+            let status = self.status_now();
+            due.render(&mut self.client.wbuf, &mut self.statements, status);
+        }
     }
 
     /// Returns the server connection to the pool, once no cancel for it is in flight.

@@ -5,6 +5,7 @@
 //! connection released.
 
 use super::*;
+use bytes::BytesMut;
 
 /// Parameters a hot standby reports differently from its primary.
 const STANDBY_PARAMETERS: &[&str] = &[
@@ -35,6 +36,7 @@ impl Relay {
         let metrics = &self.app.metrics;
         let client = &mut self.client;
         let statements = &mut self.statements;
+        let replies = &mut self.replies;
         let state = &mut self.info.state;
         let notifier = &self.info.database.primary.notifier;
         let notifications = &mut self.notifications;
@@ -72,8 +74,12 @@ impl Relay {
             else {
                 break;
             };
-            if header.tag == COPY_IN_RESPONSE_TAG {
-                att.note_copy_in();
+            if header.tag == COPY_IN_RESPONSE_TAG && att.note_copy_in() {
+                // The client's Sync the server now ignores gets no reply; what the sidecar
+                // answers itself behind it goes before the COPY begins.
+                replies.server_done();
+                emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                render_due(client, replies, statements, att.status, metrics).await?;
             }
             let capturing = matches!(
                 att.expect.front(),
@@ -101,7 +107,7 @@ impl Relay {
                 break;
             }
             // Each message is matched once, when it is complete or starts streaming.
-            let reply = match_pending(att, statements, header.tag)
+            let reply = match_pending(att, statements, replies, header.tag)
                 .unwrap_or_else(|| att.expect.front().map_or(Reply::Forward, Expect::reply));
             let conn = att.server.conn_mut();
             if !inspected {
@@ -117,6 +123,7 @@ impl Relay {
             let mut failed = false;
             let mut unsolicited = false;
             let mut notification = None;
+            let mut client_slot_done = false;
             match header.tag {
                 READY_FOR_QUERY_TAG => {
                     let status = body
@@ -138,6 +145,7 @@ impl Relay {
                     att.pending.retain(|p| p.after() >= readies);
                     match done {
                         Some(done) => {
+                            client_slot_done = done.has_client_slot();
                             if let Source::Query { .. } = done.source {
                                 // Whatever COPY the Query ran is over.
                                 att.simple_copy_in = None;
@@ -272,16 +280,16 @@ impl Relay {
                 att.inject_sync();
             }
             if header.tag == READY_FOR_QUERY_TAG {
-                // Syncs the server ignored during COPY get no ReadyForQuery.
-                while att.skip_unanswered(false) {}
-                // Requests the sidecar answers itself, now that their turn has come.
-                while let Some((name, prepared)) = att.pop_local() {
-                    emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
-                    let mut answer = bytes::BytesMut::new();
-                    local_deallocate(&mut answer, statements, (&name, prepared), att.status);
-                    client.write_through(&answer).await?;
-                    metrics.client_bytes_sent.inc_by(answer.len() as u64);
+                if client_slot_done {
+                    replies.server_done();
                 }
+                // Syncs the server ignored during COPY get no ReadyForQuery.
+                while att.skip_unanswered(false) {
+                    replies.server_done();
+                }
+                // Replies the sidecar gives itself, now that their turn has come.
+                emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                render_due(client, replies, statements, att.status, metrics).await?;
             }
             if let Some(message) = notification {
                 client.write_through(&message).await?;
@@ -341,10 +349,7 @@ impl Relay {
             SqlState::QUERY_CANCELED,
             "canceling statement due to statement timeout: the server did not answer",
         );
-        for _ in 0..att.expect.clients() {
-            cancelled.write(&mut self.client.wbuf);
-            backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
-        }
+        self.fail_owed(&att, |_, out| cancelled.write(out));
         if att.batch.is_some() {
             // An extended batch the client has not ended yet: the rest up to its Sync is
             // dropped, and the Sync answered.
@@ -357,6 +362,43 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// A server connection that is gone owed the client replies: each request it owed gets
+    /// `report(i, …)` (the i-th) and a ReadyForQuery, a Sync it would have ignored gets
+    /// nothing, and the replies the sidecar gives itself between them keep their place.
+    pub(super) fn fail_owed(&mut self, att: &Attachment, report: impl Fn(usize, &mut BytesMut)) {
+        let out = &mut self.client.wbuf;
+        for (i, answered) in att.expect.client_entries().enumerate() {
+            if answered {
+                report(i, out);
+                backend::ready_for_query(out, TransactionStatus::Idle);
+            }
+            self.replies.server_done();
+            while let Some(local) = self.replies.pop_due() {
+                local.render(out, &mut self.statements, TransactionStatus::Idle);
+            }
+        }
+    }
+}
+
+/// Writes the replies the sidecar gives itself that are due now (their turn has come), with
+/// the transaction status `status`.
+async fn render_due(
+    client: &mut ClientConn<Stream>,
+    replies: &mut queue::ReplyQueue,
+    statements: &mut ClientStatements,
+    status: TransactionStatus,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), RelayError> {
+    while let Some(local) = replies.pop_due() {
+        let mut answer = BytesMut::new();
+        local.render(&mut answer, statements, status);
+        client.write_through(&answer).await?;
+        metrics.client_bytes_sent.inc_by(answer.len() as u64);
+    }
+    Ok(())
+}
+
 /// Matches a server message to the pending reply it answers, if the server is working on an
 /// extended message now; returns what to do with the message. An ErrorResponse ends the batch:
 /// the server skips the rest, so the rest's pending replies go, and statements whose Parse
@@ -364,6 +406,7 @@ impl Relay {
 fn match_pending(
     att: &mut Attachment,
     statements: &mut ClientStatements,
+    replies: &mut queue::ReplyQueue,
     tag: u8,
 ) -> Option<Reply> {
     let Some(Pending::Reply { awaited, reply, .. }) = att.current_pending() else {
@@ -391,6 +434,7 @@ fn match_pending(
             if !att.skip_unanswered(true) {
                 break;
             }
+            replies.server_done();
         }
         // Errors always reach the client.
         return Some(Reply::Forward);

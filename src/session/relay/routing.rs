@@ -22,13 +22,13 @@ impl Relay {
             topology.eject(att.server.pool());
         }
         let message = "the replica serving this query was lost; the query did not complete";
-        for i in 0..att.expect.clients() {
-            if !(i == 0 && att.replica_said_fatal) {
-                ErrorReport::error(SqlState::CONNECTION_FAILURE, message)
-                    .write(&mut self.client.wbuf);
+        let said_fatal = att.replica_said_fatal;
+        self.fail_owed(&att, |i, out| {
+            // The first request already got the replica's FATAL as an ERROR.
+            if !(i == 0 && said_fatal) {
+                ErrorReport::error(SqlState::CONNECTION_FAILURE, message).write(out);
             }
-            backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
-        }
+        });
         if att.batch.is_some() {
             // The rest of the open batch is dropped up to its Sync, which gets its answer.
             ErrorReport::error(SqlState::CONNECTION_FAILURE, message).write(&mut self.client.wbuf);

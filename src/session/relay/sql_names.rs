@@ -4,6 +4,7 @@
 //! behind requests in flight); EXECUTE is sent with the proxy-wide name, the statement
 //! prepared on that server connection first if it lacks it.
 
+use super::queue::LocalReply;
 use super::*;
 use crate::session::statements::Prepared;
 use crate::sql::rename::execute_target;
@@ -24,34 +25,23 @@ impl Relay {
         {
             return false;
         }
-        let status = match &mut self.phase {
-            Phase::BeginHeld(_) => TransactionStatus::InTransaction,
-            Phase::Detached => TransactionStatus::Idle,
-            Phase::Attached(att)
-                if att.between_requests() && att.status != TransactionStatus::Failed =>
-            {
-                att.status
+        // Answered in its turn behind requests in flight (pipelined), with the transaction
+        // status of that moment; inside an open batch, or in a failed transaction with
+        // nothing in flight, it goes to the server as sent (which refuses it as Postgres).
+        let answered_here = match &self.phase {
+            Phase::Detached | Phase::BeginHeld(_) => true,
+            Phase::Attached(att) => {
+                att.batch.is_none()
+                    && att.client_stream == 0
+                    && (att.status != TransactionStatus::Failed || !self.replies.is_empty())
             }
-            // Behind requests in flight (pipelined): answered when its turn comes.
-            Phase::Attached(att)
-                if !att.expect.is_empty() && att.batch.is_none() && att.client_stream == 0 =>
-            {
-                if let Some(prepared) = self.statements.take(name.as_bytes()) {
-                    att.push_expect(Expect {
-                        source: Source::Deallocate(name.clone(), prepared),
-                    });
-                }
-                return true;
-            }
-            _ => return false,
+            Phase::SkipToSync => false,
         };
+        if !answered_here {
+            return false;
+        }
         if let Some(prepared) = self.statements.take(name.as_bytes()) {
-            local_deallocate(
-                &mut self.client.wbuf,
-                &mut self.statements,
-                (name, prepared),
-                status,
-            );
+            self.answer_in_turn(LocalReply::Deallocate(name.clone(), prepared));
         }
         true
     }
