@@ -476,30 +476,50 @@ async fn requests_held_behind_a_busy_server_are_bounded() {
     let name = fresh_user("held_bound");
     let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
     let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE blocker (a int)")
+        .await
+        .unwrap();
     until_replica_serves(&client).await;
+    let (locker, standby) = lock_on_replica(&name, "blocker").await;
     let mut conn = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
         .await
         .unwrap();
-    // A read that takes a while, then 4,000 pipelined requests of 10 KB each (40 MB); the
+    // A read that waits on the replica (for the lock), then 4,000 pipelined extended requests
+    // of 10 KB each (40 MB) for the primary, each ended by a Flush — a request that may go on
+    // cannot move to another server, so they wait, held, until the replica is done. The
     // client reads nothing meanwhile.
     let mut first = bytes::BytesMut::new();
-    // On the replica; the requests after it must go to the primary, so they wait, held, until
-    // it is done.
-    pgsidecar::protocol::frontend::append_query(&mut first, "SELECT pg_sleep(3)");
+    pgsidecar::protocol::frontend::append_query(&mut first, "SELECT count(*) FROM blocker");
     let padding = "x".repeat(10_000);
     let mut rest = bytes::BytesMut::new();
     for i in 0..4000 {
         let sql = format!("/* pgsidecar: route=primary */ SELECT {i} /* {padding} */");
-        pgsidecar::protocol::frontend::append_query(&mut rest, &sql);
+        postgres_protocol::message::frontend::parse("", &sql, [], &mut rest).unwrap();
+        postgres_protocol::message::frontend::bind(
+            "",
+            "",
+            [] as [i16; 0],
+            [] as [Option<&str>; 0],
+            |_: Option<&str>, _| Ok(postgres_protocol::IsNull::Yes),
+            [] as [i16; 0],
+            &mut rest,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        postgres_protocol::message::frontend::execute("", 0, &mut rest).unwrap();
+        postgres_protocol::message::frontend::flush(&mut rest);
     }
+    postgres_protocol::message::frontend::sync(&mut rest);
     let before = rss_kib();
     conn.write_all(&first).await.unwrap();
     let writer = tokio::spawn(async move {
         conn.write_all(&rest).await.unwrap();
         conn
     });
-    // While the first read runs, the sidecar stops reading the client once it holds its bound:
-    // the writer cannot finish (kernel buffers take far less than 40 MB).
+    // The sidecar stops reading the client once it holds its bound: the writer cannot finish
+    // (kernel buffers take far less than 40 MB) while the read waits. A pause gives a sidecar
+    // that took everything in the time to show it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let grown = rss_kib().saturating_sub(before);
     assert!(
@@ -510,18 +530,20 @@ async fn requests_held_behind_a_busy_server_are_bounded() {
         grown < 16 * 1024,
         "the sidecar held {grown} KiB of requests"
     );
+    drop(standby);
+    locker.batch_execute("COMMIT").await.unwrap();
     // Then they all run, in order.
     let mut conn = tokio::time::timeout(Duration::from_secs(60), writer)
         .await
         .expect("the requests were taken in once the first was done")
         .unwrap();
-    let replies = read_until_ready(&mut conn, 4001).await;
+    let replies = read_until_ready(&mut conn, 2).await;
     let rows: Vec<String> = replies
         .iter()
         .filter(|(t, _)| *t == b'D')
         .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
         .collect();
-    assert_eq!(rows.len(), 4001, "the pg_sleep row and one per read");
+    assert_eq!(rows.len(), 4001, "the count row and one per read");
     assert_eq!(rows[1], "0");
     assert_eq!(rows[4000], "3999");
 }
@@ -565,4 +587,102 @@ async fn the_route_setting_answers_in_its_turn_behind_pipelined_requests() {
     // A read behind requests in flight on the primary stays there, in order.
     assert!(rows[6].ends_with("false"), "{rows:?}");
     assert_eq!(error_code(&replies).as_deref(), Some("22023"));
+}
+
+/// A superuser connection to the replica, over its Unix socket.
+async fn connect_replica_superuser(db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(&replica().dir)
+        .port(replica().port)
+        .user("postgres")
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("superuser connects to the replica");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Polls the replica until `sql` (a count) is positive (bounded: panics after 20 s).
+async fn until_on_replica(standby: &tokio_postgres::Client, sql: &str) {
+    for _ in 0..1000 {
+        let n: i64 = standby.query_one(sql, &[]).await.unwrap().get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never true on the replica: {sql}");
+}
+
+/// A transaction on the primary holding an ACCESS EXCLUSIVE lock on `table`, once the replica
+/// has replayed it (a read of `table` on the replica then waits until the transaction ends),
+/// and a superuser connection to the replica.
+async fn lock_on_replica(
+    db: &str,
+    table: &str,
+) -> (tokio_postgres::Client, tokio_postgres::Client) {
+    let standby = connect_replica_superuser(db).await;
+    until_on_replica(
+        &standby,
+        &format!("SELECT count(*) FROM pg_class WHERE relname = '{table}'"),
+    )
+    .await;
+    let locker = connect_direct_superuser(db).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    until_on_replica(
+        &standby,
+        &format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass \
+             AND mode = 'AccessExclusiveLock'"
+        ),
+    )
+    .await;
+    (locker, standby)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_behind_a_replica_read_runs_on_the_primary_at_once() {
+    let name = fresh_user("move_on");
+    let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE blocker (a int); CREATE TABLE done (a int)")
+        .await
+        .unwrap();
+    until_replica_serves(&client).await;
+    // A read of `blocker` on the replica waits until `locker` ends its transaction.
+    let (locker, _standby) = lock_on_replica(&name, "blocker").await;
+    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    for sql in [
+        "SELECT count(*) FROM blocker",
+        "INSERT INTO done VALUES (1)",
+        "SELECT 'after'",
+    ] {
+        pgsidecar::protocol::frontend::append_query(&mut out, sql);
+    }
+    raw.write_all(&out).await.unwrap();
+    // The write goes to the primary on a connection of its own while the read waits on the
+    // replica: it is done before the read can be.
+    until_count(&name, "SELECT count(*) FROM done").await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    // The client hears of them in the order it asked.
+    let replies = read_until_ready(&mut raw, 3).await;
+    assert_eq!(tags(&replies), "TDCZCZTDCZ");
+    let complete: Vec<String> = replies
+        .iter()
+        .filter(|(t, _)| *t == b'C')
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(complete, ["SELECT 1\0", "INSERT 0 1\0", "SELECT 1\0"]);
 }

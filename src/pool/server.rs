@@ -457,9 +457,14 @@ impl ServerConn {
         Ok(n)
     }
 
-    /// Writes some of `out` to the server or reads from it, whichever is ready first; written
-    /// bytes are removed from `out`, read ones appended to `rbuf`. Cancel-safe.
-    pub async fn exchange(&mut self, out: &mut BytesMut) -> Result<Exchange, ServerError> {
+    /// Writes some of `out` to the server or (when `read`) reads from it, whichever is ready
+    /// first; written bytes are removed from `out`, read ones appended to `rbuf`. Without
+    /// `read` and with nothing to write it never completes. Cancel-safe.
+    pub async fn exchange(
+        &mut self,
+        out: &mut BytesMut,
+        read: bool,
+    ) -> Result<Exchange, ServerError> {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(16 * 1024);
         }
@@ -474,6 +479,9 @@ impl ServerConn {
                     out.advance(n);
                     return Poll::Ready(Ok(Exchange::Wrote));
                 }
+            }
+            if !read {
+                return Poll::Pending;
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, rbuf) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(ServerError::Closed)),

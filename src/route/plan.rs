@@ -79,6 +79,9 @@ pub struct RequestFacts {
     /// How its statements bear on primary/replica routing.
     pub routing: Routing,
     pub sole: Sole,
+    /// A simple Query, or extended messages through a Sync: the whole request is known (one
+    /// ending in a Flush may continue).
+    pub synced: bool,
 }
 
 /// Where the client's transaction stands.
@@ -105,6 +108,9 @@ pub struct SessionView {
     /// The database routes between a primary and replicas (transaction mode with replicas).
     /// Without routing every request runs on the primary as it is.
     pub routes: bool,
+    /// A server connection the client moved on from is still answering requests before this
+    /// one.
+    pub earlier: bool,
 }
 
 /// What to do with a request.
@@ -116,6 +122,9 @@ pub enum Plan {
     Answer(Local),
     /// Runs on this target (a server connection is attached first when none is).
     Send(Target),
+    /// Runs on this target on a server connection of its own while the attached one (outside
+    /// a transaction) finishes the replies it owes; those come first.
+    MoveOn(Target),
     /// Must wait until the attached server connection has answered what is in flight, then
     /// be planned again.
     Wait,
@@ -157,7 +166,13 @@ pub fn plan(request: &RequestFacts, session: &SessionView) -> Plan {
         _ => request.routing.target(session.preference),
     };
     match (session.pin, target) {
-        // The replica finishes what it has; then the request is planned afresh.
+        // Behind a replica's replies: a whole request moves on to the primary at once; one
+        // that may continue (ended by a Flush), or a second move, waits for the replica.
+        (TxPin::Attached(Upstream::Replica(_)), Target::Primary)
+            if request.synced && !session.earlier =>
+        {
+            Plan::MoveOn(Target::Primary)
+        }
         (TxPin::Attached(Upstream::Replica(_)), Target::Primary) => Plan::Wait,
         // Reads behind requests in flight on the primary stay there, in order.
         (TxPin::Attached(Upstream::Primary), _) => Plan::Send(Target::Primary),
@@ -188,6 +203,7 @@ mod tests {
         RequestFacts {
             routing: Routing::of(&classified.classification, classified.scan.hint.as_ref()),
             sole: Sole::of(sql.as_bytes(), &classified),
+            synced: true,
         }
     }
 
@@ -196,6 +212,7 @@ mod tests {
             pin,
             preference: RoutePreference::Auto,
             routes: true,
+            earlier: false,
         }
     }
 
@@ -265,13 +282,13 @@ mod tests {
             ),
             // Behind the primary's replies in flight, reads stay on the primary.
             ("SELECT 1", PRIMARY, Send(primary)),
-            // A write behind a replica's replies waits for them, a read joins them.
-            ("UPDATE t SET a = 1", REPLICA, Wait),
+            // A write behind a replica's replies moves on to the primary, a read joins them.
+            ("UPDATE t SET a = 1", REPLICA, MoveOn(primary)),
             ("SELECT 1", REPLICA, Send(replica)),
             // Held BEGIN.
             ("BEGIN", TxPin::None, Answer(Local::HoldBegin)),
             ("BEGIN", PRIMARY, Send(primary)),
-            ("BEGIN", REPLICA, Wait),
+            ("BEGIN", REPLICA, MoveOn(primary)),
             (
                 "COMMIT",
                 TxPin::HeldBegin,
@@ -314,6 +331,23 @@ mod tests {
                 "{sql} {pin:?}"
             );
         }
+    }
+
+    #[test]
+    fn moving_on_once_and_only_for_whole_requests() {
+        let write = facts("UPDATE t SET a = 1");
+        let mut view = session(REPLICA);
+        assert_eq!(plan(&write, &view), Plan::MoveOn(Target::Primary));
+        // A second connection is already finishing: wait for it.
+        view.earlier = true;
+        assert_eq!(plan(&write, &view), Plan::Wait);
+        // A batch ended by a Flush may go on: it waits for the replica.
+        view.earlier = false;
+        let flushed = RequestFacts {
+            synced: false,
+            ..write
+        };
+        assert_eq!(plan(&flushed, &view), Plan::Wait);
     }
 
     #[test]

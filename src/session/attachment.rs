@@ -525,6 +525,18 @@ impl Attachment {
         }
     }
 
+    /// Where a CancelRequest for the statement running on this connection goes.
+    pub(super) fn cancel_target(&mut self) -> crate::cancel::CancelTarget {
+        let dialer = self.server.pool().dialer().clone();
+        let conn = self.server.conn_mut();
+        crate::cancel::CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
+            key: conn.key,
+            dialer,
+        }
+    }
+
     /// Queues a ReadyForQuery the client's connection now waits for.
     pub(super) fn push_expect(&mut self, expect: Expect) {
         self.expect.push_back(expect);

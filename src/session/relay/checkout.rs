@@ -58,7 +58,7 @@ impl Relay {
             };
             (tenant_permit, checkout)
         };
-        let mut server = match checkout {
+        let server = match checkout {
             Ok(s) => s,
             Err(e) => {
                 self.app.metrics.error(e.kind());
@@ -66,15 +66,8 @@ impl Relay {
                 return Err(checkout_report(&e, Severity::Error));
             }
         };
-        let dialer = server.pool().dialer().clone();
-        let conn = server.conn_mut();
-        self.info.key.running(CancelTarget {
-            host: conn.host.clone(),
-            port: conn.port,
-            key: conn.key,
-            dialer,
-        });
         let mut att = Attachment::new(server);
+        self.info.key.running(att.cancel_target());
         att.upstream = upstream;
         att.tenant_permit = tenant_permit;
         self.tenant_on_checkout(&mut att);

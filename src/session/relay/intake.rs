@@ -64,6 +64,8 @@ impl Relay {
         }
         let classified = self.classify_text(&frame);
         if self.held.is_empty() && self.continues_attached(&frame) {
+            // The attached connection serves it (or nothing does: COPY data outside COPY, the
+            // rest of a failed batch, Terminate); no target is chosen.
             return self
                 .on_client_frame((frame, classified), Target::Primary)
                 .await;
@@ -98,7 +100,7 @@ impl Relay {
             MessageRole::Terminate | MessageRole::Unknown | MessageRole::Copy => true,
             _ => match self.session_view().pin {
                 TxPin::Pinned(_) => true,
-                TxPin::None | TxPin::HeldBegin | TxPin::Attached { .. } => {
+                TxPin::None | TxPin::HeldBegin | TxPin::Attached(_) => {
                     matches!(self.phase, Phase::SkipToSync)
                 }
             },
@@ -122,6 +124,7 @@ impl Relay {
             pin,
             preference: self.route_preference,
             routes: self.topology.is_some() && self.mode == PoolMode::Transaction,
+            earlier: self.earlier.is_some(),
         }
     }
 
@@ -147,6 +150,23 @@ impl Relay {
                     continue;
                 }
                 Plan::Send(target) => target,
+                Plan::MoveOn(target) => match self.attach(target).await {
+                    Ok(att) => {
+                        let current = Phase::Attached(Box::new(att));
+                        if let Phase::Attached(old) = std::mem::replace(&mut self.phase, current) {
+                            self.earlier = Some(old);
+                        }
+                        target
+                    }
+                    Err(report) => {
+                        // Nothing of the request runs; its error comes in its turn.
+                        for _ in 0..len {
+                            self.held.pop_front();
+                        }
+                        self.answer_in_turn(LocalReply::Failed(report));
+                        continue;
+                    }
+                },
                 // The attached connection serves it; no target is chosen.
                 Plan::Continue => Target::Primary,
             };
@@ -220,9 +240,16 @@ impl Relay {
             }
             _ => Sole::Other,
         };
+        let synced = request().last().is_some_and(|(frame, _)| {
+            matches!(
+                frontend::role(frame.tag()),
+                MessageRole::Sync | MessageRole::Request
+            )
+        });
         RequestFacts {
             routing: routing.unwrap_or(Routing::PRIMARY),
             sole,
+            synced,
         }
     }
 

@@ -31,7 +31,6 @@ use super::resync::{self, Quiet};
 use super::statements::ClientStatements;
 use super::{checkout_report, SessionInfo};
 use crate::app::App;
-use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::pool::health::Topology;
 use crate::pool::notify::{self, Sink};
@@ -174,6 +173,10 @@ pub struct Relay {
     held: intake::Held,
     /// The replies owed to the client, in order.
     replies: queue::ReplyQueue,
+    /// A server connection the client moved on from outside a transaction (a replica, when a
+    /// request for the primary came behind reads in flight): it owes the front replies, gets
+    /// no new requests, and is released once it has answered them. Only while attached.
+    earlier: Option<Box<Attachment>>,
     /// The sequence of this client's last write on the primary (read-your-writes).
     last_write: u64,
     /// `SET pgsidecar.route`.
@@ -206,6 +209,7 @@ impl Relay {
             topology,
             held: intake::Held::default(),
             replies: queue::ReplyQueue::default(),
+            earlier: None,
             last_write: 0,
             route_preference: RoutePreference::Auto,
             app,
@@ -239,13 +243,18 @@ impl Relay {
                 report.write(&mut self.client.wbuf);
             }
         }
+        let server_lost = matches!(
+            outcome,
+            Err(RelayError::Server(_) | RelayError::ServerFrame(_))
+        );
+        if let Some(earlier) = self.earlier.take() {
+            if !server_lost {
+                clean_and_release(*earlier, self.mode).await;
+            }
+        }
         let phase = std::mem::replace(&mut self.phase, Phase::Detached);
         if let Phase::Attached(att) = phase {
             self.info.key.detach().await;
-            let server_lost = matches!(
-                outcome,
-                Err(RelayError::Server(_) | RelayError::ServerFrame(_))
-            );
             if !server_lost {
                 clean_and_release(*att, self.mode).await;
             }
@@ -272,10 +281,17 @@ impl Relay {
                     // Requests held behind the attached server count too (backpressure).
                     let room = att.wbuf.len() < SERVER_WRITE_CHUNK
                         && self.held.bytes() < intake::MAX_HELD_BYTES;
-                    let timer = att.next_timer(&self.app.config.limits);
+                    // The connection the client moved on from owes the front replies: only it
+                    // is read (and timed) until it is done; the current one is written to.
+                    let earlier = self.earlier.as_deref();
+                    let timer = earlier.unwrap_or(att).next_timer(&self.app.config.limits);
+                    let read_current = earlier.is_none();
                     // Notifications go out between messages, never inside one; those of a
                     // transaction that notified wait for its ReadyForQuery (replies.rs).
-                    let between_messages = att.passthrough.is_none() && !att.notified;
+                    let between_messages = [Some(&**att), earlier]
+                        .into_iter()
+                        .flatten()
+                        .all(|a| a.passthrough.is_none() && !a.notified);
                     tokio::select! {
                         Some(message) = next_notification(&mut self.notifications), if between_messages => {
                             let message = self.for_client(message).unwrap_or_default();
@@ -283,11 +299,11 @@ impl Relay {
                             let n = self.client.flush().await?;
                             self.app.metrics.client_bytes_sent.inc_by(n as u64);
                         }
-                        event = att.server.conn_mut().exchange(&mut att.wbuf) => {
+                        event = att.server.conn_mut().exchange(&mut att.wbuf, read_current) => {
                             match event {
                                 Ok(Exchange::Read) => {
                                     att.last_server_bytes = Instant::now();
-                                    if let Some(end) = self.on_server_bytes().await? {
+                                    if let Some(end) = self.on_server_bytes(Which::Current).await? {
                                         return Ok(end);
                                     }
                                 }
@@ -295,7 +311,25 @@ impl Relay {
                                 // A replica that goes away ends the request, not the session
                                 // (unless a reply was halfway through to the client).
                                 Err(e) if att.upstream.is_replica() && att.passthrough.is_none() => {
-                                    self.replica_lost(e).await?;
+                                    self.replica_lost(Which::Current, e).await?;
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        event = earlier_exchange(&mut self.earlier) => {
+                            let Some(earlier) = self.earlier.as_deref_mut() else {
+                                continue;
+                            };
+                            match event {
+                                Ok(Exchange::Read) => {
+                                    earlier.last_server_bytes = Instant::now();
+                                    if let Some(end) = self.on_server_bytes(Which::Earlier).await? {
+                                        return Ok(end);
+                                    }
+                                }
+                                Ok(Exchange::Wrote) => {}
+                                Err(e) if earlier.upstream.is_replica() && earlier.passthrough.is_none() => {
+                                    self.replica_lost(Which::Earlier, e).await?;
                                 }
                                 Err(e) => return Err(e.into()),
                             }
@@ -311,11 +345,25 @@ impl Relay {
                             match timer {
                                 Some(Timer::IdleInTransaction(_)) => return Err(RelayError::IdleInTransaction),
                                 Some(Timer::QueryTimeout(_)) => {
-                                    att.expect.front_cancelled = Some(Instant::now());
                                     self.app.metrics.error("query_timeout");
-                                    self.info.key.cancel_in_background();
+                                    match self.earlier.as_deref_mut() {
+                                        Some(earlier) => {
+                                            earlier.expect.front_cancelled = Some(Instant::now());
+                                            // The client's key points at its current connection.
+                                            // This one is closed afterwards, never pooled: the
+                                            // cancel may land after its release.
+                                            earlier.uncertain = true;
+                                            let target = earlier.cancel_target();
+                                            tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
+                                        }
+                                        None => {
+                                            att.expect.front_cancelled = Some(Instant::now());
+                                            self.info.key.cancel_in_background();
+                                        }
+                                    }
                                 }
-                                Some(Timer::Abandon(_)) => self.abandon().await?,
+                                Some(Timer::Abandon(_)) if self.earlier.is_some() => self.abandon(Which::Earlier).await?,
+                                Some(Timer::Abandon(_)) => self.abandon(Which::Current).await?,
                                 None => {}
                             }
                         }
@@ -392,7 +440,8 @@ impl Relay {
     /// After client messages were handled: replies the sidecar gives itself with nothing ahead
     /// of them go out, and so does everything queued for the client.
     async fn finish_client_turn(&mut self) -> Result<(), RelayError> {
-        if let Phase::Attached(att) = &mut self.phase {
+        // The current connection's replies wait while an earlier one owes the front ones.
+        if let (Phase::Attached(att), None) = (&mut self.phase, &self.earlier) {
             while let Some(bytes) = att.pop_current_synthesized() {
                 self.client.wbuf.extend_from_slice(&bytes);
             }
@@ -426,11 +475,10 @@ impl Relay {
 
     /// Replies to the client's requests are still to come from the server.
     fn owes_replies(&self) -> bool {
+        let owes = |att: &Attachment| !att.expect.is_empty() || !att.pending.is_empty();
         !self.replies.is_empty()
-            || matches!(
-                &self.phase,
-                Phase::Attached(att) if !att.expect.is_empty() || !att.pending.is_empty()
-            )
+            || self.earlier.as_deref().is_some_and(owes)
+            || matches!(&self.phase, Phase::Attached(att) if owes(att))
     }
 
     /// The transaction status the client was last told of (replies the sidecar gives itself
@@ -476,6 +524,24 @@ impl Relay {
 fn bound_statement(body: &[u8]) -> Option<&[u8]> {
     let (_, rest) = split_cstr(body)?;
     split_cstr(rest).map(|(name, _)| name)
+}
+
+/// Which of the client's server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    /// The one its latest request went to.
+    Current,
+    /// The one it moved on from, still answering.
+    Earlier,
+}
+
+/// Reads from (and writes to) the connection the client moved on from, or never when there is
+/// none.
+async fn earlier_exchange(earlier: &mut Option<Box<Attachment>>) -> Result<Exchange, ServerError> {
+    match earlier {
+        Some(att) => att.server.conn_mut().exchange(&mut att.wbuf, true).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next notification for the client, or never when it does not listen.

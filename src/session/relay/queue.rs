@@ -15,14 +15,15 @@ use super::sql_names::local_deallocate;
 use crate::protocol::backend::{self, ErrorReport, TransactionStatus};
 use crate::protocol::sqlstate::SqlState;
 use crate::route::plan::ROUTE_SETTING;
+use crate::route::replica::Upstream;
 use crate::session::statements::{ClientStatements, Prepared};
 
 /// Where a slot's reply comes from.
 #[derive(Debug)]
 pub(super) enum Slot {
-    /// The next client-visible ReadyForQuery of the attached server connection, with the
-    /// messages before it.
-    Server,
+    /// The next client-visible ReadyForQuery of the client's server connection of this
+    /// upstream, with the messages before it.
+    Server(Upstream),
     /// A reply the sidecar gives itself when everything before it has been answered.
     Local(LocalReply),
 }
@@ -38,6 +39,8 @@ pub(super) enum LocalReply {
     Done(&'static str),
     /// A value `pgsidecar.route` does not take.
     BadRoute(String),
+    /// A request that could not run (no server connection for it): its error.
+    Failed(ErrorReport),
 }
 
 impl LocalReply {
@@ -60,6 +63,7 @@ impl LocalReply {
                 ),
             )
             .write(out),
+            LocalReply::Failed(report) => report.write(out),
         }
         backend::ready_for_query(out, status);
     }
@@ -77,9 +81,9 @@ impl ReplyQueue {
         self.slots.is_empty()
     }
 
-    /// The client asked the attached server connection for a reply.
-    pub(super) fn push_server(&mut self) {
-        self.slots.push_back(Slot::Server);
+    /// The client asked its server connection of `upstream` for a reply.
+    pub(super) fn push_server(&mut self, upstream: Upstream) {
+        self.slots.push_back(Slot::Server(upstream));
     }
 
     /// A reply the sidecar gives itself: returned when it is due now (nothing before it),
@@ -94,10 +98,15 @@ impl ReplyQueue {
 
     /// The server answered the client's front request (or never will: a Query it discarded
     /// after an error in a batch, a Sync it ignored during COPY): its slot goes.
-    pub(super) fn server_done(&mut self) {
-        // A reply the sidecar gives itself is rendered as soon as it reaches the front, so the
-        // first server slot is the front one.
-        match self.slots.iter().position(|s| matches!(s, Slot::Server)) {
+    pub(super) fn server_done(&mut self, upstream: Upstream) {
+        // A reply the sidecar gives itself is rendered as soon as it reaches the front, and a
+        // server connection is read only while its slots are at the front: the first slot of
+        // `upstream` is the front one.
+        match self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::Server(u) if *u == upstream))
+        {
             Some(i) => {
                 self.slots.remove(i);
             }
@@ -128,15 +137,15 @@ mod tests {
             q.push_local(LocalReply::Done("SET")),
             Some(LocalReply::Done("SET"))
         ));
-        q.push_server();
+        q.push_server(Upstream::Replica(0));
         assert!(q.push_local(LocalReply::Done("SET")).is_none());
-        q.push_server();
+        q.push_server(Upstream::Primary);
         assert!(q.push_local(LocalReply::Done("RESET")).is_none());
         assert!(q.pop_due().is_none());
-        q.server_done();
+        q.server_done(Upstream::Replica(0));
         assert!(matches!(q.pop_due(), Some(LocalReply::Done("SET"))));
         assert!(q.pop_due().is_none());
-        q.server_done();
+        q.server_done(Upstream::Primary);
         assert!(matches!(q.pop_due(), Some(LocalReply::Done("RESET"))));
         assert!(q.is_empty());
     }

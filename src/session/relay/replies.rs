@@ -17,8 +17,11 @@ const STANDBY_PARAMETERS: &[&str] = &[
 impl Relay {
     /// Scans what the server sent: forwards or swallows each message, tracks ReadyForQuery,
     /// and releases the server connection when the client no longer needs it.
-    pub(super) async fn on_server_bytes(&mut self) -> Result<Option<End>, RelayError> {
-        self.forward_replies().await?;
+    pub(super) async fn on_server_bytes(
+        &mut self,
+        which: Which,
+    ) -> Result<Option<End>, RelayError> {
+        self.forward_replies(which).await?;
         if self.held.is_empty() {
             return Ok(None);
         }
@@ -28,10 +31,12 @@ impl Relay {
         Ok(end)
     }
 
-    async fn forward_replies(&mut self) -> Result<(), RelayError> {
+    async fn forward_replies(&mut self, which: Which) -> Result<(), RelayError> {
         let max = self.app.config.max_message_size;
-        let Phase::Attached(att) = &mut self.phase else {
-            return Ok(());
+        let att = match (which, &mut self.phase, &mut self.earlier) {
+            (Which::Current, Phase::Attached(att), _) => att,
+            (Which::Earlier, _, Some(att)) => att,
+            _ => return Ok(()),
         };
         let metrics = &self.app.metrics;
         let client = &mut self.client;
@@ -77,7 +82,7 @@ impl Relay {
             if header.tag == COPY_IN_RESPONSE_TAG && att.note_copy_in() {
                 // The client's Sync the server now ignores gets no reply; what the sidecar
                 // answers itself behind it goes before the COPY begins.
-                replies.server_done();
+                replies.server_done(att.upstream);
                 emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
                 render_due(client, replies, statements, att.status, metrics).await?;
             }
@@ -281,11 +286,11 @@ impl Relay {
             }
             if header.tag == READY_FOR_QUERY_TAG {
                 if client_slot_done {
-                    replies.server_done();
+                    replies.server_done(att.upstream);
                 }
                 // Syncs the server ignored during COPY get no ReadyForQuery.
                 while att.skip_unanswered(false) {
-                    replies.server_done();
+                    replies.server_done(att.upstream);
                 }
                 // Replies the sidecar gives itself, now that their turn has come.
                 emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
@@ -319,9 +324,14 @@ impl Relay {
             if step != Quiet::Release {
                 return Ok(());
             }
-            self.release().await;
-            if self.app.draining.is_cancelled() {
-                return Err(RelayError::Shutdown);
+            match which {
+                Which::Current => {
+                    self.release().await;
+                    if self.app.draining.is_cancelled() {
+                        return Err(RelayError::Shutdown);
+                    }
+                }
+                Which::Earlier => self.release_earlier(),
             }
         }
         Ok(())
@@ -333,15 +343,14 @@ impl Relay {
     /// every request the client waits for ends with 57014, and the server connection is
     /// closed, never reused. Inside a message already half forwarded the client cannot be told
     /// cleanly: the session ends as when the upstream is lost.
-    pub(super) async fn abandon(&mut self) -> Result<(), RelayError> {
-        let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) else {
+    pub(super) async fn abandon(&mut self, which: Which) -> Result<(), RelayError> {
+        let Some(att) = self.take_attachment(which).await else {
             return Ok(());
         };
         self.app.metrics.error("query_abandoned");
         tracing::warn!(
             "the server did not answer after a query-timeout cancel; closing its connection"
         );
-        self.info.key.detach().await;
         if att.passthrough.is_some() {
             return Err(RelayError::Server(crate::pool::ServerError::Closed));
         }
@@ -350,7 +359,7 @@ impl Relay {
             "canceling statement due to statement timeout: the server did not answer",
         );
         self.fail_owed(&att, |_, out| cancelled.write(out));
-        if att.batch.is_some() {
+        if att.batch.is_some() && matches!(self.phase, Phase::Detached) {
             // An extended batch the client has not ended yet: the rest up to its Sync is
             // dropped, and the Sync answered.
             cancelled.write(&mut self.client.wbuf);
@@ -359,6 +368,39 @@ impl Relay {
         // Dropping the attachment closes the server connection.
         drop(att);
         self.write_client().await
+    }
+
+    /// Takes one of the client's server connections out of the session (lost, or given up):
+    /// without its current one the client is detached, unless it still has the one it moved on
+    /// from, which becomes current.
+    pub(super) async fn take_attachment(&mut self, which: Which) -> Option<Box<Attachment>> {
+        match which {
+            Which::Current => match std::mem::replace(&mut self.phase, Phase::Detached) {
+                Phase::Attached(att) => {
+                    self.info.key.detach().await;
+                    if let Some(earlier) = self.earlier.take() {
+                        self.phase = Phase::Attached(earlier);
+                    }
+                    Some(att)
+                }
+                other => {
+                    self.phase = other;
+                    None
+                }
+            },
+            Which::Earlier => self.earlier.take(),
+        }
+    }
+
+    /// The connection the client moved on from has answered everything: back to its pool.
+    fn release_earlier(&mut self) {
+        if let Some(att) = self.earlier.take() {
+            if att.uncertain {
+                tracing::debug!("closing a server connection whose replies are uncertain");
+            } else {
+                att.server.release();
+            }
+        }
     }
 }
 
@@ -373,7 +415,7 @@ impl Relay {
                 report(i, out);
                 backend::ready_for_query(out, TransactionStatus::Idle);
             }
-            self.replies.server_done();
+            self.replies.server_done(att.upstream);
             while let Some(local) = self.replies.pop_due() {
                 local.render(out, &mut self.statements, TransactionStatus::Idle);
             }
@@ -434,7 +476,7 @@ fn match_pending(
             if !att.skip_unanswered(true) {
                 break;
             }
-            replies.server_done();
+            replies.server_done(att.upstream);
         }
         // Errors always reach the client.
         return Some(Reply::Forward);

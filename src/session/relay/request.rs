@@ -328,7 +328,7 @@ impl Relay {
                     att.push_expect(Expect {
                         source: Source::Sync(batch),
                     });
-                    self.replies.push_server();
+                    self.replies.push_server(att.upstream);
                     if let Some(ends) = att.forget_parsed_at_sync.take() {
                         extended::forget_parsed_since_catalog_change(att, ends);
                     }
@@ -359,7 +359,7 @@ impl Relay {
                 copy_ends,
             },
         });
-        self.replies.push_server();
+        self.replies.push_server(att.upstream);
         if let (Some(ends), true) = (effects.ends_transaction, att.catalog_changed) {
             if in_batch || effects.copy_from {
                 // Not while the server may skip to a Sync or read COPY data: after the client's

@@ -11,11 +11,14 @@ impl Relay {
     /// client's session is sound: every request it still waits for gets an ERROR (08006) and a
     /// ReadyForQuery, the replica is ejected until its next good check, and the client's next
     /// request goes elsewhere. The sidecar does not retry the request: it may have run.
-    pub(super) async fn replica_lost(&mut self, error: ServerError) -> Result<(), RelayError> {
-        let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) else {
+    pub(super) async fn replica_lost(
+        &mut self,
+        which: Which,
+        error: ServerError,
+    ) -> Result<(), RelayError> {
+        let Some(att) = self.take_attachment(which).await else {
             return Ok(());
         };
-        self.info.key.detach().await;
         self.app.metrics.error("replica_lost");
         tracing::warn!(error = %error, "the replica serving a client was lost");
         if let Some(topology) = &self.topology {
@@ -29,7 +32,7 @@ impl Relay {
                 ErrorReport::error(SqlState::CONNECTION_FAILURE, message).write(out);
             }
         });
-        if att.batch.is_some() {
+        if att.batch.is_some() && matches!(self.phase, Phase::Detached) {
             // The rest of the open batch is dropped up to its Sync, which gets its answer.
             ErrorReport::error(SqlState::CONNECTION_FAILURE, message).write(&mut self.client.wbuf);
             self.phase = Phase::SkipToSync;
