@@ -79,49 +79,7 @@ impl App {
                 UserAuth::prepare(user, &rng).map_err(AppError::User)?,
             );
         }
-        let mut databases = HashMap::new();
-        for db in &config.databases {
-            let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
-                let options = ConnectOptions {
-                    dialer: dialer.clone(),
-                    ..ConnectOptions::for_url(
-                        url,
-                        config.pool.connect_timeout,
-                        config.pool.tcp_keepalive,
-                    )?
-                };
-                Ok::<_, AppError>(Arc::new(Pool::new(
-                    label,
-                    url.clone(),
-                    config.pool.clone(),
-                    options,
-                    Arc::clone(&metrics),
-                )))
-            };
-            let primary = pool_for(db.name.clone(), &db.primary)?;
-            let mut topology = None;
-            if let Some(replicas) = &db.replicas {
-                let replica_pools = replicas
-                    .urls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, url)| pool_for(format!("{}/replica{i}", db.name), url))
-                    .collect::<Result<Vec<_>, _>>()?;
-                topology = Some(Arc::new(Topology::new(
-                    &db.name,
-                    Arc::clone(&primary),
-                    replica_pools,
-                    replicas.clone(),
-                    &metrics,
-                )));
-            }
-            let database = Database {
-                name: db.name.clone(),
-                primary,
-                replicas: topology,
-            };
-            databases.insert(db.name.clone(), Arc::new(database));
-        }
+        let databases = databases(&config, &metrics, &dialer)?;
         let tls = match &config.tls {
             Some(settings) => Some(crate::tls::acceptor(&settings.files)?),
             None => None,
@@ -251,4 +209,57 @@ impl App {
             pool.close_idle();
         }
     }
+}
+
+/// The databases of the configuration, by name: each one's pools (not connected yet) and, with
+/// replicas, their topology.
+fn databases(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    dialer: &crate::stream::Dialer,
+) -> Result<HashMap<String, Arc<Database>>, AppError> {
+    let mut databases = HashMap::new();
+    for db in &config.databases {
+        let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
+            let options = ConnectOptions {
+                dialer: dialer.clone(),
+                ..ConnectOptions::for_url(
+                    url,
+                    config.pool.connect_timeout,
+                    config.pool.tcp_keepalive,
+                )?
+            };
+            Ok::<_, AppError>(Arc::new(Pool::new(
+                label,
+                url.clone(),
+                config.pool.clone(),
+                options,
+                Arc::clone(metrics),
+            )))
+        };
+        let primary = pool_for(db.name.clone(), &db.primary)?;
+        let mut topology = None;
+        if let Some(replicas) = &db.replicas {
+            let replica_pools = replicas
+                .urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| pool_for(format!("{}/replica{i}", db.name), url))
+                .collect::<Result<Vec<_>, _>>()?;
+            topology = Some(Arc::new(Topology::new(
+                &db.name,
+                Arc::clone(&primary),
+                replica_pools,
+                replicas.clone(),
+                metrics,
+            )));
+        }
+        let database = Database {
+            name: db.name.clone(),
+            primary,
+            replicas: topology,
+        };
+        databases.insert(db.name.clone(), Arc::new(database));
+    }
+    Ok(databases)
 }

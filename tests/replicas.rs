@@ -605,18 +605,6 @@ async fn connect_replica_superuser(db: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Polls the replica until `sql` (a count) is positive (bounded: panics after 20 s).
-async fn until_on_replica(standby: &tokio_postgres::Client, sql: &str) {
-    for _ in 0..1000 {
-        let n: i64 = standby.query_one(sql, &[]).await.unwrap().get(0);
-        if n > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never true on the replica: {sql}");
-}
-
 /// A transaction on the primary holding an ACCESS EXCLUSIVE lock on `table`, once the replica
 /// has replayed it (a read of `table` on the replica then waits until the transaction ends),
 /// and a superuser connection to the replica.
@@ -625,7 +613,7 @@ async fn lock_on_replica(
     table: &str,
 ) -> (tokio_postgres::Client, tokio_postgres::Client) {
     let standby = connect_replica_superuser(db).await;
-    until_on_replica(
+    until_positive(
         &standby,
         &format!("SELECT count(*) FROM pg_class WHERE relname = '{table}'"),
     )
@@ -637,7 +625,7 @@ async fn lock_on_replica(
         ))
         .await
         .unwrap();
-    until_on_replica(
+    until_positive(
         &standby,
         &format!(
             "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass \

@@ -239,9 +239,13 @@ pub fn rss_kib() -> u64 {
 /// Polls (bounded: panics after 20 s) until `sql`, run directly on database `db` as the
 /// superuser, returns a count of at least one.
 pub async fn until_count(db: &str, sql: &str) {
-    let admin = connect_direct_superuser(db).await;
+    until_positive(&connect_direct_superuser(db).await, sql).await;
+}
+
+/// Polls `sql` (a count) through `client` until it is positive (bounded: panics after 20 s).
+pub async fn until_positive(client: &tokio_postgres::Client, sql: &str) {
     for _ in 0..1000 {
-        let n: i64 = admin.query_one(sql, &[]).await.unwrap().get(0);
+        let n: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
         if n > 0 {
             return;
         }

@@ -300,38 +300,13 @@ impl Relay {
                             self.app.metrics.client_bytes_sent.inc_by(n as u64);
                         }
                         event = att.server.conn_mut().exchange(&mut att.wbuf, read_current) => {
-                            match event {
-                                Ok(Exchange::Read) => {
-                                    att.last_server_bytes = Instant::now();
-                                    if let Some(end) = self.on_server_bytes(Which::Current).await? {
-                                        return Ok(end);
-                                    }
-                                }
-                                Ok(Exchange::Wrote) => {}
-                                // A replica that goes away ends the request, not the session
-                                // (unless a reply was halfway through to the client).
-                                Err(e) if att.upstream.is_replica() && att.passthrough.is_none() => {
-                                    self.replica_lost(Which::Current, e).await?;
-                                }
-                                Err(e) => return Err(e.into()),
+                            if let Some(end) = self.on_exchange(Which::Current, event).await? {
+                                return Ok(end);
                             }
                         }
                         event = earlier_exchange(&mut self.earlier) => {
-                            let Some(earlier) = self.earlier.as_deref_mut() else {
-                                continue;
-                            };
-                            match event {
-                                Ok(Exchange::Read) => {
-                                    earlier.last_server_bytes = Instant::now();
-                                    if let Some(end) = self.on_server_bytes(Which::Earlier).await? {
-                                        return Ok(end);
-                                    }
-                                }
-                                Ok(Exchange::Wrote) => {}
-                                Err(e) if earlier.upstream.is_replica() && earlier.passthrough.is_none() => {
-                                    self.replica_lost(Which::Earlier, e).await?;
-                                }
-                                Err(e) => return Err(e.into()),
+                            if let Some(end) = self.on_exchange(Which::Earlier, event).await? {
+                                return Ok(end);
                             }
                         }
                         read = self.client.fill(), if room && !self.closing => {
@@ -341,32 +316,7 @@ impl Relay {
                                 return Ok(end);
                             }
                         }
-                        _ = sleep_until_some(timer) => {
-                            match timer {
-                                Some(Timer::IdleInTransaction(_)) => return Err(RelayError::IdleInTransaction),
-                                Some(Timer::QueryTimeout(_)) => {
-                                    self.app.metrics.error("query_timeout");
-                                    match self.earlier.as_deref_mut() {
-                                        Some(earlier) => {
-                                            earlier.expect.front_cancelled = Some(Instant::now());
-                                            // The client's key points at its current connection.
-                                            // This one is closed afterwards, never pooled: the
-                                            // cancel may land after its release.
-                                            earlier.uncertain = true;
-                                            let target = earlier.cancel_target();
-                                            tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
-                                        }
-                                        None => {
-                                            att.expect.front_cancelled = Some(Instant::now());
-                                            self.info.key.cancel_in_background();
-                                        }
-                                    }
-                                }
-                                Some(Timer::Abandon(_)) if self.earlier.is_some() => self.abandon(Which::Earlier).await?,
-                                Some(Timer::Abandon(_)) => self.abandon(Which::Current).await?,
-                                None => {}
-                            }
-                        }
+                        _ = sleep_until_some(timer) => self.on_timer(timer).await?,
                         _ = &mut terminate => return Err(RelayError::Shutdown),
                         _ = &mut killed => return Err(RelayError::Terminated),
                     }
@@ -396,6 +346,66 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// A deadline passed, on the connection that owes the front replies (the one the client
+    /// moved on from, while there is one).
+    async fn on_timer(&mut self, timer: Option<Timer>) -> Result<(), RelayError> {
+        let which = match self.earlier {
+            Some(_) => Which::Earlier,
+            None => Which::Current,
+        };
+        match timer {
+            Some(Timer::IdleInTransaction(_)) => return Err(RelayError::IdleInTransaction),
+            Some(Timer::QueryTimeout(_)) => {
+                self.app.metrics.error("query_timeout");
+                match (&mut self.phase, self.earlier.as_deref_mut()) {
+                    (_, Some(earlier)) => {
+                        earlier.expect.front_cancelled = Some(Instant::now());
+                        // The client's key points at its current connection. This one is
+                        // closed afterwards, never pooled: the cancel may land after a release.
+                        earlier.uncertain = true;
+                        let target = earlier.cancel_target();
+                        tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
+                    }
+                    (Phase::Attached(att), None) => {
+                        att.expect.front_cancelled = Some(Instant::now());
+                        self.info.key.cancel_in_background();
+                    }
+                    _ => {}
+                }
+            }
+            Some(Timer::Abandon(_)) => self.abandon(which).await?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// What one of the client's server connections did: bytes arrived, bytes went, or it is
+    /// gone — a replica that goes away ends the requests it owed, not the session (unless a
+    /// reply was halfway through to the client).
+    async fn on_exchange(
+        &mut self,
+        which: Which,
+        event: Result<Exchange, ServerError>,
+    ) -> Result<Option<End>, RelayError> {
+        let att = match (which, &mut self.phase, self.earlier.as_deref_mut()) {
+            (Which::Current, Phase::Attached(att), _) => att,
+            (Which::Earlier, _, Some(att)) => att,
+            _ => return Ok(None),
+        };
+        match event {
+            Ok(Exchange::Read) => {
+                att.last_server_bytes = Instant::now();
+                self.on_server_bytes(which).await
+            }
+            Ok(Exchange::Wrote) => Ok(None),
+            Err(e) if att.upstream.is_replica() && att.passthrough.is_none() => {
+                self.replica_lost(which, e).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

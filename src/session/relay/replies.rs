@@ -50,31 +50,12 @@ impl Relay {
         let transaction_mode = self.mode == PoolMode::Transaction;
         let mut cut = 0usize;
         loop {
-            // Replies the sidecar gives itself go out at their place, between messages.
-            while att.passthrough.is_none() {
-                let Some(bytes) = att.pop_current_synthesized() else {
-                    break;
-                };
-                emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
-                client.write_through(&bytes).await?;
-                metrics.client_bytes_sent.inc_by(bytes.len() as u64);
+            match stream_through(att, client, &mut cut, metrics).await? {
+                Through::MessageDone => continue,
+                Through::NeedMore => break,
+                Through::AtMessage => {}
             }
             let conn = att.server.conn_mut();
-            if let Some(mut pt) = att.passthrough.take() {
-                let take = pt.remaining.min(conn.rbuf.len() - cut);
-                if pt.reply == Reply::Swallow {
-                    emit(client, conn, &mut cut, metrics).await?;
-                    conn.consume(take);
-                } else {
-                    cut += take;
-                }
-                pt.remaining -= take;
-                if pt.remaining > 0 {
-                    att.passthrough = Some(pt);
-                    break;
-                }
-                continue;
-            }
             let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)?
             else {
                 break;
@@ -114,7 +95,6 @@ impl Relay {
             // Each message is matched once, when it is complete or starts streaming.
             let reply = match_pending(att, statements, replies, header.tag)
                 .unwrap_or_else(|| att.expect.front().map_or(Reply::Forward, Expect::reply));
-            let conn = att.server.conn_mut();
             if !inspected {
                 att.passthrough = Some(Passthrough {
                     remaining: header.frame_len,
@@ -122,144 +102,19 @@ impl Relay {
                 });
                 continue;
             }
-            let body = &conn.rbuf[cut + HEADER_LEN..cut + header.frame_len];
+            let ctx = Context {
+                metrics,
+                notifier,
+                channel_prefix: channel_prefix.as_deref(),
+                transaction_mode,
+            };
             let mut reply = reply;
-            let mut own_notifications = false;
-            let mut failed = false;
-            let mut unsolicited = false;
-            let mut notification = None;
-            let mut client_slot_done = false;
-            match header.tag {
-                READY_FOR_QUERY_TAG => {
-                    let status = body
-                        .first()
-                        .and_then(|b| TransactionStatus::from_byte(*b))
-                        .ok_or_else(|| {
-                            RelayError::ServerFrame(FrameError::BadLength {
-                                tag: header.tag,
-                                len: header.frame_len as i32 - 1,
-                            })
-                        })?;
-                    att.status = status;
-                    let done = att.expect.pop_front();
-                    if done.is_some() {
-                        att.readies += 1;
-                    }
-                    let readies = att.readies;
-                    // Anything still pending for a finished batch was skipped by the server.
-                    att.pending.retain(|p| p.after() >= readies);
-                    match done {
-                        Some(done) => {
-                            client_slot_done = done.has_client_slot();
-                            if let Source::Query { .. } = done.source {
-                                // Whatever COPY the Query ran is over.
-                                att.simple_copy_in = None;
-                            }
-                            reply = done.reply();
-                            if let Some(sent) = done.sent() {
-                                metrics.query_duration.observe(sent.elapsed().as_secs_f64());
-                            }
-                            if done.statements() > 0 && status == TransactionStatus::Idle {
-                                metrics.transactions.inc();
-                            }
-                            own_notifications = reply == Reply::Forward
-                                && status == TransactionStatus::Idle
-                                && std::mem::take(&mut att.notified)
-                                && transaction_mode
-                                && !state.channels.is_empty();
-                        }
-                        None => {
-                            // One the sidecar could not foresee (a Sync Postgres answered after
-                            // a COPY it ended with an error): the client gets it, as from
-                            // Postgres.
-                            tracing::debug!("ReadyForQuery with nothing expected");
-                            reply = Reply::Forward;
-                        }
-                    }
-                }
-                PARAMETER_STATUS_TAG => {
-                    if let Some((name, value)) = parse_parameter_status(body) {
-                        let (name, value) = (name.to_owned(), value.to_owned());
-                        conn.note_parameter(&name, &value);
-                        // Applying the client's settings tells it only what it did not know.
-                        let applying = matches!(
-                            att.expect.front(),
-                            Some(Expect {
-                                source: Source::Apply
-                            })
-                        );
-                        if applying && state.told_otherwise(&name, &value) {
-                            reply = Reply::Forward;
-                        }
-                        if att.upstream.is_replica() && STANDBY_PARAMETERS.contains(&name.as_str())
-                        {
-                            // The client's session is the primary's: it never hears of standby.
-                            reply = Reply::Swallow;
-                        }
-                        if reply == Reply::Forward {
-                            state.reported(&name, &value);
-                        }
-                    }
-                }
-                NOTIFICATION_RESPONSE_TAG => {
-                    // The client's whatever reply it is in: sent on with the sender's PID
-                    // translated, unless the LISTEN connection delivers this channel already.
-                    reply = Reply::Swallow;
-                    notification = notifier
-                        .translate(body)
-                        .filter(|(_, channel)| {
-                            !(transaction_mode && state.channels.contains(channel))
-                        })
-                        .and_then(|(message, _)| {
-                            tenancy::for_client(channel_prefix.as_deref(), message)
-                        });
-                }
-                DATA_ROW_TAG => {
-                    if let Resync::Capturing { rows, .. } = &mut att.resync {
-                        if let Err(e) = rows.add_row(body) {
-                            tracing::warn!(error = %e, "reading the session state failed");
-                            failed = true;
-                        }
-                    }
-                }
-                ERROR_RESPONSE_TAG => {
-                    metrics.error("server_error");
-                    if att.simple_copy_in.is_some() {
-                        // The COPY failed: Syncs the client sent during it are answered if
-                        // the server read them after the error, ignored if before.
-                        att.uncertain = true;
-                    }
-                    let fields = ErrorFields::parse(body);
-                    unsolicited = att.expect.is_empty()
-                        && att.pending.is_empty()
-                        && fields.severity != "FATAL";
-                    if reply == Reply::Swallow {
-                        tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
-                        failed = true;
-                    } else if fields.code == SqlState::INSUFFICIENT_PRIVILEGE.code()
-                        && fields.detail == guard::REFUSAL_DETAIL
-                    {
-                        // A tenant-guard refusal the server raised so the transaction fails
-                        // there too: the client gets it as the sidecar's own error.
-                        let mut error = bytes::BytesMut::new();
-                        ErrorReport::error(SqlState::INSUFFICIENT_PRIVILEGE, fields.message)
-                            .write(&mut error);
-                        notification = Some(error.freeze());
-                        reply = Reply::Swallow;
-                    } else if att.upstream.is_replica() && fields.severity == "FATAL" {
-                        // The replica is going away, not the client's session: the client
-                        // gets an ERROR and keeps its connection.
-                        let mut error = bytes::BytesMut::new();
-                        ErrorReport::error(SqlState::CONNECTION_FAILURE, fields.message)
-                            .with_code_text(&fields.code)
-                            .write(&mut error);
-                        notification = Some(error.freeze());
-                        reply = Reply::Swallow;
-                        att.replica_said_fatal = true;
-                    }
-                }
-                _ => {}
-            }
+            let range = cut + HEADER_LEN..cut + header.frame_len;
+            let Inspected {
+                own_notifications,
+                message: notification,
+            } = inspect(att, &ctx, state, replies, header.tag, range, &mut reply)?;
+            let conn = att.server.conn_mut();
             if own_notifications {
                 // The client's transaction notified channels it listens to: Postgres
                 // delivers those before this ReadyForQuery, and so does the sidecar.
@@ -275,23 +130,7 @@ impl Relay {
                     conn.consume(header.frame_len);
                 }
             }
-            if failed {
-                resync::injected_failed(att);
-            }
-            if unsolicited {
-                // An error nothing asked for (a message without a reply was refused): the
-                // server may now skip everything up to a Sync, so one is sent (its
-                // ReadyForQuery swallowed) before the connection serves anything else.
-                att.inject_sync();
-            }
             if header.tag == READY_FOR_QUERY_TAG {
-                if client_slot_done {
-                    replies.server_done(att.upstream);
-                }
-                // Syncs the server ignored during COPY get no ReadyForQuery.
-                while att.skip_unanswered(false) {
-                    replies.server_done(att.upstream);
-                }
                 // Replies the sidecar gives itself, now that their turn has come.
                 emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
                 render_due(client, replies, statements, att.status, metrics).await?;
@@ -303,6 +142,19 @@ impl Relay {
         }
         let conn = att.server.conn_mut();
         emit(client, conn, &mut cut, metrics).await?;
+        self.after_replies(which).await
+    }
+
+    /// The connection has answered everything and the client is outside a transaction (in
+    /// transaction mode): read-your-writes notes the client's writes, the session state is
+    /// captured if it may have changed, then the connection goes back to its pool — or stays,
+    /// when what the client holds pins it.
+    async fn after_replies(&mut self, which: Which) -> Result<(), RelayError> {
+        let att = match (which, &mut self.phase, &mut self.earlier) {
+            (Which::Current, Phase::Attached(att), _) => att,
+            (Which::Earlier, _, Some(att)) => att,
+            _ => return Ok(()),
+        };
         if self.mode == PoolMode::Transaction && att.is_quiet() {
             if std::mem::take(&mut att.wrote) {
                 if let Some(topology) = &self.topology {
@@ -439,6 +291,256 @@ async fn render_due(
         metrics.client_bytes_sent.inc_by(answer.len() as u64);
     }
     Ok(())
+}
+
+/// Where [`stream_through`] left the server's bytes.
+enum Through {
+    /// A message streamed through ended: look again.
+    MessageDone,
+    /// Everything buffered belongs to a message still streaming: read more.
+    NeedMore,
+    /// At the start of a message.
+    AtMessage,
+}
+
+/// Replies the sidecar gives itself go out at their place, between messages; then the rest of
+/// a message being streamed through is forwarded (or swallowed) as far as it has arrived.
+async fn stream_through(
+    att: &mut Attachment,
+    client: &mut ClientConn<Stream>,
+    cut: &mut usize,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Through, RelayError> {
+    while att.passthrough.is_none() {
+        let Some(bytes) = att.pop_current_synthesized() else {
+            break;
+        };
+        emit(client, att.server.conn_mut(), cut, metrics).await?;
+        client.write_through(&bytes).await?;
+        metrics.client_bytes_sent.inc_by(bytes.len() as u64);
+    }
+    let conn = att.server.conn_mut();
+    let Some(mut pt) = att.passthrough.take() else {
+        return Ok(Through::AtMessage);
+    };
+    let take = pt.remaining.min(conn.rbuf.len() - *cut);
+    if pt.reply == Reply::Swallow {
+        emit(client, conn, cut, metrics).await?;
+        conn.consume(take);
+    } else {
+        *cut += take;
+    }
+    pt.remaining -= take;
+    if pt.remaining > 0 {
+        att.passthrough = Some(pt);
+        return Ok(Through::NeedMore);
+    }
+    Ok(Through::MessageDone)
+}
+
+/// What the relay needs to inspect a message.
+struct Context<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    notifier: &'a crate::pool::notify::Notifier,
+    channel_prefix: Option<&'a str>,
+    transaction_mode: bool,
+}
+
+/// What inspecting one whole message decided, besides whether it is forwarded.
+#[derive(Default)]
+struct Inspected {
+    /// Deliver the client's own notifications before this ReadyForQuery.
+    own_notifications: bool,
+    /// A message for the client in this one's place (a notification, a rewritten error).
+    message: Option<Bytes>,
+}
+
+/// Looks at one whole message of the kinds the relay decodes (ReadyForQuery, ParameterStatus,
+/// ErrorResponse, NotificationResponse, the session-state capture's rows; notices pass): the
+/// attachment, the session state and the client's reply queue follow it, and `reply` says
+/// whether the client gets it.
+fn inspect(
+    att: &mut Attachment,
+    ctx: &Context<'_>,
+    state: &mut crate::session::state::SessionState,
+    replies: &mut queue::ReplyQueue,
+    tag: u8,
+    range: std::ops::Range<usize>,
+    reply: &mut Reply,
+) -> Result<Inspected, RelayError> {
+    let mut out = Inspected::default();
+    let frame_len = range.len() + HEADER_LEN;
+    let conn = att.server.conn_mut();
+    let body = &conn.rbuf[range];
+    match tag {
+        READY_FOR_QUERY_TAG => {
+            let status = body.first().copied();
+            let client_slot_done = ready(att, ctx, state, status, frame_len, reply, &mut out)?;
+            // The client's request is answered; Syncs the server ignored during COPY never
+            // will be.
+            if client_slot_done {
+                replies.server_done(att.upstream);
+            }
+            while att.skip_unanswered(false) {
+                replies.server_done(att.upstream);
+            }
+        }
+        PARAMETER_STATUS_TAG => {
+            if let Some((name, value)) = parse_parameter_status(body) {
+                let (name, value) = (name.to_owned(), value.to_owned());
+                conn.note_parameter(&name, &value);
+                // Applying the client's settings tells it only what it did not know.
+                let applying = matches!(
+                    att.expect.front(),
+                    Some(Expect {
+                        source: Source::Apply
+                    })
+                );
+                if applying && state.told_otherwise(&name, &value) {
+                    *reply = Reply::Forward;
+                }
+                if att.upstream.is_replica() && STANDBY_PARAMETERS.contains(&name.as_str()) {
+                    // The client's session is the primary's: it never hears of standby.
+                    *reply = Reply::Swallow;
+                }
+                if *reply == Reply::Forward {
+                    state.reported(&name, &value);
+                }
+            }
+        }
+        NOTIFICATION_RESPONSE_TAG => {
+            // The client's whatever reply it is in: sent on with the sender's PID
+            // translated, unless the LISTEN connection delivers this channel already.
+            *reply = Reply::Swallow;
+            out.message = ctx
+                .notifier
+                .translate(body)
+                .filter(|(_, channel)| !(ctx.transaction_mode && state.channels.contains(channel)))
+                .and_then(|(message, _)| tenancy::for_client(ctx.channel_prefix, message));
+        }
+        DATA_ROW_TAG => {
+            if let Resync::Capturing { rows, .. } = &mut att.resync {
+                if let Err(e) = rows.add_row(body) {
+                    tracing::warn!(error = %e, "reading the session state failed");
+                    resync::injected_failed(att);
+                }
+            }
+        }
+        ERROR_RESPONSE_TAG => {
+            let fields = ErrorFields::parse(body);
+            error(att, ctx, fields, reply, &mut out)
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// A ReadyForQuery: the transaction status, and the expected entry it answers; whether that
+/// was a request of the client's (its slot is done).
+fn ready(
+    att: &mut Attachment,
+    ctx: &Context<'_>,
+    state: &crate::session::state::SessionState,
+    status: Option<u8>,
+    frame_len: usize,
+    reply: &mut Reply,
+    out: &mut Inspected,
+) -> Result<bool, RelayError> {
+    let mut client_slot_done = false;
+    let status = status
+        .and_then(TransactionStatus::from_byte)
+        .ok_or_else(|| {
+            RelayError::ServerFrame(FrameError::BadLength {
+                tag: READY_FOR_QUERY_TAG,
+                len: frame_len as i32 - 1,
+            })
+        })?;
+    att.status = status;
+    let done = att.expect.pop_front();
+    if done.is_some() {
+        att.readies += 1;
+    }
+    let readies = att.readies;
+    // Anything still pending for a finished batch was skipped by the server.
+    att.pending.retain(|p| p.after() >= readies);
+    match done {
+        Some(done) => {
+            client_slot_done = done.has_client_slot();
+            if let Source::Query { .. } = done.source {
+                // Whatever COPY the Query ran is over.
+                att.simple_copy_in = None;
+            }
+            *reply = done.reply();
+            if let Some(sent) = done.sent() {
+                ctx.metrics
+                    .query_duration
+                    .observe(sent.elapsed().as_secs_f64());
+            }
+            if done.statements() > 0 && status == TransactionStatus::Idle {
+                ctx.metrics.transactions.inc();
+            }
+            out.own_notifications = *reply == Reply::Forward
+                && status == TransactionStatus::Idle
+                && std::mem::take(&mut att.notified)
+                && ctx.transaction_mode
+                && !state.channels.is_empty();
+        }
+        None => {
+            // One the sidecar could not foresee (a Sync Postgres answered after
+            // a COPY it ended with an error): the client gets it, as from
+            // Postgres.
+            tracing::debug!("ReadyForQuery with nothing expected");
+            *reply = Reply::Forward;
+        }
+    }
+    Ok(client_slot_done)
+}
+
+/// An ErrorResponse: counted; a failed injected statement, an unsolicited error, a guard
+/// refusal or a replica's FATAL is noted (the latter two reach the client rewritten).
+fn error(
+    att: &mut Attachment,
+    ctx: &Context<'_>,
+    fields: ErrorFields,
+    reply: &mut Reply,
+    out: &mut Inspected,
+) {
+    ctx.metrics.error("server_error");
+    if att.simple_copy_in.is_some() {
+        // The COPY failed: Syncs the client sent during it are answered if
+        // the server read them after the error, ignored if before.
+        att.uncertain = true;
+    }
+    let unsolicited = att.expect.is_empty() && att.pending.is_empty() && fields.severity != "FATAL";
+    if *reply == Reply::Swallow {
+        tracing::warn!(code = %fields.code, message = %fields.message, "a statement the sidecar sent on a server connection failed");
+        resync::injected_failed(att);
+    } else if fields.code == SqlState::INSUFFICIENT_PRIVILEGE.code()
+        && fields.detail == guard::REFUSAL_DETAIL
+    {
+        // A tenant-guard refusal the server raised so the transaction fails
+        // there too: the client gets it as the sidecar's own error.
+        let mut error = bytes::BytesMut::new();
+        ErrorReport::error(SqlState::INSUFFICIENT_PRIVILEGE, fields.message).write(&mut error);
+        out.message = Some(error.freeze());
+        *reply = Reply::Swallow;
+    } else if att.upstream.is_replica() && fields.severity == "FATAL" {
+        // The replica is going away, not the client's session: the client
+        // gets an ERROR and keeps its connection.
+        let mut error = bytes::BytesMut::new();
+        ErrorReport::error(SqlState::CONNECTION_FAILURE, fields.message)
+            .with_code_text(&fields.code)
+            .write(&mut error);
+        out.message = Some(error.freeze());
+        *reply = Reply::Swallow;
+        att.replica_said_fatal = true;
+    }
+    if unsolicited {
+        // An error nothing asked for (a message without a reply was refused): the server may
+        // now skip everything up to a Sync, so one is sent (its ReadyForQuery swallowed)
+        // before the connection serves anything else.
+        att.inject_sync();
+    }
 }
 
 /// Matches a server message to the pending reply it answers, if the server is working on an
