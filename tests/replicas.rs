@@ -55,11 +55,25 @@ async fn on_replica(client: &tokio_postgres::Client, sql: &str) -> bool {
     value == "t"
 }
 
-/// Waits until reads through `client` reach a replica (it is checked and caught up).
+/// Whether `sql` runs on the replica, tried again while a health check keeps the replica from
+/// serving reads for a moment (the read then runs on the primary, as it should).
+async fn eventually_on_replica(client: &tokio_postgres::Client, sql: &str) -> bool {
+    for _ in 0..5 {
+        if on_replica(client, sql).await {
+            return true;
+        }
+        until_replica_serves(client).await;
+    }
+    false
+}
+
+/// Waits until reads through `client` can reach a replica (it is checked and caught up).
 async fn until_replica_serves(client: &tokio_postgres::Client) {
     for _ in 0..300 {
         // Until the first good check, reads may fail where the primary may not serve them.
-        let read = client.simple_query("SELECT pg_is_in_recovery()").await;
+        let read = client
+            .simple_query("/* pgsidecar: route=replica */ SELECT pg_is_in_recovery()")
+            .await;
         let on_replica = read.ok().is_some_and(|rows| {
             rows.iter().any(|m| {
                 matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))
@@ -111,7 +125,12 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
             false,
         ),
     ] {
-        assert_eq!(on_replica(&client, sql).await, replica_expected, "{sql}");
+        let on = if replica_expected {
+            eventually_on_replica(&client, sql).await
+        } else {
+            on_replica(&client, sql).await
+        };
+        assert_eq!(on, replica_expected, "{sql}");
     }
     // SET pgsidecar.route is the sidecar's own: consumed, never sent upstream.
     client
@@ -120,7 +139,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         .unwrap();
     assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await);
     assert!(
-        on_replica(
+        eventually_on_replica(
             &client,
             "/* pgsidecar: route=replica */ SELECT pg_is_in_recovery()"
         )
@@ -130,7 +149,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         .batch_execute("SET pgsidecar.route TO 'replica'")
         .await
         .unwrap();
-    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    assert!(eventually_on_replica(&client, "SELECT pg_is_in_recovery()").await);
     // It cannot send a write to a replica.
     client
         .batch_execute("INSERT INTO t VALUES (9)")
@@ -142,7 +161,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("22023"), "{e}");
     client.batch_execute("RESET pgsidecar.route").await.unwrap();
-    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
+    assert!(eventually_on_replica(&client, "SELECT pg_is_in_recovery()").await);
     let e = client
         .simple_query("SHOW pgsidecar.route")
         .await
@@ -152,15 +171,30 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         Some("42704"),
         "never reached the server: {e}"
     );
-    // A bare BEGIN waits for the statement that decides where the transaction runs.
-    client.batch_execute("BEGIN").await.unwrap();
-    client
-        .batch_execute("SET TRANSACTION READ ONLY")
-        .await
-        .unwrap();
-    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
-    assert!(on_replica(&client, "SELECT pg_is_in_recovery()").await);
-    client.batch_execute("COMMIT").await.unwrap();
+    // A bare BEGIN waits for the statement that decides where the transaction runs. (A replica
+    // a health check found slow a moment ago serves no reads: the transaction then runs on the
+    // primary, as it should; it is tried again once the replica serves.)
+    let mut read_only_on_replica = false;
+    for _ in 0..5 {
+        until_replica_serves(&client).await;
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .batch_execute("SET TRANSACTION READ ONLY")
+            .await
+            .unwrap();
+        let first = on_replica(&client, "SELECT pg_is_in_recovery()").await;
+        let second = on_replica(&client, "SELECT pg_is_in_recovery()").await;
+        assert_eq!(first, second, "a transaction never changes server");
+        client.batch_execute("COMMIT").await.unwrap();
+        if first {
+            read_only_on_replica = true;
+            break;
+        }
+    }
+    assert!(
+        read_only_on_replica,
+        "BEGIN; SET TRANSACTION READ ONLY runs on the replica"
+    );
     for end in ["COMMIT", "ROLLBACK"] {
         client.batch_execute("BEGIN").await.unwrap();
         client.batch_execute(end).await.unwrap();
@@ -269,7 +303,7 @@ async fn a_client_reads_its_own_writes_while_the_replica_lags() {
     // Another client (scope "client") may read the lagging replica, and does (whether the
     // replica has applied the write by then depends on the machine's speed, not on routing).
     assert!(
-        on_replica(
+        eventually_on_replica(
             &other,
             "SELECT pg_is_in_recovery(), count(*) FROM w WHERE id = 2"
         )
@@ -414,7 +448,7 @@ async fn read_your_writes_by_tenant() {
         .get(0);
     assert_eq!(seen, 1, "a client of the writing tenant missed the write");
     // …while another tenant may read the lagging replica.
-    assert!(on_replica(&stranger, "SELECT pg_is_in_recovery()").await);
+    assert!(eventually_on_replica(&stranger, "SELECT pg_is_in_recovery()").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

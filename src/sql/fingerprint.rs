@@ -252,10 +252,10 @@ pub struct Scan {
     /// comments, whitespace or the case of unquoted words.
     pub fingerprint: Vec<u8>,
     /// The literals replaced, in order (inline up to 8: no allocation for most statements).
-    pub literals: SmallVec<[Literal; 8]>,
+    pub literals: SmallVec<[Literal; 2]>,
     /// Top-level statements (split at `;` outside quotes, comments and parentheses), as byte
     /// ranges of the original text, empty statements left out (inline up to 2).
-    pub statements: SmallVec<[Range<usize>; 2]>,
+    pub statements: SmallVec<[Range<usize>; 1]>,
     /// A leading `/* pgsidecar: … */` hint.
     pub hint: Option<Hint>,
 }

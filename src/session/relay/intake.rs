@@ -70,6 +70,13 @@ impl Relay {
                 .on_client_frame((frame, classified), Target::Primary)
                 .await;
         }
+        if self.held.is_empty() && !self.session_view().routes {
+            // Without routing every request runs on the primary as it is (the plan's answer
+            // for any request): nothing needs to wait for the rest of it.
+            return self
+                .on_client_frame((frame, classified), Target::Primary)
+                .await;
+        }
         self.held.push_back((frame, classified));
         self.run_held().await
     }
