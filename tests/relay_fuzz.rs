@@ -5,7 +5,9 @@
 //! client is answered or closed, never left hanging; the scripted server never receives a
 //! malformed message; and afterwards an ordinary client is served at once by the pool of one
 //! (nothing leaked, nothing left waiting for a reply that never comes).
-//! `PROPTEST_CASES` sets the number of sessions (default 1024).
+//! Twice: against the scripted server over TCP, and with a replica (both ends over in-process
+//! pipes), where requests move between the two and a client holds both at once.
+//! `PROPTEST_CASES` sets the number of sessions per run (default 1024).
 
 mod scripted;
 
@@ -226,33 +228,18 @@ fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
 struct Harness {
     runtime: tokio::runtime::Runtime,
     app: Arc<App>,
-    server: scripted::Scripted,
+    /// What the scripted server saw that it should never see.
+    violations: Arc<std::sync::Mutex<Vec<String>>>,
     sessions: AtomicUsize,
 }
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
-fn harness() -> &'static Harness {
-    static H: OnceLock<Harness> = OnceLock::new();
-    H.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            default(info);
-        }));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (app, server) = runtime.block_on(async {
-            let server = scripted::start().await;
-            let toml = format!(
-                r#"
+/// The sidecar configuration: a pool of one in front of `primary`, with `extra` lines in the
+/// database (replicas).
+fn fuzz_toml(primary: &str, extra: &str) -> String {
+    format!(
+        r#"
 listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 query_timeout = "20s"
@@ -263,21 +250,92 @@ checkout_timeout = "20s"
 
 [[database]]
 name = "fuzz"
-primary = "postgres://fuzz:secret@127.0.0.1:{}/fuzz"
+primary = "{primary}"
+{extra}
 
 [[user]]
 name = "fuzz"
 auth = "trust"
-"#,
+"#
+    )
+}
+
+/// A runtime of its own (proptest cases are synchronous), with panics counted.
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The sidecar in front of the scripted server over TCP.
+fn harness() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        let runtime = runtime();
+        let (app, violations) = runtime.block_on(async {
+            let server = scripted::start().await;
+            let url = format!(
+                "postgres://fuzz:secret@127.0.0.1:{}/fuzz",
                 server.addr.port()
             );
-            let config = Config::from_toml(&toml, &Overrides::default()).expect("config");
-            (App::new(config).expect("app"), server)
+            let config =
+                Config::from_toml(&fuzz_toml(&url, ""), &Overrides::default()).expect("config");
+            (App::new(config).expect("app"), server.violations)
         });
         Harness {
             runtime,
             app,
-            server,
+            violations,
+            sessions: AtomicUsize::new(0),
+        }
+    })
+}
+
+/// The sidecar routing between a primary and a replica, both the scripted server over
+/// in-process pipes, with the replica's health checks running and the replica serving reads:
+/// requests move between the two, and a client holds both at once.
+fn routing_harness() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        let runtime = runtime();
+        let (dialer, violations) = runtime.block_on(async { scripted::memory() });
+        let toml = fuzz_toml(
+            "postgres://fuzz:secret@primary:5432/fuzz",
+            "replicas = [\"postgres://fuzz:secret@replica:5432/fuzz\"]\n\
+             replica_check_interval = \"100ms\"\nread_your_writes = \"off\"",
+        );
+        let config = Config::from_toml(&toml, &Overrides::default()).expect("config");
+        let app = App::with_dialer(config, dialer).expect("app");
+        runtime.block_on(async {
+            let topology = app
+                .database("fuzz")
+                .and_then(|d| d.replicas.clone())
+                .expect("a replica");
+            tokio::spawn(Arc::clone(&topology).monitor(app.terminate.clone()));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !topology.replicas.iter().all(|r| r.usable()) {
+                assert!(Instant::now() < deadline, "the replica never became usable");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Harness {
+            runtime,
+            app,
+            violations,
             sessions: AtomicUsize::new(0),
         }
     })
@@ -378,6 +436,26 @@ async fn run_session(app: &Arc<App>, bytes: Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs one mutated session through `h` and checks what must always hold.
+fn check_session(h: &Harness, session: &[Msg], mutation: &Mutation) -> Result<(), TestCaseError> {
+    let mut out = BytesMut::new();
+    for m in session {
+        encode(m, &mut out);
+    }
+    let bytes = apply(out.to_vec(), mutation);
+    let outcome = h.runtime.block_on(run_session(&h.app, bytes));
+    h.sessions.fetch_add(1, Ordering::Relaxed);
+    prop_assert!(outcome.is_ok(), "{:?}", outcome);
+    let violations = std::mem::take(&mut *h.violations.lock().unwrap());
+    prop_assert!(
+        violations.is_empty(),
+        "the scripted server saw: {:?}",
+        violations
+    );
+    prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1024),
@@ -389,18 +467,33 @@ proptest! {
         session in proptest::collection::vec(msg(), 0..30),
         mutation in mutation(),
     ) {
-        let h = harness();
-        let mut out = BytesMut::new();
-        for m in &session {
-            encode(m, &mut out);
-        }
-        let bytes = apply(out.to_vec(), &mutation);
-
-        let outcome = h.runtime.block_on(run_session(&h.app, bytes));
-        h.sessions.fetch_add(1, Ordering::Relaxed);
-        prop_assert!(outcome.is_ok(), "{:?}", outcome);
-        let violations = std::mem::take(&mut *h.server.violations.lock().unwrap());
-        prop_assert!(violations.is_empty(), "the scripted server saw: {:?}", violations);
-        prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+        check_session(harness(), &session, &mutation)?;
     }
+
+    #[test]
+    fn mutated_sessions_with_a_replica_too(
+        session in proptest::collection::vec(msg(), 0..30),
+        mutation in mutation(),
+    ) {
+        check_session(routing_harness(), &session, &mutation)?;
+    }
+}
+
+/// The routing harness really moves requests: a read goes to the replica, and a write
+/// pipelined behind it moves on to the primary while the replica answers.
+#[test]
+fn the_routing_harness_uses_both_servers() {
+    let h = routing_harness();
+    let (replica_before, primary_before) = (
+        h.app.metrics.routed_replica.get(),
+        h.app.metrics.routed_primary.get(),
+    );
+    let mut out = BytesMut::new();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    frontend::query("SET search_path = public", &mut out).unwrap();
+    let outcome = h.runtime.block_on(run_session(&h.app, out.to_vec()));
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(h.app.metrics.routed_replica.get() > replica_before);
+    assert!(h.app.metrics.routed_primary.get() > primary_before);
+    assert!(h.violations.lock().unwrap().is_empty());
 }

@@ -42,6 +42,13 @@ pub struct Replica {
     ejections: IntCounter,
 }
 
+impl Replica {
+    /// Whether its last check found it healthy and within the lag limit (it serves reads).
+    pub fn usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire)
+    }
+}
+
 /// A primary WAL poll: the write sequence when it started, and the LSN it read.
 #[derive(Debug, Clone, Copy)]
 struct Poll {

@@ -5,7 +5,8 @@
 //! formed. Anything malformed is recorded as a violation and the connection closed. It listens
 //! on TCP ([`start`]) or answers in-process pipes ([`memory`]: no network, so tests may pause
 //! time). `SELECT pg_sleep(n)` sleeps (a CancelRequest ends it with 57014) and `SELECT
-//! pg_freeze()` never answers, even a cancel.
+//! pg_freeze()` never answers, even a cancel. The sidecar's replica health checks are answered
+//! as a caught-up standby would (every connection may serve as primary or replica).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -296,24 +297,39 @@ fn complete(out: &mut BytesMut, tag: &str) {
 }
 
 fn row_description(out: &mut BytesMut) {
+    row_description_of(out, &["c"]);
+}
+
+/// A RowDescription of text columns with these names.
+fn row_description_of(out: &mut BytesMut, names: &[&str]) {
     let mut body = BytesMut::new();
-    body.put_i16(1);
-    body.put_slice(b"c\0");
-    body.put_i32(0);
-    body.put_i16(0);
-    body.put_i32(25);
-    body.put_i16(-1);
-    body.put_i32(-1);
-    body.put_i16(0);
+    body.put_i16(names.len() as i16);
+    for name in names {
+        body.put_slice(name.as_bytes());
+        body.put_u8(0);
+        body.put_i32(0);
+        body.put_i16(0);
+        body.put_i32(25);
+        body.put_i16(-1);
+        body.put_i32(-1);
+        body.put_i16(0);
+    }
     message(out, b'T', &body);
 }
 
-fn data_row(out: &mut BytesMut, value: &str) {
+/// A DataRow of these text values.
+fn data_row_of(out: &mut BytesMut, values: &[&str]) {
     let mut body = BytesMut::new();
-    body.put_i16(1);
-    body.put_i32(value.len() as i32);
-    body.put_slice(value.as_bytes());
+    body.put_i16(values.len() as i16);
+    for value in values {
+        body.put_i32(value.len() as i32);
+        body.put_slice(value.as_bytes());
+    }
     message(out, b'D', &body);
+}
+
+fn data_row(out: &mut BytesMut, value: &str) {
+    data_row_of(out, &[value]);
 }
 
 /// What one statement does, by its first words: Err = it fails.
@@ -373,6 +389,14 @@ fn statement(
         message(out, b'd', b"1\n");
         message(out, b'c', b"");
         complete(out, "COPY 1");
+    } else if upper.contains("PG_LAST_WAL_REPLAY_LSN()") {
+        // The health check of a replica: in recovery, at a fixed replay position.
+        row_description_of(out, &["in_recovery", "lsn"]);
+        data_row_of(out, &["true", "0/1000"]);
+        complete(out, "SELECT 1");
+    } else if upper.contains("PG_CURRENT_WAL_INSERT_LSN()") {
+        data_row(out, "0/1000");
+        complete(out, "SELECT 1");
     } else if let Some(secs) = upper
         .strip_prefix("SELECT PG_SLEEP(")
         .and_then(|rest| rest.strip_suffix(')'))

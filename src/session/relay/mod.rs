@@ -430,8 +430,11 @@ impl Relay {
                     h.tag == frontend::COPY_DATA_TAG
                         && h.frame_len > STREAM_COPY_DATA_OVER
                         && h.frame_len <= MAX_COPY_DATA
+                        && self.held.is_empty()
                 }) {
-                    // Large COPY rows go through as they arrive, never buffered whole.
+                    // Large COPY rows go through as they arrive, never buffered whole — unless
+                    // requests before them are held: then they wait in line, whole (up to
+                    // max_message_size), so nothing overtakes or lands inside them.
                     att.client_stream = h.frame_len;
                     continue;
                 }
