@@ -507,18 +507,13 @@ async fn a_replica_behind_a_stalled_network_path_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_held_behind_a_busy_server_are_bounded() {
-    let name = fresh_user("held_bound");
-    let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
-    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE blocker (a int)")
-        .await
-        .unwrap();
-    until_replica_serves(&client).await;
-    let (locker, standby) = lock_on_replica(&name, "blocker").await;
-    let mut conn = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
-        .await
-        .unwrap();
+    let Blocked {
+        locker,
+        standby,
+        raw: mut conn,
+        _sidecar,
+        ..
+    } = blocked_replica("held_bound").await;
     // A read that waits on the replica (for the lock), then 4,000 pipelined extended requests
     // of 10 KB each (40 MB) for the primary, each ended by a Flush — a request that may go on
     // cannot move to another server, so they wait, held, until the replica is done. The
@@ -639,6 +634,40 @@ async fn connect_replica_superuser(db: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A sidecar in front of the primary and the replica, tables `blocker` and `done`, and a read
+/// of `blocker` on the replica made to wait (see [`lock_on_replica`]).
+struct Blocked {
+    name: String,
+    _sidecar: pgsidecar::listener::Running,
+    /// Holds the lock until it commits.
+    locker: tokio_postgres::Client,
+    standby: tokio_postgres::Client,
+    /// A raw protocol client of the sidecar.
+    raw: pgsidecar::pool::ServerConn,
+}
+
+async fn blocked_replica(prefix: &str) -> Blocked {
+    let name = fresh_user(prefix);
+    let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
+    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE blocker (a int); CREATE TABLE done (a int)")
+        .await
+        .unwrap();
+    until_replica_serves(&client).await;
+    let (locker, standby) = lock_on_replica(&name, "blocker").await;
+    let raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    Blocked {
+        name,
+        _sidecar: sidecar,
+        locker,
+        standby,
+        raw,
+    }
+}
+
 /// A transaction on the primary holding an ACCESS EXCLUSIVE lock on `table`, once the replica
 /// has replayed it (a read of `table` on the replica then waits until the transaction ends),
 /// and a superuser connection to the replica.
@@ -672,19 +701,14 @@ async fn lock_on_replica(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_behind_a_replica_read_runs_on_the_primary_at_once() {
-    let name = fresh_user("move_on");
-    let sidecar = start(&toml(&name, &[replica()], "read_your_writes = \"off\"")).await;
-    let client = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE blocker (a int); CREATE TABLE done (a int)")
-        .await
-        .unwrap();
-    until_replica_serves(&client).await;
     // A read of `blocker` on the replica waits until `locker` ends its transaction.
-    let (locker, _standby) = lock_on_replica(&name, "blocker").await;
-    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
-        .await
-        .unwrap();
+    let Blocked {
+        name,
+        locker,
+        mut raw,
+        _sidecar,
+        ..
+    } = blocked_replica("move_on").await;
     let mut out = bytes::BytesMut::new();
     for sql in [
         "SELECT count(*) FROM blocker",
