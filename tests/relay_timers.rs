@@ -90,26 +90,24 @@ impl Client {
     /// Message tags up to and including the next ReadyForQuery (or the close), with the
     /// SQLSTATE of each error in brackets.
     async fn tags_until_ready(&mut self) -> String {
-        let mut tags = String::new();
-        while let Some((tag, body)) = self.next().await {
-            tags.push(tag as char);
-            if tag == b'E' {
-                tags.push_str(&format!("[{}]", ErrorFields::parse(&body).code));
-            }
-            if tag == b'Z' {
-                break;
-            }
-        }
-        tags
+        self.tags(true).await
     }
 
     /// Everything until the sidecar closes the connection.
     async fn tags_until_closed(&mut self) -> String {
+        self.tags(false).await
+    }
+
+    /// Message tags until the close, or the next ReadyForQuery when `until_ready`.
+    async fn tags(&mut self, until_ready: bool) -> String {
         let mut tags = String::new();
         while let Some((tag, body)) = self.next().await {
             tags.push(tag as char);
             if tag == b'E' {
                 tags.push_str(&format!("[{}]", ErrorFields::parse(&body).code));
+            }
+            if until_ready && tag == b'Z' {
+                break;
             }
         }
         tags

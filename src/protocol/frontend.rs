@@ -69,6 +69,15 @@ pub fn parse_text(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&body[..name_end], &rest[..query_end]))
 }
 
+/// The SQL text a `Query` or `Parse` carries (`None` for other messages).
+pub fn statement_text(tag: u8, body: &[u8]) -> Option<&[u8]> {
+    match tag {
+        QUERY_TAG => query_text(body),
+        PARSE_TAG => parse_text(body).map(|(_, sql)| sql),
+        _ => None,
+    }
+}
+
 /// Appends a simple `Query` message.
 pub fn append_query(buf: &mut bytes::BytesMut, sql: &str) {
     use bytes::BufMut;

@@ -201,7 +201,7 @@ mod tests {
         let cache = ClassificationCache::new(1 << 20, Default::default());
         let classified = cache.classify(sql.as_bytes());
         RequestFacts {
-            routing: Routing::of(&classified.classification, classified.scan.hint.as_ref()),
+            routing: Routing::of(&classified),
             sole: Sole::of(sql.as_bytes(), &classified),
             synced: true,
         }

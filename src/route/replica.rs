@@ -3,6 +3,7 @@
 //! choice depends on are passed in.
 
 use crate::config::Strategy;
+use crate::sql::cache::Classified;
 use crate::sql::classify::{Classification, Effect, Isolation, Kind, StatementClass};
 use crate::sql::fingerprint::Hint;
 
@@ -125,11 +126,11 @@ impl Routing {
         hint: None,
     };
 
-    /// Routing of a classified text with its scanned hint.
-    pub fn of(classification: &Classification, hint: Option<&Hint>) -> Routing {
+    /// Routing of a classified text, with its scanned hint.
+    pub fn of(classified: &Classified) -> Routing {
         Routing {
-            kind: request_kind(classification),
-            hint: RoutePreference::from_hint(hint),
+            kind: request_kind(&classified.classification),
+            hint: RoutePreference::from_hint(classified.scan.hint.as_ref()),
         }
     }
 

@@ -333,11 +333,10 @@ impl ExpectQueue {
     /// queue): `true` for a ReadyForQuery still to come, `false` for a Sync the server will
     /// ignore (no reply for it).
     pub(super) fn client_entries(&self) -> impl Iterator<Item = bool> + '_ {
-        self.entries.iter().filter_map(|e| match e.source {
-            Source::Query { .. } | Source::Sync(_) => Some(true),
-            Source::Ignored => Some(false),
-            Source::Sidecar | Source::Apply | Source::Capture => None,
-        })
+        self.entries
+            .iter()
+            .filter(|e| e.has_client_slot())
+            .map(|e| !matches!(e.source, Source::Ignored))
     }
 
     /// Syncs the client sent while its CopyDone/CopyFail count was `copy_ends` (during a

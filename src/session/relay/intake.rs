@@ -63,16 +63,11 @@ impl Relay {
             return Err(RelayError::MalformedMessage(frame.tag()));
         }
         let classified = self.classify_text(&frame);
-        if self.held.is_empty() && self.continues_attached(&frame) {
-            // The attached connection serves it (or nothing does: COPY data outside COPY, the
-            // rest of a failed batch, Terminate); no target is chosen.
-            return self
-                .on_client_frame((frame, classified), Target::Primary)
-                .await;
-        }
-        if self.held.is_empty() && !self.session_view().routes {
-            // Without routing every request runs on the primary as it is (the plan's answer
-            // for any request): nothing needs to wait for the rest of it.
+        // The attached connection serves a frame that continues its work (or nothing does:
+        // COPY data outside COPY, the rest of a failed batch, Terminate); without routing every
+        // request runs on the primary as it is (the plan's answer for any request), so nothing
+        // waits for the rest of it.
+        if self.held.is_empty() && (!self.routes() || self.continues_attached(&frame)) {
             return self
                 .on_client_frame((frame, classified), Target::Primary)
                 .await;
@@ -85,11 +80,7 @@ impl Relay {
     /// cache — and counts it, so `pgsidecar_statements_classified_total` shows how much of the
     /// traffic the sidecar understands.
     pub(super) fn classify_text(&self, frame: &Frame) -> Option<Classified> {
-        let sql = match frame.tag() {
-            frontend::QUERY_TAG => frontend::query_text(frame.body()),
-            frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(_, query)| query),
-            _ => None,
-        }?;
+        let sql = frontend::statement_text(frame.tag(), frame.body())?;
         let classified = self.app.classifier.classify(sql);
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
@@ -130,9 +121,14 @@ impl Relay {
         SessionView {
             pin,
             preference: self.route_preference,
-            routes: self.topology.is_some() && self.mode == PoolMode::Transaction,
+            routes: self.routes(),
             earlier: self.earlier.is_some(),
         }
+    }
+
+    /// The database routes between a primary and replicas (transaction mode with replicas).
+    fn routes(&self) -> bool {
+        self.topology.is_some() && self.mode == PoolMode::Transaction
     }
 
     /// Runs the held requests that can run now, in order; stops at one that is incomplete or
@@ -287,7 +283,5 @@ impl Relay {
 
 /// Routing of one classified statement text (a text the sidecar could not read: the primary).
 fn routing_of(classified: Option<&Classified>) -> Routing {
-    classified.map_or(Routing::PRIMARY, |c| {
-        Routing::of(&c.classification, c.scan.hint.as_ref())
-    })
+    classified.map_or(Routing::PRIMARY, Routing::of)
 }

@@ -360,20 +360,19 @@ impl Relay {
             Some(Timer::IdleInTransaction(_)) => return Err(RelayError::IdleInTransaction),
             Some(Timer::QueryTimeout(_)) => {
                 self.app.metrics.error("query_timeout");
-                match (&mut self.phase, self.earlier.as_deref_mut()) {
-                    (_, Some(earlier)) => {
-                        earlier.expect.front_cancelled = Some(Instant::now());
+                let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
+                    return Ok(());
+                };
+                att.expect.front_cancelled = Some(Instant::now());
+                match which {
+                    Which::Current => self.info.key.cancel_in_background(),
+                    Which::Earlier => {
                         // The client's key points at its current connection. This one is
                         // closed afterwards, never pooled: the cancel may land after a release.
-                        earlier.uncertain = true;
-                        let target = earlier.cancel_target();
+                        att.uncertain = true;
+                        let target = att.cancel_target();
                         tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
                     }
-                    (Phase::Attached(att), None) => {
-                        att.expect.front_cancelled = Some(Instant::now());
-                        self.info.key.cancel_in_background();
-                    }
-                    _ => {}
                 }
             }
             Some(Timer::Abandon(_)) => self.abandon(which).await?,
@@ -390,10 +389,8 @@ impl Relay {
         which: Which,
         event: Result<Exchange, ServerError>,
     ) -> Result<Option<End>, RelayError> {
-        let att = match (which, &mut self.phase, self.earlier.as_deref_mut()) {
-            (Which::Current, Phase::Attached(att), _) => att,
-            (Which::Earlier, _, Some(att)) => att,
-            _ => return Ok(None),
+        let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
+            return Ok(None);
         };
         match event {
             Ok(Exchange::Read) => {
@@ -513,19 +510,6 @@ impl Relay {
         }
     }
 
-    /// Returns the server connection to the pool, once no cancel for it is in flight.
-    async fn release(&mut self) {
-        if let Phase::Attached(att) = std::mem::replace(&mut self.phase, Phase::Detached) {
-            self.info.key.detach().await;
-            if att.uncertain {
-                // Dropping a checkout closes its connection.
-                tracing::debug!("closing a server connection whose replies are uncertain");
-            } else {
-                att.server.release();
-            }
-        }
-    }
-
     async fn write_client(&mut self) -> Result<(), RelayError> {
         let n = self.client.flush().await?;
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
@@ -546,6 +530,19 @@ enum Which {
     Current,
     /// The one it moved on from, still answering.
     Earlier,
+}
+
+/// One of the client's server connections, from the fields that hold them (so the rest of the
+/// relay stays free to borrow).
+fn attachment<'a>(
+    which: Which,
+    phase: &'a mut Phase,
+    earlier: &'a mut Option<Box<Attachment>>,
+) -> Option<&'a mut Attachment> {
+    match (which, phase, earlier) {
+        (Which::Current, Phase::Attached(att), _) | (Which::Earlier, _, Some(att)) => Some(att),
+        _ => None,
+    }
 }
 
 /// Reads from (and writes to) the connection the client moved on from, or never when there is

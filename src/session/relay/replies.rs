@@ -33,10 +33,8 @@ impl Relay {
 
     async fn forward_replies(&mut self, which: Which) -> Result<(), RelayError> {
         let max = self.app.config.max_message_size;
-        let att = match (which, &mut self.phase, &mut self.earlier) {
-            (Which::Current, Phase::Attached(att), _) => att,
-            (Which::Earlier, _, Some(att)) => att,
-            _ => return Ok(()),
+        let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
+            return Ok(());
         };
         let metrics = &self.app.metrics;
         let client = &mut self.client;
@@ -47,7 +45,12 @@ impl Relay {
         let notifications = &mut self.notifications;
         // Under tenant enforcement, channels arrive as `<tenant>.<channel>`.
         let channel_prefix = &self.channel_prefix;
-        let transaction_mode = self.mode == PoolMode::Transaction;
+        let ctx = Context {
+            metrics,
+            notifier,
+            channel_prefix: channel_prefix.as_deref(),
+            transaction_mode: self.mode == PoolMode::Transaction,
+        };
         let mut cut = 0usize;
         loop {
             match stream_through(att, client, &mut cut, metrics).await? {
@@ -102,12 +105,6 @@ impl Relay {
                 });
                 continue;
             }
-            let ctx = Context {
-                metrics,
-                notifier,
-                channel_prefix: channel_prefix.as_deref(),
-                transaction_mode,
-            };
             let mut reply = reply;
             let range = cut + HEADER_LEN..cut + header.frame_len;
             let Inspected {
@@ -150,10 +147,8 @@ impl Relay {
     /// captured if it may have changed, then the connection goes back to its pool — or stays,
     /// when what the client holds pins it.
     async fn after_replies(&mut self, which: Which) -> Result<(), RelayError> {
-        let att = match (which, &mut self.phase, &mut self.earlier) {
-            (Which::Current, Phase::Attached(att), _) => att,
-            (Which::Earlier, _, Some(att)) => att,
-            _ => return Ok(()),
+        let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
+            return Ok(());
         };
         if self.mode == PoolMode::Transaction && att.is_quiet() {
             if std::mem::take(&mut att.wrote) {
@@ -176,14 +171,9 @@ impl Relay {
             if step != Quiet::Release {
                 return Ok(());
             }
-            match which {
-                Which::Current => {
-                    self.release().await;
-                    if self.app.draining.is_cancelled() {
-                        return Err(RelayError::Shutdown);
-                    }
-                }
-                Which::Earlier => self.release_earlier(),
+            self.release(which).await;
+            if which == Which::Current && self.app.draining.is_cancelled() {
+                return Err(RelayError::Shutdown);
             }
         }
         Ok(())
@@ -244,10 +234,12 @@ impl Relay {
         }
     }
 
-    /// The connection the client moved on from has answered everything: back to its pool.
-    fn release_earlier(&mut self) {
-        if let Some(att) = self.earlier.take() {
+    /// One of the client's server connections has answered everything: back to its pool (once
+    /// no cancel for it is in flight), or closed when its replies are uncertain.
+    async fn release(&mut self, which: Which) {
+        if let Some(att) = self.take_attachment(which).await {
             if att.uncertain {
+                // Dropping a checkout closes its connection.
                 tracing::debug!("closing a server connection whose replies are uncertain");
             } else {
                 att.server.release();

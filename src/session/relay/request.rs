@@ -157,16 +157,13 @@ impl Relay {
 
     /// The effects and routing of a Query's or Parse's statement text.
     fn effects(&self, frame: &Frame, classified: Option<&Classified>) -> (Arc<Effects>, Routing) {
-        let sql = match frame.tag() {
-            frontend::QUERY_TAG => frontend::query_text(frame.body()),
-            _ => frontend::parse_text(frame.body()).map(|(_, query)| query),
-        };
+        let sql = frontend::statement_text(frame.tag(), frame.body());
         let (Some(sql), Some(classified)) = (sql, classified) else {
             return (Effects::none(), Routing::PRIMARY);
         };
         let client_prepared = !self.info.state.sql_prepared.is_empty();
         let effects = Effects::of(sql, classified, client_prepared);
-        let routing = Routing::of(&classified.classification, classified.scan.hint.as_ref());
+        let routing = Routing::of(classified);
         (effects, routing)
     }
 

@@ -41,12 +41,7 @@ impl Relay {
         let Some(prefix) = &self.channel_prefix else {
             return Guarded::Pass;
         };
-        let sql = match frame.tag() {
-            frontend::QUERY_TAG => frontend::query_text(frame.body()),
-            frontend::PARSE_TAG => frontend::parse_text(frame.body()).map(|(_, sql)| sql),
-            _ => None,
-        };
-        let Some(sql) = sql else {
+        let Some(sql) = frontend::statement_text(frame.tag(), frame.body()) else {
             return Guarded::Pass;
         };
         let made;
