@@ -180,7 +180,7 @@ impl App {
     /// Issues a unique BackendKeyData for a new client.
     /// `owner` (user and tenant) is who may signal the client by its PID.
     pub fn issue_key(&self, owner: String) -> IssuedKey {
-        self.cancels.issue(&self.rng, owner)
+        self.cancels.issue(&self.rng, owner, &self.terminate)
     }
 
     /// `pg_cancel_backend` / `pg_terminate_backend` of an issued PID by a client of `owner`.

@@ -50,7 +50,8 @@ struct Slot {
     secret_key: i32,
     /// Who may signal this client by PID (its user and tenant).
     owner: String,
-    /// Fired by `pg_terminate_backend` of this client's PID: its session ends.
+    /// Fired by `pg_terminate_backend` of this client's PID, or by the sidecar's shutdown (one
+    /// future for the relay to poll): its session ends.
     terminate: tokio_util::sync::CancellationToken,
     state: Mutex<CancelState>,
     /// Held while a cancel is delivered, and while the relay releases the server connection.
@@ -85,8 +86,14 @@ impl Default for CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// Issues a unique BackendKeyData for a new client.
-    pub fn issue(&self, rng: &SystemRandom, owner: String) -> IssuedKey {
+    /// Issues a unique BackendKeyData for a new client, whose session also ends when `ends`
+    /// fires (the sidecar's shutdown).
+    pub fn issue(
+        &self,
+        rng: &SystemRandom,
+        owner: String,
+        ends: &tokio_util::sync::CancellationToken,
+    ) -> IssuedKey {
         let mut secret = [0u8; 4];
         // SystemRandom only fails when the OS has no randomness; a zero secret still works.
         let _ = rng.fill(&mut secret);
@@ -101,7 +108,7 @@ impl CancelRegistry {
         let slot = Arc::new(Slot {
             secret_key: i32::from_be_bytes(secret),
             owner,
-            terminate: tokio_util::sync::CancellationToken::new(),
+            terminate: ends.child_token(),
             state: Mutex::new(CancelState::Idle),
             delivery: Arc::new(tokio::sync::Mutex::new(())),
         });
@@ -212,7 +219,8 @@ impl IssuedKey {
         &self.slot.owner
     }
 
-    /// Fires when another client of the same owner ran `pg_terminate_backend` of this PID.
+    /// Fires when another client of the same owner ran `pg_terminate_backend` of this PID, or
+    /// when the sidecar shuts down.
     pub fn terminated(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.slot.terminate.clone().cancelled_owned()
     }
@@ -249,7 +257,11 @@ impl IssuedKey {
     /// The client no longer uses a server connection. Waits for any cancel being delivered
     /// to the old one, so the caller may then return it to the pool.
     pub async fn detach(&self) {
-        let _delivered = self.slot.delivery.lock().await;
+        // Almost always no cancel is on its way: then no waiting at all.
+        let _delivered = match self.slot.delivery.try_lock() {
+            Ok(free) => free,
+            Err(_) => self.slot.delivery.lock().await,
+        };
         self.slot.set(CancelState::Idle);
     }
 }
@@ -271,14 +283,14 @@ mod tests {
     fn issued_pids_can_never_be_real_ones_and_stay_within_int32() {
         let registry = CancelRegistry::default();
         let rng = SystemRandom::new();
-        let a = registry.issue(&rng, String::new());
-        let b = registry.issue(&rng, String::new());
+        let a = registry.issue(&rng, String::new(), &Default::default());
+        let b = registry.issue(&rng, String::new(), &Default::default());
         assert_eq!(a.process_id(), FIRST_ISSUED_PID);
         assert_eq!(b.process_id(), FIRST_ISSUED_PID + 1);
         // The counter wraps around i32 and the PIDs stay in range.
         registry.next_process_id.store(i32::MAX, Ordering::Relaxed);
         for _ in 0..3 {
-            let key = registry.issue(&rng, String::new());
+            let key = registry.issue(&rng, String::new(), &Default::default());
             assert!(key.process_id() >= FIRST_ISSUED_PID, "{}", key.process_id());
         }
     }

@@ -44,7 +44,7 @@ impl CheckoutError {
 }
 
 /// The settings a client's startup packet asks for.
-pub use crate::sql::settings::Settings;
+pub use crate::sql::settings::{Settings, Shared as SharedSettings};
 /// The ParameterStatus list a client receives at login.
 pub type Statuses = Arc<Vec<(String, String)>>;
 type StatusCache = HashMap<Settings, Statuses>;
@@ -116,7 +116,7 @@ impl Pool {
 
     /// Waits (bounded, FIFO) for a server connection, opening one if none is idle.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
-        self.checkout_for(&Settings::new(), None).await
+        self.checkout_for(&SharedSettings::default(), None).await
     }
 
     /// Like [`Pool::checkout`], preferring an idle connection that last served `tenant` (so
@@ -124,13 +124,16 @@ impl Pool {
     /// be applied before the client's statement).
     pub async fn checkout_for(
         self: &Arc<Self>,
-        settings: &Settings,
+        settings: &SharedSettings,
         tenant: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
-        let started = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                self.metrics.checkout_wait.observe(0.0);
+                p
+            }
             Err(_) => {
+                let started = Instant::now();
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     return Err(CheckoutError::QueueFull);
@@ -142,6 +145,9 @@ impl Pool {
                 )
                 .await;
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.metrics
+                    .checkout_wait
+                    .observe(started.elapsed().as_secs_f64());
                 match acquired {
                     Ok(Ok(p)) => p,
                     // The semaphore is never closed; treat it like a timeout all the same.
@@ -151,12 +157,11 @@ impl Pool {
                 }
             }
         };
-        self.metrics
-            .checkout_wait
-            .observe(started.elapsed().as_secs_f64());
         let conn = match self.take_idle(settings, tenant) {
             Some(conn) => conn,
-            None => self.connect().await?,
+            // Boxed: opening a connection (TLS, authentication) is a large future that every
+            // checkout would otherwise carry and copy.
+            None => Box::pin(self.connect()).await?,
         };
         self.metrics.server_state(ServerState::Active).inc();
         Ok(Checkout {
@@ -168,7 +173,7 @@ impl Pool {
 
     /// The most recently used idle connection of the same tenant (or of none) that carries
     /// `settings`; else of the same tenant; else of no tenant; else the most recently used.
-    fn take_idle(&self, settings: &Settings, tenant: Option<&str>) -> Option<ServerConn> {
+    fn take_idle(&self, settings: &SharedSettings, tenant: Option<&str>) -> Option<ServerConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let score = |conn: &ServerConn| {
             let same_tenant = conn.tenant.as_deref() == tenant;
@@ -176,12 +181,20 @@ impl Pool {
                 matches!(&conn.applied, AppliedSettings::Known(have) if have == settings);
             2 * u8::from(same_tenant) + u8::from(same_settings) + u8::from(conn.tenant.is_none())
         };
-        let best = idle
-            .iter()
-            .enumerate()
-            .rev()
-            .max_by_key(|(i, conn)| (score(conn), *i))
-            .map(|(i, _)| i);
+        // The most recently used of the best; the first (from the back) with the best score
+        // there can be ends the search.
+        let perfect = 3 + u8::from(tenant.is_none());
+        let mut best: Option<(u8, usize)> = None;
+        for (i, conn) in idle.iter().enumerate().rev() {
+            let s = score(conn);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, i));
+            }
+            if s == perfect {
+                break;
+            }
+        }
+        let best = best.map(|(_, i)| i);
         if let Some(i) = best {
             let last = idle.len() - 1;
             idle.swap(i, last);
@@ -240,7 +253,7 @@ impl Pool {
                 return Err(CheckoutError::Connect(e));
             }
         }
-        conn.applied = AppliedSettings::Known(settings.clone());
+        conn.applied = AppliedSettings::Known(SharedSettings::new(settings.clone()));
         let statuses = conn.params.clone();
         checkout.release();
         let statuses = Arc::new(statuses);
@@ -260,7 +273,8 @@ impl Pool {
 
     fn give_back(&self, mut conn: ServerConn) {
         self.metrics.server_state(ServerState::Active).dec();
-        if self.expired(&conn, Instant::now()) {
+        let now = Instant::now();
+        if self.expired(&conn, now) {
             tracing::debug!(
                 server = conn.id,
                 "closing server connection past max_lifetime"
@@ -268,7 +282,7 @@ impl Pool {
             return;
         }
         self.metrics.server_state(ServerState::Idle).inc();
-        conn.idle_since = Instant::now();
+        conn.idle_since = now;
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -337,6 +351,11 @@ impl AppliedSettings {
             AppliedSettings::Known(have) => have,
             AppliedSettings::Unknown => &NO_SETTINGS,
         }
+    }
+
+    /// Whether a connection in this state carries exactly the `wanted` client settings.
+    pub fn carries(&self, wanted: &SharedSettings) -> bool {
+        matches!(self, AppliedSettings::Known(have) if have == wanted)
     }
 
     /// The SQL that gives a server connection in this state the `wanted` client settings

@@ -5,7 +5,6 @@
 //! It moves bytes; it never decides what a client may do. The startup exchange is decoded with
 //! postgres-protocol (small, bounded messages); after startup only headers are looked at.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -89,7 +88,7 @@ pub struct BackendKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppliedSettings {
     /// Exactly these client settings (from `set_config`) are applied on top of the defaults.
-    Known(BTreeMap<String, String>),
+    Known(crate::sql::settings::Shared),
     /// Something ran that the sidecar could not follow; reset or discard before reuse.
     Unknown,
 }
@@ -274,7 +273,7 @@ impl ServerConn {
                 process_id: 0,
                 secret_key: 0,
             },
-            applied: AppliedSettings::Known(BTreeMap::new()),
+            applied: AppliedSettings::Known(Default::default()),
             created: Instant::now(),
             idle_since: Instant::now(),
             prepared: PreparedSet::default(),
@@ -522,7 +521,7 @@ impl ServerConn {
 
     /// DISCARD ALL ran: the connection carries no client's session state, tenant or token.
     pub fn discarded(&mut self) {
-        self.applied = AppliedSettings::Known(BTreeMap::new());
+        self.applied = AppliedSettings::Known(Default::default());
         self.prepared.clear();
         self.tenant = None;
         self.token = None;

@@ -40,13 +40,12 @@ pub(super) enum Timer {
 /// on it.
 pub(super) const ABANDON_GRACE: Duration = Duration::from_secs(5);
 
-/// Waits for the timer, or forever when there is none.
-pub(super) async fn sleep_until_some(timer: Option<Timer>) {
-    match timer {
-        Some(Timer::IdleInTransaction(at) | Timer::QueryTimeout(at) | Timer::Abandon(at)) => {
-            tokio::time::sleep_until(at).await
+impl Timer {
+    /// When it fires.
+    pub(super) fn at(self) -> Instant {
+        match self {
+            Timer::IdleInTransaction(at) | Timer::QueryTimeout(at) | Timer::Abandon(at) => at,
         }
-        None => std::future::pending().await,
     }
 }
 
@@ -175,7 +174,8 @@ pub(super) struct Attachment {
     pub(super) copy_ends: u64,
     /// When the client last sent something or the last reply completed.
     pub(super) last_activity: Instant,
-    /// When the server last sent something.
+    /// When the server last sent something after a cancel of the front statement (the grace
+    /// period runs from then).
     pub(super) last_server_bytes: Instant,
     /// Bytes of a large client CopyData still to stream through unbuffered.
     pub(super) client_stream: usize,

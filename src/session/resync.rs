@@ -9,7 +9,7 @@ use super::attachment::{Attachment, Awaited, Expect, Reply, Resync, Source};
 use super::effects::{Effects, ListenChange, SqlOp};
 use super::state::{capture_sql, Captured, SessionState};
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::pool::pool::Settings;
+use crate::pool::pool::{Settings, SharedSettings as Shared};
 use crate::pool::AppliedSettings;
 use crate::protocol::frontend::append_query;
 use crate::protocol::frontend::{message, BIND_TAG, CLOSE_TAG, EXECUTE_TAG, PARSE_TAG};
@@ -234,7 +234,8 @@ pub(super) fn on_quiet(
                     (Quiet::Busy, channels)
                 }
                 None => {
-                    att.server.conn_mut().applied = AppliedSettings::Known(captured.settings);
+                    att.server.conn_mut().applied =
+                        AppliedSettings::Known(Shared::new(captured.settings));
                     (Quiet::Release, channels)
                 }
             }
@@ -243,7 +244,7 @@ pub(super) fn on_quiet(
             settings,
             then_due: false,
         } => {
-            att.server.conn_mut().applied = AppliedSettings::Known(settings);
+            att.server.conn_mut().applied = AppliedSettings::Known(Shared::new(settings));
             (Quiet::Release, None)
         }
         Resync::Failed => {

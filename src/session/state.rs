@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::protocol::backend::parse_data_row;
 use crate::sql::quote::{quote_ident, quote_literal};
-use crate::sql::settings::Settings;
+use crate::sql::settings::{Settings, Shared};
 
 /// Row names in the capture reply that are not settings start with a space (no setting can).
 const ROLE_ROW: &str = " role";
@@ -124,7 +124,7 @@ pub struct SessionState {
     /// Settings the sidecar owns (the tenant): always in force, whatever the client runs.
     reserved: Settings,
     /// The settings the client's next transaction must run with.
-    pub settings: Settings,
+    pub settings: Shared,
     /// The ParameterStatus values the client has been told.
     reported: HashMap<String, String>,
     /// SQL-level prepared statements, by name.
@@ -144,7 +144,7 @@ impl SessionState {
         let mut settings = startup.clone();
         settings.extend(reserved.clone());
         SessionState {
-            settings,
+            settings: Shared::new(settings),
             startup,
             reserved,
             reported: statuses.iter().cloned().collect(),
@@ -184,7 +184,9 @@ impl SessionState {
         }
         // Whatever happened on the server (RESET ALL, DISCARD ALL), these stay.
         settings.extend(self.reserved.clone());
-        self.settings = settings;
+        if *self.settings != settings {
+            self.settings = Shared::new(settings);
+        }
     }
 
     /// The PREPARE statements to run on a server connection that has only `present` of the

@@ -37,8 +37,23 @@ impl ClassificationCache {
 
     /// Scans `sql` and returns its classification, parsing only on a miss.
     pub fn classify(&self, sql: &[u8]) -> Classified {
+        self.classify_recent(sql, &mut Recent::default())
+    }
+
+    /// Like [`ClassificationCache::classify`], looking first among one client's `recent`
+    /// shapes (a client repeats a few statement shapes; comparing a fingerprint costs less
+    /// than a lookup in the shared cache).
+    pub fn classify_recent(&self, sql: &[u8], recent: &mut Recent) -> Classified {
         let scan = scan(sql);
+        if let Some(classification) = recent.get(&scan.fingerprint) {
+            return Classified {
+                scan,
+                classification,
+                hit: true,
+            };
+        }
         if let Some(classification) = self.cache.get(scan.fingerprint.as_slice()) {
+            recent.put(&scan.fingerprint, &classification);
             return Classified {
                 scan,
                 classification,
@@ -46,6 +61,7 @@ impl ClassificationCache {
             };
         }
         let classification = Arc::new(classify(sql, &scan, &self.options));
+        recent.put(&scan.fingerprint, &classification);
         self.cache.insert(
             scan.fingerprint.clone().into_boxed_slice(),
             Arc::clone(&classification),
@@ -61,6 +77,31 @@ impl ClassificationCache {
     pub fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
+    }
+}
+
+/// How many shapes [`Recent`] keeps.
+const RECENT_SHAPES: usize = 4;
+
+/// The statement shapes one client used last, with their classifications (round robin).
+#[derive(Default)]
+pub struct Recent {
+    entries: [Option<(Box<[u8]>, Arc<Classification>)>; RECENT_SHAPES],
+    next: usize,
+}
+
+impl Recent {
+    fn get(&self, fingerprint: &[u8]) -> Option<Arc<Classification>> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|(shape, _)| **shape == *fingerprint)
+            .map(|(_, classification)| Arc::clone(classification))
+    }
+
+    fn put(&mut self, fingerprint: &[u8], classification: &Arc<Classification>) {
+        self.entries[self.next] = Some((fingerprint.into(), Arc::clone(classification)));
+        self.next = (self.next + 1) % RECENT_SHAPES;
     }
 }
 
@@ -110,6 +151,25 @@ mod tests {
         );
         assert!(!cache.classify(b"SELECT * FROM u WHERE id = 1").hit);
         assert_eq!(cache.entry_count(), 2);
+    }
+
+    #[test]
+    fn recent_shapes_answer_before_the_shared_cache() {
+        let cache = ClassificationCache::new(1 << 20, Options::default());
+        let mut recent = Recent::default();
+        let first = cache.classify_recent(b"SELECT 1 FROM t WHERE id = 1", &mut recent);
+        let again = cache.classify_recent(b"SELECT 1 FROM t WHERE id = 2", &mut recent);
+        assert!(!first.hit && again.hit);
+        assert!(Arc::ptr_eq(&first.classification, &again.classification));
+        // As many other shapes push the first out of the client's recent ones; the shared cache
+        // still has it.
+        for i in 0..RECENT_SHAPES {
+            cache.classify_recent(format!("SELECT {i} FROM u{i}").as_bytes(), &mut recent);
+        }
+        assert!(recent.get(&first.scan.fingerprint).is_none());
+        let shared = cache.classify_recent(b"SELECT 1 FROM t WHERE id = 3", &mut recent);
+        assert!(shared.hit && Arc::ptr_eq(&first.classification, &shared.classification));
+        assert!(recent.get(&first.scan.fingerprint).is_some());
     }
 
     #[test]

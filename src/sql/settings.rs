@@ -2,11 +2,56 @@
 //! has to the ones a client wants. Pure.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use super::quote::{quote_ident, quote_literal};
 
 /// Settings by name (as a client's startup packet and SET statements give them).
 pub type Settings = BTreeMap<String, String>;
+
+/// Settings shared between a session and the server connections it leaves them on: a clone is
+/// a reference count, and two that differ compare as one integer (a digest kept with them) —
+/// choosing among idle connections compares them many times per checkout.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    map: Arc<Settings>,
+    digest: u64,
+}
+
+impl Shared {
+    pub fn new(map: Settings) -> Shared {
+        // Fixed keys: equal settings get equal digests in every session. A collision costs
+        // only the full comparison below, never a wrong answer.
+        let mut hasher = std::hash::DefaultHasher::new();
+        map.hash(&mut hasher);
+        Shared {
+            digest: hasher.finish(),
+            map: Arc::new(map),
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared::new(Settings::new())
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        &self.map
+    }
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Shared) -> bool {
+        self.digest == other.digest && (Arc::ptr_eq(&self.map, &other.map) || self.map == other.map)
+    }
+}
+
+impl Eq for Shared {}
 
 /// Settings whose value is a list of identifiers (`GUC_LIST_QUOTE`): `SET name TO 'a, b'` would
 /// make one quoted identifier of the string, so these go through `set_config`.

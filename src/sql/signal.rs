@@ -51,10 +51,13 @@ pub struct SignalCall {
 /// literal or a `$n` parameter, possibly cast).
 pub fn signal_call(sql: &str) -> Option<SignalCall> {
     // Most statements never mention either function: no parse for them.
-    let mentions = sql
-        .as_bytes()
-        .windows(8)
-        .any(|w| w.eq_ignore_ascii_case(b"_backend"));
+    let bytes = sql.as_bytes();
+    let mentions = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'_'
+            && bytes
+                .get(i + 1..i + 8)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"backend"))
+    });
     if !mentions {
         return None;
     }

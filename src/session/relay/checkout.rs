@@ -12,7 +12,7 @@ const WAITING_READ_AHEAD: usize = 1024 * 1024;
 impl Relay {
     /// Checks out a server connection for `target` and queues what makes it carry this
     /// client's settings.
-    pub(super) async fn attach(&mut self, target: Target) -> Result<Attachment, ErrorReport> {
+    pub(super) async fn attach(&mut self, target: Target) -> Result<Box<Attachment>, ErrorReport> {
         let (pool, upstream) = self.pool_for(target)?;
         let cancelled = self.info.key.waiting();
         // A client that leaves while it waits leaves the queue too.
@@ -66,7 +66,7 @@ impl Relay {
                 return Err(checkout_report(&e, Severity::Error));
             }
         };
-        let mut att = Attachment::new(server);
+        let mut att = Box::new(Attachment::new(server));
         self.info.key.running(att.cancel_target());
         att.upstream = upstream;
         att.tenant_permit = tenant_permit;
@@ -75,6 +75,13 @@ impl Relay {
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;
+        if conn.applied.carries(wanted) {
+            if let Some(token) = token {
+                let sets = [(crate::token::TOKEN_SETTING, token.as_str())];
+                tenancy::push_set_config(&mut att, &sets, Source::Sidecar);
+            }
+            return Ok(att);
+        }
         match (token, conn.applied.sets_to(wanted)) {
             // The token and the settings in one statement (set_config, values as parameters).
             (Some(token), Some(mut sets)) => {

@@ -79,9 +79,12 @@ impl Relay {
     /// Classifies the statement text a Query or Parse carries — once per shape thanks to the
     /// cache — and counts it, so `pgsidecar_statements_classified_total` shows how much of the
     /// traffic the sidecar understands.
-    pub(super) fn classify_text(&self, frame: &Frame) -> Option<Classified> {
+    pub(super) fn classify_text(&mut self, frame: &Frame) -> Option<Classified> {
         let sql = frontend::statement_text(frame.tag(), frame.body())?;
-        let classified = self.app.classifier.classify(sql);
+        let classified = self
+            .app
+            .classifier
+            .classify_recent(sql, &mut self.recent_shapes);
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),
@@ -155,7 +158,7 @@ impl Relay {
                 Plan::Send(target) => target,
                 Plan::MoveOn(target) => match self.attach(target).await {
                     Ok(att) => {
-                        let current = Phase::Attached(Box::new(att));
+                        let current = Phase::Attached(att);
                         if let Phase::Attached(old) = std::mem::replace(&mut self.phase, current) {
                             self.earlier = Some(old);
                         }

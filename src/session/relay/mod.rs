@@ -19,9 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::attachment::Resync;
-use super::attachment::{
-    sleep_until_some, Attachment, Batch, Expect, Passthrough, Pending, Reply, Source, Timer,
-};
+use super::attachment::{Attachment, Batch, Expect, Passthrough, Pending, Reply, Source, Timer};
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
 use super::effects::{Effects, ListenChange};
@@ -171,6 +169,8 @@ pub struct Relay {
     topology: Option<Arc<Topology>>,
     /// Client frames held until their request is complete and can run.
     held: intake::Held,
+    /// The statement shapes this client used last (classified without the shared cache).
+    recent_shapes: crate::sql::cache::Recent,
     /// The replies owed to the client, in order.
     replies: queue::ReplyQueue,
     /// A server connection the client moved on from outside a transaction (a replica, when a
@@ -208,6 +208,7 @@ impl Relay {
             tenant_queries,
             topology,
             held: intake::Held::default(),
+            recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
             earlier: None,
             last_write: 0,
@@ -267,9 +268,12 @@ impl Relay {
     async fn pump(&mut self) -> Result<End, RelayError> {
         // Registered once, not on every turn of the loop (each registration takes a lock).
         let draining = self.app.draining.clone().cancelled_owned();
-        let terminate = self.app.terminate.clone().cancelled_owned();
+        // Fires for the sidecar's shutdown too (its token is the key's parent).
         let killed = self.info.key.terminated();
-        tokio::pin!(draining, terminate, killed);
+        // One timer, moved when the deadline changes (a new sleep per turn would register and
+        // deregister with the timer wheel every time).
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(draining, killed, sleep);
         loop {
             if self.closing && !self.owes_replies() {
                 return Ok(End::ClientLeft);
@@ -286,13 +290,23 @@ impl Relay {
                     let earlier = self.earlier.as_deref();
                     let timer = earlier.unwrap_or(att).next_timer(&self.app.config.limits);
                     let read_current = earlier.is_none();
+                    if let Some(at) = timer.map(Timer::at) {
+                        if sleep.deadline() != at {
+                            sleep.as_mut().reset(at);
+                        }
+                    }
                     // Notifications go out between messages, never inside one; those of a
                     // transaction that notified wait for its ReadyForQuery (replies.rs).
                     let between_messages = [Some(&**att), earlier]
                         .into_iter()
                         .flatten()
                         .all(|a| a.passthrough.is_none() && !a.notified);
+                    // Biased (no random start): deadlines and shutdown first, so a server
+                    // that never stops sending cannot starve them.
                     tokio::select! {
+                        biased;
+                        _ = &mut killed => return Err(self.ended()),
+                        _ = &mut sleep, if timer.is_some() => self.on_timer(timer).await?,
                         Some(message) = next_notification(&mut self.notifications), if between_messages => {
                             let message = self.for_client(message).unwrap_or_default();
                             self.client.wbuf.extend_from_slice(&message);
@@ -316,13 +330,15 @@ impl Relay {
                                 return Ok(end);
                             }
                         }
-                        _ = sleep_until_some(timer) => self.on_timer(timer).await?,
-                        _ = &mut terminate => return Err(RelayError::Shutdown),
-                        _ = &mut killed => return Err(RelayError::Terminated),
                     }
                 }
                 Phase::Detached | Phase::BeginHeld(_) | Phase::SkipToSync => {
                     tokio::select! {
+                        biased;
+                        _ = &mut killed => return Err(self.ended()),
+                        _ = &mut draining, if matches!(self.phase, Phase::Detached) => {
+                            return Err(RelayError::Shutdown);
+                        }
                         Some(message) = next_notification(&mut self.notifications) => {
                             let message = self.for_client(message).unwrap_or_default();
                             self.client.wbuf.extend_from_slice(&message);
@@ -339,13 +355,18 @@ impl Relay {
                                 return Ok(end);
                             }
                         }
-                        _ = &mut draining, if matches!(self.phase, Phase::Detached) => {
-                            return Err(RelayError::Shutdown);
-                        }
-                        _ = &mut killed => return Err(RelayError::Terminated),
                     }
                 }
             }
+        }
+    }
+
+    /// Why the session's end fired: the sidecar's shutdown or `pg_terminate_backend`.
+    fn ended(&self) -> RelayError {
+        if self.app.terminate.is_cancelled() {
+            RelayError::Shutdown
+        } else {
+            RelayError::Terminated
         }
     }
 
@@ -394,7 +415,10 @@ impl Relay {
         };
         match event {
             Ok(Exchange::Read) => {
-                att.last_server_bytes = Instant::now();
+                // Only a cancelled statement's server is timed by when it last said something.
+                if att.expect.front_cancelled.is_some() {
+                    att.last_server_bytes = Instant::now();
+                }
                 self.on_server_bytes(which).await
             }
             Ok(Exchange::Wrote) => Ok(None),

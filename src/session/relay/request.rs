@@ -204,7 +204,7 @@ impl Relay {
         };
         match self.attach(target).await {
             Ok(att) => {
-                self.phase = Phase::Attached(Box::new(att));
+                self.phase = Phase::Attached(att);
                 Some(held_begin)
             }
             Err(report) => {
@@ -296,15 +296,17 @@ impl Relay {
         } else {
             att.wbuf.extend_from_slice(u.frame.as_bytes());
         }
-        let now = Instant::now();
+        // The clock is read only where a request starts (five messages make one batch).
         match role {
-            MessageRole::Request => self.expect_query(&u.effects, now),
+            MessageRole::Request => self.expect_query(&u.effects, Instant::now()),
             MessageRole::Extended => {
                 if let (Some(ends), true) = (u.effects.ends_transaction, att.catalog_changed) {
                     att.forget_parsed_after_sync(ends);
                 }
                 let copy_ends = att.copy_ends;
-                let batch = att.batch.get_or_insert_with(|| Batch::new(now, copy_ends));
+                let batch = att
+                    .batch
+                    .get_or_insert_with(|| Batch::new(Instant::now(), copy_ends));
                 if u.frame.tag() == frontend::EXECUTE_TAG {
                     batch.executes += 1;
                     self.count_query();
@@ -317,7 +319,7 @@ impl Relay {
                 let batch = att
                     .batch
                     .take()
-                    .unwrap_or_else(|| Batch::new(now, att.copy_ends));
+                    .unwrap_or_else(|| Batch::new(Instant::now(), att.copy_ends));
                 if batch.copy_in && batch.copy_ends_at_start == att.copy_ends {
                     // The server is in COPY FROM STDIN and ignores this Sync: no ReadyForQuery.
                     att.batch = Some(batch);
