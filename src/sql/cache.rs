@@ -83,10 +83,13 @@ impl ClassificationCache {
 /// How many shapes [`Recent`] keeps.
 const RECENT_SHAPES: usize = 4;
 
+/// A fingerprint and its classification.
+type Shape = (Box<[u8]>, Arc<Classification>);
+
 /// The statement shapes one client used last, with their classifications (round robin).
 #[derive(Default)]
 pub struct Recent {
-    entries: [Option<(Box<[u8]>, Arc<Classification>)>; RECENT_SHAPES],
+    entries: [Option<Shape>; RECENT_SHAPES],
     next: usize,
 }
 
