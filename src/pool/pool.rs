@@ -47,7 +47,16 @@ impl CheckoutError {
 pub use crate::sql::settings::{Settings, Shared as SharedSettings};
 /// The ParameterStatus list a client receives at login.
 pub type Statuses = Arc<Vec<(String, String)>>;
-type StatusCache = HashMap<Settings, Statuses>;
+type StatusCache = HashMap<Settings, Startup>;
+
+/// What clients with one combination of startup settings get: the ParameterStatus list, and
+/// the settings as one shared value (so their sessions and the connections they leave compare
+/// as one pointer).
+#[derive(Clone)]
+pub struct Startup {
+    pub statuses: Statuses,
+    pub settings: SharedSettings,
+}
 
 /// A pool of server connections to one upstream.
 pub struct Pool {
@@ -239,9 +248,9 @@ impl Pool {
     pub async fn startup_statuses(
         self: &Arc<Self>,
         settings: &Settings,
-    ) -> Result<Statuses, CheckoutError> {
+    ) -> Result<Startup, CheckoutError> {
         if let Some(found) = self.cache().get(settings) {
-            return Ok(Arc::clone(found));
+            return Ok(found.clone());
         }
         let mut checkout = self.checkout().await?;
         let conn = checkout.conn_mut();
@@ -253,16 +262,18 @@ impl Pool {
                 return Err(CheckoutError::Connect(e));
             }
         }
-        conn.applied = AppliedSettings::Known(SharedSettings::new(settings.clone()));
-        let statuses = conn.params.clone();
+        let startup = Startup {
+            statuses: Arc::new(conn.params.clone()),
+            settings: SharedSettings::new(settings.clone()),
+        };
+        conn.applied = AppliedSettings::Known(startup.settings.clone());
         checkout.release();
-        let statuses = Arc::new(statuses);
         let mut cache = self.cache();
         if cache.len() >= STARTUP_CACHE_LIMIT {
             cache.clear();
         }
-        cache.insert(settings.clone(), Arc::clone(&statuses));
-        Ok(statuses)
+        cache.insert(settings.clone(), startup.clone());
+        Ok(startup)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, StatusCache> {

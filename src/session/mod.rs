@@ -217,8 +217,8 @@ async fn login(
     let startup_settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
     let mut settings = startup_settings.clone();
     settings.extend(reserved.clone());
-    let statuses = match database.primary.startup_statuses(&settings).await {
-        Ok(s) => s,
+    let known = match database.primary.startup_statuses(&settings).await {
+        Ok(known) => known,
         Err(e) => {
             app.metrics.error(e.kind());
             return Err(Some(startup_failure(&e)));
@@ -226,7 +226,7 @@ async fn login(
     };
     let key = app.issue_key(owner(&identity.user, identity.tenant.as_deref()));
     auth::write_ok(&mut client.wbuf);
-    for (name, value) in statuses.iter() {
+    for (name, value) in known.statuses.iter() {
         backend::parameter_status(&mut client.wbuf, name, value);
     }
     backend::backend_key_data(&mut client.wbuf, key.process_id(), key.secret_key());
@@ -236,7 +236,12 @@ async fn login(
     }
     Ok(SessionInfo {
         database: Arc::clone(database),
-        state: state::SessionState::new(startup_settings, reserved, &statuses),
+        state: state::SessionState::new(
+            startup_settings,
+            reserved,
+            known.settings,
+            &known.statuses,
+        ),
         grant: token_grant,
         tenant: identity.tenant,
         key,

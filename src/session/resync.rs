@@ -168,23 +168,22 @@ pub(super) enum Quiet {
     Release,
 }
 
-/// Moves the resync along once the attachment is quiet. `upstream_user` is the role the pool
-/// logs in as. Returns the channels the client's LISTENs on this connection left it
+/// Moves the resync along once the attachment is quiet. Returns the channels the client's LISTENs on this connection left it
 /// listening on, when it ran any.
 pub(super) fn on_quiet(
     att: &mut Attachment,
     state: &mut SessionState,
-    upstream_user: &str,
     metrics: &Metrics,
 ) -> (Quiet, Option<BTreeSet<String>>) {
     match std::mem::take(&mut att.resync) {
         // The client ran more since the capture was sent: capture again.
         Resync::Capturing { then_due: true, .. } | Resync::Settling { then_due: true, .. } => {
             att.resync = Resync::Due;
-            on_quiet(att, state, upstream_user, metrics)
+            on_quiet(att, state, metrics)
         }
         Resync::Due => {
-            append_query(&mut att.wbuf, &capture_sql(upstream_user));
+            let sql = capture_sql(&att.server.pool().url().user);
+            append_query(&mut att.wbuf, &sql);
             att.push_expect(Expect {
                 source: Source::Capture,
             });

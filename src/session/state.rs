@@ -134,17 +134,18 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    /// The state of a client that just logged in with `startup` settings and was told
-    /// `statuses`.
+    /// The state of a client that just logged in with `startup` settings, the sidecar's
+    /// `reserved` ones and `settings` (both together, shared with the pool's other clients
+    /// that logged in with them), and was told `statuses`.
     pub fn new(
         startup: Settings,
         reserved: Settings,
+        settings: Shared,
         statuses: &[(String, String)],
     ) -> SessionState {
-        let mut settings = startup.clone();
-        settings.extend(reserved.clone());
+        debug_assert!(reserved.iter().all(|(k, v)| settings.get(k) == Some(v)));
         SessionState {
-            settings: Shared::new(settings),
+            settings,
             startup,
             reserved,
             reported: statuses.iter().cloned().collect(),
@@ -266,9 +267,12 @@ mod tests {
     fn reset_goes_back_to_the_startup_value() {
         let startup: Settings = [("application_name".to_owned(), "web".to_owned())].into();
         let reserved: Settings = [("app.tenant_id".to_owned(), "acme".to_owned())].into();
+        let mut settings = startup.clone();
+        settings.extend(reserved.clone());
         let mut s = SessionState::new(
             startup,
             reserved,
+            Shared::new(settings),
             &[("application_name".into(), "web".into())],
         );
         s.adopt_settings(&[("work_mem".to_owned(), "8192".to_owned())].into());

@@ -423,7 +423,8 @@ impl Relay {
             }
             Ok(Exchange::Wrote) => Ok(None),
             Err(e) if att.upstream.is_replica() && att.passthrough.is_none() => {
-                self.replica_lost(which, e).await?;
+                // Rare: boxed, so the future every server event makes stays small.
+                Box::pin(self.replica_lost(which, e)).await?;
                 Ok(None)
             }
             Err(e) => Err(e.into()),

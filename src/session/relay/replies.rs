@@ -158,9 +158,7 @@ impl Relay {
             }
             // Session state this client changed is captured and cleaned before anyone else
             // gets the connection; state that cannot be pooled keeps it.
-            let upstream_user = att.server.pool().url().user.clone();
-            let (step, channels) =
-                resync::on_quiet(att, &mut self.info.state, &upstream_user, &self.app.metrics);
+            let (step, channels) = resync::on_quiet(att, &mut self.info.state, &self.app.metrics);
             if let Some(added) = channels.filter(|c| !c.is_subset(&self.info.state.channels)) {
                 // LISTENs that committed inside a transaction.
                 let channels: std::collections::BTreeSet<String> =

@@ -88,8 +88,12 @@ impl Relay {
     /// again only for a text the sidecar replaced).
     async fn understand(&mut self, frame: Frame, classified: Option<Classified>) -> Understood {
         let (frame, classified, signal) = match frame.tag() {
-            frontend::QUERY_TAG => match self.signal_query(&frame).await {
-                Some(replaced) => (replaced, None, None),
+            // Signals are rare: their futures are boxed, so every request's is small.
+            frontend::QUERY_TAG => match self.signal_query(&frame) {
+                Some((pid, call)) => {
+                    let replaced = Box::pin(self.answer_signal_query(&frame, pid, call)).await;
+                    (replaced, None, None)
+                }
                 None => (frame, classified, None),
             },
             frontend::PARSE_TAG => match self.signal_parse(&frame) {
@@ -101,7 +105,9 @@ impl Relay {
                     .and_then(|name| self.statements.effects_of(name))
                     .and_then(|effects| effects.signal);
                 match signal {
-                    Some((kind, n)) => (self.signal_bind(frame, kind, n).await, None, None),
+                    Some((kind, n)) => {
+                        (Box::pin(self.signal_bind(frame, kind, n)).await, None, None)
+                    }
                     None => (frame, None, None),
                 }
             }

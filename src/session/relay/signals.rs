@@ -10,10 +10,9 @@ use crate::protocol::bind::Bind;
 use crate::sql::signal::{signal_call, SignalArg, SignalCall, SignalKind};
 
 impl Relay {
-    /// A Query that is exactly a signal call of an issued PID: acted on now, and replaced by
-    /// a statement that answers with the outcome (`Some`: the replacement). In a failed transaction nothing is done
-    /// (the server refuses the statement, as Postgres would).
-    pub(super) async fn signal_query(&mut self, frame: &Frame) -> Option<Frame> {
+    /// A Query that is exactly a signal call of an issued PID, with that PID. In a failed
+    /// transaction there is none (the server refuses the statement, as Postgres would).
+    pub(super) fn signal_query(&self, frame: &Frame) -> Option<(i32, SignalCall)> {
         let call = frontend::query_text(frame.body())
             .and_then(|sql| std::str::from_utf8(sql).ok())
             .and_then(signal_call)?;
@@ -24,8 +23,19 @@ impl Relay {
         if matches!(&self.phase, Phase::Attached(att) if att.status == TransactionStatus::Failed) {
             return None;
         }
+        Some((pid, call))
+    }
+
+    /// Acts on a [`Relay::signal_query`] now; the Query becomes a statement that answers with
+    /// the outcome.
+    pub(super) async fn answer_signal_query(
+        &mut self,
+        frame: &Frame,
+        pid: i32,
+        call: SignalCall,
+    ) -> Frame {
         let done = self.app.signal(pid, self.info.key.owner(), call.kind).await;
-        Some(with_text(frame, &call.answered(done)))
+        with_text(frame, &call.answered(done))
     }
 
     /// A Parse of a signal call whose PID is a `$n` parameter: replaced by a statement that
