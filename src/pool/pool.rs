@@ -66,7 +66,8 @@ pub struct Pool {
     config: PoolConfig,
     connect_options: ConnectOptions,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection moves between the pool and its clients on every checkout.
+    idle: Mutex<Vec<Box<ServerConn>>>,
     waiting: AtomicUsize,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
@@ -170,7 +171,7 @@ impl Pool {
             Some(conn) => conn,
             // Boxed: opening a connection (TLS, authentication) is a large future that every
             // checkout would otherwise carry and copy.
-            None => Box::pin(self.connect()).await?,
+            None => Box::new(Box::pin(self.connect()).await?),
         };
         self.metrics.server_state(ServerState::Active).inc();
         Ok(Checkout {
@@ -182,7 +183,11 @@ impl Pool {
 
     /// The most recently used idle connection of the same tenant (or of none) that carries
     /// `settings`; else of the same tenant; else of no tenant; else the most recently used.
-    fn take_idle(&self, settings: &SharedSettings, tenant: Option<&str>) -> Option<ServerConn> {
+    fn take_idle(
+        &self,
+        settings: &SharedSettings,
+        tenant: Option<&str>,
+    ) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let score = |conn: &ServerConn| {
             let same_tenant = conn.tenant.as_deref() == tenant;
@@ -282,7 +287,7 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn give_back(&self, mut conn: ServerConn) {
+    fn give_back(&self, mut conn: Box<ServerConn>) {
         self.metrics.server_state(ServerState::Active).dec();
         let now = Instant::now();
         if self.expired(&conn, now) {
@@ -344,7 +349,7 @@ impl Pool {
 
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
-        let drained: Vec<ServerConn> =
+        let drained: Vec<Box<ServerConn>> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         self.metrics
             .server_state(ServerState::Idle)
@@ -385,7 +390,7 @@ impl AppliedSettings {
 
 /// A server connection lent to one client (or to the sidecar's own work).
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<Pool>,
 }
