@@ -67,6 +67,7 @@ pub struct Pool {
     connect_options: ConnectOptions,
     permits: Arc<Semaphore>,
     /// Boxed: a connection moves between the pool and its clients on every checkout.
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<ServerConn>>>,
     waiting: AtomicUsize,
     next_id: AtomicU64,
