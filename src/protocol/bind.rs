@@ -218,7 +218,7 @@ impl<'a> Bind<'a> {
 
 /// The 16 bytes of a UUID's text form, as `uuid_in` reads it: 32 hex digits, a hyphen allowed
 /// after any group of four, optionally in braces.
-fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
     let text = text
         .strip_prefix('{')
         .map_or(Some(text), |t| t.strip_suffix('}'))?;

@@ -14,6 +14,14 @@ impl SqlState {
     /// 0A000: something the sidecar does not support.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 22P02: a value that is not valid input for its type (a shard key).
+    pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    /// 22003: a number outside its type's range (a shard key).
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
+    /// 22004: a NULL where a value is needed (a shard key).
+    pub const NULL_VALUE_NOT_ALLOWED: SqlState = SqlState("22004");
+    /// 23514: no partition (here: shard) takes the row, as Postgres says for partitions.
+    pub const CHECK_VIOLATION: SqlState = SqlState("23514");
     /// 25P02: a statement in a transaction that already failed.
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 25P03: a client sat idle inside a transaction too long.

@@ -1,0 +1,134 @@
+//! Shard placement against a real server: the shard the sidecar picks for a key equals the
+//! partition Postgres picks for a `PARTITION BY HASH` table with the same modulus, for every
+//! supported key type; and `pgsidecar shard-of` prints the same.
+
+mod support;
+
+use pgsidecar::route::shard::{hash_shard, KeyType};
+use support::*;
+
+/// Deterministic pseudo-random numbers (no dependency on a seeded RNG crate).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 11
+    }
+}
+
+/// 10,000 keys of `key_type` in text form: edge values, then pseudo-random ones.
+fn keys(key_type: KeyType, rng: &mut Lcg) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(10_000);
+    match key_type {
+        KeyType::Smallint => {
+            keys.extend(["-32768", "32767", "0", "-1", "1"].map(String::from));
+            while keys.len() < 10_000 {
+                keys.push(((rng.next() as u16) as i16).to_string());
+            }
+        }
+        KeyType::Integer => {
+            keys.extend(["-2147483648", "2147483647", "0", "-1"].map(String::from));
+            while keys.len() < 10_000 {
+                keys.push(((rng.next() as u32) as i32).to_string());
+            }
+        }
+        KeyType::Bigint => {
+            keys.extend(
+                [
+                    "-9223372036854775808",
+                    "9223372036854775807",
+                    "0",
+                    "-1",
+                    "4294967296",
+                ]
+                .map(String::from),
+            );
+            while keys.len() < 10_000 {
+                let v = (rng.next() << 11 ^ rng.next()) as i64;
+                // Small and large magnitudes both.
+                let v = if keys.len() % 2 == 0 { v % 100_000 } else { v };
+                keys.push(v.to_string());
+            }
+        }
+        KeyType::Text | KeyType::Varchar => {
+            keys.extend(["", "a", "acme", "ünïcødé ✓", "exactly12byt"].map(String::from));
+            let alphabet: Vec<char> = "abcXYZ019 _-é✓".chars().collect();
+            while keys.len() < 10_000 {
+                let len = (rng.next() % 40) as usize;
+                keys.push(
+                    (0..len)
+                        .map(|_| alphabet[(rng.next() as usize) % alphabet.len()])
+                        .collect(),
+                );
+            }
+        }
+        KeyType::Uuid => {
+            while keys.len() < 10_000 {
+                let (a, b) = (rng.next() << 11 ^ rng.next(), rng.next() << 11 ^ rng.next());
+                let hex = format!("{a:016x}{b:016x}");
+                keys.push(format!(
+                    "{}-{}-{}-{}-{}",
+                    &hex[0..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..32]
+                ));
+            }
+        }
+    }
+    keys
+}
+
+#[tokio::test]
+async fn hash_placement_equals_postgres_hash_partitioning() {
+    let db = fresh_user("shard_hash");
+    let admin = connect_direct_superuser(&db).await;
+    let mut rng = Lcg(0x5eed);
+    let types = [
+        (KeyType::Smallint, "smallint"),
+        (KeyType::Integer, "integer"),
+        (KeyType::Bigint, "bigint"),
+        (KeyType::Text, "text"),
+        (KeyType::Varchar, "varchar"),
+        (KeyType::Uuid, "uuid"),
+    ];
+    for (key_type, sql_type) in types {
+        let table = format!("h_{sql_type}");
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (k {sql_type}) PARTITION BY HASH (k)"
+            ))
+            .await
+            .expect("create a hash-partitioned table");
+        let keys = keys(key_type, &mut rng);
+        for modulus in [3, 5] {
+            // The remainder of the partition Postgres would route each key to.
+            let rows = admin
+                .query(
+                    &format!(
+                        "SELECT (SELECT r FROM generate_series(0, $2 - 1) r \
+                           WHERE satisfies_hash_partition('{table}'::regclass, $2, r, k::{sql_type})) \
+                         FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i"
+                    ),
+                    &[&keys, &modulus],
+                )
+                .await
+                .expect("ask Postgres for the partitions");
+            assert_eq!(rows.len(), keys.len());
+            for (key, row) in keys.iter().zip(rows) {
+                let postgres: i32 = row.get(0);
+                let key_value = key_type.parse(key).expect("a valid key");
+                let ours = hash_shard(key_value, modulus as usize);
+                assert_eq!(
+                    ours, postgres as usize,
+                    "{sql_type} key {key:?} with modulus {modulus}"
+                );
+            }
+        }
+    }
+}
