@@ -91,9 +91,13 @@ impl fmt::Display for AuthMethod {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub name: String,
+    /// The primary; of shard 0 when the database is sharded (client startup settings are
+    /// checked there).
     pub primary: UpstreamUrl,
-    /// Replica routing, when the database has replicas.
+    /// Replica routing, when the database (or its shard 0) has replicas.
     pub replicas: Option<ReplicaConfig>,
+    /// The shards in order, when the database is sharded (empty: it is not).
+    pub shards: Vec<ShardConfig>,
 }
 
 /// A client credential the sidecar checks.
@@ -195,6 +199,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Tenant context for Row-Level Security, when configured.
     pub tenancy: Option<TenancyConfig>,
+    /// Sharded tables and tenant placement.
+    pub sharding: Sharding,
 }
 
 /// Values given on the command line or in `PGSIDECAR_*` variables; they win over the file.
@@ -227,6 +233,10 @@ struct FileConfig {
     tenancy: Option<tenancy::FileTenancy>,
     #[serde(default)]
     classifier: FileClassifier,
+    #[serde(default)]
+    sharded_table: Vec<shards::FileShardedTable>,
+    #[serde(default)]
+    tenant_shard: Vec<shards::FileTenantShard>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,7 +274,9 @@ struct FilePool {
 #[serde(deny_unknown_fields)]
 struct FileDatabase {
     name: String,
-    primary: String,
+    primary: Option<String>,
+    #[serde(default)]
+    shards: Vec<shards::FileShard>,
     #[serde(flatten)]
     replicas: replicas::FileReplicas,
 }
@@ -353,6 +365,10 @@ impl Config {
             }
         }
         for db in &self.databases {
+            if !db.shards.is_empty() {
+                out.push_str(&shards::describe_database(&db.name, &db.shards));
+                continue;
+            }
             out.push_str(&format!(
                 "\n[[database]]\nname = \"{}\"\nprimary = \"{}\"\n",
                 db.name,
@@ -362,6 +378,7 @@ impl Config {
                 out.push_str(&r.describe());
             }
         }
+        out.push_str(&self.sharding.describe());
         for user in &self.users {
             let secret = match user.secret {
                 UserSecret::Password(_) => "password = \"****\"",
@@ -385,6 +402,10 @@ impl Config {
 
 impl FileConfig {
     fn validate(self, o: &Overrides) -> Result<Config, ConfigError> {
+        let shard_by_tenant = match &self.tenancy {
+            Some(t) => t.shard_by_tenant()?,
+            None => false,
+        };
         let tenancy = self
             .tenancy
             .map(tenancy::FileTenancy::validate)
@@ -478,6 +499,7 @@ impl FileConfig {
         }
         let mut names = HashSet::new();
         let mut databases = Vec::new();
+        let mut shard_counts = std::collections::HashMap::new();
         for db in self.database {
             if !names.insert(db.name.clone()) {
                 return Err(ConfigError::invalid(
@@ -485,7 +507,40 @@ impl FileConfig {
                     format!("{:?} appears twice", db.name),
                 ));
             }
-            let replicas = db.replicas.validate()?;
+            let (primary, replicas, shards) = match (db.primary, db.shards.is_empty()) {
+                (Some(primary), true) => (
+                    UpstreamUrl::parse(&primary)?,
+                    db.replicas.validate()?,
+                    Vec::new(),
+                ),
+                (None, false) => {
+                    let shards = shards::validate_shards(&db.name, db.shards, &db.replicas)?;
+                    shard_counts.insert(db.name.clone(), shards.len());
+                    (
+                        shards[0].primary.clone(),
+                        shards[0].replicas.clone(),
+                        shards,
+                    )
+                }
+                (Some(_), false) => {
+                    return Err(ConfigError::invalid(
+                        "database.primary",
+                        format!(
+                            "database {:?}: give primary or [[database.shards]], not both",
+                            db.name
+                        ),
+                    ))
+                }
+                (None, true) => {
+                    return Err(ConfigError::invalid(
+                        "database.primary",
+                        format!(
+                            "database {:?} needs a primary (or [[database.shards]])",
+                            db.name
+                        ),
+                    ))
+                }
+            };
             if replicas
                 .as_ref()
                 .is_some_and(|r| r.read_your_writes == ReadYourWrites::Tenant)
@@ -498,10 +553,17 @@ impl FileConfig {
             }
             databases.push(DatabaseConfig {
                 name: db.name,
-                primary: UpstreamUrl::parse(&db.primary)?,
+                primary,
                 replicas,
+                shards,
             });
         }
+        let sharding = shards::validate_sharding(
+            self.sharded_table,
+            self.tenant_shard,
+            shard_by_tenant,
+            &shard_counts,
+        )?;
         let mut names = HashSet::new();
         let mut users = Vec::new();
         for u in self.user {
@@ -586,6 +648,7 @@ impl FileConfig {
         }
         Ok(Config {
             tenancy,
+            sharding,
             listen,
             metrics_listen,
             shutdown_delay: duration("shutdown_delay", self.shutdown_delay, "0s")?,
@@ -679,11 +742,13 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 mod replicas;
+mod shards;
 mod tenancy;
 #[cfg(test)]
 mod tests;
 mod upstream;
 
 pub use replicas::{MaxLag, PrimaryReads, ReadYourWrites, ReplicaConfig, Strategy};
+pub use shards::{ShardConfig, ShardQuestion, Sharding};
 pub use tenancy::{JwtConfig, TenancyConfig, TenantSource};
 pub use upstream::{SslMode, UpstreamUrl};

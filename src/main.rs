@@ -1,4 +1,4 @@
-//! The `pgsidecar` command line (clap): `run`, `check`, `tenancy-sql` and `demo`. Loads the configuration once,
+//! The `pgsidecar` command line (clap): `run`, `check`, `tenancy-sql`, `shard-of` and `demo`. Loads the configuration once,
 //! starts the [`pgsidecar::app`], and turns signals into the sidecar shutdown sequence.
 
 use std::net::SocketAddr;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use pgsidecar::config::{Config, ConfigError, Overrides, PoolMode};
+use pgsidecar::config::{Config, ConfigError, Overrides, PoolMode, ShardQuestion};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -41,6 +41,23 @@ enum Command {
         /// e.g. "2026-12-01 12:00+00"); without it, this key becomes the only one.
         #[arg(long, value_name = "UNTIL")]
         rotate: Option<String>,
+    },
+    /// Print the shard (0-based) that owns a sharded table's key, or a tenant.
+    ShardOf {
+        #[arg(long)]
+        config: PathBuf,
+        /// The sharded database (needed when several are sharded).
+        #[arg(long)]
+        database: Option<String>,
+        /// A `[[sharded_table]]` (`table` or `schema.table`), with --key.
+        #[arg(long, requires = "key", conflicts_with = "tenant")]
+        table: Option<String>,
+        /// The key, as it would be written in SQL (without quotes; negative numbers too).
+        #[arg(long, requires = "table", allow_hyphen_values = true)]
+        key: Option<String>,
+        /// A tenant (with `[tenancy] shard_by = "tenant"`).
+        #[arg(long, required_unless_present = "table")]
+        tenant: Option<String>,
     },
     /// Start a throwaway local PostgreSQL and run the proxy in front of it.
     Demo {
@@ -130,6 +147,32 @@ fn main() -> ExitCode {
         },
         Command::Check { config, connect } => runtime.block_on(check(&config, connect)),
         Command::TenancySql { config, rotate } => tenancy_sql(&config, rotate.as_deref()),
+        Command::ShardOf {
+            config,
+            database,
+            table,
+            key,
+            tenant,
+        } => {
+            let question = match (&table, &key, &tenant) {
+                (Some(table), Some(key), _) => ShardQuestion::Row { table, key },
+                (_, _, Some(tenant)) => ShardQuestion::Tenant(tenant),
+                _ => unreachable!("clap requires --table and --key, or --tenant"),
+            };
+            let answer = Config::from_file(&config, &Overrides::default())
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.shard_of(database.as_deref(), question));
+            match answer {
+                Ok(shard) => {
+                    println!("{shard}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pgsidecar: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo {
             listen,
             metrics_listen,

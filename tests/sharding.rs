@@ -4,7 +4,7 @@
 
 mod support;
 
-use pgsidecar::route::shard::{hash_shard, KeyType};
+use pgsidecar::route::shard::{hash_shard, Key, KeyType};
 use support::*;
 
 /// Deterministic pseudo-random numbers (no dependency on a seeded RNG crate).
@@ -131,4 +131,60 @@ async fn hash_placement_equals_postgres_hash_partitioning() {
             }
         }
     }
+}
+
+#[test]
+fn shard_of_prints_the_shard_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sharded.toml");
+    let shard =
+        |port| format!("[[database.shards]]\nprimary = \"postgres://u:p@127.0.0.1:{port}/app\"\n");
+    std::fs::write(
+        &path,
+        format!(
+            "[[database]]\nname = \"app\"\n{}{}{}\n\
+             [[sharded_table]]\ndatabase = \"app\"\ntable = \"public.orders\"\ncolumn = \"customer_id\"\ntype = \"bigint\"\n\n\
+             [[user]]\nname = \"app\"\npassword = \"secret\"\n\n\
+             [tenancy]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\nshard_by = \"tenant\"\n\n\
+             [[tenant_shard]]\ntenant = \"acme\"\nshard = 1\n",
+            shard(5433),
+            shard(5434),
+            shard(5435)
+        ),
+    )
+    .expect("write the config");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+            .arg("shard-of")
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run pgsidecar shard-of");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for key in [42i64, -7, 1 << 40] {
+        let expected = hash_shard(Key::Int(key), 3);
+        let (ok, stdout, _) = run(&["--table", "orders", "--key", &key.to_string()]);
+        assert!(ok);
+        assert_eq!(stdout, format!("{expected}\n"), "key {key}");
+    }
+    assert_eq!(run(&["--tenant", "acme"]).1, "1\n", "the placement wins");
+    let globex = hash_shard(Key::Text("globex"), 3);
+    assert_eq!(run(&["--tenant", "globex"]).1, format!("{globex}\n"));
+    let (ok, stdout, stderr) = run(&["--table", "orders", "--key", "forty-two"]);
+    assert!(!ok && stdout.is_empty());
+    assert!(
+        stderr.contains("invalid input syntax for type bigint"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["--table", "customers", "--key", "1"]);
+    assert!(
+        !ok && stderr.contains("not a [[sharded_table]]"),
+        "{stderr}"
+    );
 }

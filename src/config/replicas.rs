@@ -70,7 +70,7 @@ pub struct ReplicaConfig {
 }
 
 /// The replica keys of a `[[database]]` table as written.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileReplicas {
     #[serde(default)]
@@ -123,6 +123,14 @@ impl ReplicaConfig {
 const DEFAULT_MAX_LAG: MaxLag = MaxLag::Bytes(16 << 20);
 
 impl FileReplicas {
+    /// These settings for other replica URLs (a shard's).
+    pub(super) fn with_urls(&self, replicas: Vec<String>) -> FileReplicas {
+        FileReplicas {
+            replicas,
+            ..self.clone()
+        }
+    }
+
     /// The validated settings, or `None` when the database has no replicas.
     pub(super) fn validate(self) -> Result<Option<ReplicaConfig>, ConfigError> {
         if self.replicas.is_empty() {

@@ -91,9 +91,22 @@ pub(super) struct FileTenancy {
     signing_key: Option<String>,
     signing_key_file: Option<String>,
     token_lifetime: Option<String>,
+    shard_by: Option<String>,
 }
 
 impl FileTenancy {
+    /// `shard_by = "tenant"`: every statement of a client goes to its tenant's shard.
+    pub(super) fn shard_by_tenant(&self) -> Result<bool, ConfigError> {
+        match self.shard_by.as_deref() {
+            None | Some("statement") => Ok(false),
+            Some("tenant") => Ok(true),
+            Some(other) => Err(ConfigError::invalid(
+                "tenancy.shard_by",
+                format!("{other:?} is not one of \"tenant\", \"statement\""),
+            )),
+        }
+    }
+
     pub(super) fn validate(self) -> Result<TenancyConfig, ConfigError> {
         let setting = self.setting.unwrap_or_else(|| "app.tenant_id".to_owned());
         let valid_setting = setting.split_once('.').is_some_and(|(a, b)| {

@@ -181,3 +181,155 @@ fn example_config_is_valid() {
     assert_eq!(c.pool.size, 20);
     assert_eq!(c.databases[0].name, "app");
 }
+
+const SHARDED: &str = r#"
+[[database]]
+name = "app"
+replica_strategy = "random"
+[[database.shards]]
+primary = "postgres://u:p@127.0.0.1:5433/app"
+[[database.shards]]
+primary = "postgres://u:p@127.0.0.1:5434/app"
+replicas = ["postgres://u:p@127.0.0.1:5435/app"]
+[[database.shards]]
+primary = "postgres://u:p@127.0.0.1:5436/app"
+
+[[sharded_table]]
+database = "app"
+table = "orders"
+column = "customer_id"
+type = "bigint"
+
+[[sharded_table]]
+database = "app"
+table = "public.regions"
+column = "code"
+type = "text"
+method = "list"
+values = [["eu", "uk"], ["us"], ["jp"]]
+
+[[sharded_table]]
+database = "app"
+table = "events"
+column = "id"
+type = "integer"
+method = "range"
+ranges = [[0, 1000], [1000, 5000], [5000, 9000]]
+default_shard = 2
+
+[[user]]
+name = "app"
+password = "secret"
+
+[tenancy]
+signing_key = "0123456789abcdef0123456789abcdef"
+shard_by = "tenant"
+
+[[tenant_shard]]
+tenant = "acme"
+shard = 2
+"#;
+
+#[test]
+fn sharded_databases_tables_and_tenants() {
+    let c = Config::from_toml(SHARDED, &Overrides::default()).unwrap();
+    let db = &c.databases[0];
+    assert_eq!(db.shards.len(), 3);
+    assert_eq!(db.primary.hosts[0].1, 5433, "shard 0 is the primary");
+    assert!(db.shards[0].replicas.is_none());
+    let replicas = db.shards[1].replicas.as_ref().unwrap();
+    assert_eq!(replicas.urls[0].hosts[0].1, 5435);
+    assert_eq!(replicas.strategy, Strategy::Random);
+    assert!(c.sharding.by_tenant);
+    assert!(c.sharding.table("app", "regions").is_some());
+    assert!(c.sharding.table("app", "public.regions").is_some());
+    assert!(c.sharding.table("app", "other.regions").is_none());
+    let row = |table, key| c.shard_of(None, ShardQuestion::Row { table, key });
+    assert_eq!(row("regions", "us"), Ok(1));
+    assert_eq!(row("events", "999"), Ok(0));
+    assert_eq!(row("events", "-1"), Ok(2), "the default shard");
+    assert!(row("orders", "x")
+        .unwrap_err()
+        .contains("invalid input syntax"));
+    assert!(row("regions", "fr").unwrap_err().contains("no shard"));
+    assert_eq!(c.shard_of(None, ShardQuestion::Tenant("acme")), Ok(2));
+    // check prints the sharding as it was configured.
+    let described = c.describe();
+    for line in [
+        "[[database.shards]]\nprimary = \"postgres://u:****@127.0.0.1:5434/app\"\nreplicas = [",
+        "table = \"public.regions\"\ncolumn = \"code\"\ntype = \"text\"\nmethod = \"list\"\nvalues = [[\"eu\", \"uk\"], [\"us\"], [\"jp\"]]\n",
+        "method = \"range\"\nranges = [[0, 1000], [1000, 5000], [5000, 9000]]\ndefault_shard = 2\n",
+        "[[tenant_shard]]\ntenant = \"acme\"\nshard = 2\n",
+    ] {
+        assert!(described.contains(line), "{line} in {described}");
+    }
+}
+
+#[test]
+fn sharding_mistakes_are_named() {
+    for (bad, needle) in [
+        (
+            SHARDED.replacen(
+                "name = \"app\"\n",
+                "name = \"app\"\nprimary = \"postgres://u@h/app\"\n",
+                1,
+            ),
+            "not both",
+        ),
+        (
+            SHARDED.replace(
+                "ranges = [[0, 1000], [1000, 5000], [5000, 9000]]",
+                "ranges = [[0, 1000]]",
+            ),
+            "one [start, end] per shard",
+        ),
+        (
+            SHARDED.replace("default_shard = 2", "default_shard = 3"),
+            "not a shard",
+        ),
+        (
+            SHARDED.replace("type = \"bigint\"", "type = \"float\""),
+            "unknown variant",
+        ),
+        (
+            SHARDED.replace(
+                "tenant = \"acme\"\nshard = 2",
+                "tenant = \"acme\"\nshard = 7",
+            ),
+            "does not exist",
+        ),
+        (
+            SHARDED.replace("shard_by = \"tenant\"", "shard_by = \"moon\""),
+            "shard_by",
+        ),
+        (
+            SHARDED.replace("shard_by = \"tenant\"", ""),
+            "need [tenancy] shard_by",
+        ),
+        (
+            SHARDED.replace("[\"eu\", \"uk\"]", "[1.5]"),
+            "must be a text",
+        ),
+        (
+            SHARDED.replace("[0, 1000]", "[\"zero\", 1000]"),
+            "invalid input syntax",
+        ),
+        (
+            SHARDED.replace(
+                "database = \"app\"\ntable = \"orders\"",
+                "database = \"other\"\ntable = \"orders\"",
+            ),
+            "not a database with [[database.shards]]",
+        ),
+        (
+            SHARDED.replace(
+                "replica_strategy = \"random\"",
+                "replicas = [\"postgres://u@h/app\"]",
+            ),
+            "give each [[database.shards]] its replicas",
+        ),
+    ] {
+        let err = Config::from_toml(&bad, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
+}

@@ -33,7 +33,7 @@ impl KeyType {
             KeyType::Integer => "integer",
             KeyType::Bigint => "bigint",
             KeyType::Text => "text",
-            KeyType::Varchar => "character varying",
+            KeyType::Varchar => "varchar",
             KeyType::Uuid => "uuid",
         }
     }
