@@ -32,12 +32,44 @@ pub enum AppError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// Why a client cannot be given a database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("database \"{0}\" does not exist")]
+    UnknownDatabase(String),
+    #[error("database \"{0}\" is sharded by tenant and this login has no tenant")]
+    NoTenant(String),
+    #[error("database \"{0}\" is sharded and routing by statement key is not available in this version: set [tenancy] shard_by = \"tenant\"")]
+    StatementRouting(String),
+}
+
+impl RouteError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteError::UnknownDatabase(_) => "unknown_database",
+            RouteError::NoTenant(_) => "no_tenant_for_shard",
+            RouteError::StatementRouting(_) => "shard_routing_unavailable",
+        }
+    }
+
+    /// The SQLSTATE the client gets (as Postgres answers an unknown database).
+    pub fn sqlstate(&self) -> crate::protocol::sqlstate::SqlState {
+        use crate::protocol::sqlstate::SqlState;
+        match self {
+            RouteError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
+            RouteError::NoTenant(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            RouteError::StatementRouting(_) => SqlState::FEATURE_NOT_SUPPORTED,
+        }
+    }
+}
+
 /// Everything a session needs, shared by all of them.
 pub struct App {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    /// The databases clients connect to, by name.
-    databases: HashMap<String, Arc<Database>>,
+    /// The databases clients connect to, by name: one entry, or one per shard.
+    databases: HashMap<String, Vec<Arc<Database>>>,
     /// `[tenancy] max_connections_per_tenant`, when set.
     pub tenant_limits: Option<crate::pool::tenants::TenantLimits>,
     /// Verifies JWT logins (`[tenancy] source = "jwt"`).
@@ -144,14 +176,39 @@ impl App {
         Ok(())
     }
 
-    /// A database clients connect to, by name.
+    /// A database clients connect to, by name (of a sharded one: shard 0).
     pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
-        self.databases.get(name)
+        self.databases.get(name).and_then(|shards| shards.first())
     }
 
-    /// Every database.
+    /// The database (or shard of it) a client of `tenant` asking for `name` is routed to.
+    pub fn database_for(
+        &self,
+        name: &str,
+        tenant: Option<&str>,
+    ) -> Result<&Arc<Database>, RouteError> {
+        let shards = self
+            .databases
+            .get(name)
+            .ok_or_else(|| RouteError::UnknownDatabase(name.to_owned()))?;
+        match shards.as_slice() {
+            [single] if single.shard.is_none() => Ok(single),
+            _ if !self.config.sharding.by_tenant => {
+                Err(RouteError::StatementRouting(name.to_owned()))
+            }
+            _ => {
+                let tenant = tenant.ok_or_else(|| RouteError::NoTenant(name.to_owned()))?;
+                let shard = self.config.sharding.tenants.shard_of(tenant, shards.len());
+                shards
+                    .get(shard)
+                    .ok_or_else(|| RouteError::NoTenant(name.to_owned()))
+            }
+        }
+    }
+
+    /// Every database, and every shard of the sharded ones.
     pub fn databases(&self) -> impl Iterator<Item = &Arc<Database>> {
-        self.databases.values()
+        self.databases.values().flatten()
     }
 
     /// A configured client user.
@@ -205,61 +262,90 @@ impl App {
             self.terminate.cancel();
             self.tracker.wait().await;
         }
-        for pool in self.databases.values().flat_map(|d| d.pools()) {
+        for pool in self.databases().flat_map(|d| d.pools()) {
             pool.close_idle();
         }
     }
 }
 
-/// The databases of the configuration, by name: each one's pools (not connected yet) and, with
-/// replicas, their topology.
+/// The databases of the configuration, by name: each one's (or each shard's) pools, not
+/// connected yet, and with replicas their topology.
 fn databases(
     config: &Config,
     metrics: &Arc<Metrics>,
     dialer: &crate::stream::Dialer,
-) -> Result<HashMap<String, Arc<Database>>, AppError> {
+) -> Result<HashMap<String, Vec<Arc<Database>>>, AppError> {
     let mut databases = HashMap::new();
     for db in &config.databases {
-        let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
-            let options = ConnectOptions {
-                dialer: dialer.clone(),
-                ..ConnectOptions::for_url(
-                    url,
-                    config.pool.connect_timeout,
-                    config.pool.tcp_keepalive,
-                )?
-            };
-            Ok::<_, AppError>(Arc::new(Pool::new(
-                label,
-                url.clone(),
-                config.pool.clone(),
-                options,
-                Arc::clone(metrics),
-            )))
-        };
-        let primary = pool_for(db.name.clone(), &db.primary)?;
-        let mut topology = None;
-        if let Some(replicas) = &db.replicas {
-            let replica_pools = replicas
-                .urls
+        let nodes: Vec<(Option<usize>, &crate::config::UpstreamUrl, _)> = if db.shards.is_empty() {
+            vec![(None, &db.primary, &db.replicas)]
+        } else {
+            db.shards
                 .iter()
                 .enumerate()
-                .map(|(i, url)| pool_for(format!("{}/replica{i}", db.name), url))
-                .collect::<Result<Vec<_>, _>>()?;
-            topology = Some(Arc::new(Topology::new(
-                &db.name,
-                Arc::clone(&primary),
-                replica_pools,
-                replicas.clone(),
-                metrics,
-            )));
-        }
-        let database = Database {
-            name: db.name.clone(),
-            primary,
-            replicas: topology,
+                .map(|(i, shard)| (Some(i), &shard.primary, &shard.replicas))
+                .collect()
         };
-        databases.insert(db.name.clone(), Arc::new(database));
+        let shards = nodes
+            .into_iter()
+            .map(|(shard, primary, replicas)| {
+                node(config, metrics, dialer, &db.name, shard, primary, replicas)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        databases.insert(db.name.clone(), shards);
     }
     Ok(databases)
+}
+
+/// One database or shard: its primary's pool and its replicas' (labelled `name`,
+/// `name/shardN`, `…/replicaM`).
+fn node(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    dialer: &crate::stream::Dialer,
+    name: &str,
+    shard: Option<usize>,
+    primary: &crate::config::UpstreamUrl,
+    replicas: &Option<crate::config::ReplicaConfig>,
+) -> Result<Arc<Database>, AppError> {
+    let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
+        let options = ConnectOptions {
+            dialer: dialer.clone(),
+            ..ConnectOptions::for_url(url, config.pool.connect_timeout, config.pool.tcp_keepalive)?
+        };
+        Ok::<_, AppError>(Arc::new(Pool::new(
+            label,
+            url.clone(),
+            config.pool.clone(),
+            options,
+            Arc::clone(metrics),
+        )))
+    };
+    let label = match shard {
+        Some(i) => format!("{name}/shard{i}"),
+        None => name.to_owned(),
+    };
+    let primary = pool_for(label.clone(), primary)?;
+    let mut topology = None;
+    if let Some(replicas) = replicas {
+        let replica_pools = replicas
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| pool_for(format!("{label}/replica{i}"), url))
+            .collect::<Result<Vec<_>, _>>()?;
+        topology = Some(Arc::new(Topology::new(
+            &label,
+            Arc::clone(&primary),
+            replica_pools,
+            replicas.clone(),
+            metrics,
+        )));
+    }
+    Ok(Arc::new(Database {
+        name: name.to_owned(),
+        primary,
+        replicas: topology,
+        shard,
+    }))
 }

@@ -1,6 +1,6 @@
-//! One client-facing database: its primary's pool and, when it has replicas, their pools and
-//! health ([`Topology`]). Later its shards, notifier and cache belong here too. Built by the
-//! app from the configuration; sessions hold an `Arc` of it.
+//! One client-facing database, or one shard of a sharded one: its primary's pool and, when it
+//! has replicas, their pools and health ([`Topology`]). Built by the app from the
+//! configuration; sessions hold an `Arc` of the one they are routed to.
 
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ pub struct Database {
     pub primary: Arc<Pool>,
     /// The replicas and their health, when configured.
     pub replicas: Option<Arc<Topology>>,
+    /// Which shard of its database this is, when the database is sharded.
+    pub shard: Option<usize>,
 }
 
 impl Database {

@@ -207,12 +207,12 @@ async fn login(
         reserved,
         grant: token_grant,
     } = tenant_context(app, &mut identity, grant, startup, peer_certificate)?;
-    let Some(database) = app.database(&startup.database) else {
-        app.metrics.error("unknown_database");
-        return Err(Some(ErrorReport::fatal(
-            SqlState::INVALID_CATALOG_NAME,
-            format!("database \"{}\" does not exist", startup.database),
-        )));
+    let database = match app.database_for(&startup.database, identity.tenant.as_deref()) {
+        Ok(database) => database,
+        Err(e) => {
+            app.metrics.error(e.kind());
+            return Err(Some(ErrorReport::fatal(e.sqlstate(), e.to_string())));
+        }
     };
     let startup_settings: BTreeMap<String, String> = startup.params.iter().cloned().collect();
     let mut settings = startup_settings.clone();
