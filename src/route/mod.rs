@@ -4,3 +4,4 @@
 pub mod plan;
 pub mod replica;
 pub mod shard;
+pub mod shard_key;

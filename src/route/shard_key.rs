@@ -1,0 +1,440 @@
+//! Which shard one statement needs, pure: from a hint (`/* pgsidecar: shard=N */`,
+//! `/* pgsidecar: shard_key=V */`), else from its classification — the key column of each
+//! sharded table it touches compared with a literal or a `$n` parameter at the top level
+//! (AND-ed, aliases resolved), or every row of an INSERT … VALUES — with values read from the
+//! statement text or the Bind. A statement that would need several shards, or whose shard
+//! cannot be known, is refused with a message that says what to add; statements that touch no
+//! sharded table read on any shard, and writes to such (omnisharded) tables are refused until
+//! they can be sent to every shard.
+
+use std::borrow::Cow;
+
+use super::shard::{Key, ShardError, ShardedTable};
+use crate::protocol::bind::Bind;
+use crate::protocol::sqlstate::SqlState;
+use crate::sql::cache::Classified;
+use crate::sql::class::{Classification, Equality, Kind, StatementClass, ValueRef};
+
+/// Where a statement runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardRoute {
+    /// On this shard.
+    Shard(usize),
+    /// On any shard (it touches no sharded table and writes nothing).
+    Any,
+    /// Nowhere: the client gets this error.
+    Refused(SqlState, String),
+}
+
+impl ShardRoute {
+    fn refused(message: impl Into<String>) -> ShardRoute {
+        ShardRoute::Refused(SqlState::FEATURE_NOT_SUPPORTED, message.into())
+    }
+
+    fn error(e: &ShardError) -> ShardRoute {
+        ShardRoute::Refused(e.sqlstate(), e.to_string())
+    }
+}
+
+/// What a statement's shard is read from.
+pub struct Statement<'a> {
+    pub sql: &'a [u8],
+    pub classified: &'a Classified,
+    /// The Bind that executes it (extended protocol), for `$n` keys.
+    pub bind: Option<&'a Bind<'a>>,
+}
+
+/// The shard `statement` needs among `shards`, given the database's sharded tables.
+pub fn route(statement: &Statement<'_>, tables: &[ShardedTable], shards: usize) -> ShardRoute {
+    match hint(statement.sql) {
+        Some(Hint::Shard(n)) if n < shards => return ShardRoute::Shard(n),
+        Some(Hint::Shard(n)) => {
+            return ShardRoute::Refused(
+                SqlState::INVALID_PARAMETER_VALUE,
+                format!("shard {n} does not exist: the database has {shards} shards (0 to {})", shards - 1),
+            )
+        }
+        Some(Hint::Key(key)) => {
+            // The hint's key is read as the type of the sharded table the statement touches.
+            let Some(table) = touched(statement, tables).next() else {
+                return ShardRoute::refused(
+                    "a shard_key hint needs a statement on a sharded table (or use shard=N)",
+                );
+            };
+            return match table.key_type.parse(&key) {
+                Ok(key) => placed(table, Some(key), shards),
+                Err(e) => ShardRoute::error(&e),
+            };
+        }
+        None => {}
+    }
+    let Classification::Parsed(parsed) = statement.classified.classification.as_ref() else {
+        return ShardRoute::refused(
+            "the statement could not be parsed, so its shard is unknown: add /* pgsidecar: shard=N */",
+        );
+    };
+    let mut route = ShardRoute::Any;
+    for class in parsed {
+        let next = one(statement, class, tables, shards);
+        route = match (route, next) {
+            (refused @ ShardRoute::Refused(..), _) | (_, refused @ ShardRoute::Refused(..)) => {
+                return refused
+            }
+            (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
+            (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
+            (ShardRoute::Shard(_), ShardRoute::Shard(_)) => {
+                return ShardRoute::refused(
+                    "the statements of this query need different shards: send them separately",
+                )
+            }
+        };
+    }
+    route
+}
+
+/// One statement of a query string.
+fn one(
+    statement: &Statement<'_>,
+    class: &StatementClass,
+    tables: &[ShardedTable],
+    shards: usize,
+) -> ShardRoute {
+    let names = class.tables_read.iter().chain(&class.tables_written);
+    let sharded: Vec<&ShardedTable> = tables
+        .iter()
+        .filter(|t| names.clone().any(|n| names_table(n, t)))
+        .collect();
+    if sharded.is_empty() {
+        let writes = !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
+        return if writes {
+            ShardRoute::refused(
+                "this statement writes to tables that are not sharded (they are on every shard): \
+                 sending it to every shard is not available in this version",
+            )
+        } else {
+            ShardRoute::Any
+        };
+    }
+    let mut route = ShardRoute::Any;
+    for table in sharded {
+        let next = table_route(statement, class, table, shards);
+        route = match (route, next) {
+            (_, refused @ ShardRoute::Refused(..)) => return refused,
+            (ShardRoute::Any, other) => other,
+            (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
+            (ShardRoute::Shard(_), _) => {
+                return ShardRoute::refused(format!(
+                    "the keys of this statement are on different shards ({} and others): \
+                     one statement runs on one shard in this version",
+                    table.display_name()
+                ))
+            }
+            (refused @ ShardRoute::Refused(..), _) => return refused,
+        };
+    }
+    route
+}
+
+/// The shard one sharded table of a statement needs.
+fn table_route(
+    statement: &Statement<'_>,
+    class: &StatementClass,
+    table: &ShardedTable,
+    shards: usize,
+) -> ShardRoute {
+    let needs_key = || {
+        ShardRoute::refused(format!(
+            "table \"{}\" is sharded by \"{}\": add \"{} = <value>\" to the statement (or /* pgsidecar: shard_key=<value> */)",
+            table.display_name(),
+            table.column,
+            table.column
+        ))
+    };
+    let is_key = |e: &Equality| {
+        e.column == table.column && e.table.as_deref().is_some_and(|n| names_table(n, table))
+    };
+    if !class.insert_rows.is_empty() {
+        let mut route = ShardRoute::Any;
+        for row in &class.insert_rows {
+            let Some(eq) = row.iter().find(|e| is_key(e)) else {
+                return needs_key();
+            };
+            let next = match value(statement, table, &eq.value) {
+                Ok(key) => placed(table, key, shards),
+                Err(route) => return route,
+            };
+            route = match (route, next) {
+                (_, refused @ ShardRoute::Refused(..)) => return refused,
+                (ShardRoute::Any, other) => other,
+                (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
+                _ => {
+                    return ShardRoute::refused(format!(
+                        "the rows of this INSERT into \"{}\" are on different shards: insert them separately",
+                        table.display_name()
+                    ))
+                }
+            };
+        }
+        return route;
+    }
+    match class.equalities.iter().find(|e| is_key(e)) {
+        Some(eq) => match value(statement, table, &eq.value) {
+            Ok(key) => placed(table, key, shards),
+            Err(route) => route,
+        },
+        None => needs_key(),
+    }
+}
+
+/// The key a value reference stands for (`None`: NULL).
+fn value<'a>(
+    statement: &Statement<'a>,
+    table: &ShardedTable,
+    value: &ValueRef,
+) -> Result<Option<Key<'a>>, ShardRoute> {
+    match value {
+        ValueRef::Literal(i) => {
+            let Some(literal) = statement.classified.scan.literals.get(*i) else {
+                return Err(ShardRoute::refused("the shard key literal could not be read"));
+            };
+            match literal.value(statement.sql) {
+                Cow::Borrowed(text) => table.key_type.parse(text).map(Some),
+                // Escapes were resolved into a copy: numbers and UUIDs need no borrow.
+                Cow::Owned(text) => match table.key_type.parse(&text) {
+                    Ok(Key::Int(v)) => Ok(Some(Key::Int(v))),
+                    Ok(Key::Uuid(u)) => Ok(Some(Key::Uuid(u))),
+                    Ok(Key::Text(_)) => {
+                        return Err(ShardRoute::refused(
+                            "a text shard key written with escapes: pass it as a parameter",
+                        ))
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+            .map_err(|e| ShardRoute::error(&e))
+        }
+        ValueRef::Param(n) => {
+            let Some(bind) = statement.bind else {
+                return Err(ShardRoute::refused(
+                    "the shard key is a parameter and there is no Bind to read it from",
+                ));
+            };
+            bind_key(bind, table, (*n as usize).saturating_sub(1))
+        }
+        ValueRef::Word(_) | ValueRef::Expression => Err(ShardRoute::refused(format!(
+            "the shard key \"{}\" of \"{}\" is computed: give it as a literal or a parameter",
+            table.column,
+            table.display_name()
+        ))),
+    }
+}
+
+/// Parameter `i` of a Bind as a key of the table's type (text or binary format).
+fn bind_key<'a>(
+    bind: &Bind<'a>,
+    table: &ShardedTable,
+    i: usize,
+) -> Result<Option<Key<'a>>, ShardRoute> {
+    use super::shard::KeyType;
+    let invalid = || {
+        ShardRoute::error(&ShardError::InvalidKey {
+            key_type: table.key_type.name(),
+            value: format!("(parameter ${})", i + 1),
+        })
+    };
+    match bind.param(i) {
+        None => Err(ShardRoute::refused(format!("the Bind has no parameter ${}", i + 1))),
+        Some(None) => Ok(None),
+        Some(Some(bytes)) if bind.param_format(i) == 0 => {
+            let text = std::str::from_utf8(bytes).map_err(|_| invalid())?;
+            table
+                .key_type
+                .parse(text)
+                .map(Some)
+                .map_err(|e| ShardRoute::error(&e))
+        }
+        Some(Some(bytes)) => match table.key_type {
+            KeyType::Smallint | KeyType::Integer | KeyType::Bigint => {
+                let v = bind.param_int(i).ok_or_else(invalid)?;
+                table
+                    .key_type
+                    .int(v)
+                    .map(Some)
+                    .map_err(|e| ShardRoute::error(&e))
+            }
+            KeyType::Text | KeyType::Varchar => std::str::from_utf8(bytes)
+                .map(|s| Some(Key::Text(s)))
+                .map_err(|_| invalid()),
+            KeyType::Uuid => <[u8; 16]>::try_from(bytes)
+                .map(|u| Some(Key::Uuid(u)))
+                .map_err(|_| invalid()),
+        },
+    }
+}
+
+/// The table's shard for a key.
+fn placed(table: &ShardedTable, key: Option<Key<'_>>, shards: usize) -> ShardRoute {
+    match table.shard_of(key, shards) {
+        Ok(n) => ShardRoute::Shard(n),
+        Err(e) => ShardRoute::error(&e),
+    }
+}
+
+/// Sharded tables a statement names (from its classification).
+fn touched<'t>(
+    statement: &Statement<'_>,
+    tables: &'t [ShardedTable],
+) -> impl Iterator<Item = &'t ShardedTable> {
+    let names: Vec<String> = match statement.classified.classification.as_ref() {
+        Classification::Parsed(parsed) => parsed
+            .iter()
+            .flat_map(|c| c.tables_read.iter().chain(&c.tables_written).cloned())
+            .collect(),
+        Classification::Unparsed { .. } => Vec::new(),
+    };
+    tables
+        .iter()
+        .filter(move |t| names.iter().any(|n| names_table(n, t)))
+}
+
+/// Whether a table name as the statement wrote it (`t`, `s.t`) may be the sharded table. A
+/// name without a schema may resolve to any schema on the client's `search_path`, so it counts
+/// (treating a sharded table as unsharded could read the wrong shard; the other way round only
+/// asks for a key).
+fn names_table(name: &str, table: &ShardedTable) -> bool {
+    let (schema, last) = match name.rsplit_once('.') {
+        Some((schema, last)) => (Some(schema), last),
+        None => (None, name),
+    };
+    last == table.table
+        && match (schema, &table.schema) {
+            (Some(written), Some(configured)) => written == configured,
+            _ => true,
+        }
+}
+
+/// A routing hint in a comment.
+#[derive(Debug, PartialEq, Eq)]
+enum Hint {
+    Shard(usize),
+    Key(String),
+}
+
+/// `/* pgsidecar: shard=N */` or `/* pgsidecar: shard_key=V */` anywhere in the statement.
+fn hint(sql: &[u8]) -> Option<Hint> {
+    const MARK: &[u8] = b"pgsidecar:";
+    let at = sql.windows(MARK.len()).position(|w| w.eq_ignore_ascii_case(MARK))?;
+    // Only inside a block comment that opened before the mark.
+    let before = &sql[..at];
+    let opened = before.windows(2).rposition(|w| w == b"/*")?;
+    if before[opened..].windows(2).any(|w| w == b"*/") {
+        return None;
+    }
+    let rest = &sql[at + MARK.len()..];
+    let end = rest.windows(2).position(|w| w == b"*/")?;
+    let body = std::str::from_utf8(&rest[..end]).ok()?.trim();
+    let (name, value) = body.split_once('=')?;
+    let value = value.trim().trim_matches('\'');
+    match name.trim().to_ascii_lowercase().as_str() {
+        "shard" => value.parse().ok().map(Hint::Shard),
+        "shard_key" => Some(Hint::Key(value.to_owned())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::shard::{KeyType, Placement};
+    use crate::sql::cache::ClassificationCache;
+
+    fn tables() -> Vec<ShardedTable> {
+        vec![
+            ShardedTable {
+                database: "app".into(),
+                schema: None,
+                table: "orders".into(),
+                column: "customer_id".into(),
+                key_type: KeyType::Bigint,
+                placement: Placement::Hash,
+            },
+            ShardedTable {
+                database: "app".into(),
+                schema: Some("public".into()),
+                table: "customers".into(),
+                column: "id".into(),
+                key_type: KeyType::Bigint,
+                placement: Placement::Hash,
+            },
+        ]
+    }
+
+    fn route_of(sql: &str) -> ShardRoute {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        let classified = cache.classify(sql.as_bytes());
+        let statement = Statement {
+            sql: sql.as_bytes(),
+            classified: &classified,
+            bind: None,
+        };
+        route(&statement, &tables(), 3)
+    }
+
+    fn shard(key: i64) -> ShardRoute {
+        ShardRoute::Shard(crate::route::shard::hash_shard(Key::Int(key), 3))
+    }
+
+    fn refused_with(sql: &str, needle: &str) {
+        match route_of(sql) {
+            ShardRoute::Refused(_, message) => assert!(message.contains(needle), "{sql}: {message}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_from_where_and_insert() {
+        assert_eq!(route_of("SELECT * FROM orders WHERE customer_id = 42"), shard(42));
+        assert_eq!(
+            route_of("SELECT * FROM orders o WHERE o.status = 'new' AND o.customer_id = 7"),
+            shard(7)
+        );
+        assert_eq!(route_of("UPDATE orders SET status = 'x' WHERE customer_id = 9"), shard(9));
+        assert_eq!(route_of("DELETE FROM public.orders WHERE customer_id = 3"), shard(3));
+        assert_eq!(
+            route_of("INSERT INTO orders (customer_id, note) VALUES (5, 'a'), (5, 'b')"),
+            shard(5)
+        );
+        assert_eq!(route_of("SELECT 1"), ShardRoute::Any);
+        assert_eq!(route_of("SELECT * FROM countries"), ShardRoute::Any);
+    }
+
+    #[test]
+    fn hints_win() {
+        assert_eq!(route_of("/* pgsidecar: shard=2 */ SELECT * FROM orders"), ShardRoute::Shard(2));
+        assert_eq!(route_of("SELECT * FROM orders /* pgsidecar: shard_key=42 */"), shard(42));
+        refused_with("/* pgsidecar: shard=3 */ SELECT 1", "does not exist");
+        // Not a hint outside a comment.
+        refused_with("SELECT 'pgsidecar: shard=1' FROM orders", "add \"customer_id = <value>\"");
+    }
+
+    #[test]
+    fn what_cannot_be_placed_is_refused_with_what_to_add() {
+        refused_with("SELECT * FROM orders", "add \"customer_id = <value>\"");
+        refused_with("SELECT * FROM orders WHERE customer_id = 1 OR customer_id = 2", "customer_id");
+        refused_with("SELECT * FROM orders WHERE customer_id = 'x'", "invalid input syntax");
+        refused_with("INSERT INTO orders (customer_id) VALUES (1), (2), (3), (4)", "different shards");
+        refused_with("INSERT INTO countries (code) VALUES ('fr')", "not sharded");
+        refused_with("CREATE TABLE t (a int)", "not sharded");
+        let two_shards = (0..20)
+            .map(|k| (k, shard(k)))
+            .find(|(_, s)| *s != shard(0))
+            .map(|(k, _)| k)
+            .unwrap();
+        refused_with(
+            &format!("SELECT * FROM orders, customers WHERE orders.customer_id = 0 AND customers.id = {two_shards}"),
+            "different shards",
+        );
+        // `= NULL` is never true: no key there.
+        refused_with("SELECT * FROM orders WHERE customer_id = NULL", "add \"customer_id");
+    }
+}
