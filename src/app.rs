@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::health::Topology;
 use crate::pool::{ConnectOptions, Database, Pool};
+use crate::route::shard::ShardedTable;
 use crate::session::auth::UserAuth;
 use crate::sql::signal::SignalKind;
 
@@ -39,7 +40,7 @@ pub enum RouteError {
     UnknownDatabase(String),
     #[error("database \"{0}\" is sharded by tenant and this login has no tenant")]
     NoTenant(String),
-    #[error("database \"{0}\" is sharded and routing by statement key is not available in this version: set [tenancy] shard_by = \"tenant\"")]
+    #[error("database \"{0}\" is sharded by statement key, which needs pool mode \"transaction\" (or [tenancy] shard_by = \"tenant\")")]
     StatementRouting(String),
 }
 
@@ -193,9 +194,13 @@ impl App {
             .ok_or_else(|| RouteError::UnknownDatabase(name.to_owned()))?;
         match shards.as_slice() {
             [single] if single.shard.is_none() => Ok(single),
-            _ if !self.config.sharding.by_tenant => {
-                Err(RouteError::StatementRouting(name.to_owned()))
-            }
+            // Each request picks its shard; the session starts on shard 0.
+            [first, ..] if !self.config.sharding.by_tenant => match self.config.pool.mode {
+                crate::config::PoolMode::Transaction => Ok(first),
+                crate::config::PoolMode::Session => {
+                    Err(RouteError::StatementRouting(name.to_owned()))
+                }
+            },
             _ => {
                 let tenant = tenant.ok_or_else(|| RouteError::NoTenant(name.to_owned()))?;
                 let shard = self.config.sharding.tenants.shard_of(tenant, shards.len());
@@ -204,6 +209,24 @@ impl App {
                     .ok_or_else(|| RouteError::NoTenant(name.to_owned()))
             }
         }
+    }
+
+    /// The shards of a database whose requests each pick their shard (sharded, and not by
+    /// tenant), with its sharded tables.
+    pub fn statement_shards(&self, name: &str) -> Option<(Vec<Arc<Database>>, Vec<ShardedTable>)> {
+        let shards = self.databases.get(name)?;
+        if shards.first()?.shard.is_none() || self.config.sharding.by_tenant {
+            return None;
+        }
+        let tables = self
+            .config
+            .sharding
+            .tables
+            .iter()
+            .filter(|t| t.database == name)
+            .cloned()
+            .collect();
+        Some((shards.clone(), tables))
     }
 
     /// Every database, and every shard of the sharded ones.

@@ -273,3 +273,157 @@ async fn tenant_sharding_puts_each_tenant_on_its_shard() {
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
 }
+
+/// A shard server with database `app` (role app) and `orders` and `countries` tables.
+fn plain_shard_server() -> pgsidecar::localpg::LocalPostgres {
+    let pg = pgsidecar::localpg::LocalPostgres::start("").expect("start a shard server");
+    pg.create_user_and_database("app", PASSWORD, "app")
+        .expect("role and database");
+    pg.psql(
+        "app",
+        "SET ROLE app; CREATE TABLE orders (customer_id bigint, note text); \
+         CREATE TABLE countries (code text)",
+    )
+    .expect("the tables");
+    pg
+}
+
+#[tokio::test]
+async fn statements_go_to_the_shard_of_their_key() {
+    let shards: Vec<_> = (0..3).map(|_| plain_shard_server()).collect();
+    let shard_lines: String = shards
+        .iter()
+        .map(|s| {
+            format!(
+                "[[database.shards]]\nprimary = \"{}\"\n",
+                s.url("app", PASSWORD, "app")
+            )
+        })
+        .collect();
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\n{shard_lines}\n\
+         [[sharded_table]]\ndatabase = \"app\"\ntable = \"orders\"\ncolumn = \"customer_id\"\ntype = \"bigint\"\n\n\
+         [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n"
+    );
+    let sidecar = start(&toml).await;
+    let client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
+    // Literal keys (simple protocol) and parameters (extended, binary int8).
+    for k in 0i64..30 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (customer_id, note) VALUES ({k}, 'n{k}')"
+            ))
+            .await
+            .expect("insert by literal key");
+    }
+    for k in 30i64..60 {
+        client
+            .execute(
+                "INSERT INTO orders (customer_id, note) VALUES ($1, $2)",
+                &[&k, &format!("n{k}")],
+            )
+            .await
+            .expect("insert by parameter key");
+    }
+    for (n, shard) in shards.iter().enumerate() {
+        let keys = shard
+            .psql(
+                "app",
+                "SELECT string_agg(customer_id::text, ',' ORDER BY customer_id) FROM orders",
+            )
+            .unwrap();
+        let expected: Vec<String> = (0i64..60)
+            .filter(|k| hash_shard(Key::Int(*k), 3) == n)
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(keys.trim(), expected.join(","), "shard {n} holds its keys");
+    }
+    for k in [0i64, 17, 31, 59] {
+        let note: String = client
+            .query_one("SELECT note FROM orders WHERE customer_id = $1", &[&k])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(note, format!("n{k}"));
+    }
+    // Hints.
+    let on_one = shards[1]
+        .psql("app", "SELECT count(*) FROM orders")
+        .unwrap();
+    let hinted: i64 = client
+        .query_one("/* pgsidecar: shard=1 */ SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hinted.to_string(), on_one.trim());
+    // A transaction stays on the shard of its first statement.
+    let (a, b) = {
+        let a = 100i64;
+        let b = (101i64..)
+            .find(|k| hash_shard(Key::Int(*k), 3) != hash_shard(Key::Int(a), 3))
+            .unwrap();
+        (a, b)
+    };
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "INSERT INTO orders (customer_id, note) VALUES ($1, 'tx')",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    let err = client
+        .execute(
+            "INSERT INTO orders (customer_id, note) VALUES ($1, 'tx')",
+            &[&b],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    let err = client.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("25P02"),
+        "the transaction failed: {err}"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    for shard in &shards {
+        let left = shard
+            .psql("app", "SELECT count(*) FROM orders WHERE note = 'tx'")
+            .unwrap();
+        assert_eq!(left.trim(), "0", "rolled back everywhere");
+    }
+    // Refusals name what to add; bad keys get Postgres's codes; nothing is sent anywhere.
+    for (sql, code, needle) in [
+        ("SELECT * FROM orders", "0A000", "customer_id"),
+        (
+            "SELECT * FROM orders WHERE customer_id = 'abc'",
+            "22P02",
+            "bigint",
+        ),
+        (
+            "INSERT INTO countries (code) VALUES ('fr')",
+            "0A000",
+            "not sharded",
+        ),
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some(code), "{sql}: {err}");
+        assert!(
+            err.as_db_error().unwrap().message().contains(needle),
+            "{sql}: {err}"
+        );
+    }
+    let err = client
+        .query(
+            "SELECT note FROM orders WHERE customer_id = $1",
+            &[&None::<i64>],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22004"), "{err}");
+    // Statements on no sharded table run on any shard.
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

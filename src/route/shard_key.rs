@@ -51,7 +51,10 @@ pub fn route(statement: &Statement<'_>, tables: &[ShardedTable], shards: usize) 
         Some(Hint::Shard(n)) => {
             return ShardRoute::Refused(
                 SqlState::INVALID_PARAMETER_VALUE,
-                format!("shard {n} does not exist: the database has {shards} shards (0 to {})", shards - 1),
+                format!(
+                    "shard {n} does not exist: the database has {shards} shards (0 to {})",
+                    shards - 1
+                ),
             )
         }
         Some(Hint::Key(key)) => {
@@ -105,7 +108,8 @@ fn one(
         .filter(|t| names.clone().any(|n| names_table(n, t)))
         .collect();
     if sharded.is_empty() {
-        let writes = !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
+        let writes =
+            !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
         return if writes {
             ShardRoute::refused(
                 "this statement writes to tables that are not sharded (they are on every shard): \
@@ -195,7 +199,9 @@ fn value<'a>(
     match value {
         ValueRef::Literal(i) => {
             let Some(literal) = statement.classified.scan.literals.get(*i) else {
-                return Err(ShardRoute::refused("the shard key literal could not be read"));
+                return Err(ShardRoute::refused(
+                    "the shard key literal could not be read",
+                ));
             };
             match literal.value(statement.sql) {
                 Cow::Borrowed(text) => table.key_type.parse(text).map(Some),
@@ -243,7 +249,10 @@ fn bind_key<'a>(
         })
     };
     match bind.param(i) {
-        None => Err(ShardRoute::refused(format!("the Bind has no parameter ${}", i + 1))),
+        None => Err(ShardRoute::refused(format!(
+            "the Bind has no parameter ${}",
+            i + 1
+        ))),
         Some(None) => Ok(None),
         Some(Some(bytes)) if bind.param_format(i) == 0 => {
             let text = std::str::from_utf8(bytes).map_err(|_| invalid())?;
@@ -323,7 +332,9 @@ enum Hint {
 /// `/* pgsidecar: shard=N */` or `/* pgsidecar: shard_key=V */` anywhere in the statement.
 fn hint(sql: &[u8]) -> Option<Hint> {
     const MARK: &[u8] = b"pgsidecar:";
-    let at = sql.windows(MARK.len()).position(|w| w.eq_ignore_ascii_case(MARK))?;
+    let at = sql
+        .windows(MARK.len())
+        .position(|w| w.eq_ignore_ascii_case(MARK))?;
     // Only inside a block comment that opened before the mark.
     let before = &sql[..at];
     let opened = before.windows(2).rposition(|w| w == b"/*")?;
@@ -386,20 +397,31 @@ mod tests {
 
     fn refused_with(sql: &str, needle: &str) {
         match route_of(sql) {
-            ShardRoute::Refused(_, message) => assert!(message.contains(needle), "{sql}: {message}"),
+            ShardRoute::Refused(_, message) => {
+                assert!(message.contains(needle), "{sql}: {message}")
+            }
             other => panic!("{sql}: {other:?}"),
         }
     }
 
     #[test]
     fn keys_from_where_and_insert() {
-        assert_eq!(route_of("SELECT * FROM orders WHERE customer_id = 42"), shard(42));
+        assert_eq!(
+            route_of("SELECT * FROM orders WHERE customer_id = 42"),
+            shard(42)
+        );
         assert_eq!(
             route_of("SELECT * FROM orders o WHERE o.status = 'new' AND o.customer_id = 7"),
             shard(7)
         );
-        assert_eq!(route_of("UPDATE orders SET status = 'x' WHERE customer_id = 9"), shard(9));
-        assert_eq!(route_of("DELETE FROM public.orders WHERE customer_id = 3"), shard(3));
+        assert_eq!(
+            route_of("UPDATE orders SET status = 'x' WHERE customer_id = 9"),
+            shard(9)
+        );
+        assert_eq!(
+            route_of("DELETE FROM public.orders WHERE customer_id = 3"),
+            shard(3)
+        );
         assert_eq!(
             route_of("INSERT INTO orders (customer_id, note) VALUES (5, 'a'), (5, 'b')"),
             shard(5)
@@ -410,19 +432,37 @@ mod tests {
 
     #[test]
     fn hints_win() {
-        assert_eq!(route_of("/* pgsidecar: shard=2 */ SELECT * FROM orders"), ShardRoute::Shard(2));
-        assert_eq!(route_of("SELECT * FROM orders /* pgsidecar: shard_key=42 */"), shard(42));
+        assert_eq!(
+            route_of("/* pgsidecar: shard=2 */ SELECT * FROM orders"),
+            ShardRoute::Shard(2)
+        );
+        assert_eq!(
+            route_of("SELECT * FROM orders /* pgsidecar: shard_key=42 */"),
+            shard(42)
+        );
         refused_with("/* pgsidecar: shard=3 */ SELECT 1", "does not exist");
         // Not a hint outside a comment.
-        refused_with("SELECT 'pgsidecar: shard=1' FROM orders", "add \"customer_id = <value>\"");
+        refused_with(
+            "SELECT 'pgsidecar: shard=1' FROM orders",
+            "add \"customer_id = <value>\"",
+        );
     }
 
     #[test]
     fn what_cannot_be_placed_is_refused_with_what_to_add() {
         refused_with("SELECT * FROM orders", "add \"customer_id = <value>\"");
-        refused_with("SELECT * FROM orders WHERE customer_id = 1 OR customer_id = 2", "customer_id");
-        refused_with("SELECT * FROM orders WHERE customer_id = 'x'", "invalid input syntax");
-        refused_with("INSERT INTO orders (customer_id) VALUES (1), (2), (3), (4)", "different shards");
+        refused_with(
+            "SELECT * FROM orders WHERE customer_id = 1 OR customer_id = 2",
+            "customer_id",
+        );
+        refused_with(
+            "SELECT * FROM orders WHERE customer_id = 'x'",
+            "invalid input syntax",
+        );
+        refused_with(
+            "INSERT INTO orders (customer_id) VALUES (1), (2), (3), (4)",
+            "different shards",
+        );
         refused_with("INSERT INTO countries (code) VALUES ('fr')", "not sharded");
         refused_with("CREATE TABLE t (a int)", "not sharded");
         let two_shards = (0..20)
@@ -435,6 +475,9 @@ mod tests {
             "different shards",
         );
         // `= NULL` is never true: no key there.
-        refused_with("SELECT * FROM orders WHERE customer_id = NULL", "add \"customer_id");
+        refused_with(
+            "SELECT * FROM orders WHERE customer_id = NULL",
+            "add \"customer_id",
+        );
     }
 }

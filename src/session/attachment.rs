@@ -68,6 +68,14 @@ pub(super) enum Resync {
     Failed,
 }
 
+/// A transaction that began with a held BEGIN.
+#[derive(Debug)]
+pub(super) struct Began {
+    pub(super) begin: crate::protocol::frame::Frame,
+    /// A Query, Execute or FunctionCall was sent in it.
+    pub(super) executed: bool,
+}
+
 /// What happens to the server's messages up to one ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reply {
@@ -206,6 +214,9 @@ pub(super) struct Attachment {
     /// A statement that may change the catalog ran on this attachment since the last
     /// transaction end the client asked for.
     pub(super) catalog_changed: bool,
+    /// The transaction began here with a BEGIN the sidecar held, and whether a statement has
+    /// run in it since (a sharded session may move a transaction that ran none).
+    pub(super) began: Option<Began>,
     /// Proxy-wide statements prepared on the server connection since then: a rollback may
     /// leave them pointing at catalog objects that no longer exist.
     pub(super) parsed_since_catalog_change: Vec<bytes::Bytes>,
@@ -403,6 +414,7 @@ impl Attachment {
             wrote: false,
             notified: false,
             catalog_changed: false,
+            began: None,
             parsed_since_catalog_change: Vec::new(),
             forget_parsed_at_sync: None,
             replica_said_fatal: false,

@@ -7,6 +7,7 @@
 //! until the queue drains.
 
 use super::queue::LocalReply;
+use super::shards::Placed;
 use super::*;
 use crate::route::plan::{plan, Local, Plan, RequestFacts, SessionView, Sole, TxPin};
 
@@ -31,6 +32,12 @@ impl Held {
     pub(super) fn push_back(&mut self, incoming: Incoming) {
         self.bytes += incoming.0.len();
         self.frames.push_back(incoming);
+    }
+
+    /// Puts a frame first (a request the sidecar replaced).
+    pub(super) fn push_front(&mut self, incoming: Incoming) {
+        self.bytes += incoming.0.len();
+        self.frames.push_front(incoming);
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Incoming> {
@@ -100,7 +107,9 @@ impl Relay {
         match frontend::role(frame.tag()) {
             MessageRole::Terminate | MessageRole::Unknown | MessageRole::Copy => true,
             _ => match self.session_view().pin {
-                TxPin::Pinned(_) => true,
+                // In a sharded session every request is placed, so one for another shard is
+                // refused rather than run where the transaction is.
+                TxPin::Pinned(_) => self.shards.is_none(),
                 TxPin::None | TxPin::HeldBegin | TxPin::Attached(_) => {
                     matches!(self.phase, Phase::SkipToSync)
                 }
@@ -131,7 +140,7 @@ impl Relay {
 
     /// The database routes between a primary and replicas (transaction mode with replicas).
     fn routes(&self) -> bool {
-        self.topology.is_some() && self.mode == PoolMode::Transaction
+        (self.topology.is_some() || self.shards.is_some()) && self.mode == PoolMode::Transaction
     }
 
     /// Runs the held requests that can run now, in order; stops at one that is incomplete or
@@ -145,9 +154,21 @@ impl Relay {
                 }
                 continue;
             }
-            let Some(len) = self.held_request_len() else {
+            let Some(mut len) = self.held_request_len() else {
                 return Ok(None);
             };
+            if self.shards.is_some() {
+                match self.place_request(len).await {
+                    Placed::Here => {}
+                    Placed::Wait => return Ok(None),
+                    Placed::Refuse(report) => {
+                        self.answer_in_turn(LocalReply::Failed(report));
+                        continue;
+                    }
+                }
+                // A refusal inside a transaction became one Query.
+                len = self.held_request_len().unwrap_or(len);
+            }
             let target = match plan(&self.held_facts(len), &self.session_view()) {
                 Plan::Wait => return Ok(None),
                 Plan::Answer(local) => {

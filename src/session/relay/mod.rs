@@ -19,7 +19,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::attachment::Resync;
-use super::attachment::{Attachment, Batch, Expect, Passthrough, Pending, Reply, Source, Timer};
+use super::attachment::{
+    Attachment, Batch, Began, Expect, Passthrough, Pending, Reply, Source, Timer,
+};
 use super::cleanup::clean_and_release;
 use super::client::{ClientConn, ClientIoError};
 use super::effects::{Effects, ListenChange};
@@ -55,6 +57,7 @@ mod queue;
 mod replies;
 mod request;
 mod routing;
+mod shards;
 mod signals;
 mod sql_names;
 mod tenancy;
@@ -169,6 +172,8 @@ pub struct Relay {
     topology: Option<Arc<Topology>>,
     /// Client frames held until their request is complete and can run.
     held: intake::Held,
+    /// The database's shards, when each request picks its shard by key.
+    shards: Option<shards::Shards>,
     /// The statement shapes this client used last (classified without the shared cache).
     recent_shapes: crate::sql::cache::Recent,
     /// The replies owed to the client, in order.
@@ -208,6 +213,9 @@ impl Relay {
             tenant_queries,
             topology,
             held: intake::Held::default(),
+            shards: app
+                .statement_shards(&info.database.name)
+                .map(|(databases, tables)| shards::Shards::new(databases, tables)),
             recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
             earlier: None,

@@ -446,6 +446,9 @@ fn ready(
             })
         })?;
     att.status = status;
+    if status == TransactionStatus::Idle {
+        att.began = None;
+    }
     let done = att.expect.pop_front();
     if done.is_some() {
         att.readies += 1;

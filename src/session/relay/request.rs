@@ -245,6 +245,18 @@ impl Relay {
             att.push_expect(Expect {
                 source: Source::Sidecar,
             });
+            att.began = Some(Began {
+                begin,
+                executed: false,
+            });
+        }
+        if matches!(
+            u.frame.tag(),
+            frontend::QUERY_TAG | frontend::EXECUTE_TAG | frontend::FUNCTION_CALL_TAG
+        ) {
+            if let Some(began) = &mut att.began {
+                began.executed = true;
+            }
         }
         if matches!(
             u.frame.tag(),

@@ -1,0 +1,271 @@
+//! Statement shard routing for a database sharded by key: which shard a held request needs
+//! (`route::shard_key` on its statements and Bind parameters), moving the session to that
+//! shard between transactions (a held BEGIN goes with the first statement, so a transaction
+//! runs on the shard of its first routed statement), waiting while another shard still owes
+//! replies, and refusals — answered in turn outside a transaction, raised on the server inside
+//! one so the transaction fails there as Postgres would fail it.
+
+use super::*;
+use crate::pool::Database;
+use crate::protocol::bind::Bind;
+use crate::route::plan::Sole;
+use crate::route::shard::ShardedTable;
+use crate::route::shard_key::{self, ShardRoute};
+
+/// The shards of the client's database, when each request picks its own.
+pub(super) struct Shards {
+    pub(super) databases: Vec<Arc<Database>>,
+    pub(super) tables: Arc<[ShardedTable]>,
+    /// Round robin for requests that may run on any shard.
+    next_any: usize,
+}
+
+impl Shards {
+    pub(super) fn new(databases: Vec<Arc<Database>>, tables: Vec<ShardedTable>) -> Shards {
+        Shards {
+            databases,
+            tables: tables.into(),
+            next_any: 0,
+        }
+    }
+}
+
+/// What to do with the first held request of a sharded session.
+pub(super) enum Placed {
+    /// Plan and run it where the session now is.
+    Here,
+    /// Another shard still owes replies: plan it again once they are in.
+    Wait,
+    /// Answer it with this error in its turn (its frames are dropped).
+    Refuse(ErrorReport),
+}
+
+impl Relay {
+    /// Places the first `len` held frames (one request) on a shard; may move the session
+    /// to another shard or replace the request with one that raises the refusal upstream.
+    pub(super) async fn place_request(&mut self, len: usize) -> Placed {
+        let route = self.request_shard(len);
+        let Some(count) = self.shards.as_ref().map(|s| s.databases.len()) else {
+            return Placed::Here;
+        };
+        let current = self.info.database.shard.unwrap_or(0);
+        let in_transaction = matches!(self.phase, Phase::BeginHeld(_))
+            || matches!(&self.phase, Phase::Attached(att) if att.status != TransactionStatus::Idle);
+        let attached = matches!(self.phase, Phase::Attached(_));
+        if attached && !in_transaction && len == 1 && self.bare_begin_first() {
+            // Held once the replies in flight are in, so the transaction goes where its first
+            // statement with a key goes.
+            return Placed::Wait;
+        }
+        let wanted = match route {
+            ShardRoute::Refused(state, message) => {
+                self.app.metrics.error("shard_refused");
+                return self.refuse(len, state, message, in_transaction);
+            }
+            // Outside a transaction and detached: the next shard in turn.
+            ShardRoute::Any if !in_transaction && !attached => match &mut self.shards {
+                Some(shards) => {
+                    shards.next_any = (shards.next_any + 1) % count;
+                    shards.next_any
+                }
+                None => current,
+            },
+            ShardRoute::Any => current,
+            ShardRoute::Shard(n) => n,
+        };
+        if wanted == current {
+            return Placed::Here;
+        }
+        match &self.phase {
+            Phase::Detached | Phase::BeginHeld(_) => {
+                self.move_to_shard(wanted);
+                Placed::Here
+            }
+            Phase::Attached(att)
+                if in_transaction
+                    && att.expect.is_empty()
+                    && att.began.as_ref().is_some_and(|b| !b.executed) =>
+            {
+                // Only statements were prepared in the transaction so far: it begins again on
+                // the statement's shard. Closing the connection rolls the empty one back.
+                if let Some(att) = self.take_attachment(Which::Current).await {
+                    if let Some(began) = att.began {
+                        self.phase = Phase::BeginHeld(began.begin);
+                    }
+                }
+                tracing::debug!(
+                    from = current,
+                    to = wanted,
+                    "empty transaction moved to another shard"
+                );
+                self.move_to_shard(wanted);
+                Placed::Here
+            }
+            Phase::Attached(_) if in_transaction => {
+                let message = format!(
+                    "this transaction runs on shard {current} and the statement needs shard {wanted}: \
+                     one transaction runs on one shard in this version"
+                );
+                self.refuse(len, SqlState::FEATURE_NOT_SUPPORTED, message, true)
+            }
+            // Replies from the current shard come first.
+            Phase::Attached(_) | Phase::SkipToSync => Placed::Wait,
+        }
+    }
+
+    /// Whether the first held frame is a bare BEGIN (held until a statement decides).
+    fn bare_begin_first(&self) -> bool {
+        match self.held.front() {
+            Some((frame, Some(classified))) if frame.tag() == frontend::QUERY_TAG => {
+                frontend::query_text(frame.body())
+                    .is_some_and(|sql| Sole::of(sql, classified) == Sole::BareBegin)
+            }
+            _ => false,
+        }
+    }
+
+    /// The session's requests go to shard `n` from now on (its pools and replicas).
+    fn move_to_shard(&mut self, n: usize) {
+        let Some(shards) = &self.shards else {
+            return;
+        };
+        let Some(database) = shards.databases.get(n) else {
+            return;
+        };
+        self.info.database = Arc::clone(database);
+        self.topology = match self.mode {
+            PoolMode::Transaction => database.replicas.clone(),
+            PoolMode::Session => None,
+        };
+    }
+
+    /// Refuses the request. Inside a transaction a complete request becomes one that raises
+    /// the error on the server (the transaction fails there too); otherwise the sidecar
+    /// answers in turn.
+    fn refuse(
+        &mut self,
+        len: usize,
+        state: SqlState,
+        message: String,
+        in_transaction: bool,
+    ) -> Placed {
+        let synced = self.held.iter().take(len).last().is_some_and(|(f, _)| {
+            matches!(
+                frontend::role(f.tag()),
+                MessageRole::Sync | MessageRole::Request
+            )
+        });
+        for _ in 0..len {
+            self.held.pop_front();
+        }
+        if in_transaction && synced {
+            let sql = format!(
+                "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgsc$",
+                state.0,
+                crate::sql::quote::quote_literal(&message)
+            );
+            let mut query = bytes::BytesMut::new();
+            frontend::append_query(&mut query, &sql);
+            self.held
+                .push_front((Frame::from_bytes(query.freeze()), None));
+            return Placed::Here;
+        }
+        Placed::Refuse(ErrorReport::error(state, message))
+    }
+
+    /// The shard the first `len` held frames need (every statement of the request must agree).
+    fn request_shard(&mut self, len: usize) -> ShardRoute {
+        let Some(shards) = &self.shards else {
+            return ShardRoute::Any;
+        };
+        let count = shards.databases.len();
+        let tables = Arc::clone(&shards.tables);
+        let mut parsed_here: Vec<(Vec<u8>, Frame)> = Vec::new();
+        let mut route = ShardRoute::Any;
+        for i in 0..len {
+            let Some((frame, classified)) = self.held.get(i) else {
+                break;
+            };
+            let next = match frame.tag() {
+                frontend::QUERY_TAG => match (frontend::query_text(frame.body()), classified) {
+                    (Some(sql), Some(classified)) => shard_key::route(
+                        &shard_key::Statement {
+                            sql,
+                            classified,
+                            bind: None,
+                        },
+                        &tables,
+                        count,
+                    ),
+                    _ => ShardRoute::Any,
+                },
+                frontend::PARSE_TAG => {
+                    if let Some((name, _)) = frontend::parse_text(frame.body()) {
+                        parsed_here.push((name.to_vec(), frame.clone()));
+                    }
+                    ShardRoute::Any
+                }
+                frontend::BIND_TAG => {
+                    let frame = frame.clone();
+                    self.bind_shard(&frame, &parsed_here)
+                }
+                frontend::FUNCTION_CALL_TAG => ShardRoute::Refused(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "function calls (FunctionCall messages) have no shard key: use a statement with one"
+                        .into(),
+                ),
+                _ => ShardRoute::Any,
+            };
+            route = match (route, next) {
+                (refused @ ShardRoute::Refused(..), _) | (_, refused @ ShardRoute::Refused(..)) => {
+                    return refused
+                }
+                (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
+                (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
+                (ShardRoute::Shard(_), ShardRoute::Shard(_)) => {
+                    return ShardRoute::Refused(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "the statements of this request need different shards: send them in separate requests (Sync between them)".into(),
+                    )
+                }
+            };
+        }
+        route
+    }
+
+    /// The shard a Bind's statement needs with the Bind's parameters.
+    fn bind_shard(&mut self, bind_frame: &Frame, parsed_here: &[(Vec<u8>, Frame)]) -> ShardRoute {
+        let Some(bind) = Bind::parse(bind_frame.body()) else {
+            return ShardRoute::Any;
+        };
+        let name = bind.statement;
+        // Parsed in this request, or the client's statement of that name.
+        let parse: Option<Bytes> = match parsed_here.iter().rev().find(|(n, _)| n == name) {
+            Some((_, frame)) => Some(frame.as_bytes().clone()),
+            None if name.is_empty() => self.statements.unnamed.clone(),
+            None => self.statements.get(name).map(|p| p.parse.clone()),
+        };
+        let Some(parse) = parse else {
+            return ShardRoute::Any;
+        };
+        let Some((_, sql)) = parse.get(HEADER_LEN..).and_then(frontend::parse_text) else {
+            return ShardRoute::Any;
+        };
+        let classified = self
+            .app
+            .classifier
+            .classify_recent(sql, &mut self.recent_shapes);
+        let Some(shards) = &self.shards else {
+            return ShardRoute::Any;
+        };
+        shard_key::route(
+            &shard_key::Statement {
+                sql,
+                classified: &classified,
+                bind: Some(&bind),
+            },
+            &shards.tables,
+            shards.databases.len(),
+        )
+    }
+}
