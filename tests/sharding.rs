@@ -357,6 +357,44 @@ async fn statements_go_to_the_shard_of_their_key() {
         .unwrap()
         .get(0);
     assert_eq!(hinted.to_string(), on_one.trim());
+    // The shard settings: answered by the sidecar, used until RESET.
+    let on_two = shards[2]
+        .psql("app", "SELECT count(*) FROM orders")
+        .unwrap();
+    client
+        .batch_execute("SET pgsidecar.shard = 2")
+        .await
+        .unwrap();
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count.to_string(), on_two.trim());
+    client
+        .batch_execute("SET pgsidecar.shard_key = '17'")
+        .await
+        .unwrap();
+    let note: String = client
+        .query_one("SELECT note FROM orders WHERE note = 'n17'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "n17", "the key's shard");
+    client
+        .batch_execute("RESET pgsidecar.shard_key")
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("SELECT * FROM orders")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    let err = client
+        .batch_execute("SET pgsidecar.shard = 'x'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22023"));
     // A transaction stays on the shard of its first statement.
     let (a, b) = {
         let a = 100i64;

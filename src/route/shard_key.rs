@@ -44,11 +44,17 @@ pub struct Statement<'a> {
     pub bind: Option<&'a Bind<'a>>,
 }
 
-/// The shard `statement` needs among `shards`, given the database's sharded tables.
-pub fn route(statement: &Statement<'_>, tables: &[ShardedTable], shards: usize) -> ShardRoute {
-    match hint(statement.sql) {
-        Some(Hint::Shard(n)) if n < shards => return ShardRoute::Shard(n),
-        Some(Hint::Shard(n)) => {
+/// The shard `statement` needs among `shards`, given the database's sharded tables and the
+/// client's shard setting (a hint in the statement wins over it; both win over keys).
+pub fn route(
+    statement: &Statement<'_>,
+    tables: &[ShardedTable],
+    shards: usize,
+    setting: Option<&ShardHint>,
+) -> ShardRoute {
+    match hint(statement.sql).or_else(|| setting.cloned()) {
+        Some(ShardHint::Shard(n)) if n < shards => return ShardRoute::Shard(n),
+        Some(ShardHint::Shard(n)) => {
             return ShardRoute::Refused(
                 SqlState::INVALID_PARAMETER_VALUE,
                 format!(
@@ -57,7 +63,7 @@ pub fn route(statement: &Statement<'_>, tables: &[ShardedTable], shards: usize) 
                 ),
             )
         }
-        Some(Hint::Key(key)) => {
+        Some(ShardHint::Key(key)) => {
             // The hint's key is read as the type of the sharded table the statement touches.
             let Some(table) = touched(statement, tables).next() else {
                 return ShardRoute::refused(
@@ -322,15 +328,80 @@ fn names_table(name: &str, table: &ShardedTable) -> bool {
         }
 }
 
-/// A routing hint in a comment.
-#[derive(Debug, PartialEq, Eq)]
-enum Hint {
+/// Where a client says a statement goes: a shard, or a key of the sharded table it touches
+/// (a comment hint, or `SET pgsidecar.shard` / `pgsidecar.shard_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardHint {
     Shard(usize),
     Key(String),
 }
 
+/// `SET pgsidecar.shard = N`, and the key form, are the sidecar's: never sent upstream.
+pub const SHARD_SETTING: &str = "pgsidecar.shard";
+pub const SHARD_KEY_SETTING: &str = "pgsidecar.shard_key";
+
+/// A `SET [LOCAL]` (hint) or `RESET` (`None`) of one of the shard settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSetting {
+    pub hint: Option<ShardHint>,
+    /// `SET LOCAL`: until the transaction ends.
+    pub local: bool,
+}
+
+/// The shard setting a one-statement Query sets or resets, if it is one (`Err`: a value that
+/// is not a shard number).
+pub fn shard_setting(sql: &[u8], classified: &Classified) -> Option<Result<ShardSetting, String>> {
+    let Classification::Parsed(parsed) = classified.classification.as_ref() else {
+        return None;
+    };
+    let [statement] = parsed.as_slice() else {
+        return None;
+    };
+    if !matches!(statement.kind, Kind::Set | Kind::SetLocal | Kind::Reset) {
+        return None;
+    }
+    let [change] = statement.settings.as_slice() else {
+        return None;
+    };
+    let crate::sql::class::SettingName::Fixed(name) = &change.name else {
+        return None;
+    };
+    let key = if name.eq_ignore_ascii_case(SHARD_SETTING) {
+        false
+    } else if name.eq_ignore_ascii_case(SHARD_KEY_SETTING) {
+        true
+    } else {
+        return None;
+    };
+    let value = change.value.as_ref().map(|v| match v {
+        ValueRef::Word(w) => w.clone(),
+        ValueRef::Literal(i) => classified
+            .scan
+            .literals
+            .get(*i)
+            .map(|l| l.value(sql).into_owned())
+            .unwrap_or_default(),
+        ValueRef::Param(_) | ValueRef::Expression => String::new(),
+    });
+    let hint = match value {
+        None => None,
+        Some(v) if v.eq_ignore_ascii_case("default") => None,
+        Some(v) if key => Some(ShardHint::Key(v)),
+        Some(v) => match v.parse() {
+            Ok(n) => Some(ShardHint::Shard(n)),
+            Err(_) => return Some(Err(format!(
+                "invalid value for parameter \"{SHARD_SETTING}\": \"{v}\" (a shard number from 0)"
+            ))),
+        },
+    };
+    Some(Ok(ShardSetting {
+        hint,
+        local: change.local,
+    }))
+}
+
 /// `/* pgsidecar: shard=N */` or `/* pgsidecar: shard_key=V */` anywhere in the statement.
-fn hint(sql: &[u8]) -> Option<Hint> {
+fn hint(sql: &[u8]) -> Option<ShardHint> {
     const MARK: &[u8] = b"pgsidecar:";
     let at = sql
         .windows(MARK.len())
@@ -347,8 +418,8 @@ fn hint(sql: &[u8]) -> Option<Hint> {
     let (name, value) = body.split_once('=')?;
     let value = value.trim().trim_matches('\'');
     match name.trim().to_ascii_lowercase().as_str() {
-        "shard" => value.parse().ok().map(Hint::Shard),
-        "shard_key" => Some(Hint::Key(value.to_owned())),
+        "shard" => value.parse().ok().map(ShardHint::Shard),
+        "shard_key" => Some(ShardHint::Key(value.to_owned())),
         _ => None,
     }
 }
@@ -388,7 +459,7 @@ mod tests {
             classified: &classified,
             bind: None,
         };
-        route(&statement, &tables(), 3)
+        route(&statement, &tables(), 3, None)
     }
 
     fn shard(key: i64) -> ShardRoute {
@@ -445,6 +516,49 @@ mod tests {
         refused_with(
             "SELECT 'pgsidecar: shard=1' FROM orders",
             "add \"customer_id = <value>\"",
+        );
+    }
+
+    #[test]
+    fn shard_settings_are_recognised() {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        let of = |sql: &str| shard_setting(sql.as_bytes(), &cache.classify(sql.as_bytes()));
+        assert_eq!(
+            of("SET pgsidecar.shard = 2"),
+            Some(Ok(ShardSetting {
+                hint: Some(ShardHint::Shard(2)),
+                local: false
+            }))
+        );
+        assert_eq!(
+            of("SET LOCAL pgsidecar.shard_key = '42'"),
+            Some(Ok(ShardSetting {
+                hint: Some(ShardHint::Key("42".into())),
+                local: true
+            }))
+        );
+        assert_eq!(
+            of("RESET pgsidecar.shard"),
+            Some(Ok(ShardSetting {
+                hint: None,
+                local: false
+            }))
+        );
+        assert!(matches!(of("SET pgsidecar.shard = 'x'"), Some(Err(_))));
+        assert_eq!(of("SET work_mem = '4MB'"), None);
+        let cached = cache.classify(b"SELECT * FROM orders");
+        let statement = Statement {
+            sql: b"SELECT * FROM orders",
+            classified: &cached,
+            bind: None,
+        };
+        assert_eq!(
+            route(&statement, &tables(), 3, Some(&ShardHint::Shard(1))),
+            ShardRoute::Shard(1)
+        );
+        assert_eq!(
+            route(&statement, &tables(), 3, Some(&ShardHint::Key("42".into()))),
+            shard(42)
         );
     }
 

@@ -165,6 +165,10 @@ impl Relay {
                         self.answer_in_turn(LocalReply::Failed(report));
                         continue;
                     }
+                    Placed::Done(tag) => {
+                        self.answer_in_turn(LocalReply::Done(tag));
+                        continue;
+                    }
                 }
                 // A refusal inside a transaction became one Query.
                 len = self.held_request_len().unwrap_or(len);

@@ -10,7 +10,7 @@ use crate::pool::Database;
 use crate::protocol::bind::Bind;
 use crate::route::plan::Sole;
 use crate::route::shard::ShardedTable;
-use crate::route::shard_key::{self, ShardRoute};
+use crate::route::shard_key::{self, ShardHint, ShardRoute};
 
 /// The shards of the client's database, when each request picks its own.
 pub(super) struct Shards {
@@ -18,6 +18,8 @@ pub(super) struct Shards {
     pub(super) tables: Arc<[ShardedTable]>,
     /// Round robin for requests that may run on any shard.
     next_any: usize,
+    /// `SET pgsidecar.shard` / `pgsidecar.shard_key`, and whether it was `SET LOCAL`.
+    setting: Option<(ShardHint, bool)>,
 }
 
 impl Shards {
@@ -26,6 +28,7 @@ impl Shards {
             databases,
             tables: tables.into(),
             next_any: 0,
+            setting: None,
         }
     }
 }
@@ -38,6 +41,8 @@ pub(super) enum Placed {
     Wait,
     /// Answer it with this error in its turn (its frames are dropped).
     Refuse(ErrorReport),
+    /// Answered by the sidecar with this command tag in its turn (its frames are dropped).
+    Done(&'static str),
 }
 
 impl Relay {
@@ -52,6 +57,20 @@ impl Relay {
         let in_transaction = matches!(self.phase, Phase::BeginHeld(_))
             || matches!(&self.phase, Phase::Attached(att) if att.status != TransactionStatus::Idle);
         let attached = matches!(self.phase, Phase::Attached(_));
+        if !in_transaction {
+            // A SET LOCAL lasted until its transaction ended.
+            if let Some(shards) = &mut self.shards {
+                if shards.setting.as_ref().is_some_and(|(_, local)| *local) {
+                    shards.setting = None;
+                }
+            }
+        }
+        if let Some(answer) = self.shard_setting_first(len, in_transaction) {
+            for _ in 0..len {
+                self.held.pop_front();
+            }
+            return answer;
+        }
         if attached && !in_transaction && len == 1 && self.bare_begin_first() {
             // Held once the replies in flight are in, so the transaction goes where its first
             // statement with a key goes.
@@ -111,6 +130,38 @@ impl Relay {
             // Replies from the current shard come first.
             Phase::Attached(_) | Phase::SkipToSync => Placed::Wait,
         }
+    }
+
+    /// A one-Query request that sets or resets a shard setting: applied here and answered in
+    /// turn (never sent upstream).
+    fn shard_setting_first(&mut self, len: usize, in_transaction: bool) -> Option<Placed> {
+        let (frame, classified) = self.held.front().filter(|_| len == 1)?;
+        if frame.tag() != frontend::QUERY_TAG {
+            return None;
+        }
+        let sql = frontend::query_text(frame.body())?;
+        let setting = shard_key::shard_setting(sql, classified.as_ref()?)?;
+        let shards = self.shards.as_mut()?;
+        Some(match setting {
+            Ok(setting) => {
+                let tag = if setting.hint.is_some() {
+                    "SET"
+                } else {
+                    "RESET"
+                };
+                match setting.hint {
+                    // Postgres ignores SET LOCAL outside a transaction (with a warning).
+                    Some(_) if setting.local && !in_transaction => {}
+                    Some(hint) => shards.setting = Some((hint, setting.local)),
+                    None => shards.setting = None,
+                }
+                Placed::Done(tag)
+            }
+            Err(message) => Placed::Refuse(ErrorReport::error(
+                SqlState::INVALID_PARAMETER_VALUE,
+                message,
+            )),
+        })
     }
 
     /// Whether the first held frame is a bare BEGIN (held until a statement decides).
@@ -180,6 +231,7 @@ impl Relay {
         };
         let count = shards.databases.len();
         let tables = Arc::clone(&shards.tables);
+        let setting = shards.setting.as_ref().map(|s| s.0.clone());
         let mut parsed_here: Vec<(Vec<u8>, Frame)> = Vec::new();
         let mut route = ShardRoute::Any;
         for i in 0..len {
@@ -196,6 +248,7 @@ impl Relay {
                         },
                         &tables,
                         count,
+                        setting.as_ref(),
                     ),
                     _ => ShardRoute::Any,
                 },
@@ -207,7 +260,7 @@ impl Relay {
                 }
                 frontend::BIND_TAG => {
                     let frame = frame.clone();
-                    self.bind_shard(&frame, &parsed_here)
+                    self.bind_shard(&frame, &parsed_here, setting.as_ref())
                 }
                 frontend::FUNCTION_CALL_TAG => ShardRoute::Refused(
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -234,7 +287,12 @@ impl Relay {
     }
 
     /// The shard a Bind's statement needs with the Bind's parameters.
-    fn bind_shard(&mut self, bind_frame: &Frame, parsed_here: &[(Vec<u8>, Frame)]) -> ShardRoute {
+    fn bind_shard(
+        &mut self,
+        bind_frame: &Frame,
+        parsed_here: &[(Vec<u8>, Frame)],
+        setting: Option<&ShardHint>,
+    ) -> ShardRoute {
         let Some(bind) = Bind::parse(bind_frame.body()) else {
             return ShardRoute::Any;
         };
@@ -266,6 +324,7 @@ impl Relay {
             },
             &shards.tables,
             shards.databases.len(),
+            setting,
         )
     }
 }
