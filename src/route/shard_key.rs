@@ -127,6 +127,13 @@ fn one(
     }
     let mut route = ShardRoute::Any;
     for table in sharded {
+        if class.assigned.iter().any(|c| *c == table.column) {
+            return ShardRoute::refused(format!(
+                "this UPDATE changes the shard key \"{}\" of \"{}\", which would move the row to another shard: delete and insert it instead",
+                table.column,
+                table.display_name()
+            ));
+        }
         let next = table_route(statement, class, table, shards);
         route = match (route, next) {
             (_, refused @ ShardRoute::Refused(..)) => return refused,
@@ -389,9 +396,11 @@ pub fn shard_setting(sql: &[u8], classified: &Classified) -> Option<Result<Shard
         Some(v) if key => Some(ShardHint::Key(v)),
         Some(v) => match v.parse() {
             Ok(n) => Some(ShardHint::Shard(n)),
-            Err(_) => return Some(Err(format!(
+            Err(_) => {
+                return Some(Err(format!(
                 "invalid value for parameter \"{SHARD_SETTING}\": \"{v}\" (a shard number from 0)"
-            ))),
+            )))
+            }
         },
     };
     Some(Ok(ShardSetting {
@@ -579,6 +588,10 @@ mod tests {
         );
         refused_with("INSERT INTO countries (code) VALUES ('fr')", "not sharded");
         refused_with("CREATE TABLE t (a int)", "not sharded");
+        refused_with(
+            "UPDATE orders SET customer_id = 8 WHERE customer_id = 7",
+            "changes the shard key",
+        );
         let two_shards = (0..20)
             .map(|k| (k, shard(k)))
             .find(|(_, s)| *s != shard(0))

@@ -121,6 +121,7 @@ fn approximate_size(c: &Classification) -> usize {
         std::mem::size_of::<StatementClass>()
             + strings(&s.tables_read)
             + strings(&s.tables_written)
+            + strings(&s.assigned)
             + s.functions.iter().map(|f| f.name.len() + 32).sum::<usize>()
             + (s.settings.len() + s.equalities.len()) * 64
             + s.insert_rows.iter().map(|r| r.len() * 64).sum::<usize>()

@@ -149,6 +149,8 @@ pub struct StatementClass {
     pub equalities: Vec<Equality>,
     /// INSERT rows as column/value pairs.
     pub insert_rows: Vec<Vec<Equality>>,
+    /// The columns an UPDATE assigns (their last name part).
+    pub assigned: Vec<String>,
 }
 
 /// The classification of a whole query string.
@@ -173,6 +175,7 @@ impl StatementClass {
             settings: Vec::new(),
             equalities: Vec::new(),
             insert_rows: Vec::new(),
+            assigned: Vec::new(),
         }
     }
 

@@ -9,7 +9,7 @@
 //! execution of a statement shape. Pure: no I/O, no caching here (see `cache.rs`).
 
 use sqlparser::ast::{
-    self, FromTable, SetExpr, Statement, TableObject, TransactionAccessMode,
+    self, AssignmentTarget, FromTable, SetExpr, Statement, TableObject, TransactionAccessMode,
     TransactionIsolationLevel, TransactionMode, Visit,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -153,6 +153,17 @@ fn classify_statement(
             }
         }
         Statement::Update(update) => {
+            for assignment in &update.assignments {
+                let targets = match &assignment.target {
+                    AssignmentTarget::ColumnName(name) => std::slice::from_ref(name),
+                    AssignmentTarget::Tuple(names) => names.as_slice(),
+                };
+                for name in targets {
+                    let name = object_name(name);
+                    let last = name.rsplit('.').next().unwrap_or_default().to_owned();
+                    class.assigned.push(last);
+                }
+            }
             if let Some(selection) = &update.selection {
                 let aliases = aliases(std::iter::once(&update.table.relation));
                 equalities(selection, &aliases, positions, &mut class.equalities);
