@@ -68,6 +68,8 @@ pub struct Metrics {
     /// them (the signed tenant keeps them inside the tenant).
     pub tenancy_unparsed_forwarded: IntCounter,
     pub routed_replica: IntCounter,
+    /// `pgsidecar_routed_total` for other targets (`shard0`, `shard1`, …).
+    routed: IntCounterVec,
     /// Per replica (`database`, `replica` = its position in the config): usable now, WAL bytes
     /// behind the primary, times it was ejected.
     pub replica_up: IntGaugeVec,
@@ -88,6 +90,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The request counter of one routing target (e.g. `shard2`).
+    pub fn routed_to(&self, target: &str) -> IntCounter {
+        self.routed.with_label_values(&[target])
+    }
+
     /// Builds and registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -157,7 +164,7 @@ impl Metrics {
         let routed = IntCounterVec::new(
             Opts::new(
                 "pgsidecar_routed_total",
-                "Requests routed, by target (databases with replicas)",
+                "Requests routed, by target (primary and replica with replicas; shardN when sharded)",
             ),
             &["target"],
         )
@@ -274,6 +281,7 @@ impl Metrics {
                 "Statements the classifier could not parse, forwarded under tenant enforcement",
             ),
             routed_replica: routed.with_label_values(&["replica"]),
+            routed: routed.clone(),
             replica_up,
             replica_lag_bytes,
             replica_ejections,

@@ -464,4 +464,10 @@ async fn statements_go_to_the_shard_of_their_key() {
     // Statements on no sharded table run on any shard.
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+    let (_, metrics) = http_get(sidecar.metrics_addr, "/metrics").await;
+    for n in 0..3 {
+        let line = format!("pgsidecar_routed_total{{target=\"shard{n}\"}}");
+        let routed = metric(&metrics, &line).unwrap_or(0.0);
+        assert!(routed > 0.0, "{line} in {metrics}");
+    }
 }

@@ -127,7 +127,7 @@ fn one(
     }
     let mut route = ShardRoute::Any;
     for table in sharded {
-        if class.assigned.iter().any(|c| *c == table.column) {
+        if class.assigned.contains(&table.column) {
             return ShardRoute::refused(format!(
                 "this UPDATE changes the shard key \"{}\" of \"{}\", which would move the row to another shard: delete and insert it instead",
                 table.column,

@@ -215,7 +215,7 @@ impl Relay {
             held: intake::Held::default(),
             shards: app
                 .statement_shards(&info.database.name)
-                .map(|(databases, tables)| shards::Shards::new(databases, tables)),
+                .map(|(databases, tables)| shards::Shards::new(databases, tables, &app.metrics)),
             recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
             earlier: None,

@@ -20,11 +20,21 @@ pub(super) struct Shards {
     next_any: usize,
     /// `SET pgsidecar.shard` / `pgsidecar.shard_key`, and whether it was `SET LOCAL`.
     setting: Option<(ShardHint, bool)>,
+    /// `pgsidecar_routed_total{target="shardN"}`, by shard.
+    routed: Vec<prometheus::IntCounter>,
 }
 
 impl Shards {
-    pub(super) fn new(databases: Vec<Arc<Database>>, tables: Vec<ShardedTable>) -> Shards {
+    pub(super) fn new(
+        databases: Vec<Arc<Database>>,
+        tables: Vec<ShardedTable>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Shards {
+        let routed = (0..databases.len())
+            .map(|n| metrics.routed_to(&format!("shard{n}")))
+            .collect();
         Shards {
+            routed,
             databases,
             tables: tables.into(),
             next_any: 0,
@@ -92,6 +102,9 @@ impl Relay {
             ShardRoute::Any => current,
             ShardRoute::Shard(n) => n,
         };
+        if let Some(counter) = self.shards.as_ref().and_then(|s| s.routed.get(wanted)) {
+            counter.inc();
+        }
         if wanted == current {
             return Placed::Here;
         }
