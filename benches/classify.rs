@@ -1,8 +1,12 @@
 //! Criterion benchmarks of SQL understanding on the hot path, on a 200-byte OLTP statement:
 //! `scan_200b` (fingerprint scan), `classify_miss_200b` (scan + sqlparser classification, as on
-//! a cache miss) and `classify_hit_200b` (scan + cached lookup, every later execution).
+//! a cache miss), `classify_hit_200b` (scan + cached lookup, every later execution) and
+//! `shard_route_200b` (finding the shard of the classified statement by its key, what a sharded
+//! database adds per statement).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pgsidecar::route::shard::{KeyType, Placement, ShardedTable};
+use pgsidecar::route::shard_key::{route, ShardRoute, Statement};
 use pgsidecar::sql::cache::ClassificationCache;
 use pgsidecar::sql::classify::{classify, Options};
 use pgsidecar::sql::fingerprint::scan;
@@ -33,6 +37,27 @@ fn bench(c: &mut Criterion) {
             let c = cache.classify(black_box(sql));
             debug_assert!(c.hit);
             black_box(c)
+        })
+    });
+    let tables = [ShardedTable {
+        database: "app".into(),
+        schema: None,
+        table: "orders".into(),
+        column: "id".into(),
+        key_type: KeyType::Bigint,
+        placement: Placement::Hash,
+    }];
+    let classified = cache.classify(sql);
+    c.bench_function("shard_route_200b", |b| {
+        b.iter(|| {
+            let statement = Statement {
+                sql: black_box(sql),
+                classified: &classified,
+                bind: None,
+            };
+            let r = route(&statement, &tables, 3, None);
+            debug_assert!(matches!(r, ShardRoute::Shard(_)));
+            black_box(r)
         })
     });
 }

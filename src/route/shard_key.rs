@@ -109,11 +109,10 @@ fn one(
     shards: usize,
 ) -> ShardRoute {
     let names = class.tables_read.iter().chain(&class.tables_written);
-    let sharded: Vec<&ShardedTable> = tables
+    let sharded = tables
         .iter()
-        .filter(|t| names.clone().any(|n| names_table(n, t)))
-        .collect();
-    if sharded.is_empty() {
+        .filter(|t| names.clone().any(|n| names_table(n, t)));
+    if sharded.clone().next().is_none() {
         let writes =
             !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
         return if writes {
@@ -412,9 +411,12 @@ pub fn shard_setting(sql: &[u8], classified: &Classified) -> Option<Result<Shard
 /// `/* pgsidecar: shard=N */` or `/* pgsidecar: shard_key=V */` anywhere in the statement.
 fn hint(sql: &[u8]) -> Option<ShardHint> {
     const MARK: &[u8] = b"pgsidecar:";
-    let at = sql
-        .windows(MARK.len())
-        .position(|w| w.eq_ignore_ascii_case(MARK))?;
+    // Most statements have no block comment at all.
+    let first_comment = sql.windows(2).position(|w| w == b"/*")?;
+    let at = first_comment
+        + sql[first_comment..]
+            .windows(MARK.len())
+            .position(|w| w.eq_ignore_ascii_case(MARK))?;
     // Only inside a block comment that opened before the mark.
     let before = &sql[..at];
     let opened = before.windows(2).rposition(|w| w == b"/*")?;

@@ -238,43 +238,52 @@ impl Relay {
     }
 
     /// The shard the first `len` held frames need (every statement of the request must agree).
-    fn request_shard(&mut self, len: usize) -> ShardRoute {
+    fn request_shard(&self, len: usize) -> ShardRoute {
         let Some(shards) = &self.shards else {
             return ShardRoute::Any;
         };
-        let count = shards.databases.len();
-        let tables = Arc::clone(&shards.tables);
-        let setting = shards.setting.as_ref().map(|s| s.0.clone());
-        let mut parsed_here: Vec<(Vec<u8>, Frame)> = Vec::new();
-        let mut route = ShardRoute::Any;
-        for i in 0..len {
-            let Some((frame, classified)) = self.held.get(i) else {
-                break;
+        let setting = shards.setting.as_ref().map(|(hint, _)| hint);
+        let route_of = |sql: &[u8], classified: &Classified, bind: Option<&Bind<'_>>| {
+            let statement = shard_key::Statement {
+                sql,
+                classified,
+                bind,
             };
+            shard_key::route(&statement, &shards.tables, shards.databases.len(), setting)
+        };
+        let request = || self.held.iter().take(len);
+        let mut route = ShardRoute::Any;
+        for (i, (frame, classified)) in request().enumerate() {
             let next = match frame.tag() {
                 frontend::QUERY_TAG => match (frontend::query_text(frame.body()), classified) {
-                    (Some(sql), Some(classified)) => shard_key::route(
-                        &shard_key::Statement {
-                            sql,
-                            classified,
-                            bind: None,
-                        },
-                        &tables,
-                        count,
-                        setting.as_ref(),
-                    ),
+                    (Some(sql), Some(classified)) => route_of(sql, classified, None),
                     _ => ShardRoute::Any,
                 },
-                frontend::PARSE_TAG => {
-                    if let Some((name, _)) = frontend::parse_text(frame.body()) {
-                        parsed_here.push((name.to_vec(), frame.clone()));
+                frontend::BIND_TAG => match Bind::parse(frame.body()) {
+                    Some(bind) => {
+                        // The statement parsed earlier in this request (classified when it
+                        // came), or the client's statement of that name.
+                        let parsed_here = request().take(i).filter_map(|(f, c)| {
+                            let (name, sql) = frontend::parse_text(f.body())?;
+                            (f.tag() == frontend::PARSE_TAG && name == bind.statement)
+                                .then_some((sql, c.as_ref()?))
+                        });
+                        match parsed_here.last() {
+                            Some((sql, classified)) => route_of(sql, classified, Some(&bind)),
+                            None => match self.stored_statement(bind.statement) {
+                                Some(parse) => match frontend::parse_text(&parse[HEADER_LEN..]) {
+                                    Some((_, sql)) => {
+                                        let classified = self.app.classifier.classify(sql);
+                                        route_of(sql, &classified, Some(&bind))
+                                    }
+                                    None => ShardRoute::Any,
+                                },
+                                None => ShardRoute::Any,
+                            },
+                        }
                     }
-                    ShardRoute::Any
-                }
-                frontend::BIND_TAG => {
-                    let frame = frame.clone();
-                    self.bind_shard(&frame, &parsed_here, setting.as_ref())
-                }
+                    None => ShardRoute::Any,
+                },
                 frontend::FUNCTION_CALL_TAG => ShardRoute::Refused(
                     SqlState::FEATURE_NOT_SUPPORTED,
                     "function calls (FunctionCall messages) have no shard key: use a statement with one"
@@ -299,45 +308,12 @@ impl Relay {
         route
     }
 
-    /// The shard a Bind's statement needs with the Bind's parameters.
-    fn bind_shard(
-        &mut self,
-        bind_frame: &Frame,
-        parsed_here: &[(Vec<u8>, Frame)],
-        setting: Option<&ShardHint>,
-    ) -> ShardRoute {
-        let Some(bind) = Bind::parse(bind_frame.body()) else {
-            return ShardRoute::Any;
-        };
-        let name = bind.statement;
-        // Parsed in this request, or the client's statement of that name.
-        let parse: Option<Bytes> = match parsed_here.iter().rev().find(|(n, _)| n == name) {
-            Some((_, frame)) => Some(frame.as_bytes().clone()),
-            None if name.is_empty() => self.statements.unnamed.clone(),
-            None => self.statements.get(name).map(|p| p.parse.clone()),
-        };
-        let Some(parse) = parse else {
-            return ShardRoute::Any;
-        };
-        let Some((_, sql)) = parse.get(HEADER_LEN..).and_then(frontend::parse_text) else {
-            return ShardRoute::Any;
-        };
-        let classified = self
-            .app
-            .classifier
-            .classify_recent(sql, &mut self.recent_shapes);
-        let Some(shards) = &self.shards else {
-            return ShardRoute::Any;
-        };
-        shard_key::route(
-            &shard_key::Statement {
-                sql,
-                classified: &classified,
-                bind: Some(&bind),
-            },
-            &shards.tables,
-            shards.databases.len(),
-            setting,
-        )
+    /// The whole Parse message of a statement the client prepared before (`""`: unnamed).
+    fn stored_statement(&self, name: &[u8]) -> Option<Bytes> {
+        if name.is_empty() {
+            self.statements.unnamed.clone()
+        } else {
+            self.statements.get(name).map(|p| p.parse.clone())
+        }
     }
 }
