@@ -189,12 +189,40 @@ fn shard_of_prints_the_shard_alone() {
     );
 }
 
-/// A shard server: its own PostgreSQL with database `app` (role app), the tenancy SQL and a
-/// tenant table under Row-Level Security.
+/// A shard server: its own PostgreSQL with database `app` owned by role app.
 fn shard_server() -> pgsidecar::localpg::LocalPostgres {
     let pg = pgsidecar::localpg::LocalPostgres::start("").expect("start a shard server");
     pg.create_user_and_database("app", PASSWORD, "app")
         .expect("role and database");
+    pg
+}
+
+/// A sidecar in front of `shards` (database `app`, user app), with `more` TOML after the
+/// user (sharded tables, tenancy).
+async fn sharded_sidecar(
+    shards: &[pgsidecar::localpg::LocalPostgres],
+    more: &str,
+) -> pgsidecar::listener::Running {
+    let shard_lines: String = shards
+        .iter()
+        .map(|s| {
+            format!(
+                "[[database.shards]]\nprimary = \"{}\"\n",
+                s.url("app", PASSWORD, "app")
+            )
+        })
+        .collect();
+    start(&format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\n{shard_lines}\n\
+         [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{more}"
+    ))
+    .await
+}
+
+/// A shard server with the tenancy SQL and a tenant table under Row-Level Security.
+fn tenant_shard_server() -> pgsidecar::localpg::LocalPostgres {
+    let pg = shard_server();
     let signer = pgsidecar::token::Signer::new(SIGNING_KEY.as_bytes()).expect("test key");
     pg.psql("app", &signer.install_sql(None))
         .expect("install the tenancy SQL");
@@ -211,23 +239,11 @@ fn shard_server() -> pgsidecar::localpg::LocalPostgres {
 
 #[tokio::test]
 async fn tenant_sharding_puts_each_tenant_on_its_shard() {
-    let shards: Vec<_> = (0..3).map(|_| shard_server()).collect();
-    let shard_lines: String = shards
-        .iter()
-        .map(|s| {
-            format!(
-                "[[database.shards]]\nprimary = \"{}\"\n",
-                s.url("app", PASSWORD, "app")
-            )
-        })
-        .collect();
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-         [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\n{shard_lines}\n\
-         [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{TENANCY}shard_by = \"tenant\"\n\n\
-         [[tenant_shard]]\ntenant = \"acme\"\nshard = 2\n"
+    let shards: Vec<_> = (0..3).map(|_| tenant_shard_server()).collect();
+    let more = format!(
+        "{TENANCY}shard_by = \"tenant\"\n\n[[tenant_shard]]\ntenant = \"acme\"\nshard = 2\n"
     );
-    let sidecar = start(&toml).await;
+    let sidecar = sharded_sidecar(&shards, &more).await;
     let tenants = [
         "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne",
     ];
@@ -276,9 +292,7 @@ async fn tenant_sharding_puts_each_tenant_on_its_shard() {
 
 /// A shard server with database `app` (role app) and `orders` and `countries` tables.
 fn plain_shard_server() -> pgsidecar::localpg::LocalPostgres {
-    let pg = pgsidecar::localpg::LocalPostgres::start("").expect("start a shard server");
-    pg.create_user_and_database("app", PASSWORD, "app")
-        .expect("role and database");
+    let pg = shard_server();
     pg.psql(
         "app",
         "SET ROLE app; CREATE TABLE orders (customer_id bigint, note text); \
@@ -291,22 +305,8 @@ fn plain_shard_server() -> pgsidecar::localpg::LocalPostgres {
 #[tokio::test]
 async fn statements_go_to_the_shard_of_their_key() {
     let shards: Vec<_> = (0..3).map(|_| plain_shard_server()).collect();
-    let shard_lines: String = shards
-        .iter()
-        .map(|s| {
-            format!(
-                "[[database.shards]]\nprimary = \"{}\"\n",
-                s.url("app", PASSWORD, "app")
-            )
-        })
-        .collect();
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-         [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\n{shard_lines}\n\
-         [[sharded_table]]\ndatabase = \"app\"\ntable = \"orders\"\ncolumn = \"customer_id\"\ntype = \"bigint\"\n\n\
-         [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n"
-    );
-    let sidecar = start(&toml).await;
+    let more = "[[sharded_table]]\ndatabase = \"app\"\ntable = \"orders\"\ncolumn = \"customer_id\"\ntype = \"bigint\"\n";
+    let sidecar = sharded_sidecar(&shards, more).await;
     let client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
     // Literal keys (simple protocol) and parameters (extended, binary int8).
     for k in 0i64..30 {

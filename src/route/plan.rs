@@ -5,7 +5,7 @@
 
 use super::replica::{RoutePreference, Routing, Target, Upstream};
 use crate::sql::cache::Classified;
-use crate::sql::class::{Classification, Isolation, Kind, SettingName, ValueRef};
+use crate::sql::class::{Classification, Isolation, Kind, SettingName};
 
 /// The session setting by which a client states where its reads go; never sent upstream.
 pub const ROUTE_SETTING: &str = "pgsidecar.route";
@@ -55,18 +55,12 @@ impl Sole {
                 if !named {
                     return Sole::Other;
                 }
-                Sole::RouteSetting(change.value.as_ref().map(|value| {
-                    match value {
-                        ValueRef::Word(w) => w.clone(),
-                        ValueRef::Literal(i) => classified
-                            .scan
-                            .literals
-                            .get(*i)
-                            .map(|l| l.value(sql).into_owned())
-                            .unwrap_or_default(),
-                        _ => String::new(),
-                    }
-                }))
+                Sole::RouteSetting(
+                    change
+                        .value
+                        .as_ref()
+                        .map(|value| classified.setting_value(sql, value)),
+                )
             }
             _ => Sole::Other,
         }

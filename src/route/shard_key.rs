@@ -27,6 +27,23 @@ pub enum ShardRoute {
 }
 
 impl ShardRoute {
+    /// Where two parts of one request run together: the same shard, or anywhere the other
+    /// may; a refusal wins; different shards are refused with `conflict`.
+    pub fn and(self, other: ShardRoute, conflict: impl FnOnce() -> String) -> ShardRoute {
+        match (self, other) {
+            (refused @ ShardRoute::Refused(..), _) | (_, refused @ ShardRoute::Refused(..)) => {
+                refused
+            }
+            (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
+            (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
+            (ShardRoute::Shard(_), ShardRoute::Shard(_)) => ShardRoute::refused(conflict()),
+        }
+    }
+
+    fn is_refused(&self) -> bool {
+        matches!(self, ShardRoute::Refused(..))
+    }
+
     fn refused(message: impl Into<String>) -> ShardRoute {
         ShardRoute::Refused(SqlState::FEATURE_NOT_SUPPORTED, message.into())
     }
@@ -84,19 +101,12 @@ pub fn route(
     };
     let mut route = ShardRoute::Any;
     for class in parsed {
-        let next = one(statement, class, tables, shards);
-        route = match (route, next) {
-            (refused @ ShardRoute::Refused(..), _) | (_, refused @ ShardRoute::Refused(..)) => {
-                return refused
-            }
-            (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
-            (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
-            (ShardRoute::Shard(_), ShardRoute::Shard(_)) => {
-                return ShardRoute::refused(
-                    "the statements of this query need different shards: send them separately",
-                )
-            }
-        };
+        route = route.and(one(statement, class, tables, shards), || {
+            "the statements of this query need different shards: send them separately".into()
+        });
+        if route.is_refused() {
+            break;
+        }
     }
     route
 }
@@ -134,19 +144,16 @@ fn one(
             ));
         }
         let next = table_route(statement, class, table, shards);
-        route = match (route, next) {
-            (_, refused @ ShardRoute::Refused(..)) => return refused,
-            (ShardRoute::Any, other) => other,
-            (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
-            (ShardRoute::Shard(_), _) => {
-                return ShardRoute::refused(format!(
-                    "the keys of this statement are on different shards ({} and others): \
-                     one statement runs on one shard in this version",
-                    table.display_name()
-                ))
-            }
-            (refused @ ShardRoute::Refused(..), _) => return refused,
-        };
+        route = route.and(next, || {
+            format!(
+                "the keys of this statement are on different shards ({} and others): \
+                 one statement runs on one shard in this version",
+                table.display_name()
+            )
+        });
+        if route.is_refused() {
+            break;
+        }
     }
     route
 }
@@ -179,17 +186,15 @@ fn table_route(
                 Ok(key) => placed(table, key, shards),
                 Err(route) => return route,
             };
-            route = match (route, next) {
-                (_, refused @ ShardRoute::Refused(..)) => return refused,
-                (ShardRoute::Any, other) => other,
-                (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
-                _ => {
-                    return ShardRoute::refused(format!(
-                        "the rows of this INSERT into \"{}\" are on different shards: insert them separately",
-                        table.display_name()
-                    ))
-                }
-            };
+            route = route.and(next, || {
+                format!(
+                    "the rows of this INSERT into \"{}\" are on different shards: insert them separately",
+                    table.display_name()
+                )
+            });
+            if route.is_refused() {
+                break;
+            }
         }
         return route;
     }
@@ -379,16 +384,10 @@ pub fn shard_setting(sql: &[u8], classified: &Classified) -> Option<Result<Shard
     } else {
         return None;
     };
-    let value = change.value.as_ref().map(|v| match v {
-        ValueRef::Word(w) => w.clone(),
-        ValueRef::Literal(i) => classified
-            .scan
-            .literals
-            .get(*i)
-            .map(|l| l.value(sql).into_owned())
-            .unwrap_or_default(),
-        ValueRef::Param(_) | ValueRef::Expression => String::new(),
-    });
+    let value = change
+        .value
+        .as_ref()
+        .map(|v| classified.setting_value(sql, v));
     let hint = match value {
         None => None,
         Some(v) if v.eq_ignore_ascii_case("default") => None,

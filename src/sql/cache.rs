@@ -17,6 +17,24 @@ pub struct Classified {
     pub hit: bool,
 }
 
+impl Classified {
+    /// A setting's value as written (`sql` is the classified text): a word, or a literal's
+    /// decoded value; empty for anything computed.
+    pub fn setting_value(&self, sql: &[u8], value: &crate::sql::class::ValueRef) -> String {
+        use crate::sql::class::ValueRef;
+        match value {
+            ValueRef::Word(w) => w.clone(),
+            ValueRef::Literal(i) => self
+                .scan
+                .literals
+                .get(*i)
+                .map(|l| l.value(sql).into_owned())
+                .unwrap_or_default(),
+            ValueRef::Param(_) | ValueRef::Expression => String::new(),
+        }
+    }
+}
+
 /// Classifications by fingerprint, bounded in bytes.
 pub struct ClassificationCache {
     /// Keyed by fingerprint with aHash (randomly seeded per process, so clients cannot aim

@@ -291,19 +291,12 @@ impl Relay {
                 ),
                 _ => ShardRoute::Any,
             };
-            route = match (route, next) {
-                (refused @ ShardRoute::Refused(..), _) | (_, refused @ ShardRoute::Refused(..)) => {
-                    return refused
-                }
-                (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
-                (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
-                (ShardRoute::Shard(_), ShardRoute::Shard(_)) => {
-                    return ShardRoute::Refused(
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "the statements of this request need different shards: send them in separate requests (Sync between them)".into(),
-                    )
-                }
-            };
+            route = route.and(next, || {
+                "the statements of this request need different shards: send them in separate requests (Sync between them)".into()
+            });
+            if matches!(route, ShardRoute::Refused(..)) {
+                break;
+            }
         }
         route
     }
