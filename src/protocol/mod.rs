@@ -3,6 +3,7 @@
 //! Message layouts follow <https://www.postgresql.org/docs/15/protocol-message-formats.html>.
 //! Nothing here allocates per forwarded message; builders write into a caller's `BytesMut`.
 
+pub mod array;
 pub mod backend;
 pub mod bind;
 pub mod frame;

@@ -82,6 +82,46 @@ impl KeyType {
         }
     }
 
+    /// Reads a key in this type's binary format (int2/int4/int8 by width, text bytes, uuid's 16).
+    pub fn from_binary(self, bytes: &[u8]) -> Result<Key<'_>, ShardError> {
+        let invalid = || ShardError::InvalidKey {
+            key_type: self.name(),
+            value: format!("(a binary value of {} bytes)", bytes.len()),
+        };
+        match self {
+            KeyType::Smallint | KeyType::Integer | KeyType::Bigint => {
+                let value = match bytes.len() {
+                    2 => i16::from_be_bytes([bytes[0], bytes[1]]).into(),
+                    4 => i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).into(),
+                    8 => {
+                        let mut b = [0; 8];
+                        b.copy_from_slice(bytes);
+                        i64::from_be_bytes(b)
+                    }
+                    _ => return Err(invalid()),
+                };
+                self.int(value)
+            }
+            KeyType::Text | KeyType::Varchar => std::str::from_utf8(bytes)
+                .map(Key::Text)
+                .map_err(|_| invalid()),
+            KeyType::Uuid => <[u8; 16]>::try_from(bytes)
+                .map(Key::Uuid)
+                .map_err(|_| invalid()),
+        }
+    }
+
+    /// Whether equal keys of the two types hash alike (integers of any width; text and varchar).
+    fn same_family(self, other: KeyType) -> bool {
+        use KeyType::*;
+        matches!(
+            (self, other),
+            (Smallint | Integer | Bigint, Smallint | Integer | Bigint)
+                | (Text | Varchar, Text | Varchar)
+                | (Uuid, Uuid)
+        )
+    }
+
     fn out_of_range(self, text: &str) -> ShardError {
         ShardError::OutOfRange {
             key_type: self.name(),
@@ -233,6 +273,14 @@ impl ShardedTable {
             Some(schema) => format!("{schema}.{}", self.table),
             None => self.table.clone(),
         }
+    }
+
+    /// Whether rows of the two tables with equal keys are always on the same shard (same key
+    /// family, same placement), so a join on their keys runs on one shard.
+    pub fn co_located(&self, other: &ShardedTable) -> bool {
+        self.database == other.database
+            && self.key_type.same_family(other.key_type)
+            && self.placement == other.placement
     }
 
     /// The shard (0-based, below `shards`) that owns rows with this key (`None`: NULL).

@@ -10,10 +10,11 @@
 use std::borrow::Cow;
 
 use super::shard::{Key, ShardError, ShardedTable};
+use crate::protocol::array::{self, ArrayError};
 use crate::protocol::bind::Bind;
 use crate::protocol::sqlstate::SqlState;
 use crate::sql::cache::Classified;
-use crate::sql::class::{Classification, Equality, Kind, StatementClass, ValueRef};
+use crate::sql::class::{Classification, Equality, Kind, Members, StatementClass, ValueRef};
 
 /// Where a statement runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,16 +135,33 @@ fn one(
             ShardRoute::Any
         };
     }
-    let mut route = ShardRoute::Any;
-    for table in sharded {
-        if class.assigned.contains(&table.column) {
-            return ShardRoute::refused(format!(
-                "this UPDATE changes the shard key \"{}\" of \"{}\", which would move the row to another shard: delete and insert it instead",
-                table.column,
-                table.display_name()
-            ));
+    let sharded: Vec<&ShardedTable> = sharded.collect();
+    if let Some(table) = sharded.iter().find(|t| class.assigned.contains(&t.column)) {
+        return ShardRoute::refused(format!(
+            "this statement changes the shard key \"{}\" of \"{}\", which would move the row to another shard: delete and insert it instead",
+            table.column,
+            table.display_name()
+        ));
+    }
+    // Each table's shard from its own key, then through join links to co-located tables.
+    let mut routes: Vec<Option<ShardRoute>> = sharded
+        .iter()
+        .map(|t| own_route(statement, class, t, shards))
+        .collect();
+    while let Some((i, route)) = (0..sharded.len()).find_map(|i| {
+        if routes[i].is_some() {
+            return None;
         }
-        let next = table_route(statement, class, table, shards);
+        (0..sharded.len())
+            .filter(|&j| routes[j].is_some() && linked(class, sharded[i], sharded[j]))
+            .find_map(|j| routes[j].clone())
+            .map(|route| (i, route))
+    }) {
+        routes[i] = Some(route);
+    }
+    let mut route = ShardRoute::Any;
+    for (table, own) in sharded.iter().zip(routes) {
+        let next = own.unwrap_or_else(|| needs_key(table));
         route = route.and(next, || {
             format!(
                 "the keys of this statement are on different shards ({} and others): \
@@ -158,33 +176,50 @@ fn one(
     route
 }
 
-/// The shard one sharded table of a statement needs.
-fn table_route(
+fn needs_key(table: &ShardedTable) -> ShardRoute {
+    ShardRoute::refused(format!(
+        "table \"{}\" is sharded by \"{}\": add \"{} = <value>\" to the statement (or /* pgsidecar: shard_key=<value> */)",
+        table.display_name(),
+        table.column,
+        table.column
+    ))
+}
+
+/// Whether a column reference is the key column of `table`.
+fn is_key_of(table: &ShardedTable, name: Option<&str>, column: &str) -> bool {
+    column == table.column && name.is_some_and(|n| names_table(n, table))
+}
+
+/// Whether the statement joins the key columns of two co-located tables (`a.key = b.key`), so
+/// that every row it reads of one is on the shard of the other's key.
+fn linked(class: &StatementClass, a: &ShardedTable, b: &ShardedTable) -> bool {
+    a.co_located(b)
+        && class.links.iter().any(|l| {
+            let (left, right) = (&l.left, &l.right);
+            (is_key_of(a, left.table.as_deref(), &left.column)
+                && is_key_of(b, right.table.as_deref(), &right.column))
+                || (is_key_of(b, left.table.as_deref(), &left.column)
+                    && is_key_of(a, right.table.as_deref(), &right.column))
+        })
+}
+
+/// The shard one sharded table of a statement needs by its own key (`None`: it has none).
+fn own_route(
     statement: &Statement<'_>,
     class: &StatementClass,
     table: &ShardedTable,
     shards: usize,
-) -> ShardRoute {
-    let needs_key = || {
-        ShardRoute::refused(format!(
-            "table \"{}\" is sharded by \"{}\": add \"{} = <value>\" to the statement (or /* pgsidecar: shard_key=<value> */)",
-            table.display_name(),
-            table.column,
-            table.column
-        ))
-    };
-    let is_key = |e: &Equality| {
-        e.column == table.column && e.table.as_deref().is_some_and(|n| names_table(n, table))
-    };
+) -> Option<ShardRoute> {
+    let is_key = |e: &Equality| is_key_of(table, e.table.as_deref(), &e.column);
     if !class.insert_rows.is_empty() {
         let mut route = ShardRoute::Any;
         for row in &class.insert_rows {
             let Some(eq) = row.iter().find(|e| is_key(e)) else {
-                return needs_key();
+                return Some(needs_key(table));
             };
             let next = match value(statement, table, &eq.value) {
                 Ok(key) => placed(table, key, shards),
-                Err(route) => return route,
+                Err(route) => return Some(route),
             };
             route = route.and(next, || {
                 format!(
@@ -196,15 +231,134 @@ fn table_route(
                 break;
             }
         }
-        return route;
+        return Some(route);
     }
-    match class.equalities.iter().find(|e| is_key(e)) {
-        Some(eq) => match value(statement, table, &eq.value) {
+    if let Some(eq) = class.equalities.iter().find(|e| is_key(e)) {
+        return Some(match value(statement, table, &eq.value) {
             Ok(key) => placed(table, key, shards),
             Err(route) => route,
-        },
-        None => needs_key(),
+        });
     }
+    class
+        .memberships
+        .iter()
+        .find(|m| is_key_of(table, m.table.as_deref(), &m.column))
+        .map(|m| members_route(statement, table, &m.values, shards))
+}
+
+/// The shard of every value of `IN (…)` or `= ANY(…)`, which must be one.
+fn members_route(
+    statement: &Statement<'_>,
+    table: &ShardedTable,
+    members: &Members,
+    shards: usize,
+) -> ShardRoute {
+    let conflict = || {
+        format!(
+            "the values listed for \"{}\" of \"{}\" are on different shards: \
+             one statement runs on one shard in this version, so query each shard's values separately",
+            table.column,
+            table.display_name()
+        )
+    };
+    let mut route = ShardRoute::Any;
+    let mut add = |next: ShardRoute| {
+        route = std::mem::replace(&mut route, ShardRoute::Any).and(next, conflict);
+        !route.is_refused()
+    };
+    match members {
+        Members::List(values) => {
+            for v in values {
+                // NULL in an IN list matches no row: it needs no shard.
+                let next = match value(statement, table, v) {
+                    Ok(None) => continue,
+                    Ok(key) => placed(table, key, shards),
+                    Err(refused) => refused,
+                };
+                if !add(next) {
+                    break;
+                }
+            }
+        }
+        Members::Array(v) => {
+            if let Err(refused) = array_keys(statement, table, v, |key| {
+                add(match key {
+                    Ok(None) => ShardRoute::Any,
+                    Ok(key) => placed(table, key, shards),
+                    Err(e) => ShardRoute::error(&e),
+                })
+            }) {
+                return refused;
+            }
+        }
+    }
+    route
+}
+
+/// Calls `each` with every element of an array value (a literal or a Bind parameter) as a key
+/// of the table's type, until it returns false.
+fn array_keys(
+    statement: &Statement<'_>,
+    table: &ShardedTable,
+    value: &ValueRef,
+    mut each: impl FnMut(Result<Option<Key<'_>>, ShardError>) -> bool,
+) -> Result<(), ShardRoute> {
+    let array_error =
+        |e: ArrayError| ShardRoute::Refused(SqlState::INVALID_TEXT_REPRESENTATION, e.to_string());
+    let text: Cow<'_, str> = match value {
+        ValueRef::Literal(i) => statement
+            .classified
+            .scan
+            .literals
+            .get(*i)
+            .map(|l| l.value(statement.sql))
+            .ok_or_else(|| ShardRoute::refused("the shard key array could not be read"))?,
+        ValueRef::Param(n) => {
+            let i = (*n as usize).saturating_sub(1);
+            let bind = statement.bind.ok_or_else(|| {
+                ShardRoute::refused(
+                    "the shard keys are a parameter and there is no Bind to read them from",
+                )
+            })?;
+            let bytes = match bind.param(i) {
+                None => {
+                    return Err(ShardRoute::refused(format!(
+                        "the Bind has no parameter ${}",
+                        i + 1
+                    )))
+                }
+                // `= ANY(NULL)` matches no row.
+                Some(None) => return Ok(()),
+                Some(Some(bytes)) => bytes,
+            };
+            if bind.param_format(i) != 0 {
+                for element in array::binary_elements(bytes).map_err(array_error)? {
+                    if !each(element.map(|b| table.key_type.from_binary(b)).transpose()) {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+            Cow::Borrowed(std::str::from_utf8(bytes).map_err(|_| {
+                ShardRoute::Refused(
+                    SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                    "the shard key array is not valid UTF-8".into(),
+                )
+            })?)
+        }
+        ValueRef::Word(_) | ValueRef::Expression => return Err(needs_key(table)),
+    };
+    for element in array::text_elements(&text).map_err(array_error)? {
+        if !each(
+            element
+                .as_deref()
+                .map(|t| table.key_type.parse(t))
+                .transpose(),
+        ) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The key a value reference stands for (`None`: NULL).
@@ -258,7 +412,6 @@ fn bind_key<'a>(
     table: &ShardedTable,
     i: usize,
 ) -> Result<Option<Key<'a>>, ShardRoute> {
-    use super::shard::KeyType;
     let invalid = || {
         ShardRoute::error(&ShardError::InvalidKey {
             key_type: table.key_type.name(),
@@ -279,23 +432,16 @@ fn bind_key<'a>(
                 .map(Some)
                 .map_err(|e| ShardRoute::error(&e))
         }
-        Some(Some(bytes)) => match table.key_type {
-            KeyType::Smallint | KeyType::Integer | KeyType::Bigint => {
-                let v = bind.param_int(i).ok_or_else(invalid)?;
-                table
-                    .key_type
-                    .int(v)
-                    .map(Some)
-                    .map_err(|e| ShardRoute::error(&e))
-            }
-            KeyType::Text | KeyType::Varchar => std::str::from_utf8(bytes)
-                .map(|s| Some(Key::Text(s)))
-                .map_err(|_| invalid()),
-            KeyType::Uuid => <[u8; 16]>::try_from(bytes)
-                .map(|u| Some(Key::Uuid(u)))
-                .map_err(|_| invalid()),
-        },
+        Some(Some(bytes)) => binary_key(table, bytes).map(Some),
     }
+}
+
+/// A key in binary format, as the table's key type sends it.
+fn binary_key<'a>(table: &ShardedTable, bytes: &'a [u8]) -> Result<Key<'a>, ShardRoute> {
+    table
+        .key_type
+        .from_binary(bytes)
+        .map_err(|e| ShardRoute::error(&e))
 }
 
 /// The table's shard for a key.
@@ -509,6 +655,151 @@ mod tests {
         );
         assert_eq!(route_of("SELECT 1"), ShardRoute::Any);
         assert_eq!(route_of("SELECT * FROM countries"), ShardRoute::Any);
+    }
+
+    /// A Bind body with one parameter in `format`.
+    fn bind_body(format: i16, value: &[u8]) -> Vec<u8> {
+        let mut body = b"\0\0".to_vec();
+        body.extend(1i16.to_be_bytes());
+        body.extend(format.to_be_bytes());
+        body.extend(1i16.to_be_bytes());
+        body.extend(i32::try_from(value.len()).unwrap().to_be_bytes());
+        body.extend(value);
+        body.extend(0i16.to_be_bytes());
+        body
+    }
+
+    fn route_bound(sql: &str, format: i16, value: &[u8]) -> ShardRoute {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        let classified = cache.classify(sql.as_bytes());
+        let body = bind_body(format, value);
+        let bind = Bind::parse(&body).unwrap();
+        let statement = Statement {
+            sql: sql.as_bytes(),
+            classified: &classified,
+            bind: Some(&bind),
+        };
+        route(&statement, &tables(), 3, None)
+    }
+
+    /// Two keys on the same shard and one on another.
+    fn keys() -> (i64, i64, i64) {
+        let a = 1;
+        let same = (2..100).find(|&k| shard(k) == shard(a)).unwrap();
+        let other = (2..100).find(|&k| shard(k) != shard(a)).unwrap();
+        (a, same, other)
+    }
+
+    #[test]
+    fn keys_from_in_lists_and_arrays() {
+        let (a, same, other) = keys();
+        assert_eq!(
+            route_of(&format!(
+                "SELECT * FROM orders WHERE customer_id IN ({a}, {same}, NULL)"
+            )),
+            shard(a)
+        );
+        assert_eq!(
+            route_of(&format!(
+                "SELECT * FROM orders WHERE customer_id = ANY('{{{a},{same}}}'::bigint[])"
+            )),
+            shard(a)
+        );
+        assert_eq!(
+            route_of(&format!(
+                "DELETE FROM orders WHERE customer_id = ANY(ARRAY[{a}, {same}])"
+            )),
+            shard(a)
+        );
+        refused_with(
+            &format!("SELECT * FROM orders WHERE customer_id IN ({a}, {other})"),
+            "values listed for \"customer_id\"",
+        );
+        refused_with(
+            "SELECT * FROM orders WHERE customer_id = ANY('{1,x}')",
+            "invalid input syntax",
+        );
+        refused_with(
+            "SELECT * FROM orders WHERE customer_id = ANY('{{1},{2}}')",
+            "one-dimensional",
+        );
+        refused_with("SELECT * FROM orders WHERE customer_id NOT IN (1)", "add");
+        // `= ANY($1)` with the array in text and in binary format.
+        let sql = "SELECT * FROM orders WHERE customer_id = ANY($1)";
+        assert_eq!(
+            route_bound(sql, 0, format!("{{{a}, {same}}}").as_bytes()),
+            shard(a)
+        );
+        let mut binary = Vec::new();
+        for v in [1i32, 0, 20, 2, 1] {
+            binary.extend(v.to_be_bytes());
+        }
+        for k in [a, same] {
+            binary.extend(8i32.to_be_bytes());
+            binary.extend(k.to_be_bytes());
+        }
+        assert_eq!(route_bound(sql, 1, &binary), shard(a));
+        binary.truncate(binary.len() - 12);
+        binary[15] = 1;
+        binary.extend(8i32.to_be_bytes());
+        binary.extend(other.to_be_bytes());
+        // Sizes now say 2 elements but one is cut: malformed, or on another shard.
+        assert!(matches!(
+            route_bound(sql, 1, &binary),
+            ShardRoute::Refused(..)
+        ));
+        assert!(matches!(
+            route_bound(sql, 0, b"{1,2"),
+            ShardRoute::Refused(s, _) if s == SqlState::INVALID_TEXT_REPRESENTATION
+        ));
+    }
+
+    #[test]
+    fn on_conflict_and_co_located_joins() {
+        let (a, _, other) = keys();
+        assert_eq!(
+            route_of(&format!(
+                "INSERT INTO orders (customer_id, note) VALUES ({a}, 'x') \
+                 ON CONFLICT (customer_id) DO UPDATE SET note = EXCLUDED.note"
+            )),
+            shard(a)
+        );
+        refused_with(
+            "INSERT INTO orders (customer_id) VALUES (1) ON CONFLICT (id) DO UPDATE SET customer_id = 2",
+            "changes the shard key",
+        );
+        // orders.customer_id and customers.id are co-located (both bigint, hash).
+        assert_eq!(
+            route_of(&format!(
+                "SELECT * FROM orders o JOIN customers c ON o.customer_id = c.id WHERE c.id = {a}"
+            )),
+            shard(a)
+        );
+        assert_eq!(
+            route_of(&format!(
+                "SELECT * FROM orders o LEFT JOIN public.customers c ON c.id = o.customer_id \
+                 WHERE o.customer_id = {a}"
+            )),
+            shard(a)
+        );
+        assert_eq!(
+            route_of(&format!(
+                "SELECT * FROM orders o, customers c WHERE o.customer_id = c.id AND o.customer_id = {a}"
+            )),
+            shard(a)
+        );
+        // Joined on another column: customers needs its own key.
+        refused_with(
+            &format!("SELECT * FROM orders o JOIN customers c ON o.note = c.id WHERE o.customer_id = {a}"),
+            "\"public.customers\" is sharded",
+        );
+        refused_with(
+            &format!(
+                "SELECT * FROM orders o JOIN customers c ON o.customer_id = c.id \
+                 WHERE o.customer_id = {a} AND c.id = {other}"
+            ),
+            "different shards",
+        );
     }
 
     #[test]

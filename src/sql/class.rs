@@ -1,5 +1,5 @@
-//! What the classifier says about a statement: its kind, tables, functions, settings, equality
-//! predicates and INSERT rows, with values referred to by literal index. Plain data shared by
+//! What the classifier says about a statement: its kind, tables, functions, settings, equality,
+//! membership and column-link predicates and INSERT rows, with values referred to by literal index. Plain data shared by
 //! the classifier (`classify.rs`), its AST walks (`walk.rs`) and everyone who reads a
 //! classification.
 
@@ -134,6 +134,39 @@ pub struct Equality {
     pub value: ValueRef,
 }
 
+/// `column IN (…)` or `column = ANY(…)` in the top-level AND chain of WHERE: the column equals
+/// one of the values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The table the column belongs to (alias resolved), when known.
+    pub table: Option<String>,
+    pub column: String,
+    pub values: Members,
+}
+
+/// The values of a membership test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Members {
+    /// `IN (v1, v2, …)` or `= ANY(ARRAY[v1, v2, …])`.
+    List(Vec<ValueRef>),
+    /// `= ANY($1)` or `= ANY('{…}')`: one array value.
+    Array(ValueRef),
+}
+
+/// A column as a predicate names it (alias resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRef {
+    pub table: Option<String>,
+    pub column: String,
+}
+
+/// `a.x = b.y`: two columns equal, in the top-level AND chain of WHERE or of a join's ON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnLink {
+    pub left: ColumnRef,
+    pub right: ColumnRef,
+}
+
 /// Everything the classifier says about one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementClass {
@@ -147,9 +180,12 @@ pub struct StatementClass {
     pub functions: Vec<FunctionCall>,
     pub settings: Vec<SettingChange>,
     pub equalities: Vec<Equality>,
+    pub memberships: Vec<Membership>,
+    pub links: Vec<ColumnLink>,
     /// INSERT rows as column/value pairs.
     pub insert_rows: Vec<Vec<Equality>>,
-    /// The columns an UPDATE assigns (their last name part).
+    /// The columns an UPDATE (or INSERT … ON CONFLICT DO UPDATE) assigns (their last name
+    /// part).
     pub assigned: Vec<String>,
 }
 
@@ -174,6 +210,8 @@ impl StatementClass {
             functions: Vec::new(),
             settings: Vec::new(),
             equalities: Vec::new(),
+            memberships: Vec::new(),
+            links: Vec::new(),
             insert_rows: Vec::new(),
             assigned: Vec::new(),
         }

@@ -21,7 +21,7 @@ pub use super::class::{
 };
 use super::fingerprint::Scan;
 pub use super::functions::{function_effect, Effect};
-use super::walk::{aliases, equalities, object_name, Positions, Walker};
+use super::walk::{aliases, object_name, predicates, Positions, Walker};
 
 /// What the classifier is told beyond the SQL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,30 +143,28 @@ fn classify_statement(
     match statement {
         Statement::Query(query) => {
             if let SetExpr::Select(select) = query.body.as_ref() {
+                let factors = select.from.iter().flat_map(|t| {
+                    std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation))
+                });
+                let aliases = aliases(factors);
                 if let Some(selection) = &select.selection {
-                    let factors = select.from.iter().flat_map(|t| {
-                        std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation))
-                    });
-                    let aliases = aliases(factors);
-                    equalities(selection, &aliases, positions, &mut class.equalities);
+                    predicates(selection, &aliases, positions, &mut class);
                 }
+                // Join conditions only link columns: a key is read from WHERE alone.
+                let mut on = StatementClass::new(Kind::Read);
+                for join in select.from.iter().flat_map(|t| &t.joins) {
+                    if let Some(condition) = join_condition(&join.join_operator) {
+                        predicates(condition, &aliases, positions, &mut on);
+                    }
+                }
+                class.links.append(&mut on.links);
             }
         }
         Statement::Update(update) => {
-            for assignment in &update.assignments {
-                let targets = match &assignment.target {
-                    AssignmentTarget::ColumnName(name) => std::slice::from_ref(name),
-                    AssignmentTarget::Tuple(names) => names.as_slice(),
-                };
-                for name in targets {
-                    let name = object_name(name);
-                    let last = name.rsplit('.').next().unwrap_or_default().to_owned();
-                    class.assigned.push(last);
-                }
-            }
+            assigned(&update.assignments, &mut class.assigned);
             if let Some(selection) = &update.selection {
                 let aliases = aliases(std::iter::once(&update.table.relation));
-                equalities(selection, &aliases, positions, &mut class.equalities);
+                predicates(selection, &aliases, positions, &mut class);
             }
         }
         Statement::Delete(delete) => {
@@ -175,7 +173,7 @@ fn classify_statement(
                     FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
                 };
                 let aliases = aliases(tables.iter().map(|t| &t.relation));
-                equalities(selection, &aliases, positions, &mut class.equalities);
+                predicates(selection, &aliases, positions, &mut class);
             }
         }
         Statement::Insert(insert) => {
@@ -199,10 +197,50 @@ fn classify_statement(
                     class.insert_rows.push(pairs);
                 }
             }
+            if let Some(ast::OnInsert::OnConflict(ast::OnConflict {
+                action: ast::OnConflictAction::DoUpdate(update),
+                ..
+            })) = &insert.on
+            {
+                assigned(&update.assignments, &mut class.assigned);
+            }
         }
         _ => {}
     }
     class
+}
+
+/// The columns assignments set (their last name part).
+fn assigned(assignments: &[ast::Assignment], out: &mut Vec<String>) {
+    for assignment in assignments {
+        let targets = match &assignment.target {
+            AssignmentTarget::ColumnName(name) => std::slice::from_ref(name),
+            AssignmentTarget::Tuple(names) => names.as_slice(),
+        };
+        for name in targets {
+            let name = object_name(name);
+            out.push(name.rsplit('.').next().unwrap_or_default().to_owned());
+        }
+    }
+}
+
+/// A join's ON condition, if it has one.
+fn join_condition(operator: &ast::JoinOperator) -> Option<&ast::Expr> {
+    use ast::JoinOperator as J;
+    match operator {
+        J::Join(c)
+        | J::Inner(c)
+        | J::Left(c)
+        | J::LeftOuter(c)
+        | J::Right(c)
+        | J::RightOuter(c)
+        | J::FullOuter(c)
+        | J::StraightJoin(c) => match c {
+            ast::JoinConstraint::On(expr) => Some(expr),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn is_temporary_create(statement: &Statement) -> bool {

@@ -1,7 +1,7 @@
 //! Walking a parsed statement: sqlparser locations mapped back to the scan's literals, and a
 //! visitor that collects the relations, write targets, CTE names, functions, `set_config` calls
-//! and locking clauses of a statement and everything nested in it; top-level equalities with
-//! aliases resolved. Used by `classify.rs` only.
+//! and locking clauses of a statement and everything nested in it; top-level equalities,
+//! memberships and column links with aliases resolved. Used by `classify.rs` only.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -10,7 +10,10 @@ use sqlparser::ast::{
     self, Expr, FromTable, ObjectName, Query, Statement, TableFactor, TableObject, Visitor,
 };
 
-use super::class::{Equality, FunctionCall, SettingChange, SettingName, ValueRef};
+use super::class::{
+    ColumnLink, ColumnRef, Equality, FunctionCall, Members, Membership, SettingChange, SettingName,
+    StatementClass, ValueRef,
+};
 use super::fingerprint::Scan;
 use super::functions::function_effect;
 
@@ -96,23 +99,37 @@ pub(super) fn aliases<'a>(factors: impl Iterator<Item = &'a TableFactor>) -> Vec
     out
 }
 
-/// Collects `column = value` from the top-level AND chain.
-pub(super) fn equalities(
+/// Collects `column = value`, `column IN (…)`, `column = ANY(…)` and `a.x = b.y` from the
+/// top-level AND chain of a WHERE or ON condition.
+pub(super) fn predicates(
     expr: &Expr,
     aliases: &[(String, String)],
     positions: &Positions<'_>,
-    out: &mut Vec<Equality>,
+    out: &mut StatementClass,
 ) {
+    let resolve = |(qualifier, column): (Option<String>, String)| {
+        let table = match qualifier {
+            Some(q) => aliases
+                .iter()
+                .find(|(a, _)| *a == q)
+                .map(|(_, t)| t.clone()),
+            // Unqualified: unambiguous only when one table is in scope.
+            None if single_table(aliases) => aliases.first().map(|(_, t)| t.clone()),
+            None => None,
+        };
+        ColumnRef { table, column }
+    };
+    let is_value = |v: &ValueRef| matches!(v, ValueRef::Literal(_) | ValueRef::Param(_));
     match expr {
         Expr::BinaryOp {
             left,
             op: ast::BinaryOperator::And,
             right,
         } => {
-            equalities(left, aliases, positions, out);
-            equalities(right, aliases, positions, out);
+            predicates(left, aliases, positions, out);
+            predicates(right, aliases, positions, out);
         }
-        Expr::Nested(inner) => equalities(inner, aliases, positions, out),
+        Expr::Nested(inner) => predicates(inner, aliases, positions, out),
         Expr::BinaryOp {
             left,
             op: ast::BinaryOperator::Eq,
@@ -121,28 +138,91 @@ pub(super) fn equalities(
             let (column, value) = match (column_of(left), column_of(right)) {
                 (Some(c), None) => (c, right),
                 (None, Some(c)) => (c, left),
-                _ => return,
+                (Some(l), Some(r)) => {
+                    out.links.push(ColumnLink {
+                        left: resolve(l),
+                        right: resolve(r),
+                    });
+                    return;
+                }
+                (None, None) => return,
             };
             let value = positions.value_ref(value);
-            if matches!(value, ValueRef::Literal(_) | ValueRef::Param(_)) {
-                let (qualifier, column) = column;
-                let table = match qualifier {
-                    Some(q) => aliases
-                        .iter()
-                        .find(|(a, _)| *a == q)
-                        .map(|(_, t)| t.clone()),
-                    // Unqualified: unambiguous only when one table is in scope.
-                    None if single_table(aliases) => aliases.first().map(|(_, t)| t.clone()),
-                    None => None,
-                };
-                out.push(Equality {
+            if is_value(&value) {
+                let ColumnRef { table, column } = resolve(column);
+                out.equalities.push(Equality {
                     table,
                     column,
                     value,
                 });
             }
         }
+        Expr::In {
+            expr,
+            target: ast::InTarget::List(list),
+            negated: false,
+            ..
+        } => {
+            let Some(column) = column_of(expr) else {
+                return;
+            };
+            // NULL in the list matches no row: it adds nothing.
+            let values: Vec<ValueRef> = list
+                .iter()
+                .map(|e| positions.value_ref(e))
+                .filter(|v| !matches!(v, ValueRef::Word(w) if w == "null"))
+                .collect();
+            if values.iter().all(is_value) {
+                let ColumnRef { table, column } = resolve(column);
+                out.memberships.push(Membership {
+                    table,
+                    column,
+                    values: Members::List(values),
+                });
+            }
+        }
+        Expr::AnyOp {
+            left,
+            compare_op: ast::BinaryOperator::Eq,
+            right,
+            ..
+        } => {
+            let Some(column) = column_of(left) else {
+                return;
+            };
+            let values = match strip_casts(right) {
+                Expr::Array(array) => {
+                    let values: Vec<ValueRef> =
+                        array.elem.iter().map(|e| positions.value_ref(e)).collect();
+                    if !values.iter().all(is_value) {
+                        return;
+                    }
+                    Members::List(values)
+                }
+                other => {
+                    let value = positions.value_ref(other);
+                    if !is_value(&value) {
+                        return;
+                    }
+                    Members::Array(value)
+                }
+            };
+            let ColumnRef { table, column } = resolve(column);
+            out.memberships.push(Membership {
+                table,
+                column,
+                values,
+            });
+        }
         _ => {}
+    }
+}
+
+/// The expression under any casts and parentheses.
+fn strip_casts(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => strip_casts(expr),
+        other => other,
     }
 }
 
