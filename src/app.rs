@@ -14,7 +14,7 @@ use crate::cancel::{CancelRegistry, IssuedKey};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::health::Topology;
-use crate::pool::{ConnectOptions, Database, Pool};
+use crate::pool::{ConnectOptions, Database, Pool, PoolName};
 use crate::route::shard::ShardedTable;
 use crate::session::auth::UserAuth;
 use crate::sql::signal::SignalKind;
@@ -320,8 +320,8 @@ fn databases(
     Ok(databases)
 }
 
-/// One database or shard: its primary's pool and its replicas' (labelled `name`,
-/// `name/shardN`, `…/replicaM`).
+/// One database or shard: its primary's pool and its replicas' (named by database, shard and
+/// replica).
 fn node(
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -331,34 +331,34 @@ fn node(
     primary: &crate::config::UpstreamUrl,
     replicas: &Option<crate::config::ReplicaConfig>,
 ) -> Result<Arc<Database>, AppError> {
-    let pool_for = |label: String, url: &crate::config::UpstreamUrl| {
+    let pool_for = |name: PoolName, url: &crate::config::UpstreamUrl| {
         let options = ConnectOptions {
             dialer: dialer.clone(),
             ..ConnectOptions::for_url(url, config.pool.connect_timeout, config.pool.tcp_keepalive)?
         };
         Ok::<_, AppError>(Arc::new(Pool::new(
-            label,
+            name,
             url.clone(),
             config.pool.clone(),
             options,
             Arc::clone(metrics),
         )))
     };
-    let label = match shard {
-        Some(i) => format!("{name}/shard{i}"),
-        None => name.to_owned(),
+    let pool_name = PoolName {
+        database: name.to_owned(),
+        shard,
+        replica: None,
     };
-    let primary = pool_for(label.clone(), primary)?;
+    let primary = pool_for(pool_name.clone(), primary)?;
     let mut topology = None;
     if let Some(replicas) = replicas {
         let replica_pools = replicas
             .urls
             .iter()
             .enumerate()
-            .map(|(i, url)| pool_for(format!("{label}/replica{i}"), url))
+            .map(|(i, url)| pool_for(pool_name.replica(i), url))
             .collect::<Result<Vec<_>, _>>()?;
         topology = Some(Arc::new(Topology::new(
-            &label,
             Arc::clone(&primary),
             replica_pools,
             replicas.clone(),

@@ -88,7 +88,7 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                         _ => {
                             return text(
                                 StatusCode::SERVICE_UNAVAILABLE,
-                                format!("upstream for database {} is unavailable\n", pool.database),
+                                format!("upstream for database {} is unavailable\n", pool.name),
                                 PLAIN,
                             )
                         }

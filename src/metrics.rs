@@ -144,7 +144,7 @@ impl Metrics {
                 "pgsidecar_upstream_up",
                 "1 when the last connection attempt to the upstream succeeded",
             ),
-            &["database"],
+            &["database", "shard", "replica"],
         )
         .expect("metric definition is valid");
         registry
@@ -173,7 +173,7 @@ impl Metrics {
             .register(Box::new(routed.clone()))
             .expect("metric registers once");
         let replica_gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["database", "replica"])
+            let g = IntGaugeVec::new(Opts::new(name, help), &["database", "shard", "replica"])
                 .expect("metric definition is valid");
             registry
                 .register(Box::new(g.clone()))
@@ -193,7 +193,7 @@ impl Metrics {
                 "pgsidecar_replica_ejections_total",
                 "Times a replica stopped serving reads (failed check, not in recovery, or lagging)",
             ),
-            &["database", "replica"],
+            &["database", "shard", "replica"],
         )
         .expect("metric definition is valid");
         registry

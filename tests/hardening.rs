@@ -145,7 +145,7 @@ async fn dead_upstream_fails_fast_and_later_hosts_are_tried() {
     assert_eq!(
         metric(
             &metrics,
-            &format!("pgsidecar_upstream_up{{database=\"{name}\"}}")
+            &format!("pgsidecar_upstream_up{{database=\"{name}\",replica=\"\",shard=\"\"}}")
         ),
         Some(0.0)
     );

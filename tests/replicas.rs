@@ -267,7 +267,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     assert_eq!(
         metric(
             &text,
-            &format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}")
+            &format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\",shard=\"\"}}")
         ),
         Some(1.0),
         "{text}"
@@ -384,7 +384,7 @@ async fn a_stopped_replica_is_ejected_and_comes_back() {
     // that sidecar's health check found the replica gone).
     until_metric(
         never.metrics_addr,
-        &format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}"),
+        &format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\",shard=\"\"}}"),
         0.0,
     )
     .await;
@@ -394,12 +394,14 @@ async fn a_stopped_replica_is_ejected_and_comes_back() {
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("57P03"), "{e}");
     let (_, text) = http_get(sidecar.metrics_addr, "/metrics").await;
-    let up = format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}");
+    let up = format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\",shard=\"\"}}");
     assert_eq!(metric(&text, &up), Some(0.0), "{text}");
     assert!(
         metric(
             &text,
-            &format!("pgsidecar_replica_ejections_total{{database=\"{name}\",replica=\"0\"}}")
+            &format!(
+                "pgsidecar_replica_ejections_total{{database=\"{name}\",replica=\"0\",shard=\"\"}}"
+            )
         )
         .unwrap()
             >= 1.0,
@@ -468,7 +470,7 @@ async fn a_replica_behind_a_stalled_network_path_is_ejected() {
     until_replica_serves(&client).await;
 
     proxy.stall();
-    let up = format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\"}}");
+    let up = format!("pgsidecar_replica_up{{database=\"{name}\",replica=\"0\",shard=\"\"}}");
     let mut ejected = false;
     for _ in 0..200 {
         if scrape(sidecar.metrics_addr, &up).await == Some(0.0) {

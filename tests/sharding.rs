@@ -5,6 +5,7 @@
 mod support;
 
 use pgsidecar::route::shard::{hash_shard, Key, KeyType};
+use support::shards::*;
 use support::*;
 
 /// Deterministic pseudo-random numbers (no dependency on a seeded RNG crate).
@@ -187,37 +188,6 @@ fn shard_of_prints_the_shard_alone() {
         !ok && stderr.contains("not a [[sharded_table]]"),
         "{stderr}"
     );
-}
-
-/// A shard server: its own PostgreSQL with database `app` owned by role app.
-fn shard_server() -> pgsidecar::localpg::LocalPostgres {
-    let pg = pgsidecar::localpg::LocalPostgres::start("").expect("start a shard server");
-    pg.create_user_and_database("app", PASSWORD, "app")
-        .expect("role and database");
-    pg
-}
-
-/// A sidecar in front of `shards` (database `app`, user app), with `more` TOML after the
-/// user (sharded tables, tenancy).
-async fn sharded_sidecar(
-    shards: &[pgsidecar::localpg::LocalPostgres],
-    more: &str,
-) -> pgsidecar::listener::Running {
-    let shard_lines: String = shards
-        .iter()
-        .map(|s| {
-            format!(
-                "[[database.shards]]\nprimary = \"{}\"\n",
-                s.url("app", PASSWORD, "app")
-            )
-        })
-        .collect();
-    start(&format!(
-        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-         [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\n{shard_lines}\n\
-         [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{more}"
-    ))
-    .await
 }
 
 /// A shard server with the tenancy SQL and a tenant table under Row-Level Security.

@@ -59,7 +59,7 @@ async fn sidecar_recovers_when_the_upstream_restarts() {
     assert_eq!(
         metric(
             &metrics,
-            &format!("pgsidecar_upstream_up{{database=\"{name}\"}}")
+            &format!("pgsidecar_upstream_up{{database=\"{name}\",replica=\"\",shard=\"\"}}")
         ),
         Some(1.0)
     );

@@ -18,6 +18,48 @@ pub struct Database {
     pub shard: Option<usize>,
 }
 
+/// Which upstream a pool serves: a database, which shard of it, which replica. Displayed as
+/// `app`, `app/shard0`, `app/shard0/replica1` in logs; separate metric labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolName {
+    pub database: String,
+    pub shard: Option<usize>,
+    pub replica: Option<usize>,
+}
+
+impl PoolName {
+    /// The `shard` metric label: the shard number, empty when the database is not sharded.
+    pub fn shard_label(&self) -> String {
+        self.shard.map(|s| s.to_string()).unwrap_or_default()
+    }
+
+    /// The `replica` metric label: the replica's position, empty for a primary.
+    pub fn replica_label(&self) -> String {
+        self.replica.map(|r| r.to_string()).unwrap_or_default()
+    }
+
+    /// The same database and shard, replica `i`.
+    pub fn replica(&self, i: usize) -> PoolName {
+        PoolName {
+            replica: Some(i),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for PoolName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.database)?;
+        if let Some(shard) = self.shard {
+            write!(f, "/shard{shard}")?;
+        }
+        if let Some(replica) = self.replica {
+            write!(f, "/replica{replica}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Database {
     /// Every pool of the database: the primary's, then the replicas'.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {

@@ -87,7 +87,6 @@ pub struct Topology {
 impl Topology {
     /// The topology of a database whose replicas are served by `replica_pools` (in config order).
     pub fn new(
-        database: &str,
         primary: Arc<Pool>,
         replica_pools: Vec<Arc<Pool>>,
         config: ReplicaConfig,
@@ -97,17 +96,21 @@ impl Topology {
             .into_iter()
             .enumerate()
             .map(|(i, pool)| {
-                let labels = [database, &i.to_string()];
+                let name = &pool.name;
+                let (shard, replica) = (name.shard_label(), i.to_string());
+                let labels = [name.database.as_str(), &shard, &replica];
                 let up = metrics.replica_up.with_label_values(&labels);
                 up.set(0);
+                let lag = metrics.replica_lag_bytes.with_label_values(&labels);
+                let ejections = metrics.replica_ejections.with_label_values(&labels);
                 Replica {
                     pool,
                     // Usable from the first successful check on.
                     usable: AtomicBool::new(false),
                     replay_lsn: AtomicU64::new(0),
                     up,
-                    lag: metrics.replica_lag_bytes.with_label_values(&labels),
-                    ejections: metrics.replica_ejections.with_label_values(&labels),
+                    lag,
+                    ejections,
                 }
             })
             .collect();

@@ -10,6 +10,6 @@ pub mod pool;
 pub mod server;
 pub mod tenants;
 
-pub use database::Database;
+pub use database::{Database, PoolName};
 pub use pool::{Checkout, CheckoutError, Pool};
 pub use server::{AppliedSettings, ConnectOptions, ServerConn, ServerError};

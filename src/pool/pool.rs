@@ -60,8 +60,10 @@ pub struct Startup {
 
 /// A pool of server connections to one upstream.
 pub struct Pool {
-    /// The database name clients use (metric label, logs).
-    pub database: String,
+    /// The upstream it serves (metric labels, logs).
+    pub name: super::PoolName,
+    /// `pgsidecar_upstream_up` of this upstream.
+    up: prometheus::IntGauge,
     url: UpstreamUrl,
     config: PoolConfig,
     connect_options: ConnectOptions,
@@ -86,20 +88,26 @@ impl Pool {
 
     /// A pool with no connections yet; they are opened on demand.
     pub fn new(
-        database: String,
+        name: super::PoolName,
         url: UpstreamUrl,
         config: PoolConfig,
         connect_options: ConnectOptions,
         metrics: Arc<Metrics>,
     ) -> Pool {
-        metrics.upstream_up.with_label_values(&[&database]).set(0);
+        let up = metrics.upstream_up.with_label_values(&[
+            name.database.as_str(),
+            &name.shard_label(),
+            &name.replica_label(),
+        ]);
+        up.set(0);
         let notifier = Arc::new(super::notify::Notifier::new(
             url.clone(),
             connect_options.clone(),
             Arc::clone(&metrics),
         ));
         Pool {
-            database,
+            name,
+            up,
             url,
             notifier,
             connect_options,
@@ -229,21 +237,18 @@ impl Pool {
 
     async fn connect(&self) -> Result<ServerConn, ServerError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let up = self
-            .metrics
-            .upstream_up
-            .with_label_values(&[&self.database]);
+        let up = &self.up;
         match ServerConn::connect(id, &self.url, &[], &self.connect_options).await {
             Ok(conn) => {
                 self.metrics.server_connects.inc();
                 up.set(1);
-                tracing::debug!(server = id, database = %self.database, "opened server connection");
+                tracing::debug!(server = id, pool = %self.name, "opened server connection");
                 Ok(conn)
             }
             Err(e) => {
                 up.set(0);
                 self.metrics.error(e.kind());
-                tracing::warn!(database = %self.database, error = %e, "could not open server connection");
+                tracing::warn!(pool = %self.name, error = %e, "could not open server connection");
                 Err(e)
             }
         }

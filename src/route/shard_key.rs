@@ -398,6 +398,8 @@ fn value<'a>(
             };
             bind_key(bind, table, (*n as usize).saturating_sub(1))
         }
+        // An INSERT of a NULL key.
+        ValueRef::Word(w) if w == "null" => Ok(None),
         ValueRef::Word(_) | ValueRef::Expression => Err(ShardRoute::refused(format!(
             "the shard key \"{}\" of \"{}\" is computed: give it as a literal or a parameter",
             table.column,

@@ -4,6 +4,7 @@
 //! psql, pgbench, a raw protocol client).
 #![allow(dead_code)]
 
+pub mod shards;
 pub mod stall;
 
 use std::net::SocketAddr;

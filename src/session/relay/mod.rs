@@ -182,8 +182,9 @@ pub struct Relay {
     /// request for the primary came behind reads in flight): it owes the front replies, gets
     /// no new requests, and is released once it has answered them. Only while attached.
     earlier: Option<Box<Attachment>>,
-    /// The sequence of this client's last write on the primary (read-your-writes).
-    last_write: u64,
+    /// The sequence of this client's last write on the primary of each shard (one entry when
+    /// not sharded; read-your-writes): sequences of different shards do not compare.
+    last_writes: smallvec::SmallVec<[u64; 4]>,
     /// `SET pgsidecar.route`.
     route_preference: RoutePreference,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
@@ -219,7 +220,7 @@ impl Relay {
             recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
             earlier: None,
-            last_write: 0,
+            last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,
             app,
             client,

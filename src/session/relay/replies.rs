@@ -153,7 +153,11 @@ impl Relay {
         if self.mode == PoolMode::Transaction && att.is_quiet() {
             if std::mem::take(&mut att.wrote) {
                 if let Some(topology) = &self.topology {
-                    self.last_write = topology.note_write(self.info.tenant.as_deref());
+                    let shard = self.info.database.shard.unwrap_or(0);
+                    if self.last_writes.len() <= shard {
+                        self.last_writes.resize(shard + 1, 0);
+                    }
+                    self.last_writes[shard] = topology.note_write(self.info.tenant.as_deref());
                 }
             }
             // Session state this client changed is captured and cleaned before anyone else

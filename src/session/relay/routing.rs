@@ -52,7 +52,9 @@ impl Relay {
             topology.count_route(false);
             return Ok((Arc::clone(&self.info.database.primary), Upstream::Primary));
         }
-        match topology.choose_replica(self.last_write, self.info.tenant.as_deref()) {
+        let shard = self.info.database.shard.unwrap_or(0);
+        let last_write = self.last_writes.get(shard).copied().unwrap_or(0);
+        match topology.choose_replica(last_write, self.info.tenant.as_deref()) {
             Ok((index, replica)) => {
                 topology.count_route(true);
                 Ok((Arc::clone(&replica.pool), Upstream::Replica(index)))
