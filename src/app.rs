@@ -1,22 +1,20 @@
-//! The [`App`] bundle — configuration, pools, user credentials, metrics, issued cancel keys and
-//! shutdown tokens — and the listeners that feed it clients. Passed down explicitly; there is
-//! no global accessor.
+//! The [`App`] bundle — what the configuration built ([`Live`], swapped whole by RELOAD),
+//! metrics, issued cancel keys and shutdown tokens — shared by every session. Passed down
+//! explicitly; there is no global accessor.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::{CancelRegistry, IssuedKey};
 use crate::config::Config;
+use crate::live::{self, BuildError, Builder, Live};
 use crate::metrics::Metrics;
-use crate::pool::health::Topology;
-use crate::pool::{ConnectOptions, Database, Pool, PoolName};
-use crate::route::shard::ShardedTable;
-use crate::session::auth::UserAuth;
 use crate::sql::signal::SignalKind;
 
 /// Why the sidecar could not start.
@@ -27,57 +25,43 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("invalid user configuration: {0}")]
-    User(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Why a client cannot be given a database.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    #[error("database \"{0}\" does not exist")]
-    UnknownDatabase(String),
-    #[error("database \"{0}\" is sharded by tenant and this login has no tenant")]
-    NoTenant(String),
-    #[error("database \"{0}\" is sharded by statement key, which needs pool mode \"transaction\" (or [tenancy] shard_by = \"tenant\")")]
-    StatementRouting(String),
+/// Why a reload was refused (the old configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the configuration was given on the command line, not in a file: nothing to reload")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
-impl RouteError {
-    /// A bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RouteError::UnknownDatabase(_) => "unknown_database",
-            RouteError::NoTenant(_) => "no_tenant_for_shard",
-            RouteError::StatementRouting(_) => "shard_routing_unavailable",
-        }
-    }
-
-    /// The SQLSTATE the client gets (as Postgres answers an unknown database).
-    pub fn sqlstate(&self) -> crate::protocol::sqlstate::SqlState {
-        use crate::protocol::sqlstate::SqlState;
-        match self {
-            RouteError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
-            RouteError::NoTenant(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            RouteError::StatementRouting(_) => SqlState::FEATURE_NOT_SUPPORTED,
-        }
-    }
+/// Where the configuration came from, for RELOAD.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: std::path::PathBuf,
+    pub overrides: crate::config::Overrides,
 }
 
 /// Everything a session needs, shared by all of them.
 pub struct App {
-    pub config: Config,
+    /// What the current configuration built; swapped whole by a reload.
+    live: ArcSwap<Live>,
+    /// Counts reloads, so a session notices one with a single load.
+    generation: AtomicU64,
+    /// Reloads one at a time.
+    reloading: std::sync::Mutex<()>,
+    file: Option<ConfigFile>,
+    dialer: crate::stream::Dialer,
     pub metrics: Arc<Metrics>,
-    /// The databases clients connect to, by name: one entry, or one per shard.
-    databases: HashMap<String, Vec<Arc<Database>>>,
-    /// `[tenancy] max_connections_per_tenant`, when set.
-    pub tenant_limits: Option<crate::pool::tenants::TenantLimits>,
-    /// Verifies JWT logins (`[tenancy] source = "jwt"`).
-    pub jwt: Option<crate::session::jwt::JwtVerifier>,
-    /// `[tenancy] metric_tenants`, when set.
-    pub tenant_queries: Option<crate::metrics::TenantQueries>,
-    users: HashMap<String, UserAuth>,
     mock_key: [u8; 32],
     rng: SystemRandom,
     cancels: CancelRegistry,
@@ -86,10 +70,14 @@ pub struct App {
     /// Fires when the drain time is over; every session closes.
     pub terminate: CancellationToken,
     pub tracker: TaskTracker,
-    /// Statement classifications by fingerprint.
-    pub classifier: crate::sql::cache::ClassificationCache,
     /// The client-facing TLS acceptor; swapped on reload.
     tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
+}
+
+/// What a reload changed that needs a restart to take effect.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadNotes {
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl App {
@@ -103,63 +91,146 @@ impl App {
         config: Config,
         dialer: crate::stream::Dialer,
     ) -> Result<Arc<App>, AppError> {
+        App::with_source(config, dialer, None)
+    }
+
+    /// As [`App::with_dialer`]; RELOAD reads `file` again.
+    pub fn with_source(
+        config: Config,
+        dialer: crate::stream::Dialer,
+        file: Option<ConfigFile>,
+    ) -> Result<Arc<App>, AppError> {
         let metrics = Arc::new(Metrics::new());
         let rng = SystemRandom::new();
-        let mut users = HashMap::new();
-        for user in &config.users {
-            users.insert(
-                user.name.clone(),
-                UserAuth::prepare(user, &rng).map_err(AppError::User)?,
-            );
-        }
-        let databases = databases(&config, &metrics, &dialer)?;
+        let terminate = CancellationToken::new();
         let tls = match &config.tls {
             Some(settings) => Some(crate::tls::acceptor(&settings.files)?),
             None => None,
         };
+        let live = Live::build(
+            config,
+            None,
+            &Builder {
+                metrics: &metrics,
+                dialer: &dialer,
+                terminate: &terminate,
+            },
+        )?;
         let mut mock_key = [0u8; 32];
         rng.fill(&mut mock_key)
-            .map_err(|_| AppError::User("no randomness available".into()))?;
-        let classifier = crate::sql::cache::ClassificationCache::new(
-            config.classifier.cache_size as u64,
-            crate::sql::classify::Options {
-                read_only_functions: config.classifier.read_only_functions.clone(),
-            },
-        );
-        let tenant_limits = config
-            .tenancy
-            .as_ref()
-            .filter(|t| t.max_connections_per_tenant > 0)
-            .map(|t| crate::pool::tenants::TenantLimits::new(t.max_connections_per_tenant));
-        let jwt = match config.tenancy.as_ref().and_then(|t| t.jwt.as_ref()) {
-            Some(j) => Some(
-                crate::session::jwt::JwtVerifier::new(j)
-                    .map_err(|e| AppError::User(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let tenant_queries = config
-            .tenancy
-            .as_ref()
-            .filter(|t| t.metric_tenants > 0)
-            .map(|t| metrics.tenant_queries(t.metric_tenants));
+            .map_err(|_| BuildError::User("no randomness available".into()))?;
         Ok(Arc::new(App {
-            jwt,
-            tenant_queries,
-            config,
+            live: ArcSwap::from_pointee(live),
+            generation: AtomicU64::new(0),
+            reloading: std::sync::Mutex::new(()),
+            file,
+            dialer,
             metrics,
-            databases,
-            tenant_limits,
-            users,
             mock_key,
             rng,
             cancels: CancelRegistry::default(),
-            classifier,
             tls: arc_swap::ArcSwapOption::new(tls.map(Arc::new)),
             draining: CancellationToken::new(),
-            terminate: CancellationToken::new(),
+            terminate,
             tracker: TaskTracker::new(),
         }))
+    }
+
+    /// What the current configuration built (configuration, databases, users, tenancy,
+    /// classifier).
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// As [`App::live`], to keep across awaits (a login).
+    pub fn live_arc(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The number of reloads so far: a session whose copy differs looks its database up again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// RELOAD: reads the configuration file again and applies it (see [`App::reload_with`]).
+    pub fn reload(&self) -> Result<ReloadNotes, ReloadError> {
+        let file = self.file.as_ref().ok_or(ReloadError::NoFile);
+        let result =
+            file.and_then(|f| Config::from_file(&f.path, &f.overrides).map_err(ReloadError::from));
+        match result {
+            Ok(config) => self.reload_with(config),
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "reload refused; the old configuration stays");
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies `config` without dropping a client: users, databases (added; removed ones
+    /// serve their sessions until they leave; changed ones get new pools that sessions move
+    /// to at their next transaction), tenancy, TLS files, classifier settings. Invalid, it
+    /// changes nothing. Listen addresses and the pool mode need a restart (listed in the
+    /// notes).
+    pub fn reload_with(&self, config: Config) -> Result<ReloadNotes, ReloadError> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.apply(config);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(notes) => {
+                tracing::info!(needs_restart = ?notes.needs_restart, "configuration reloaded")
+            }
+            Err(e) => tracing::error!(error = %e, "reload refused; the old configuration stays"),
+        }
+        result
+    }
+
+    fn apply(&self, mut config: Config) -> Result<ReloadNotes, ReloadError> {
+        let old = self.live.load_full();
+        let mut notes = ReloadNotes::default();
+        // What is bound or fixed at start stays; say so.
+        if config.listen != old.config.listen {
+            notes.needs_restart.push("listen");
+            config.listen = old.config.listen;
+        }
+        if config.metrics_listen != old.config.metrics_listen {
+            notes.needs_restart.push("metrics_listen");
+            config.metrics_listen = old.config.metrics_listen;
+        }
+        if config.pool.mode != old.config.pool.mode {
+            notes.needs_restart.push("pool.mode");
+            config.pool.mode = old.config.pool.mode;
+        }
+        let tls = match &config.tls {
+            Some(settings) => Some(Arc::new(crate::tls::acceptor(&settings.files)?)),
+            None => None,
+        };
+        let builder = Builder {
+            metrics: &self.metrics,
+            dialer: &self.dialer,
+            terminate: &self.terminate,
+        };
+        let new = Arc::new(Live::build(config, Some(&old), &builder)?);
+        for database in old.added_in(&new) {
+            live::spawn_tasks(database);
+        }
+        self.tls.store(tls);
+        self.live.store(Arc::clone(&new));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for database in old.retired_by(&new) {
+            database.retired.cancel();
+            for pool in database.pools() {
+                pool.retire();
+            }
+        }
+        Ok(notes)
     }
 
     /// The TLS acceptor for new clients, if TLS is configured.
@@ -170,82 +241,11 @@ impl App {
     /// Reads the TLS certificate, key and client CA files again; new clients get the new ones.
     /// On error the old configuration stays.
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
-        if let Some(settings) = &self.config.tls {
+        if let Some(settings) = &self.live().config.tls {
             let acceptor = crate::tls::acceptor(&settings.files)?;
             self.tls.store(Some(Arc::new(acceptor)));
         }
         Ok(())
-    }
-
-    /// A database clients connect to, by name (of a sharded one: shard 0).
-    pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
-        self.databases.get(name).and_then(|shards| shards.first())
-    }
-
-    /// The database (or shard of it) a client of `tenant` asking for `name` is routed to.
-    pub fn database_for(
-        &self,
-        name: &str,
-        tenant: Option<&str>,
-    ) -> Result<&Arc<Database>, RouteError> {
-        let shards = self
-            .databases
-            .get(name)
-            .ok_or_else(|| RouteError::UnknownDatabase(name.to_owned()))?;
-        match shards.as_slice() {
-            [single] if single.shard.is_none() => Ok(single),
-            // Each request picks its shard; the session starts on shard 0.
-            [first, ..] if !self.config.sharding.by_tenant => match self.config.pool.mode {
-                crate::config::PoolMode::Transaction => Ok(first),
-                crate::config::PoolMode::Session => {
-                    Err(RouteError::StatementRouting(name.to_owned()))
-                }
-            },
-            _ => {
-                let tenant = tenant.ok_or_else(|| RouteError::NoTenant(name.to_owned()))?;
-                let shard = self.config.sharding.tenants.shard_of(tenant, shards.len());
-                shards
-                    .get(shard)
-                    .ok_or_else(|| RouteError::NoTenant(name.to_owned()))
-            }
-        }
-    }
-
-    /// The shards of a database whose requests each pick their shard (sharded, and not by
-    /// tenant), with its sharded tables.
-    pub fn statement_shards(&self, name: &str) -> Option<(Vec<Arc<Database>>, Vec<ShardedTable>)> {
-        let shards = self.databases.get(name)?;
-        if shards.first()?.shard.is_none() || self.config.sharding.by_tenant {
-            return None;
-        }
-        let tables = self
-            .config
-            .sharding
-            .tables
-            .iter()
-            .filter(|t| t.database == name)
-            .cloned()
-            .collect();
-        Some((shards.clone(), tables))
-    }
-
-    /// Every database, and every shard of the sharded ones.
-    pub fn databases(&self) -> impl Iterator<Item = &Arc<Database>> {
-        self.databases.values().flatten()
-    }
-
-    /// A configured client user.
-    pub fn user(&self, name: &str) -> Option<&UserAuth> {
-        self.users.get(name)
-    }
-
-    /// A configured user's fixed tenant.
-    pub fn fixed_tenant(&self, name: &str) -> Option<String> {
-        self.config
-            .users
-            .iter()
-            .find(|u| u.name == name)
-            .and_then(|u| u.tenant.clone())
     }
 
     /// The per-process key behind mock SCRAM secrets for unknown users.
@@ -278,97 +278,15 @@ impl App {
     pub async fn drain(&self) {
         self.draining.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.config.drain_timeout, self.tracker.wait())
+        if tokio::time::timeout(self.live().config.drain_timeout, self.tracker.wait())
             .await
             .is_err()
         {
             self.terminate.cancel();
             self.tracker.wait().await;
         }
-        for pool in self.databases().flat_map(|d| d.pools()) {
+        for pool in self.live().all().flat_map(|d| d.pools()) {
             pool.close_idle();
         }
     }
-}
-
-/// The databases of the configuration, by name: each one's (or each shard's) pools, not
-/// connected yet, and with replicas their topology.
-fn databases(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    dialer: &crate::stream::Dialer,
-) -> Result<HashMap<String, Vec<Arc<Database>>>, AppError> {
-    let mut databases = HashMap::new();
-    for db in &config.databases {
-        let nodes: Vec<(Option<usize>, &crate::config::UpstreamUrl, _)> = if db.shards.is_empty() {
-            vec![(None, &db.primary, &db.replicas)]
-        } else {
-            db.shards
-                .iter()
-                .enumerate()
-                .map(|(i, shard)| (Some(i), &shard.primary, &shard.replicas))
-                .collect()
-        };
-        let shards = nodes
-            .into_iter()
-            .map(|(shard, primary, replicas)| {
-                node(config, metrics, dialer, &db.name, shard, primary, replicas)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        databases.insert(db.name.clone(), shards);
-    }
-    Ok(databases)
-}
-
-/// One database or shard: its primary's pool and its replicas' (named by database, shard and
-/// replica).
-fn node(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    dialer: &crate::stream::Dialer,
-    name: &str,
-    shard: Option<usize>,
-    primary: &crate::config::UpstreamUrl,
-    replicas: &Option<crate::config::ReplicaConfig>,
-) -> Result<Arc<Database>, AppError> {
-    let pool_for = |name: PoolName, url: &crate::config::UpstreamUrl| {
-        let options = ConnectOptions {
-            dialer: dialer.clone(),
-            ..ConnectOptions::for_url(url, config.pool.connect_timeout, config.pool.tcp_keepalive)?
-        };
-        Ok::<_, AppError>(Arc::new(Pool::new(
-            name,
-            url.clone(),
-            config.pool.clone(),
-            options,
-            Arc::clone(metrics),
-        )))
-    };
-    let pool_name = PoolName {
-        database: name.to_owned(),
-        shard,
-        replica: None,
-    };
-    let primary = pool_for(pool_name.clone(), primary)?;
-    let mut topology = None;
-    if let Some(replicas) = replicas {
-        let replica_pools = replicas
-            .urls
-            .iter()
-            .enumerate()
-            .map(|(i, url)| pool_for(pool_name.replica(i), url))
-            .collect::<Result<Vec<_>, _>>()?;
-        topology = Some(Arc::new(Topology::new(
-            Arc::clone(&primary),
-            replica_pools,
-            replicas.clone(),
-            metrics,
-        )));
-    }
-    Ok(Arc::new(Database {
-        name: name.to_owned(),
-        primary,
-        replicas: topology,
-        shard,
-    }))
 }

@@ -88,7 +88,7 @@ impl fmt::Display for AuthMethod {
 }
 
 /// A database clients can ask for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
     pub name: String,
     /// The primary; of shard 0 when the database is sharded (client startup settings are
@@ -131,7 +131,7 @@ pub enum UserSecret {
 }
 
 /// Pool settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub mode: PoolMode,
     pub size: usize,
@@ -159,7 +159,7 @@ pub struct ClientLimits {
 }
 
 /// The SQL classifier.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClassifierConfig {
     /// Bytes of classifications cached by statement fingerprint.
     pub cache_size: usize,

@@ -80,7 +80,7 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     .any(|p| p == "upstream=1" || p == "upstream=true")
             });
             if upstream {
-                for pool in app.databases().map(|d| &d.primary) {
+                for pool in app.live().all().map(|d| &d.primary) {
                     let checked =
                         tokio::time::timeout(UPSTREAM_CHECK_TIMEOUT, pool.checkout()).await;
                     match checked {

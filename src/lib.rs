@@ -23,6 +23,7 @@ pub mod cancel;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod live;
 pub mod localpg;
 pub mod metrics;
 pub mod pool;

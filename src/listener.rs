@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, ConfigFile};
 use crate::config::Config;
 
 /// A running sidecar: its bound addresses and its [`App`].
@@ -19,9 +19,14 @@ pub struct Running {
 
 /// Binds the client and metrics listeners and starts serving both in the current runtime.
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    start_from(config, None).await
+}
+
+/// As [`start`]; RELOAD reads `file` again.
+pub async fn start_from(config: Config, file: Option<ConfigFile>) -> Result<Running, AppError> {
     let listen = config.listen;
     let metrics_listen = config.metrics_listen;
-    let app = App::new(config)?;
+    let app = App::with_source(config, crate::stream::Dialer::Tcp, file)?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| AppError::Bind {
@@ -46,16 +51,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             source,
         })?;
     tokio::spawn(crate::http::serve(Arc::clone(&app), metrics_listener));
-    for database in app.databases() {
-        for pool in database.pools() {
-            tokio::spawn(Arc::clone(pool).watch(app.terminate.clone()));
-        }
-        if let Some(topology) = &database.replicas {
-            tokio::spawn(Arc::clone(topology).monitor(app.terminate.clone()));
-        }
+    for database in app.live().all() {
+        crate::live::spawn_tasks(database);
     }
     tokio::spawn(accept_clients(Arc::clone(&app), listener));
-    tracing::info!(%addr, %metrics_addr, mode = %app.config.pool.mode, "pgsidecar is listening");
+    tracing::info!(%addr, %metrics_addr, mode = %app.live().config.pool.mode, "pgsidecar is listening");
     Ok(Running {
         addr,
         metrics_addr,

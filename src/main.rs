@@ -91,13 +91,25 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn load(&self) -> Result<Config, ConfigError> {
-        let overrides = Overrides {
+    fn overrides(&self) -> Overrides {
+        Overrides {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             pool_size: self.pool_size,
             pool_mode: self.pool_mode,
-        };
+        }
+    }
+
+    /// The configuration file RELOAD reads again (none with `--upstream`).
+    fn file(&self) -> Option<pgsidecar::app::ConfigFile> {
+        self.config.as_ref().map(|path| pgsidecar::app::ConfigFile {
+            path: path.clone(),
+            overrides: self.overrides(),
+        })
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        let overrides = self.overrides();
         match (&self.config, &self.upstream) {
             (Some(path), _) => Config::from_file(path, &overrides),
             (None, Some(url)) => Config::from_upstream(url, &overrides),
@@ -139,7 +151,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => match args.load() {
-            Ok(config) => runtime.block_on(run(config)),
+            Ok(config) => runtime.block_on(run(config, args.file())),
             Err(e) => {
                 eprintln!("pgsidecar: {e}");
                 ExitCode::FAILURE
@@ -180,7 +192,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, file: Option<pgsidecar::app::ConfigFile>) -> ExitCode {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -194,7 +206,7 @@ async fn run(config: Config) -> ExitCode {
         Ok(limit) => tracing::info!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let running = match pgsidecar::listener::start(config).await {
+    let running = match pgsidecar::listener::start_from(config, file).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgsidecar: {e}");
@@ -206,9 +218,10 @@ async fn run(config: Config) -> ExitCode {
         let app = std::sync::Arc::clone(&app);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match app.reload_tls() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-                    Err(e) => {
+                // RELOAD: the file again (TLS files included); the outcome is logged there.
+                // Without a file (`--upstream`), the TLS files alone.
+                if let Err(pgsidecar::app::ReloadError::NoFile) = app.reload() {
+                    if let Err(e) = app.reload_tls() {
                         tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificates")
                     }
                 }
@@ -217,7 +230,7 @@ async fn run(config: Config) -> ExitCode {
     }
     tokio::select! {
         _ = term.recv() => {
-            let delay = app.config.shutdown_delay;
+            let delay = app.live().config.shutdown_delay;
             tracing::info!(?delay, "SIGTERM: still serving for shutdown_delay");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -227,7 +240,7 @@ async fn run(config: Config) -> ExitCode {
         }
         _ = int.recv() => {}
     }
-    tracing::info!(drain_timeout = ?app.config.drain_timeout, "draining: no new clients");
+    tracing::info!(drain_timeout = ?app.live().config.drain_timeout, "draining: no new clients");
     app.drain().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -360,7 +373,7 @@ async fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> ExitCode {
     eprintln!(
         "pgsidecar demo: metrics on http://{metrics_listen}/metrics — Ctrl-C stops everything"
     );
-    let code = run(config).await;
+    let code = run(config, None).await;
     drop(pg);
     code
 }

@@ -3,6 +3,8 @@
 //! Labelled children are resolved once, when `Metrics` is built, so the hot path only touches
 //! atomics. Nothing here knows about sockets or SQL text.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -20,7 +22,8 @@ pub enum ServerState {
 /// Query counters labelled by tenant, bounded (see [`Metrics::tenant_queries`]).
 pub struct TenantQueries {
     vec: IntCounterVec,
-    limit: usize,
+    /// Changed by RELOAD.
+    limit: std::sync::atomic::AtomicUsize,
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -29,7 +32,8 @@ impl TenantQueries {
     pub fn counter(&self, tenant: &str) -> IntCounter {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let label = if seen.contains(tenant)
-            || (seen.len() < self.limit && seen.insert(tenant.to_owned()))
+            || (seen.len() < self.limit.load(std::sync::atomic::Ordering::Relaxed)
+                && seen.insert(tenant.to_owned()))
         {
             tenant
         } else {
@@ -42,6 +46,10 @@ impl TenantQueries {
 /// All metrics of one sidecar process.
 pub struct Metrics {
     registry: Registry,
+    /// `pgsidecar_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `pgsidecar_tenant_queries_total`, registered on first use.
+    tenant_queries: std::sync::OnceLock<Arc<TenantQueries>>,
     pub client_connections: IntGauge,
     pub clients_waiting: IntGauge,
     server_idle: IntGauge,
@@ -172,6 +180,17 @@ impl Metrics {
         registry
             .register(Box::new(routed.clone()))
             .expect("metric registers once");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_config_reloads_total",
+                "Configuration reloads (RELOAD, SIGHUP), by result: ok or error (the old configuration stayed)",
+            ),
+            &["result"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(config_reloads.clone()))
+            .expect("metric registers once");
         let replica_gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["database", "shard", "replica"])
                 .expect("metric definition is valid");
@@ -288,7 +307,9 @@ impl Metrics {
             classified_hit: classified.with_label_values(&["hit"]),
             classified_miss: classified.with_label_values(&["miss"]),
             classified_unparsed: classified.with_label_values(&["unparsed"]),
+            config_reloads,
             registry,
+            tenant_queries: std::sync::OnceLock::new(),
         }
     }
 
@@ -305,10 +326,20 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of everything.
     /// Per-tenant query counts for the first `limit` tenants seen (the rest count as
-    /// `other`), so the label's cardinality stays bounded.
-    pub fn tenant_queries(&self, limit: usize) -> TenantQueries {
+    /// `other`), so the label's cardinality stays bounded. Registered once; a later call (a
+    /// reload) changes the limit for tenants not seen yet.
+    pub fn tenant_queries(&self, limit: usize) -> Arc<TenantQueries> {
+        let queries = self
+            .tenant_queries
+            .get_or_init(|| Arc::new(self.new_tenant_queries()));
+        queries
+            .limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        Arc::clone(queries)
+    }
+
+    fn new_tenant_queries(&self) -> TenantQueries {
         let vec = IntCounterVec::new(
             Opts::new(
                 "pgsidecar_tenant_queries_total",
@@ -322,11 +353,12 @@ impl Metrics {
             .expect("metric registers once");
         TenantQueries {
             vec,
-            limit,
+            limit: std::sync::atomic::AtomicUsize::new(0),
             seen: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
+    /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding in-memory metric families into a Vec cannot fail.

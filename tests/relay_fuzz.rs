@@ -322,6 +322,7 @@ fn routing_harness() -> &'static Harness {
         let app = App::with_dialer(config, dialer).expect("app");
         runtime.block_on(async {
             let topology = app
+                .live()
                 .database("fuzz")
                 .and_then(|d| d.replicas.clone())
                 .expect("a replica");

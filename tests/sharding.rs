@@ -190,23 +190,6 @@ fn shard_of_prints_the_shard_alone() {
     );
 }
 
-/// A shard server with the tenancy SQL and a tenant table under Row-Level Security.
-fn tenant_shard_server() -> pgsidecar::localpg::LocalPostgres {
-    let pg = shard_server();
-    let signer = pgsidecar::token::Signer::new(SIGNING_KEY.as_bytes()).expect("test key");
-    pg.psql("app", &signer.install_sql(None))
-        .expect("install the tenancy SQL");
-    pg.psql(
-        "app",
-        "CREATE TABLE orders (tenant text NOT NULL DEFAULT pgsidecar.tenant(), id int); \
-         ALTER TABLE orders OWNER TO app; ALTER TABLE orders ENABLE ROW LEVEL SECURITY; \
-         ALTER TABLE orders FORCE ROW LEVEL SECURITY; \
-         CREATE POLICY own ON orders USING (tenant = pgsidecar.tenant());",
-    )
-    .expect("the orders table");
-    pg
-}
-
 #[tokio::test]
 async fn tenant_sharding_puts_each_tenant_on_its_shard() {
     let shards: Vec<_> = (0..3).map(|_| tenant_shard_server()).collect();

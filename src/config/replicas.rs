@@ -58,7 +58,7 @@ pub enum MaxLag {
 }
 
 /// The replica routing of one database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaConfig {
     pub urls: Vec<UpstreamUrl>,
     pub strategy: Strategy,

@@ -12,7 +12,7 @@ use super::{Config, ConfigError, ReplicaConfig, UpstreamUrl};
 use crate::route::shard::{owned_key, KeyType, OwnedKey, Placement, ShardedTable, TenantPlacement};
 
 /// One shard of a database: its primary and its replicas.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShardConfig {
     pub primary: UpstreamUrl,
     /// With the database's replica settings, when the shard has replicas.

@@ -16,6 +16,9 @@ pub struct Database {
     pub replicas: Option<Arc<Topology>>,
     /// Which shard of its database this is, when the database is sharded.
     pub shard: Option<usize>,
+    /// Fires when a reload drops this database (or the sidecar terminates): its background
+    /// tasks end; sessions still on it finish with it.
+    pub retired: tokio_util::sync::CancellationToken,
 }
 
 /// Which upstream a pool serves: a database, which shard of it, which replica. Displayed as

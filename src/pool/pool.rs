@@ -73,6 +73,8 @@ pub struct Pool {
     idle: Mutex<Vec<Box<ServerConn>>>,
     waiting: AtomicUsize,
     next_id: AtomicU64,
+    /// Set when a reload replaced the pool: connections given back are closed.
+    retired: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     /// ParameterStatus a client with these startup settings sees, learned from the server.
     startup_statuses: Mutex<StatusCache>,
@@ -116,6 +118,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            retired: std::sync::atomic::AtomicBool::new(false),
             metrics,
             startup_statuses: Mutex::new(HashMap::new()),
         }
@@ -303,6 +306,13 @@ impl Pool {
             );
             return;
         }
+        if self.retired.load(Ordering::Acquire) {
+            tracing::debug!(
+                server = conn.id,
+                "closing server connection of a reloaded pool"
+            );
+            return;
+        }
         self.metrics.server_state(ServerState::Idle).inc();
         conn.idle_since = now;
         self.idle
@@ -353,6 +363,13 @@ impl Pool {
         }
     }
 
+    /// A reload replaced this pool: its idle connections close now, the others when their
+    /// clients release them.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.close_idle();
+    }
+
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
         let drained: Vec<Box<ServerConn>> =
@@ -360,6 +377,13 @@ impl Pool {
         self.metrics
             .server_state(ServerState::Idle)
             .sub(drained.len() as i64);
+    }
+}
+
+impl Drop for Pool {
+    /// A pool a reload dropped closes what it still holds (and its gauge says so).
+    fn drop(&mut self) {
+        self.close_idle();
     }
 }
 

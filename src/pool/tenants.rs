@@ -37,6 +37,11 @@ impl TenantLimits {
         }
     }
 
+    /// The cap per tenant and database.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// Waits (at most `timeout`) until `tenant` may hold one more server connection of
     /// `database`; the permit gives it back when dropped.
     pub async fn acquire(

@@ -48,11 +48,11 @@ pub async fn serve_stream(app: Arc<App>, stream: Stream, loopback: bool) {
     let acceptor = app.tls_acceptor();
     let tls = handshake::ClientTls {
         acceptor: acceptor.as_deref(),
-        required: app.config.tls.as_ref().is_some_and(|t| t.required),
+        required: app.live().config.tls.as_ref().is_some_and(|t| t.required),
     };
     // A client that never finishes its first packets is dropped silently, as Postgres does.
     let outcome = tokio::time::timeout(
-        app.config.limits.login_timeout,
+        app.live().config.limits.login_timeout,
         handshake::handshake(stream, tls),
     )
     .await;
@@ -105,9 +105,9 @@ pub async fn serve_stream(app: Arc<App>, stream: Stream, loopback: bool) {
             .map(|der| der.as_ref().to_vec()),
         Stream::Plain(_) | Stream::Memory(_) => None,
     };
-    let mut client = ClientConn::new(stream, leftover, app.config.max_message_size);
+    let mut client = ClientConn::new(stream, leftover, app.live().config.max_message_size);
     let login = tokio::time::timeout(
-        app.config.limits.login_timeout,
+        app.live().config.limits.login_timeout,
         login(
             &app,
             &mut client,
@@ -172,13 +172,15 @@ async fn login(
     if startup.needs_negotiation() {
         backend::negotiate_protocol_version(&mut client.wbuf, 0, &startup.protocol_options);
     }
-    let tenancy = app.config.tenancy.as_ref();
-    let mut identity =
-        identity::resolve(&startup.user, tenancy, |u| app.fixed_tenant(u)).map_err(|e| {
+    // One configuration for the whole login, even if a reload comes meanwhile.
+    let live = app.live_arc();
+    let tenancy = live.config.tenancy.as_ref();
+    let mut identity = identity::resolve(&startup.user, tenancy, |u| live.fixed_tenant(u))
+        .map_err(|e| {
             app.metrics.error(e.kind());
             Some(e.report())
         })?;
-    let user_auth = app.user(&identity.user);
+    let user_auth = live.user(&identity.user);
     if !secure && user_auth.is_some_and(|u| u.method() == crate::config::AuthMethod::Jwt) {
         app.metrics.error("jwt_insecure");
         return Err(Some(ErrorReport::fatal(
@@ -192,7 +194,7 @@ async fn login(
         user_auth,
         app.mock_key(),
         app.rng(),
-        app.jwt.as_ref(),
+        live.jwt.as_ref(),
     )
     .await
     {
@@ -206,8 +208,8 @@ async fn login(
     let TenantContext {
         reserved,
         grant: token_grant,
-    } = tenant_context(app, &mut identity, grant, startup, peer_certificate)?;
-    let database = match app.database_for(&startup.database, identity.tenant.as_deref()) {
+    } = tenant_context(app, &live, &mut identity, grant, startup, peer_certificate)?;
+    let database = match live.database_for(&startup.database, identity.tenant.as_deref()) {
         Ok(database) => database,
         Err(e) => {
             app.metrics.error(e.kind());
@@ -259,6 +261,7 @@ pub(crate) fn owner(user: &str, tenant: Option<&str>) -> String {
 /// (`None` without a signing key).
 fn tenant_context(
     app: &App,
+    live: &crate::live::Live,
     identity: &mut identity::Identity,
     grant: Option<jwt::Grant>,
     startup: &crate::protocol::startup::StartupMessage,
@@ -266,7 +269,7 @@ fn tenant_context(
 ) -> Result<TenantContext, Option<ErrorReport>> {
     let mut reserved = BTreeMap::new();
     let mut token_grant = crate::token::Grant::default();
-    let tenancy = app.config.tenancy.as_ref();
+    let tenancy = live.config.tenancy.as_ref();
     if let (Some(grant), Some(t)) = (grant, tenancy) {
         if !t.valid_tenant(&grant.tenant) {
             app.metrics.error("tenant_invalid");

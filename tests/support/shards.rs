@@ -3,7 +3,7 @@
 use pgsidecar::listener::Running;
 use pgsidecar::localpg::LocalPostgres;
 
-use super::{start, PASSWORD};
+use super::{start, PASSWORD, SIGNING_KEY};
 
 /// A shard server: its own PostgreSQL with database `app` owned by role app.
 pub fn shard_server() -> LocalPostgres {
@@ -44,4 +44,21 @@ pub async fn sharded_sidecar_with_replicas(
          [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{more}"
     ))
     .await
+}
+
+/// A shard server with the tenancy SQL and a tenant table under Row-Level Security.
+pub fn tenant_shard_server() -> LocalPostgres {
+    let pg = shard_server();
+    let signer = pgsidecar::token::Signer::new(SIGNING_KEY.as_bytes()).expect("test key");
+    pg.psql("app", &signer.install_sql(None))
+        .expect("install the tenancy SQL");
+    pg.psql(
+        "app",
+        "CREATE TABLE orders (tenant text NOT NULL DEFAULT pgsidecar.tenant(), id int); \
+         ALTER TABLE orders OWNER TO app; ALTER TABLE orders ENABLE ROW LEVEL SECURITY; \
+         ALTER TABLE orders FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY own ON orders USING (tenant = pgsidecar.tenant());",
+    )
+    .expect("the orders table");
+    pg
 }

@@ -34,9 +34,10 @@ impl Relay {
                 )
             };
             // A tenant at its cap waits here, behind nobody else's requests.
-            let tenant_permit = match (&self.app.tenant_limits, &self.info.tenant) {
+            let limits = self.app.live().tenant_limits.clone();
+            let tenant_permit = match (&limits, &self.info.tenant) {
                 (Some(limits), Some(tenant)) => {
-                    let timeout = self.app.config.pool.checkout_timeout;
+                    let timeout = self.app.live().config.pool.checkout_timeout;
                     tokio::select! {
                         permit = limits.acquire(&self.info.database.name, tenant, timeout) => match permit {
                             Ok(p) => Some(p),

@@ -69,6 +69,9 @@ impl Relay {
             // sidecar never forwards a malformed message and ends the session.
             return Err(RelayError::MalformedMessage(frame.tag()));
         }
+        if self.held.is_empty() {
+            self.follow_reload();
+        }
         let classified = self.classify_text(&frame);
         // The attached connection serves a frame that continues its work (or nothing does:
         // COPY data outside COPY, the rest of a failed batch, Terminate); without routing every
@@ -90,6 +93,7 @@ impl Relay {
         let sql = frontend::statement_text(frame.tag(), frame.body())?;
         let classified = self
             .app
+            .live()
             .classifier
             .classify_recent(sql, &mut self.recent_shapes);
         let metrics = &self.app.metrics;
@@ -157,6 +161,7 @@ impl Relay {
             let Some(mut len) = self.held_request_len() else {
                 return Ok(None);
             };
+            self.follow_reload();
             if self.shards.is_some() {
                 match self.place_request(len).await {
                     Placed::Here => {}

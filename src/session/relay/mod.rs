@@ -187,6 +187,8 @@ pub struct Relay {
     last_writes: smallvec::SmallVec<[u64; 4]>,
     /// `SET pgsidecar.route`.
     route_preference: RoutePreference,
+    /// The reload generation this session's database was looked up in.
+    generation: u64,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
     tenant_queries: Option<prometheus::IntCounter>,
     /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
@@ -199,13 +201,15 @@ pub struct Relay {
 impl Relay {
     /// A relay for a client that has just received its first ReadyForQuery.
     pub fn new(app: Arc<App>, client: ClientConn<Stream>, info: SessionInfo) -> Relay {
-        let mode = app.config.pool.mode;
+        let generation = app.generation();
+        let live = app.live_arc();
+        let mode = live.config.pool.mode;
         let topology = match mode {
             PoolMode::Transaction => info.database.replicas.clone(),
             // Session mode pins the client to the primary.
             PoolMode::Session => None,
         };
-        let tenant_queries = match (&app.tenant_queries, &info.tenant) {
+        let tenant_queries = match (&live.tenant_queries, &info.tenant) {
             (Some(q), Some(tenant)) => Some(q.counter(tenant)),
             _ => None,
         };
@@ -214,7 +218,7 @@ impl Relay {
             tenant_queries,
             topology,
             held: intake::Held::default(),
-            shards: app
+            shards: live
                 .statement_shards(&info.database.name)
                 .map(|(databases, tables)| shards::Shards::new(databases, tables, &app.metrics)),
             recent_shapes: Default::default(),
@@ -222,6 +226,7 @@ impl Relay {
             earlier: None,
             last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,
+            generation,
             app,
             client,
             info,
@@ -297,7 +302,9 @@ impl Relay {
                     // The connection the client moved on from owes the front replies: only it
                     // is read (and timed) until it is done; the current one is written to.
                     let earlier = self.earlier.as_deref();
-                    let timer = earlier.unwrap_or(att).next_timer(&self.app.config.limits);
+                    let timer = earlier
+                        .unwrap_or(att)
+                        .next_timer(&self.app.live().config.limits);
                     let read_current = earlier.is_none();
                     if let Some(at) = timer.map(Timer::at) {
                         if sleep.deadline() != at {
@@ -508,7 +515,7 @@ impl Relay {
         if !wait {
             return notifier.listen(pid, channels, sink);
         }
-        let timeout = self.app.config.pool.connect_timeout;
+        let timeout = self.app.live().config.pool.connect_timeout;
         if !notifier.listen_and_wait(pid, channels, sink, timeout).await {
             self.app.metrics.error("listen_unavailable");
             tracing::warn!(

@@ -32,7 +32,7 @@ impl Relay {
     }
 
     async fn forward_replies(&mut self, which: Which) -> Result<(), RelayError> {
-        let max = self.app.config.max_message_size;
+        let max = self.app.live().config.max_message_size;
         let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
             return Ok(());
         };

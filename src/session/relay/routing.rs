@@ -7,6 +7,52 @@ use crate::pool::Pool;
 use crate::route::replica::Upstream;
 
 impl Relay {
+    /// After a reload, a detached session in transaction mode follows the new configuration
+    /// from its next transaction: a changed database's new pools, a tenant's new shard, a
+    /// sharded database's new shards. A database the reload removed keeps serving the
+    /// session until it leaves.
+    pub(super) fn follow_reload(&mut self) {
+        let generation = self.app.generation();
+        if generation == self.generation
+            || self.mode != PoolMode::Transaction
+            || !matches!(self.phase, Phase::Detached)
+            || self.earlier.is_some()
+        {
+            return;
+        }
+        self.generation = generation;
+        let live = self.app.live_arc();
+        let name = self.info.database.name.clone();
+        let shard = self.info.database.shard;
+        match (self.shards.take(), live.statement_shards(&name)) {
+            (Some(old), Some((databases, tables))) => {
+                let changed = !old
+                    .databases
+                    .iter()
+                    .zip(&databases)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+                    || old.databases.len() != databases.len();
+                let last = databases.len().saturating_sub(1);
+                self.shards = Some(old.reloaded(databases, tables, &self.app.metrics));
+                if changed {
+                    self.last_writes.clear();
+                    self.move_to_shard(shard.unwrap_or(0).min(last));
+                }
+            }
+            (old, _) => {
+                self.shards = old;
+                let Ok(database) = live.database_for(&name, self.info.tenant.as_deref()) else {
+                    return;
+                };
+                if !Arc::ptr_eq(database, &self.info.database) {
+                    self.info.database = Arc::clone(database);
+                    self.topology = database.replicas.clone();
+                    self.last_writes.clear();
+                }
+            }
+        }
+    }
+
     /// The replica the client was attached to is gone (closed, or a socket error) while the
     /// client's session is sound: every request it still waits for gets an ERROR (08006) and a
     /// ReadyForQuery, the replica is ejected until its next good check, and the client's next

@@ -43,6 +43,24 @@ impl Shards {
     }
 }
 
+impl Shards {
+    /// The same client's shard state over a reloaded database's shards: its shard setting
+    /// and turn carry over.
+    pub(super) fn reloaded(
+        self,
+        databases: Vec<Arc<Database>>,
+        tables: Vec<ShardedTable>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Shards {
+        let count = databases.len();
+        Shards {
+            setting: self.setting,
+            next_any: self.next_any % count.max(1),
+            ..Shards::new(databases, tables, metrics)
+        }
+    }
+}
+
 /// What to do with the first held request of a sharded session.
 pub(super) enum Placed {
     /// Plan and run it where the session now is.
@@ -189,7 +207,7 @@ impl Relay {
     }
 
     /// The session's requests go to shard `n` from now on (its pools and replicas).
-    fn move_to_shard(&mut self, n: usize) {
+    pub(super) fn move_to_shard(&mut self, n: usize) {
         let Some(shards) = &self.shards else {
             return;
         };
@@ -273,7 +291,7 @@ impl Relay {
                             None => match self.stored_statement(bind.statement) {
                                 Some(parse) => match frontend::parse_text(&parse[HEADER_LEN..]) {
                                     Some((_, sql)) => {
-                                        let classified = self.app.classifier.classify(sql);
+                                        let classified = self.app.live().classifier.classify(sql);
                                         route_of(sql, &classified, Some(&bind))
                                     }
                                     None => ShardRoute::Any,

@@ -8,7 +8,8 @@ use crate::token::{Grant, TOKEN_SETTING};
 
 /// The keyed prefix of the tenant's channels, under tenant enforcement.
 pub(super) fn channel_prefix(app: &App, tenant: Option<&str>) -> Option<String> {
-    let tenancy = app.config.tenancy.as_ref().filter(|t| t.enforce)?;
+    let live = app.live();
+    let tenancy = live.config.tenancy.as_ref().filter(|t| t.enforce)?;
     Some(tenancy.signer.as_ref()?.channel_prefix(tenant?))
 }
 
@@ -48,7 +49,7 @@ impl Relay {
         let classified = match classified {
             Some(c) => c,
             None => {
-                made = self.app.classifier.classify(sql);
+                made = self.app.live().classifier.classify(sql);
                 &made
             }
         };
@@ -116,7 +117,8 @@ pub(super) fn renew_token(app: &App, grant: Option<&Grant>, att: &mut Attachment
 /// sidecar can vouch for or one past half its lifetime (the connection then counts it as
 /// fresh: the caller must send it).
 pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) -> Option<String> {
-    let tenancy = app.config.tenancy.as_ref()?;
+    let live = app.live();
+    let tenancy = live.config.tenancy.as_ref()?;
     let (signer, grant) = (tenancy.signer.as_ref()?, grant?);
     let lifetime = tenancy.token_lifetime;
     let now = std::time::Instant::now();
