@@ -18,10 +18,11 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin pgsidecar
 
-# glibc and CA certificates, no shell, uid 65532 ("nonroot").
+# glibc and CA certificates, no shell; runs as uid 65532 ("nonroot", numeric so that
+# Kubernetes' runAsNonRoot can verify it).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/pgsidecar /usr/local/bin/pgsidecar
-USER nonroot:nonroot
+USER 65532:65532
 # Inside the container, listen on all of its interfaces (the pod's network namespace).
 ENV PGSIDECAR_LISTEN=0.0.0.0:6432 \
     PGSIDECAR_METRICS_LISTEN=0.0.0.0:9930

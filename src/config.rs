@@ -210,6 +210,8 @@ pub struct Overrides {
     pub metrics_listen: Option<SocketAddr>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub shutdown_delay: Option<Duration>,
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -651,8 +653,14 @@ impl FileConfig {
             sharding,
             listen,
             metrics_listen,
-            shutdown_delay: duration("shutdown_delay", self.shutdown_delay, "0s")?,
-            drain_timeout: duration("drain_timeout", self.drain_timeout, "30s")?,
+            shutdown_delay: match o.shutdown_delay {
+                Some(d) => d,
+                None => duration("shutdown_delay", self.shutdown_delay, "0s")?,
+            },
+            drain_timeout: match o.drain_timeout {
+                Some(d) => d,
+                None => duration("drain_timeout", self.drain_timeout, "30s")?,
+            },
             max_message_size,
             limits,
             classifier: ClassifierConfig {

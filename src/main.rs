@@ -88,6 +88,12 @@ struct RunArgs {
     pool_size: Option<usize>,
     #[arg(long, env = "PGSIDECAR_POOL_MODE", value_enum)]
     pool_mode: Option<PoolMode>,
+    /// After SIGTERM, keep serving this long (e.g. `5s`) before draining.
+    #[arg(long, env = "PGSIDECAR_SHUTDOWN_DELAY", value_parser = pgsidecar::config::parse_duration)]
+    shutdown_delay: Option<std::time::Duration>,
+    /// Let running transactions finish this long (e.g. `30s`) before closing every session.
+    #[arg(long, env = "PGSIDECAR_DRAIN_TIMEOUT", value_parser = pgsidecar::config::parse_duration)]
+    drain_timeout: Option<std::time::Duration>,
 }
 
 impl RunArgs {
@@ -97,6 +103,8 @@ impl RunArgs {
             metrics_listen: self.metrics_listen,
             pool_size: self.pool_size,
             pool_mode: self.pool_mode,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: self.drain_timeout,
         }
     }
 
@@ -355,7 +363,7 @@ async fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> ExitCode {
         listen: Some(listen),
         metrics_listen: Some(metrics_listen),
         pool_size: Some(10),
-        pool_mode: None,
+        ..Overrides::default()
     };
     let config = match Config::from_upstream(&pg.url("app", "secret", "app"), &overrides) {
         Ok(c) => c,

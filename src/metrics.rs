@@ -46,8 +46,12 @@ impl TenantQueries {
 /// All metrics of one sidecar process.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family's name (`pgsidecar_tenant_queries_total` is registered on first use).
+    names: Vec<String>,
     /// `pgsidecar_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
+    /// `pgsidecar_server_errors_total{class}`.
+    server_errors: IntCounterVec,
     /// `pgsidecar_tenant_queries_total`, registered on first use.
     tenant_queries: std::sync::OnceLock<Arc<TenantQueries>>,
     pub client_connections: IntGauge,
@@ -106,26 +110,21 @@ impl Metrics {
     /// Builds and registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("metric definition is valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric registers once");
+            register(&registry, &names, &g);
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("metric definition is valid");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registers once");
+            register(&registry, &names, &c);
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("metric definition is valid");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric registers once");
+            register(&registry, &names, &h);
             h
         };
         let server_connections = IntGaugeVec::new(
@@ -136,17 +135,13 @@ impl Metrics {
             &["state"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(server_connections.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &server_connections);
         let errors = IntCounterVec::new(
             Opts::new("pgsidecar_errors_total", "Errors by kind"),
             &["kind"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(errors.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &errors);
         let upstream_up = IntGaugeVec::new(
             Opts::new(
                 "pgsidecar_upstream_up",
@@ -155,9 +150,7 @@ impl Metrics {
             &["database", "shard", "replica"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(upstream_up.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &upstream_up);
         let classified = IntCounterVec::new(
             Opts::new(
                 "pgsidecar_statements_classified_total",
@@ -166,9 +159,7 @@ impl Metrics {
             &["outcome"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(classified.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &classified);
         let routed = IntCounterVec::new(
             Opts::new(
                 "pgsidecar_routed_total",
@@ -177,9 +168,7 @@ impl Metrics {
             &["target"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(routed.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &routed);
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "pgsidecar_config_reloads_total",
@@ -188,15 +177,20 @@ impl Metrics {
             &["result"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(config_reloads.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &config_reloads);
+        let server_errors = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_server_errors_total",
+                "ErrorResponses from upstream servers, by SQLSTATE class (the code's first two characters)",
+            ),
+            &["class"],
+        )
+        .expect("metric definition is valid");
+        register(&registry, &names, &server_errors);
         let replica_gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["database", "shard", "replica"])
                 .expect("metric definition is valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric registers once");
+            register(&registry, &names, &g);
             g
         };
         let replica_up = replica_gauge(
@@ -215,9 +209,7 @@ impl Metrics {
             &["database", "shard", "replica"],
         )
         .expect("metric definition is valid");
-        registry
-            .register(Box::new(replica_ejections.clone()))
-            .expect("metric registers once");
+        register(&registry, &names, &replica_ejections);
         let latency = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0, 10.0,
@@ -308,9 +300,24 @@ impl Metrics {
             classified_miss: classified.with_label_values(&["miss"]),
             classified_unparsed: classified.with_label_values(&["unparsed"]),
             config_reloads,
+            server_errors,
             registry,
+            names: {
+                let mut names = names.into_inner();
+                names.push("pgsidecar_tenant_queries_total".to_owned());
+                names
+            },
             tenant_queries: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts an ErrorResponse from a server by its SQLSTATE's class.
+    pub fn server_error(&self, code: &str) {
+        let class = match code.as_bytes() {
+            [a, b, ..] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => &code[..2],
+            _ => "other",
+        };
+        self.server_errors.with_label_values(&[class]).inc();
     }
 
     /// Counts an error of a bounded kind (each module's `kind()`).
@@ -358,6 +365,11 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric family `/metrics` exports (once it has a series).
+    pub fn family_names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -365,6 +377,20 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// Registers a collector and remembers its family names.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    names: &std::cell::RefCell<Vec<String>>,
+    collector: &C,
+) {
+    names
+        .borrow_mut()
+        .extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric registers once");
 }
 
 impl Default for Metrics {

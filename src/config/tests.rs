@@ -51,8 +51,11 @@ fn overrides_win() {
         metrics_listen: None,
         pool_size: Some(3),
         pool_mode: Some(PoolMode::Transaction),
+        shutdown_delay: Some(Duration::from_secs(7)),
+        drain_timeout: None,
     };
     let c = Config::from_toml(FULL, &o).unwrap();
+    assert_eq!(c.shutdown_delay, Duration::from_secs(7));
     assert_eq!(c.listen.port(), 9999);
     assert_eq!(c.pool.size, 3);
     assert_eq!(c.pool.mode, PoolMode::Transaction);

@@ -503,6 +503,7 @@ fn error(
     out: &mut Inspected,
 ) {
     ctx.metrics.error("server_error");
+    ctx.metrics.server_error(&fields.code);
     if att.simple_copy_in.is_some() {
         // The COPY failed: Syncs the client sent during it are answered if
         // the server read them after the error, ignored if before.
