@@ -201,6 +201,8 @@ pub struct Config {
     pub tenancy: Option<TenancyConfig>,
     /// Sharded tables and tenant placement.
     pub sharding: Sharding,
+    /// Per-tenant statement rates.
+    pub rates: RateConfig,
 }
 
 /// Values given on the command line or in `PGSIDECAR_*` variables; they win over the file.
@@ -239,6 +241,8 @@ struct FileConfig {
     sharded_table: Vec<shards::FileShardedTable>,
     #[serde(default)]
     tenant_shard: Vec<shards::FileTenantShard>,
+    #[serde(default)]
+    tenant_limit: Vec<rates::FileTenantLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,6 +412,14 @@ impl FileConfig {
             Some(t) => t.shard_by_tenant()?,
             None => false,
         };
+        let rates = rates::validate_rates(
+            self.tenancy
+                .as_ref()
+                .map(tenancy::FileTenancy::rates)
+                .unwrap_or_default(),
+            self.tenant_limit,
+            self.tenancy.is_some(),
+        )?;
         let tenancy = self
             .tenancy
             .map(tenancy::FileTenancy::validate)
@@ -651,6 +663,7 @@ impl FileConfig {
         Ok(Config {
             tenancy,
             sharding,
+            rates,
             listen,
             metrics_listen,
             shutdown_delay: match o.shutdown_delay {
@@ -749,6 +762,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+mod rates;
 mod replicas;
 mod shards;
 mod tenancy;
@@ -756,6 +770,7 @@ mod tenancy;
 mod tests;
 mod upstream;
 
+pub use rates::{OnLimit, Rate, RateConfig};
 pub use replicas::{MaxLag, PrimaryReads, ReadYourWrites, ReplicaConfig, Strategy};
 pub use shards::{ShardConfig, ShardQuestion, Sharding};
 pub use tenancy::{JwtConfig, TenancyConfig, TenantSource};

@@ -1,6 +1,6 @@
 //! What one configuration builds, and a RELOAD replaces whole: the databases and their pools,
-//! the users' credentials, the tenancy helpers (per-tenant connection caps, the JWT verifier,
-//! tenant query counters) and the statement classifier. A reload builds a new [`Live`] from
+//! the users' credentials, the tenancy helpers (per-tenant connection caps and statement rates,
+//! the JWT verifier, tenant query counters) and the statement classifier. A reload builds a new [`Live`] from
 //! the new configuration, reusing from the old one what its settings did not change (a
 //! database's pools, the classifications, the caps), so nothing is dropped that need not be.
 
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::metrics::{Metrics, TenantQueries};
 use crate::pool::health::Topology;
+use crate::pool::rates::Rates;
 use crate::pool::tenants::TenantLimits;
 use crate::pool::{ConnectOptions, Database, Pool, PoolName};
 use crate::route::shard::ShardedTable;
@@ -74,6 +75,8 @@ pub struct Live {
     pub tenant_queries: Option<Arc<TenantQueries>>,
     /// Statement classifications by fingerprint.
     pub classifier: Arc<ClassificationCache>,
+    /// Per-tenant statement rates (kept across reloads, with their buckets).
+    pub rates: Arc<Rates>,
 }
 
 /// How pools are built: shared by every build of one sidecar.
@@ -134,7 +137,16 @@ impl Live {
             .as_ref()
             .filter(|t| t.metric_tenants > 0)
             .map(|t| builder.metrics.tenant_queries(t.metric_tenants));
+        // Last, once nothing can fail: the one Rates object takes the new rates.
+        let rates = match previous {
+            Some(p) => {
+                p.rates.configure(config.rates.clone());
+                Arc::clone(&p.rates)
+            }
+            None => Arc::new(Rates::new(config.rates.clone())),
+        };
         Ok(Live {
+            rates,
             config,
             databases,
             users,

@@ -19,7 +19,8 @@ pub enum ServerState {
     Active,
 }
 
-/// Query counters labelled by tenant, bounded (see [`Metrics::tenant_queries`]).
+/// Counters labelled by tenant, bounded: the first `limit` tenants seen get their own label,
+/// the rest count as `other` (see [`Metrics::tenant_queries`]).
 pub struct TenantQueries {
     vec: IntCounterVec,
     /// Changed by RELOAD.
@@ -28,7 +29,7 @@ pub struct TenantQueries {
 }
 
 impl TenantQueries {
-    /// The counter a tenant's queries go to.
+    /// The counter of a tenant.
     pub fn counter(&self, tenant: &str) -> IntCounter {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let label = if seen.contains(tenant)
@@ -52,6 +53,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `pgsidecar_server_errors_total{class}`.
     server_errors: IntCounterVec,
+    /// `pgsidecar_tenant_throttled_total{tenant}`: statements that waited for or were refused
+    /// a token of their tenant's rate.
+    pub tenant_throttled: TenantQueries,
     /// `pgsidecar_tenant_queries_total`, registered on first use.
     tenant_queries: std::sync::OnceLock<Arc<TenantQueries>>,
     pub client_connections: IntGauge,
@@ -187,6 +191,19 @@ impl Metrics {
         )
         .expect("metric definition is valid");
         register(&registry, &names, &server_errors);
+        let tenant_throttled = TenantQueries {
+            vec: IntCounterVec::new(
+                Opts::new(
+                    "pgsidecar_tenant_throttled_total",
+                    "Statements delayed or refused by their tenant's statement rate (the first 100 tenants; the rest as \"other\")",
+                ),
+                &["tenant"],
+            )
+            .expect("metric definition is valid"),
+            limit: std::sync::atomic::AtomicUsize::new(100),
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        };
+        register(&registry, &names, &tenant_throttled.vec);
         let replica_gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["database", "shard", "replica"])
                 .expect("metric definition is valid");
@@ -301,6 +318,7 @@ impl Metrics {
             classified_unparsed: classified.with_label_values(&["unparsed"]),
             config_reloads,
             server_errors,
+            tenant_throttled,
             registry,
             names: {
                 let mut names = names.into_inner();

@@ -92,9 +92,21 @@ pub(super) struct FileTenancy {
     signing_key_file: Option<String>,
     token_lifetime: Option<String>,
     shard_by: Option<String>,
+    max_statements_per_second: Option<f64>,
+    burst: Option<f64>,
+    on_limit: Option<String>,
 }
 
 impl FileTenancy {
+    /// The statement-rate keys (validated with `[[tenant_limit]]` in `rates.rs`).
+    pub(super) fn rates(&self) -> super::rates::FileRates {
+        super::rates::FileRates {
+            max_statements_per_second: self.max_statements_per_second,
+            burst: self.burst,
+            on_limit: self.on_limit.clone(),
+        }
+    }
+
     /// `shard_by = "tenant"`: every statement of a client goes to its tenant's shard.
     pub(super) fn shard_by_tenant(&self) -> Result<bool, ConfigError> {
         match self.shard_by.as_deref() {

@@ -336,3 +336,37 @@ fn sharding_mistakes_are_named() {
         assert!(err.to_string().contains(needle), "{needle}: {err}");
     }
 }
+
+#[test]
+fn statement_rates() {
+    let tenancy = "\n[tenancy]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n";
+    let c = Config::from_toml(
+        &format!(
+            "{FULL}{tenancy}max_statements_per_second = 50\non_limit = \"refuse\"\n\n\
+             [[tenant_limit]]\ntenant = \"acme\"\nmax_statements_per_second = 200\nburst = 20\n"
+        ),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let acme = c.rates.rate_of("acme").unwrap();
+    assert_eq!((acme.per_second, acme.burst), (200.0, 20.0));
+    let other = c.rates.rate_of("globex").unwrap();
+    assert_eq!((other.per_second, other.burst), (50.0, 50.0));
+    assert_eq!(c.rates.on_limit, OnLimit::Refuse);
+    for (bad, needle) in [
+        (format!("{FULL}{tenancy}max_statements_per_second = 0\n"), "positive"),
+        (format!("{FULL}{tenancy}burst = 5\n"), "needs max_statements_per_second"),
+        (format!("{FULL}{tenancy}on_limit = \"drop\"\n"), "on_limit"),
+        (
+            format!("{FULL}\n[[tenant_limit]]\ntenant = \"a\"\nmax_statements_per_second = 5\n"),
+            "need [tenancy]",
+        ),
+        (
+            format!("{FULL}{tenancy}\n[[tenant_limit]]\ntenant = \"a\"\nmax_statements_per_second = 5\n[[tenant_limit]]\ntenant = \"a\"\nmax_statements_per_second = 6\n"),
+            "twice",
+        ),
+    ] {
+        let err = Config::from_toml(&bad, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{bad}: {err}");
+    }
+}

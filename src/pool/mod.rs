@@ -7,6 +7,7 @@ pub mod health;
 pub mod notify;
 #[allow(clippy::module_inception)]
 pub mod pool;
+pub mod rates;
 pub mod server;
 pub mod tenants;
 

@@ -16,6 +16,8 @@ impl SqlState {
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 22P02: a value that is not valid input for its type (a shard key).
     pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    /// 53400: a configured limit was reached (a tenant's statement rate).
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
     /// 22021: bytes that are not valid in the encoding.
     pub const CHARACTER_NOT_IN_REPERTOIRE: SqlState = SqlState("22021");
     /// 22003: a number outside its type's range (a shard key).

@@ -20,6 +20,14 @@ pub(super) const MAX_HELD_BYTES: usize = 1 << 20;
 /// A client frame with the classification of the statement text it carries (Query, Parse).
 pub(super) type Incoming = (Frame, Option<Classified>);
 
+/// How a refused request is answered.
+pub(super) enum Refused {
+    /// By the sidecar, in its turn.
+    Answer(ErrorReport),
+    /// By the server, which runs this statement (it raises the error) inside the transaction.
+    Raise(String),
+}
+
 /// Client frames held until their request is complete and can run, with their size. Read like a
 /// queue; frames go in and out only through `push_back` and `pop_front`.
 #[derive(Default)]
@@ -32,12 +40,6 @@ impl Held {
     pub(super) fn push_back(&mut self, incoming: Incoming) {
         self.bytes += incoming.0.len();
         self.frames.push_back(incoming);
-    }
-
-    /// Puts a frame first (a request the sidecar replaced).
-    pub(super) fn push_front(&mut self, incoming: Incoming) {
-        self.bytes += incoming.0.len();
-        self.frames.push_front(incoming);
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Incoming> {
@@ -112,8 +114,13 @@ impl Relay {
             MessageRole::Terminate | MessageRole::Unknown | MessageRole::Copy => true,
             _ => match self.session_view().pin {
                 // In a sharded session every request is placed, so one for another shard is
-                // refused rather than run where the transaction is.
-                TxPin::Pinned(_) => self.shards.is_none(),
+                // refused rather than run where the transaction is; a tenant with a statement
+                // rate takes its tokens in transactions too (an open batch continues).
+                TxPin::Pinned(_) => {
+                    let batch_open =
+                        matches!(&self.phase, Phase::Attached(att) if att.batch.is_some());
+                    self.shards.is_none() && (!self.rate_limited || batch_open)
+                }
                 TxPin::None | TxPin::HeldBegin | TxPin::Attached(_) => {
                     matches!(self.phase, Phase::SkipToSync)
                 }
@@ -142,9 +149,47 @@ impl Relay {
         }
     }
 
-    /// The database routes between a primary and replicas (transaction mode with replicas).
+    /// Requests are held and planned one by one (transaction mode, with replicas, shards or a
+    /// statement rate), rather than forwarded as they come.
     fn routes(&self) -> bool {
-        (self.topology.is_some() || self.shards.is_some()) && self.mode == PoolMode::Transaction
+        (self.topology.is_some() || self.shards.is_some() || self.rate_limited)
+            && self.mode == PoolMode::Transaction
+    }
+
+    /// Whether the client is inside a transaction (a held BEGIN counts).
+    pub(super) fn in_transaction(&self) -> bool {
+        matches!(self.phase, Phase::BeginHeld(_))
+            || matches!(&self.phase, Phase::Attached(att) if att.status != TransactionStatus::Idle)
+    }
+
+    /// Refuses the first `len` held frames (one request) with an error; the frames are
+    /// dropped. Inside a transaction a complete request is answered by a Query that raises the
+    /// error on the server ([`Refused::Raise`]), so the transaction fails there as Postgres
+    /// would fail it; otherwise the error is the client's answer in turn.
+    pub(super) fn refuse_request(
+        &mut self,
+        len: usize,
+        state: SqlState,
+        message: String,
+        in_transaction: bool,
+    ) -> Refused {
+        let synced = self.held.iter().take(len).last().is_some_and(|(f, _)| {
+            matches!(
+                frontend::role(f.tag()),
+                MessageRole::Sync | MessageRole::Request
+            )
+        });
+        for _ in 0..len {
+            self.held.pop_front();
+        }
+        if in_transaction && synced {
+            return Refused::Raise(format!(
+                "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgsc$",
+                state.0,
+                crate::sql::quote::quote_literal(&message)
+            ));
+        }
+        Refused::Answer(ErrorReport::error(state, message))
     }
 
     /// Runs the held requests that can run now, in order; stops at one that is incomplete or
@@ -158,10 +203,23 @@ impl Relay {
                 }
                 continue;
             }
-            let Some(mut len) = self.held_request_len() else {
+            let Some(len) = self.held_request_len() else {
                 return Ok(None);
             };
             self.follow_reload();
+            if self.rate_limited {
+                match self.throttle(len).await {
+                    None => {}
+                    Some(Refused::Answer(report)) => {
+                        self.answer_in_turn(LocalReply::Failed(report));
+                        continue;
+                    }
+                    Some(Refused::Raise(sql)) => {
+                        self.raise_upstream(&sql).await;
+                        continue;
+                    }
+                }
+            }
             if self.shards.is_some() {
                 match self.place_request(len).await {
                     Placed::Here => {}
@@ -174,9 +232,11 @@ impl Relay {
                         self.answer_in_turn(LocalReply::Done(tag));
                         continue;
                     }
+                    Placed::Raise(sql) => {
+                        self.raise_upstream(&sql).await;
+                        continue;
+                    }
                 }
-                // A refusal inside a transaction became one Query.
-                len = self.held_request_len().unwrap_or(len);
             }
             let target = match plan(&self.held_facts(len), &self.session_view()) {
                 Plan::Wait => return Ok(None),

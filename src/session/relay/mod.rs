@@ -61,6 +61,7 @@ mod shards;
 mod signals;
 mod sql_names;
 mod tenancy;
+mod throttle;
 
 use intake::Incoming;
 
@@ -189,6 +190,8 @@ pub struct Relay {
     route_preference: RoutePreference,
     /// The reload generation this session's database was looked up in.
     generation: u64,
+    /// The client's tenant has a statement rate: its requests are held and take tokens.
+    rate_limited: bool,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
     tenant_queries: Option<prometheus::IntCounter>,
     /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
@@ -227,6 +230,7 @@ impl Relay {
             last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,
             generation,
+            rate_limited: rate_limited(&live, info.tenant.as_deref()),
             app,
             client,
             info,
@@ -556,6 +560,11 @@ impl Relay {
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
         Ok(())
     }
+}
+
+/// Whether a client of `tenant` is held to a statement rate.
+fn rate_limited(live: &crate::live::Live, tenant: Option<&str>) -> bool {
+    tenant.is_some_and(|t| live.rates.rate_of(t).is_some())
 }
 
 /// The statement name of a Bind body.

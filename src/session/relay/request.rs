@@ -71,6 +71,31 @@ impl Relay {
         Ok(None)
     }
 
+    /// Sends a Query the sidecar wrote in place of a request it refused inside a transaction:
+    /// the server raises the refusal, so the transaction fails there as Postgres would fail
+    /// it, and the client gets its replies. Neither guarded nor classified (the sidecar wrote
+    /// it); a failed checkout answers the client as for any request.
+    pub(super) async fn raise_upstream(&mut self, sql: &str) {
+        let mut query = bytes::BytesMut::new();
+        frontend::append_query(&mut query, sql);
+        let frame = Frame::from_bytes(query.freeze());
+        let Some(held_begin) = self
+            .ensure_attached(Target::Primary, MessageRole::Request)
+            .await
+        else {
+            return;
+        };
+        let understood = Understood {
+            frame,
+            effects: Effects::none(),
+            routing: Routing::PRIMARY,
+            parsed: None,
+            refused_parse: None,
+        };
+        self.prepare_attached(MessageRole::Request, &understood, held_begin);
+        self.send(MessageRole::Request, understood);
+    }
+
     /// CopyData, CopyDone, CopyFail: to the attached server. Outside COPY these are ignored, as
     /// Postgres ignores them after a failed COPY.
     fn forward_copy(&mut self, frame: Frame) {

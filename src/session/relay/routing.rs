@@ -22,6 +22,7 @@ impl Relay {
         }
         self.generation = generation;
         let live = self.app.live_arc();
+        self.rate_limited = super::rate_limited(&live, self.info.tenant.as_deref());
         let name = self.info.database.name.clone();
         let shard = self.info.database.shard;
         match (self.shards.take(), live.statement_shards(&name)) {

@@ -71,6 +71,9 @@ pub(super) enum Placed {
     Refuse(ErrorReport),
     /// Answered by the sidecar with this command tag in its turn (its frames are dropped).
     Done(&'static str),
+    /// Refused inside a transaction: the server runs this statement, which raises the error
+    /// (its frames are dropped).
+    Raise(String),
 }
 
 impl Relay {
@@ -82,8 +85,7 @@ impl Relay {
             return Placed::Here;
         };
         let current = self.info.database.shard.unwrap_or(0);
-        let in_transaction = matches!(self.phase, Phase::BeginHeld(_))
-            || matches!(&self.phase, Phase::Attached(att) if att.status != TransactionStatus::Idle);
+        let in_transaction = self.in_transaction();
         let attached = matches!(self.phase, Phase::Attached(_));
         if !in_transaction {
             // A SET LOCAL lasted until its transaction ended.
@@ -221,9 +223,7 @@ impl Relay {
         };
     }
 
-    /// Refuses the request. Inside a transaction a complete request becomes one that raises
-    /// the error on the server (the transaction fails there too); otherwise the sidecar
-    /// answers in turn.
+    /// Refuses the request (see [`Relay::refuse_request`]).
     fn refuse(
         &mut self,
         len: usize,
@@ -231,28 +231,10 @@ impl Relay {
         message: String,
         in_transaction: bool,
     ) -> Placed {
-        let synced = self.held.iter().take(len).last().is_some_and(|(f, _)| {
-            matches!(
-                frontend::role(f.tag()),
-                MessageRole::Sync | MessageRole::Request
-            )
-        });
-        for _ in 0..len {
-            self.held.pop_front();
+        match self.refuse_request(len, state, message, in_transaction) {
+            intake::Refused::Answer(report) => Placed::Refuse(report),
+            intake::Refused::Raise(sql) => Placed::Raise(sql),
         }
-        if in_transaction && synced {
-            let sql = format!(
-                "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgsc$",
-                state.0,
-                crate::sql::quote::quote_literal(&message)
-            );
-            let mut query = bytes::BytesMut::new();
-            frontend::append_query(&mut query, &sql);
-            self.held
-                .push_front((Frame::from_bytes(query.freeze()), None));
-            return Placed::Here;
-        }
-        Placed::Refuse(ErrorReport::error(state, message))
     }
 
     /// The shard the first `len` held frames need (every statement of the request must agree).
