@@ -72,6 +72,10 @@ pub struct App {
     pub tracker: TaskTracker,
     /// The client-facing TLS acceptor; swapped on reload.
     tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// When the sidecar started (the console's averages).
+    pub started: std::time::Instant,
+    /// Fires when a drain has finished (the admin console's SHUTDOWN ends the process).
+    pub stopped: CancellationToken,
 }
 
 /// What a reload changed that needs a restart to take effect.
@@ -133,6 +137,8 @@ impl App {
             draining: CancellationToken::new(),
             terminate,
             tracker: TaskTracker::new(),
+            started: std::time::Instant::now(),
+            stopped: CancellationToken::new(),
         }))
     }
 
@@ -259,8 +265,13 @@ impl App {
 
     /// Issues a unique BackendKeyData for a new client.
     /// `owner` (user and tenant) is who may signal the client by its PID.
-    pub fn issue_key(&self, owner: String) -> IssuedKey {
-        self.cancels.issue(&self.rng, owner, &self.terminate)
+    pub fn issue_key(&self, owner: String, facts: crate::cancel::ClientFacts) -> IssuedKey {
+        self.cancels.issue(&self.rng, owner, facts, &self.terminate)
+    }
+
+    /// The issued clients (the admin console's SHOW CLIENTS, KILL).
+    pub fn clients(&self) -> &CancelRegistry {
+        &self.cancels
     }
 
     /// `pg_cancel_backend` / `pg_terminate_backend` of an issued PID by a client of `owner`.
@@ -288,5 +299,6 @@ impl App {
         for pool in self.live().all().flat_map(|d| d.pools()) {
             pool.close_idle();
         }
+        self.stopped.cancel();
     }
 }

@@ -46,8 +46,32 @@ enum CancelState {
     Running(CancelTarget),
 }
 
+/// Who a client is, for the admin console (SHOW CLIENTS, KILL).
+#[derive(Debug, Clone)]
+pub struct ClientFacts {
+    pub user: String,
+    pub tenant: Option<String>,
+    pub database: String,
+    pub application_name: String,
+    pub addr: Option<std::net::SocketAddr>,
+    pub tls: bool,
+    pub connected: std::time::SystemTime,
+}
+
+/// One issued client as the admin console lists it.
+#[derive(Debug, Clone)]
+pub struct ClientRow {
+    pub process_id: i32,
+    pub facts: ClientFacts,
+    /// `active` (idle or running), `waiting` (for a server connection).
+    pub state: &'static str,
+    /// The server connection running its request: host, port, backend process ID.
+    pub server: Option<(Arc<str>, u16, i32)>,
+}
+
 struct Slot {
     secret_key: i32,
+    facts: ClientFacts,
     /// Who may signal this client by PID (its user and tenant).
     owner: String,
     /// Fired by `pg_terminate_backend` of this client's PID, or by the sidecar's shutdown (one
@@ -92,6 +116,7 @@ impl CancelRegistry {
         &self,
         rng: &SystemRandom,
         owner: String,
+        facts: ClientFacts,
         ends: &tokio_util::sync::CancellationToken,
     ) -> IssuedKey {
         let mut secret = [0u8; 4];
@@ -107,6 +132,7 @@ impl CancelRegistry {
         };
         let slot = Arc::new(Slot {
             secret_key: i32::from_be_bytes(secret),
+            facts,
             owner,
             terminate: ends.child_token(),
             state: Mutex::new(CancelState::Idle),
@@ -154,6 +180,47 @@ impl CancelRegistry {
             SignalKind::Terminate => slot.terminate.cancel(),
         }
         true
+    }
+}
+
+impl CancelRegistry {
+    /// Every issued client, by process ID.
+    pub fn clients(&self) -> Vec<ClientRow> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<ClientRow> = keys
+            .iter()
+            .map(|(&process_id, slot)| {
+                let (state, server) = match &*slot.state.lock().unwrap_or_else(|e| e.into_inner()) {
+                    CancelState::Waiting(_) => ("waiting", None),
+                    CancelState::Idle => ("active", None),
+                    CancelState::Running(t) => (
+                        "active",
+                        Some((Arc::clone(&t.host), t.port, t.key.process_id)),
+                    ),
+                };
+                ClientRow {
+                    process_id,
+                    facts: slot.facts.clone(),
+                    state,
+                    server,
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| r.process_id);
+        rows
+    }
+
+    /// Ends the sessions of the clients `which` picks (admin KILL, KILL_CLIENT); how many.
+    pub fn terminate_where(&self, which: impl Fn(i32, &ClientFacts) -> bool) -> usize {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for (&pid, slot) in keys.iter() {
+            if which(pid, &slot.facts) {
+                slot.terminate.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -279,18 +346,30 @@ impl Drop for IssuedKey {
 mod tests {
     use super::*;
 
+    fn facts() -> ClientFacts {
+        ClientFacts {
+            user: "u".into(),
+            tenant: None,
+            database: "d".into(),
+            application_name: String::new(),
+            addr: None,
+            tls: false,
+            connected: std::time::SystemTime::now(),
+        }
+    }
+
     #[test]
     fn issued_pids_can_never_be_real_ones_and_stay_within_int32() {
         let registry = CancelRegistry::default();
         let rng = SystemRandom::new();
-        let a = registry.issue(&rng, String::new(), &Default::default());
-        let b = registry.issue(&rng, String::new(), &Default::default());
+        let a = registry.issue(&rng, String::new(), facts(), &Default::default());
+        let b = registry.issue(&rng, String::new(), facts(), &Default::default());
         assert_eq!(a.process_id(), FIRST_ISSUED_PID);
         assert_eq!(b.process_id(), FIRST_ISSUED_PID + 1);
         // The counter wraps around i32 and the PIDs stay in range.
         registry.next_process_id.store(i32::MAX, Ordering::Relaxed);
         for _ in 0..3 {
-            let key = registry.issue(&rng, String::new(), &Default::default());
+            let key = registry.issue(&rng, String::new(), facts(), &Default::default());
             assert!(key.process_id() >= FIRST_ISSUED_PID, "{}", key.process_id());
         }
     }

@@ -108,6 +108,8 @@ pub struct UserConfig {
     pub secret: UserSecret,
     /// A fixed tenant for this user (service accounts), with `[tenancy]`.
     pub tenant: Option<String>,
+    /// May use the admin console (database `pgsidecar`).
+    pub admin: bool,
 }
 
 impl fmt::Debug for UserConfig {
@@ -295,6 +297,8 @@ struct FileUser {
     scram_verifier: Option<String>,
     auth: Option<AuthMethod>,
     tenant: Option<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
@@ -652,6 +656,7 @@ impl FileConfig {
                 auth,
                 secret,
                 tenant: u.tenant,
+                admin: u.admin,
             });
         }
         if users.is_empty() {
@@ -702,7 +707,7 @@ impl FileConfig {
 }
 
 /// Formats a duration the way the configuration file writes it.
-fn format_duration(d: Duration) -> String {
+pub fn format_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

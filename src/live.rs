@@ -235,6 +235,11 @@ impl Live {
         self.users.get(name)
     }
 
+    /// Whether a configured user may use the admin console.
+    pub fn is_admin(&self, name: &str) -> bool {
+        self.config.users.iter().any(|u| u.name == name && u.admin)
+    }
+
     /// A configured user's fixed tenant.
     pub fn fixed_tenant(&self, name: &str) -> Option<String> {
         self.config

@@ -222,21 +222,13 @@ async fn run(config: Config, file: Option<pgsidecar::app::ConfigFile>) -> ExitCo
         }
     };
     let app = running.app;
-    if let Ok(mut hup) = signal(SignalKind::hangup()) {
-        let app = std::sync::Arc::clone(&app);
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                // RELOAD: the file again (TLS files included); the outcome is logged there.
-                // Without a file (`--upstream`), the TLS files alone.
-                if let Err(pgsidecar::app::ReloadError::NoFile) = app.reload() {
-                    if let Err(e) = app.reload_tls() {
-                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificates")
-                    }
-                }
-            }
-        });
-    }
+    admin_signals(&app);
     tokio::select! {
+        // The admin console's SHUTDOWN drained already.
+        _ = app.stopped.cancelled() => {
+            tracing::info!("stopped (admin SHUTDOWN)");
+            return ExitCode::SUCCESS;
+        }
         _ = term.recv() => {
             let delay = app.live().config.shutdown_delay;
             tracing::info!(?delay, "SIGTERM: still serving for shutdown_delay");
@@ -252,6 +244,50 @@ async fn run(config: Config, file: Option<pgsidecar::app::ConfigFile>) -> ExitCo
     app.drain().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP = RELOAD, SIGUSR1 = PAUSE, SIGUSR2 = RESUME (as PgBouncer).
+fn admin_signals(app: &std::sync::Arc<pgsidecar::app::App>) {
+    if let Ok(mut hup) = signal(SignalKind::hangup()) {
+        let app = std::sync::Arc::clone(app);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // RELOAD: the file again (TLS files included); the outcome is logged there.
+                // Without a file (`--upstream`), the TLS files alone.
+                if let Err(pgsidecar::app::ReloadError::NoFile) = app.reload() {
+                    if let Err(e) = app.reload_tls() {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificates")
+                    }
+                }
+            }
+        });
+    }
+    if let (Ok(mut usr1), Ok(mut usr2)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) {
+        let app = std::sync::Arc::clone(app);
+        tokio::spawn(async move {
+            loop {
+                let pools: Vec<_> = app.live().all().flat_map(|d| d.pools().cloned()).collect();
+                tokio::select! {
+                    Some(()) = usr1.recv() => {
+                        tracing::info!("SIGUSR1: PAUSE");
+                        // Waits for the connections in use; a SIGUSR2 meanwhile resumes.
+                        tokio::spawn(async move {
+                            futures_util::future::join_all(pools.iter().map(|p| p.pause())).await;
+                            tracing::info!("SIGUSR1: paused");
+                        });
+                    }
+                    Some(()) = usr2.recv() => {
+                        tracing::info!("SIGUSR2: RESUME");
+                        pools.iter().for_each(|p| p.resume());
+                    }
+                    else => return,
+                }
+            }
+        });
+    }
 }
 
 async fn check(path: &std::path::Path, connect: bool) -> ExitCode {

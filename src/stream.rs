@@ -45,6 +45,15 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// The peer's address (none in-process).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.get_ref().0.peer_addr().ok(),
+            Stream::Memory(_) => None,
+        }
+    }
+
     /// The peer's verified certificate chain (TLS with client certificates only).
     pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         match self {

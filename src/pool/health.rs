@@ -47,6 +47,16 @@ impl Replica {
     pub fn usable(&self) -> bool {
         self.usable.load(Ordering::Acquire)
     }
+
+    /// WAL bytes it had not replayed at its last check.
+    pub fn lag_bytes(&self) -> i64 {
+        self.lag.get()
+    }
+
+    /// Times it stopped serving reads.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.get()
+    }
 }
 
 /// A primary WAL poll: the write sequence when it started, and the LSN it read.

@@ -58,6 +58,21 @@ pub struct Startup {
     pub settings: SharedSettings,
 }
 
+/// An idle server connection, for the admin console.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    pub id: u64,
+    pub host: String,
+    pub port: u16,
+    /// The server's backend process ID.
+    pub process_id: i32,
+    /// The tenant it last served.
+    pub tenant: Option<String>,
+    /// Statements prepared on it.
+    pub prepared: usize,
+    pub age: std::time::Duration,
+}
+
 /// A pool of server connections to one upstream.
 pub struct Pool {
     /// The upstream it serves (metric labels, logs).
@@ -75,6 +90,15 @@ pub struct Pool {
     next_id: AtomicU64,
     /// Set when a reload replaced the pool: connections given back are closed.
     retired: std::sync::atomic::AtomicBool,
+    /// The admin console's PAUSE: new checkouts wait for RESUME (the flag is the fast check).
+    paused: tokio::sync::watch::Sender<bool>,
+    paused_flag: std::sync::atomic::AtomicBool,
+    /// Wakes a PAUSE waiting for the connections in use to come back.
+    released: tokio::sync::Notify,
+    /// RECONNECT: connections opened before this many nanoseconds after `born` are closed when
+    /// given back (0: none).
+    reconnect_before: AtomicU64,
+    born: Instant,
     metrics: Arc<Metrics>,
     /// ParameterStatus a client with these startup settings sees, learned from the server.
     startup_statuses: Mutex<StatusCache>,
@@ -119,6 +143,11 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             retired: std::sync::atomic::AtomicBool::new(false),
+            paused: tokio::sync::watch::Sender::new(false),
+            paused_flag: std::sync::atomic::AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
+            reconnect_before: AtomicU64::new(0),
+            born: Instant::now(),
             metrics,
             startup_statuses: Mutex::new(HashMap::new()),
         }
@@ -149,6 +178,9 @@ impl Pool {
         settings: &SharedSettings,
         tenant: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
+        if self.paused_flag.load(Ordering::Acquire) {
+            self.until_resumed().await?;
+        }
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => {
                 self.metrics.checkout_wait.observe(0.0);
@@ -188,7 +220,7 @@ impl Pool {
         self.metrics.server_state(ServerState::Active).inc();
         Ok(Checkout {
             conn: Some(conn),
-            _permit: permit,
+            permit: Some(permit),
             pool: Arc::clone(self),
         })
     }
@@ -313,6 +345,11 @@ impl Pool {
             );
             return;
         }
+        let reconnect = self.reconnect_before.load(Ordering::Acquire);
+        if reconnect > 0 && self.age_of(conn.created) < reconnect {
+            tracing::debug!(server = conn.id, "closing server connection (RECONNECT)");
+            return;
+        }
         self.metrics.server_state(ServerState::Idle).inc();
         conn.idle_since = now;
         self.idle
@@ -361,6 +398,89 @@ impl Pool {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// PAUSE: new checkouts wait (at most `checkout_timeout`) until [`Pool::resume`]; returns
+    /// once no connection is in use.
+    pub async fn pause(&self) {
+        self.paused.send_replace(true);
+        self.paused_flag.store(true, Ordering::Release);
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.in_use() == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// RESUME: waiting checkouts go on.
+    pub fn resume(&self) {
+        self.paused_flag.store(false, Ordering::Release);
+        self.paused.send_replace(false);
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused_flag.load(Ordering::Acquire)
+    }
+
+    /// RECONNECT: idle connections close now, the ones in use when given back; new ones are
+    /// opened as needed.
+    pub fn reconnect(&self) {
+        let now = self.age_of(Instant::now()).max(1);
+        self.reconnect_before.store(now, Ordering::Release);
+        self.close_idle();
+    }
+
+    /// Nanoseconds from the pool's creation to `at`.
+    fn age_of(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Waits while the pool is paused, at most `checkout_timeout`.
+    async fn until_resumed(&self) -> Result<(), CheckoutError> {
+        let mut resumed = self.paused.subscribe();
+        tokio::time::timeout(self.config.checkout_timeout, resumed.wait_for(|p| !*p))
+            .await
+            .map(|_| ())
+            .map_err(|_| CheckoutError::Timeout(self.config.checkout_timeout))
+    }
+
+    /// The idle connections as the admin console lists them.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let now = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| IdleServer {
+                id: c.id,
+                host: c.host.to_string(),
+                port: c.port,
+                process_id: c.key.process_id,
+                tenant: c.tenant.as_deref().map(str::to_owned),
+                prepared: c.prepared.len(),
+                age: now.saturating_duration_since(c.created),
+            })
+            .collect()
+    }
+
+    /// The connections idle now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Checkouts waiting for a connection now.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
     }
 
     /// A reload replaced this pool: its idle connections close now, the others when their
@@ -421,7 +541,8 @@ impl AppliedSettings {
 /// A server connection lent to one client (or to the sidecar's own work).
 pub struct Checkout {
     conn: Option<Box<ServerConn>>,
-    _permit: OwnedSemaphorePermit,
+    /// Released after the connection went back (a PAUSE counts connections in use by it).
+    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Pool>,
 }
 
@@ -461,6 +582,10 @@ impl Drop for Checkout {
         if let Some(conn) = self.conn.take() {
             tracing::debug!(server = conn.id, "closing server connection");
             self.pool.metrics.server_state(ServerState::Active).dec();
+        }
+        self.permit.take();
+        if self.pool.paused_flag.load(Ordering::Acquire) {
+            self.pool.released.notify_waiters();
         }
     }
 }

@@ -142,6 +142,15 @@ impl PreparedSet {
         self.names.contains(name)
     }
 
+    /// How many statements are prepared.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
     /// Records a statement; returns the oldest one to close when over the limit.
     pub fn insert(&mut self, name: bytes::Bytes) -> Option<bytes::Bytes> {
         if self.names.insert(name.clone()) {

@@ -39,6 +39,12 @@ impl SqlState {
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     /// 53300: the pool had no server connection within `checkout_timeout`.
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    /// 42601: an admin console command the sidecar does not know.
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// 42704: an object (a client of the admin console's KILL_CLIENT) that does not exist.
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// F0000: a configuration file a RELOAD could not use.
+    pub const CONFIG_FILE_ERROR: SqlState = SqlState("F0000");
     /// 57P01: the sidecar is shutting down.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// 57P03: the upstream cannot take connections right now.

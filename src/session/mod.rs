@@ -105,20 +105,25 @@ pub async fn serve_stream(app: Arc<App>, stream: Stream, loopback: bool) {
             .map(|der| der.as_ref().to_vec()),
         Stream::Plain(_) | Stream::Memory(_) => None,
     };
+    let peer = Peer {
+        secure,
+        tls: stream.is_tls(),
+        addr: stream.peer_addr(),
+        certificate: peer_certificate.as_deref(),
+    };
     let mut client = ClientConn::new(stream, leftover, app.live().config.max_message_size);
     let login = tokio::time::timeout(
         app.live().config.limits.login_timeout,
-        login(
-            &app,
-            &mut client,
-            &startup,
-            secure,
-            peer_certificate.as_deref(),
-        ),
+        login(&app, &mut client, &startup, &peer),
     )
     .await;
     let session = match login {
-        Ok(Ok(session)) => session,
+        Ok(Ok(LoggedIn::Session(session))) => *session,
+        Ok(Ok(LoggedIn::Console(key))) => {
+            tracing::info!(user = %startup.user, "admin console login");
+            crate::admin::serve(app, client, key).await;
+            return;
+        }
         Ok(Err(report)) => {
             if let Some(report) = report {
                 report.write(&mut client.wbuf);
@@ -152,15 +157,33 @@ pub struct SessionInfo {
     pub grant: Option<crate::token::Grant>,
 }
 
+/// What the sidecar knows of a client's connection at login.
+struct Peer<'a> {
+    /// TLS or loopback: cleartext secrets (JWTs) may travel.
+    secure: bool,
+    tls: bool,
+    addr: Option<std::net::SocketAddr>,
+    /// The client certificate the TLS handshake verified.
+    certificate: Option<&'a [u8]>,
+}
+
+/// Where a logged-in client goes.
+enum LoggedIn {
+    /// To a database, through the relay (boxed: the console's variant is small).
+    Session(Box<SessionInfo>),
+    /// To the admin console.
+    Console(crate::cancel::IssuedKey),
+}
+
 /// Authenticates, checks the database, and sends the startup reply. `Err(Some(report))` is
 /// the FATAL to send before closing; `Err(None)` means the client is already gone.
 async fn login(
     app: &Arc<App>,
     client: &mut ClientConn<Stream>,
     startup: &crate::protocol::startup::StartupMessage,
-    secure: bool,
-    peer_certificate: Option<&[u8]>,
-) -> Result<SessionInfo, Option<ErrorReport>> {
+    peer: &Peer<'_>,
+) -> Result<LoggedIn, Option<ErrorReport>> {
+    let (secure, peer_certificate) = (peer.secure, peer.certificate);
     // `replication=false` (or off, no, 0) asks for an ordinary connection: it is dropped.
     let startup = &*without_false_replication(startup);
     if startup.params.iter().any(|(name, _)| name == "replication") {
@@ -174,6 +197,11 @@ async fn login(
     }
     // One configuration for the whole login, even if a reload comes meanwhile.
     let live = app.live_arc();
+    if startup.database == crate::admin::CONSOLE_DATABASE {
+        return console_login(app, &live, client, startup, peer)
+            .await
+            .map(LoggedIn::Console);
+    }
     let tenancy = live.config.tenancy.as_ref();
     let mut identity = identity::resolve(&startup.user, tenancy, |u| live.fixed_tenant(u))
         .map_err(|e| {
@@ -226,7 +254,19 @@ async fn login(
             return Err(Some(startup_failure(&e)));
         }
     };
-    let key = app.issue_key(owner(&identity.user, identity.tenant.as_deref()));
+    let facts = crate::cancel::ClientFacts {
+        user: identity.user.clone(),
+        tenant: identity.tenant.clone(),
+        database: startup.database.clone(),
+        application_name: startup_settings
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default(),
+        addr: peer.addr,
+        tls: peer.tls,
+        connected: std::time::SystemTime::now(),
+    };
+    let key = app.issue_key(owner(&identity.user, identity.tenant.as_deref()), facts);
     auth::write_ok(&mut client.wbuf);
     for (name, value) in known.statuses.iter() {
         backend::parameter_status(&mut client.wbuf, name, value);
@@ -236,7 +276,7 @@ async fn login(
     if client.flush().await.is_err() {
         return Err(None);
     }
-    Ok(SessionInfo {
+    Ok(LoggedIn::Session(Box::new(SessionInfo {
         database: Arc::clone(database),
         state: state::SessionState::new(
             startup_settings,
@@ -247,7 +287,75 @@ async fn login(
         grant: token_grant,
         tenant: identity.tenant,
         key,
-    })
+    })))
+}
+
+/// A login to the admin console: the user (as named, no tenant) authenticates as any user
+/// does and must be marked `admin = true` (else 42501); the console's startup reply follows.
+async fn console_login(
+    app: &Arc<App>,
+    live: &crate::live::Live,
+    client: &mut ClientConn<Stream>,
+    startup: &crate::protocol::startup::StartupMessage,
+    peer: &Peer<'_>,
+) -> Result<crate::cancel::IssuedKey, Option<ErrorReport>> {
+    let user_auth = live.user(&startup.user);
+    if !peer.secure && user_auth.is_some_and(|u| u.method() == crate::config::AuthMethod::Jwt) {
+        app.metrics.error("jwt_insecure");
+        return Err(Some(ErrorReport::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "JWT logins need TLS or a loopback connection",
+        )));
+    }
+    if let Err(e) = auth::authenticate(
+        client,
+        &startup.user,
+        user_auth,
+        app.mock_key(),
+        app.rng(),
+        live.jwt.as_ref(),
+    )
+    .await
+    {
+        app.metrics.error(e.kind());
+        tracing::info!(user = %startup.user, reason = e.kind(), "admin console authentication failed");
+        return Err(e.report());
+    }
+    if !live.is_admin(&startup.user) {
+        app.metrics.error("console_not_admin");
+        return Err(Some(ErrorReport::fatal(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied for the admin console: user \"{}\" is not an admin (admin = true in its [[user]])",
+                startup.user
+            ),
+        )));
+    }
+    let facts = crate::cancel::ClientFacts {
+        user: startup.user.clone(),
+        tenant: None,
+        database: crate::admin::CONSOLE_DATABASE.to_owned(),
+        application_name: startup
+            .params
+            .iter()
+            .find(|(n, _)| n == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        addr: peer.addr,
+        tls: peer.tls,
+        connected: std::time::SystemTime::now(),
+    };
+    let key = app.issue_key(owner(&startup.user, None), facts);
+    auth::write_ok(&mut client.wbuf);
+    for (name, value) in crate::admin::PARAMETER_STATUSES {
+        backend::parameter_status(&mut client.wbuf, name, value);
+    }
+    backend::backend_key_data(&mut client.wbuf, key.process_id(), key.secret_key());
+    backend::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+    if client.flush().await.is_err() {
+        return Err(None);
+    }
+    Ok(key)
 }
 
 /// Who may signal a client by its PID: clients of the same user and tenant.
