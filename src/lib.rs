@@ -22,6 +22,7 @@ pub mod admin;
 pub mod app;
 pub mod cancel;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod listener;
 pub mod live;

@@ -372,20 +372,11 @@ fn tenancy_sql(path: &std::path::Path, rotate: Option<&str>) -> ExitCode {
 }
 
 async fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> ExitCode {
-    eprintln!("pgsidecar demo: starting a throwaway PostgreSQL…");
-    let pg = match tokio::task::spawn_blocking(|| {
-        let pg = pgsidecar::localpg::LocalPostgres::start("")?;
-        pg.create_user_and_database("app", "secret", "app")?;
-        pg.psql(
-            "app",
-            "SET ROLE app; CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance int); \
-             INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 1000) g;",
-        )?;
-        Ok::<_, pgsidecar::localpg::LocalPgError>(pg)
-    })
-    .await
-    {
-        Ok(Ok(pg)) => pg,
+    eprintln!("pgsidecar demo: starting a throwaway PostgreSQL primary and streaming replica…");
+    let set_up =
+        tokio::task::spawn_blocking(move || pgsidecar::demo::setup(listen, metrics_listen)).await;
+    let demo = match set_up {
+        Ok(Ok(demo)) => demo,
         Ok(Err(e)) => {
             eprintln!("pgsidecar demo: {e}");
             return ExitCode::FAILURE;
@@ -395,29 +386,18 @@ async fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let overrides = Overrides {
-        listen: Some(listen),
-        metrics_listen: Some(metrics_listen),
-        pool_size: Some(10),
-        ..Overrides::default()
-    };
-    let config = match Config::from_upstream(&pg.url("app", "secret", "app"), &overrides) {
+    let config = match Config::from_toml(&demo.config, &Overrides::default()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgsidecar demo: {e}");
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "pgsidecar demo: PostgreSQL is on 127.0.0.1:{} (data in {})",
-        pg.port,
-        pg.dir.display()
-    );
-    eprintln!("pgsidecar demo: try  psql postgres://app:secret@{listen}/app -c 'select count(*) from accounts'");
-    eprintln!(
-        "pgsidecar demo: metrics on http://{metrics_listen}/metrics — Ctrl-C stops everything"
-    );
+    for line in pgsidecar::demo::try_lines(&demo, listen, metrics_listen) {
+        eprintln!("pgsidecar demo: {line}");
+    }
+    eprintln!("pgsidecar demo: Ctrl-C stops everything and removes the data");
     let code = run(config, None).await;
-    drop(pg);
+    drop(demo);
     code
 }
