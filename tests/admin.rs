@@ -288,16 +288,7 @@ async fn reload_and_shutdown_from_the_console() {
     let path = dir.path().join("pgsidecar.toml");
     let toml = base_toml(&name, "size = 2") + ADMIN;
     std::fs::write(&path, &toml).unwrap();
-    let config = pgsidecar::config::Config::from_file(&path, &Default::default()).unwrap();
-    let sidecar = pgsidecar::listener::start_from(
-        config,
-        Some(pgsidecar::app::ConfigFile {
-            path: path.clone(),
-            overrides: Default::default(),
-        }),
-    )
-    .await
-    .unwrap();
+    let sidecar = start_from_file(&path).await;
     let console = admin(&sidecar).await;
     std::fs::write(
         &path,

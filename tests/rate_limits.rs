@@ -121,16 +121,7 @@ async fn refused_statements_get_53400_and_reload_changes_the_rate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgsidecar.toml");
     std::fs::write(&path, &toml).unwrap();
-    let config = pgsidecar::config::Config::from_file(&path, &Default::default()).unwrap();
-    let sidecar = pgsidecar::listener::start_from(
-        config,
-        Some(pgsidecar::app::ConfigFile {
-            path: path.clone(),
-            overrides: Default::default(),
-        }),
-    )
-    .await
-    .unwrap();
+    let sidecar = start_from_file(&path).await;
     let acme = tenant_client(&sidecar, &name, "acme").await;
     let globex = tenant_client(&sidecar, &name, "globex").await;
     // One token, then none for a thousand seconds.

@@ -4,27 +4,8 @@
 
 mod support;
 
-use std::path::Path;
-
-use pgsidecar::app::ConfigFile;
-use pgsidecar::config::{Config, Overrides};
-use pgsidecar::listener::Running;
 use support::shards::*;
 use support::*;
-
-/// A sidecar started from the configuration file at `path` (so RELOAD reads it again).
-async fn start_from_file(path: &Path) -> Running {
-    let config = Config::from_file(path, &Overrides::default()).expect("valid test config");
-    pgsidecar::listener::start_from(
-        config,
-        Some(ConfigFile {
-            path: path.to_owned(),
-            overrides: Overrides::default(),
-        }),
-    )
-    .await
-    .expect("sidecar starts")
-}
 
 /// `base_toml` for `name`, plus a second database and user `extra` when given.
 fn two_databases(name: &str, pool: &str, extra: Option<&str>) -> String {

@@ -234,6 +234,15 @@ fn stats(app: &App, which: Stats) -> Table {
     t
 }
 
+/// The first host and port of an upstream.
+fn host_port(url: &crate::config::UpstreamUrl) -> (Cell, Cell) {
+    url.hosts
+        .first()
+        .map_or((Cell::Null, Cell::Null), |(h, p)| {
+            (h.as_str().into(), int(*p))
+        })
+}
+
 fn unix_seconds(t: std::time::SystemTime) -> Cell {
     int(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
@@ -347,12 +356,7 @@ fn databases(app: &App) -> Table {
     let mode = mode(app);
     for (database, pool) in all_pools(app) {
         let url = pool.url();
-        let (host, port) = url
-            .hosts
-            .first()
-            .map_or((Cell::Null, Cell::Null), |(h, p)| {
-                (h.as_str().into(), int(*p))
-            });
+        let (host, port) = host_port(url);
         let primary = pool.name.replica.is_none() && database.shard.unwrap_or(0) == 0;
         let client_count = if primary {
             clients
@@ -467,14 +471,7 @@ fn replicas(app: &App) -> Table {
             continue;
         };
         for (i, r) in topology.replicas.iter().enumerate() {
-            let (host, port) = r
-                .pool
-                .url()
-                .hosts
-                .first()
-                .map_or((Cell::Null, Cell::Null), |(h, p)| {
-                    (h.as_str().into(), int(*p))
-                });
+            let (host, port) = host_port(r.pool.url());
             t.rows.push(vec![
                 d.name.as_str().into(),
                 d.shard.map_or(Cell::Null, |s| s.to_string().into()),
@@ -521,12 +518,7 @@ fn shards(app: &App) -> Table {
     dbs.sort_by_key(|d| (d.name.clone(), d.shard));
     for d in dbs {
         let url = d.primary.url();
-        let (host, port) = url
-            .hosts
-            .first()
-            .map_or((Cell::Null, Cell::Null), |(h, p)| {
-                (h.as_str().into(), int(*p))
-            });
+        let (host, port) = host_port(url);
         let tables: Vec<String> = live
             .config
             .sharding

@@ -122,6 +122,20 @@ pub async fn start(toml: &str) -> Running {
         .expect("sidecar starts")
 }
 
+/// Starts an in-process sidecar from the configuration file at `path` (RELOAD reads it again).
+pub async fn start_from_file(path: &std::path::Path) -> Running {
+    let config = Config::from_file(path, &Overrides::default()).expect("valid test config");
+    pgsidecar::listener::start_from(
+        config,
+        Some(pgsidecar::app::ConfigFile {
+            path: path.to_owned(),
+            overrides: Overrides::default(),
+        }),
+    )
+    .await
+    .expect("sidecar starts")
+}
+
 /// A tokio-postgres client through `addr`.
 pub async fn connect(
     addr: SocketAddr,
