@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
                 sql: black_box(sql),
                 classified: &classified,
                 bind: None,
+                search_path: None,
             };
             let r = route(&statement, &tables, 3, None);
             debug_assert!(matches!(r, ShardRoute::Shard(_)));

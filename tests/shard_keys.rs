@@ -386,6 +386,33 @@ async fn every_key_form_routes_as_placed_and_answers_as_one_server_would() {
     )
     .await;
 
+    // `public.customers` is sharded; under a search path without `public`, `customers` is
+    // another (unsharded) table that any shard serves.
+    for shard in &shards {
+        shard
+            .psql(
+                "app",
+                "SET ROLE app; CREATE SCHEMA elsewhere; CREATE TABLE elsewhere.customers (id bigint)",
+            )
+            .unwrap();
+    }
+    client
+        .batch_execute("SET search_path = elsewhere")
+        .await
+        .unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .expect("not the sharded table")
+        .get(0);
+    assert_eq!(n, 0);
+    client.batch_execute("RESET search_path").await.unwrap();
+    let err = client
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+
     // Bad keys: Postgres's codes, and nothing reaches a shard.
     let before: Vec<String> = shards.iter().map(|s| keys_on(s, "ranged", "k")).collect();
     for (sql, code) in [

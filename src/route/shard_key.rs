@@ -60,6 +60,8 @@ pub struct Statement<'a> {
     pub classified: &'a Classified,
     /// The Bind that executes it (extended protocol), for `$n` keys.
     pub bind: Option<&'a Bind<'a>>,
+    /// The schemas of the client's `search_path` (`$user` resolved), when it set one.
+    pub search_path: Option<&'a [String]>,
 }
 
 /// The shard `statement` needs among `shards`, given the database's sharded tables and the
@@ -120,9 +122,11 @@ fn one(
     shards: usize,
 ) -> ShardRoute {
     let names = class.tables_read.iter().chain(&class.tables_written);
-    let sharded = tables
-        .iter()
-        .filter(|t| names.clone().any(|n| names_table(n, t)));
+    let sharded = tables.iter().filter(|t| {
+        names
+            .clone()
+            .any(|n| names_table(n, t) && on_search_path(n, t, statement.search_path))
+    });
     if sharded.clone().next().is_none() {
         let writes =
             !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
@@ -466,9 +470,12 @@ fn touched<'t>(
             .collect(),
         Classification::Unparsed { .. } => Vec::new(),
     };
-    tables
-        .iter()
-        .filter(move |t| names.iter().any(|n| names_table(n, t)))
+    let path: Option<Vec<String>> = statement.search_path.map(<[String]>::to_vec);
+    tables.iter().filter(move |t| {
+        names
+            .iter()
+            .any(|n| names_table(n, t) && on_search_path(n, t, path.as_deref()))
+    })
 }
 
 /// Whether a table name as the statement wrote it (`t`, `s.t`) may be the sharded table. A
@@ -485,6 +492,19 @@ fn names_table(name: &str, table: &ShardedTable) -> bool {
             (Some(written), Some(configured)) => written == configured,
             _ => true,
         }
+}
+
+/// Whether an unqualified name may resolve to the configured schema of `table` under the
+/// client's search path: not when the client's `search_path` (known) leaves that schema out,
+/// as Postgres would not look there. Qualified names, tables configured without a schema and
+/// clients that set no search path (the server's default applies) may.
+fn on_search_path(name: &str, table: &ShardedTable, search_path: Option<&[String]>) -> bool {
+    match (&table.schema, search_path) {
+        (Some(schema), Some(path)) if !name.contains('.') => {
+            path.iter().any(|s| s == schema) || schema == "pg_temp"
+        }
+        _ => true,
+    }
 }
 
 /// Where a client says a statement goes: a shard, or a key of the sharded table it touches
@@ -616,6 +636,7 @@ mod tests {
             sql: sql.as_bytes(),
             classified: &classified,
             bind: None,
+            search_path: None,
         };
         route(&statement, &tables(), 3, None)
     }
@@ -680,6 +701,7 @@ mod tests {
             sql: sql.as_bytes(),
             classified: &classified,
             bind: Some(&bind),
+            search_path: None,
         };
         route(&statement, &tables(), 3, None)
     }
@@ -805,6 +827,31 @@ mod tests {
     }
 
     #[test]
+    fn unqualified_names_follow_the_clients_search_path() {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        let sql = "SELECT * FROM customers";
+        let classified = cache.classify(sql.as_bytes());
+        let of = |path: Option<&[String]>| {
+            let statement = Statement {
+                sql: sql.as_bytes(),
+                classified: &classified,
+                bind: None,
+                search_path: path,
+            };
+            route(&statement, &tables(), 3, None)
+        };
+        // public.customers is sharded; with a search path without public, `customers` is
+        // another table (unsharded: any shard reads it).
+        assert_eq!(of(Some(&["tenant_a".to_owned()])), ShardRoute::Any);
+        let both = ["tenant_a".to_owned(), "public".to_owned()];
+        assert!(matches!(of(Some(&both)), ShardRoute::Refused(..)));
+        assert!(
+            matches!(of(None), ShardRoute::Refused(..)),
+            "the server default"
+        );
+    }
+
+    #[test]
     fn hints_win() {
         assert_eq!(
             route_of("/* pgsidecar: shard=2 */ SELECT * FROM orders"),
@@ -854,6 +901,7 @@ mod tests {
             sql: b"SELECT * FROM orders",
             classified: &cached,
             bind: None,
+            search_path: None,
         };
         assert_eq!(
             route(&statement, &tables(), 3, Some(&ShardHint::Shard(1))),

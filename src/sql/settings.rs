@@ -53,6 +53,51 @@ impl PartialEq for Shared {
 
 impl Eq for Shared {}
 
+/// The schemas a `search_path` value names, in order: identifiers folded to lower case unless
+/// double-quoted, `$user` as `user` (the role the server sessions log in as).
+pub fn search_path_schemas(value: &str, user: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return out;
+        }
+        let (schema, after) = match rest.strip_prefix('"') {
+            Some(quoted) => {
+                // `""` inside quotes is one `"`.
+                let mut name = String::new();
+                let mut chars = quoted.char_indices().peekable();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    if c == '"' {
+                        if chars.peek().is_some_and(|(_, n)| *n == '"') {
+                            chars.next();
+                            name.push('"');
+                            continue;
+                        }
+                        end = i + 1;
+                        break;
+                    }
+                    name.push(c);
+                }
+                (name, &quoted[end..])
+            }
+            None => {
+                let end = rest.find(',').unwrap_or(rest.len());
+                (rest[..end].trim().to_lowercase(), &rest[end..])
+            }
+        };
+        out.push(if schema == "$user" {
+            user.to_owned()
+        } else {
+            schema
+        });
+        rest = after.trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
 /// Settings whose value is a list of identifiers (`GUC_LIST_QUOTE`): `SET name TO 'a, b'` would
 /// make one quoted identifier of the string, so these go through `set_config`.
 const LIST_QUOTE_SETTINGS: &[&str] = &[
@@ -112,6 +157,15 @@ pub fn sql(have: &Settings, wanted: &Settings) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_path_values() {
+        assert_eq!(
+            search_path_schemas(r#""$user", Public ,"My""Schema", x"#, "app"),
+            vec!["app", "public", "My\"Schema", "x"]
+        );
+        assert!(search_path_schemas("", "app").is_empty());
+    }
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
         pairs

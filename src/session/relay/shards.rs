@@ -243,11 +243,15 @@ impl Relay {
             return ShardRoute::Any;
         };
         let setting = shards.setting.as_ref().map(|(hint, _)| hint);
+        let search_path = self.info.state.settings.get("search_path").map(|path| {
+            crate::sql::settings::search_path_schemas(path, &self.info.database.primary.url().user)
+        });
         let route_of = |sql: &[u8], classified: &Classified, bind: Option<&Bind<'_>>| {
             let statement = shard_key::Statement {
                 sql,
                 classified,
                 bind,
+                search_path: search_path.as_deref(),
             };
             shard_key::route(&statement, &shards.tables, shards.databases.len(), setting)
         };
