@@ -139,7 +139,8 @@ fn one(
             ShardRoute::Any
         };
     }
-    let sharded: Vec<&ShardedTable> = sharded.collect();
+    // A statement names few tables: no allocation per statement.
+    let sharded: smallvec::SmallVec<[&ShardedTable; 4]> = sharded.collect();
     if let Some(table) = sharded.iter().find(|t| class.assigned.contains(&t.column)) {
         return ShardRoute::refused(format!(
             "this statement changes the shard key \"{}\" of \"{}\", which would move the row to another shard: delete and insert it instead",
@@ -148,7 +149,7 @@ fn one(
         ));
     }
     // Each table's shard from its own key, then through join links to co-located tables.
-    let mut routes: Vec<Option<ShardRoute>> = sharded
+    let mut routes: smallvec::SmallVec<[Option<ShardRoute>; 4]> = sharded
         .iter()
         .map(|t| own_route(statement, class, t, shards))
         .collect();
