@@ -192,6 +192,9 @@ pub struct Relay {
     generation: u64,
     /// The client's tenant has a statement rate: its requests are held and take tokens.
     rate_limited: bool,
+    /// The classifier of the configuration this session follows (kept here so a statement's
+    /// classification does not load the configuration).
+    classifier: Arc<crate::sql::cache::ClassificationCache>,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
     tenant_queries: Option<prometheus::IntCounter>,
     /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
@@ -231,6 +234,7 @@ impl Relay {
             route_preference: RoutePreference::Auto,
             generation,
             rate_limited: rate_limited(&live, info.tenant.as_deref()),
+            classifier: Arc::clone(&live.classifier),
             app,
             client,
             info,

@@ -23,6 +23,11 @@ impl Relay {
         self.generation = generation;
         let live = self.app.live_arc();
         self.rate_limited = super::rate_limited(&live, self.info.tenant.as_deref());
+        if !Arc::ptr_eq(&self.classifier, &live.classifier) {
+            self.classifier = Arc::clone(&live.classifier);
+            // Shapes classified under the old settings are not this classifier's.
+            self.recent_shapes = Default::default();
+        }
         let name = self.info.database.name.clone();
         let shard = self.info.database.shard;
         match (self.shards.take(), live.statement_shards(&name)) {
