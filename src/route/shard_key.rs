@@ -72,7 +72,12 @@ pub fn route(
     shards: usize,
     setting: Option<&ShardHint>,
 ) -> ShardRoute {
-    match hint(statement.sql).or_else(|| setting.cloned()) {
+    // Most statements have no block comment: the scan says so without reading them again.
+    let hinted = match statement.classified.scan.block_comments {
+        true => hint(statement.sql),
+        false => None,
+    };
+    match hinted.or_else(|| setting.cloned()) {
         Some(ShardHint::Shard(n)) if n < shards => return ShardRoute::Shard(n),
         Some(ShardHint::Shard(n)) => {
             return ShardRoute::Refused(
@@ -484,8 +489,8 @@ fn touched<'t>(
 /// (treating a sharded table as unsharded could read the wrong shard; the other way round only
 /// asks for a key).
 fn names_table(name: &str, table: &ShardedTable) -> bool {
-    let (schema, last) = match name.rsplit_once('.') {
-        Some((schema, last)) => (Some(schema), last),
+    let (schema, last) = match name.as_bytes().iter().rposition(|&b| b == b'.') {
+        Some(dot) => (Some(&name[..dot]), &name[dot + 1..]),
         None => (None, name),
     };
     last == table.table
@@ -501,7 +506,7 @@ fn names_table(name: &str, table: &ShardedTable) -> bool {
 /// clients that set no search path (the server's default applies) may.
 fn on_search_path(name: &str, table: &ShardedTable, search_path: Option<&[String]>) -> bool {
     match (&table.schema, search_path) {
-        (Some(schema), Some(path)) if !name.contains('.') => {
+        (Some(schema), Some(path)) if !name.as_bytes().contains(&b'.') => {
             path.iter().any(|s| s == schema) || schema == "pg_temp"
         }
         _ => true,
@@ -526,6 +531,14 @@ pub struct ShardSetting {
     pub hint: Option<ShardHint>,
     /// `SET LOCAL`: until the transaction ends.
     pub local: bool,
+}
+
+/// Whether a classification is one SET or RESET (which may be of a shard setting): a cheap
+/// check before reading the statement's text.
+pub fn sets_something(classified: &Classified) -> bool {
+    matches!(classified.classification.as_ref(),
+        Classification::Parsed(parsed) if parsed.len() == 1
+            && matches!(parsed[0].kind, Kind::Set | Kind::SetLocal | Kind::Reset))
 }
 
 /// The shard setting a one-statement Query sets or resets, if it is one (`Err`: a value that

@@ -258,6 +258,8 @@ pub struct Scan {
     pub statements: SmallVec<[Range<usize>; 1]>,
     /// A leading `/* pgsidecar: … */` hint.
     pub hint: Option<Hint>,
+    /// Whether the text has a block comment anywhere (hints elsewhere need one).
+    pub block_comments: bool,
 }
 
 /// What a token is, for deciding whether the fingerprint keeps a space before the next one.
@@ -313,6 +315,7 @@ pub fn scan(sql: &[u8]) -> Scan {
         literals: SmallVec::new(),
         statements: SmallVec::new(),
         hint: None,
+        block_comments: false,
     };
     let n = sql.len();
     let mut i = 0;
@@ -370,6 +373,7 @@ pub fn scan(sql: &[u8]) -> Scan {
                     i += 1;
                 }
             }
+            out.block_comments = true;
             if !seen_token && out.hint.is_none() && i - start >= 4 {
                 out.hint = Hint::parse(&sql[start + 2..i.saturating_sub(2).max(start + 2)]);
             }

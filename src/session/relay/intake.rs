@@ -93,7 +93,9 @@ impl Relay {
     /// traffic the sidecar understands.
     pub(super) fn classify_text(&mut self, frame: &Frame) -> Option<Classified> {
         let sql = frontend::statement_text(frame.tag(), frame.body())?;
-        let classified = self.classifier.classify_recent(sql, &mut self.recent_shapes);
+        let classified = self
+            .classifier
+            .classify_recent(sql, &mut self.recent_shapes);
         let metrics = &self.app.metrics;
         match (classified.hit, classified.classification.as_ref()) {
             (_, Classification::Unparsed { .. }) => metrics.classified_unparsed.inc(),

@@ -169,11 +169,12 @@ impl Relay {
     /// turn (never sent upstream).
     fn shard_setting_first(&mut self, len: usize, in_transaction: bool) -> Option<Placed> {
         let (frame, classified) = self.held.front().filter(|_| len == 1)?;
-        if frame.tag() != frontend::QUERY_TAG {
+        let classified = classified.as_ref()?;
+        if frame.tag() != frontend::QUERY_TAG || !shard_key::sets_something(classified) {
             return None;
         }
         let sql = frontend::query_text(frame.body())?;
-        let setting = shard_key::shard_setting(sql, classified.as_ref()?)?;
+        let setting = shard_key::shard_setting(sql, classified)?;
         let shards = self.shards.as_mut()?;
         Some(match setting {
             Ok(setting) => {
