@@ -301,7 +301,10 @@ impl Relay {
     fn held_facts(&self, len: usize) -> RequestFacts {
         let request = || self.held.iter().take(len);
         let mut routing: Option<Routing> = None;
-        for (i, (frame, classified)) in request().enumerate() {
+        // Primary or replica matters only where there are replicas (a shard, or a database
+        // held for its statement rate, may have none).
+        let replicas = self.topology.is_some();
+        for (i, (frame, classified)) in request().enumerate().filter(|_| replicas) {
             let part = match frame.tag() {
                 frontend::QUERY_TAG | frontend::PARSE_TAG => Some(routing_of(classified.as_ref())),
                 frontend::BIND_TAG => bound_statement(frame.body()).map(|name| {

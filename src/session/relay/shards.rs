@@ -22,6 +22,8 @@ pub(super) struct Shards {
     setting: Option<(ShardHint, bool)>,
     /// `pgsidecar_routed_total{target="shardN"}`, by shard.
     routed: Vec<prometheus::IntCounter>,
+    /// Some sharded table is configured in a schema: the client's search_path matters.
+    schemas: bool,
 }
 
 impl Shards {
@@ -35,6 +37,7 @@ impl Shards {
             .collect();
         Shards {
             routed,
+            schemas: tables.iter().any(|t| t.schema.is_some()),
             databases,
             tables: tables.into(),
             next_any: 0,
@@ -244,9 +247,15 @@ impl Relay {
             return ShardRoute::Any;
         };
         let setting = shards.setting.as_ref().map(|(hint, _)| hint);
-        let search_path = self.info.state.settings.get("search_path").map(|path| {
-            crate::sql::settings::search_path_schemas(path, &self.info.database.primary.url().user)
-        });
+        let search_path = match shards.schemas {
+            true => self.info.state.settings.get("search_path").map(|path| {
+                crate::sql::settings::search_path_schemas(
+                    path,
+                    &self.info.database.primary.url().user,
+                )
+            }),
+            false => None,
+        };
         let route_of = |sql: &[u8], classified: &Classified, bind: Option<&Bind<'_>>| {
             let statement = shard_key::Statement {
                 sql,
