@@ -67,6 +67,8 @@ pub struct App {
     cancels: CancelRegistry,
     /// Fires when the sidecar stops accepting clients; idle sessions close.
     pub draining: CancellationToken,
+    /// Set with `draining` (a load, where the token's check takes a lock).
+    draining_flag: std::sync::atomic::AtomicBool,
     /// Fires when the drain time is over; every session closes.
     pub terminate: CancellationToken,
     pub tracker: TaskTracker,
@@ -135,6 +137,7 @@ impl App {
             cancels: CancelRegistry::default(),
             tls: arc_swap::ArcSwapOption::new(tls.map(Arc::new)),
             draining: CancellationToken::new(),
+            draining_flag: std::sync::atomic::AtomicBool::new(false),
             terminate,
             tracker: TaskTracker::new(),
             started: std::time::Instant::now(),
@@ -239,6 +242,11 @@ impl App {
         Ok(notes)
     }
 
+    /// Whether the sidecar is draining (no new clients; sessions end when idle).
+    pub fn is_draining(&self) -> bool {
+        self.draining_flag.load(Ordering::Acquire)
+    }
+
     /// The TLS acceptor for new clients, if TLS is configured.
     pub fn tls_acceptor(&self) -> Option<Arc<tokio_rustls::TlsAcceptor>> {
         self.tls.load_full()
@@ -287,6 +295,7 @@ impl App {
     /// Stops accepting, lets running transactions finish up to `drain_timeout`, then closes
     /// every session with 57P01.
     pub async fn drain(&self) {
+        self.draining_flag.store(true, Ordering::Release);
         self.draining.cancel();
         self.tracker.close();
         if tokio::time::timeout(self.live().config.drain_timeout, self.tracker.wait())

@@ -72,7 +72,7 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => {
-            if app.draining.is_cancelled() {
+            if app.is_draining() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN);
             }
             let upstream = req.uri().query().is_some_and(|q| {

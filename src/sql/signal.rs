@@ -49,6 +49,20 @@ pub struct SignalCall {
 /// The statement `sql` if it is exactly `SELECT [pg_catalog.]pg_cancel_backend(pid)` or
 /// `SELECT [pg_catalog.]pg_terminate_backend(pid [, timeout])` (optionally aliased, the PID a
 /// literal or a `$n` parameter, possibly cast).
+/// Whether a classified statement may be a signal call: its classification (kept per
+/// statement shape) names `pg_cancel_backend` or `pg_terminate_backend`, or the statement
+/// could not be parsed. Most statements are ruled out without reading their text.
+pub fn may_signal(classified: &super::cache::Classified) -> bool {
+    match classified.classification.as_ref() {
+        super::class::Classification::Parsed(parsed) => parsed.iter().any(|s| {
+            s.functions.iter().any(|f| {
+                f.name.ends_with("pg_cancel_backend") || f.name.ends_with("pg_terminate_backend")
+            })
+        }),
+        super::class::Classification::Unparsed { .. } => true,
+    }
+}
+
 pub fn signal_call(sql: &str) -> Option<SignalCall> {
     // Most statements never mention either function: no parse for them.
     let bytes = sql.as_bytes();

@@ -34,10 +34,10 @@ impl Relay {
                 )
             };
             // A tenant at its cap waits here, behind nobody else's requests.
-            let limits = self.app.live().tenant_limits.clone();
+            let limits = self.live.tenant_limits.clone();
             let tenant_permit = match (&limits, &self.info.tenant) {
                 (Some(limits), Some(tenant)) => {
-                    let timeout = self.app.live().config.pool.checkout_timeout;
+                    let timeout = self.live.config.pool.checkout_timeout;
                     tokio::select! {
                         permit = limits.acquire(&self.info.database.name, tenant, timeout) => match permit {
                             Ok(p) => Some(p),
@@ -72,7 +72,7 @@ impl Relay {
         att.upstream = upstream;
         att.tenant_permit = tenant_permit;
         self.tenant_on_checkout(&mut att);
-        let token = tenancy::due_token(&self.app, self.info.grant.as_ref(), &mut att);
+        let token = tenancy::due_token(&self.live, self.info.grant.as_ref(), &mut att);
         let conn = att.server.conn_mut();
         // Connections in unknown state never reach the pool: this is a diff of known settings.
         let wanted = &self.info.state.settings;

@@ -94,6 +94,7 @@ impl Relay {
     pub(super) fn classify_text(&mut self, frame: &Frame) -> Option<Classified> {
         let sql = frontend::statement_text(frame.tag(), frame.body())?;
         let classified = self
+            .live
             .classifier
             .classify_recent(sql, &mut self.recent_shapes);
         let metrics = &self.app.metrics;

@@ -192,9 +192,9 @@ pub struct Relay {
     generation: u64,
     /// The client's tenant has a statement rate: its requests are held and take tokens.
     rate_limited: bool,
-    /// The classifier of the configuration this session follows (kept here so a statement's
-    /// classification does not load the configuration).
-    classifier: Arc<crate::sql::cache::ClassificationCache>,
+    /// The configuration this session follows (kept here so the hot path never loads it;
+    /// replaced when the session follows a reload).
+    live: Arc<crate::live::Live>,
     /// This client's tenant's query counter (`[tenancy] metric_tenants`).
     tenant_queries: Option<prometheus::IntCounter>,
     /// Under tenant enforcement: the keyed prefix of the tenant's channels upstream.
@@ -234,7 +234,7 @@ impl Relay {
             route_preference: RoutePreference::Auto,
             generation,
             rate_limited: rate_limited(&live, info.tenant.as_deref()),
-            classifier: Arc::clone(&live.classifier),
+            live: Arc::clone(&live),
             app,
             client,
             info,
@@ -310,9 +310,7 @@ impl Relay {
                     // The connection the client moved on from owes the front replies: only it
                     // is read (and timed) until it is done; the current one is written to.
                     let earlier = self.earlier.as_deref();
-                    let timer = earlier
-                        .unwrap_or(att)
-                        .next_timer(&self.app.live().config.limits);
+                    let timer = earlier.unwrap_or(att).next_timer(&self.live.config.limits);
                     let read_current = earlier.is_none();
                     if let Some(at) = timer.map(Timer::at) {
                         if sleep.deadline() != at {
@@ -523,7 +521,7 @@ impl Relay {
         if !wait {
             return notifier.listen(pid, channels, sink);
         }
-        let timeout = self.app.live().config.pool.connect_timeout;
+        let timeout = self.live.config.pool.connect_timeout;
         if !notifier.listen_and_wait(pid, channels, sink, timeout).await {
             self.app.metrics.error("listen_unavailable");
             tracing::warn!(

@@ -32,7 +32,7 @@ impl Relay {
     }
 
     async fn forward_replies(&mut self, which: Which) -> Result<(), RelayError> {
-        let max = self.app.live().config.max_message_size;
+        let max = self.live.config.max_message_size;
         let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
             return Ok(());
         };
@@ -174,7 +174,7 @@ impl Relay {
                 return Ok(());
             }
             self.release(which).await;
-            if which == Which::Current && self.app.draining.is_cancelled() {
+            if which == Which::Current && self.app.is_draining() {
                 return Err(RelayError::Shutdown);
             }
         }

@@ -114,14 +114,14 @@ impl Relay {
     async fn understand(&mut self, frame: Frame, classified: Option<Classified>) -> Understood {
         let (frame, classified, signal) = match frame.tag() {
             // Signals are rare: their futures are boxed, so every request's is small.
-            frontend::QUERY_TAG => match self.signal_query(&frame) {
+            frontend::QUERY_TAG => match self.signal_query(&frame, classified.as_ref()) {
                 Some((pid, call)) => {
                     let replaced = Box::pin(self.answer_signal_query(&frame, pid, call)).await;
                     (replaced, None, None)
                 }
                 None => (frame, classified, None),
             },
-            frontend::PARSE_TAG => match self.signal_parse(&frame) {
+            frontend::PARSE_TAG => match self.signal_parse(&frame, classified.as_ref()) {
                 Some((replaced, signal)) => (replaced, None, Some(signal)),
                 None => (frame, classified, None),
             },
@@ -262,7 +262,7 @@ impl Relay {
         if att.is_quiet() {
             // A token past half its lifetime is renewed between requests (session mode, and
             // clients pinned to their connection).
-            tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, false);
+            tenancy::renew_token(&self.live, self.info.grant.as_ref(), att, false);
         }
         if let Some(begin) = held_begin {
             // The held BEGIN goes first; its reply was given already.
@@ -419,7 +419,7 @@ impl Relay {
                     source: Source::Apply,
                 });
             }
-            tenancy::renew_token(&self.app, self.info.grant.as_ref(), att, true);
+            tenancy::renew_token(&self.live, self.info.grant.as_ref(), att, true);
         }
     }
 

@@ -7,26 +7,31 @@ use crate::pool::Pool;
 use crate::route::replica::Upstream;
 
 impl Relay {
-    /// After a reload, a detached session in transaction mode follows the new configuration
-    /// from its next transaction: a changed database's new pools, a tenant's new shard, a
-    /// sharded database's new shards. A database the reload removed keeps serving the
-    /// session until it leaves.
+    /// After a reload, a session follows the new configuration: its settings (timeouts,
+    /// limits, classifier, rates) at its next request, and in transaction mode from its next
+    /// transaction a changed database's new pools, a tenant's new shard, a sharded database's
+    /// new shards. A database the reload removed keeps serving the session until it leaves.
     pub(super) fn follow_reload(&mut self) {
         let generation = self.app.generation();
-        if generation == self.generation
-            || self.mode != PoolMode::Transaction
-            || !matches!(self.phase, Phase::Detached)
-            || self.earlier.is_some()
-        {
+        if generation == self.generation {
+            return;
+        }
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        if transaction_mode && (!matches!(self.phase, Phase::Detached) || self.earlier.is_some()) {
+            // Soon: between transactions.
             return;
         }
         self.generation = generation;
         let live = self.app.live_arc();
         self.rate_limited = super::rate_limited(&live, self.info.tenant.as_deref());
-        if !Arc::ptr_eq(&self.classifier, &live.classifier) {
-            self.classifier = Arc::clone(&live.classifier);
+        if !Arc::ptr_eq(&self.live.classifier, &live.classifier) {
             // Shapes classified under the old settings are not this classifier's.
             self.recent_shapes = Default::default();
+        }
+        self.live = Arc::clone(&live);
+        if !transaction_mode {
+            // A session-mode client keeps its server connection: new settings, same database.
+            return;
         }
         let name = self.info.database.name.clone();
         let shard = self.info.database.shard;

@@ -287,7 +287,7 @@ impl Relay {
                             None => match self.stored_statement(bind.statement) {
                                 Some(parse) => match frontend::parse_text(&parse[HEADER_LEN..]) {
                                     Some((_, sql)) => {
-                                        let classified = self.app.live().classifier.classify(sql);
+                                        let classified = self.live.classifier.classify(sql);
                                         route_of(sql, &classified, Some(&bind))
                                     }
                                     None => ShardRoute::Any,

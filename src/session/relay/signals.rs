@@ -12,7 +12,14 @@ use crate::sql::signal::{signal_call, SignalArg, SignalCall, SignalKind};
 impl Relay {
     /// A Query that is exactly a signal call of an issued PID, with that PID. In a failed
     /// transaction there is none (the server refuses the statement, as Postgres would).
-    pub(super) fn signal_query(&self, frame: &Frame) -> Option<(i32, SignalCall)> {
+    pub(super) fn signal_query(
+        &self,
+        frame: &Frame,
+        classified: Option<&Classified>,
+    ) -> Option<(i32, SignalCall)> {
+        if classified.is_some_and(|c| !crate::sql::signal::may_signal(c)) {
+            return None;
+        }
         let call = frontend::query_text(frame.body())
             .and_then(|sql| std::str::from_utf8(sql).ok())
             .and_then(signal_call)?;
@@ -41,7 +48,14 @@ impl Relay {
     /// A Parse of a signal call whose PID is a `$n` parameter: replaced by a statement that
     /// answers for issued PIDs from the parameter the sidecar binds (`Some`: the replacement),
     /// and the statement marked as a signal so its Binds are looked at.
-    pub(super) fn signal_parse(&self, frame: &Frame) -> Option<(Frame, (SignalKind, usize))> {
+    pub(super) fn signal_parse(
+        &self,
+        frame: &Frame,
+        classified: Option<&Classified>,
+    ) -> Option<(Frame, (SignalKind, usize))> {
+        if classified.is_some_and(|c| !crate::sql::signal::may_signal(c)) {
+            return None;
+        }
         let call = frontend::parse_text(frame.body())
             .and_then(|(_, sql)| std::str::from_utf8(sql).ok())
             .and_then(signal_call)?;

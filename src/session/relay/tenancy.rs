@@ -49,7 +49,7 @@ impl Relay {
         let classified = match classified {
             Some(c) => c,
             None => {
-                made = self.app.live().classifier.classify(sql);
+                made = self.live.classifier.classify(sql);
                 &made
             }
         };
@@ -104,11 +104,16 @@ pub(super) enum Guarded {
 /// Sets the client's signed tenant token on the attached server connection (pipelined, its
 /// reply swallowed) when [`due_token`] says so. Only between requests: it goes as an extended
 /// batch of its own.
-pub(super) fn renew_token(app: &App, grant: Option<&Grant>, att: &mut Attachment, force: bool) {
+pub(super) fn renew_token(
+    live: &crate::live::Live,
+    grant: Option<&Grant>,
+    att: &mut Attachment,
+    force: bool,
+) {
     if force {
         att.server.conn_mut().token = None;
     }
-    if let Some(token) = due_token(app, grant, att) {
+    if let Some(token) = due_token(live, grant, att) {
         push_set_config(att, &[(TOKEN_SETTING, &token)], Source::Sidecar);
     }
 }
@@ -116,8 +121,11 @@ pub(super) fn renew_token(app: &App, grant: Option<&Grant>, att: &mut Attachment
 /// The signed tenant token to set on the attached server connection, when it has none the
 /// sidecar can vouch for or one past half its lifetime (the connection then counts it as
 /// fresh: the caller must send it).
-pub(super) fn due_token(app: &App, grant: Option<&Grant>, att: &mut Attachment) -> Option<String> {
-    let live = app.live();
+pub(super) fn due_token(
+    live: &crate::live::Live,
+    grant: Option<&Grant>,
+    att: &mut Attachment,
+) -> Option<String> {
     let tenancy = live.config.tenancy.as_ref()?;
     let (signer, grant) = (tenancy.signer.as_ref()?, grant?);
     let lifetime = tenancy.token_lifetime;

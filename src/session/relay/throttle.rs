@@ -18,10 +18,10 @@ impl Relay {
         if statements == 0 {
             return None;
         }
-        let (rates, timeout) = {
-            let live = self.app.live();
-            (Arc::clone(&live.rates), live.config.pool.checkout_timeout)
-        };
+        let (rates, timeout) = (
+            Arc::clone(&self.live.rates),
+            self.live.config.pool.checkout_timeout,
+        );
         let deadline = Instant::now() + timeout;
         let mut counted = false;
         loop {
