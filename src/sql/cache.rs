@@ -11,7 +11,8 @@ use super::fingerprint::{scan, Scan};
 /// A scanned statement with its (possibly shared) classification.
 #[derive(Debug, Clone)]
 pub struct Classified {
-    pub scan: Scan,
+    /// Shared by executions of the very same text (a prepared statement's, with parameters).
+    pub scan: Arc<Scan>,
     pub classification: Arc<Classification>,
     /// Whether the classification came from the cache.
     pub hit: bool,
@@ -62,7 +63,13 @@ impl ClassificationCache {
     /// shapes (a client repeats a few statement shapes; comparing a fingerprint costs less
     /// than a lookup in the shared cache).
     pub fn classify_recent(&self, sql: &[u8], recent: &mut Recent) -> Classified {
-        let scan = scan(sql);
+        // The very text of a recent statement (one with parameters, not literals, repeats
+        // verbatim): its scan and classification again, with no scan.
+        if let Some(classified) = recent.text(sql) {
+            return classified;
+        }
+        let scan = Arc::new(scan(sql));
+        recent.remember_text(sql, &scan);
         if let Some(classification) = recent.get(&scan.fingerprint) {
             return Classified {
                 scan,
@@ -104,14 +111,45 @@ const RECENT_SHAPES: usize = 4;
 /// A fingerprint and its classification.
 type Shape = (Box<[u8]>, Arc<Classification>);
 
-/// The statement shapes one client used last, with their classifications (round robin).
+/// A statement's exact text and its scan.
+type Text = (Box<[u8]>, Arc<Scan>);
+
+/// The statement shapes one client used last, with their classifications (round robin), and
+/// the last texts without literals it sent, with their scans.
 #[derive(Default)]
 pub struct Recent {
     entries: [Option<Shape>; RECENT_SHAPES],
     next: usize,
+    texts: [Option<Text>; RECENT_SHAPES],
+    next_text: usize,
 }
 
 impl Recent {
+    /// The text's scan and classification, if the client sent this very text lately.
+    fn text(&self, sql: &[u8]) -> Option<Classified> {
+        let (_, scan) = self
+            .texts
+            .iter()
+            .flatten()
+            .find(|(text, _)| **text == *sql)?;
+        let classification = self.get(&scan.fingerprint)?;
+        Some(Classified {
+            scan: Arc::clone(scan),
+            classification,
+            hit: true,
+        })
+    }
+
+    /// Keeps a text whose scan found no literals (its next executions will be the same bytes);
+    /// texts with literals vary and are not kept.
+    fn remember_text(&mut self, sql: &[u8], scan: &Arc<Scan>) {
+        if !scan.literals.is_empty() || sql.len() > 4096 {
+            return;
+        }
+        self.texts[self.next_text] = Some((sql.into(), Arc::clone(scan)));
+        self.next_text = (self.next_text + 1) % RECENT_SHAPES;
+    }
+
     fn get(&self, fingerprint: &[u8]) -> Option<Arc<Classification>> {
         self.entries
             .iter()
@@ -192,6 +230,23 @@ mod tests {
         let shared = cache.classify_recent(b"SELECT 1 FROM t WHERE id = 3", &mut recent);
         assert!(shared.hit && Arc::ptr_eq(&first.classification, &shared.classification));
         assert!(recent.get(&first.scan.fingerprint).is_some());
+    }
+
+    #[test]
+    fn a_repeated_text_without_literals_is_not_scanned_again() {
+        let cache = ClassificationCache::new(1 << 20, Options::default());
+        let mut recent = Recent::default();
+        let sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+        let first = cache.classify_recent(sql, &mut recent);
+        let again = cache.classify_recent(sql, &mut recent);
+        assert!(again.hit && Arc::ptr_eq(&first.scan, &again.scan));
+        assert!(Arc::ptr_eq(&first.classification, &again.classification));
+        // Texts with literals are scanned each time (their literals differ).
+        let lit = b"SELECT 1 FROM t WHERE id = 7";
+        let a = cache.classify_recent(lit, &mut recent);
+        let b = cache.classify_recent(lit, &mut recent);
+        assert!(!Arc::ptr_eq(&a.scan, &b.scan));
+        assert_eq!(b.scan.literals[1].value(lit), "7");
     }
 
     #[test]
