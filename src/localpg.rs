@@ -96,7 +96,28 @@ impl LocalPostgres {
             static BACKUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
             BACKUPS.lock().unwrap_or_else(|e| e.into_inner())
         });
-        let port = free_port()?;
+        // A free port can be taken by someone else (another server, a client's ephemeral
+        // port) before the server binds it: then another port, a few times.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match LocalPostgres::launch_on(&bin, free_port()?, extra, hba, primary) {
+                Err(LocalPgError::Start(log))
+                    if attempts < 5 && log.contains("Address already in use") => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`LocalPostgres::launch`] on `port`.
+    fn launch_on(
+        bin: &Path,
+        port: u16,
+        extra: &str,
+        hba: &str,
+        primary: Option<(&Path, u16)>,
+    ) -> Result<LocalPostgres, LocalPgError> {
+        let bin = bin.to_path_buf();
         let dir = std::env::temp_dir().join(format!(
             "pgsidecar-pg-{}-{}",
             std::process::id(),
@@ -145,6 +166,7 @@ impl LocalPostgres {
                 let _ = stderr.read_to_string(&mut err);
             }
             let _ = supervisor.wait();
+            let _ = std::fs::remove_dir_all(&dir);
             return Err(LocalPgError::Start(err));
         }
         let stdin = supervisor.stdin.take();
