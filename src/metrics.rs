@@ -29,6 +29,16 @@ pub struct TenantQueries {
 }
 
 impl TenantQueries {
+    /// Counters `name{tenant}`, not registered yet, labelling the first `limit` tenants.
+    fn new(name: &str, help: &str, limit: usize) -> TenantQueries {
+        TenantQueries {
+            vec: IntCounterVec::new(Opts::new(name, help), &["tenant"])
+                .expect("metric definition is valid"),
+            limit: std::sync::atomic::AtomicUsize::new(limit),
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
     /// The counter of a tenant.
     pub fn counter(&self, tenant: &str) -> IntCounter {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,18 +201,11 @@ impl Metrics {
         )
         .expect("metric definition is valid");
         register(&registry, &names, &server_errors);
-        let tenant_throttled = TenantQueries {
-            vec: IntCounterVec::new(
-                Opts::new(
-                    "pgsidecar_tenant_throttled_total",
-                    "Statements delayed or refused by their tenant's statement rate (the first 100 tenants; the rest as \"other\")",
-                ),
-                &["tenant"],
-            )
-            .expect("metric definition is valid"),
-            limit: std::sync::atomic::AtomicUsize::new(100),
-            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
-        };
+        let tenant_throttled = TenantQueries::new(
+            "pgsidecar_tenant_throttled_total",
+            "Statements delayed or refused by their tenant's statement rate (the first 100 tenants; the rest as \"other\")",
+            100,
+        );
         register(&registry, &names, &tenant_throttled.vec);
         let replica_gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["database", "shard", "replica"])
@@ -365,22 +368,15 @@ impl Metrics {
     }
 
     fn new_tenant_queries(&self) -> TenantQueries {
-        let vec = IntCounterVec::new(
-            Opts::new(
-                "pgsidecar_tenant_queries_total",
-                "Queries by tenant (the first [tenancy] metric_tenants tenants; the rest as \"other\")",
-            ),
-            &["tenant"],
-        )
-        .expect("metric definition is valid");
+        let queries = TenantQueries::new(
+            "pgsidecar_tenant_queries_total",
+            "Queries by tenant (the first [tenancy] metric_tenants tenants; the rest as \"other\")",
+            0,
+        );
         self.registry
-            .register(Box::new(vec.clone()))
+            .register(Box::new(queries.vec.clone()))
             .expect("metric registers once");
-        TenantQueries {
-            vec,
-            limit: std::sync::atomic::AtomicUsize::new(0),
-            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
-        }
+        queries
     }
 
     /// The name of every metric family `/metrics` exports (once it has a series).

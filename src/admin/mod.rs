@@ -146,6 +146,12 @@ pub(crate) fn error(state: SqlState, message: impl Into<String>) -> PgWireError 
     )))
 }
 
+/// Ends the console session with a FATAL (the connection closes when the caller returns).
+async fn fatal(client: &mut ClientConn<Stream>, state: SqlState, message: &str) {
+    crate::protocol::backend::ErrorReport::fatal(state, message).write(&mut client.wbuf);
+    let _ = client.flush().await;
+}
+
 /// Serves an authenticated admin client until it leaves (or the sidecar shuts down).
 pub async fn serve(app: std::sync::Arc<App>, mut client: ClientConn<Stream>, key: IssuedKey) {
     let console = handler::Console::new(std::sync::Arc::clone(&app));
@@ -167,26 +173,16 @@ pub async fn serve(app: std::sync::Arc<App>, mut client: ClientConn<Stream>, key
                 Err(_) => return,
             },
             _ = &mut terminated => {
-                crate::protocol::backend::ErrorReport::fatal(
-                    SqlState::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command",
-                )
-                .write(&mut client.wbuf);
-                let _ = client.flush().await;
-                return;
+                let message = "terminating connection due to administrator command";
+                return fatal(&mut client, SqlState::ADMIN_SHUTDOWN, message).await;
             }
         };
         let mut bytes = BytesMut::from(&frame.as_bytes()[..]);
         let message = match PgWireFrontendMessage::decode(&mut bytes, &context) {
             Ok(Some(message)) => message,
             Ok(None) | Err(_) => {
-                crate::protocol::backend::ErrorReport::fatal(
-                    SqlState::PROTOCOL_VIOLATION,
-                    "invalid message on the admin console",
-                )
-                .write(&mut client.wbuf);
-                let _ = client.flush().await;
-                return;
+                let message = "invalid message on the admin console";
+                return fatal(&mut client, SqlState::PROTOCOL_VIOLATION, message).await;
             }
         };
         if skipping && !matches!(message, PgWireFrontendMessage::Sync(_)) {

@@ -99,6 +99,23 @@ fn all_pools(app: &App) -> Vec<(std::sync::Arc<Database>, std::sync::Arc<Pool>)>
     out
 }
 
+/// The database's clients (in `state`, if given), counted on its primary's pool (shard 0's
+/// of a sharded one); every other pool counts none.
+fn clients_on(
+    database: &Database,
+    pool: &Pool,
+    clients: &[crate::cancel::ClientRow],
+    state: Option<&str>,
+) -> usize {
+    if pool.name.replica.is_some() || database.shard.unwrap_or(0) != 0 {
+        return 0;
+    }
+    clients
+        .iter()
+        .filter(|c| c.facts.database == database.name && state.is_none_or(|s| c.state == s))
+        .count()
+}
+
 fn mode(app: &App) -> String {
     app.live().config.pool.mode.to_string()
 }
@@ -127,21 +144,10 @@ fn pools(app: &App) -> Table {
     let mode = mode(app);
     for (database, pool) in all_pools(app) {
         // Clients are counted on their database's primary (shard 0 of a sharded one).
-        let primary = pool.name.replica.is_none() && database.shard.unwrap_or(0) == 0;
-        let of_db = |state: &str| {
-            if primary {
-                clients
-                    .iter()
-                    .filter(|c| c.facts.database == database.name && c.state == state)
-                    .count()
-            } else {
-                0
-            }
-        };
         t.rows.push(vec![
             pool.name.to_string().into(),
             pool.url().user.as_str().into(),
-            int(of_db("active")),
+            int(clients_on(&database, &pool, &clients, Some("active"))),
             int(pool.waiting_count()),
             int(0),
             int(0),
@@ -357,15 +363,6 @@ fn databases(app: &App) -> Table {
     for (database, pool) in all_pools(app) {
         let url = pool.url();
         let (host, port) = host_port(url);
-        let primary = pool.name.replica.is_none() && database.shard.unwrap_or(0) == 0;
-        let client_count = if primary {
-            clients
-                .iter()
-                .filter(|c| c.facts.database == database.name)
-                .count()
-        } else {
-            0
-        };
         t.rows.push(vec![
             pool.name.to_string().into(),
             host,
@@ -381,7 +378,7 @@ fn databases(app: &App) -> Table {
             int(0),
             int(pool.in_use() + pool.idle_count()),
             int(0),
-            int(client_count),
+            int(clients_on(&database, &pool, &clients, None)),
             int(u8::from(pool.is_paused())),
             int(0),
         ]);

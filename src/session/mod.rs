@@ -167,6 +167,53 @@ struct Peer<'a> {
     certificate: Option<&'a [u8]>,
 }
 
+impl Peer<'_> {
+    /// The BackendKeyData of a client that logged in as `user` (of `tenant`) to `database`,
+    /// registered with what the admin console shows of it.
+    fn issue_key(
+        &self,
+        app: &App,
+        user: &str,
+        tenant: Option<&str>,
+        database: &str,
+        startup: &crate::protocol::startup::StartupMessage,
+    ) -> crate::cancel::IssuedKey {
+        let facts = crate::cancel::ClientFacts {
+            user: user.to_owned(),
+            tenant: tenant.map(str::to_owned),
+            database: database.to_owned(),
+            // The last one, as the session's settings take it.
+            application_name: startup
+                .params
+                .iter()
+                .rev()
+                .find(|(n, _)| n == "application_name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            addr: self.addr,
+            tls: self.tls,
+            connected: std::time::SystemTime::now(),
+        };
+        app.issue_key(owner(user, tenant), facts)
+    }
+}
+
+/// Cleartext secrets (JWTs) only over TLS or inside the host: 28000 for a JWT user otherwise.
+fn refuse_insecure_jwt(
+    app: &App,
+    user_auth: Option<&auth::UserAuth>,
+    secure: bool,
+) -> Result<(), Option<ErrorReport>> {
+    if !secure && user_auth.is_some_and(|u| u.method() == crate::config::AuthMethod::Jwt) {
+        app.metrics.error("jwt_insecure");
+        return Err(Some(ErrorReport::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "JWT logins need TLS or a loopback connection",
+        )));
+    }
+    Ok(())
+}
+
 /// Where a logged-in client goes.
 enum LoggedIn {
     /// To a database, through the relay (boxed: the console's variant is small).
@@ -209,13 +256,7 @@ async fn login(
             Some(e.report())
         })?;
     let user_auth = live.user(&identity.user);
-    if !secure && user_auth.is_some_and(|u| u.method() == crate::config::AuthMethod::Jwt) {
-        app.metrics.error("jwt_insecure");
-        return Err(Some(ErrorReport::fatal(
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            "JWT logins need TLS or a loopback connection",
-        )));
-    }
+    refuse_insecure_jwt(app, user_auth, secure)?;
     let grant = match auth::authenticate(
         client,
         &identity.user,
@@ -254,19 +295,13 @@ async fn login(
             return Err(Some(startup_failure(&e)));
         }
     };
-    let facts = crate::cancel::ClientFacts {
-        user: identity.user.clone(),
-        tenant: identity.tenant.clone(),
-        database: startup.database.clone(),
-        application_name: startup_settings
-            .get("application_name")
-            .cloned()
-            .unwrap_or_default(),
-        addr: peer.addr,
-        tls: peer.tls,
-        connected: std::time::SystemTime::now(),
-    };
-    let key = app.issue_key(owner(&identity.user, identity.tenant.as_deref()), facts);
+    let key = peer.issue_key(
+        app,
+        &identity.user,
+        identity.tenant.as_deref(),
+        &startup.database,
+        startup,
+    );
     auth::write_ok(&mut client.wbuf);
     for (name, value) in known.statuses.iter() {
         backend::parameter_status(&mut client.wbuf, name, value);
@@ -300,13 +335,7 @@ async fn console_login(
     peer: &Peer<'_>,
 ) -> Result<crate::cancel::IssuedKey, Option<ErrorReport>> {
     let user_auth = live.user(&startup.user);
-    if !peer.secure && user_auth.is_some_and(|u| u.method() == crate::config::AuthMethod::Jwt) {
-        app.metrics.error("jwt_insecure");
-        return Err(Some(ErrorReport::fatal(
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            "JWT logins need TLS or a loopback connection",
-        )));
-    }
+    refuse_insecure_jwt(app, user_auth, peer.secure)?;
     if let Err(e) = auth::authenticate(
         client,
         &startup.user,
@@ -331,21 +360,13 @@ async fn console_login(
             ),
         )));
     }
-    let facts = crate::cancel::ClientFacts {
-        user: startup.user.clone(),
-        tenant: None,
-        database: crate::admin::CONSOLE_DATABASE.to_owned(),
-        application_name: startup
-            .params
-            .iter()
-            .find(|(n, _)| n == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
-        addr: peer.addr,
-        tls: peer.tls,
-        connected: std::time::SystemTime::now(),
-    };
-    let key = app.issue_key(owner(&startup.user, None), facts);
+    let key = peer.issue_key(
+        app,
+        &startup.user,
+        None,
+        crate::admin::CONSOLE_DATABASE,
+        startup,
+    );
     auth::write_ok(&mut client.wbuf);
     for (name, value) in crate::admin::PARAMETER_STATUSES {
         backend::parameter_status(&mut client.wbuf, name, value);
