@@ -205,6 +205,8 @@ pub struct Config {
     pub sharding: Sharding,
     /// Per-tenant statement rates.
     pub rates: RateConfig,
+    /// The result cache (`[cache]`), when configured.
+    pub cache: Option<CacheConfig>,
 }
 
 /// Values given on the command line or in `PGSIDECAR_*` variables; they win over the file.
@@ -245,6 +247,7 @@ struct FileConfig {
     tenant_shard: Vec<shards::FileTenantShard>,
     #[serde(default)]
     tenant_limit: Vec<rates::FileTenantLimit>,
+    cache: Option<cache::FileCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -582,6 +585,13 @@ impl FileConfig {
             shard_by_tenant,
             &shard_counts,
         )?;
+        let cache = cache::validate_cache(self.cache, &databases)?;
+        if cache.is_some() && pool.mode != PoolMode::Transaction {
+            return Err(ConfigError::invalid(
+                "cache",
+                "the result cache needs pool.mode = \"transaction\"",
+            ));
+        }
         let mut names = HashSet::new();
         let mut users = Vec::new();
         for u in self.user {
@@ -669,6 +679,7 @@ impl FileConfig {
             tenancy,
             sharding,
             rates,
+            cache,
             listen,
             metrics_listen,
             shutdown_delay: match o.shutdown_delay {
@@ -767,6 +778,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+mod cache;
 mod rates;
 mod replicas;
 mod shards;
@@ -775,6 +787,7 @@ mod tenancy;
 mod tests;
 mod upstream;
 
+pub use cache::{CacheConfig, CacheRule};
 pub use rates::{OnLimit, Rate, RateConfig};
 pub use replicas::{MaxLag, PrimaryReads, ReadYourWrites, ReplicaConfig, Strategy};
 pub use shards::{ShardConfig, ShardQuestion, Sharding};

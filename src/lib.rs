@@ -9,6 +9,7 @@
 //! - [`protocol`]: the wire format, pure: framing, frontend/backend messages, startup, SQLSTATEs.
 //! - [`sql`]: SQL understanding, pure: fingerprinting scanner, classifier, classification cache.
 //! - [`session`]: one client connection as typed phases: handshake, auth, relay.
+//! - [`cache`]: the result cache (entries, table generations, invalidation across sidecars).
 //! - [`pool`]: upstream server connections and the pools that lend them; replica health.
 //! - [`route`]: pure routing decisions (primary or replica).
 //! - [`metrics`]: the typed Prometheus metrics; [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod cancel;
 pub mod config;
 pub mod demo;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::ResultCache;
+
 use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::metrics::{Metrics, TenantQueries};
 use crate::pool::health::Topology;
@@ -77,6 +79,9 @@ pub struct Live {
     pub classifier: Arc<ClassificationCache>,
     /// Per-tenant statement rates (kept across reloads, with their buckets).
     pub rates: Arc<Rates>,
+    /// The result cache, when `[cache]` has rules (kept across reloads that change neither it
+    /// nor the databases it serves).
+    pub cache: Option<Arc<ResultCache>>,
 }
 
 /// How pools are built: shared by every build of one sidecar.
@@ -145,7 +150,9 @@ impl Live {
             }
             None => Arc::new(Rates::new(config.rates.clone())),
         };
+        let cache = build_cache(&config, previous, &databases, builder);
         Ok(Live {
+            cache,
             rates,
             config,
             databases,
@@ -248,6 +255,40 @@ impl Live {
             .find(|u| u.name == name)
             .and_then(|u| u.tenant.clone())
     }
+}
+
+/// The result cache for `config`: the previous one when neither `[cache]` nor the databases it
+/// serves changed (its entries stay valid), else a new one.
+fn build_cache(
+    config: &Config,
+    previous: Option<&Live>,
+    databases: &HashMap<String, Vec<Arc<Database>>>,
+    builder: &Builder<'_>,
+) -> Option<Arc<ResultCache>> {
+    let wanted = config.cache.as_ref()?;
+    let first = |dbs: &HashMap<String, Vec<Arc<Database>>>, name: &str| {
+        dbs.get(name).and_then(|shards| shards.first()).cloned()
+    };
+    let same = previous.and_then(|p| p.cache.as_ref()).filter(|c| {
+        c.config == *wanted
+            && wanted.rules.iter().all(|r| {
+                match (
+                    first(databases, &r.database),
+                    previous.and_then(|p| first(&p.databases, &r.database)),
+                ) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(&a, &b),
+                    _ => false,
+                }
+            })
+    });
+    if let Some(cache) = same {
+        return Some(Arc::clone(cache));
+    }
+    Some(ResultCache::new(
+        wanted.clone(),
+        |name| first(databases, name).map(|db| Arc::clone(&db.primary.notifier)),
+        builder.metrics,
+    ))
 }
 
 /// Starts a database's background tasks: each pool's idle and lifetime watch, the replicas'

@@ -42,6 +42,13 @@ enum Command {
         #[arg(long, value_name = "UNTIL")]
         rotate: Option<String>,
     },
+    /// Print statement-level triggers for the result cache's whitelisted tables that announce
+    /// every committed write, so writers that bypass the sidecars invalidate the caches too;
+    /// run it once per database as the tables' owner.
+    CacheSql {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the shard (0-based) that owns a sharded table's key, or a tenant.
     ShardOf {
         #[arg(long)]
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
         },
         Command::Check { config, connect } => runtime.block_on(check(&config, connect)),
         Command::TenancySql { config, rotate } => tenancy_sql(&config, rotate.as_deref()),
+        Command::CacheSql { config } => cache_sql(&config),
         Command::ShardOf {
             config,
             database,
@@ -345,6 +353,26 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn cache_sql(path: &std::path::Path) -> ExitCode {
+    let config = match Config::from_file(path, &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsidecar: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match &config.cache {
+        Some(cache) => {
+            print!("{}", pgsidecar::cache::cache_sql(cache));
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("pgsidecar: {}: no [cache] section", path.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

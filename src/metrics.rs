@@ -113,6 +113,72 @@ pub struct Metrics {
     pub classified_hit: IntCounter,
     pub classified_miss: IntCounter,
     pub classified_unparsed: IntCounter,
+    /// The result cache's counters and gauges.
+    pub cache: CacheMetrics,
+}
+
+/// The result cache's metrics (`pgsidecar_cache_*`).
+pub struct CacheMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub stores: IntCounter,
+    /// By reason (`sql::cacheable::Refusal::label`).
+    pub refusals: IntCounterVec,
+    pub evictions: IntCounter,
+    pub invalidations: IntCounter,
+    pub single_flight_waits: IntCounter,
+    pub bytes: IntGauge,
+    pub entries: IntGauge,
+}
+
+impl CacheMetrics {
+    fn new(registry: &Registry, names: &std::cell::RefCell<Vec<String>>) -> CacheMetrics {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition is valid");
+            register(registry, names, &c);
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definition is valid");
+            register(registry, names, &g);
+            g
+        };
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "pgsidecar_cache_refusals_total",
+                "Reads of databases with cache rules that were not served from or stored in the cache, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric definition is valid");
+        register(registry, names, &refusals);
+        for refusal in crate::sql::cacheable::Refusal::ALL {
+            refusals.with_label_values(&[refusal.label()]);
+        }
+        CacheMetrics {
+            hits: counter("pgsidecar_cache_hits_total", "Requests answered from the result cache"),
+            misses: counter(
+                "pgsidecar_cache_misses_total",
+                "Cacheable requests not in the result cache (sent upstream, their replies recorded)",
+            ),
+            stores: counter("pgsidecar_cache_stores_total", "Replies stored in the result cache"),
+            refusals,
+            evictions: counter(
+                "pgsidecar_cache_evictions_total",
+                "Entries evicted from the result cache to stay within max_bytes",
+            ),
+            invalidations: counter(
+                "pgsidecar_cache_invalidations_total",
+                "Table invalidations (a committed write seen by this sidecar or announced by another), and flushes",
+            ),
+            single_flight_waits: counter(
+                "pgsidecar_cache_single_flight_waits_total",
+                "Misses that waited for another client's identical request instead of sending their own",
+            ),
+            bytes: gauge("pgsidecar_cache_bytes", "Bytes held by the result cache"),
+            entries: gauge("pgsidecar_cache_entries", "Entries in the result cache"),
+        }
+    }
 }
 
 impl Metrics {
@@ -322,6 +388,7 @@ impl Metrics {
             config_reloads,
             server_errors,
             tenant_throttled,
+            cache: CacheMetrics::new(&registry, &names),
             registry,
             names: {
                 let mut names = names.into_inner();

@@ -5,6 +5,7 @@
 //! so clients that ignore their own notifications keep working.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -69,6 +70,10 @@ pub struct Notifier {
     /// Server backend PID → the sidecar-issued PID of the client that last sent a
     /// notification through it.
     senders: Mutex<HashMap<i32, i32>>,
+    /// Odd while the listener connection is open and listening (its first query after
+    /// connecting answered), even while it is down; a new value for every connection, so
+    /// whoever relies on not missing a notification can tell a gap happened.
+    link: AtomicU64,
 }
 
 impl Notifier {
@@ -80,7 +85,32 @@ impl Notifier {
             metrics,
             commands: OnceLock::new(),
             senders: Mutex::new(HashMap::new()),
+            link: AtomicU64::new(0),
         }
+    }
+
+    /// The listener connection's link value: odd while it listens, even while it is down;
+    /// it changes whenever the connection is lost or opened again.
+    pub fn link(&self) -> u64 {
+        self.link.load(Ordering::Acquire)
+    }
+
+    /// The listener connection answered a query: it listens (odd).
+    fn link_up(&self) {
+        let _ = self
+            .link
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l % 2 == 0).then_some(l + 1)
+            });
+    }
+
+    /// The listener connection is gone (even): notifications may be missed until it is back.
+    fn link_down(&self) {
+        let _ = self
+            .link
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l % 2 == 1).then_some(l + 1)
+            });
     }
 
     /// Says that `client` now listens on `channels` (empty: on none), delivering to `sink`.
@@ -207,6 +237,7 @@ impl Notifier {
                     let mut out = BytesMut::new();
                     append_query(&mut out, &sql);
                     if c.write_all(&out).await.is_err() {
+                        self.link_down();
                         conn = None;
                         continue;
                     }
@@ -240,11 +271,13 @@ impl Notifier {
                 read = read => {
                     if let Err(e) = read {
                         tracing::warn!(error = %e, "the LISTEN connection was lost; notifications sent until it is back are missed");
+                        self.link_down();
                         conn = None;
                         continue;
                     }
                     if let Some(c) = conn.as_mut() {
                         if !self.dispatch(c, &mut listeners) {
+                            self.link_down();
                             conn = None;
                         }
                     }
@@ -297,6 +330,7 @@ impl Notifier {
                     }
                 }
                 READY_FOR_QUERY_TAG => {
+                    self.link_up();
                     for done in listeners.in_flight.pop_front().unwrap_or_default() {
                         let _ = done.send(());
                     }

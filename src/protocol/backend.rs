@@ -27,11 +27,19 @@ pub const PARAMETER_DESCRIPTION_TAG: u8 = b't';
 pub const EMPTY_QUERY_RESPONSE_TAG: u8 = b'I';
 pub const PORTAL_SUSPENDED_TAG: u8 = b's';
 pub const READY_FOR_QUERY_TAG: u8 = b'Z';
+pub const ROW_DESCRIPTION_TAG: u8 = b'T';
+pub const BIND_COMPLETE_TAG: u8 = b'2';
+pub const CLOSE_COMPLETE_TAG: u8 = b'3';
+pub const NO_DATA_TAG: u8 = b'n';
 
 /// `ParseComplete`, whole.
 pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
 /// `CloseComplete`, whole.
 pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+/// `BindComplete`, whole.
+pub const BIND_COMPLETE: &[u8] = &[b'2', 0, 0, 0, 4];
+/// `NoData`, whole.
+pub const NO_DATA: &[u8] = &[b'n', 0, 0, 0, 4];
 
 /// Authentication request codes (`AuthenticationXxx` messages).
 pub const AUTH_OK: i32 = 0;

@@ -22,6 +22,7 @@ use crate::protocol::backend::{
     NOTIFICATION_RESPONSE_TAG, PARAMETER_DESCRIPTION_TAG, PARAMETER_STATUS_TAG,
     PORTAL_SUSPENDED_TAG,
 };
+use crate::sql::cacheable::Writes;
 use crate::sql::settings::Settings;
 
 /// A deadline the relay acts on while attached.
@@ -162,6 +163,69 @@ pub(super) struct Batch {
     pub(super) copy_in: bool,
 }
 
+/// What the result cache follows on one server connection.
+#[derive(Debug, Default)]
+pub(super) struct CacheTrack {
+    /// The reply being recorded, and the number of the ReadyForQuery that ends it (the
+    /// attachment's `readies` once it has arrived).
+    pub(super) recording: Option<(u64, Box<crate::cache::Recording>)>,
+    /// What the client's request being sent may write, and whether it rolls the transaction
+    /// back (until its ReadyForQuery is asked for).
+    unsent: (Writes, bool),
+    /// Requests that may write (or roll back), by the number of their ReadyForQuery.
+    sent: VecDeque<(u64, Writes, bool)>,
+    /// What transactions that ended (not rolled back) wrote, not announced yet.
+    pub(super) ended: Writes,
+}
+
+impl CacheTrack {
+    /// Writes of the client's that may not have been announced yet: its next read must not
+    /// be served from the cache.
+    pub(super) fn unannounced(&self) -> bool {
+        !self.unsent.0.is_none() || !self.sent.is_empty() || !self.ended.is_none()
+    }
+
+    /// The recording the front reply (ReadyForQuery number `front`) is copied into, if any.
+    pub(super) fn recording_for(&mut self, front: u64) -> Option<&mut crate::cache::Recording> {
+        match &mut self.recording {
+            Some((n, rec)) if *n == front => Some(rec),
+            _ => None,
+        }
+    }
+
+    /// A message of the client's request may write `writes`; `rolls_back`: it ends the
+    /// transaction with ROLLBACK (what the transaction wrote before it is undone).
+    pub(super) fn note(&mut self, writes: &Writes, rolls_back: bool) {
+        self.unsent.0.add(writes);
+        self.unsent.1 |= rolls_back;
+    }
+
+    /// The client's request is answered by ReadyForQuery number `ready`.
+    pub(super) fn asked(&mut self, ready: u64) {
+        let (writes, rolls_back) = std::mem::take(&mut self.unsent);
+        if !writes.is_none() || rolls_back {
+            self.sent.push_back((ready, writes, rolls_back));
+        }
+    }
+
+    /// ReadyForQuery number `ready` said the transaction is over: what the requests up to it
+    /// wrote is to be announced, except what a ROLLBACK undid (every request of its
+    /// transaction is after the previous transaction's end).
+    pub(super) fn transaction_ended(&mut self, ready: u64) {
+        let mut transaction = Writes::None;
+        while self.sent.front().is_some_and(|(n, _, _)| *n <= ready) {
+            let Some((_, writes, rolls_back)) = self.sent.pop_front() else {
+                break;
+            };
+            if rolls_back {
+                transaction = Writes::None;
+            }
+            transaction.add(&writes);
+        }
+        self.ended.add(&transaction);
+    }
+}
+
 /// The rest of a backend message that is being streamed through.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Passthrough {
@@ -211,6 +275,8 @@ pub(super) struct Attachment {
     pub(super) upstream: crate::route::replica::Upstream,
     /// The client ran something on the primary that may have written (read-your-writes).
     pub(super) wrote: bool,
+    /// The result cache's business on this connection (its database has cache rules).
+    pub(super) cache: CacheTrack,
     /// A statement that may change the catalog ran on this attachment since the last
     /// transaction end the client asked for.
     pub(super) catalog_changed: bool,
@@ -336,6 +402,11 @@ impl ExpectQueue {
         self.entries.is_empty()
     }
 
+    /// Where the last entry the client asked for stands in the queue (0: the front).
+    fn last_client_position(&self) -> Option<usize> {
+        self.entries.iter().rposition(Expect::has_client_slot)
+    }
+
     pub(super) fn clear(&mut self) {
         self.entries.clear();
     }
@@ -412,6 +483,7 @@ impl Attachment {
             listened: false,
             upstream: crate::route::replica::Upstream::Primary,
             wrote: false,
+            cache: CacheTrack::default(),
             notified: false,
             catalog_changed: false,
             began: None,
@@ -587,6 +659,13 @@ impl Attachment {
             },
             _ => None,
         }
+    }
+
+    /// The number of the ReadyForQuery that answers the client's latest request (counted like
+    /// `readies`), if one is still to come.
+    pub(super) fn last_client_ready(&self) -> Option<u64> {
+        let position = self.expect.last_client_position()?;
+        Some(self.readies + 1 + position as u64)
     }
 
     /// Nothing in flight either way: no reply awaited, no batch open, no message half

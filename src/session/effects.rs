@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::state::{mentions_prepared, SqlPrepared};
 use crate::sql::cache::Classified;
+use crate::sql::cacheable::Writes;
 use crate::sql::classify::{Classification, Kind, StatementClass};
 
 /// One LISTEN or UNLISTEN.
@@ -77,6 +78,10 @@ pub struct Effects {
     pub ends_transaction: Option<bool>,
     /// COPY … FROM STDIN: the server reads the client's data after it.
     pub copy_from: bool,
+    /// The tables it may write (the result cache invalidates them once it commits).
+    pub writes: Writes,
+    /// A whole-transaction ROLLBACK.
+    pub rolls_back: bool,
     /// The sidecar's stand-in for a signal call whose PID is Bind parameter `n` (1-based):
     /// its Binds are looked at (`relay/signals.rs`).
     pub signal: Option<(crate::sql::signal::SignalKind, usize)>,
@@ -96,6 +101,7 @@ impl Effects {
             Arc::new(Effects {
                 capture: true,
                 catalog: true,
+                writes: Writes::Everything,
                 ..Effects::default()
             })
         }))
@@ -113,7 +119,16 @@ impl Effects {
             ..Effects::default()
         };
         effects.statements = statements.len();
+        // Writes a ROLLBACK later in the text undoes are not writes; those a COMMIT ended are.
+        let (mut committed, mut pending) = (Writes::None, Writes::None);
         for (i, statement) in statements.iter().enumerate() {
+            pending.add(&Writes::of(statement));
+            match statement.kind {
+                Kind::Commit => committed.add(&std::mem::take(&mut pending)),
+                Kind::Rollback => pending = Writes::None,
+                _ => {}
+            }
+            effects.rolls_back |= statement.kind == Kind::Rollback;
             effects.capture |= may_change_session(statement);
             effects.catalog |=
                 matches!(statement.kind, Kind::Ddl | Kind::Do | Kind::CreateFunction);
@@ -178,10 +193,13 @@ impl Effects {
                 _ => {}
             }
         }
+        committed.add(&pending);
+        effects.writes = committed;
         if effects.any()
             || effects.notifies
             || effects.catalog
             || effects.ends_transaction.is_some()
+            || !effects.writes.is_none()
         {
             Arc::new(effects)
         } else {

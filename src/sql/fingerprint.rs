@@ -238,7 +238,9 @@ impl Hint {
         let rest = text.strip_prefix("pgsidecar:")?;
         let pairs = rest
             .split(|c: char| c.is_whitespace() || c == ',')
-            .filter_map(|word| word.split_once('='))
+            .filter(|word| !word.is_empty())
+            // A bare word (`nocache`) is a flag: its value is empty.
+            .map(|word| word.split_once('=').unwrap_or((word, "")))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         Some(Hint { pairs })

@@ -2,6 +2,7 @@
 //! classifier, and the classification cache keyed by fingerprint.
 
 pub mod cache;
+pub mod cacheable;
 pub mod class;
 pub mod classify;
 pub mod fingerprint;

@@ -6,6 +6,7 @@
 //! data) run at once. What is held is bounded in bytes: past the bound the client is not read
 //! until the queue drains.
 
+use super::cached::CacheStep;
 use super::queue::LocalReply;
 use super::shards::Placed;
 use super::*;
@@ -128,7 +129,7 @@ impl Relay {
     }
 
     /// The session as the plan sees it.
-    fn session_view(&self) -> SessionView {
+    pub(super) fn session_view(&self) -> SessionView {
         let pin = match &self.phase {
             // Dropping the rest of a failed batch happens before any plan.
             Phase::Detached | Phase::SkipToSync => TxPin::None,
@@ -151,7 +152,10 @@ impl Relay {
     /// Requests are held and planned one by one (transaction mode, with replicas, shards or a
     /// statement rate), rather than forwarded as they come.
     fn routes(&self) -> bool {
-        (self.topology.is_some() || self.shards.is_some() || self.rate_limited)
+        (self.topology.is_some()
+            || self.shards.is_some()
+            || self.rate_limited
+            || self.cache.is_some())
             && self.mode == PoolMode::Transaction
     }
 
@@ -237,6 +241,14 @@ impl Relay {
                     }
                 }
             }
+            let recording = match self.consult_cache(len).await {
+                CacheStep::Hit(reply) => {
+                    self.serve_hit(len, reply);
+                    continue;
+                }
+                CacheStep::Record(recording) => Some(recording),
+                CacheStep::Pass => None,
+            };
             let target = match plan(&self.held_facts(len), &self.session_view()) {
                 Plan::Wait => return Ok(None),
                 Plan::Answer(local) => {
@@ -270,6 +282,9 @@ impl Relay {
                 if let Some(end) = self.on_client_frame(incoming, target).await? {
                     return Ok(Some(end));
                 }
+            }
+            if let Some(recording) = recording {
+                self.start_recording(recording);
             }
         }
         Ok(None)

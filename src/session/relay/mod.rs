@@ -51,6 +51,7 @@ use crate::sql::cache::Classified;
 use crate::sql::classify::Classification;
 use crate::stream::Stream;
 
+mod cached;
 mod checkout;
 mod intake;
 mod queue;
@@ -179,6 +180,8 @@ pub struct Relay {
     recent_shapes: crate::sql::cache::Recent,
     /// The replies owed to the client, in order.
     replies: queue::ReplyQueue,
+    /// The result cache of the client's database, when it has rules (transaction mode).
+    cache: Option<Arc<crate::cache::DatabaseCache>>,
     /// A server connection the client moved on from outside a transaction (a replica, when a
     /// request for the primary came behind reads in flight): it owes the front replies, gets
     /// no new requests, and is released once it has answered them. Only while attached.
@@ -229,6 +232,7 @@ impl Relay {
                 .map(|(databases, tables)| shards::Shards::new(databases, tables, &app.metrics)),
             recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
+            cache: database_cache(&live, &info.database.name, mode),
             earlier: None,
             last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,
@@ -270,6 +274,20 @@ impl Relay {
             outcome,
             Err(RelayError::Server(_) | RelayError::ServerFrame(_))
         );
+        if let Some(cache) = &self.cache {
+            // Writes that committed but were not announced (the client left first): this
+            // sidecar forgets them at least.
+            for att in [self.earlier.as_deref()]
+                .into_iter()
+                .flatten()
+                .chain(match &self.phase {
+                    Phase::Attached(att) => Some(&**att),
+                    _ => None,
+                })
+            {
+                cache.invalidate(&att.cache.ended);
+            }
+        }
         if let Some(earlier) = self.earlier.take() {
             if !server_lost {
                 clean_and_release(*earlier, self.mode).await;
@@ -562,6 +580,18 @@ impl Relay {
         self.app.metrics.client_bytes_sent.inc_by(n as u64);
         Ok(())
     }
+}
+
+/// The result cache of a database, in transaction mode.
+fn database_cache(
+    live: &crate::live::Live,
+    database: &str,
+    mode: PoolMode,
+) -> Option<Arc<crate::cache::DatabaseCache>> {
+    if mode != PoolMode::Transaction {
+        return None;
+    }
+    live.cache.as_ref()?.database(database).cloned()
 }
 
 /// Whether a client of `tenant` is held to a statement rate.

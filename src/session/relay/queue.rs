@@ -1,7 +1,8 @@
 //! The client's reply queue: one slot per request the client is owed an answer for, in the
 //! order it asked. A slot's source is the attached server connection (its replies are
 //! forwarded as they arrive, zero-copy) or the sidecar itself (a reply rendered when its turn
-//! comes: SQL DEALLOCATE of a protocol-level statement, `SET pgsidecar.route`). The attachment
+//! comes: SQL DEALLOCATE of a protocol-level statement, `SET pgsidecar.route`, a result-cache
+//! hit). The attachment
 //! keeps the server's side of the protocol (what each ReadyForQuery answers, injected
 //! statements whose replies are swallowed); this queue is what the client sees, so a reply the
 //! sidecar gives itself behind requests in flight keeps its place. No I/O here.
@@ -41,6 +42,8 @@ pub(super) enum LocalReply {
     BadRoute(String),
     /// A request that could not run (no server connection for it): its error.
     Failed(ErrorReport),
+    /// A request answered from the result cache: its reply without the ReadyForQuery.
+    Cached(bytes::Bytes),
 }
 
 impl LocalReply {
@@ -64,6 +67,7 @@ impl LocalReply {
             )
             .write(out),
             LocalReply::Failed(report) => report.write(out),
+            LocalReply::Cached(reply) => out.extend_from_slice(&reply),
         }
         backend::ready_for_query(out, status);
     }

@@ -106,6 +106,7 @@ impl Relay {
                 continue;
             }
             let mut reply = reply;
+            let recorded = record_inspected(att, header.tag);
             let range = cut + HEADER_LEN..cut + header.frame_len;
             let Inspected {
                 own_notifications,
@@ -118,6 +119,10 @@ impl Relay {
                 emit(client, conn, &mut cut, metrics).await?;
                 deliver_own_notifications(client, notifier, notifications, channel_prefix, metrics)
                     .await?;
+            }
+            if let Some(recording) = recorded {
+                // The recorded reply is complete: stored if it ended outside a transaction.
+                recording.finish(reply == Reply::Forward && att.status == TransactionStatus::Idle);
             }
             let conn = att.server.conn_mut();
             match reply {
@@ -147,6 +152,13 @@ impl Relay {
     /// captured if it may have changed, then the connection goes back to its pool — or stays,
     /// when what the client holds pins it.
     async fn after_replies(&mut self, which: Which) -> Result<(), RelayError> {
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let wrote = matches!(attachment(which, &mut self.phase, &mut self.earlier),
+            Some(att) if transaction_mode && att.is_quiet() && !att.cache.ended.is_none());
+        if wrote && self.announce_writes(which) {
+            // Released once the announcement is answered.
+            return Ok(());
+        }
         let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
             return Ok(());
         };
@@ -287,6 +299,27 @@ async fn render_due(
     Ok(())
 }
 
+/// What an inspected message means for a reply being recorded: an error spoils it; its
+/// ReadyForQuery ends it (returned, to be finished once the message is read). Other inspected
+/// messages (notices, ParameterStatus) are not replayed.
+fn record_inspected(att: &mut Attachment, tag: u8) -> Option<Box<crate::cache::Recording>> {
+    let front = att.readies + 1;
+    match tag {
+        ERROR_RESPONSE_TAG => {
+            if let Some(recording) = att.cache.recording_for(front) {
+                recording.spoil();
+            }
+            None
+        }
+        READY_FOR_QUERY_TAG => att
+            .cache
+            .recording
+            .take_if(|(n, _)| *n == front)
+            .map(|(_, recording)| recording),
+        _ => None,
+    }
+}
+
 /// Where [`stream_through`] left the server's bytes.
 enum Through {
     /// A message streamed through ended: look again.
@@ -322,6 +355,9 @@ async fn stream_through(
         emit(client, conn, cut, metrics).await?;
         conn.consume(take);
     } else {
+        if let Some(recording) = att.cache.recording_for(att.readies + 1) {
+            recording.extend(&conn.rbuf[*cut..*cut + take]);
+        }
         *cut += take;
     }
     pt.remaining -= take;
@@ -456,6 +492,9 @@ fn ready(
     let done = att.expect.pop_front();
     if done.is_some() {
         att.readies += 1;
+    }
+    if status == TransactionStatus::Idle {
+        att.cache.transaction_ended(att.readies);
     }
     let readies = att.readies;
     // Anything still pending for a finished batch was skipped by the server.

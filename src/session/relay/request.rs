@@ -187,7 +187,11 @@ impl Relay {
     }
 
     /// The effects and routing of a Query's or Parse's statement text.
-    fn effects(&self, frame: &Frame, classified: Option<&Classified>) -> (Arc<Effects>, Routing) {
+    pub(super) fn effects(
+        &self,
+        frame: &Frame,
+        classified: Option<&Classified>,
+    ) -> (Arc<Effects>, Routing) {
         let sql = frontend::statement_text(frame.tag(), frame.body());
         let (Some(sql), Some(classified)) = (sql, classified) else {
             return (Effects::none(), Routing::PRIMARY);
@@ -292,6 +296,15 @@ impl Relay {
             // Read-your-writes: this transaction may write on the primary.
             att.wrote = true;
         }
+        if self.cache.is_some()
+            && !att.upstream.is_replica()
+            && matches!(
+                u.frame.tag(),
+                frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG
+            )
+        {
+            att.cache.note(&u.effects.writes, u.effects.rolls_back);
+        }
         if u.effects.notifies {
             att.notified = true;
             let server_pid = att.server.conn_mut().key.process_id;
@@ -370,6 +383,7 @@ impl Relay {
                     att.push_expect(Expect {
                         source: Source::Sync(batch),
                     });
+                    att.cache.asked(att.requests);
                     self.replies.push_server(att.upstream);
                     if let Some(ends) = att.forget_parsed_at_sync.take() {
                         extended::forget_parsed_since_catalog_change(att, ends);
@@ -402,6 +416,7 @@ impl Relay {
             },
         });
         self.replies.push_server(att.upstream);
+        att.cache.asked(att.requests);
         if let (Some(ends), true) = (effects.ends_transaction, att.catalog_changed) {
             if in_batch || effects.copy_from {
                 // Not while the server may skip to a Sync or read COPY data: after the client's
@@ -424,7 +439,7 @@ impl Relay {
     }
 
     /// One more statement run by the client (and its tenant).
-    fn count_query(&self) {
+    pub(super) fn count_query(&self) {
         self.app.metrics.queries.inc();
         if let Some(c) = &self.tenant_queries {
             c.inc();

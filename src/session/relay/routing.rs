@@ -29,6 +29,7 @@ impl Relay {
             self.recent_shapes = Default::default();
         }
         self.live = Arc::clone(&live);
+        self.cache = super::database_cache(&live, &self.info.database.name, self.mode);
         if !transaction_mode {
             // A session-mode client keeps its server connection: new settings, same database.
             return;

@@ -1,0 +1,293 @@
+//! The result cache in the relay: a complete held request that is one whitelisted read,
+//! outside a transaction and not behind a write of the client's own that has not been
+//! announced, is looked up under its key (`cache/key.rs`). A hit is a reply the sidecar gives
+//! itself in its turn (the recorded RowDescription, rows and CommandComplete, with what the
+//! request's own messages ask for around them: ParseComplete, BindComplete, NoData); a miss
+//! goes upstream with a recording of its reply (or waits for the client already fetching the
+//! same key). Writes a transaction made are announced once it has ended (`announce_writes`).
+
+use super::*;
+use crate::cache::key::{Asker, KeyBuilder};
+use crate::cache::{DatabaseCache, Lookup, Recording, Start};
+use crate::protocol::backend::{BIND_COMPLETE, NO_DATA, PARSE_COMPLETE};
+use crate::route::plan::TxPin;
+use crate::sql::cacheable::{judge, Cacheable, Refusal};
+use bytes::BytesMut;
+
+/// What the cache does for a request.
+pub(super) enum CacheStep {
+    /// Answered from memory: the reply up to (not including) its ReadyForQuery.
+    Hit(Bytes),
+    /// Sent upstream; its reply is recorded.
+    Record(Box<Recording>),
+    /// Nothing: sent upstream as it is.
+    Pass,
+}
+
+/// A cacheable request: its key, what makes it cacheable, and what its messages ask for.
+struct Request {
+    key: Box<[u8]>,
+    cacheable: Cacheable,
+    /// The request's message tags, in order (`Q`, or `P`/`B`/`D`/`E`/`S`).
+    tags: Vec<u8>,
+}
+
+/// The Parse message body after the statement's name (text and parameter types).
+fn after_name(body: &[u8]) -> Option<&[u8]> {
+    split_cstr(body).map(|(_, rest)| rest)
+}
+
+impl Relay {
+    /// The cache's part in the first `len` held frames (one complete request).
+    pub(super) async fn consult_cache(&mut self, len: usize) -> CacheStep {
+        let Some(cache) = self.cache.clone() else {
+            return CacheStep::Pass;
+        };
+        let request = match self.cacheable_request(len, &cache) {
+            Ok(request) => request,
+            Err(refusal) => {
+                cache.refused(refusal);
+                return CacheStep::Pass;
+            }
+        };
+        match cache.lookup(&request.key, true) {
+            Lookup::Hit(entry) => return CacheStep::Hit(hit_reply(&entry, &request.tags)),
+            Lookup::Offline => return CacheStep::Pass,
+            Lookup::Miss => {}
+        }
+        // A client with replies still owed cannot wait for another's (it may be its own).
+        let alone = self.owes_replies();
+        let rx = match cache.start(request.key.clone(), &request.cacheable, alone) {
+            Start::Record(recording) => return CacheStep::Record(recording),
+            Start::Wait(rx) => rx,
+        };
+        let mut rx = rx;
+        let timeout = self.live.config.pool.checkout_timeout;
+        // Woken when the other client's reply is stored or given up (its sender goes).
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+        match cache.lookup(&request.key, false) {
+            Lookup::Hit(entry) => CacheStep::Hit(hit_reply(&entry, &request.tags)),
+            Lookup::Offline => CacheStep::Pass,
+            Lookup::Miss => match cache.start(request.key, &request.cacheable, true) {
+                Start::Record(recording) => CacheStep::Record(recording),
+                Start::Wait(_) => CacheStep::Pass,
+            },
+        }
+    }
+
+    /// The key of the first `len` held frames, if they are one cacheable read the client may
+    /// be answered from the cache now.
+    fn cacheable_request(&mut self, len: usize, cache: &DatabaseCache) -> Result<Request, Refusal> {
+        match self.session_view().pin {
+            TxPin::None => {}
+            TxPin::Attached(_) => {
+                let unannounced =
+                    |att: &Attachment| att.wrote || att.cache.unannounced() || att.batch.is_some();
+                let current = matches!(&self.phase, Phase::Attached(att) if unannounced(att));
+                if current || self.earlier.as_deref().is_some_and(unannounced) {
+                    return Err(Refusal::Transaction);
+                }
+            }
+            TxPin::HeldBegin | TxPin::Pinned(_) => return Err(Refusal::Transaction),
+        }
+        let asker = Asker {
+            database: &self.info.database.name,
+            tenant: self.info.tenant.as_deref(),
+            role: self.info.grant.as_ref().and_then(|g| g.role.as_deref()),
+            claims: self.info.grant.as_ref().and_then(|g| g.claims.as_deref()),
+            settings: &self.info.state.settings,
+        };
+        let mut key = KeyBuilder::new(&asker);
+        let tags: Vec<u8> = self.held.iter().take(len).map(|(f, _)| f.tag()).collect();
+        let classified = match tags.as_slice() {
+            [frontend::QUERY_TAG] => {
+                let (frame, classified) = &self.held[0];
+                let text = frontend::query_text(frame.body()).ok_or(Refusal::Shape)?;
+                key.query(text);
+                classified.clone().ok_or(Refusal::NotUnderstood)?
+            }
+            _ => self.extended_key(len, &tags, &mut key)?,
+        };
+        let cacheable = judge(&classified, cache.rules())?;
+        Ok(Request {
+            key: key.finish(),
+            cacheable,
+            tags,
+        })
+    }
+
+    /// The key parts of an extended request — an optional Parse, a Bind, an optional Describe
+    /// of its portal, an Execute with no row limit and a Sync — and the classification of the
+    /// statement it runs.
+    fn extended_key(
+        &mut self,
+        len: usize,
+        tags: &[u8],
+        key: &mut KeyBuilder,
+    ) -> Result<Classified, Refusal> {
+        use frontend::{BIND_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG, SYNC_TAG};
+        let shapes: [&[u8]; 4] = [b"PBDES", b"PBES", b"BDES", b"BES"];
+        if !shapes.contains(&tags) {
+            return Err(Refusal::Shape);
+        }
+        let mut parsed: Option<(&[u8], &[u8], Option<&Classified>)> = None;
+        let mut statement: Option<(Bytes, Option<Classified>)> = None;
+        for (frame, classified) in self.held.iter().take(len) {
+            let body = frame.body();
+            match frame.tag() {
+                PARSE_TAG => {
+                    let (name, _) = frontend::parse_text(body).ok_or(Refusal::Shape)?;
+                    let rest = after_name(body).ok_or(Refusal::Shape)?;
+                    key.parse(rest);
+                    parsed = Some((name, rest, classified.as_ref()));
+                }
+                BIND_TAG => {
+                    let (_, rest) = split_cstr(body).ok_or(Refusal::Shape)?;
+                    let (name, parameters) = split_cstr(rest).ok_or(Refusal::Shape)?;
+                    let (text_and_types, classified) = match parsed {
+                        Some((parsed_name, rest, classified)) if parsed_name == name => {
+                            (Bytes::copy_from_slice(rest), classified.cloned())
+                        }
+                        Some(_) => return Err(Refusal::Shape),
+                        None => (self.statement_body(name).ok_or(Refusal::Shape)?, None),
+                    };
+                    key.bind(&text_and_types, parameters);
+                    statement = Some((text_and_types, classified));
+                }
+                DESCRIBE_TAG if body.first() == Some(&b'P') => key.describe(),
+                EXECUTE_TAG => {
+                    let (_, limit) = split_cstr(body).ok_or(Refusal::Shape)?;
+                    if limit != [0, 0, 0, 0] {
+                        return Err(Refusal::Shape);
+                    }
+                    key.execute();
+                }
+                SYNC_TAG => {}
+                _ => return Err(Refusal::Shape),
+            }
+        }
+        let (text_and_types, classified) = statement.ok_or(Refusal::Shape)?;
+        match classified {
+            Some(classified) => Ok(classified),
+            None => {
+                let text = frontend::query_text(&text_and_types).ok_or(Refusal::Shape)?;
+                Ok(self
+                    .live
+                    .classifier
+                    .classify_recent(text, &mut self.recent_shapes))
+            }
+        }
+    }
+
+    /// The text and parameter types of a statement the client prepared earlier.
+    fn statement_body(&self, name: &[u8]) -> Option<Bytes> {
+        let parse = match name {
+            b"" => self.statements.unnamed.as_ref()?,
+            name => &self.statements.get(name)?.parse,
+        };
+        let body = parse.get(HEADER_LEN..)?;
+        let rest = after_name(body)?;
+        Some(parse.slice_ref(rest))
+    }
+
+    /// Answers the first `len` held frames from the cache: Parses in them are the client's
+    /// statements now, as if the server had parsed them.
+    pub(super) fn serve_hit(&mut self, len: usize, reply: Bytes) {
+        for _ in 0..len {
+            let Some((frame, classified)) = self.held.pop_front() else {
+                break;
+            };
+            match frame.tag() {
+                frontend::PARSE_TAG => self.adopt_parse(&frame, classified.as_ref()),
+                frontend::QUERY_TAG => {
+                    // A simple Query destroys the unnamed statement, as in Postgres.
+                    self.statements.unnamed = None;
+                    self.forget_unnamed_upstream();
+                    self.count_query();
+                }
+                frontend::EXECUTE_TAG => self.count_query(),
+                _ => {}
+            }
+        }
+        self.answer_in_turn(queue::LocalReply::Cached(reply));
+    }
+
+    /// A Parse answered from the cache: the statement is the client's (prepared on a server
+    /// connection when one first needs it).
+    fn adopt_parse(&mut self, frame: &Frame, classified: Option<&Classified>) {
+        let (effects, routing) = self.effects(frame, classified);
+        let Some((name, rest)) = split_cstr(frame.body()) else {
+            return;
+        };
+        if name.is_empty() {
+            self.statements.unnamed = Some(frame.as_bytes().clone());
+            self.statements.unnamed_effects = effects;
+            self.statements.unnamed_routing = Some(routing);
+            self.forget_unnamed_upstream();
+        } else {
+            self.statements.register(name, rest, effects, routing);
+        }
+    }
+
+    /// The attached server connection's unnamed statement is no longer the client's.
+    fn forget_unnamed_upstream(&mut self) {
+        if let Phase::Attached(att) = &mut self.phase {
+            att.unnamed_ready = false;
+        }
+    }
+
+    /// The request just sent is recorded as its reply is forwarded.
+    pub(super) fn start_recording(&mut self, recording: Box<Recording>) {
+        if let Phase::Attached(att) = &mut self.phase {
+            if let Some(ready) = att.last_client_ready() {
+                att.cache.recording = Some((ready, recording));
+            }
+        }
+    }
+
+    /// A quiet connection's ended transactions wrote tables: this sidecar's cache forgets
+    /// them now, and the connection tells every sidecar (its reply swallowed). Returns whether
+    /// it sent the announcement (the connection is not quiet any more).
+    pub(super) fn announce_writes(&mut self, which: Which) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
+            return false;
+        };
+        let ended = std::mem::take(&mut att.cache.ended);
+        cache.invalidate(&ended);
+        let Some(sql) = crate::cache::notify_sql(&ended) else {
+            return false;
+        };
+        frontend::append_query(&mut att.wbuf, &sql);
+        att.push_expect(Expect {
+            source: Source::Sidecar,
+        });
+        true
+    }
+}
+
+/// The reply a hit gives a request with these message tags, without its ReadyForQuery.
+fn hit_reply(entry: &crate::cache::Entry, tags: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    for &tag in tags {
+        match tag {
+            frontend::QUERY_TAG => {
+                if let Some(rd) = &entry.row_description {
+                    out.extend_from_slice(rd);
+                }
+                out.extend_from_slice(&entry.rows);
+            }
+            frontend::PARSE_TAG => out.extend_from_slice(PARSE_COMPLETE),
+            frontend::BIND_TAG => out.extend_from_slice(BIND_COMPLETE),
+            frontend::DESCRIBE_TAG => match &entry.row_description {
+                Some(rd) => out.extend_from_slice(rd),
+                None => out.extend_from_slice(NO_DATA),
+            },
+            frontend::EXECUTE_TAG => out.extend_from_slice(&entry.rows),
+            _ => {}
+        }
+    }
+    out.freeze()
+}

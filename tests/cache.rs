@@ -1,0 +1,370 @@
+//! The result cache against a real server, with two sidecars on one database: a write
+//! committed through one invalidates the other's entry (a rolled-back one does not), a client
+//! always reads its own committed write, a direct write invalidates once `cache-sql`'s
+//! triggers are installed, tenants never receive each other's cached rows, uncacheable reads
+//! are never stored, both protocols and pipelined hits keep their order, and after concurrent
+//! writers and readers every cached answer equals a direct query.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pgsidecar::listener::Running;
+use support::*;
+
+const READ: &str = "SELECT name FROM products WHERE id = $1";
+
+/// A database with whitelisted tables `products` and `prices`, an RLS table `items`, a table
+/// `orders` that no rule names, and the TOML of a sidecar with a result cache in front of it
+/// (its upstream role does not own the tables).
+fn setup(prefix: &str) -> (String, String) {
+    let name = fresh_user(prefix);
+    install_tenancy_sql(&name);
+    let app = format!("{name}_app");
+    pg().psql(
+        &name,
+        &format!(
+            "CREATE ROLE {app} LOGIN PASSWORD '{PASSWORD}';
+             CREATE TABLE products (id int PRIMARY KEY, name text);
+             CREATE TABLE prices (id int PRIMARY KEY, price int);
+             CREATE TABLE orders (id int PRIMARY KEY);
+             CREATE TABLE items (tenant_id text NOT NULL, v int);
+             ALTER TABLE products OWNER TO {name};
+             ALTER TABLE prices OWNER TO {name};
+             ALTER TABLE items OWNER TO {name};
+             ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON items
+                 USING (tenant_id = current_setting('app.tenant_id', true));
+             INSERT INTO products SELECT i, 'p' || i FROM generate_series(0, 20) i;
+             INSERT INTO prices SELECT i, i FROM generate_series(0, 20) i;
+             INSERT INTO items VALUES ('acme', 1), ('acme', 2), ('globex', 10);
+             GRANT SELECT, INSERT, UPDATE, DELETE ON products, prices, orders, items TO {app};"
+        ),
+    )
+    .unwrap();
+    let toml = base_toml(&name, "size = 4\ncheckout_timeout = \"10s\"").replace(
+        &pg().url(&name, PASSWORD, &name),
+        &pg().url(&app, PASSWORD, &name),
+    ) + TENANCY
+        + "setting = \"app.tenant_id\"\n"
+        + &format!(
+            "\n[cache]\nmax_bytes = \"8MiB\"\nttl = \"300s\"\n\
+             [[cache.rule]]\ndatabase = \"{name}\"\ntables = [\"products\", \"public.prices\", \"items\"]\n"
+        );
+    (name, toml)
+}
+
+async fn counter(sidecar: &Running, name: &str) -> f64 {
+    scrape(sidecar.metrics_addr, name).await.unwrap_or(0.0)
+}
+
+/// Polls (bounded: 20 s) until the counter `name` is at least `value`.
+async fn until_at_least(addr: SocketAddr, name: &str, value: f64) {
+    for _ in 0..1000 {
+        if scrape(addr, name).await.unwrap_or(0.0) >= value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name} never reached {value}");
+}
+
+async fn read(client: &tokio_postgres::Client, id: i32) -> String {
+    client.query_one(READ, &[&id]).await.unwrap().get(0)
+}
+
+/// Reads `id` until the sidecar has a reply of it stored: the read was stored or served from
+/// the cache (its cache listens for invalidations only once its LISTEN connection is up; until
+/// then nothing is stored).
+async fn until_stored(sidecar: &Running, client: &tokio_postgres::Client, id: i32) {
+    let cached = || async {
+        counter(sidecar, "pgsidecar_cache_stores_total").await
+            + counter(sidecar, "pgsidecar_cache_hits_total").await
+    };
+    for _ in 0..500 {
+        let before = cached().await;
+        read(client, id).await;
+        if cached().await > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = http_get(sidecar.metrics_addr, "/metrics").await.1;
+    let cache: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("pgsidecar_cache"))
+        .collect();
+    panic!("the cache never stored a read: {cache:#?}");
+}
+
+/// Reads `id` through `client` until it says `value` (bounded: 20 s); returns how long.
+async fn until_reads(client: &tokio_postgres::Client, id: i32, value: &str) -> Duration {
+    let started = Instant::now();
+    for _ in 0..2000 {
+        if read(client, id).await == value {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("product {id} never read {value:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_sidecar_invalidate_the_other() {
+    let (name, toml) = setup("cache_x");
+    let (a, b) = (start(&toml).await, start(&toml).await);
+    let ca = tenant_client(&a, &name, "acme").await;
+    let cb = tenant_client(&b, &name, "acme").await;
+    until_stored(&b, &cb, 1).await;
+    let hits = counter(&b, "pgsidecar_cache_hits_total").await;
+    assert_eq!(read(&cb, 1).await, "p1");
+    assert_eq!(counter(&b, "pgsidecar_cache_hits_total").await, hits + 1.0);
+
+    // Committed through A: B's entry goes once the notification arrives.
+    ca.execute("UPDATE products SET name = 'banana' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let delay = until_reads(&cb, 1, "banana").await;
+    eprintln!("commit through A to a fresh read through B: {delay:?}");
+
+    // A client reads its own committed write at once (its sidecar forgot the entry before
+    // the client could ask again).
+    until_stored(&a, &ca, 1).await;
+    ca.execute("UPDATE products SET name = 'cherry' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(read(&ca, 1).await, "cherry");
+    until_reads(&cb, 1, "cherry").await;
+    until_stored(&b, &cb, 1).await;
+
+    // A rolled-back write announces nothing: B's entry survives a later committed write to
+    // another table, whose notification B has handled.
+    let invalidations = counter(&b, "pgsidecar_cache_invalidations_total").await;
+    ca.batch_execute("BEGIN; UPDATE products SET name = 'durian' WHERE id = 1; ROLLBACK")
+        .await
+        .unwrap();
+    ca.simple_query("BEGIN").await.unwrap();
+    ca.execute("UPDATE products SET name = 'elder' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    ca.simple_query("ROLLBACK").await.unwrap();
+    ca.execute("UPDATE prices SET price = 42 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    until_at_least(
+        b.metrics_addr,
+        "pgsidecar_cache_invalidations_total",
+        invalidations + 1.0,
+    )
+    .await;
+    let hits = counter(&b, "pgsidecar_cache_hits_total").await;
+    assert_eq!(read(&cb, 1).await, "cherry");
+    assert_eq!(counter(&b, "pgsidecar_cache_hits_total").await, hits + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_invalidate_once_the_triggers_are_installed() {
+    let (name, toml) = setup("cache_direct");
+    let config = pgsidecar::config::Config::from_toml(&toml, &Default::default()).unwrap();
+    let sql = pgsidecar::cache::cache_sql(config.cache.as_ref().unwrap());
+    assert!(sql.contains("CREATE TRIGGER"), "{sql}");
+    pg().psql(&name, &sql)
+        .expect("the cache-sql output installs");
+    let sidecar = start(&toml).await;
+    let client = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &client, 2).await;
+    let direct = connect_direct_superuser(&name).await;
+    direct
+        .execute("UPDATE products SET name = 'direct' WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let delay = until_reads(&client, 2, "direct").await;
+    eprintln!("direct commit to a fresh read through the sidecar: {delay:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_receive_each_others_cached_rows() {
+    let (name, toml) = setup("cache_tenants");
+    let sidecar = start(&toml).await;
+    let acme = tenant_client(&sidecar, &name, "acme").await;
+    let globex = tenant_client(&sidecar, &name, "globex").await;
+    until_stored(&sidecar, &acme, 3).await;
+    let values =
+        |rows: Vec<tokio_postgres::Row>| -> Vec<i32> { rows.iter().map(|r| r.get(0)).collect() };
+    let sql = "SELECT v FROM items WHERE v > $1 ORDER BY v";
+    let hits = counter(&sidecar, "pgsidecar_cache_hits_total").await;
+    for _ in 0..3 {
+        assert_eq!(values(acme.query(sql, &[&0]).await.unwrap()), vec![1, 2]);
+        assert_eq!(values(globex.query(sql, &[&0]).await.unwrap()), vec![10]);
+        // The simple protocol too, same text for both tenants.
+        let simple = "SELECT v FROM items ORDER BY v";
+        let rows = |m: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+            m.iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(rows(acme.simple_query(simple).await.unwrap()), ["1", "2"]);
+        assert_eq!(rows(globex.simple_query(simple).await.unwrap()), ["10"]);
+    }
+    // Rounds two and three were served from memory, each tenant its own.
+    assert!(counter(&sidecar, "pgsidecar_cache_hits_total").await >= hits + 8.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_reads_are_never_stored() {
+    let (name, toml) = setup("cache_refused");
+    let sidecar = start(&toml).await;
+    let client = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &client, 4).await;
+    let stores = counter(&sidecar, "pgsidecar_cache_stores_total").await;
+    let hits = counter(&sidecar, "pgsidecar_cache_hits_total").await;
+    for _ in 0..2 {
+        for sql in [
+            "SELECT name, now() FROM products WHERE id = 5",
+            "SELECT name, random() FROM products WHERE id = 5",
+            "SELECT name FROM products WHERE id = 5 FOR UPDATE",
+            "SELECT id FROM orders",
+            "SELECT relname FROM pg_class WHERE relname = 'products'",
+            "/* pgsidecar: nocache */ SELECT name FROM products WHERE id = 5",
+        ] {
+            client.simple_query(sql).await.unwrap();
+        }
+        // Inside a transaction that wrote.
+        client
+            .batch_execute(
+                "BEGIN; UPDATE prices SET price = price WHERE id = 5; \
+                 SELECT name FROM products WHERE id = 5; COMMIT",
+            )
+            .await
+            .unwrap();
+        client.simple_query("BEGIN").await.unwrap();
+        client
+            .query_one("SELECT name FROM products WHERE id = 6", &[])
+            .await
+            .unwrap();
+        client.simple_query("COMMIT").await.unwrap();
+        // A temporary table (pins the session to its connection).
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS scratch (x int); SELECT * FROM pg_temp.scratch",
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        counter(&sidecar, "pgsidecar_cache_stores_total").await,
+        stores
+    );
+    assert_eq!(counter(&sidecar, "pgsidecar_cache_hits_total").await, hits);
+    let refusals = scrape_text(&sidecar).await;
+    for reason in [
+        "function",
+        "locking",
+        "not_whitelisted",
+        "catalog",
+        "hint",
+        "transaction",
+    ] {
+        let line = format!("pgsidecar_cache_refusals_total{{reason=\"{reason}\"}}");
+        assert!(
+            metric(&refusals, &line).unwrap_or(0.0) > 0.0,
+            "no refusal for {reason}"
+        );
+    }
+}
+
+async fn scrape_text(sidecar: &Running) -> String {
+    http_get(sidecar.metrics_addr, "/metrics").await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_hits_between_misses_keep_their_order() {
+    let (name, toml) = setup("cache_pipeline");
+    let sidecar = start(&toml).await;
+    let client = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &client, 7).await;
+    until_stored(&sidecar, &client, 8).await;
+    let statement = client.prepare(READ).await.unwrap();
+    for round in 0..3 {
+        // tokio-postgres sends these together on one connection: hits (7, 8) and misses (the
+        // others, fresh each round) interleaved; each reply must be its own request's.
+        let ids = [7, 9 + round, 8, 12 + round, 7];
+        let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+            ids.iter().map(|id| [id as _]).collect();
+        let (r0, r1, r2, r3, r4) = tokio::join!(
+            client.query_one(&statement, &params[0]),
+            client.query_one(&statement, &params[1]),
+            client.query_one(&statement, &params[2]),
+            client.query_one(&statement, &params[3]),
+            client.query_one(&statement, &params[4]),
+        );
+        for (id, row) in ids.iter().zip([r0, r1, r2, r3, r4]) {
+            let got: String = row.unwrap().get(0);
+            assert_eq!(got, format!("p{id}"), "round {round}");
+        }
+    }
+    assert!(counter(&sidecar, "pgsidecar_cache_hits_total").await >= 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_concurrent_writers_and_readers_every_cached_answer_is_current() {
+    let (name, toml) = setup("cache_stress");
+    let (a, b) = (start(&toml).await, start(&toml).await);
+    let probe = tenant_client(&b, &name, "acme").await;
+    until_stored(&b, &probe, 0).await;
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let client = tenant_client(&a, &name, "acme").await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let id = 1 + (i * 7 + w * 3) % 20;
+                client
+                    .execute(
+                        "UPDATE products SET name = $1 WHERE id = $2",
+                        &[&format!("w{w}-{i}"), &id],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for (r, sidecar) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let client = tenant_client(sidecar, &name, "acme").await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..300 {
+                let id = 1 + (i * 5 + r) % 20;
+                client.query_one(READ, &[&(id as i32)]).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Quiescence: a last write through A; once B reads it, B has handled every notification
+    // before it (they arrive in commit order).
+    let writer = tenant_client(&a, &name, "acme").await;
+    writer
+        .execute("UPDATE products SET name = 'last' WHERE id = 0", &[])
+        .await
+        .unwrap();
+    until_reads(&probe, 0, "last").await;
+    let direct = connect_direct_superuser(&name).await;
+    let readers = [&writer, &probe];
+    for id in 1..=20 {
+        let truth: String = direct
+            .query_one("SELECT name FROM products WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        for client in readers {
+            for _ in 0..2 {
+                assert_eq!(read(client, id).await, truth, "product {id}");
+            }
+        }
+    }
+    assert!(counter(&b, "pgsidecar_cache_hits_total").await > 0.0);
+}
