@@ -11,6 +11,9 @@ use support::*;
 
 /// The virtualenv's python, with psycopg installed (created on first use).
 fn python_with_psycopg() -> PathBuf {
+    // The tests of this binary run at once: one creates the virtualenv, the others wait.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|e| e.into_inner());
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pydeps");
     let python = venv.join("bin/python");
     let has_psycopg = |python: &PathBuf| {
