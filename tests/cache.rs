@@ -261,19 +261,36 @@ async fn uncacheable_reads_are_never_stored() {
     );
     assert_eq!(counter(&sidecar, "pgsidecar_cache_hits_total").await, hits);
     let refusals = scrape_text(&sidecar).await;
-    for reason in [
-        "function",
-        "locking",
-        "not_whitelisted",
-        "catalog",
-        "hint",
-        "transaction",
-    ] {
+    for reason in ["function", "locking", "not_whitelisted", "catalog", "hint"] {
         let line = format!("pgsidecar_cache_refusals_total{{reason=\"{reason}\"}}");
         assert!(
             metric(&refusals, &line).unwrap_or(0.0) > 0.0,
             "no refusal for {reason}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_use_the_cache_only_when_allowed() {
+    let (name, toml) = setup("cache_ro");
+    let allowed = toml.replace("[cache]\n", "[cache]\nin_read_only_transactions = true\n");
+    for (toml, served) in [(toml, false), (allowed, true)] {
+        let sidecar = start(&toml).await;
+        let client = tenant_client(&sidecar, &name, "acme").await;
+        until_stored(&sidecar, &client, 3).await;
+        let hits = counter(&sidecar, "pgsidecar_cache_hits_total").await;
+        eprintln!("pass {served}: begin read only");
+        client.batch_execute("BEGIN READ ONLY").await.unwrap();
+        assert_eq!(read(&client, 3).await, "p3");
+        client.batch_execute("COMMIT").await.unwrap();
+        let hit = counter(&sidecar, "pgsidecar_cache_hits_total").await > hits;
+        assert_eq!(hit, served, "in_read_only_transactions = {served}");
+        // A transaction that may write never uses the cache.
+        let hits = counter(&sidecar, "pgsidecar_cache_hits_total").await;
+        client.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(read(&client, 3).await, "p3");
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(counter(&sidecar, "pgsidecar_cache_hits_total").await, hits);
     }
 }
 

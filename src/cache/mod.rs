@@ -206,6 +206,7 @@ impl DatabaseCache {
 
     /// Counts a read that was neither served nor stored.
     pub fn refused(&self, refusal: Refusal) {
+        tracing::trace!(reason = refusal.label(), "not cached");
         self.metrics
             .cache
             .refusals

@@ -169,20 +169,33 @@ pub(super) struct CacheTrack {
     /// The reply being recorded, and the number of the ReadyForQuery that ends it (the
     /// attachment's `readies` once it has arrived).
     pub(super) recording: Option<(u64, Box<crate::cache::Recording>)>,
-    /// What the client's request being sent may write, and whether it rolls the transaction
-    /// back (until its ReadyForQuery is asked for).
-    unsent: (Writes, bool),
+    /// What the client's request being sent does (until its ReadyForQuery is asked for).
+    unsent: Unsent,
     /// Requests that may write (or roll back), by the number of their ReadyForQuery.
     sent: VecDeque<(u64, Writes, bool)>,
+    /// The number of the ReadyForQuery of the last request that began a transaction.
+    began: u64,
+    /// The number of the ReadyForQuery of the request that declared the transaction in
+    /// progress READ ONLY.
+    read_only: Option<u64>,
     /// What transactions that ended (not rolled back) wrote, not announced yet.
     pub(super) ended: Writes,
+}
+
+/// What the messages of the request being sent do, for the cache.
+#[derive(Debug, Default)]
+struct Unsent {
+    writes: Writes,
+    rolls_back: bool,
+    begins: bool,
+    read_only: bool,
 }
 
 impl CacheTrack {
     /// Writes of the client's that may not have been announced yet: its next read must not
     /// be served from the cache.
     pub(super) fn unannounced(&self) -> bool {
-        !self.unsent.0.is_none() || !self.sent.is_empty() || !self.ended.is_none()
+        !self.unsent.writes.is_none() || !self.sent.is_empty() || !self.ended.is_none()
     }
 
     /// The recording the front reply (ReadyForQuery number `front`) is copied into, if any.
@@ -193,18 +206,39 @@ impl CacheTrack {
         }
     }
 
-    /// A message of the client's request may write `writes`; `rolls_back`: it ends the
-    /// transaction with ROLLBACK (what the transaction wrote before it is undone).
-    pub(super) fn note(&mut self, writes: &Writes, rolls_back: bool) {
-        self.unsent.0.add(writes);
-        self.unsent.1 |= rolls_back;
+    /// A message of the client's request runs a statement with these effects: what it may
+    /// write, whether it rolls the transaction back (undoing what the transaction wrote
+    /// before), begins one, or declares it READ ONLY.
+    pub(super) fn note(&mut self, effects: &crate::session::effects::Effects) {
+        self.unsent.writes.add(&effects.writes);
+        self.unsent.rolls_back |= effects.rolls_back;
+        self.unsent.begins |= effects.begins;
+        self.unsent.read_only |= effects.read_only_transaction;
+    }
+
+    /// Whether a request in flight (past ReadyForQuery number `readies`) may have begun a
+    /// transaction the attachment's status does not show yet.
+    pub(super) fn may_begin(&self, readies: u64) -> bool {
+        self.unsent.begins || self.began > readies
+    }
+
+    /// Whether the transaction in progress was declared READ ONLY.
+    pub(super) fn read_only(&self) -> bool {
+        self.read_only.is_some()
     }
 
     /// The client's request is answered by ReadyForQuery number `ready`.
     pub(super) fn asked(&mut self, ready: u64) {
-        let (writes, rolls_back) = std::mem::take(&mut self.unsent);
-        if !writes.is_none() || rolls_back {
-            self.sent.push_back((ready, writes, rolls_back));
+        let unsent = std::mem::take(&mut self.unsent);
+        if unsent.begins {
+            self.began = ready;
+        }
+        if unsent.read_only {
+            self.read_only = Some(ready);
+        }
+        if !unsent.writes.is_none() || unsent.rolls_back {
+            self.sent
+                .push_back((ready, unsent.writes, unsent.rolls_back));
         }
     }
 
@@ -212,6 +246,9 @@ impl CacheTrack {
     /// wrote is to be announced, except what a ROLLBACK undid (every request of its
     /// transaction is after the previous transaction's end).
     pub(super) fn transaction_ended(&mut self, ready: u64) {
+        if self.read_only.is_some_and(|n| n <= ready) {
+            self.read_only = None;
+        }
         let mut transaction = Writes::None;
         while self.sent.front().is_some_and(|(n, _, _)| *n <= ready) {
             let Some((_, writes, rolls_back)) = self.sent.pop_front() else {

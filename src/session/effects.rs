@@ -82,6 +82,10 @@ pub struct Effects {
     pub writes: Writes,
     /// A whole-transaction ROLLBACK.
     pub rolls_back: bool,
+    /// BEGIN / START TRANSACTION: a transaction may be open after it.
+    pub begins: bool,
+    /// BEGIN READ ONLY or SET TRANSACTION READ ONLY: the transaction cannot write.
+    pub read_only_transaction: bool,
     /// The sidecar's stand-in for a signal call whose PID is Bind parameter `n` (1-based):
     /// its Binds are looked at (`relay/signals.rs`).
     pub signal: Option<(crate::sql::signal::SignalKind, usize)>,
@@ -129,6 +133,17 @@ impl Effects {
                 _ => {}
             }
             effects.rolls_back |= statement.kind == Kind::Rollback;
+            effects.begins |= matches!(statement.kind, Kind::Begin { .. });
+            effects.read_only_transaction |= matches!(
+                statement.kind,
+                Kind::Begin {
+                    read_only: Some(true),
+                    ..
+                } | Kind::SetTransaction {
+                    read_only: Some(true),
+                    ..
+                }
+            );
             effects.capture |= may_change_session(statement);
             effects.catalog |=
                 matches!(statement.kind, Kind::Ddl | Kind::Do | Kind::CreateFunction);
@@ -200,6 +215,8 @@ impl Effects {
             || effects.catalog
             || effects.ends_transaction.is_some()
             || !effects.writes.is_none()
+            || effects.begins
+            || effects.read_only_transaction
         {
             Arc::new(effects)
         } else {

@@ -78,17 +78,29 @@ impl Relay {
     /// The key of the first `len` held frames, if they are one cacheable read the client may
     /// be answered from the cache now.
     fn cacheable_request(&mut self, len: usize, cache: &DatabaseCache) -> Result<Request, Refusal> {
-        match self.session_view().pin {
-            TxPin::None => {}
-            TxPin::Attached(_) => {
-                let unannounced =
-                    |att: &Attachment| att.wrote || att.cache.unannounced() || att.batch.is_some();
-                let current = matches!(&self.phase, Phase::Attached(att) if unannounced(att));
-                if current || self.earlier.as_deref().is_some_and(unannounced) {
-                    return Err(Refusal::Transaction);
-                }
-            }
-            TxPin::HeldBegin | TxPin::Pinned(_) => return Err(Refusal::Transaction),
+        // Behind requests of the client's that may have written (not announced yet) or begun
+        // a transaction, a read is not answered from the cache; inside a transaction only
+        // with `in_read_only_transactions`, in one declared READ ONLY.
+        let unsettled = |att: &Attachment| {
+            att.cache.unannounced() || att.batch.is_some() || att.cache.may_begin(att.readies)
+        };
+        let read_only_tx = self
+            .live
+            .config
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.in_read_only_transactions);
+        let earlier = self.earlier.as_deref().is_some_and(unsettled);
+        match (self.session_view().pin, &self.phase) {
+            (TxPin::None, _) => {}
+            (TxPin::Attached(_), Phase::Attached(att)) if !unsettled(att) && !earlier => {}
+            (TxPin::Pinned(_), Phase::Attached(att))
+                if read_only_tx
+                    && att.cache.read_only()
+                    && att.status == TransactionStatus::InTransaction
+                    && !unsettled(att)
+                    && !earlier => {}
+            _ => return Err(Refusal::Transaction),
         }
         let asker = Asker {
             database: &self.info.database.name,

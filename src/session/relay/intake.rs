@@ -119,7 +119,18 @@ impl Relay {
                 TxPin::Pinned(_) => {
                     let batch_open =
                         matches!(&self.phase, Phase::Attached(att) if att.batch.is_some());
-                    self.shards.is_none() && (!self.rate_limited || batch_open)
+                    // Reads in a READ ONLY transaction may be answered from the cache.
+                    let cached = self.cache.is_some()
+                        && self
+                            .live
+                            .config
+                            .cache
+                            .as_ref()
+                            .is_some_and(|c| c.in_read_only_transactions)
+                        && matches!(&self.phase, Phase::Attached(att) if att.cache.read_only());
+                    self.shards.is_none()
+                        && (!self.rate_limited || batch_open)
+                        && (!cached || batch_open)
                 }
                 TxPin::None | TxPin::HeldBegin | TxPin::Attached(_) => {
                     matches!(self.phase, Phase::SkipToSync)

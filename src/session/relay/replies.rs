@@ -122,7 +122,10 @@ impl Relay {
             }
             if let Some(recording) = recorded {
                 // The recorded reply is complete: stored if it ended outside a transaction.
-                recording.finish(reply == Reply::Forward && att.status == TransactionStatus::Idle);
+                // (or inside a transaction declared READ ONLY, where the cache may serve).
+                let settled = att.status == TransactionStatus::Idle
+                    || (att.status == TransactionStatus::InTransaction && att.cache.read_only());
+                recording.finish(reply == Reply::Forward && settled);
             }
             let conn = att.server.conn_mut();
             match reply {

@@ -303,7 +303,7 @@ impl Relay {
                 frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG
             )
         {
-            att.cache.note(&u.effects.writes, u.effects.rolls_back);
+            att.cache.note(&u.effects);
         }
         if u.effects.notifies {
             att.notified = true;
