@@ -23,6 +23,11 @@ pub struct KeyBuilder {
 
 impl KeyBuilder {
     pub fn new(asker: &Asker<'_>) -> KeyBuilder {
+        KeyBuilder::resume(&KeyBuilder::asker(asker))
+    }
+
+    /// The part of every key that says who asks (a session keeps it while its settings stay).
+    pub fn asker(asker: &Asker<'_>) -> Box<[u8]> {
         let mut key = KeyBuilder {
             bytes: Vec::with_capacity(256),
         };
@@ -40,7 +45,14 @@ impl KeyBuilder {
             key.part(b's', name.as_bytes());
             key.part(b'v', value.as_bytes());
         }
-        key
+        key.finish()
+    }
+
+    /// A key that starts with an asker's part.
+    pub fn resume(asker: &[u8]) -> KeyBuilder {
+        let mut bytes = Vec::with_capacity(asker.len() + 128);
+        bytes.extend_from_slice(asker);
+        KeyBuilder { bytes }
     }
 
     fn part(&mut self, tag: u8, data: &[u8]) {

@@ -45,10 +45,9 @@ type Key = Box<[u8]>;
 /// One cached reply.
 #[derive(Debug)]
 pub struct Entry {
-    /// The RowDescription, if the reply had one (a simple Query's, or a Describe's).
-    pub row_description: Option<Bytes>,
-    /// The DataRows and the CommandComplete (or EmptyQueryResponse).
-    pub rows: Bytes,
+    /// What a hit writes, up to (not including) its ReadyForQuery: the request's key fixes
+    /// which messages it sent, so the reply is made once, when stored.
+    pub reply: Bytes,
     snapshot: Snapshot,
     ttl: Duration,
 }
@@ -167,7 +166,7 @@ impl moka::Expiry<Key, Arc<Entry>> for Ttl {
 /// What an entry weighs: its key, its reply and what holds them.
 #[allow(clippy::borrowed_box)]
 fn weight(key: &Key, entry: &Arc<Entry>) -> u32 {
-    let reply = entry.rows.len() + entry.row_description.as_ref().map_or(0, Bytes::len);
+    let reply = entry.reply.len();
     let tables: usize = entry
         .snapshot
         .tables
@@ -253,7 +252,14 @@ impl DatabaseCache {
 
     /// After a miss: record the reply (first for this key), or wait for the client already
     /// fetching it (`alone`: never wait, record without registering — the caller cannot wait).
-    pub fn start(self: &Arc<Self>, key: Key, cacheable: &Cacheable, alone: bool) -> Start {
+    /// `tags`: the request's message types, which say what its reply holds.
+    pub fn start(
+        self: &Arc<Self>,
+        key: Key,
+        cacheable: &Cacheable,
+        tags: &[u8],
+        alone: bool,
+    ) -> Start {
         let flight = if alone {
             None
         } else {
@@ -276,6 +282,7 @@ impl DatabaseCache {
             key,
             snapshot,
             ttl: cacheable.ttl,
+            tags: tags.into(),
             bytes: Some(BytesMut::new()),
             _flight: flight,
         }))
@@ -369,6 +376,8 @@ pub struct Recording {
     key: Key,
     snapshot: Snapshot,
     ttl: Duration,
+    /// The request's message types.
+    tags: Box<[u8]>,
     /// `None` once the reply cannot be stored (too large, an error, a message the cache
     /// does not replay).
     bytes: Option<BytesMut>,
@@ -409,8 +418,7 @@ impl Recording {
             Some((row_description, rows)) => self.db.store(
                 std::mem::take(&mut self.key),
                 Entry {
-                    row_description,
-                    rows,
+                    reply: replay(row_description.as_deref(), &rows, &self.tags),
                     snapshot: self.snapshot.clone(),
                     ttl: self.ttl,
                 },
@@ -456,6 +464,28 @@ fn split_reply(bytes: BytesMut) -> Option<(Option<Bytes>, Bytes)> {
         at = end;
     }
     ended.then(|| (row_description, rows.freeze()))
+}
+
+/// The reply a hit gives a request with these message types (`Q`, or `P`/`B`/`D`/`E`/`S`),
+/// without its ReadyForQuery: what the request asks for around the recorded rows.
+fn replay(row_description: Option<&[u8]>, rows: &[u8], tags: &[u8]) -> Bytes {
+    use crate::protocol::backend::{BIND_COMPLETE, NO_DATA, PARSE_COMPLETE};
+    use crate::protocol::frontend::{BIND_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG, QUERY_TAG};
+    let mut out = BytesMut::new();
+    for &tag in tags {
+        match tag {
+            QUERY_TAG => {
+                out.extend_from_slice(row_description.unwrap_or_default());
+                out.extend_from_slice(rows);
+            }
+            PARSE_TAG => out.extend_from_slice(PARSE_COMPLETE),
+            BIND_TAG => out.extend_from_slice(BIND_COMPLETE),
+            DESCRIBE_TAG => out.extend_from_slice(row_description.unwrap_or(NO_DATA)),
+            EXECUTE_TAG => out.extend_from_slice(rows),
+            _ => {}
+        }
+    }
+    out.freeze()
 }
 
 #[cfg(test)]

@@ -9,10 +9,8 @@
 use super::*;
 use crate::cache::key::{Asker, KeyBuilder};
 use crate::cache::{DatabaseCache, Lookup, Recording, Start};
-use crate::protocol::backend::{BIND_COMPLETE, NO_DATA, PARSE_COMPLETE};
 use crate::route::plan::TxPin;
 use crate::sql::cacheable::{judge, Cacheable, Refusal};
-use bytes::BytesMut;
 
 /// What the cache does for a request.
 pub(super) enum CacheStep {
@@ -51,13 +49,18 @@ impl Relay {
             }
         };
         match cache.lookup(&request.key, true) {
-            Lookup::Hit(entry) => return CacheStep::Hit(hit_reply(&entry, &request.tags)),
+            Lookup::Hit(entry) => return CacheStep::Hit(entry.reply.clone()),
             Lookup::Offline => return CacheStep::Pass,
             Lookup::Miss => {}
         }
         // A client with replies still owed cannot wait for another's (it may be its own).
         let alone = self.owes_replies();
-        let rx = match cache.start(request.key.clone(), &request.cacheable, alone) {
+        let rx = match cache.start(
+            request.key.clone(),
+            &request.cacheable,
+            &request.tags,
+            alone,
+        ) {
             Start::Record(recording) => return CacheStep::Record(recording),
             Start::Wait(rx) => rx,
         };
@@ -66,9 +69,10 @@ impl Relay {
         // Woken when the other client's reply is stored or given up (its sender goes).
         let _ = tokio::time::timeout(timeout, rx.changed()).await;
         match cache.lookup(&request.key, false) {
-            Lookup::Hit(entry) => CacheStep::Hit(hit_reply(&entry, &request.tags)),
+            Lookup::Hit(entry) => CacheStep::Hit(entry.reply.clone()),
             Lookup::Offline => CacheStep::Pass,
-            Lookup::Miss => match cache.start(request.key, &request.cacheable, true) {
+            Lookup::Miss => match cache.start(request.key, &request.cacheable, &request.tags, true)
+            {
                 Start::Record(recording) => CacheStep::Record(recording),
                 Start::Wait(_) => CacheStep::Pass,
             },
@@ -102,14 +106,7 @@ impl Relay {
                     && !earlier => {}
             _ => return Err(Refusal::Transaction),
         }
-        let asker = Asker {
-            database: &self.info.database.name,
-            tenant: self.info.tenant.as_deref(),
-            role: self.info.grant.as_ref().and_then(|g| g.role.as_deref()),
-            claims: self.info.grant.as_ref().and_then(|g| g.claims.as_deref()),
-            settings: &self.info.state.settings,
-        };
-        let mut key = KeyBuilder::new(&asker);
+        let mut key = KeyBuilder::resume(self.asker_key());
         let tags: Vec<u8> = self.held.iter().take(len).map(|(f, _)| f.tag()).collect();
         let classified = match tags.as_slice() {
             [frontend::QUERY_TAG] => {
@@ -126,6 +123,22 @@ impl Relay {
             cacheable,
             tags,
         })
+    }
+
+    /// The asker's part of the client's keys, made again only when its settings changed.
+    fn asker_key(&mut self) -> &[u8] {
+        let settings = &self.info.state.settings;
+        if !matches!(&self.cache_asker, Some((s, _)) if s == settings) {
+            let asker = Asker {
+                database: &self.info.database.name,
+                tenant: self.info.tenant.as_deref(),
+                role: self.info.grant.as_ref().and_then(|g| g.role.as_deref()),
+                claims: self.info.grant.as_ref().and_then(|g| g.claims.as_deref()),
+                settings,
+            };
+            self.cache_asker = Some((settings.clone(), KeyBuilder::asker(&asker)));
+        }
+        self.cache_asker.as_ref().map_or(&[], |(_, key)| key)
     }
 
     /// The key parts of an extended request — an optional Parse, a Bind, an optional Describe
@@ -278,28 +291,4 @@ impl Relay {
         });
         true
     }
-}
-
-/// The reply a hit gives a request with these message tags, without its ReadyForQuery.
-fn hit_reply(entry: &crate::cache::Entry, tags: &[u8]) -> Bytes {
-    let mut out = BytesMut::new();
-    for &tag in tags {
-        match tag {
-            frontend::QUERY_TAG => {
-                if let Some(rd) = &entry.row_description {
-                    out.extend_from_slice(rd);
-                }
-                out.extend_from_slice(&entry.rows);
-            }
-            frontend::PARSE_TAG => out.extend_from_slice(PARSE_COMPLETE),
-            frontend::BIND_TAG => out.extend_from_slice(BIND_COMPLETE),
-            frontend::DESCRIBE_TAG => match &entry.row_description {
-                Some(rd) => out.extend_from_slice(rd),
-                None => out.extend_from_slice(NO_DATA),
-            },
-            frontend::EXECUTE_TAG => out.extend_from_slice(&entry.rows),
-            _ => {}
-        }
-    }
-    out.freeze()
 }

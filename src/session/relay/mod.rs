@@ -182,6 +182,8 @@ pub struct Relay {
     replies: queue::ReplyQueue,
     /// The result cache of the client's database, when it has rules (transaction mode).
     cache: Option<Arc<crate::cache::DatabaseCache>>,
+    /// The asker's part of this client's cache keys, and the settings it was made with.
+    cache_asker: Option<(crate::sql::settings::Shared, Box<[u8]>)>,
     /// A server connection the client moved on from outside a transaction (a replica, when a
     /// request for the primary came behind reads in flight): it owes the front replies, gets
     /// no new requests, and is released once it has answered them. Only while attached.
@@ -233,6 +235,7 @@ impl Relay {
             recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
             cache: database_cache(&live, &info.database.name, mode),
+            cache_asker: None,
             earlier: None,
             last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,
