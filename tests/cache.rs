@@ -385,3 +385,57 @@ async fn after_concurrent_writers_and_readers_every_cached_answer_is_current() {
     }
     assert!(counter(&b, "pgsidecar_cache_hits_total").await > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_key_send_one_query() {
+    let (name, toml) = setup("cache_flight");
+    let sidecar = start(&toml).await;
+    let probe = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &probe, 1).await;
+    // The first read of product 11 waits on a lock; the others must wait for its reply, not
+    // send their own. (Each client prepares first: a Parse would wait on the lock too.)
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let client = tenant_client(&sidecar, &name, "acme").await;
+        let statement = client.prepare(READ).await.unwrap();
+        clients.push((client, statement));
+    }
+    let direct = connect_direct_superuser(&name).await;
+    direct
+        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let waits = counter(&sidecar, "pgsidecar_cache_single_flight_waits_total").await;
+    let mut readers = Vec::new();
+    for (client, statement) in clients {
+        readers.push(tokio::spawn(async move {
+            let row = client.query_one(&statement, &[&11]).await.unwrap();
+            row.get::<_, String>(0)
+        }));
+    }
+    until_at_least(
+        sidecar.metrics_addr,
+        "pgsidecar_cache_single_flight_waits_total",
+        waits + 3.0,
+    )
+    .await;
+    let sent: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT name FROM products%' \
+             AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sent, 1, "one query upstream for four clients");
+    let stores = counter(&sidecar, "pgsidecar_cache_stores_total").await;
+    direct.batch_execute("COMMIT").await.unwrap();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), "p11");
+    }
+    assert_eq!(
+        counter(&sidecar, "pgsidecar_cache_stores_total").await,
+        stores + 1.0
+    );
+}
