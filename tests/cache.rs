@@ -439,3 +439,34 @@ async fn concurrent_misses_on_one_key_send_one_query() {
         stores + 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_behind_a_settings_change_uses_the_new_settings() {
+    let (name, toml) = setup("cache_settings");
+    pg().psql(
+        &name,
+        &format!(
+            "CREATE SCHEMA other AUTHORIZATION {name};
+             CREATE TABLE other.products (id int PRIMARY KEY, name text);
+             ALTER TABLE other.products OWNER TO {name};
+             INSERT INTO other.products VALUES (1, 'other1');
+             GRANT USAGE ON SCHEMA other TO {name}_app;
+             GRANT SELECT ON other.products TO {name}_app;"
+        ),
+    )
+    .unwrap();
+    let sidecar = start(&toml).await;
+    let client = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &client, 1).await;
+    let statement = client.prepare(READ).await.unwrap();
+    // Sent together: the read must run with the new search_path, not hit the old key.
+    let (set, row) = tokio::join!(
+        client.simple_query("SET search_path = other, public"),
+        client.query_one(&statement, &[&1]),
+    );
+    set.unwrap();
+    assert_eq!(row.unwrap().get::<_, String>(0), "other1");
+    assert_eq!(read(&client, 1).await, "other1");
+    client.simple_query("RESET search_path").await.unwrap();
+    assert_eq!(read(&client, 1).await, "p1");
+}

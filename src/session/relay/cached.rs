@@ -82,11 +82,15 @@ impl Relay {
     /// The key of the first `len` held frames, if they are one cacheable read the client may
     /// be answered from the cache now.
     fn cacheable_request(&mut self, len: usize, cache: &DatabaseCache) -> Result<Request, Refusal> {
-        // Behind requests of the client's that may have written (not announced yet) or begun
-        // a transaction, a read is not answered from the cache; inside a transaction only
+        // Behind requests of the client's that may have written (not announced yet), begun a
+        // transaction or changed its session (settings, role: the key would be the old one
+        // until the capture), a read is not answered from the cache; inside a transaction only
         // with `in_read_only_transactions`, in one declared READ ONLY.
         let unsettled = |att: &Attachment| {
-            att.cache.unannounced() || att.batch.is_some() || att.cache.may_begin(att.readies)
+            att.cache.unannounced()
+                || !matches!(att.resync, Resync::Clean)
+                || att.batch.is_some()
+                || att.cache.may_begin(att.readies)
         };
         let read_only_tx = self
             .live
