@@ -470,3 +470,25 @@ async fn a_read_behind_a_settings_change_uses_the_new_settings() {
     client.simple_query("RESET search_path").await.unwrap();
     assert_eq!(read(&client, 1).await, "p1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_pipelined_behind_a_held_begin_are_not_served() {
+    let (name, toml) = setup("cache_begin");
+    let sidecar = start(&toml).await;
+    let client = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &client, 1).await;
+    let statement = client.prepare(READ).await.unwrap();
+    let hits = counter(&sidecar, "pgsidecar_cache_hits_total").await;
+    // The BEGIN is held by the sidecar and goes upstream with the first read; the second read
+    // is inside the transaction (one snapshot) and must not come from the cache.
+    let (begin, first, second) = tokio::join!(
+        client.simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+        client.query_one(&statement, &[&2]),
+        client.query_one(&statement, &[&1]),
+    );
+    begin.unwrap();
+    assert_eq!(first.unwrap().get::<_, String>(0), "p2");
+    assert_eq!(second.unwrap().get::<_, String>(0), "p1");
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(counter(&sidecar, "pgsidecar_cache_hits_total").await, hits);
+}

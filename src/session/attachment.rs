@@ -208,12 +208,20 @@ impl CacheTrack {
 
     /// A message of the client's request runs a statement with these effects: what it may
     /// write, whether it rolls the transaction back (undoing what the transaction wrote
-    /// before), begins one, or declares it READ ONLY.
-    pub(super) fn note(&mut self, effects: &crate::session::effects::Effects) {
-        self.unsent.writes.add(&effects.writes);
-        self.unsent.rolls_back |= effects.rolls_back;
+    /// before), begins one, or declares it READ ONLY. `primary`: on a primary (a replica's
+    /// connection writes nothing and announces nothing).
+    pub(super) fn note(&mut self, effects: &crate::session::effects::Effects, primary: bool) {
+        if primary {
+            self.unsent.writes.add(&effects.writes);
+            self.unsent.rolls_back |= effects.rolls_back;
+        }
         self.unsent.begins |= effects.begins;
         self.unsent.read_only |= effects.read_only_transaction;
+    }
+
+    /// The BEGIN the sidecar held goes before the client's request.
+    pub(super) fn note_begin(&mut self) {
+        self.unsent.begins = true;
     }
 
     /// Whether a request in flight (past ReadyForQuery number `readies`) may have begun a

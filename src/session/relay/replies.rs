@@ -121,11 +121,7 @@ impl Relay {
                     .await?;
             }
             if let Some(recording) = recorded {
-                // The recorded reply is complete: stored if it ended outside a transaction.
-                // (or inside a transaction declared READ ONLY, where the cache may serve).
-                let settled = att.status == TransactionStatus::Idle
-                    || (att.status == TransactionStatus::InTransaction && att.cache.read_only());
-                recording.finish(reply == Reply::Forward && settled);
+                finish_recording(att, recording, reply);
             }
             let conn = att.server.conn_mut();
             match reply {
@@ -321,6 +317,14 @@ fn record_inspected(att: &mut Attachment, tag: u8) -> Option<Box<crate::cache::R
             .map(|(_, recording)| recording),
         _ => None,
     }
+}
+
+/// A recorded reply is complete: stored if it reached the client and ended outside a
+/// transaction (or inside one declared READ ONLY, where the cache may serve).
+fn finish_recording(att: &Attachment, recording: Box<crate::cache::Recording>, reply: Reply) {
+    let settled = att.status == TransactionStatus::Idle
+        || (att.status == TransactionStatus::InTransaction && att.cache.read_only());
+    recording.finish(reply == Reply::Forward && settled);
 }
 
 /// Where [`stream_through`] left the server's bytes.

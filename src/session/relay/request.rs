@@ -278,6 +278,7 @@ impl Relay {
                 begin,
                 executed: false,
             });
+            att.cache.note_begin();
         }
         if matches!(
             u.frame.tag(),
@@ -297,13 +298,12 @@ impl Relay {
             att.wrote = true;
         }
         if self.cache.is_some()
-            && !att.upstream.is_replica()
             && matches!(
                 u.frame.tag(),
                 frontend::QUERY_TAG | frontend::BIND_TAG | frontend::FUNCTION_CALL_TAG
             )
         {
-            att.cache.note(&u.effects);
+            att.cache.note(&u.effects, !att.upstream.is_replica());
         }
         if u.effects.notifies {
             att.notified = true;
