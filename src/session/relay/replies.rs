@@ -121,7 +121,7 @@ impl Relay {
                     .await?;
             }
             if let Some(recording) = recorded {
-                finish_recording(att, recording, reply);
+                finish_recording(att, *recording, reply);
             }
             let conn = att.server.conn_mut();
             match reply {
@@ -321,7 +321,7 @@ fn record_inspected(att: &mut Attachment, tag: u8) -> Option<Box<crate::cache::R
 
 /// A recorded reply is complete: stored if it reached the client and ended outside a
 /// transaction (or inside one declared READ ONLY, where the cache may serve).
-fn finish_recording(att: &Attachment, recording: Box<crate::cache::Recording>, reply: Reply) {
+fn finish_recording(att: &Attachment, recording: crate::cache::Recording, reply: Reply) {
     let settled = att.status == TransactionStatus::Idle
         || (att.status == TransactionStatus::InTransaction && att.cache.read_only());
     recording.finish(reply == Reply::Forward && settled);
