@@ -1,6 +1,6 @@
 //! `pgsidecar demo`: a throwaway primary and streaming replica from the machine's PostgreSQL
 //! binaries, a multi-tenant table under Row-Level Security with the signed tenant installed,
-//! and the configuration of a sidecar in front of them (tenants, replica routing, an admin
+//! and the configuration of a sidecar in front of them (tenants, replica routing, a result cache, an admin
 //! user). The servers stop and their data is removed when the [`Demo`] is dropped.
 
 use std::net::SocketAddr;
@@ -102,6 +102,11 @@ admin = true
 
 [tenancy]
 signing_key = "{key}"
+
+[cache]
+[[cache.rule]]
+database = "app"
+tables = ["notes"]
 "#,
         primary = primary.url("app", PASSWORD, "app"),
         replica = replica.url("app", PASSWORD, "app"),
@@ -136,6 +141,9 @@ pub fn try_lines(demo: &Demo, listen: SocketAddr, metrics_listen: SocketAddr) ->
         format!(
             "reads are served by the replica: psql {} -c 'select pg_is_in_recovery(), count(*) from accounts'",
             tenant("acme")
+        ),
+        format!(
+            "reads of notes are cached per tenant (run one twice): curl -s http://{metrics_listen}/metrics | grep cache_hits"
         ),
         format!(
             "the admin console:              psql postgres://admin:{PASSWORD}@{listen}/pgsidecar -c 'SHOW POOLS'"

@@ -492,3 +492,46 @@ async fn reads_pipelined_behind_a_held_begin_are_not_served() {
     client.simple_query("COMMIT").await.unwrap();
     assert_eq!(counter(&sidecar, "pgsidecar_cache_hits_total").await, hits);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_never_fills_the_cache() {
+    let (name, toml) = setup("cache_replica");
+    let replica = pg()
+        .start_replica("-c recovery_min_apply_delay=3s")
+        .expect("start a delayed replica");
+    let app = format!("{name}_app");
+    let toml = toml.replace(
+        &format!("primary = \"{}\"\n", pg().url(&app, PASSWORD, &name)),
+        &format!(
+            "primary = \"{}\"\nreplicas = [\"{}\"]\nreplica_check_interval = \"100ms\"\n",
+            pg().url(&app, PASSWORD, &name),
+            replica.url(&app, PASSWORD, &name)
+        ),
+    );
+    assert!(toml.contains("replicas"), "{toml}");
+    let sidecar = start(&toml).await;
+    let writer = tenant_client(&sidecar, &name, "acme").await;
+    let reader = tenant_client(&sidecar, &name, "globex").await;
+    // Reads hinted to the replica: a miss must still be read on the primary, never on the
+    // replica that has not applied the write whose invalidation made it a miss.
+    let hinted = "/* pgsidecar: route=replica */ SELECT name FROM products WHERE id = $1";
+    let statement = reader.prepare(hinted).await.unwrap();
+    let name_of = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    for _ in 0..500 {
+        let stores = counter(&sidecar, "pgsidecar_cache_stores_total").await;
+        reader.query_one(&statement, &[&1]).await.unwrap();
+        if counter(&sidecar, "pgsidecar_cache_stores_total").await > stores {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer
+        .execute("UPDATE products SET name = 'fresh' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let row = reader.query_one(&statement, &[&1]).await.unwrap();
+        assert_eq!(name_of(row), "fresh");
+    }
+    drop(replica);
+}

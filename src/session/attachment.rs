@@ -178,8 +178,11 @@ pub(super) struct CacheTrack {
     /// The number of the ReadyForQuery of the request that declared the transaction in
     /// progress READ ONLY.
     read_only: Option<u64>,
-    /// What transactions that ended (not rolled back) wrote, not announced yet.
-    pub(super) ended: Writes,
+    /// What transactions that ended (not rolled back) wrote, before this sidecar's cache
+    /// forgot it.
+    ended: Writes,
+    /// What this sidecar's cache forgot, not announced to the other sidecars yet.
+    pub(super) to_announce: Writes,
 }
 
 /// What the messages of the request being sent do, for the cache.
@@ -195,7 +198,10 @@ impl CacheTrack {
     /// Writes of the client's that may not have been announced yet: its next read must not
     /// be served from the cache.
     pub(super) fn unannounced(&self) -> bool {
-        !self.unsent.writes.is_none() || !self.sent.is_empty() || !self.ended.is_none()
+        !self.unsent.writes.is_none()
+            || !self.sent.is_empty()
+            || !self.ended.is_none()
+            || !self.to_announce.is_none()
     }
 
     /// The recording the front reply (ReadyForQuery number `front`) is copied into, if any.
@@ -217,6 +223,17 @@ impl CacheTrack {
         }
         self.unsent.begins |= effects.begins;
         self.unsent.read_only |= effects.read_only_transaction;
+    }
+
+    /// At a ReadyForQuery, before the client sees it: what ended transactions wrote is
+    /// forgotten by this sidecar's cache now (so no client of it can read the write and then
+    /// an older cached answer), and is to be announced to the others.
+    pub(super) fn forget_ended(&mut self, cache: &crate::cache::DatabaseCache) {
+        let ended = std::mem::take(&mut self.ended);
+        if !ended.is_none() {
+            cache.invalidate(&ended);
+            self.to_announce.add(&ended);
+        }
     }
 
     /// The BEGIN the sidecar held goes before the client's request.

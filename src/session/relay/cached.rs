@@ -274,18 +274,14 @@ impl Relay {
         }
     }
 
-    /// A quiet connection's ended transactions wrote tables: this sidecar's cache forgets
-    /// them now, and the connection tells every sidecar (its reply swallowed). Returns whether
-    /// it sent the announcement (the connection is not quiet any more).
+    /// A quiet connection's ended transactions wrote tables (this sidecar's cache forgot them
+    /// at their ReadyForQuery): the connection tells every sidecar (its reply swallowed).
+    /// Returns whether it sent the announcement (the connection is not quiet any more).
     pub(super) fn announce_writes(&mut self, which: Which) -> bool {
-        let Some(cache) = &self.cache else {
-            return false;
-        };
         let Some(att) = attachment(which, &mut self.phase, &mut self.earlier) else {
             return false;
         };
-        let ended = std::mem::take(&mut att.cache.ended);
-        cache.invalidate(&ended);
+        let ended = std::mem::take(&mut att.cache.to_announce);
         let Some(sql) = crate::cache::notify_sql(&ended) else {
             return false;
         };

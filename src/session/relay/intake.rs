@@ -260,7 +260,13 @@ impl Relay {
                 CacheStep::Record(recording) => Some(recording),
                 CacheStep::Pass => None,
             };
-            let target = match plan(&self.held_facts(len), &self.session_view()) {
+            let mut facts = self.held_facts(len);
+            if recording.is_some() {
+                // A reply to be stored is read on the primary: a replica may not have replayed
+                // the write whose invalidation made this a miss.
+                facts.routing = Routing::PRIMARY;
+            }
+            let target = match plan(&facts, &self.session_view()) {
                 Plan::Wait => return Ok(None),
                 Plan::Answer(local) => {
                     let (frame, _) = self.held.pop_front().expect("request is held");

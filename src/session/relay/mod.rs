@@ -277,20 +277,6 @@ impl Relay {
             outcome,
             Err(RelayError::Server(_) | RelayError::ServerFrame(_))
         );
-        if let Some(cache) = &self.cache {
-            // Writes that committed but were not announced (the client left first): this
-            // sidecar forgets them at least.
-            for att in [self.earlier.as_deref()]
-                .into_iter()
-                .flatten()
-                .chain(match &self.phase {
-                    Phase::Attached(att) => Some(&**att),
-                    _ => None,
-                })
-            {
-                cache.invalidate(&att.cache.ended);
-            }
-        }
         if let Some(earlier) = self.earlier.take() {
             if !server_lost {
                 clean_and_release(*earlier, self.mode).await;

@@ -37,6 +37,7 @@ impl Relay {
             return Ok(());
         };
         let metrics = &self.app.metrics;
+        let cache = self.cache.as_deref();
         let client = &mut self.client;
         let statements = &mut self.statements;
         let replies = &mut self.replies;
@@ -123,6 +124,9 @@ impl Relay {
             if let Some(recording) = recorded {
                 finish_recording(att, *recording, reply);
             }
+            if let (READY_FOR_QUERY_TAG, Some(cache)) = (header.tag, cache) {
+                att.cache.forget_ended(cache);
+            }
             let conn = att.server.conn_mut();
             match reply {
                 Reply::Forward => cut += header.frame_len,
@@ -153,7 +157,7 @@ impl Relay {
     async fn after_replies(&mut self, which: Which) -> Result<(), RelayError> {
         let transaction_mode = self.mode == PoolMode::Transaction;
         let wrote = matches!(attachment(which, &mut self.phase, &mut self.earlier),
-            Some(att) if transaction_mode && att.is_quiet() && !att.cache.ended.is_none());
+            Some(att) if transaction_mode && att.is_quiet() && !att.cache.to_announce.is_none());
         if wrote && self.announce_writes(which) {
             // Released once the announcement is answered.
             return Ok(());
@@ -319,12 +323,14 @@ fn record_inspected(att: &mut Attachment, tag: u8) -> Option<Box<crate::cache::R
     }
 }
 
-/// A recorded reply is complete: stored if it reached the client and ended outside a
-/// transaction (or inside one declared READ ONLY, where the cache may serve).
+/// A recorded reply is complete: stored if it reached the client, came from the primary and
+/// ended outside a transaction (or inside one declared READ ONLY, where the cache may serve).
 fn finish_recording(att: &Attachment, recording: crate::cache::Recording, reply: Reply) {
     let settled = att.status == TransactionStatus::Idle
         || (att.status == TransactionStatus::InTransaction && att.cache.read_only());
-    recording.finish(reply == Reply::Forward && settled);
+    // Only what the primary answered (a replica may lag behind an invalidation).
+    let fresh = !att.upstream.is_replica();
+    recording.finish(reply == Reply::Forward && settled && fresh);
 }
 
 /// Where [`stream_through`] left the server's bytes.
