@@ -114,14 +114,24 @@ const VOLATILE_READS: &[&str] = &[
 
 /// Whether a statement's text may be cached under `rules` (the database's).
 pub fn judge(classified: &Classified, rules: &[CacheRule]) -> Result<Cacheable, Refusal> {
-    if classified
+    if nocache_hint(classified) {
+        return Err(Refusal::Hint);
+    }
+    judge_shape(classified, rules)
+}
+
+/// `/* pgsidecar: nocache */`: this text is never cached.
+pub fn nocache_hint(classified: &Classified) -> bool {
+    classified
         .scan
         .hint
         .as_ref()
         .is_some_and(|h| h.get("nocache").is_some())
-    {
-        return Err(Refusal::Hint);
-    }
+}
+
+/// [`judge`] without the text's hint: the same for every text of one classification (its
+/// fingerprint), so callers may remember it.
+pub fn judge_shape(classified: &Classified, rules: &[CacheRule]) -> Result<Cacheable, Refusal> {
     let Classification::Parsed(statements) = classified.classification.as_ref() else {
         return Err(Refusal::NotUnderstood);
     };

@@ -10,7 +10,8 @@ use super::*;
 use crate::cache::key::{Asker, KeyBuilder};
 use crate::cache::{DatabaseCache, Lookup, Recording, Start};
 use crate::route::plan::TxPin;
-use crate::sql::cacheable::{judge, Cacheable, Refusal};
+use crate::sql::cacheable::{judge_shape, nocache_hint, Cacheable, Refusal};
+use crate::sql::classify::Classification;
 
 /// What the cache does for a request.
 pub(super) enum CacheStep {
@@ -25,9 +26,55 @@ pub(super) enum CacheStep {
 /// A cacheable request: its key, what makes it cacheable, and what its messages ask for.
 struct Request {
     key: Box<[u8]>,
-    cacheable: Cacheable,
+    cacheable: Arc<Cacheable>,
     /// The request's message tags, in order (`Q`, or `P`/`B`/`D`/`E`/`S`).
     tags: Vec<u8>,
+}
+
+/// How many judgements a client remembers.
+const JUDGED: usize = 4;
+
+/// A judgement of one classification under a cache's rules.
+type Judgement = (Arc<Classification>, Result<Arc<Cacheable>, Refusal>);
+
+/// The client's last judgements, by classification (a client repeats a few shapes; judging
+/// walks the rules and the statement's tables and functions).
+#[derive(Default)]
+pub(super) struct Judged {
+    /// The cache whose rules they were made under.
+    cache: Option<Arc<DatabaseCache>>,
+    entries: [Option<Judgement>; JUDGED],
+    next: usize,
+}
+
+impl Judged {
+    fn judge(
+        &mut self,
+        classified: &Classified,
+        cache: &Arc<DatabaseCache>,
+    ) -> Result<Arc<Cacheable>, Refusal> {
+        if nocache_hint(classified) {
+            return Err(Refusal::Hint);
+        }
+        if !self.cache.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
+            *self = Judged {
+                cache: Some(Arc::clone(cache)),
+                ..Judged::default()
+            };
+        }
+        let seen = self
+            .entries
+            .iter()
+            .flatten()
+            .find(|(c, _)| Arc::ptr_eq(c, &classified.classification));
+        if let Some((_, judgement)) = seen {
+            return judgement.clone();
+        }
+        let judgement = judge_shape(classified, cache.rules()).map(Arc::new);
+        self.entries[self.next] = Some((Arc::clone(&classified.classification), judgement.clone()));
+        self.next = (self.next + 1) % JUDGED;
+        judgement
+    }
 }
 
 /// The Parse message body after the statement's name (text and parameter types).
@@ -81,7 +128,11 @@ impl Relay {
 
     /// The key of the first `len` held frames, if they are one cacheable read the client may
     /// be answered from the cache now.
-    fn cacheable_request(&mut self, len: usize, cache: &DatabaseCache) -> Result<Request, Refusal> {
+    fn cacheable_request(
+        &mut self,
+        len: usize,
+        cache: &Arc<DatabaseCache>,
+    ) -> Result<Request, Refusal> {
         // Behind requests of the client's that may have written (not announced yet), begun a
         // transaction or changed its session (settings, role: the key would be the old one
         // until the capture), a read is not answered from the cache; inside a transaction only
@@ -121,7 +172,7 @@ impl Relay {
             }
             _ => self.extended_key(len, &tags, &mut key)?,
         };
-        let cacheable = judge(&classified, cache.rules())?;
+        let cacheable = self.cache_judged.judge(&classified, cache)?;
         Ok(Request {
             key: key.finish(),
             cacheable,

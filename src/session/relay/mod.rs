@@ -184,6 +184,8 @@ pub struct Relay {
     cache: Option<Arc<crate::cache::DatabaseCache>>,
     /// The asker's part of this client's cache keys, and the settings it was made with.
     cache_asker: Option<(crate::sql::settings::Shared, Box<[u8]>)>,
+    /// The client's last cache judgements.
+    cache_judged: cached::Judged,
     /// A server connection the client moved on from outside a transaction (a replica, when a
     /// request for the primary came behind reads in flight): it owes the front replies, gets
     /// no new requests, and is released once it has answered them. Only while attached.
@@ -236,6 +238,7 @@ impl Relay {
             replies: queue::ReplyQueue::default(),
             cache: database_cache(&live, &info.database.name, mode),
             cache_asker: None,
+            cache_judged: Default::default(),
             earlier: None,
             last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,
