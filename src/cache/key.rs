@@ -93,6 +93,11 @@ impl KeyBuilder {
     pub fn finish(self) -> Box<[u8]> {
         self.bytes.into_boxed_slice()
     }
+
+    /// The key as built (boxed when an entry is stored under it).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 #[cfg(test)]

@@ -25,10 +25,11 @@ pub(super) enum CacheStep {
 
 /// A cacheable request: its key, what makes it cacheable, and what its messages ask for.
 struct Request {
-    key: Box<[u8]>,
+    /// Boxed only when stored (a miss): a hit looks it up as it is.
+    key: Vec<u8>,
     cacheable: Arc<Cacheable>,
     /// The request's message tags, in order (`Q`, or `P`/`B`/`D`/`E`/`S`).
-    tags: Vec<u8>,
+    tags: smallvec::SmallVec<[u8; 8]>,
 }
 
 /// How many judgements a client remembers.
@@ -103,7 +104,7 @@ impl Relay {
         // A client with replies still owed cannot wait for another's (it may be its own).
         let alone = self.owes_replies();
         let rx = match cache.start(
-            request.key.clone(),
+            request.key.clone().into_boxed_slice(),
             &request.cacheable,
             &request.tags,
             alone,
@@ -118,8 +119,12 @@ impl Relay {
         match cache.lookup(&request.key, false) {
             Lookup::Hit(entry) => CacheStep::Hit(entry.reply.clone()),
             Lookup::Offline => CacheStep::Pass,
-            Lookup::Miss => match cache.start(request.key, &request.cacheable, &request.tags, true)
-            {
+            Lookup::Miss => match cache.start(
+                request.key.into_boxed_slice(),
+                &request.cacheable,
+                &request.tags,
+                true,
+            ) {
                 Start::Record(recording) => CacheStep::Record(recording),
                 Start::Wait(_) => CacheStep::Pass,
             },
@@ -162,7 +167,8 @@ impl Relay {
             _ => return Err(Refusal::Transaction),
         }
         let mut key = KeyBuilder::resume(self.asker_key());
-        let tags: Vec<u8> = self.held.iter().take(len).map(|(f, _)| f.tag()).collect();
+        let tags: smallvec::SmallVec<[u8; 8]> =
+            self.held.iter().take(len).map(|(f, _)| f.tag()).collect();
         let classified = match tags.as_slice() {
             [frontend::QUERY_TAG] => {
                 let (frame, classified) = &self.held[0];
@@ -174,7 +180,7 @@ impl Relay {
         };
         let cacheable = self.cache_judged.judge(&classified, cache)?;
         Ok(Request {
-            key: key.finish(),
+            key: key.into_bytes(),
             cacheable,
             tags,
         })
