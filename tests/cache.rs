@@ -127,6 +127,12 @@ async fn writes_through_one_sidecar_invalidate_the_other() {
         .unwrap();
     let delay = until_reads(&cb, 1, "banana").await;
     eprintln!("commit through A to a fresh read through B: {delay:?}");
+    // A simple-Query write (announced right after its transaction) and one in an extended
+    // batch (the batch carries the announcement in its own transaction) alike.
+    ca.simple_query("UPDATE products SET name = 'fig' WHERE id = 1")
+        .await
+        .unwrap();
+    until_reads(&cb, 1, "fig").await;
 
     // A client reads its own committed write at once (its sidecar forgot the entry before
     // the client could ask again).

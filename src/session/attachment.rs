@@ -172,15 +172,15 @@ pub(super) struct CacheTrack {
     /// What the client's request being sent does (until its ReadyForQuery is asked for).
     unsent: Unsent,
     /// Requests that may write (or roll back), by the number of their ReadyForQuery.
-    sent: VecDeque<(u64, Writes, bool)>,
+    sent: VecDeque<Sent>,
     /// The number of the ReadyForQuery of the last request that began a transaction.
     began: u64,
     /// The number of the ReadyForQuery of the request that declared the transaction in
     /// progress READ ONLY.
     read_only: Option<u64>,
     /// What transactions that ended (not rolled back) wrote, before this sidecar's cache
-    /// forgot it.
-    ended: Writes,
+    /// forgot it: announced already inside them (`.0`), or not.
+    ended: (Writes, Writes),
     /// What this sidecar's cache forgot, not announced to the other sidecars yet.
     pub(super) to_announce: Writes,
 }
@@ -192,6 +192,19 @@ struct Unsent {
     rolls_back: bool,
     begins: bool,
     read_only: bool,
+    /// Its writes are announced inside its transaction (an extended batch carries the
+    /// notification).
+    carried: bool,
+}
+
+/// A sent request that may write or roll back.
+#[derive(Debug)]
+struct Sent {
+    /// The number of its ReadyForQuery.
+    ready: u64,
+    writes: Writes,
+    rolls_back: bool,
+    carried: bool,
 }
 
 impl CacheTrack {
@@ -200,7 +213,8 @@ impl CacheTrack {
     pub(super) fn unannounced(&self) -> bool {
         !self.unsent.writes.is_none()
             || !self.sent.is_empty()
-            || !self.ended.is_none()
+            || !self.ended.0.is_none()
+            || !self.ended.1.is_none()
             || !self.to_announce.is_none()
     }
 
@@ -229,11 +243,21 @@ impl CacheTrack {
     /// forgotten by this sidecar's cache now (so no client of it can read the write and then
     /// an older cached answer), and is to be announced to the others.
     pub(super) fn forget_ended(&mut self, cache: &crate::cache::DatabaseCache) {
-        let ended = std::mem::take(&mut self.ended);
-        if !ended.is_none() {
-            cache.invalidate(&ended);
+        let (carried, ended) = std::mem::take(&mut self.ended);
+        let mut all = carried;
+        all.add(&ended);
+        if !all.is_none() {
+            cache.invalidate(&all);
             self.to_announce.add(&ended);
         }
+    }
+
+    /// The announcement the request being sent carries in its own transaction: what it may
+    /// write (`None`: nothing).
+    pub(super) fn carry(&mut self) -> Option<String> {
+        let sql = crate::cache::notify_sql(&self.unsent.writes)?;
+        self.unsent.carried = true;
+        Some(sql)
     }
 
     /// The BEGIN the sidecar held goes before the client's request.
@@ -262,8 +286,12 @@ impl CacheTrack {
             self.read_only = Some(ready);
         }
         if !unsent.writes.is_none() || unsent.rolls_back {
-            self.sent
-                .push_back((ready, unsent.writes, unsent.rolls_back));
+            self.sent.push_back(Sent {
+                ready,
+                writes: unsent.writes,
+                rolls_back: unsent.rolls_back,
+                carried: unsent.carried,
+            });
         }
     }
 
@@ -274,17 +302,22 @@ impl CacheTrack {
         if self.read_only.is_some_and(|n| n <= ready) {
             self.read_only = None;
         }
-        let mut transaction = Writes::None;
-        while self.sent.front().is_some_and(|(n, _, _)| *n <= ready) {
-            let Some((_, writes, rolls_back)) = self.sent.pop_front() else {
+        // (carried, not carried)
+        let mut transaction = (Writes::None, Writes::None);
+        while self.sent.front().is_some_and(|s| s.ready <= ready) {
+            let Some(sent) = self.sent.pop_front() else {
                 break;
             };
-            if rolls_back {
-                transaction = Writes::None;
+            if sent.rolls_back {
+                transaction = (Writes::None, Writes::None);
             }
-            transaction.add(&writes);
+            match sent.carried {
+                true => transaction.0.add(&sent.writes),
+                false => transaction.1.add(&sent.writes),
+            }
         }
-        self.ended.add(&transaction);
+        self.ended.0.add(&transaction.0);
+        self.ended.1.add(&transaction.1);
     }
 }
 

@@ -350,6 +350,9 @@ impl Relay {
         } else if role == MessageRole::Extended {
             extended::forward(att, &mut self.statements, &u.frame, u.parsed);
         } else {
+            if role == MessageRole::Sync && self.cache.is_some() {
+                carry_announcement(att);
+            }
             att.wbuf.extend_from_slice(u.frame.as_bytes());
         }
         // The clock is read only where a request starts (five messages make one batch).
@@ -444,5 +447,19 @@ impl Relay {
         if let Some(c) = &self.tenant_queries {
             c.inc();
         }
+    }
+}
+
+/// The result cache: an extended batch that may write carries the announcement of what it
+/// writes to every sidecar in its own transaction, before its Sync (delivered only if that
+/// transaction commits; skipped with the rest of the batch if a statement fails). Not during
+/// COPY, nor on a replica.
+fn carry_announcement(att: &mut Attachment) {
+    let copying = att.batch.as_ref().is_none_or(|b| b.copy_in) || att.in_simple_copy_in();
+    if copying || att.upstream.is_replica() {
+        return;
+    }
+    if let Some(sql) = att.cache.carry() {
+        resync::inject_extended(att, &sql);
     }
 }
