@@ -541,3 +541,36 @@ async fn a_lagging_replica_never_fills_the_cache() {
     }
     drop(replica);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_table_that_shadows_a_whitelisted_one_never_meets_the_cache() {
+    let (name, toml) = setup("cache_temp");
+    pg().psql(
+        &name,
+        &format!("GRANT TEMPORARY ON DATABASE {name} TO {name}_app"),
+    )
+    .unwrap();
+    let sidecar = start(&toml).await;
+    let client = tenant_client(&sidecar, &name, "acme").await;
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE products (id int, name text); \
+             INSERT INTO products VALUES (1, 'mine')",
+        )
+        .await
+        .unwrap();
+    // (The DDL counts as writing every table: the other client's entry is stored after it.)
+    let other = tenant_client(&sidecar, &name, "acme").await;
+    until_stored(&sidecar, &other, 1).await;
+    let stores = counter(&sidecar, "pgsidecar_cache_stores_total").await;
+    // Same text, same tenant, same settings: the temporary table answers, not the cache, and
+    // its rows are never stored for anyone else.
+    for _ in 0..3 {
+        assert_eq!(read(&client, 1).await, "mine");
+        assert_eq!(read(&other, 1).await, "p1");
+    }
+    assert_eq!(
+        counter(&sidecar, "pgsidecar_cache_stores_total").await,
+        stores
+    );
+}

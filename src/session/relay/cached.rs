@@ -142,8 +142,11 @@ impl Relay {
         // transaction or changed its session (settings, role: the key would be the old one
         // until the capture), a read is not answered from the cache; inside a transaction only
         // with `in_read_only_transactions`, in one declared READ ONLY.
+        // A session pinned to its connection may hold temporary tables that shadow a
+        // whitelisted name: it neither reads nor fills the cache.
         let unsettled = |att: &Attachment| {
             att.cache.unannounced()
+                || att.pinned.is_some()
                 || !matches!(att.resync, Resync::Clean)
                 || att.batch.is_some()
                 || att.cache.may_begin(att.readies)
