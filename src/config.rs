@@ -409,6 +409,9 @@ impl Config {
         if let Some(tenancy) = &self.tenancy {
             out.push_str(&tenancy.describe());
         }
+        if let Some(cache) = &self.cache {
+            out.push_str(&cache.describe());
+        }
         out
     }
 }
@@ -727,7 +730,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Formats a byte count the way the configuration file writes it.
-fn format_size(n: usize) -> String {
+pub(crate) fn format_size(n: usize) -> String {
     match n {
         n if n % (1 << 30) == 0 && n > 0 => format!("{}GiB", n >> 30),
         n if n % (1 << 20) == 0 && n > 0 => format!("{}MiB", n >> 20),

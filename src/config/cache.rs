@@ -38,6 +38,40 @@ pub struct CacheRule {
 }
 
 impl CacheConfig {
+    /// The effective `[cache]` as TOML-like text (fingerprints as comments: their normalized
+    /// shapes, `?` for each literal).
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "\n[cache]\nmax_bytes = \"{}\"\nttl = \"{}\"\nmax_entry_bytes = \"{}\"\nin_read_only_transactions = {}\n",
+            super::format_size(self.max_bytes as usize),
+            super::format_duration(self.ttl),
+            super::format_size(self.max_entry_bytes),
+            self.in_read_only_transactions
+        );
+        for rule in &self.rules {
+            let quoted = |items: Vec<String>| {
+                items
+                    .iter()
+                    .map(|i| format!("{i:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let shapes = rule
+                .fingerprints
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).replace('\0', "?"))
+                .collect();
+            out.push_str(&format!(
+                "\n[[cache.rule]]\ndatabase = \"{}\"\ntables = [{}]\n# fingerprints (shapes): [{}]\nttl = \"{}\"\n",
+                rule.database,
+                quoted(rule.tables.clone()),
+                quoted(shapes),
+                super::format_duration(rule.ttl)
+            ));
+        }
+        out
+    }
+
     /// The rules of one database.
     pub fn rules_of<'a>(&'a self, database: &'a str) -> impl Iterator<Item = &'a CacheRule> {
         self.rules.iter().filter(move |r| r.database == database)
