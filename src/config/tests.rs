@@ -370,3 +370,70 @@ fn statement_rates() {
         assert!(err.to_string().contains(needle), "{bad}: {err}");
     }
 }
+
+const CACHED: &str = r#"
+[[database]]
+name = "app"
+primary = "postgres://app:x@127.0.0.1:5432/app"
+
+[[user]]
+name = "app"
+password = "x"
+
+[cache]
+max_bytes = "8MiB"
+ttl = "30s"
+max_entry_bytes = "64KiB"
+in_read_only_transactions = true
+
+[[cache.rule]]
+database = "app"
+tables = ["Products", "public.prices"]
+fingerprints = ["SELECT count(*) FROM orders WHERE day = $1"]
+ttl = "5s"
+
+[[cache.rule]]
+database = "app"
+tables = ["tags"]
+"#;
+
+#[test]
+fn parses_the_cache() {
+    let c = Config::from_toml(CACHED, &Overrides::default()).unwrap();
+    let cache = c.cache.expect("[cache]");
+    assert_eq!(cache.max_bytes, 8 << 20);
+    assert_eq!(cache.ttl, Duration::from_secs(30));
+    assert_eq!(cache.max_entry_bytes, 64 << 10);
+    assert!(cache.in_read_only_transactions);
+    assert_eq!(cache.rules[0].tables, ["products", "public.prices"]);
+    assert_eq!(cache.rules[0].ttl, Duration::from_secs(5));
+    assert_eq!(cache.rules[0].fingerprints.len(), 1);
+    // A rule without a TTL takes the cache's.
+    assert_eq!(cache.rules[1].ttl, Duration::from_secs(30));
+}
+
+#[test]
+fn refuses_cache_rules_it_cannot_serve() {
+    let cases = [
+        (
+            CACHED.replace(
+                "database = \"app\"\ntables = [\"tags\"]",
+                "database = \"other\"\ntables = [\"tags\"]",
+            ),
+            "cache.rule.database",
+        ),
+        (CACHED.replace("tables = [\"tags\"]", ""), "cache.rule"),
+        (CACHED.replace("ttl = \"30s\"", "ttl = \"0s\""), "cache.ttl"),
+        (
+            CACHED.replace("max_entry_bytes = \"64KiB\"", "max_entry_bytes = \"16MiB\""),
+            "cache.max_entry_bytes",
+        ),
+        (format!("[pool]\nmode = \"session\"\n{CACHED}"), "cache"),
+    ];
+    for (toml, key) in cases {
+        match Config::from_toml(&toml, &Overrides::default()) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}
