@@ -103,7 +103,7 @@ impl Relay {
         }
         // A client with replies still owed cannot wait for another's (it may be its own).
         let alone = self.owes_replies();
-        let rx = match cache.start(
+        let mut rx = match cache.start(
             request.key.clone().into_boxed_slice(),
             &request.cacheable,
             &request.tags,
@@ -112,7 +112,6 @@ impl Relay {
             Start::Record(recording) => return CacheStep::Record(recording),
             Start::Wait(rx) => rx,
         };
-        let mut rx = rx;
         let timeout = self.live.config.pool.checkout_timeout;
         // Woken when the other client's reply is stored or given up (its sender goes).
         let _ = tokio::time::timeout(timeout, rx.changed()).await;
