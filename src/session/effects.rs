@@ -113,7 +113,14 @@ impl Effects {
 
     /// What a classified statement text means for the session. `client_prepared`: the client
     /// has SQL prepared statements (only then is the text searched for their use).
-    pub fn of(sql: &[u8], classified: &Classified, client_prepared: bool) -> Arc<Effects> {
+    /// `cache`: the database has a result cache, which follows what statements write, BEGIN,
+    /// ROLLBACK and READ ONLY (left out otherwise: most statements then share one `Effects`).
+    pub fn of(
+        sql: &[u8],
+        classified: &Classified,
+        client_prepared: bool,
+        cache: bool,
+    ) -> Arc<Effects> {
         let statements = match classified.classification.as_ref() {
             Classification::Unparsed { .. } => return Effects::unknown(),
             Classification::Parsed(statements) => statements,
@@ -126,24 +133,26 @@ impl Effects {
         // Writes a ROLLBACK later in the text undoes are not writes; those a COMMIT ended are.
         let (mut committed, mut pending) = (Writes::None, Writes::None);
         for (i, statement) in statements.iter().enumerate() {
-            pending.add(&Writes::of(statement));
-            match statement.kind {
-                Kind::Commit => committed.add(&std::mem::take(&mut pending)),
-                Kind::Rollback => pending = Writes::None,
-                _ => {}
-            }
-            effects.rolls_back |= statement.kind == Kind::Rollback;
-            effects.begins |= matches!(statement.kind, Kind::Begin { .. });
-            effects.read_only_transaction |= matches!(
-                statement.kind,
-                Kind::Begin {
-                    read_only: Some(true),
-                    ..
-                } | Kind::SetTransaction {
-                    read_only: Some(true),
-                    ..
+            if cache {
+                pending.add(&Writes::of(statement));
+                match statement.kind {
+                    Kind::Commit => committed.add(&std::mem::take(&mut pending)),
+                    Kind::Rollback => pending = Writes::None,
+                    _ => {}
                 }
-            );
+                effects.rolls_back |= statement.kind == Kind::Rollback;
+                effects.begins |= matches!(statement.kind, Kind::Begin { .. });
+                effects.read_only_transaction |= matches!(
+                    statement.kind,
+                    Kind::Begin {
+                        read_only: Some(true),
+                        ..
+                    } | Kind::SetTransaction {
+                        read_only: Some(true),
+                        ..
+                    }
+                );
+            }
             effects.capture |= may_change_session(statement);
             effects.catalog |=
                 matches!(statement.kind, Kind::Ddl | Kind::Do | Kind::CreateFunction);
@@ -276,7 +285,7 @@ mod tests {
 
     fn effects(sql: &str) -> Arc<Effects> {
         let cache = ClassificationCache::new(1 << 20, Default::default());
-        Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()), true)
+        Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()), true, true)
     }
 
     #[test]

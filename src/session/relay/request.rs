@@ -197,7 +197,10 @@ impl Relay {
             return (Effects::none(), Routing::PRIMARY);
         };
         let client_prepared = !self.info.state.sql_prepared.is_empty();
-        let effects = Effects::of(sql, classified, client_prepared);
+        // A Parse's effects are kept with the statement: followed for the cache whether or not
+        // one is configured now (a reload may add one while the statement lives).
+        let cache = self.cache.is_some() || frame.tag() == frontend::PARSE_TAG;
+        let effects = Effects::of(sql, classified, client_prepared, cache);
         let routing = Routing::of(classified);
         (effects, routing)
     }
