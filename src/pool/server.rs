@@ -130,7 +130,8 @@ pub struct TokenOnConn {
 /// The proxy-named statements a server connection has prepared, oldest first, bounded.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    names: std::collections::HashSet<bytes::Bytes>,
+    /// aHash (randomly seeded): looked up for every Bind and Describe.
+    names: std::collections::HashSet<bytes::Bytes, ahash::RandomState>,
     order: std::collections::VecDeque<bytes::Bytes>,
 }
 
