@@ -100,6 +100,15 @@ impl Relay {
             let reply = match_pending(att, statements, replies, header.tag)
                 .unwrap_or_else(|| att.expect.front().map_or(Reply::Forward, Expect::reply));
             if !inspected {
+                let conn = att.server.conn_mut();
+                if reply == Reply::Forward && conn.rbuf.len() - cut >= header.frame_len {
+                    // Whole and forwarded (most rows): passed on with the bytes before it.
+                    if let Some(recording) = att.cache.recording_for(att.readies + 1) {
+                        recording.extend(&conn.rbuf[cut..cut + header.frame_len]);
+                    }
+                    cut += header.frame_len;
+                    continue;
+                }
                 att.passthrough = Some(Passthrough {
                     remaining: header.frame_len,
                     reply,
