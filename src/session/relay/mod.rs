@@ -63,6 +63,7 @@ mod signals;
 mod sql_names;
 mod tenancy;
 mod throttle;
+mod woken;
 
 use intake::Incoming;
 
@@ -298,10 +299,11 @@ impl Relay {
     }
 
     async fn pump(&mut self) -> Result<End, RelayError> {
-        // Registered once, not on every turn of the loop (each registration takes a lock).
-        let draining = self.app.draining.clone().cancelled_owned();
+        // Registered once, not on every turn of the loop (each registration takes a lock), and
+        // polled again only when they wake (each poll takes one too).
+        let draining = woken::Woken::new(self.app.draining.clone().cancelled_owned());
         // Fires for the sidecar's shutdown too (its token is the key's parent).
-        let killed = self.info.key.terminated();
+        let killed = woken::Woken::new(self.info.key.terminated());
         // One timer, moved when the deadline changes (a new sleep per turn would register and
         // deregister with the timer wheel every time).
         let sleep = tokio::time::sleep_until(Instant::now());
