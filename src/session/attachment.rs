@@ -477,9 +477,9 @@ pub(super) struct ExpectQueue {
 }
 
 impl ExpectQueue {
-    fn new(now: Instant) -> ExpectQueue {
+    fn new(now: Instant, entries: VecDeque<Expect>) -> ExpectQueue {
         ExpectQueue {
-            entries: VecDeque::new(),
+            entries,
             front_since: now,
             front_cancelled: None,
         }
@@ -551,23 +551,43 @@ impl Batch {
     }
 }
 
+/// The largest write buffer, and queue, a released attachment leaves to the next one.
+const SPARE_BYTES: usize = 16 * 1024;
+const SPARE_ENTRIES: usize = 64;
+
+/// The buffers an attachment leaves to the client's next one, so a checkout allocates none.
+#[derive(Default)]
+pub(super) struct Spare {
+    wbuf: BytesMut,
+    expect: VecDeque<Expect>,
+    pending: VecDeque<Pending>,
+}
+
 impl Attachment {
-    /// A fresh attachment of `server` with nothing in flight.
-    pub(super) fn new(server: Checkout) -> Attachment {
+    /// A fresh attachment of `server` with nothing in flight, in `spare` buffers.
+    pub(super) fn new(server: Checkout, spare: Spare) -> Attachment {
         let now = Instant::now();
+        let Spare {
+            mut wbuf,
+            mut expect,
+            mut pending,
+        } = spare;
+        wbuf.clear();
+        expect.clear();
+        pending.clear();
         Attachment {
             server,
-            expect: ExpectQueue::new(now),
+            expect: ExpectQueue::new(now, expect),
             batch: None,
             status: TransactionStatus::Idle,
-            wbuf: BytesMut::new(),
+            wbuf,
             passthrough: None,
             copy_ends: 0,
             last_activity: now,
             last_server_bytes: now,
             client_stream: 0,
             after_stream: BytesMut::new(),
-            pending: VecDeque::new(),
+            pending,
             requests: 0,
             readies: 0,
             unnamed_ready: false,
@@ -761,6 +781,35 @@ impl Attachment {
     pub(super) fn last_client_ready(&self) -> Option<u64> {
         let position = self.expect.last_client_position()?;
         Some(self.readies + 1 + position as u64)
+    }
+
+    /// The buffers this attachment leaves to the client's next one (it is being released with
+    /// nothing in flight).
+    pub(super) fn spare(&mut self) -> Spare {
+        // What a large request grew stays with it: an idle client keeps little.
+        fn small<T: Default>(taken: T, capacity: usize, limit: usize) -> T {
+            if capacity <= limit {
+                taken
+            } else {
+                T::default()
+            }
+        }
+        let wbuf_capacity = self.wbuf.capacity();
+        let (expect_capacity, pending_capacity) =
+            (self.expect.entries.capacity(), self.pending.capacity());
+        Spare {
+            wbuf: small(std::mem::take(&mut self.wbuf), wbuf_capacity, SPARE_BYTES),
+            expect: small(
+                std::mem::take(&mut self.expect.entries),
+                expect_capacity,
+                SPARE_ENTRIES,
+            ),
+            pending: small(
+                std::mem::take(&mut self.pending),
+                pending_capacity,
+                SPARE_ENTRIES,
+            ),
+        }
     }
 
     /// Nothing in flight either way: no reply awaited, no batch open, no message half

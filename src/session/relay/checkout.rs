@@ -67,7 +67,8 @@ impl Relay {
                 return Err(checkout_report(&e, Severity::Error));
             }
         };
-        let mut att = Box::new(Attachment::new(server));
+        let spare = std::mem::take(&mut self.spare);
+        let mut att = Box::new(Attachment::new(server, spare));
         self.info.key.running(att.cancel_target());
         att.upstream = upstream;
         att.tenant_permit = tenant_permit;

@@ -187,6 +187,8 @@ pub struct Relay {
     cache_asker: Option<(crate::sql::settings::Shared, Box<[u8]>)>,
     /// The client's last cache judgements.
     cache_judged: cached::Judged,
+    /// Buffers the last released server connection left for the next checkout.
+    spare: super::attachment::Spare,
     /// A server connection the client moved on from outside a transaction (a replica, when a
     /// request for the primary came behind reads in flight): it owes the front replies, gets
     /// no new requests, and is released once it has answered them. Only while attached.
@@ -240,6 +242,7 @@ impl Relay {
             cache: database_cache(&live, &info.database.name, mode),
             cache_asker: None,
             cache_judged: Default::default(),
+            spare: Default::default(),
             earlier: None,
             last_writes: smallvec::SmallVec::new(),
             route_preference: RoutePreference::Auto,

@@ -263,7 +263,8 @@ impl Relay {
     /// One of the client's server connections has answered everything: back to its pool (once
     /// no cancel for it is in flight), or closed when its replies are uncertain.
     async fn release(&mut self, which: Which) {
-        if let Some(att) = self.take_attachment(which).await {
+        if let Some(mut att) = self.take_attachment(which).await {
+            self.spare = att.spare();
             if att.uncertain {
                 // Dropping a checkout closes its connection.
                 tracing::debug!("closing a server connection whose replies are uncertain");
