@@ -122,12 +122,20 @@ pub fn parse_password(body: &[u8]) -> Option<&str> {
 pub fn message(tag: u8, parts: &[&[u8]]) -> Bytes {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut buf = BytesMut::with_capacity(len + 5);
+    append_message(&mut buf, tag, parts);
+    buf.freeze()
+}
+
+/// Appends a message of type `tag` whose body is `parts` concatenated (no allocation of its
+/// own: the hot path's rewritten Binds and Describes go straight into the server's buffer).
+pub fn append_message(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    buf.reserve(len + 5);
     buf.put_u8(tag);
     buf.put_i32((len + 4) as i32);
     for p in parts {
         buf.put_slice(p);
     }
-    buf.freeze()
 }
 
 /// Splits a NUL-terminated field off the front of a body: (field, rest after the NUL).

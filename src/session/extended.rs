@@ -14,7 +14,7 @@ use super::effects::Effects;
 use super::statements::{ClientStatements, Prepared, PROXY_PREFIX};
 use crate::protocol::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frame::Frame;
-use crate::protocol::frontend::{message, split_cstr};
+use crate::protocol::frontend::{append_message, message, split_cstr};
 use crate::protocol::frontend::{
     BIND_TAG, CLOSE_TAG, DESCRIBE_TAG, EXECUTE_TAG, PARSE_TAG, TARGET_STATEMENT,
 };
@@ -45,10 +45,11 @@ pub(super) fn forward(
                 // The unnamed statement (or one the client does not have): as it came.
                 return pass(att, frame, Awaited::BindComplete);
             }
-            att.wbuf.extend_from_slice(&message(
+            append_message(
+                &mut att.wbuf,
                 BIND_TAG,
                 &[portal, &[0], &server_name, &[0], rest],
-            ));
+            );
             att.push_reply(Awaited::BindComplete, Reply::Forward);
         }
         DESCRIBE_TAG => match body.split_first() {
@@ -57,8 +58,8 @@ pub(super) fn forward(
                     return pass(att, frame, Awaited::PortalDescription);
                 };
                 let name = server_statement_name(att, statements, name);
-                att.wbuf
-                    .extend_from_slice(&message(DESCRIBE_TAG, &[&[TARGET_STATEMENT], &name, &[0]]));
+                let describe: [&[u8]; 3] = [&[TARGET_STATEMENT], &name, &[0]];
+                append_message(&mut att.wbuf, DESCRIBE_TAG, &describe);
                 let awaited = Awaited::StatementDescription {
                     parameters_seen: false,
                 };
