@@ -574,3 +574,58 @@ async fn a_temporary_table_that_shadows_a_whitelisted_one_never_meets_the_cache(
         stores
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_of_another_portal_is_not_answered_from_the_cache() {
+    use postgres_protocol::message::frontend as fe;
+    let (name, toml) = setup("cache_portal");
+    let sidecar = start(&toml).await;
+    let user = format!("{name}.acme");
+    let mut conn = raw_connect(sidecar.addr, &user, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    let sql = "SELECT name FROM products WHERE id = 3";
+    // Parse + Bind of portal "" + Execute "" + Sync, twice: stored, then a hit.
+    let request = |execute_portal: &str| {
+        let mut out = bytes::BytesMut::new();
+        fe::parse("", sql, [], &mut out).unwrap();
+        fe::bind(
+            "",
+            "",
+            [],
+            [],
+            |_: (), _| Ok(postgres_protocol::IsNull::No),
+            [],
+            &mut out,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        fe::execute(execute_portal, 0, &mut out).unwrap();
+        fe::sync(&mut out);
+        out
+    };
+    // Until one is answered from the cache (it stores once its LISTEN connection is up).
+    let mut hits = 0.0;
+    for _ in 0..500 {
+        conn.write_all(&request("")).await.unwrap();
+        let replies = read_until_ready(&mut conn, 1).await;
+        assert_eq!(tags(&replies), "12DCZ");
+        hits = counter(&sidecar, "pgsidecar_cache_hits_total").await;
+        if hits > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(hits > 0.0, "never answered from the cache");
+    // The same Bind, but an Execute of a portal that does not exist: the server's error, not
+    // the cached rows.
+    conn.write_all(&request("other")).await.unwrap();
+    let replies = read_until_ready(&mut conn, 1).await;
+    assert_eq!(
+        error_code(&replies).as_deref(),
+        Some("34000"),
+        "{}",
+        tags(&replies)
+    );
+    assert_eq!(counter(&sidecar, "pgsidecar_cache_hits_total").await, hits);
+}

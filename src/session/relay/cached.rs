@@ -220,6 +220,12 @@ impl Relay {
         }
         let mut parsed: Option<(&[u8], &[u8], Option<&Classified>)> = None;
         let mut statement: Option<(Bytes, Option<Classified>)> = None;
+        // The portal the Bind makes: the Describe and the Execute must name it (another
+        // portal would run something else).
+        let mut portal: Option<&[u8]> = None;
+        let names_portal = |body: &[u8], portal: Option<&[u8]>| {
+            split_cstr(body).is_some_and(|(name, _)| Some(name) == portal)
+        };
         for (frame, classified) in self.held.iter().take(len) {
             let body = frame.body();
             match frame.tag() {
@@ -230,7 +236,8 @@ impl Relay {
                     parsed = Some((name, rest, classified.as_ref()));
                 }
                 BIND_TAG => {
-                    let (_, rest) = split_cstr(body).ok_or(Refusal::Shape)?;
+                    let (bound, rest) = split_cstr(body).ok_or(Refusal::Shape)?;
+                    portal = Some(bound);
                     let (name, parameters) = split_cstr(rest).ok_or(Refusal::Shape)?;
                     let (text_and_types, classified) = match parsed {
                         Some((parsed_name, rest, classified)) if parsed_name == name => {
@@ -242,10 +249,12 @@ impl Relay {
                     key.bind(&text_and_types, parameters);
                     statement = Some((text_and_types, classified));
                 }
-                DESCRIBE_TAG if body.first() == Some(&b'P') => key.describe(),
+                DESCRIBE_TAG if body.first() == Some(&b'P') && names_portal(&body[1..], portal) => {
+                    key.describe()
+                }
                 EXECUTE_TAG => {
                     let (_, limit) = split_cstr(body).ok_or(Refusal::Shape)?;
-                    if limit != [0, 0, 0, 0] {
+                    if limit != [0, 0, 0, 0] || !names_portal(body, portal) {
                         return Err(Refusal::Shape);
                     }
                     key.execute();
