@@ -133,6 +133,19 @@ async fn writes_through_one_sidecar_invalidate_the_other() {
         .await
         .unwrap();
     until_reads(&cb, 1, "fig").await;
+    // Inside an explicit transaction (the announcement goes with it): nothing changes for B
+    // until the COMMIT.
+    until_stored(&b, &cb, 1).await;
+    ca.simple_query("BEGIN").await.unwrap();
+    ca.simple_query("UPDATE prices SET price = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    ca.simple_query("UPDATE products SET name = 'grape' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(read(&cb, 1).await, "fig");
+    ca.simple_query("COMMIT").await.unwrap();
+    until_reads(&cb, 1, "grape").await;
 
     // A client reads its own committed write at once (its sidecar forgot the entry before
     // the client could ask again).

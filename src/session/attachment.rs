@@ -195,6 +195,9 @@ struct Unsent {
     /// Its writes are announced inside its transaction (an extended batch carries the
     /// notification).
     carried: bool,
+    /// It ends a transaction (COMMIT, ROLLBACK): an announcement it carried could land in
+    /// the transaction after it, so it carries none.
+    ends: bool,
 }
 
 /// A sent request that may write or roll back.
@@ -237,6 +240,7 @@ impl CacheTrack {
         }
         self.unsent.begins |= effects.begins;
         self.unsent.read_only |= effects.read_only_transaction;
+        self.unsent.ends |= effects.ends_transaction.is_some();
     }
 
     /// At a ReadyForQuery, before the client sees it: what ended transactions wrote is
@@ -255,6 +259,9 @@ impl CacheTrack {
     /// The announcement the request being sent carries in its own transaction: what it may
     /// write (`None`: nothing).
     pub(super) fn carry(&mut self) -> Option<String> {
+        if self.unsent.ends {
+            return None;
+        }
         let sql = crate::cache::notify_sql(&self.unsent.writes)?;
         self.unsent.carried = true;
         Some(sql)

@@ -353,8 +353,10 @@ impl Relay {
         } else if role == MessageRole::Extended {
             extended::forward(att, &mut self.statements, &u.frame, u.parsed);
         } else {
-            if role == MessageRole::Sync && self.cache.is_some() {
-                carry_announcement(att);
+            match role {
+                MessageRole::Sync if self.cache.is_some() => carry_announcement(att),
+                MessageRole::Request if self.cache.is_some() => carry_in_transaction(att),
+                _ => {}
             }
             att.wbuf.extend_from_slice(u.frame.as_bytes());
         }
@@ -464,5 +466,22 @@ fn carry_announcement(att: &mut Attachment) {
     }
     if let Some(sql) = att.cache.carry() {
         resync::inject_extended(att, &sql);
+    }
+}
+
+/// The result cache: a simple Query that may write, sent inside an explicit transaction with
+/// nothing in flight (its status is known: in progress, not failed), carries the announcement
+/// in that transaction, ahead of it (delivered only if the transaction commits). An autocommit
+/// write cannot: a statement before it would commit first; it is announced after it ends.
+fn carry_in_transaction(att: &mut Attachment) {
+    let healthy = att.status == TransactionStatus::InTransaction && att.between_requests();
+    if !healthy || att.upstream.is_replica() {
+        return;
+    }
+    if let Some(sql) = att.cache.carry() {
+        frontend::append_query(&mut att.wbuf, &sql);
+        att.push_expect(Expect {
+            source: Source::Sidecar,
+        });
     }
 }
