@@ -565,6 +565,9 @@ async fn a_temporary_table_that_shadows_a_whitelisted_one_never_meets_the_cache(
     .unwrap();
     let sidecar = start(&toml).await;
     let client = tenant_client(&sidecar, &name, "acme").await;
+    // The sidecar must be listening before the write, or its announcement is missed.
+    until_stored(&sidecar, &client, 2).await;
+    let invalidations = counter(&sidecar, "pgsidecar_cache_invalidations_total").await;
     client
         .batch_execute(
             "CREATE TEMP TABLE products (id int, name text); \
@@ -572,7 +575,15 @@ async fn a_temporary_table_that_shadows_a_whitelisted_one_never_meets_the_cache(
         )
         .await
         .unwrap();
-    // (The DDL counts as writing every table: the other client's entry is stored after it.)
+    // The DDL counts as writing every table: forgotten here at once, then again when the
+    // sidecar's own announcement comes back through its LISTEN connection. Only after both is
+    // the other client's entry stored for good.
+    until_at_least(
+        sidecar.metrics_addr,
+        "pgsidecar_cache_invalidations_total",
+        invalidations + 2.0,
+    )
+    .await;
     let other = tenant_client(&sidecar, &name, "acme").await;
     until_stored(&sidecar, &other, 1).await;
     let stores = counter(&sidecar, "pgsidecar_cache_stores_total").await;
