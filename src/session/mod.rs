@@ -5,6 +5,7 @@
 
 pub mod attachment;
 pub mod auth;
+mod cache_track;
 pub mod certificate;
 mod cleanup;
 pub mod client;
