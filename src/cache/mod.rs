@@ -119,6 +119,7 @@ impl ResultCache {
                 rules: config.rules_of(&rule.database).cloned().collect(),
                 entries: entries.clone(),
                 max_entry_bytes: config.max_entry_bytes,
+                in_read_only_transactions: config.in_read_only_transactions,
                 metrics: Arc::clone(metrics),
                 notifier,
                 ready: AtomicBool::new(false),
@@ -181,6 +182,8 @@ pub struct DatabaseCache {
     rules: Vec<CacheRule>,
     entries: moka::sync::Cache<Key, Arc<Entry>, ahash::RandomState>,
     max_entry_bytes: usize,
+    /// `[cache] in_read_only_transactions`.
+    in_read_only_transactions: bool,
     metrics: Arc<Metrics>,
     notifier: Arc<Notifier>,
     /// The invalidation listener's LISTEN took effect once (after that, the notifier's link
@@ -201,6 +204,11 @@ impl DatabaseCache {
     /// The database's `[[cache.rule]]`s.
     pub fn rules(&self) -> &[CacheRule] {
         &self.rules
+    }
+
+    /// Reads inside transactions declared READ ONLY may use the cache.
+    pub fn in_read_only_transactions(&self) -> bool {
+        self.in_read_only_transactions
     }
 
     /// Counts a read that was neither served nor stored.

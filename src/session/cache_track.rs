@@ -65,6 +65,14 @@ impl CacheTrack {
             || !self.to_announce.is_none()
     }
 
+    /// `bytes` of the front reply (ReadyForQuery number `front`) were forwarded: copied into
+    /// its recording, if it has one.
+    pub(super) fn record(&mut self, front: u64, bytes: &[u8]) {
+        if let Some(recording) = self.recording_for(front) {
+            recording.extend(bytes);
+        }
+    }
+
     /// The recording the front reply (ReadyForQuery number `front`) is copied into, if any.
     pub(super) fn recording_for(&mut self, front: u64) -> Option<&mut crate::cache::Recording> {
         match &mut self.recording {

@@ -106,9 +106,7 @@ fn parse(
         return pass(att, frame, Awaited::ParseComplete);
     };
     if name.is_empty() {
-        statements.unnamed = Some(frame.as_bytes().clone());
-        statements.unnamed_effects = effects;
-        statements.unnamed_routing = Some(routing);
+        statements.set_unnamed(frame.as_bytes().clone(), effects, routing);
         att.unnamed_ready = true;
         return pass(att, frame, Awaited::ParseComplete);
     }

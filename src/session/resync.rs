@@ -124,7 +124,7 @@ pub(super) fn injected_failed(att: &mut Attachment) {
     att.server.conn_mut().applied = AppliedSettings::Unknown;
 }
 
-fn inject(att: &mut Attachment, sql: &str) {
+pub(super) fn inject(att: &mut Attachment, sql: &str) {
     append_query(&mut att.wbuf, sql);
     att.push_expect(Expect {
         source: Source::Sidecar,

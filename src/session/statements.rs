@@ -44,6 +44,13 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
+    /// The client parsed its unnamed statement (`parse`: the whole Parse message).
+    pub fn set_unnamed(&mut self, parse: Bytes, effects: Arc<Effects>, routing: Routing) {
+        self.unnamed = Some(parse);
+        self.unnamed_effects = effects;
+        self.unnamed_routing = Some(routing);
+    }
+
     /// Records a Parse of `name` with the body `rest` (everything after the name) and returns
     /// the statement under its proxy-wide name.
     pub fn register(

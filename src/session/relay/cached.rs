@@ -150,12 +150,7 @@ impl Relay {
                 || att.batch.is_some()
                 || att.cache.may_begin(att.readies)
         };
-        let read_only_tx = self
-            .live
-            .config
-            .cache
-            .as_ref()
-            .is_some_and(|c| c.in_read_only_transactions);
+        let read_only_tx = cache.in_read_only_transactions();
         let earlier = self.earlier.as_deref().is_some_and(unsettled);
         match (self.session_view().pin, &self.phase) {
             (TxPin::None, _) => {}
@@ -230,8 +225,7 @@ impl Relay {
             let body = frame.body();
             match frame.tag() {
                 PARSE_TAG => {
-                    let (name, _) = frontend::parse_text(body).ok_or(Refusal::Shape)?;
-                    let rest = after_name(body).ok_or(Refusal::Shape)?;
+                    let (name, rest) = split_cstr(body).ok_or(Refusal::Shape)?;
                     key.parse(rest);
                     parsed = Some((name, rest, classified.as_ref()));
                 }
@@ -317,9 +311,8 @@ impl Relay {
             return;
         };
         if name.is_empty() {
-            self.statements.unnamed = Some(frame.as_bytes().clone());
-            self.statements.unnamed_effects = effects;
-            self.statements.unnamed_routing = Some(routing);
+            self.statements
+                .set_unnamed(frame.as_bytes().clone(), effects, routing);
             self.forget_unnamed_upstream();
         } else {
             self.statements.register(name, rest, effects, routing);
@@ -353,10 +346,7 @@ impl Relay {
         let Some(sql) = crate::cache::notify_sql(&ended) else {
             return false;
         };
-        frontend::append_query(&mut att.wbuf, &sql);
-        att.push_expect(Expect {
-            source: Source::Sidecar,
-        });
+        resync::inject(att, &sql);
         true
     }
 }

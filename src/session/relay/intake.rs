@@ -120,13 +120,10 @@ impl Relay {
                     let batch_open =
                         matches!(&self.phase, Phase::Attached(att) if att.batch.is_some());
                     // Reads in a READ ONLY transaction may be answered from the cache.
-                    let cached = self.cache.is_some()
-                        && self
-                            .live
-                            .config
-                            .cache
-                            .as_ref()
-                            .is_some_and(|c| c.in_read_only_transactions)
+                    let cached = self
+                        .cache
+                        .as_ref()
+                        .is_some_and(|c| c.in_read_only_transactions())
                         && matches!(&self.phase, Phase::Attached(att) if att.cache.read_only());
                     self.shards.is_none()
                         && (!self.rate_limited || batch_open)

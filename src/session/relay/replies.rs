@@ -103,9 +103,8 @@ impl Relay {
                 let conn = att.server.conn_mut();
                 if reply == Reply::Forward && conn.rbuf.len() - cut >= header.frame_len {
                     // Whole and forwarded (most rows): passed on with the bytes before it.
-                    if let Some(recording) = att.cache.recording_for(att.readies + 1) {
-                        recording.extend(&conn.rbuf[cut..cut + header.frame_len]);
-                    }
+                    att.cache
+                        .record(att.readies + 1, &conn.rbuf[cut..cut + header.frame_len]);
                     cut += header.frame_len;
                     continue;
                 }
@@ -378,9 +377,8 @@ async fn stream_through(
         emit(client, conn, cut, metrics).await?;
         conn.consume(take);
     } else {
-        if let Some(recording) = att.cache.recording_for(att.readies + 1) {
-            recording.extend(&conn.rbuf[*cut..*cut + take]);
-        }
+        att.cache
+            .record(att.readies + 1, &conn.rbuf[*cut..*cut + take]);
         *cut += take;
     }
     pt.remaining -= take;

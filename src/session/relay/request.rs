@@ -479,9 +479,6 @@ fn carry_in_transaction(att: &mut Attachment) {
         return;
     }
     if let Some(sql) = att.cache.carry() {
-        frontend::append_query(&mut att.wbuf, &sql);
-        att.push_expect(Expect {
-            source: Source::Sidecar,
-        });
+        resync::inject(att, &sql);
     }
 }
