@@ -103,13 +103,40 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
     let mut conn = raw(sidecar.addr, &name, &[]).await;
     query(&mut conn, "LISTEN jobs").await;
     let admin = connect_direct_superuser(&name).await;
+    // The LISTEN connection and the pooled connection that ran the client's LISTEN. The test
+    // waits until those backends are gone (pg_terminate_backend only signals): a pooled
+    // connection still alive when the NOTIFY is checked out would die under it, which ends the
+    // session (a lost primary does) — a different test.
+    let killed: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND query LIKE 'LISTEN%'",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!killed.is_empty());
     admin
-        .batch_execute(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = '{name}' AND query LIKE 'LISTEN%'"
-        ))
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid",
+            &[&killed],
+        )
         .await
         .unwrap();
+    until_positive(
+        &admin,
+        &format!(
+            "SELECT (count(*) = 0)::int::bigint FROM pg_stat_activity WHERE pid = ANY('{{{}}}')",
+            killed
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .await;
     let replies = tokio::time::timeout(Duration::from_secs(10), query(&mut conn, "NOTIFY jobs"))
         .await
         .expect("answered");
