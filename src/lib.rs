@@ -29,6 +29,7 @@ pub mod http;
 pub mod listener;
 pub mod live;
 pub mod localpg;
+pub mod merge;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
