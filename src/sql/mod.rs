@@ -6,6 +6,7 @@ pub mod cacheable;
 pub mod class;
 pub mod classify;
 pub mod fingerprint;
+pub mod fanout;
 pub mod functions;
 pub mod quote;
 pub mod rename;
