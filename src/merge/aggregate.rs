@@ -113,7 +113,12 @@ impl AggSpec {
     }
 
     /// Folds one shard row's partials into `state`.
-    pub fn fold(&self, state: &mut State, row: &Row, types: &[ColumnType]) -> Result<(), MergeError> {
+    pub fn fold(
+        &self,
+        state: &mut State,
+        row: &Row,
+        types: &[ColumnType],
+    ) -> Result<(), MergeError> {
         let value = |i: usize| row.value(i, types);
         match state {
             State::Count(n) => {
@@ -135,7 +140,7 @@ impl AggSpec {
                         None => true,
                         Some(have) => {
                             let t = types[self.column];
-                            let order = new.cmp(&value::decode(t.oid, t.binary, have)?);
+                            let order = new.order(&value::decode(t.oid, t.binary, have)?);
                             match self.func {
                                 Func::Min => order.is_lt(),
                                 _ => order.is_gt(),
@@ -199,11 +204,7 @@ pub fn avg_out(sum_oid: u32) -> Out {
 }
 
 /// The final value of `state` for a group with `distinct` distinct values counted.
-pub fn finish(
-    state: &State,
-    distinct: usize,
-    partial_oid: u32,
-) -> Result<Finished, MergeError> {
+pub fn finish(state: &State, distinct: usize, partial_oid: u32) -> Result<Finished, MergeError> {
     Ok(match state {
         State::Count(n) => Finished::Computed(Value::Int(*n), Out::Int8),
         State::Distinct => Finished::Computed(Value::Int(distinct as i64), Out::Int8),
@@ -220,7 +221,10 @@ pub fn finish(
         State::Avg(Some(total), count) => match total {
             Total::Float(f) => Finished::Computed(Value::Float(f / *count as f64), Out::Float8),
             Total::Int(i) => Finished::Computed(
-                Value::Numeric(divide(&Numeric::Finite(BigDecimal::from(BigInt::from(*i))), *count)),
+                Value::Numeric(divide(
+                    &Numeric::Finite(BigDecimal::from(BigInt::from(*i))),
+                    *count,
+                )),
                 Out::Numeric,
             ),
             Total::Numeric(n) => {
@@ -232,9 +236,9 @@ pub fn finish(
 
 fn total_value(total: &Total, out: Out) -> Result<Value<'static>, MergeError> {
     Ok(match total {
-        Total::Int(i) if out == Out::Int8 => Value::Int(i64::try_from(*i).map_err(|_| {
-            MergeError::OutOfRange("bigint out of range".into())
-        })?),
+        Total::Int(i) if out == Out::Int8 => Value::Int(
+            i64::try_from(*i).map_err(|_| MergeError::OutOfRange("bigint out of range".into()))?,
+        ),
         Total::Int(i) => Value::Numeric(Numeric::Finite(BigDecimal::from(BigInt::from(*i)))),
         Total::Numeric(n) => Value::Numeric(n.clone()),
         Total::Float(f) => Value::Float(*f),

@@ -87,7 +87,11 @@ impl Merger {
             spec,
         };
         merger.check_types()?;
-        let mode = match (&merger.spec.grouping, merger.spec.order.is_empty(), merger.spec.distinct) {
+        let mode = match (
+            &merger.spec.grouping,
+            merger.spec.order.is_empty(),
+            merger.spec.distinct,
+        ) {
             (Some(_), _, _) => Mode::Grouped {
                 index: HashMap::new(),
                 groups: Vec::new(),
@@ -120,7 +124,10 @@ impl Merger {
         let extremes = self.spec.grouping.as_ref().is_some_and(|g| {
             g.aggs.iter().any(|a| {
                 matches!(a.func, aggregate::Func::Min | aggregate::Func::Max)
-                    && self.types.get(a.column).is_some_and(|t| value::collatable(t.oid))
+                    && self
+                        .types
+                        .get(a.column)
+                        .is_some_and(|t| value::collatable(t.oid))
             })
         });
         sorts || extremes
@@ -129,10 +136,9 @@ impl Merger {
     /// Every value the merge must read is of a type it reads.
     fn check_types(&self) -> Result<(), MergeError> {
         let need = |i: usize| -> Result<(), MergeError> {
-            let t = self
-                .types
-                .get(i)
-                .ok_or_else(|| MergeError::Malformed("a shard described fewer columns than asked".into()))?;
+            let t = self.types.get(i).ok_or_else(|| {
+                MergeError::Malformed("a shard described fewer columns than asked".into())
+            })?;
             if value::supported(t.oid) {
                 Ok(())
             } else {
@@ -311,7 +317,11 @@ impl Merger {
         Ok(self.sent)
     }
 
-    fn finish_groups(&mut self, mut groups: Vec<Group>, out: &mut BytesMut) -> Result<(), MergeError> {
+    fn finish_groups(
+        &mut self,
+        mut groups: Vec<Group>,
+        out: &mut BytesMut,
+    ) -> Result<(), MergeError> {
         let Some(grouping) = self.spec.grouping.clone() else {
             return Ok(());
         };
@@ -377,7 +387,9 @@ impl Merger {
                 shown.iter().enumerate().map(|(i, cell)| match cell {
                     Cell::Null => None,
                     Cell::Raw(raw, _) => Some(WriteCell::Raw(raw)),
-                    Cell::Computed(v, t) => Some(WriteCell::Computed(v, *t, binary.get(i) == Some(&true))),
+                    Cell::Computed(v, t) => {
+                        Some(WriteCell::Computed(v, *t, binary.get(i) == Some(&true)))
+                    }
                 }),
             );
         }
@@ -385,7 +397,12 @@ impl Merger {
     }
 
     /// The value of `item` for a finished group.
-    fn item_cell(&self, item: &Item, group: &Group, grouping: &Grouping) -> Result<Cell, MergeError> {
+    fn item_cell(
+        &self,
+        item: &Item,
+        group: &Group,
+        grouping: &Grouping,
+    ) -> Result<Cell, MergeError> {
         Ok(match item {
             Item::Shard(i) => match group.first.as_ref().and_then(|r| r.cell_bytes(*i)) {
                 Some(raw) => Cell::Raw(raw, self.types[*i]),
@@ -401,7 +418,9 @@ impl Merger {
                 }
             }
             Item::Named(name) => {
-                return Err(MergeError::Malformed(format!("column \"{name}\" was not resolved")))
+                return Err(MergeError::Malformed(format!(
+                    "column \"{name}\" was not resolved"
+                )))
             }
         })
     }
@@ -419,11 +438,9 @@ fn resolve_names(spec: &mut MergeSpec, fields: &[Field]) -> Result<(), MergeErro
                 .collect();
             key.item = match matches[..] {
                 [one] => Item::Shard(one),
-                [] => {
-                    return Err(MergeError::Unsupported(format!(
-                        "ORDER BY \"{name}\" names no column of the result: order by a selected column"
-                    )))
-                }
+                [] => return Err(MergeError::Unsupported(format!(
+                    "ORDER BY \"{name}\" names no column of the result: order by a selected column"
+                ))),
                 _ => {
                     return Err(MergeError::Unsupported(format!(
                         "ORDER BY \"{name}\" is ambiguous in the result"
@@ -452,7 +469,9 @@ fn client_fields(spec: &MergeSpec, fields: &[Field]) -> Result<Vec<Field>, Merge
                         .ok_or_else(missing)?;
                     let partial = fields.get(agg.column).ok_or_else(missing)?;
                     let (oid, len, typmod) = match agg.func {
-                        aggregate::Func::Count | aggregate::Func::CountDistinct => (value::INT8, 8, -1),
+                        aggregate::Func::Count | aggregate::Func::CountDistinct => {
+                            (value::INT8, 8, -1)
+                        }
                         aggregate::Func::BoolAnd | aggregate::Func::BoolOr => (value::BOOL, 1, -1),
                         aggregate::Func::Min | aggregate::Func::Max | aggregate::Func::Sum => {
                             (partial.oid, partial.len, -1)
@@ -478,12 +497,20 @@ fn client_fields(spec: &MergeSpec, fields: &[Field]) -> Result<Vec<Field>, Merge
     }
 }
 
-fn canonical_cell(row: &Row, i: usize, types: &[ColumnType], out: &mut Vec<u8>) -> Result<(), MergeError> {
+fn canonical_cell(
+    row: &Row,
+    i: usize,
+    types: &[ColumnType],
+    out: &mut Vec<u8>,
+) -> Result<(), MergeError> {
     match row.cell(i) {
         None => out.push(0),
         Some(raw) => {
             out.push(1);
-            let t = types.get(i).copied().unwrap_or(ColumnType { oid: 0, binary: false });
+            let t = types.get(i).copied().unwrap_or(ColumnType {
+                oid: 0,
+                binary: false,
+            });
             let start = out.len();
             if value::supported(t.oid) {
                 value::decode(t.oid, t.binary, raw)?.canonical(out);
@@ -497,7 +524,12 @@ fn canonical_cell(row: &Row, i: usize, types: &[ColumnType], out: &mut Vec<u8>) 
     Ok(())
 }
 
-fn canonical_leading(row: &Row, types: &[ColumnType], n: usize, out: &mut Vec<u8>) -> Result<(), MergeError> {
+fn canonical_leading(
+    row: &Row,
+    types: &[ColumnType],
+    n: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), MergeError> {
     for i in 0..n {
         canonical_cell(row, i, types, out)?;
     }
@@ -527,12 +559,21 @@ fn canonical_of(cell: &Cell, out: &mut Vec<u8>) -> Result<(), MergeError> {
     Ok(())
 }
 
-fn compare_rows(a: &Row, b: &Row, keys: &[SortKey], types: &[ColumnType]) -> Result<Ordering, MergeError> {
+fn compare_rows(
+    a: &Row,
+    b: &Row,
+    keys: &[SortKey],
+    types: &[ColumnType],
+) -> Result<Ordering, MergeError> {
     for key in keys {
         let Item::Shard(i) = key.item else {
             continue;
         };
-        let order = key_order(a.value(i, types)?.as_ref(), b.value(i, types)?.as_ref(), key);
+        let order = key_order(
+            a.value(i, types)?.as_ref(),
+            b.value(i, types)?.as_ref(),
+            key,
+        );
         if order != Ordering::Equal {
             return Ok(order);
         }
@@ -551,7 +592,10 @@ fn compare_cells(a: &[Cell], b: &[Cell], keys: &[SortKey]) -> Result<Ordering, M
 }
 
 /// HAVING, three-valued.
-fn eval(h: &Having, cell: &dyn Fn(&Item) -> Result<Cell, MergeError>) -> Result<Option<bool>, MergeError> {
+fn eval(
+    h: &Having,
+    cell: &dyn Fn(&Item) -> Result<Cell, MergeError>,
+) -> Result<Option<bool>, MergeError> {
     Ok(match h {
         Having::And(a, b) => match (eval(a, cell)?, eval(b, cell)?) {
             (Some(false), _) | (_, Some(false)) => Some(false),
@@ -575,17 +619,20 @@ fn eval(h: &Having, cell: &dyn Fn(&Item) -> Result<Cell, MergeError>) -> Result<
             };
             let comparable = matches!(
                 (&a, &b),
-                (Value::Int(_) | Value::Numeric(_) | Value::Float(_), Value::Int(_) | Value::Numeric(_) | Value::Float(_))
-                    | (Value::Bool(_), Value::Bool(_))
+                (
+                    Value::Int(_) | Value::Numeric(_) | Value::Float(_),
+                    Value::Int(_) | Value::Numeric(_) | Value::Float(_)
+                ) | (Value::Bool(_), Value::Bool(_))
                     | (Value::Bytes(_), Value::Bytes(_))
                     | (Value::Time(_), Value::Time(_))
             );
             if !comparable {
                 return Err(MergeError::Unsupported(
-                    "HAVING compares values of different kinds: compare an aggregate with a number".into(),
+                    "HAVING compares values of different kinds: compare an aggregate with a number"
+                        .into(),
                 ));
             }
-            let order = a.cmp(&b);
+            let order = a.order(&b);
             Some(match op {
                 CmpOp::Eq => order.is_eq(),
                 CmpOp::NotEq => order.is_ne(),
@@ -598,14 +645,21 @@ fn eval(h: &Having, cell: &dyn Fn(&Item) -> Result<Cell, MergeError>) -> Result<
     })
 }
 
-fn operand_cell(operand: &Operand, cell: &dyn Fn(&Item) -> Result<Cell, MergeError>) -> Result<Cell, MergeError> {
+fn operand_cell(
+    operand: &Operand,
+    cell: &dyn Fn(&Item) -> Result<Cell, MergeError>,
+) -> Result<Cell, MergeError> {
     Ok(match operand {
         Operand::Item(item) => cell(item)?,
         Operand::Null => Cell::Null,
         Operand::Bool(b) => Cell::Computed(Value::Bool(*b), Out::Bool),
         Operand::Number(n) => match value::parse_numeric(n) {
             Some(n) => Cell::Computed(Value::Numeric(n), Out::Numeric),
-            None => return Err(MergeError::Unsupported(format!("HAVING cannot read the number {n}"))),
+            None => {
+                return Err(MergeError::Unsupported(format!(
+                    "HAVING cannot read the number {n}"
+                )))
+            }
         },
         Operand::Text(t) => Cell::Raw(
             Bytes::from(t.clone().into_bytes()),

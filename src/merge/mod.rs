@@ -153,7 +153,8 @@ pub fn parse_fields(body: &[u8]) -> Option<Vec<Field>> {
         let end = at + body.get(at..)?.iter().position(|b| *b == 0)?;
         let name = body[at..end].to_vec();
         let rest = body.get(end + 1..end + 19)?;
-        let u32_at = |i: usize| u32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
         let i16_at = |i: usize| i16::from_be_bytes([rest[i], rest[i + 1]]);
         fields.push(Field {
             name,
@@ -200,12 +201,20 @@ impl Row {
     /// Reads a DataRow body.
     pub fn parse(body: Bytes) -> Result<Row, MergeError> {
         let bad = || MergeError::Malformed("a shard sent a malformed DataRow".into());
-        let count = u16::from_be_bytes(body.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let count = u16::from_be_bytes(
+            body.get(..2)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
         let mut cells = smallvec::SmallVec::with_capacity(count.into());
         let mut at = 2usize;
         for _ in 0..count {
             let len = i32::from_be_bytes(
-                body.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+                body.get(at..at + 4)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .map_err(|_| bad())?,
             );
             at += 4;
             cells.push((at as u32, len));
@@ -244,9 +253,9 @@ impl Row {
         let Some(raw) = self.cell(i) else {
             return Ok(None);
         };
-        let t = types
-            .get(i)
-            .ok_or_else(|| MergeError::Malformed("a shard sent more columns than it described".into()))?;
+        let t = types.get(i).ok_or_else(|| {
+            MergeError::Malformed("a shard sent more columns than it described".into())
+        })?;
         value::decode(t.oid, t.binary, raw).map(Some)
     }
 
@@ -291,7 +300,7 @@ fn key_order(a: Option<&Value<'_>>, b: Option<&Value<'_>>, key: &SortKey) -> Ord
                 Ordering::Less
             }
         }
-        (Some(a), Some(b)) => a.cmp(b),
+        (Some(a), Some(b)) => a.order(b),
     };
     if key.descending {
         order.reverse()

@@ -53,7 +53,7 @@ pub enum Value<'a> {
 
 impl Value<'_> {
     /// Postgres's order for two values of the same column.
-    pub fn cmp(&self, other: &Value<'_>) -> Ordering {
+    pub fn order(&self, other: &Value<'_>) -> Ordering {
         match (self, other) {
             (Value::Int(a), Value::Int(b)) => a.cmp(b),
             (Value::Float(a), Value::Float(b)) => float_cmp(*a, *b),
@@ -227,7 +227,11 @@ fn parse_date(text: &str) -> Option<i64> {
     if d.len() != 2 || m.len() != 2 {
         return None;
     }
-    Some(days_from_civil(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?))
+    Some(days_from_civil(
+        y.parse().ok()?,
+        m.parse().ok()?,
+        d.parse().ok()?,
+    ))
 }
 
 /// Microseconds since 2000-01-01 00:00 UTC of an ISO timestamp, with or without an offset.
@@ -280,9 +284,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Postgres's binary numeric: ndigits, weight, sign, dscale, base-10000 digits.
 fn numeric_from_binary(raw: &[u8]) -> Option<Numeric> {
-    let field = |i: usize| -> Option<u16> {
-        Some(u16::from_be_bytes(raw.get(i..i + 2)?.try_into().ok()?))
-    };
+    let field =
+        |i: usize| -> Option<u16> { Some(u16::from_be_bytes(raw.get(i..i + 2)?.try_into().ok()?)) };
     let (ndigits, weight, sign, dscale) = (field(0)?, field(2)? as i16, field(4)?, field(6)?);
     match sign {
         0xC000 => return Some(Numeric::NaN),
@@ -343,10 +346,18 @@ pub fn numeric_text(n: &Numeric) -> String {
         Numeric::Finite(d) => {
             let (mantissa, scale) = d.as_bigint_and_exponent();
             let digits = mantissa.magnitude().to_string();
-            let sign = if mantissa.sign() == Sign::Minus { "-" } else { "" };
+            let sign = if mantissa.sign() == Sign::Minus {
+                "-"
+            } else {
+                ""
+            };
             if scale <= 0 {
                 let zeros = "0".repeat(usize::try_from(-scale).unwrap_or(0));
-                let body = if digits == "0" { "0".into() } else { digits + &zeros };
+                let body = if digits == "0" {
+                    "0".into()
+                } else {
+                    digits + &zeros
+                };
                 return format!("{sign}{body}");
             }
             let scale = usize::try_from(scale).unwrap_or(0);
@@ -406,11 +417,7 @@ fn numeric_to_binary(n: &Numeric, buf: &mut BytesMut) {
     // Base-10000 groups aligned on the decimal point.
     let int_pad = (4 - int.len() % 4) % 4;
     let frac_pad = (4 - frac.len() % 4) % 4;
-    let digits_text = format!(
-        "{}{int}{frac}{}",
-        "0".repeat(int_pad),
-        "0".repeat(frac_pad)
-    );
+    let digits_text = format!("{}{int}{frac}{}", "0".repeat(int_pad), "0".repeat(frac_pad));
     let mut digits: Vec<u16> = digits_text
         .as_bytes()
         .chunks(4)
@@ -447,7 +454,15 @@ mod tests {
 
     #[test]
     fn numerics_read_and_print_as_postgres() {
-        for text in ["0", "1.50", "-12345.6789", "0.0001", "100000000", "-0.000", "1e3"] {
+        for text in [
+            "0",
+            "1.50",
+            "-12345.6789",
+            "0.0001",
+            "100000000",
+            "-0.000",
+            "1e3",
+        ] {
             let n = parse_numeric(text).unwrap();
             let mut bin = BytesMut::new();
             numeric_to_binary(&n, &mut bin);
@@ -458,10 +473,7 @@ mod tests {
         assert_eq!(numeric_text(&parse_numeric("-0.05").unwrap()), "-0.05");
         // 1234.5 as Postgres sends it: ndigits 2, weight 0, sign 0, dscale 1, 1234 5000.
         let wire = [0, 2, 0, 0, 0, 0, 0, 1, 0x04, 0xD2, 0x13, 0x88];
-        assert_eq!(
-            numeric_text(&numeric_from_binary(&wire).unwrap()),
-            "1234.5"
-        );
+        assert_eq!(numeric_text(&numeric_from_binary(&wire).unwrap()), "1234.5");
         let mut bin = BytesMut::new();
         numeric_to_binary(&parse_numeric("1234.5").unwrap(), &mut bin);
         assert_eq!(&bin[..], &wire);
@@ -484,17 +496,31 @@ mod tests {
         assert!(a < b);
         assert_eq!(parse_date("2000-01-01"), Some(0));
         assert_eq!(parse_date("2000-03-01"), Some(60));
-        assert!(parse_timestamp("2024-03-01 10:00:00.5").unwrap() > parse_timestamp("2024-03-01 10:00:00").unwrap());
+        assert!(
+            parse_timestamp("2024-03-01 10:00:00.5").unwrap()
+                > parse_timestamp("2024-03-01 10:00:00").unwrap()
+        );
     }
 
     #[test]
     fn orders_as_postgres() {
-        assert_eq!(Value::Float(f64::NAN).cmp(&Value::Float(f64::INFINITY)), Ordering::Greater);
-        assert_eq!(Value::Bytes(b"ab").cmp(&Value::Bytes(b"b")), Ordering::Less);
         assert_eq!(
-            decode(BPCHAR, false, b"a  ").unwrap().cmp(&decode(BPCHAR, false, b"a").unwrap()),
+            Value::Float(f64::NAN).order(&Value::Float(f64::INFINITY)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            Value::Bytes(b"ab").order(&Value::Bytes(b"b")),
+            Ordering::Less
+        );
+        assert_eq!(
+            decode(BPCHAR, false, b"a  ")
+                .unwrap()
+                .order(&decode(BPCHAR, false, b"a").unwrap()),
             Ordering::Equal
         );
-        assert_eq!(Value::Int(2).cmp(&Value::Numeric(parse_numeric("1.5").unwrap())), Ordering::Greater);
+        assert_eq!(
+            Value::Int(2).order(&Value::Numeric(parse_numeric("1.5").unwrap())),
+            Ordering::Greater
+        );
     }
 }

@@ -98,7 +98,9 @@ pub fn plan(sql: &str) -> Result<FanOut, String> {
     let aggregated = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
         || select.having.is_some()
         || select.projection.iter().any(|item| match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => has_aggregate(e),
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                has_aggregate(e)
+            }
             _ => false,
         })
         || order.iter().any(|o| has_aggregate(&o.expr));
@@ -136,7 +138,9 @@ fn number(n: u64) -> Expr {
 
 fn check_query(query: &Query) -> Result<(), String> {
     if query.with.is_some() {
-        return refuse("WITH is not merged across shards: add a shard key, or write the query without it");
+        return refuse(
+            "WITH is not merged across shards: add a shard key, or write the query without it",
+        );
     }
     if query.fetch.is_some() {
         return refuse("FETCH FIRST is not merged across shards: use LIMIT");
@@ -165,7 +169,9 @@ fn check_query(query: &Query) -> Result<(), String> {
     }
     let mut nested = Nested(0);
     if query.visit(&mut nested).is_break() {
-        return refuse("window functions over rows of several shards are not merged: add a shard key");
+        return refuse(
+            "window functions over rows of several shards are not merged: add a shard key",
+        );
     }
     if nested.0 > 1 {
         return refuse("subqueries in a statement that runs on several shards are not merged (they may need other shards' rows): add a shard key, or run the parts separately");
@@ -217,7 +223,11 @@ fn limits(clause: &Option<LimitClause>) -> Result<(Option<u64>, u64), String> {
     };
     match clause {
         None => Ok((None, 0)),
-        Some(LimitClause::LimitOffset { limit, offset, limit_by }) if limit_by.is_empty() => {
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
             let limit = match limit {
                 Some(e) => read(e)?,
                 None => None,
@@ -251,7 +261,10 @@ fn function_name(f: &Function) -> String {
 }
 
 fn is_known_aggregate(name: &str) -> bool {
-    matches!(name, "count" | "sum" | "min" | "max" | "avg" | "bool_and" | "bool_or" | "every")
+    matches!(
+        name,
+        "count" | "sum" | "min" | "max" | "avg" | "bool_and" | "bool_or" | "every"
+    )
 }
 
 /// Whether an expression calls an aggregate anywhere.
@@ -263,7 +276,9 @@ fn has_aggregate(expr: &Expr) -> bool {
             if let Expr::Function(f) = expr {
                 let name = function_name(f);
                 if f.over.is_none()
-                    && (is_known_aggregate(&name) || OTHER_AGGREGATES.contains(&name.as_str()) || !f.within_group.is_empty())
+                    && (is_known_aggregate(&name)
+                        || OTHER_AGGREGATES.contains(&name.as_str())
+                        || !f.within_group.is_empty())
                 {
                     self.0 = true;
                     return ControlFlow::Break(());
@@ -298,23 +313,25 @@ impl Builder {
         limit: Option<u64>,
         offset: u64,
     ) -> Result<MergeSpec, String> {
-        let wildcard = select
-            .projection
-            .iter()
-            .any(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
+        let wildcard = select.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
         let mut keys = Vec::with_capacity(order.len());
         for o in order {
             let (descending, nulls_first) = direction(o)?;
-            let found = position(&o.expr, select.projection.len())
-                .or_else(|| {
-                    select.projection.iter().position(|item| match item {
-                        SelectItem::UnnamedExpr(e) => e == &o.expr,
-                        SelectItem::ExprWithAlias { expr, alias } => {
-                            expr == &o.expr || matches!(&o.expr, Expr::Identifier(i) if i.value == alias.value)
-                        }
-                        _ => false,
-                    })
-                });
+            let found = position(&o.expr, select.projection.len()).or_else(|| {
+                select.projection.iter().position(|item| match item {
+                    SelectItem::UnnamedExpr(e) => e == &o.expr,
+                    SelectItem::ExprWithAlias { expr, alias } => {
+                        expr == &o.expr
+                            || matches!(&o.expr, Expr::Identifier(i) if i.value == alias.value)
+                    }
+                    _ => false,
+                })
+            });
             let item = match found {
                 Some(i) if !wildcard || position(&o.expr, select.projection.len()).is_some() => {
                     Item::Shard(i)
@@ -324,7 +341,9 @@ impl Builder {
                     _ => return refuse("ORDER BY needs a column name"),
                 },
                 _ if distinct => {
-                    return refuse("for SELECT DISTINCT, ORDER BY expressions must appear in the select list")
+                    return refuse(
+                        "for SELECT DISTINCT, ORDER BY expressions must appear in the select list",
+                    )
                 }
                 _ => {
                     let alias = Ident::new(format!("pgsc_sort_{}", self.hidden.len()));
@@ -371,7 +390,9 @@ impl Builder {
             return refuse("GROUP BY ALL is not supported");
         };
         if !modifiers.is_empty() {
-            return refuse("GROUP BY modifiers (ROLLUP, CUBE, GROUPING SETS) are not merged across shards");
+            return refuse(
+                "GROUP BY modifiers (ROLLUP, CUBE, GROUPING SETS) are not merged across shards",
+            );
         }
         // GROUP BY 2 means the second item of the select list.
         let group_exprs: Vec<Expr> = group_exprs
@@ -383,15 +404,17 @@ impl Builder {
             .collect();
         let is_key = |e: &Expr, alias: Option<&Ident>| {
             group_exprs.iter().position(|g| {
-                g == e || matches!((g, alias), (Expr::Identifier(gi), Some(a)) if gi.value == a.value)
+                g == e
+                    || matches!((g, alias), (Expr::Identifier(gi), Some(a)) if gi.value == a.value)
             })
         };
         let mut outputs = Vec::with_capacity(projection.len());
         let mut key_columns: Vec<Option<usize>> = vec![None; group_exprs.len()];
         for (expr, alias) in &projection {
             if let Expr::Function(f) = expr {
-                if f.over.is_none() && has_aggregate(expr) && is_known_aggregate(&function_name(f)) {
-                    let name = alias.map_or_else(|| function_name(f), |a| ident_name(a));
+                if f.over.is_none() && has_aggregate(expr) && is_known_aggregate(&function_name(f))
+                {
+                    let name = alias.map_or_else(|| function_name(f), ident_name);
                     outputs.push(Item::Agg(self.aggregate(f, name)?));
                     continue;
                 }
@@ -463,7 +486,11 @@ impl Builder {
 
     /// A shard column for `expr` (reused when the same expression is there already).
     fn column(&mut self, expr: Expr, alias: Option<Ident>) -> usize {
-        if let Some(i) = self.columns.iter().position(|(e, a)| e == &expr && a == &alias) {
+        if let Some(i) = self
+            .columns
+            .iter()
+            .position(|(e, a)| e == &expr && a == &alias)
+        {
             return i;
         }
         self.columns.push((expr, alias));
@@ -479,9 +506,14 @@ impl Builder {
         let FunctionArguments::List(list) = &f.args else {
             return refuse(format!("{fname} needs arguments"));
         };
-        let distinct = matches!(list.duplicate_treatment, Some(sqlparser::ast::DuplicateTreatment::Distinct));
+        let distinct = matches!(
+            list.duplicate_treatment,
+            Some(sqlparser::ast::DuplicateTreatment::Distinct)
+        );
         if !list.clauses.is_empty() || !f.within_group.is_empty() || f.null_treatment.is_some() {
-            return refuse(format!("{fname} with ORDER BY or other clauses is not merged across shards"));
+            return refuse(format!(
+                "{fname} with ORDER BY or other clauses is not merged across shards"
+            ));
         }
         let renamed = |name: &str| {
             let mut g = f.clone();
@@ -494,22 +526,56 @@ impl Builder {
                     return refuse("count(DISTINCT …) FILTER (…) is not merged across shards");
                 }
                 let [FunctionArg::Unnamed(FunctionArgExpr::Expr(x))] = &list.args[..] else {
-                    return refuse("count(DISTINCT …) of one expression only is merged across shards");
+                    return refuse(
+                        "count(DISTINCT …) of one expression only is merged across shards",
+                    );
                 };
-                if let Some((_, other)) = self.aggs.iter().find(|(_, a)| a.func == Func::CountDistinct) {
+                if let Some((_, other)) = self
+                    .aggs
+                    .iter()
+                    .find(|(_, a)| a.func == Func::CountDistinct)
+                {
                     if self.columns[other.column].0 != *x {
                         return refuse("count(DISTINCT …) of two different expressions is not merged across shards");
                     }
                 }
                 (Func::CountDistinct, self.column(x.clone(), None), None)
             }
-            (_, true) => return refuse(format!("{fname}(DISTINCT …) is not merged across shards: only count(DISTINCT …) is")),
-            ("count", false) => (Func::Count, self.column(Expr::Function(f.clone()), None), None),
-            ("sum", false) => (Func::Sum, self.column(Expr::Function(f.clone()), None), None),
-            ("min", false) => (Func::Min, self.column(Expr::Function(f.clone()), None), None),
-            ("max", false) => (Func::Max, self.column(Expr::Function(f.clone()), None), None),
-            ("bool_and" | "every", false) => (Func::BoolAnd, self.column(Expr::Function(f.clone()), None), None),
-            ("bool_or", false) => (Func::BoolOr, self.column(Expr::Function(f.clone()), None), None),
+            (_, true) => {
+                return refuse(format!(
+                    "{fname}(DISTINCT …) is not merged across shards: only count(DISTINCT …) is"
+                ))
+            }
+            ("count", false) => (
+                Func::Count,
+                self.column(Expr::Function(f.clone()), None),
+                None,
+            ),
+            ("sum", false) => (
+                Func::Sum,
+                self.column(Expr::Function(f.clone()), None),
+                None,
+            ),
+            ("min", false) => (
+                Func::Min,
+                self.column(Expr::Function(f.clone()), None),
+                None,
+            ),
+            ("max", false) => (
+                Func::Max,
+                self.column(Expr::Function(f.clone()), None),
+                None,
+            ),
+            ("bool_and" | "every", false) => (
+                Func::BoolAnd,
+                self.column(Expr::Function(f.clone()), None),
+                None,
+            ),
+            ("bool_or", false) => (
+                Func::BoolOr,
+                self.column(Expr::Function(f.clone()), None),
+                None,
+            ),
             ("avg", false) => {
                 let sum = self.column(renamed("sum"), None);
                 let count = self.column(renamed("count"), None);
@@ -530,7 +596,12 @@ impl Builder {
     }
 
     /// An ORDER BY or HAVING operand: an aggregate or a group key.
-    fn operand_item(&mut self, expr: &Expr, group_exprs: &[Expr], keys: &[usize]) -> Result<Item, String> {
+    fn operand_item(
+        &mut self,
+        expr: &Expr,
+        group_exprs: &[Expr],
+        keys: &[usize],
+    ) -> Result<Item, String> {
         if let Expr::Nested(inner) = expr {
             return self.operand_item(inner, group_exprs, keys);
         }
@@ -553,7 +624,12 @@ impl Builder {
         ))
     }
 
-    fn having(&mut self, expr: &Expr, group_exprs: &[Expr], keys: &[usize]) -> Result<Having, String> {
+    fn having(
+        &mut self,
+        expr: &Expr,
+        group_exprs: &[Expr],
+        keys: &[usize],
+    ) -> Result<Having, String> {
         Ok(match expr {
             Expr::Nested(inner) => self.having(inner, group_exprs, keys)?,
             Expr::BinaryOp { left, op, right } => match op {
@@ -573,7 +649,11 @@ impl Builder {
                         BinaryOperator::LtEq => CmpOp::LtEq,
                         BinaryOperator::Gt => CmpOp::Gt,
                         BinaryOperator::GtEq => CmpOp::GtEq,
-                        other => return refuse(format!("HAVING with {other} is not merged across shards")),
+                        other => {
+                            return refuse(format!(
+                                "HAVING with {other} is not merged across shards"
+                            ))
+                        }
                     };
                     Having::Cmp(
                         self.operand(left, group_exprs, keys)?,
@@ -588,18 +668,29 @@ impl Builder {
             } => Having::Not(Box::new(self.having(expr, group_exprs, keys)?)),
             Expr::IsNull(e) => Having::IsNull(self.operand(e, group_exprs, keys)?, false),
             Expr::IsNotNull(e) => Having::IsNull(self.operand(e, group_exprs, keys)?, true),
-            other => return refuse(format!("HAVING \"{other}\" is not merged across shards: compare aggregates with numbers")),
+            other => return refuse(format!(
+                "HAVING \"{other}\" is not merged across shards: compare aggregates with numbers"
+            )),
         })
     }
 
-    fn operand(&mut self, expr: &Expr, group_exprs: &[Expr], keys: &[usize]) -> Result<Operand, String> {
+    fn operand(
+        &mut self,
+        expr: &Expr,
+        group_exprs: &[Expr],
+        keys: &[usize],
+    ) -> Result<Operand, String> {
         Ok(match expr {
             Expr::Value(v) => match &v.value {
                 Value::Number(n, _) => Operand::Number(n.clone()),
                 Value::SingleQuotedString(s) => Operand::Text(s.clone()),
                 Value::Boolean(b) => Operand::Bool(*b),
                 Value::Null => Operand::Null,
-                _ => return refuse("HAVING compares with numbers, strings, booleans or NULL across shards"),
+                _ => {
+                    return refuse(
+                        "HAVING compares with numbers, strings, booleans or NULL across shards",
+                    )
+                }
             },
             Expr::UnaryOp {
                 op: UnaryOperator::Minus,
@@ -629,7 +720,11 @@ impl Builder {
                     None => SelectItem::UnnamedExpr(e.clone()),
                 })
                 .collect();
-            if let Some((_, d)) = self.aggs.iter().find(|(_, a)| a.func == Func::CountDistinct) {
+            if let Some((_, d)) = self
+                .aggs
+                .iter()
+                .find(|(_, a)| a.func == Func::CountDistinct)
+            {
                 group.push(self.columns[d.column].0.clone());
             }
             select.group_by = GroupByExpr::Expressions(group, Vec::new());
@@ -651,7 +746,11 @@ impl Builder {
 fn position(expr: &Expr, len: usize) -> Option<usize> {
     match expr {
         Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse::<usize>().ok().filter(|k| *k >= 1 && *k <= len).map(|k| k - 1),
+            Value::Number(n, _) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|k| *k >= 1 && *k <= len)
+                .map(|k| k - 1),
             _ => None,
         },
         _ => None,
@@ -663,7 +762,9 @@ fn direction(o: &sqlparser::ast::OrderByExpr) -> Result<(bool, bool), String> {
     let descending = match &o.options.sort {
         None | Some(OrderBySort::Asc) => false,
         Some(OrderBySort::Desc) => true,
-        Some(OrderBySort::Using(_)) => return refuse("ORDER BY … USING is not merged across shards"),
+        Some(OrderBySort::Using(_)) => {
+            return refuse("ORDER BY … USING is not merged across shards")
+        }
     };
     if let Expr::Collate { collation, .. } = &o.expr {
         let name = collation.to_string().trim_matches('"').to_lowercase();

@@ -43,7 +43,11 @@ fn order_and_limit_are_pushed_down() {
         "SELECT id AS k FROM orders ORDER BY k LIMIT 3"
     );
     assert_eq!(
-        plan("SELECT * FROM orders ORDER BY Note").unwrap().spec.order[0].item,
+        plan("SELECT * FROM orders ORDER BY Note")
+            .unwrap()
+            .spec
+            .order[0]
+            .item,
         Item::Named("note".into())
     );
 }
@@ -67,7 +71,10 @@ fn aggregates_become_partials() {
         p.spec.outputs,
         Outputs::Items(vec![Item::Shard(0), Item::Agg(0), Item::Agg(1)])
     );
-    assert!(matches!(g.having, Some(Having::Cmp(Operand::Item(Item::Agg(1)), CmpOp::Gt, _))));
+    assert!(matches!(
+        g.having,
+        Some(Having::Cmp(Operand::Item(Item::Agg(1)), CmpOp::Gt, _))
+    ));
     assert_eq!(p.spec.order[0].item, Item::Agg(0));
     assert_eq!(p.spec.limit, Some(5));
 }
@@ -95,19 +102,37 @@ fn count_distinct_groups_by_its_value() {
 #[test]
 fn what_cannot_be_merged_is_refused_with_a_reason() {
     for (sql, says) in [
-        ("SELECT sum(amount) / count(*) FROM orders", "compute the rest"),
+        (
+            "SELECT sum(amount) / count(*) FROM orders",
+            "compute the rest",
+        ),
         ("SELECT string_agg(note, ',') FROM orders", "cannot merge"),
         ("SELECT id, row_number() OVER () FROM orders", "window"),
-        ("SELECT * FROM orders WHERE id IN (SELECT id FROM other)", "subqueries"),
-        ("SELECT region, note, count(*) FROM orders GROUP BY region", "neither grouped"),
+        (
+            "SELECT * FROM orders WHERE id IN (SELECT id FROM other)",
+            "subqueries",
+        ),
+        (
+            "SELECT region, note, count(*) FROM orders GROUP BY region",
+            "neither grouped",
+        ),
         ("SELECT * FROM orders LIMIT $1", "numbers"),
         ("SELECT id FROM orders FOR UPDATE", "lock"),
         ("SELECT id FROM a UNION SELECT id FROM b", "UNION"),
         ("WITH x AS (SELECT 1) SELECT * FROM x", "WITH"),
         ("SELECT DISTINCT ON (id) id FROM orders", "DISTINCT ON"),
-        ("SELECT sum(DISTINCT amount) FROM orders", "only count(DISTINCT"),
-        ("SELECT note FROM orders ORDER BY note COLLATE \"de_DE\"", "COLLATE"),
-        ("SELECT count(*) FROM orders HAVING count(*) + 1 > 2", "HAVING"),
+        (
+            "SELECT sum(DISTINCT amount) FROM orders",
+            "only count(DISTINCT",
+        ),
+        (
+            "SELECT note FROM orders ORDER BY note COLLATE \"de_DE\"",
+            "COLLATE",
+        ),
+        (
+            "SELECT count(*) FROM orders HAVING count(*) + 1 > 2",
+            "HAVING",
+        ),
         ("SELECT * FROM generate_series(1, 3)", "only tables"),
     ] {
         let e = plan(sql).expect_err(sql);
