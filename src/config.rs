@@ -98,7 +98,12 @@ pub struct DatabaseConfig {
     pub replicas: Option<ReplicaConfig>,
     /// The shards in order, when the database is sharded (empty: it is not).
     pub shards: Vec<ShardConfig>,
+    /// What merging one statement's rows from several shards may hold (`max_merge_bytes`).
+    pub max_merge_bytes: usize,
 }
+
+/// `max_merge_bytes` when not given.
+pub const DEFAULT_MAX_MERGE_BYTES: usize = 64 << 20;
 
 /// A client credential the sidecar checks.
 #[derive(Clone)]
@@ -288,6 +293,7 @@ struct FileDatabase {
     primary: Option<String>,
     #[serde(default)]
     shards: Vec<shards::FileShard>,
+    max_merge_bytes: Option<String>,
     #[serde(flatten)]
     replicas: replicas::FileReplicas,
 }
@@ -575,11 +581,17 @@ impl FileConfig {
                     "\"tenant\" needs a [tenancy] section",
                 ));
             }
+            let max_merge_bytes = match &db.max_merge_bytes {
+                None => DEFAULT_MAX_MERGE_BYTES,
+                Some(text) => parse_size(text)
+                    .map_err(|r| ConfigError::invalid("database.max_merge_bytes", r))?,
+            };
             databases.push(DatabaseConfig {
                 name: db.name,
                 primary,
                 replicas,
                 shards,
+                max_merge_bytes,
             });
         }
         let sharding = shards::validate_sharding(

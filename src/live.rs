@@ -63,6 +63,13 @@ impl RouteError {
     }
 }
 
+/// A database sharded by statement: its shards, sharded tables and merge budget.
+pub struct StatementShards {
+    pub databases: Vec<Arc<Database>>,
+    pub tables: Vec<ShardedTable>,
+    pub max_merge_bytes: usize,
+}
+
 /// Everything one configuration builds.
 pub struct Live {
     pub config: Config,
@@ -221,7 +228,7 @@ impl Live {
 
     /// The shards of a database whose requests each pick their shard (sharded, and not by
     /// tenant), with its sharded tables.
-    pub fn statement_shards(&self, name: &str) -> Option<(Vec<Arc<Database>>, Vec<ShardedTable>)> {
+    pub fn statement_shards(&self, name: &str) -> Option<StatementShards> {
         let shards = self.databases.get(name)?;
         if shards.first()?.shard.is_none() || self.config.sharding.by_tenant {
             return None;
@@ -234,7 +241,17 @@ impl Live {
             .filter(|t| t.database == name)
             .cloned()
             .collect();
-        Some((shards.clone(), tables))
+        let max_merge_bytes = self
+            .config
+            .databases
+            .iter()
+            .find(|d| d.name == name)
+            .map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |d| d.max_merge_bytes);
+        Some(StatementShards {
+            databases: shards.clone(),
+            tables,
+            max_merge_bytes,
+        })
     }
 
     /// A configured client user.
@@ -384,5 +401,6 @@ fn node(
         replicas: topology,
         shard,
         retired: builder.terminate.child_token(),
+        collation: Default::default(),
     }))
 }

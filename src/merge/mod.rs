@@ -106,6 +106,8 @@ pub enum Having {
 /// the merge groups again and combines the partial aggregates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grouping {
+    /// How many columns the shards return.
+    pub columns: usize,
     pub keys: Vec<usize>,
     pub distinct: Option<usize>,
     pub aggs: Vec<AggSpec>,
@@ -130,6 +132,50 @@ pub struct MergeSpec {
     pub order: Vec<SortKey>,
     pub limit: Option<u64>,
     pub offset: u64,
+}
+
+impl MergeSpec {
+    /// The result formats to ask the shards for, given the client's (a Bind's codes): the
+    /// client's own for columns passed through to it, text for the rest.
+    pub fn shard_formats(&self, client: &[i16]) -> Vec<i16> {
+        let of = |j: usize| match client {
+            [] => 0,
+            [one] => *one,
+            many => many.get(j).copied().unwrap_or(0),
+        };
+        match (&self.outputs, &self.grouping) {
+            (Outputs::Leading { hidden }, _) => match client {
+                [] | [0] => Vec::new(),
+                [one] if *hidden == 0 => vec![*one],
+                // One code would make the hidden columns binary too: the merge reads binary,
+                // but per-column codes must count every column.
+                [_] => Vec::from(client),
+                many => many.iter().copied().chain(std::iter::repeat_n(0, *hidden)).collect(),
+            },
+            (Outputs::Items(items), Some(grouping)) => {
+                let mut formats = vec![0i16; grouping.columns];
+                for (j, item) in items.iter().enumerate() {
+                    let column = match item {
+                        Item::Shard(i) => Some(*i),
+                        Item::Agg(a) => grouping.aggs.get(*a).and_then(|agg| {
+                            matches!(agg.func, aggregate::Func::Min | aggregate::Func::Max)
+                                .then_some(agg.column)
+                        }),
+                        Item::Named(_) => None,
+                    };
+                    if let Some(slot) = column.and_then(|c| formats.get_mut(c)) {
+                        *slot = of(j);
+                    }
+                }
+                if formats.iter().all(|f| *f == 0) {
+                    Vec::new()
+                } else {
+                    formats
+                }
+            }
+            (Outputs::Items(_), None) => Vec::new(),
+        }
+    }
 }
 
 /// One field of a RowDescription.

@@ -19,6 +19,8 @@ pub struct Database {
     /// Fires when a reload drops this database (or the sidecar terminates): its background
     /// tasks end; sessions still on it finish with it.
     pub retired: tokio_util::sync::CancellationToken,
+    /// The database's default collation (`lc_collate`), once a merge across shards asked.
+    pub collation: std::sync::OnceLock<String>,
 }
 
 /// Which upstream a pool serves: a database, which shard of it, which replica. Displayed as
@@ -64,6 +66,13 @@ impl std::fmt::Display for PoolName {
 }
 
 impl Database {
+    /// Whether text orders bytewise here (the C or POSIX collation, or C.UTF-8: code point
+    /// order, which is UTF-8's byte order). `None` until known.
+    pub fn collation_c(&self) -> Option<bool> {
+        let name = self.collation.get()?;
+        Some(name == "C" || name == "POSIX" || name.starts_with("C."))
+    }
+
     /// Every pool of the database: the primary's, then the replicas'.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         let replicas = self.replicas.iter().flat_map(|t| t.replicas.iter());

@@ -23,6 +23,8 @@ pub enum ShardRoute {
     Shard(usize),
     /// On any shard (it touches no sharded table and writes nothing).
     Any,
+    /// A read on each of these shards (more than one), its replies merged.
+    Shards(Vec<usize>),
     /// Nowhere: the client gets this error.
     Refused(SqlState, String),
 }
@@ -37,7 +39,8 @@ impl ShardRoute {
             }
             (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
             (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
-            (ShardRoute::Shard(_), ShardRoute::Shard(_)) => ShardRoute::refused(conflict()),
+            (ShardRoute::Shards(a), ShardRoute::Shards(b)) if a == b => ShardRoute::Shards(a),
+            (ShardRoute::Shard(_) | ShardRoute::Shards(_), _) => ShardRoute::refused(conflict()),
         }
     }
 
@@ -169,6 +172,12 @@ fn one(
     }) {
         routes[i] = Some(route);
     }
+    let reads = class.tables_written.is_empty() && class.kind == Kind::Read;
+    if reads && routes.iter().all(Option::is_none) && connected(class, &sharded) {
+        // No key anywhere: every shard holds some of the rows (co-located joins stay on
+        // each shard).
+        return ShardRoute::Shards((0..shards).collect());
+    }
     let mut route = ShardRoute::Any;
     for (table, own) in sharded.iter().zip(routes) {
         let next = own.unwrap_or_else(|| needs_key(table));
@@ -193,6 +202,20 @@ fn needs_key(table: &ShardedTable) -> ShardRoute {
         table.column,
         table.column
     ))
+}
+
+/// Whether the sharded tables of a statement are all joined through their key columns
+/// (one table alone is).
+fn connected(class: &StatementClass, tables: &[&ShardedTable]) -> bool {
+    let mut reached = vec![false; tables.len()];
+    let mut stack = vec![0];
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut reached[i], true) {
+            continue;
+        }
+        stack.extend((0..tables.len()).filter(|&j| !reached[j] && linked(class, tables[i], tables[j])));
+    }
+    reached.iter().all(|r| *r)
 }
 
 /// Whether a column reference is the key column of `table`.
@@ -253,15 +276,20 @@ fn own_route(
         .memberships
         .iter()
         .find(|m| is_key_of(table, m.table.as_deref(), &m.column))
-        .map(|m| members_route(statement, table, &m.values, shards))
+        .map(|m| {
+            let reads = class.tables_written.is_empty() && class.kind == Kind::Read;
+            members_route(statement, table, &m.values, shards, reads)
+        })
 }
 
-/// The shard of every value of `IN (…)` or `= ANY(…)`, which must be one.
+/// The shard of every value of `IN (…)` or `= ANY(…)`: one, or for a read the shards they
+/// are on.
 fn members_route(
     statement: &Statement<'_>,
     table: &ShardedTable,
     members: &Members,
     shards: usize,
+    reads: bool,
 ) -> ShardRoute {
     let conflict = || {
         format!(
@@ -272,7 +300,14 @@ fn members_route(
         )
     };
     let mut route = ShardRoute::Any;
+    let mut on: smallvec::SmallVec<[usize; 8]> = smallvec::SmallVec::new();
     let mut add = |next: ShardRoute| {
+        if let (true, ShardRoute::Shard(n)) = (reads, &next) {
+            if !on.contains(n) {
+                on.push(*n);
+            }
+            return true;
+        }
         route = std::mem::replace(&mut route, ShardRoute::Any).and(next, conflict);
         !route.is_refused()
     };
@@ -302,7 +337,16 @@ fn members_route(
             }
         }
     }
-    route
+    if route.is_refused() {
+        return route;
+    }
+    on.sort_unstable();
+    let listed = match on[..] {
+        [] => ShardRoute::Any,
+        [one] => ShardRoute::Shard(one),
+        _ => ShardRoute::Shards(on.to_vec()),
+    };
+    route.and(listed, conflict)
 }
 
 /// Calls `each` with every element of an array value (a literal or a Bind parameter) as a key

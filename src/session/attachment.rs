@@ -339,6 +339,10 @@ impl ExpectQueue {
         self.entries.is_empty()
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Where the last entry the client asked for stands in the queue (0: the front).
     fn last_client_position(&self) -> Option<usize> {
         self.entries.iter().rposition(Expect::has_client_slot)

@@ -472,6 +472,7 @@ impl Builder {
         Ok(MergeSpec {
             outputs: Outputs::Items(outputs),
             grouping: Some(Grouping {
+                columns: self.columns.len(),
                 keys,
                 distinct: distinct_column,
                 aggs: self.aggs.iter().map(|(_, a)| a.clone()).collect(),

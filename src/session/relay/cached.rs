@@ -271,7 +271,7 @@ impl Relay {
     }
 
     /// The text and parameter types of a statement the client prepared earlier.
-    fn statement_body(&self, name: &[u8]) -> Option<Bytes> {
+    pub(super) fn statement_body(&self, name: &[u8]) -> Option<Bytes> {
         let parse = match name {
             b"" => self.statements.unnamed.as_ref()?,
             name => &self.statements.get(name)?.parse,
@@ -305,7 +305,7 @@ impl Relay {
 
     /// A Parse answered from the cache: the statement is the client's (prepared on a server
     /// connection when one first needs it).
-    fn adopt_parse(&mut self, frame: &Frame, classified: Option<&Classified>) {
+    pub(super) fn adopt_parse(&mut self, frame: &Frame, classified: Option<&Classified>) {
         let (effects, routing) = self.effects(frame, classified);
         let Some((name, rest)) = split_cstr(frame.body()) else {
             return;
@@ -320,7 +320,7 @@ impl Relay {
     }
 
     /// The attached server connection's unnamed statement is no longer the client's.
-    fn forget_unnamed_upstream(&mut self) {
+    pub(super) fn forget_unnamed_upstream(&mut self) {
         if let Phase::Attached(att) = &mut self.phase {
             att.unnamed_ready = false;
         }

@@ -14,6 +14,16 @@ impl Relay {
     /// client's settings.
     pub(super) async fn attach(&mut self, target: Target) -> Result<Box<Attachment>, ErrorReport> {
         let (pool, upstream) = self.pool_for(target)?;
+        self.attach_pool(pool, upstream).await
+    }
+
+    /// Checks out a server connection of `pool` (serving `upstream`) and queues what makes it
+    /// carry this client's settings.
+    pub(super) async fn attach_pool(
+        &mut self,
+        pool: Arc<crate::pool::Pool>,
+        upstream: crate::route::replica::Upstream,
+    ) -> Result<Box<Attachment>, ErrorReport> {
         let cancelled = self.info.key.waiting();
         // A client that leaves while it waits leaves the queue too.
         let (tenant_permit, checkout) = {

@@ -247,6 +247,10 @@ impl Relay {
                         self.raise_upstream(&sql).await;
                         continue;
                     }
+                    Placed::FanOut(on) => {
+                        self.fan_out(len, &on).await?;
+                        continue;
+                    }
                 }
             }
             let recording = match self.consult_cache(len).await {

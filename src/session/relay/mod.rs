@@ -53,6 +53,7 @@ use crate::stream::Stream;
 
 mod cached;
 mod checkout;
+mod fanout;
 mod intake;
 mod queue;
 mod replies;
@@ -236,7 +237,7 @@ impl Relay {
             held: intake::Held::default(),
             shards: live
                 .statement_shards(&info.database.name)
-                .map(|(databases, tables)| shards::Shards::new(databases, tables, &app.metrics)),
+                .map(|now| shards::Shards::new(now, &app.metrics)),
             recent_shapes: Default::default(),
             replies: queue::ReplyQueue::default(),
             cache: database_cache(&live, &info.database.name, mode),
@@ -546,7 +547,7 @@ impl Relay {
     }
 
     /// Replies to the client's requests are still to come from the server.
-    fn owes_replies(&self) -> bool {
+    pub(super) fn owes_replies(&self) -> bool {
         let owes = |att: &Attachment| !att.expect.is_empty() || !att.pending.is_empty();
         !self.replies.is_empty()
             || self.earlier.as_deref().is_some_and(owes)

@@ -37,15 +37,15 @@ impl Relay {
         let name = self.info.database.name.clone();
         let shard = self.info.database.shard;
         match (self.shards.take(), live.statement_shards(&name)) {
-            (Some(old), Some((databases, tables))) => {
+            (Some(old), Some(now)) => {
                 let changed = !old
                     .databases
                     .iter()
-                    .zip(&databases)
+                    .zip(&now.databases)
                     .all(|(a, b)| Arc::ptr_eq(a, b))
-                    || old.databases.len() != databases.len();
-                let last = databases.len().saturating_sub(1);
-                self.shards = Some(old.reloaded(databases, tables, &self.app.metrics));
+                    || old.databases.len() != now.databases.len();
+                let last = now.databases.len().saturating_sub(1);
+                self.shards = Some(old.reloaded(now, &self.app.metrics));
                 if changed {
                     self.last_writes.clear();
                     self.move_to_shard(shard.unwrap_or(0).min(last));

@@ -6,6 +6,7 @@
 //! one so the transaction fails there as Postgres would fail it.
 
 use super::*;
+use crate::live::StatementShards;
 use crate::pool::Database;
 use crate::protocol::bind::Bind;
 use crate::route::plan::Sole;
@@ -24,24 +25,23 @@ pub(super) struct Shards {
     routed: Vec<prometheus::IntCounter>,
     /// Some sharded table is configured in a schema: the client's search_path matters.
     schemas: bool,
+    /// What merging one statement's rows from several shards may hold.
+    pub(super) max_merge_bytes: usize,
 }
 
 impl Shards {
-    pub(super) fn new(
-        databases: Vec<Arc<Database>>,
-        tables: Vec<ShardedTable>,
-        metrics: &crate::metrics::Metrics,
-    ) -> Shards {
-        let routed = (0..databases.len())
+    pub(super) fn new(now: StatementShards, metrics: &crate::metrics::Metrics) -> Shards {
+        let routed = (0..now.databases.len())
             .map(|n| metrics.routed_to(&format!("shard{n}")))
             .collect();
         Shards {
             routed,
-            schemas: tables.iter().any(|t| t.schema.is_some()),
-            databases,
-            tables: tables.into(),
+            schemas: now.tables.iter().any(|t| t.schema.is_some()),
+            databases: now.databases,
+            tables: now.tables.into(),
             next_any: 0,
             setting: None,
+            max_merge_bytes: now.max_merge_bytes,
         }
     }
 }
@@ -49,17 +49,12 @@ impl Shards {
 impl Shards {
     /// The same client's shard state over a reloaded database's shards: its shard setting
     /// and turn carry over.
-    pub(super) fn reloaded(
-        self,
-        databases: Vec<Arc<Database>>,
-        tables: Vec<ShardedTable>,
-        metrics: &crate::metrics::Metrics,
-    ) -> Shards {
-        let count = databases.len();
+    pub(super) fn reloaded(self, now: StatementShards, metrics: &crate::metrics::Metrics) -> Shards {
+        let count = now.databases.len();
         Shards {
             setting: self.setting,
             next_any: self.next_any % count.max(1),
-            ..Shards::new(databases, tables, metrics)
+            ..Shards::new(now, metrics)
         }
     }
 }
@@ -77,6 +72,8 @@ pub(super) enum Placed {
     /// Refused inside a transaction: the server runs this statement, which raises the error
     /// (its frames are dropped).
     Raise(String),
+    /// A read on each of these shards, its replies merged (`relay/fanout.rs`).
+    FanOut(Vec<usize>),
 }
 
 impl Relay {
@@ -124,6 +121,7 @@ impl Relay {
             },
             ShardRoute::Any => current,
             ShardRoute::Shard(n) => n,
+            ShardRoute::Shards(on) => return self.place_fan_out(len, on, in_transaction),
         };
         if let Some(counter) = self.shards.as_ref().and_then(|s| s.routed.get(wanted)) {
             counter.inc();
@@ -166,6 +164,39 @@ impl Relay {
             // Replies from the current shard come first.
             Phase::Attached(_) | Phase::SkipToSync => Placed::Wait,
         }
+    }
+
+    /// A read that needs several shards: run on them all once nothing is in flight, outside
+    /// a transaction. A request that only prepares or describes it runs on the current shard.
+    fn place_fan_out(&mut self, len: usize, on: Vec<usize>, in_transaction: bool) -> Placed {
+        let executes = self.held.iter().take(len).any(|(f, _)| {
+            matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG)
+        });
+        if !executes {
+            return Placed::Here;
+        }
+        if in_transaction {
+            self.app.metrics.error("shard_refused");
+            return self.refuse(
+                len,
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "a read that needs several shards runs outside transactions in this version: \
+                 run it outside the transaction, or add a shard key"
+                    .into(),
+                true,
+            );
+        }
+        if !matches!(self.phase, Phase::Detached) || self.owes_replies() {
+            return Placed::Wait;
+        }
+        if let Some(shards) = &self.shards {
+            for n in &on {
+                if let Some(counter) = shards.routed.get(*n) {
+                    counter.inc();
+                }
+            }
+        }
+        Placed::FanOut(on)
     }
 
     /// A one-Query request that sets or resets a shard setting: applied here and answered in
