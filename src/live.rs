@@ -246,7 +246,9 @@ impl Live {
             .databases
             .iter()
             .find(|d| d.name == name)
-            .map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |d| d.max_merge_bytes);
+            .map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |d| {
+                d.max_merge_bytes
+            });
         Some(StatementShards {
             databases: shards.clone(),
             tables,

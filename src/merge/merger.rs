@@ -438,9 +438,11 @@ fn resolve_names(spec: &mut MergeSpec, fields: &[Field]) -> Result<(), MergeErro
                 .collect();
             key.item = match matches[..] {
                 [one] => Item::Shard(one),
-                [] => return Err(MergeError::Unsupported(format!(
+                [] => {
+                    return Err(MergeError::Unsupported(format!(
                     "ORDER BY \"{name}\" names no column of the result: order by a selected column"
-                ))),
+                )))
+                }
                 _ => {
                     return Err(MergeError::Unsupported(format!(
                         "ORDER BY \"{name}\" is ambiguous in the result"

@@ -150,7 +150,11 @@ impl MergeSpec {
                 // One code would make the hidden columns binary too: the merge reads binary,
                 // but per-column codes must count every column.
                 [_] => Vec::from(client),
-                many => many.iter().copied().chain(std::iter::repeat_n(0, *hidden)).collect(),
+                many => many
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, *hidden))
+                    .collect(),
             },
             (Outputs::Items(items), Some(grouping)) => {
                 let mut formats = vec![0i16; grouping.columns];

@@ -248,7 +248,12 @@ impl ErrorReport {
 /// Appends a NoticeResponse of severity WARNING (SQLSTATE 01000) in the sidecar's name.
 pub fn warning(buf: &mut BytesMut, message: &str) {
     let at = begin(buf, NOTICE_RESPONSE_TAG);
-    for (field, value) in [(b'S', "WARNING"), (b'V', "WARNING"), (b'C', "01000"), (b'M', message)] {
+    for (field, value) in [
+        (b'S', "WARNING"),
+        (b'V', "WARNING"),
+        (b'C', "01000"),
+        (b'M', message),
+    ] {
         buf.put_u8(field);
         put_cstr(buf, value);
     }

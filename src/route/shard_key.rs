@@ -213,7 +213,9 @@ fn connected(class: &StatementClass, tables: &[&ShardedTable]) -> bool {
         if std::mem::replace(&mut reached[i], true) {
             continue;
         }
-        stack.extend((0..tables.len()).filter(|&j| !reached[j] && linked(class, tables[i], tables[j])));
+        stack.extend(
+            (0..tables.len()).filter(|&j| !reached[j] && linked(class, tables[i], tables[j])),
+        );
     }
     reached.iter().all(|r| *r)
 }

@@ -669,9 +669,19 @@ impl Builder {
             } => Having::Not(Box::new(self.having(expr, group_exprs, keys)?)),
             Expr::IsNull(e) => Having::IsNull(self.operand(e, group_exprs, keys)?, false),
             Expr::IsNotNull(e) => Having::IsNull(self.operand(e, group_exprs, keys)?, true),
-            other => return refuse(format!(
+            // A boolean aggregate or grouped expression on its own.
+            other @ (Expr::Function(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
+                Having::Cmp(
+                    self.operand(other, group_exprs, keys)?,
+                    CmpOp::Eq,
+                    Operand::Bool(true),
+                )
+            }
+            other => {
+                return refuse(format!(
                 "HAVING \"{other}\" is not merged across shards: compare aggregates with numbers"
-            )),
+            ))
+            }
         })
     }
 

@@ -82,18 +82,6 @@ impl Relay {
                 return Ok(());
             }
         };
-        // The request runs: its Parse is the client's statement, as after a server's Parse.
-        for (frame, classified) in &frames {
-            match frame.tag() {
-                frontend::PARSE_TAG => self.adopt_parse(frame, classified.as_ref()),
-                frontend::QUERY_TAG => {
-                    self.statements.unnamed = None;
-                    self.count_query();
-                }
-                frontend::EXECUTE_TAG => self.count_query(),
-                _ => {}
-            }
-        }
         let mut out = BytesMut::new();
         if asked.parse {
             out.extend_from_slice(backend::PARSE_COMPLETE);
@@ -101,7 +89,21 @@ impl Relay {
         if asked.bind.is_some() {
             out.extend_from_slice(backend::BIND_COMPLETE);
         }
-        let outcome = self.run_fan_out(&asked, &plan, on, out).await?;
+        let (outcome, ran) = self.run_fan_out(&asked, &plan, on, out).await?;
+        if ran {
+            // The request ran: its Parse is the client's statement, as after a server's Parse.
+            for (frame, classified) in &frames {
+                match frame.tag() {
+                    frontend::PARSE_TAG => self.adopt_parse(frame, classified.as_ref()),
+                    frontend::QUERY_TAG => {
+                        self.statements.unnamed = None;
+                        self.count_query();
+                    }
+                    frontend::EXECUTE_TAG => self.count_query(),
+                    _ => {}
+                }
+            }
+        }
         let out = &mut self.client.wbuf;
         match outcome {
             Ok(rows) => backend::command_complete(out, &format!("SELECT {rows}")),
@@ -170,7 +172,9 @@ impl Relay {
                         return Err(shape());
                     }
                     let (rest, hint) = match &parsed {
-                        Some((name, rest, hint)) if *name == bind.statement => (rest.clone(), *hint),
+                        Some((name, rest, hint)) if *name == bind.statement => {
+                            (rest.clone(), *hint)
+                        }
                         Some(_) => return Err(shape()),
                         None => {
                             let rest = self.statement_body(bind.statement).ok_or_else(|| {
@@ -212,31 +216,48 @@ impl Relay {
 
     /// Checks out a connection on each shard, runs the statement on them all and merges their
     /// replies into the client's buffer (written out as it grows). The number of rows sent,
-    /// or why the reply ends in an error.
+    /// or why the reply ends in an error; and whether the statement ran (false: no connection
+    /// for it).
     async fn run_fan_out(
         &mut self,
         asked: &Asked,
         plan: &FanOut,
         on: &[usize],
         mut out: BytesMut,
-    ) -> Result<Result<u64, Failure>, RelayError> {
+    ) -> Result<(Result<u64, Failure>, bool), RelayError> {
         let client_formats: Vec<i16> = match &asked.bind {
-            Some(body) => Bind::parse(body).map(|b| b.result_formats().collect()).unwrap_or_default(),
+            Some(body) => Bind::parse(body)
+                .map(|b| b.result_formats().collect())
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         let request = shard_request(asked, plan, &client_formats);
-        let budget = self.shards.as_ref().map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |s| s.max_merge_bytes);
+        let budget = self
+            .shards
+            .as_ref()
+            .map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |s| {
+                s.max_merge_bytes
+            });
         let mut attachments = Vec::with_capacity(on.len());
         let mut missing = Vec::new();
         for &n in on {
-            let Some(database) = self.shards.as_ref().and_then(|s| s.databases.get(n)).cloned() else {
+            let Some(database) = self
+                .shards
+                .as_ref()
+                .and_then(|s| s.databases.get(n))
+                .cloned()
+            else {
                 continue;
             };
-            match self.attach_pool(Arc::clone(&database.primary), Upstream::Primary).await {
+            match self
+                .attach_pool(Arc::clone(&database.primary), Upstream::Primary)
+                .await
+            {
                 Ok(mut att) => {
                     if database.collation.get().is_none() {
                         // Once per database: whether its text orders bytewise.
-                        if let Ok(rows) = att.server.conn_mut().query_rows("SHOW lc_collate").await {
+                        if let Ok(rows) = att.server.conn_mut().query_rows("SHOW lc_collate").await
+                        {
                             if let Some(Some(name)) = rows.first().and_then(|r| r.first()) {
                                 let _ = database.collation.set(name.clone());
                             }
@@ -247,7 +268,7 @@ impl Relay {
                 }
                 Err(report) if report.code.as_ref() == SqlState::QUERY_CANCELED.0 => {
                     self.info.key.detach().await;
-                    return Ok(Err(Failure::Sidecar(report)));
+                    return Ok((Err(Failure::Sidecar(report)), false));
                 }
                 Err(report) if asked.partial_ok => {
                     tracing::debug!(shard = n, error = %report.message, "shard left out of a partial_ok read");
@@ -256,14 +277,15 @@ impl Relay {
                 Err(report) => {
                     self.info.key.detach().await;
                     self.app.metrics.error("shard_unavailable");
-                    return Ok(Err(Failure::Sidecar(ErrorReport::error(
+                    let report = ErrorReport::error(
                         SqlState::CANNOT_CONNECT_NOW,
                         format!(
                             "shard {n} is not available ({}): the statement needs every shard; \
                              add /* pgsidecar: partial_ok */ to accept a result without its rows",
                             report.message
                         ),
-                    ))));
+                    );
+                    return Ok((Err(Failure::Sidecar(report)), false));
                 }
             }
         }
@@ -306,7 +328,7 @@ impl Relay {
             }
         }
         self.info.key.detach().await;
-        Ok(merged.map(|(result, _)| result)?)
+        Ok((merged.map(|(result, _)| result)?, true))
     }
 
     /// Whether shard `n`'s database orders text as the C collation does (text is compared
@@ -324,7 +346,11 @@ fn shard_request(asked: &Asked, plan: &FanOut, client_formats: &[i16]) -> BytesM
     let mut request = BytesMut::new();
     match (&asked.bind, &asked.parameter_types) {
         (Some(bind), Some(types)) => {
-            frontend::append_message(&mut request, frontend::PARSE_TAG, &[b"\0", plan.sql.as_bytes(), b"\0", types]);
+            frontend::append_message(
+                &mut request,
+                frontend::PARSE_TAG,
+                &[b"\0", plan.sql.as_bytes(), b"\0", types],
+            );
             let formats = plan.spec.shard_formats(client_formats);
             if let Some(bind) = Bind::parse(bind) {
                 request.extend_from_slice(&bind.encode_unnamed(&formats));
@@ -356,7 +382,9 @@ async fn run_shard(
     };
     let conn = att.server.conn_mut();
     if conn.write_all(&request).await.is_err() {
-        let _ = events.send((slot, lost("a shard's connection was lost"))).await;
+        let _ = events
+            .send((slot, lost("a shard's connection was lost")))
+            .await;
         return (slot, att, false);
     }
     loop {
@@ -364,13 +392,20 @@ async fn run_shard(
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 if conn.read_more().await.is_err() {
-                    let _ = events.send((slot, lost("a shard's connection was lost during the statement"))).await;
+                    let _ = events
+                        .send((
+                            slot,
+                            lost("a shard's connection was lost during the statement"),
+                        ))
+                        .await;
                     return (slot, att, false);
                 }
                 continue;
             }
             Err(_) => {
-                let _ = events.send((slot, lost("a shard sent a message that could not be read"))).await;
+                let _ = events
+                    .send((slot, lost("a shard sent a message that could not be read")))
+                    .await;
                 return (slot, att, false);
             }
         };
@@ -428,12 +463,18 @@ impl Merging {
             let step: Result<(), Failure> = match event {
                 Event::Described(body) => self.described(&body, &mut merger, &mut client.wbuf),
                 Event::Row(body) => match &mut merger {
-                    Some((m, _)) if !m.full() => m.push(body, &mut client.wbuf).map_err(Failure::from),
+                    Some((m, _)) if !m.full() => {
+                        m.push(body, &mut client.wbuf).map_err(Failure::from)
+                    }
                     _ => Ok(()),
                 },
                 Event::Notice(body) => {
                     if notices.insert(body.clone()) {
-                        frontend::append_message(&mut client.wbuf, backend::NOTICE_RESPONSE_TAG, &[&body]);
+                        frontend::append_message(
+                            &mut client.wbuf,
+                            backend::NOTICE_RESPONSE_TAG,
+                            &[&body],
+                        );
                     }
                     Ok(())
                 }
@@ -465,7 +506,10 @@ impl Merging {
                 cancelled,
             ));
         };
-        Ok((merger.finish(&mut client.wbuf).map_err(Failure::from), cancelled))
+        Ok((
+            merger.finish(&mut client.wbuf).map_err(Failure::from),
+            cancelled,
+        ))
     }
 
     /// A shard described its rows: the first makes the merger (and the client's
@@ -476,7 +520,11 @@ impl Merging {
         merger: &mut Option<(Merger, usize)>,
         out: &mut BytesMut,
     ) -> Result<(), Failure> {
-        let malformed = || Failure::from(MergeError::Malformed("a shard sent a malformed RowDescription".into()));
+        let malformed = || {
+            Failure::from(MergeError::Malformed(
+                "a shard sent a malformed RowDescription".into(),
+            ))
+        };
         let fields = merge::parse_fields(body).ok_or_else(malformed)?;
         if let Some((_, columns)) = merger {
             if *columns != fields.len() {
@@ -486,7 +534,8 @@ impl Merging {
             }
             return Ok(());
         }
-        let (made, client_fields) = Merger::new(self.spec.clone(), &fields, &self.formats, self.budget)?;
+        let (made, client_fields) =
+            Merger::new(self.spec.clone(), &fields, &self.formats, self.budget)?;
         if made.compares_text() && !self.collation_c {
             return Err(Failure::from(MergeError::Unsupported(
                 "this statement orders or compares text across shards, and the shards' collation is \

@@ -49,7 +49,11 @@ impl Shards {
 impl Shards {
     /// The same client's shard state over a reloaded database's shards: its shard setting
     /// and turn carry over.
-    pub(super) fn reloaded(self, now: StatementShards, metrics: &crate::metrics::Metrics) -> Shards {
+    pub(super) fn reloaded(
+        self,
+        now: StatementShards,
+        metrics: &crate::metrics::Metrics,
+    ) -> Shards {
         let count = now.databases.len();
         Shards {
             setting: self.setting,
@@ -169,9 +173,11 @@ impl Relay {
     /// A read that needs several shards: run on them all once nothing is in flight, outside
     /// a transaction. A request that only prepares or describes it runs on the current shard.
     fn place_fan_out(&mut self, len: usize, on: Vec<usize>, in_transaction: bool) -> Placed {
-        let executes = self.held.iter().take(len).any(|(f, _)| {
-            matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG)
-        });
+        let executes = self
+            .held
+            .iter()
+            .take(len)
+            .any(|(f, _)| matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG));
         if !executes {
             return Placed::Here;
         }
