@@ -203,11 +203,7 @@ impl Relay {
                     }
                     asked.describe = true;
                 }
-                frontend::EXECUTE_TAG => {
-                    if body != b"\0\0\0\0\0" {
-                        return Err(shape());
-                    }
-                }
+                frontend::EXECUTE_TAG if body != b"\0\0\0\0\0" => return Err(shape()),
                 _ => {}
             }
         }
