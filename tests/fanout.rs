@@ -211,7 +211,7 @@ fn filter(rng: &mut Lcg) -> String {
 }
 
 fn direction(rng: &mut Lcg) -> &'static str {
-    *rng.pick(&["", " DESC", " NULLS FIRST", " DESC NULLS LAST", " ASC"])
+    rng.pick(&["", " DESC", " NULLS FIRST", " DESC NULLS LAST", " ASC"])
 }
 
 fn limit(rng: &mut Lcg) -> String {
