@@ -211,7 +211,8 @@ fn filter(rng: &mut Lcg) -> String {
 }
 
 fn direction(rng: &mut Lcg) -> &'static str {
-    rng.pick(&["", " DESC", " NULLS FIRST", " DESC NULLS LAST", " ASC"])
+    const DIRECTIONS: &[&str] = &["", " DESC", " NULLS FIRST", " DESC NULLS LAST", " ASC"];
+    DIRECTIONS[rng.below(DIRECTIONS.len() as u64) as usize]
 }
 
 fn limit(rng: &mut Lcg) -> String {
