@@ -313,9 +313,29 @@ impl Relay {
             budget,
             describe: asked.describe,
             collation_c: on.iter().all(|&n| self.collation_is_c(n)),
-            targets,
+            targets: targets.clone(),
         };
-        let (done, merged) = tokio::join!(finish_shards, merging.run(receiver, &mut self.client));
+        let timeout = self.live.config.limits.query_timeout;
+        let work = async { tokio::join!(finish_shards, merging.run(receiver, &mut self.client)) };
+        let (done, merged) = match timeout.is_zero() {
+            true => work.await,
+            false => match tokio::time::timeout(timeout, work).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    // The shards' connections are closed with their futures.
+                    self.app.metrics.error("query_timeout");
+                    for target in targets {
+                        tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
+                    }
+                    self.info.key.detach().await;
+                    let report = ErrorReport::error(
+                        SqlState::QUERY_CANCELED,
+                        "canceling statement due to statement timeout",
+                    );
+                    return Ok((Err(Failure::Sidecar(report)), true));
+                }
+            },
+        };
         let cancelled = merged.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
         for (slot, att, clean) in done {
             // A connection whose statement was cancelled may see the cancel late: closed.
