@@ -436,6 +436,21 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
     client.batch_execute("ROLLBACK").await.unwrap();
+    // A session pinned to one connection (an advisory lock) cannot read several shards.
+    let pinned = client_of(sidecar.addr).await;
+    pinned
+        .batch_execute("SELECT pg_advisory_lock(1)")
+        .await
+        .unwrap();
+    let err = pinned
+        .simple_query("SELECT count(*) FROM items")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    pinned
+        .batch_execute("SELECT 1")
+        .await
+        .expect("the session goes on");
 
     // The merge's memory bound: a sort over more rows than the budget.
     let bounded =

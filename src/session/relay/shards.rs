@@ -192,6 +192,19 @@ impl Relay {
                 true,
             );
         }
+        if matches!(&self.phase, Phase::Attached(att) if att.pinned.is_some()) {
+            // A pinned session keeps its connection: waiting for it would never end.
+            self.app.metrics.error("shard_refused");
+            return self.refuse(
+                len,
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "this session is pinned to one connection (temporary tables, advisory locks, \
+                 WITH HOLD cursors or SET SESSION AUTHORIZATION), so it cannot read several \
+                 shards: add a shard key, or end what pins it (DISCARD ALL)"
+                    .into(),
+                false,
+            );
+        }
         if !matches!(self.phase, Phase::Detached) || self.owes_replies() {
             return Placed::Wait;
         }
