@@ -78,6 +78,8 @@ pub struct App {
     pub started: std::time::Instant,
     /// Fires when a drain has finished (the admin console's SHUTDOWN ends the process).
     pub stopped: CancellationToken,
+    /// The two-phase commit coordinator, when `state_dir` is set.
+    pub two_phase: Option<Arc<crate::pool::twophase::Coordinator>>,
 }
 
 /// What a reload changed that needs a restart to take effect.
@@ -113,6 +115,13 @@ impl App {
             Some(settings) => Some(crate::tls::acceptor(&settings.files)?),
             None => None,
         };
+        let two_phase = match &config.state_dir {
+            Some(dir) => Some(Arc::new(
+                crate::pool::twophase::Coordinator::open(dir)
+                    .map_err(|e| BuildError::User(e.to_string()))?,
+            )),
+            None => None,
+        };
         let live = Live::build(
             config,
             None,
@@ -142,6 +151,7 @@ impl App {
             tracker: TaskTracker::new(),
             started: std::time::Instant::now(),
             stopped: CancellationToken::new(),
+            two_phase,
         }))
     }
 

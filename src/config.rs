@@ -100,6 +100,9 @@ pub struct DatabaseConfig {
     pub shards: Vec<ShardConfig>,
     /// What merging one statement's rows from several shards may hold (`max_merge_bytes`).
     pub max_merge_bytes: usize,
+    /// Writes that span shards commit with two-phase commit (`two_phase_commit`; needs
+    /// `state_dir`). Off: such writes are refused.
+    pub two_phase_commit: bool,
 }
 
 /// `max_merge_bytes` when not given.
@@ -212,6 +215,8 @@ pub struct Config {
     pub rates: RateConfig,
     /// The result cache (`[cache]`), when configured.
     pub cache: Option<CacheConfig>,
+    /// Where the sidecar keeps state across restarts (its two-phase commit decisions).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Values given on the command line or in `PGSIDECAR_*` variables; they win over the file.
@@ -253,6 +258,7 @@ struct FileConfig {
     #[serde(default)]
     tenant_limit: Vec<rates::FileTenantLimit>,
     cache: Option<cache::FileCache>,
+    state_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +300,8 @@ struct FileDatabase {
     #[serde(default)]
     shards: Vec<shards::FileShard>,
     max_merge_bytes: Option<String>,
+    #[serde(default)]
+    two_phase_commit: bool,
     #[serde(flatten)]
     replicas: replicas::FileReplicas,
 }
@@ -586,12 +594,19 @@ impl FileConfig {
                 Some(text) => parse_size(text)
                     .map_err(|r| ConfigError::invalid("database.max_merge_bytes", r))?,
             };
+            if db.two_phase_commit && self.state_dir.is_none() {
+                return Err(ConfigError::invalid(
+                    "database.two_phase_commit",
+                    "two-phase commit needs state_dir (where the sidecar logs its commit decisions)",
+                ));
+            }
             databases.push(DatabaseConfig {
                 name: db.name,
                 primary,
                 replicas,
                 shards,
                 max_merge_bytes,
+                two_phase_commit: db.two_phase_commit,
             });
         }
         let sharding = shards::validate_sharding(
@@ -691,6 +706,7 @@ impl FileConfig {
             ));
         }
         Ok(Config {
+            state_dir: self.state_dir.map(Into::into),
             tenancy,
             sharding,
             rates,

@@ -54,6 +54,15 @@ pub async fn start_from(config: Config, file: Option<ConfigFile>) -> Result<Runn
     for database in app.live().all() {
         crate::live::spawn_tasks(database);
     }
+    if let Some(coordinator) = &app.two_phase {
+        // In-doubt transactions an earlier run left: resolved in the background (a shard that
+        // is down is tried again).
+        tokio::spawn(crate::pool::twophase::recover_all(
+            Arc::clone(coordinator),
+            app.live().two_phase_shards(),
+            app.terminate.clone(),
+        ));
+    }
     tokio::spawn(accept_clients(Arc::clone(&app), listener));
     tracing::info!(%addr, %metrics_addr, mode = %app.live().config.pool.mode, "pgsidecar is listening");
     Ok(Running {

@@ -199,6 +199,21 @@ impl Live {
         self.databases.get(name).and_then(|shards| shards.first())
     }
 
+    /// Every shard of database `name` (one entry when it is not sharded).
+    pub fn shards(&self, name: &str) -> &[Arc<Database>] {
+        self.databases.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The shards of the databases that commit writes across shards in two phases.
+    pub fn two_phase_shards(&self) -> Vec<Arc<Database>> {
+        self.config
+            .databases
+            .iter()
+            .filter(|d| d.two_phase_commit)
+            .flat_map(|d| self.shards(&d.name).iter().cloned())
+            .collect()
+    }
+
     /// The database (or shard of it) a client of `tenant` asking for `name` is routed to.
     pub fn database_for(
         &self,

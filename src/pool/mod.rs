@@ -10,6 +10,7 @@ pub mod pool;
 pub mod rates;
 pub mod server;
 pub mod tenants;
+pub mod twophase;
 
 pub use database::{Database, PoolName};
 pub use pool::{Checkout, CheckoutError, Pool};
