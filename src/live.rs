@@ -68,6 +68,8 @@ pub struct StatementShards {
     pub databases: Vec<Arc<Database>>,
     pub tables: Vec<ShardedTable>,
     pub max_merge_bytes: usize,
+    /// Writes across shards commit in two phases (else they are refused).
+    pub two_phase_commit: bool,
 }
 
 /// Everything one configuration builds.
@@ -256,18 +258,14 @@ impl Live {
             .filter(|t| t.database == name)
             .cloned()
             .collect();
-        let max_merge_bytes = self
-            .config
-            .databases
-            .iter()
-            .find(|d| d.name == name)
-            .map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |d| {
-                d.max_merge_bytes
-            });
+        let config = self.config.databases.iter().find(|d| d.name == name);
         Some(StatementShards {
             databases: shards.clone(),
             tables,
-            max_merge_bytes,
+            max_merge_bytes: config.map_or(crate::config::DEFAULT_MAX_MERGE_BYTES, |d| {
+                d.max_merge_bytes
+            }),
+            two_phase_commit: config.is_some_and(|d| d.two_phase_commit),
         })
     }
 

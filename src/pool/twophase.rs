@@ -147,11 +147,13 @@ impl Coordinator {
                 // This run's own, still in flight.
                 continue;
             }
+            // Each shard's transaction is `<gid>:s<shard>`; the decision is the gid's.
+            let decided = gid.rsplit_once(":s").map_or(gid.as_str(), |(base, _)| base);
             let commit = self
                 .committed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&gid);
+                .contains(decided);
             let verb = if commit { "COMMIT" } else { "ROLLBACK" };
             conn.run_internal(&format!(
                 "{verb} PREPARED {}",

@@ -204,6 +204,45 @@ impl<'a> Bind<'a> {
         out
     }
 
+    /// A Bind to the unnamed portal and statement of only the parameters `params` (0-based,
+    /// in this order), asking for the results in `results`.
+    pub fn encode_subset(&self, params: &[usize], results: &[i16]) -> BytesMut {
+        let mut out = BytesMut::with_capacity(self.values.len() + 32);
+        out.put_u8(BIND_TAG);
+        out.put_i32(0);
+        out.put_slice(&[0, 0]);
+        match self.formats.len() / 2 {
+            0 | 1 => {
+                out.put_i16((self.formats.len() / 2) as i16);
+                out.put_slice(self.formats);
+            }
+            _ => {
+                out.put_i16(params.len() as i16);
+                for &i in params {
+                    out.put_i16(self.param_format(i));
+                }
+            }
+        }
+        out.put_i16(params.len() as i16);
+        let values: Vec<Option<&[u8]>> = self.params().collect();
+        for &i in params {
+            match values.get(i).copied().flatten() {
+                None => out.put_i32(-1),
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(v);
+                }
+            }
+        }
+        out.put_i16(results.len() as i16);
+        for code in results {
+            out.put_i16(*code);
+        }
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
     fn encode_with(&self, replace: Option<(usize, &[u8])>) -> BytesMut {
         let mut out = BytesMut::with_capacity(self.values.len() + 64);
         out.put_u8(BIND_TAG);

@@ -25,6 +25,9 @@ pub enum ShardRoute {
     Any,
     /// A read on each of these shards (more than one), its replies merged.
     Shards(Vec<usize>),
+    /// A write on each of these shards (more than one), committed on all or none (two-phase
+    /// commit); a multi-row INSERT is split by the rows' shards.
+    Writes(Vec<usize>),
     /// Nowhere: the client gets this error.
     Refused(SqlState, String),
 }
@@ -40,7 +43,10 @@ impl ShardRoute {
             (ShardRoute::Any, other) | (other, ShardRoute::Any) => other,
             (ShardRoute::Shard(a), ShardRoute::Shard(b)) if a == b => ShardRoute::Shard(a),
             (ShardRoute::Shards(a), ShardRoute::Shards(b)) if a == b => ShardRoute::Shards(a),
-            (ShardRoute::Shard(_) | ShardRoute::Shards(_), _) => ShardRoute::refused(conflict()),
+            (ShardRoute::Writes(a), ShardRoute::Writes(b)) if a == b => ShardRoute::Writes(a),
+            (ShardRoute::Shard(_) | ShardRoute::Shards(_) | ShardRoute::Writes(_), _) => {
+                ShardRoute::refused(conflict())
+            }
         }
     }
 
@@ -138,11 +144,9 @@ fn one(
     if sharded.clone().next().is_none() {
         let writes =
             !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
+        // Tables that are not sharded are on every shard: a write (or DDL) goes to them all.
         return if writes {
-            ShardRoute::refused(
-                "this statement writes to tables that are not sharded (they are on every shard): \
-                 sending it to every shard is not available in this version",
-            )
+            ShardRoute::Writes((0..shards).collect())
         } else {
             ShardRoute::Any
         };
@@ -173,10 +177,15 @@ fn one(
         routes[i] = Some(route);
     }
     let reads = class.tables_written.is_empty() && class.kind == Kind::Read;
-    if reads && routes.iter().all(Option::is_none) && connected(class, &sharded) {
+    let inserts = !class.insert_rows.is_empty();
+    if !inserts && routes.iter().all(Option::is_none) && connected(class, &sharded) {
         // No key anywhere: every shard holds some of the rows (co-located joins stay on
-        // each shard).
-        return ShardRoute::Shards((0..shards).collect());
+        // each shard); a write runs on each, all or none.
+        let all = (0..shards).collect();
+        return match reads {
+            true => ShardRoute::Shards(all),
+            false => ShardRoute::Writes(all),
+        };
     }
     let mut route = ShardRoute::Any;
     for (table, own) in sharded.iter().zip(routes) {
@@ -247,26 +256,19 @@ fn own_route(
 ) -> Option<ShardRoute> {
     let is_key = |e: &Equality| is_key_of(table, e.table.as_deref(), &e.column);
     if !class.insert_rows.is_empty() {
-        let mut route = ShardRoute::Any;
-        for row in &class.insert_rows {
-            let Some(eq) = row.iter().find(|e| is_key(e)) else {
-                return Some(needs_key(table));
-            };
-            let next = match value(statement, table, &eq.value) {
-                Ok(key) => placed(table, key, shards),
-                Err(route) => return Some(route),
-            };
-            route = route.and(next, || {
-                format!(
-                    "the rows of this INSERT into \"{}\" are on different shards: insert them separately",
-                    table.display_name()
-                )
-            });
-            if route.is_refused() {
-                break;
+        return Some(match insert_row_shards(statement, class, table, shards) {
+            Err(refused) => refused,
+            Ok(rows) => {
+                let mut on: Vec<usize> = rows.clone();
+                on.sort_unstable();
+                on.dedup();
+                match on[..] {
+                    [] => ShardRoute::Any,
+                    [one] => ShardRoute::Shard(one),
+                    _ => ShardRoute::Writes(on),
+                }
             }
-        }
-        return Some(route);
+        });
     }
     if let Some(eq) = class.equalities.iter().find(|e| is_key(e)) {
         return Some(match value(statement, table, &eq.value) {
@@ -282,6 +284,48 @@ fn own_route(
             let reads = class.tables_written.is_empty() && class.kind == Kind::Read;
             members_route(statement, table, &m.values, shards, reads)
         })
+}
+
+/// The shard of each row of an INSERT … VALUES into `table`, in order.
+fn insert_row_shards(
+    statement: &Statement<'_>,
+    class: &StatementClass,
+    table: &ShardedTable,
+    shards: usize,
+) -> Result<Vec<usize>, ShardRoute> {
+    let is_key = |e: &Equality| is_key_of(table, e.table.as_deref(), &e.column);
+    class
+        .insert_rows
+        .iter()
+        .map(|row| {
+            let eq = row.iter().find(|e| is_key(e)).ok_or_else(|| needs_key(table))?;
+            match placed(table, value(statement, table, &eq.value)?, shards) {
+                ShardRoute::Shard(n) => Ok(n),
+                other => Err(other),
+            }
+        })
+        .collect()
+}
+
+/// The shard of each row of a multi-row INSERT … VALUES into one sharded table, in order
+/// (`None`: the statement is not one, or a row has no shard).
+pub fn insert_rows(statement: &Statement<'_>, tables: &[ShardedTable], shards: usize) -> Option<Vec<usize>> {
+    let Classification::Parsed(parsed) = statement.classified.classification.as_ref() else {
+        return None;
+    };
+    let [class] = &parsed[..] else {
+        return None;
+    };
+    if class.insert_rows.len() < 2 {
+        return None;
+    }
+    let table = tables.iter().find(|t| {
+        class
+            .tables_written
+            .iter()
+            .any(|n| names_table(n, t) && on_search_path(n, t, statement.search_path))
+    })?;
+    insert_row_shards(statement, class, table, shards).ok()
 }
 
 /// The shard of every value of `IN (…)` or `= ANY(…)`: one, or for a read the shards they
@@ -304,7 +348,7 @@ fn members_route(
     let mut route = ShardRoute::Any;
     let mut on: smallvec::SmallVec<[usize; 8]> = smallvec::SmallVec::new();
     let mut add = |next: ShardRoute| {
-        if let (true, ShardRoute::Shard(n)) = (reads, &next) {
+        if let ShardRoute::Shard(n) = &next {
             if !on.contains(n) {
                 on.push(*n);
             }
@@ -343,10 +387,11 @@ fn members_route(
         return route;
     }
     on.sort_unstable();
-    let listed = match on[..] {
-        [] => ShardRoute::Any,
-        [one] => ShardRoute::Shard(one),
-        _ => ShardRoute::Shards(on.to_vec()),
+    let listed = match (&on[..], reads) {
+        ([], _) => ShardRoute::Any,
+        ([one], _) => ShardRoute::Shard(*one),
+        (_, true) => ShardRoute::Shards(on.to_vec()),
+        (_, false) => ShardRoute::Writes(on.to_vec()),
     };
     route.and(listed, conflict)
 }

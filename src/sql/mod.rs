@@ -12,4 +12,5 @@ pub mod quote;
 pub mod rename;
 pub mod settings;
 pub mod signal;
+pub mod split;
 mod walk;

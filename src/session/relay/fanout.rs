@@ -26,17 +26,17 @@ const EVENTS_IN_FLIGHT: usize = 256;
 const MAX_SHARD_MESSAGE: usize = 1 << 30;
 
 /// What the client's request asks.
-struct Asked {
+pub(super) struct Asked {
     /// The statement's text.
-    text: String,
+    pub(super) text: String,
     /// The Parse's parameter types (count and OIDs), extended protocol only.
-    parameter_types: Option<Bytes>,
+    pub(super) parameter_types: Option<Bytes>,
     /// The Bind (extended protocol only).
-    bind: Option<Bytes>,
+    pub(super) bind: Option<Bytes>,
     /// Whether the client's request has a Parse (ParseComplete), a Describe (RowDescription).
-    parse: bool,
-    describe: bool,
-    partial_ok: bool,
+    pub(super) parse: bool,
+    pub(super) describe: bool,
+    pub(super) partial_ok: bool,
 }
 
 /// What a shard's connection sends back for the statement.
@@ -117,12 +117,15 @@ impl Relay {
     }
 
     /// The statement text, Bind and shape of a request that runs on several shards.
-    fn asked(&self, frames: &[(Frame, Option<Classified>)]) -> Result<Asked, ErrorReport> {
+    pub(super) fn asked(
+        &self,
+        frames: &[(Frame, Option<Classified>)],
+    ) -> Result<Asked, ErrorReport> {
         let shape = || {
             ErrorReport::error(
                 SqlState::FEATURE_NOT_SUPPORTED,
-                "a read that needs several shards must come as one Query, or as [Parse] Bind \
-                 [Describe portal] Execute Sync with no row limit",
+                "a statement that needs several shards must come as one Query, or as [Parse] \
+                 Bind [Describe portal] Execute Sync with no row limit",
             )
         };
         let tags: Vec<u8> = frames.iter().map(|(f, _)| f.tag()).collect();

@@ -251,6 +251,10 @@ impl Relay {
                         self.fan_out(len, &on).await?;
                         continue;
                     }
+                    Placed::Write(on) => {
+                        self.write_shards(len, &on).await?;
+                        continue;
+                    }
                 }
             }
             let recording = match self.consult_cache(len).await {

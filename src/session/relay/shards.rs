@@ -27,6 +27,8 @@ pub(super) struct Shards {
     schemas: bool,
     /// What merging one statement's rows from several shards may hold.
     pub(super) max_merge_bytes: usize,
+    /// Writes across shards commit in two phases (else they are refused).
+    two_phase_commit: bool,
 }
 
 impl Shards {
@@ -42,6 +44,7 @@ impl Shards {
             next_any: 0,
             setting: None,
             max_merge_bytes: now.max_merge_bytes,
+            two_phase_commit: now.two_phase_commit,
         }
     }
 }
@@ -78,6 +81,8 @@ pub(super) enum Placed {
     Raise(String),
     /// A read on each of these shards, its replies merged (`relay/fanout.rs`).
     FanOut(Vec<usize>),
+    /// A write on each of these shards, all or none (`relay/shard_write.rs`).
+    Write(Vec<usize>),
 }
 
 impl Relay {
@@ -125,7 +130,12 @@ impl Relay {
             },
             ShardRoute::Any => current,
             ShardRoute::Shard(n) => n,
-            ShardRoute::Shards(on) => return self.place_fan_out(len, on, in_transaction),
+            ShardRoute::Shards(on) => {
+                return self.place_several(len, Placed::FanOut(on), in_transaction)
+            }
+            ShardRoute::Writes(on) => {
+                return self.place_several(len, Placed::Write(on), in_transaction)
+            }
         };
         if let Some(counter) = self.shards.as_ref().and_then(|s| s.routed.get(wanted)) {
             counter.inc();
@@ -170,40 +180,48 @@ impl Relay {
         }
     }
 
-    /// A read that needs several shards: run on them all once nothing is in flight, outside
-    /// a transaction. A request that only prepares or describes it runs on the current shard.
-    fn place_fan_out(&mut self, len: usize, on: Vec<usize>, in_transaction: bool) -> Placed {
-        let executes = self
-            .held
-            .iter()
-            .take(len)
-            .any(|(f, _)| matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG));
+    /// A read or write that needs several shards (`placed`: FanOut or Write): run on them all
+    /// once nothing is in flight, outside a transaction, and a write only with two-phase
+    /// commit. A request that only prepares or describes it runs on the current shard.
+    fn place_several(&mut self, len: usize, placed: Placed, in_transaction: bool) -> Placed {
+        let executes = self.held.iter().take(len).any(|(f, _)| {
+            matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG)
+        });
         if !executes {
             return Placed::Here;
         }
-        if in_transaction {
-            self.app.metrics.error("shard_refused");
-            return self.refuse(
-                len,
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "a read that needs several shards runs outside transactions in this version: \
+        let (write, on) = match &placed {
+            Placed::Write(on) => (true, on.clone()),
+            Placed::FanOut(on) => (false, on.clone()),
+            _ => return placed,
+        };
+        let what = if write { "a write" } else { "a read" };
+        let two_phase =
+            self.shards.as_ref().is_some_and(|s| s.two_phase_commit) && self.app.two_phase.is_some();
+        let refusal = if write && !two_phase {
+            Some(format!(
+                "this write needs shards {on:?}: writes across shards commit with two-phase commit, \
+                 which is off for this database (two_phase_commit = true and state_dir, with \
+                 max_prepared_transactions set on the shards); or add a shard key"
+            ))
+        } else if in_transaction {
+            Some(format!(
+                "{what} that needs several shards runs outside transactions in this version: \
                  run it outside the transaction, or add a shard key"
-                    .into(),
-                true,
-            );
-        }
-        if matches!(&self.phase, Phase::Attached(att) if att.pinned.is_some()) {
+            ))
+        } else if matches!(&self.phase, Phase::Attached(att) if att.pinned.is_some()) {
             // A pinned session keeps its connection: waiting for it would never end.
-            self.app.metrics.error("shard_refused");
-            return self.refuse(
-                len,
-                SqlState::FEATURE_NOT_SUPPORTED,
+            Some(format!(
                 "this session is pinned to one connection (temporary tables, advisory locks, \
-                 WITH HOLD cursors or SET SESSION AUTHORIZATION), so it cannot read several \
-                 shards: add a shard key, or end what pins it (DISCARD ALL)"
-                    .into(),
-                false,
-            );
+                 WITH HOLD cursors or SET SESSION AUTHORIZATION), so {what} of several shards \
+                 cannot run: add a shard key, or end what pins it (DISCARD ALL)"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            self.app.metrics.error("shard_refused");
+            return self.refuse(len, SqlState::FEATURE_NOT_SUPPORTED, message, in_transaction);
         }
         if !matches!(self.phase, Phase::Detached) || self.owes_replies() {
             return Placed::Wait;
@@ -215,7 +233,7 @@ impl Relay {
                 }
             }
         }
-        Placed::FanOut(on)
+        placed
     }
 
     /// A one-Query request that sets or resets a shard setting: applied here and answered in

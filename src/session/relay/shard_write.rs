@@ -1,0 +1,356 @@
+//! A write on several shards, in the relay, all or none: on a connection of each shard (prepared
+//! for the client like any checkout) `BEGIN`, the statement (a multi-row INSERT split so each
+//! shard gets its own rows, `sql::split`), `PREPARE TRANSACTION`; when every shard prepared,
+//! the decision is logged durably (`pool::twophase`) and `COMMIT PREPARED` sent to each, else
+//! the prepared ones are rolled back and the client gets the first error. The client's reply
+//! is one: RowDescription and rows of RETURNING from every shard, one command tag with the
+//! summed count. Runs only between transactions with nothing in flight.
+
+use bytes::BytesMut;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::fanout::Asked;
+use super::*;
+use crate::protocol::bind::Bind;
+use crate::route::replica::Upstream;
+
+/// What one shard did in phase one.
+struct Phase1 {
+    att: Box<Attachment>,
+    prepared: bool,
+    /// Every reply read and the connection idle.
+    clean: bool,
+    out: Output,
+}
+
+/// What one shard answered the statement.
+#[derive(Default)]
+struct Output {
+    error: Option<Bytes>,
+    tag: Option<String>,
+    described: Option<Bytes>,
+    rows: Vec<Bytes>,
+}
+
+impl Relay {
+    /// Runs the first `len` held frames (one write) on shards `on`, atomically.
+    pub(super) async fn write_shards(&mut self, len: usize, on: &[usize]) -> Result<(), RelayError> {
+        let frames: Vec<(Frame, Option<Classified>)> =
+            (0..len).filter_map(|_| self.held.pop_front()).collect();
+        let refuse = |this: &mut Relay, report: ErrorReport| {
+            this.answer_in_turn(queue::LocalReply::Failed(report));
+            Ok(())
+        };
+        let asked = match self.asked(&frames) {
+            Ok(asked) => asked,
+            Err(report) => return refuse(self, report),
+        };
+        let (Some(coordinator), Some(shards)) = (self.app.two_phase.clone(), self.shards.as_ref()) else {
+            return refuse(self, ErrorReport::error(SqlState::FEATURE_NOT_SUPPORTED, "two-phase commit is off"));
+        };
+        let classified = self.live.classifier.classify(asked.text.as_bytes());
+        if !matches!(classified.classification.as_ref(), Classification::Parsed(p) if p.len() == 1) {
+            return refuse(
+                self,
+                ErrorReport::error(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "a write across shards must be one statement per request",
+                ),
+            );
+        }
+        let bind = asked.bind.as_deref().and_then(Bind::parse);
+        let statement = crate::route::shard_key::Statement {
+            sql: asked.text.as_bytes(),
+            classified: &classified,
+            bind: bind.as_ref(),
+            search_path: None,
+        };
+        let parts = match crate::route::shard_key::insert_rows(&statement, &shards.tables, shards.databases.len()) {
+            Some(rows) => match crate::sql::split::split_insert(&asked.text, &rows) {
+                Ok(parts) => parts,
+                Err(message) => return refuse(self, ErrorReport::error(SqlState::FEATURE_NOT_SUPPORTED, message)),
+            },
+            // The same statement on every shard.
+            None => on
+                .iter()
+                .map(|&shard| crate::sql::split::Part {
+                    shard,
+                    sql: asked.text.clone(),
+                    params: (0..bind.as_ref().map_or(0, Bind::param_count)).collect(),
+                })
+                .collect(),
+        };
+        let gid = coordinator.gid();
+        let client_formats: Vec<i16> = bind.as_ref().map(|b| b.result_formats().collect()).unwrap_or_default();
+        let mut attachments = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let Some(database) = self.shards.as_ref().and_then(|s| s.databases.get(part.shard)).cloned() else {
+                continue;
+            };
+            match self.attach_pool(Arc::clone(&database.primary), Upstream::Primary).await {
+                Ok(mut att) => {
+                    let shard_gid = format!("{gid}:s{}", part.shard);
+                    phase1_request(&mut att.wbuf, &asked, part, &client_formats, &shard_gid);
+                    attachments.push((shard_gid, att));
+                }
+                Err(report) => {
+                    // Nothing was sent: the connections checked out so far close unused.
+                    self.info.key.detach().await;
+                    self.app.metrics.error("shard_unavailable");
+                    return refuse(
+                        self,
+                        ErrorReport::error(
+                            SqlState::CANNOT_CONNECT_NOW,
+                            format!("shard {} is not available ({}): the write was not run", part.shard, report.message),
+                        ),
+                    );
+                }
+            }
+        }
+        let reply = self.run_two_phase(&coordinator, &gid, attachments).await;
+        self.info.key.detach().await;
+        // The request ran: its Parse is the client's statement.
+        for (frame, classified) in &frames {
+            match frame.tag() {
+                frontend::PARSE_TAG => self.adopt_parse(frame, classified.as_ref()),
+                frontend::QUERY_TAG => {
+                    self.statements.unnamed = None;
+                    self.count_query();
+                }
+                frontend::EXECUTE_TAG => self.count_query(),
+                _ => {}
+            }
+        }
+        let out = &mut self.client.wbuf;
+        if asked.parse {
+            out.extend_from_slice(backend::PARSE_COMPLETE);
+        }
+        if asked.bind.is_some() {
+            out.extend_from_slice(backend::BIND_COMPLETE);
+        }
+        match reply {
+            Ok((described, rows, tag)) => {
+                match described {
+                    Some(body) if asked.describe => {
+                        frontend::append_message(out, backend::ROW_DESCRIPTION_TAG, &[&body])
+                    }
+                    None if asked.describe && asked.bind.is_some() => out.extend_from_slice(backend::NO_DATA),
+                    _ => {}
+                }
+                for row in rows {
+                    frontend::append_message(out, backend::DATA_ROW_TAG, &[&row]);
+                }
+                backend::command_complete(out, &tag);
+            }
+            Err(Failure::Shard(body)) => frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[&body]),
+            Err(Failure::Sidecar(report)) => report.write(out),
+        }
+        backend::ready_for_query(out, TransactionStatus::Idle);
+        self.write_client().await
+    }
+
+    /// Phase one on every shard, the decision, phase two. The reply's RowDescription, rows
+    /// and command tag, or why the write failed (then it committed nowhere).
+    async fn run_two_phase(
+        &mut self,
+        coordinator: &Arc<crate::pool::twophase::Coordinator>,
+        gid: &str,
+        attachments: Vec<(String, Box<Attachment>)>,
+    ) -> Result<(Option<Bytes>, Vec<Bytes>, String), Failure> {
+        let mut running: FuturesUnordered<_> = attachments
+            .into_iter()
+            .map(|(shard_gid, att)| async move { (shard_gid, phase_one(att).await) })
+            .collect();
+        let mut done = Vec::new();
+        while let Some(finished) = running.next().await {
+            done.push(finished);
+        }
+        let failed = done.iter().find_map(|(_, p)| p.out.error.clone());
+        let all_prepared = failed.is_none() && done.iter().all(|(_, p)| p.prepared);
+        let decided = match all_prepared {
+            true => coordinator.decide_commit(gid).await.map_err(|e| {
+                tracing::error!(error = %e, %gid, "two-phase commit decision not logged: rolling back");
+                Failure::Sidecar(ErrorReport::error(SqlState("58030"), e.to_string()))
+            }),
+            false => Err(match failed {
+                Some(body) => Failure::Shard(body),
+                None => Failure::Sidecar(ErrorReport::error(
+                    SqlState::INTERNAL_ERROR,
+                    "a shard did not prepare the transaction; it was rolled back everywhere",
+                )),
+            }),
+        };
+        let verb = if decided.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let mut finishing: FuturesUnordered<_> = done
+            .into_iter()
+            .map(|(shard_gid, p)| phase_two(p, verb, shard_gid))
+            .collect();
+        let mut outcomes = Vec::new();
+        let mut all_done = true;
+        while let Some((p, finished)) = finishing.next().await {
+            all_done &= finished;
+            outcomes.push(p);
+        }
+        decided?;
+        if all_done {
+            coordinator.finished(gid);
+        } else {
+            tracing::warn!(%gid, "a shard did not confirm COMMIT PREPARED: the sidecar's next start resolves it");
+        }
+        let described = outcomes.iter().find_map(|p| p.described.clone());
+        let rows = outcomes.iter().flat_map(|p| p.rows.iter().cloned()).collect();
+        let tag = summed_tag(outcomes.iter().filter_map(|p| p.tag.as_deref()));
+        Ok((described, rows, tag))
+    }
+}
+
+/// Why a write across shards failed.
+pub(super) enum Failure {
+    Shard(Bytes),
+    Sidecar(ErrorReport),
+}
+
+/// BEGIN, the statement, PREPARE TRANSACTION — after what prepares the connection.
+fn phase1_request(out: &mut BytesMut, asked: &Asked, part: &crate::sql::split::Part, formats: &[i16], gid: &str) {
+    frontend::append_query(out, "BEGIN");
+    match (&asked.bind, &asked.parameter_types) {
+        (Some(bind), Some(types)) => {
+            let types = parameter_types_subset(types, &part.params);
+            frontend::append_message(out, frontend::PARSE_TAG, &[b"\0", part.sql.as_bytes(), b"\0", &types]);
+            if let Some(bind) = Bind::parse(bind) {
+                out.extend_from_slice(&bind.encode_subset(&part.params, formats));
+            }
+            frontend::append_message(out, frontend::DESCRIBE_TAG, &[b"P\0"]);
+            frontend::append_message(out, frontend::EXECUTE_TAG, &[b"\0\0\0\0\0"]);
+            frontend::append_sync(out);
+        }
+        _ => frontend::append_query(out, &part.sql),
+    }
+    frontend::append_query(
+        out,
+        &format!("PREPARE TRANSACTION {}", crate::sql::quote::quote_literal(gid)),
+    );
+}
+
+/// A Parse's parameter types (count and OIDs) for the parameters `params` (0-based).
+fn parameter_types_subset(types: &[u8], params: &[usize]) -> Vec<u8> {
+    let count = types.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]) as usize);
+    if count == 0 {
+        return vec![0, 0];
+    }
+    let mut out = Vec::with_capacity(2 + 4 * params.len());
+    out.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for &i in params {
+        let oid = types.get(2 + 4 * i..6 + 4 * i).unwrap_or(&[0, 0, 0, 0]);
+        out.extend_from_slice(oid);
+    }
+    out
+}
+
+/// Sends phase one and reads every reply: prepared, or the shard's error.
+async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
+    // The checkout's statements, BEGIN, the statement, PREPARE TRANSACTION.
+    let setup = att.expect.len();
+    let request = std::mem::take(&mut att.wbuf);
+    let mut p = Phase1 {
+        att,
+        prepared: false,
+        clean: false,
+        out: Output::default(),
+    };
+    let lost = |message: &str| {
+        let mut body = BytesMut::new();
+        ErrorReport::error(SqlState::CONNECTION_FAILURE, message.to_string()).write(&mut body);
+        body.split_off(HEADER_LEN).freeze()
+    };
+    let conn = p.att.server.conn_mut();
+    if conn.write_all(&request).await.is_err() {
+        p.out.error = Some(lost("a shard's connection was lost"));
+        return p;
+    }
+    let mut readies: usize = 0;
+    let status = loop {
+        let frame = match crate::protocol::frame::try_frame(&mut conn.rbuf, 1 << 30) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => match conn.read_more().await {
+                Ok(_) => continue,
+                Err(_) => {
+                    p.out.error.get_or_insert_with(|| lost("a shard's connection was lost during the write"));
+                    return p;
+                }
+            },
+            Err(_) => {
+                p.out.error.get_or_insert_with(|| lost("a shard sent a message that could not be read"));
+                return p;
+            }
+        };
+        let body = || frame.as_bytes().slice(HEADER_LEN..);
+        match (frame.tag(), readies.checked_sub(setup)) {
+            (backend::READY_FOR_QUERY_TAG, _) => {
+                readies += 1;
+                if readies == setup + 3 {
+                    break frame.body().first().copied();
+                }
+            }
+            (backend::ERROR_RESPONSE_TAG, _) => {
+                p.out.error.get_or_insert_with(body);
+            }
+            // The statement's replies (after BEGIN's ReadyForQuery).
+            (backend::ROW_DESCRIPTION_TAG, Some(1)) => p.out.described = Some(body()),
+            (backend::DATA_ROW_TAG, Some(1)) => p.out.rows.push(body()),
+            (backend::COMMAND_COMPLETE_TAG, Some(1)) => {
+                p.out.tag = frontend::query_text(frame.body()).map(|t| String::from_utf8_lossy(t).into_owned())
+            }
+            (backend::COMMAND_COMPLETE_TAG, Some(2)) => p.prepared = frame.body().starts_with(b"PREPARE TRANSACTION"),
+            _ => {}
+        }
+    };
+    if status != Some(TransactionStatus::Idle.as_byte()) {
+        // PREPARE failed inside a transaction still open: it ends here.
+        let conn = p.att.server.conn_mut();
+        if conn.run_internal("ROLLBACK").await.is_err() {
+            return p;
+        }
+    }
+    p.clean = true;
+    p
+}
+
+/// COMMIT PREPARED or ROLLBACK PREPARED on a shard that prepared (nothing on one that did not);
+/// its connection goes back to the pool when all went well. Whether the shard confirmed.
+async fn phase_two(mut p: Phase1, verb: &str, gid: String) -> (Output, bool) {
+    let mut confirmed = true;
+    if p.prepared {
+        let sql = format!("{verb} PREPARED {}", crate::sql::quote::quote_literal(&gid));
+        if let Err(e) = p.att.server.conn_mut().run_internal(&sql).await {
+            tracing::warn!(error = %e, %gid, "{verb} PREPARED failed");
+            confirmed = false;
+            p.clean = false;
+        }
+    }
+    if p.clean {
+        p.att.server.release();
+    }
+    (p.out, confirmed)
+}
+
+/// One command tag for the shards' tags: counts summed (`INSERT 0 n`, `UPDATE n`, `DELETE n`,
+/// `MERGE n`), else the first (DDL).
+fn summed_tag<'a>(tags: impl Iterator<Item = &'a str>) -> String {
+    let mut first: Option<&str> = None;
+    let mut total: u64 = 0;
+    for tag in tags {
+        first.get_or_insert(tag);
+        if let Some(n) = tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) {
+            total += n;
+        }
+    }
+    let Some(first) = first else {
+        return String::new();
+    };
+    match first.split(' ').next() {
+        Some("INSERT") => format!("INSERT 0 {total}"),
+        Some(verb @ ("UPDATE" | "DELETE" | "MERGE")) => format!("{verb} {total}"),
+        _ => first.to_owned(),
+    }
+}
