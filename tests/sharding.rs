@@ -394,7 +394,13 @@ async fn statements_go_to_the_shard_of_their_key() {
     }
     // Refusals name what to add; bad keys get Postgres's codes; nothing is sent anywhere.
     for (sql, code, needle) in [
-        ("DELETE FROM orders", "0A000", "customer_id"),
+        // Writes across shards without two-phase commit configured.
+        ("DELETE FROM orders", "0A000", "two-phase commit"),
+        (
+            "INSERT INTO orders (note) VALUES ('x')",
+            "0A000",
+            "customer_id",
+        ),
         (
             "SELECT * FROM orders WHERE customer_id = 'abc'",
             "22P02",
@@ -403,7 +409,7 @@ async fn statements_go_to_the_shard_of_their_key() {
         (
             "INSERT INTO countries (code) VALUES ('fr')",
             "0A000",
-            "not sharded",
+            "two-phase commit",
         ),
     ] {
         let err = client.batch_execute(sql).await.unwrap_err();

@@ -142,7 +142,10 @@ impl Coordinator {
             .map_err(|e| failed(&e))?;
         let current = format!("{}{}:", self.prefix, self.incarnation);
         let mut resolved = 0;
-        for gid in rows.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
+        for gid in rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+        {
             if gid.starts_with(&current) {
                 // This run's own, still in flight.
                 continue;

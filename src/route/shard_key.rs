@@ -177,8 +177,7 @@ fn one(
         routes[i] = Some(route);
     }
     let reads = class.tables_written.is_empty() && class.kind == Kind::Read;
-    let inserts = !class.insert_rows.is_empty();
-    if !inserts && routes.iter().all(Option::is_none) && connected(class, &sharded) {
+    if !class.inserts && routes.iter().all(Option::is_none) && connected(class, &sharded) {
         // No key anywhere: every shard holds some of the rows (co-located joins stay on
         // each shard); a write runs on each, all or none.
         let all = (0..shards).collect();
@@ -298,7 +297,10 @@ fn insert_row_shards(
         .insert_rows
         .iter()
         .map(|row| {
-            let eq = row.iter().find(|e| is_key(e)).ok_or_else(|| needs_key(table))?;
+            let eq = row
+                .iter()
+                .find(|e| is_key(e))
+                .ok_or_else(|| needs_key(table))?;
             match placed(table, value(statement, table, &eq.value)?, shards) {
                 ShardRoute::Shard(n) => Ok(n),
                 other => Err(other),
@@ -309,7 +311,11 @@ fn insert_row_shards(
 
 /// The shard of each row of a multi-row INSERT … VALUES into one sharded table, in order
 /// (`None`: the statement is not one, or a row has no shard).
-pub fn insert_rows(statement: &Statement<'_>, tables: &[ShardedTable], shards: usize) -> Option<Vec<usize>> {
+pub fn insert_rows(
+    statement: &Statement<'_>,
+    tables: &[ShardedTable],
+    shards: usize,
+) -> Option<Vec<usize>> {
     let Classification::Parsed(parsed) = statement.classified.classification.as_ref() else {
         return None;
     };

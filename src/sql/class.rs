@@ -184,6 +184,9 @@ pub struct StatementClass {
     pub links: Vec<ColumnLink>,
     /// INSERT rows as column/value pairs.
     pub insert_rows: Vec<Vec<Equality>>,
+    /// The statement adds rows (INSERT, MERGE, a data-modifying CTE): it is never sent to
+    /// every shard as it is.
+    pub inserts: bool,
     /// The columns an UPDATE (or INSERT … ON CONFLICT DO UPDATE) assigns (their last name
     /// part).
     pub assigned: Vec<String>,
@@ -213,6 +216,7 @@ impl StatementClass {
             memberships: Vec::new(),
             links: Vec::new(),
             insert_rows: Vec::new(),
+            inserts: false,
             assigned: Vec::new(),
         }
     }

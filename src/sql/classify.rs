@@ -103,6 +103,9 @@ fn classify_statement(
     options: &Options,
 ) -> StatementClass {
     let mut class = StatementClass::new(kind_of(statement));
+    // Rows added: an INSERT, a MERGE, or (conservatively) a query that writes through a CTE.
+    class.inserts = matches!(statement, Statement::Insert(_) | Statement::Merge { .. })
+        || (matches!(statement, Statement::Query(_)) && class.kind == Kind::Write);
     let mut walker = Walker::new(positions, &options.read_only_functions);
     let _ = statement.visit(&mut walker);
     // Tables: every relation named, minus CTE names; targets of writes are written, and read

@@ -20,7 +20,9 @@ pub struct Part {
 
 /// Splits `sql` (one INSERT … VALUES of `row_shards.len()` rows) by the shard of each row.
 pub fn split_insert(sql: &str, row_shards: &[usize]) -> Result<Vec<Part>, String> {
-    let cannot = |why: &str| format!("this INSERT's rows are on several shards and {why}: insert each shard's rows separately");
+    let cannot = |why: &str| {
+        format!("this INSERT's rows are on several shards and {why}: insert each shard's rows separately")
+    };
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
         .map_err(|_| cannot("it could not be parsed"))?;
     let (Some(statement), true) = (statements.pop(), statements.is_empty()) else {
@@ -109,12 +111,12 @@ mod tests {
         assert_eq!(parts[0].shard, 1);
         assert_eq!(
             parts[0].sql,
-            "INSERT INTO t (k, v) VALUES ($1, $2), ($3, 'x') ON CONFLICT (k) DO UPDATE SET v = $4 RETURNING k"
+            "INSERT INTO t (k, v) VALUES ($1, $2), ($3, 'x') ON CONFLICT(k) DO UPDATE SET v = $4 RETURNING k"
         );
         assert_eq!(parts[0].params, vec![0, 1, 4, 5]);
         assert_eq!(
             parts[1].sql,
-            "INSERT INTO t (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = $3 RETURNING k"
+            "INSERT INTO t (k, v) VALUES ($1, $2) ON CONFLICT(k) DO UPDATE SET v = $3 RETURNING k"
         );
         assert_eq!(parts[1].params, vec![2, 3, 5]);
         let literal = split_insert("INSERT INTO t VALUES (1), (2)", &[0, 2]).unwrap();

@@ -148,9 +148,17 @@ fn keys_from_in_lists_and_arrays() {
         )),
         ShardRoute::Shards(both)
     );
-    refused_with(
-        &format!("DELETE FROM orders WHERE customer_id IN ({a}, {other})"),
-        "values listed for \"customer_id\"",
+    let both_writes = match route_of(&format!(
+        "SELECT * FROM orders WHERE customer_id IN ({a}, {other})"
+    )) {
+        ShardRoute::Shards(on) => on,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        route_of(&format!(
+            "DELETE FROM orders WHERE customer_id IN ({a}, {other})"
+        )),
+        ShardRoute::Writes(both_writes)
     );
     refused_with(
         "SELECT * FROM orders WHERE customer_id = ANY('{1,x}')",
@@ -164,7 +172,10 @@ fn keys_from_in_lists_and_arrays() {
         route_of("SELECT * FROM orders WHERE customer_id NOT IN (1)"),
         all()
     );
-    refused_with("DELETE FROM orders WHERE customer_id NOT IN (1)", "add");
+    assert_eq!(
+        route_of("DELETE FROM orders WHERE customer_id NOT IN (1)"),
+        ShardRoute::Writes(vec![0, 1, 2])
+    );
     // `= ANY($1)` with the array in text and in binary format.
     let sql = "SELECT * FROM orders WHERE customer_id = ANY($1)";
     assert_eq!(
@@ -334,24 +345,33 @@ fn what_cannot_be_placed_is_refused_with_what_to_add() {
         route_of("SELECT * FROM orders WHERE customer_id = 1 OR customer_id = 2"),
         all()
     );
-    refused_with(
-        "UPDATE orders SET note = 'x'",
-        "add \"customer_id = <value>\"",
+    // Writes without a key run on every shard (all or none); INSERTs must give their key.
+    assert_eq!(
+        route_of("UPDATE orders SET note = 'x'"),
+        ShardRoute::Writes(vec![0, 1, 2])
     );
     refused_with(
-        "DELETE FROM orders WHERE customer_id = 1 OR customer_id = 2",
-        "customer_id",
+        "INSERT INTO orders (note) VALUES ('x')",
+        "add \"customer_id = <value>\"",
     );
     refused_with(
         "SELECT * FROM orders WHERE customer_id = 'x'",
         "invalid input syntax",
     );
-    refused_with(
-        "INSERT INTO orders (customer_id) VALUES (1), (2), (3), (4)",
-        "different shards",
+    // Rows on several shards: split by the rows' shards (all or none).
+    assert_eq!(
+        route_of("INSERT INTO orders (customer_id) VALUES (1), (2), (3), (4)"),
+        ShardRoute::Writes(vec![0, 1, 2])
     );
-    refused_with("INSERT INTO countries (code) VALUES ('fr')", "not sharded");
-    refused_with("CREATE TABLE t (a int)", "not sharded");
+    // Tables that are not sharded are on every shard: writes and DDL go to them all.
+    assert_eq!(
+        route_of("INSERT INTO countries (code) VALUES ('fr')"),
+        ShardRoute::Writes(vec![0, 1, 2])
+    );
+    assert_eq!(
+        route_of("CREATE TABLE t (a int)"),
+        ShardRoute::Writes(vec![0, 1, 2])
+    );
     refused_with(
         "UPDATE orders SET customer_id = 8 WHERE customer_id = 7",
         "changes the shard key",
@@ -367,7 +387,29 @@ fn what_cannot_be_placed_is_refused_with_what_to_add() {
     );
     // `= NULL` is never true: no key there.
     refused_with(
-        "DELETE FROM orders WHERE customer_id = NULL",
+        "INSERT INTO orders (customer_id) SELECT 1",
         "add \"customer_id",
+    );
+}
+
+#[test]
+fn insert_rows_give_each_rows_shard() {
+    let cache = ClassificationCache::new(1 << 20, Default::default());
+    let sql = "INSERT INTO orders (customer_id, note) VALUES (1, 'a'), (2, 'b'), (3, 'c')";
+    let classified = cache.classify(sql.as_bytes());
+    let statement = Statement {
+        sql: sql.as_bytes(),
+        classified: &classified,
+        bind: None,
+        search_path: None,
+    };
+    assert_eq!(
+        insert_rows(&statement, &tables(), 3),
+        Some(vec![shard_number(1), shard_number(2), shard_number(3)])
+    );
+    // Without columns the key is unknown: never sent to every shard.
+    refused_with(
+        "INSERT INTO orders VALUES (1, 'a'), (2, 'b')",
+        "customer_id",
     );
 }

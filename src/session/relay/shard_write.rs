@@ -34,7 +34,11 @@ struct Output {
 
 impl Relay {
     /// Runs the first `len` held frames (one write) on shards `on`, atomically.
-    pub(super) async fn write_shards(&mut self, len: usize, on: &[usize]) -> Result<(), RelayError> {
+    pub(super) async fn write_shards(
+        &mut self,
+        len: usize,
+        on: &[usize],
+    ) -> Result<(), RelayError> {
         let frames: Vec<(Frame, Option<Classified>)> =
             (0..len).filter_map(|_| self.held.pop_front()).collect();
         let refuse = |this: &mut Relay, report: ErrorReport| {
@@ -45,11 +49,16 @@ impl Relay {
             Ok(asked) => asked,
             Err(report) => return refuse(self, report),
         };
-        let (Some(coordinator), Some(shards)) = (self.app.two_phase.clone(), self.shards.as_ref()) else {
-            return refuse(self, ErrorReport::error(SqlState::FEATURE_NOT_SUPPORTED, "two-phase commit is off"));
+        let (Some(coordinator), Some(shards)) = (self.app.two_phase.clone(), self.shards.as_ref())
+        else {
+            return refuse(
+                self,
+                ErrorReport::error(SqlState::FEATURE_NOT_SUPPORTED, "two-phase commit is off"),
+            );
         };
         let classified = self.live.classifier.classify(asked.text.as_bytes());
-        if !matches!(classified.classification.as_ref(), Classification::Parsed(p) if p.len() == 1) {
+        if !matches!(classified.classification.as_ref(), Classification::Parsed(p) if p.len() == 1)
+        {
             return refuse(
                 self,
                 ErrorReport::error(
@@ -65,10 +74,19 @@ impl Relay {
             bind: bind.as_ref(),
             search_path: None,
         };
-        let parts = match crate::route::shard_key::insert_rows(&statement, &shards.tables, shards.databases.len()) {
+        let parts = match crate::route::shard_key::insert_rows(
+            &statement,
+            &shards.tables,
+            shards.databases.len(),
+        ) {
             Some(rows) => match crate::sql::split::split_insert(&asked.text, &rows) {
                 Ok(parts) => parts,
-                Err(message) => return refuse(self, ErrorReport::error(SqlState::FEATURE_NOT_SUPPORTED, message)),
+                Err(message) => {
+                    return refuse(
+                        self,
+                        ErrorReport::error(SqlState::FEATURE_NOT_SUPPORTED, message),
+                    )
+                }
             },
             // The same statement on every shard.
             None => on
@@ -81,13 +99,24 @@ impl Relay {
                 .collect(),
         };
         let gid = coordinator.gid();
-        let client_formats: Vec<i16> = bind.as_ref().map(|b| b.result_formats().collect()).unwrap_or_default();
+        let client_formats: Vec<i16> = bind
+            .as_ref()
+            .map(|b| b.result_formats().collect())
+            .unwrap_or_default();
         let mut attachments = Vec::with_capacity(parts.len());
         for part in &parts {
-            let Some(database) = self.shards.as_ref().and_then(|s| s.databases.get(part.shard)).cloned() else {
+            let Some(database) = self
+                .shards
+                .as_ref()
+                .and_then(|s| s.databases.get(part.shard))
+                .cloned()
+            else {
                 continue;
             };
-            match self.attach_pool(Arc::clone(&database.primary), Upstream::Primary).await {
+            match self
+                .attach_pool(Arc::clone(&database.primary), Upstream::Primary)
+                .await
+            {
                 Ok(mut att) => {
                     let shard_gid = format!("{gid}:s{}", part.shard);
                     phase1_request(&mut att.wbuf, &asked, part, &client_formats, &shard_gid);
@@ -101,7 +130,10 @@ impl Relay {
                         self,
                         ErrorReport::error(
                             SqlState::CANNOT_CONNECT_NOW,
-                            format!("shard {} is not available ({}): the write was not run", part.shard, report.message),
+                            format!(
+                                "shard {} is not available ({}): the write was not run",
+                                part.shard, report.message
+                            ),
                         ),
                     );
                 }
@@ -134,7 +166,9 @@ impl Relay {
                     Some(body) if asked.describe => {
                         frontend::append_message(out, backend::ROW_DESCRIPTION_TAG, &[&body])
                     }
-                    None if asked.describe && asked.bind.is_some() => out.extend_from_slice(backend::NO_DATA),
+                    None if asked.describe && asked.bind.is_some() => {
+                        out.extend_from_slice(backend::NO_DATA)
+                    }
                     _ => {}
                 }
                 for row in rows {
@@ -142,7 +176,9 @@ impl Relay {
                 }
                 backend::command_complete(out, &tag);
             }
-            Err(Failure::Shard(body)) => frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[&body]),
+            Err(Failure::Shard(body)) => {
+                frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[&body])
+            }
             Err(Failure::Sidecar(report)) => report.write(out),
         }
         backend::ready_for_query(out, TransactionStatus::Idle);
@@ -180,7 +216,11 @@ impl Relay {
                 )),
             }),
         };
-        let verb = if decided.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let verb = if decided.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
         let mut finishing: FuturesUnordered<_> = done
             .into_iter()
             .map(|(shard_gid, p)| phase_two(p, verb, shard_gid))
@@ -198,7 +238,10 @@ impl Relay {
             tracing::warn!(%gid, "a shard did not confirm COMMIT PREPARED: the sidecar's next start resolves it");
         }
         let described = outcomes.iter().find_map(|p| p.described.clone());
-        let rows = outcomes.iter().flat_map(|p| p.rows.iter().cloned()).collect();
+        let rows = outcomes
+            .iter()
+            .flat_map(|p| p.rows.iter().cloned())
+            .collect();
         let tag = summed_tag(outcomes.iter().filter_map(|p| p.tag.as_deref()));
         Ok((described, rows, tag))
     }
@@ -211,12 +254,22 @@ pub(super) enum Failure {
 }
 
 /// BEGIN, the statement, PREPARE TRANSACTION — after what prepares the connection.
-fn phase1_request(out: &mut BytesMut, asked: &Asked, part: &crate::sql::split::Part, formats: &[i16], gid: &str) {
+fn phase1_request(
+    out: &mut BytesMut,
+    asked: &Asked,
+    part: &crate::sql::split::Part,
+    formats: &[i16],
+    gid: &str,
+) {
     frontend::append_query(out, "BEGIN");
     match (&asked.bind, &asked.parameter_types) {
         (Some(bind), Some(types)) => {
             let types = parameter_types_subset(types, &part.params);
-            frontend::append_message(out, frontend::PARSE_TAG, &[b"\0", part.sql.as_bytes(), b"\0", &types]);
+            frontend::append_message(
+                out,
+                frontend::PARSE_TAG,
+                &[b"\0", part.sql.as_bytes(), b"\0", &types],
+            );
             if let Some(bind) = Bind::parse(bind) {
                 out.extend_from_slice(&bind.encode_subset(&part.params, formats));
             }
@@ -228,13 +281,18 @@ fn phase1_request(out: &mut BytesMut, asked: &Asked, part: &crate::sql::split::P
     }
     frontend::append_query(
         out,
-        &format!("PREPARE TRANSACTION {}", crate::sql::quote::quote_literal(gid)),
+        &format!(
+            "PREPARE TRANSACTION {}",
+            crate::sql::quote::quote_literal(gid)
+        ),
     );
 }
 
 /// A Parse's parameter types (count and OIDs) for the parameters `params` (0-based).
 fn parameter_types_subset(types: &[u8], params: &[usize]) -> Vec<u8> {
-    let count = types.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]) as usize);
+    let count = types
+        .get(..2)
+        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]) as usize);
     if count == 0 {
         return vec![0, 0];
     }
@@ -275,12 +333,16 @@ async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
             Ok(None) => match conn.read_more().await {
                 Ok(_) => continue,
                 Err(_) => {
-                    p.out.error.get_or_insert_with(|| lost("a shard's connection was lost during the write"));
+                    p.out.error.get_or_insert_with(|| {
+                        lost("a shard's connection was lost during the write")
+                    });
                     return p;
                 }
             },
             Err(_) => {
-                p.out.error.get_or_insert_with(|| lost("a shard sent a message that could not be read"));
+                p.out
+                    .error
+                    .get_or_insert_with(|| lost("a shard sent a message that could not be read"));
                 return p;
             }
         };
@@ -299,9 +361,12 @@ async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
             (backend::ROW_DESCRIPTION_TAG, Some(1)) => p.out.described = Some(body()),
             (backend::DATA_ROW_TAG, Some(1)) => p.out.rows.push(body()),
             (backend::COMMAND_COMPLETE_TAG, Some(1)) => {
-                p.out.tag = frontend::query_text(frame.body()).map(|t| String::from_utf8_lossy(t).into_owned())
+                p.out.tag = frontend::query_text(frame.body())
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
             }
-            (backend::COMMAND_COMPLETE_TAG, Some(2)) => p.prepared = frame.body().starts_with(b"PREPARE TRANSACTION"),
+            (backend::COMMAND_COMPLETE_TAG, Some(2)) => {
+                p.prepared = frame.body().starts_with(b"PREPARE TRANSACTION")
+            }
             _ => {}
         }
     };

@@ -184,9 +184,11 @@ impl Relay {
     /// once nothing is in flight, outside a transaction, and a write only with two-phase
     /// commit. A request that only prepares or describes it runs on the current shard.
     fn place_several(&mut self, len: usize, placed: Placed, in_transaction: bool) -> Placed {
-        let executes = self.held.iter().take(len).any(|(f, _)| {
-            matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG)
-        });
+        let executes = self
+            .held
+            .iter()
+            .take(len)
+            .any(|(f, _)| matches!(f.tag(), frontend::QUERY_TAG | frontend::EXECUTE_TAG));
         if !executes {
             return Placed::Here;
         }
@@ -196,8 +198,8 @@ impl Relay {
             _ => return placed,
         };
         let what = if write { "a write" } else { "a read" };
-        let two_phase =
-            self.shards.as_ref().is_some_and(|s| s.two_phase_commit) && self.app.two_phase.is_some();
+        let two_phase = self.shards.as_ref().is_some_and(|s| s.two_phase_commit)
+            && self.app.two_phase.is_some();
         let refusal = if write && !two_phase {
             Some(format!(
                 "this write needs shards {on:?}: writes across shards commit with two-phase commit, \
@@ -221,7 +223,12 @@ impl Relay {
         };
         if let Some(message) = refusal {
             self.app.metrics.error("shard_refused");
-            return self.refuse(len, SqlState::FEATURE_NOT_SUPPORTED, message, in_transaction);
+            return self.refuse(
+                len,
+                SqlState::FEATURE_NOT_SUPPORTED,
+                message,
+                in_transaction,
+            );
         }
         if !matches!(self.phase, Phase::Detached) || self.owes_replies() {
             return Placed::Wait;

@@ -1,0 +1,403 @@
+//! Writes across shards, against 3 real shard servers: multi-row INSERTs split by key (literals
+//! and Bind parameters) land where the hash says, UPDATE/DELETE without a key and with keys on
+//! several shards, DDL and writes to tables on every shard, RETURNING from every shard — all
+//! committed with two-phase commit; a statement that fails on one shard, and a shard that
+//! refuses PREPARE, leave nothing anywhere; and a sidecar killed (SIGKILL) after phase one, or
+//! after its commit decision, is resolved by the restarted sidecar to what its log says.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pgsidecar::localpg::LocalPostgres;
+use pgsidecar::route::shard::{hash_shard, Key};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::SimpleQueryMessage;
+
+const TABLE: &str = "SET ROLE app; CREATE TABLE items (customer_id bigint, note text)";
+const SHARDED: &str = "[[sharded_table]]\ndatabase = \"app\"\ntable = \"items\"\n\
+    column = \"customer_id\"\ntype = \"bigint\"\n";
+
+fn shard(prepared: usize) -> LocalPostgres {
+    let pg = LocalPostgres::start(&format!("-c max_prepared_transactions={prepared}"))
+        .expect("start a shard server");
+    pg.create_user_and_database("app", PASSWORD, "app")
+        .expect("role and database");
+    pg.psql("app", TABLE).expect("the table");
+    pg
+}
+
+fn toml(urls: &[String], state_dir: &std::path::Path, listen: &str) -> String {
+    let shards: String = urls
+        .iter()
+        .map(|u| format!("[[database.shards]]\nprimary = \"{u}\"\n"))
+        .collect();
+    format!(
+        "listen = \"{listen}\"\nmetrics_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\
+         [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\ntwo_phase_commit = true\n{shards}\n\
+         [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{SHARDED}",
+        state_dir.display()
+    )
+}
+
+fn url(pg: &LocalPostgres) -> String {
+    pg.url("app", PASSWORD, "app")
+}
+
+fn one(pg: &LocalPostgres, sql: &str) -> String {
+    pg.psql("app", sql).unwrap().trim().to_owned()
+}
+
+/// The keys on `pg`, in order.
+fn keys(pg: &LocalPostgres) -> String {
+    one(
+        pg,
+        "SELECT coalesce(string_agg(customer_id::text, ',' ORDER BY customer_id), '') FROM items",
+    )
+}
+
+fn expected_keys(all: &[i64], n: usize) -> String {
+    let mut mine: Vec<i64> = all
+        .iter()
+        .copied()
+        .filter(|k| hash_shard(Key::Int(*k), 3) == n)
+        .collect();
+    mine.sort_unstable();
+    mine.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn tag(messages: &[SimpleQueryMessage]) -> u64 {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .expect("a command tag")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_across_shards_commit_everywhere_or_nowhere() {
+    let shards: Vec<LocalPostgres> = (0..3).map(|_| shard(10)).collect();
+    let state = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = shards.iter().map(url).collect();
+    let sidecar = start(&toml(&urls, state.path(), "127.0.0.1:0")).await;
+    let client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
+
+    // A multi-row INSERT of literals, and one of parameters, split by key.
+    let literal: Vec<i64> = (1..=10).collect();
+    let values: Vec<String> = literal.iter().map(|k| format!("({k}, 'n{k}')")).collect();
+    let inserted = client
+        .simple_query(&format!(
+            "INSERT INTO items (customer_id, note) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(tag(&inserted), 10);
+    // Without a column list the key's position is unknown: refused, never sent everywhere.
+    let err = client
+        .batch_execute("INSERT INTO items VALUES (98, 'x'), (99, 'y')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    let n = client
+        .execute(
+            "INSERT INTO items (customer_id, note) VALUES ($1, $2), ($3, $4), ($5, $6)",
+            &[&11i64, &"p11", &12i64, &"p12", &13i64, &"p13"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let all: Vec<i64> = (1..=13).collect();
+    for (i, pg) in shards.iter().enumerate() {
+        assert_eq!(keys(pg), expected_keys(&all, i), "shard {i} holds its keys");
+    }
+    // UPDATE without a key, DELETE of keys on several shards, RETURNING from each.
+    assert_eq!(
+        client
+            .execute("UPDATE items SET note = 'u'", &[])
+            .await
+            .unwrap(),
+        13
+    );
+    let returned = client
+        .query(
+            "UPDATE items SET note = 'r' WHERE customer_id IN (4, 5, 6) RETURNING customer_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut got: Vec<i64> = returned.iter().map(|r| r.get(0)).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![4, 5, 6]);
+    assert_eq!(
+        tag(&client
+            .simple_query("DELETE FROM items WHERE customer_id IN (1, 2, 3)")
+            .await
+            .unwrap()),
+        3
+    );
+    // DDL and writes to a table that is not sharded: every shard.
+    client
+        .batch_execute("CREATE TABLE settings (k text, v text)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO settings VALUES ('a', 'b')")
+        .await
+        .unwrap();
+    for pg in &shards {
+        assert_eq!(one(pg, "SELECT count(*) FROM settings"), "1");
+        assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    }
+
+    // A statement that fails on one shard: nothing anywhere.
+    let bad_shard = hash_shard(Key::Int(100), 3);
+    shards[bad_shard]
+        .psql("app", "ALTER TABLE items ADD CHECK (note <> 'bad')")
+        .unwrap();
+    let err = client
+        .batch_execute("INSERT INTO items (customer_id, note) VALUES (100, 'bad'), (101, 'bad'), (102, 'bad'), (103, 'bad')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("23514"), "{err}");
+    for pg in &shards {
+        assert_eq!(
+            one(pg, "SELECT count(*) FROM items WHERE customer_id >= 100"),
+            "0"
+        );
+        assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    }
+    // Inside a transaction, a write to several shards is refused.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("INSERT INTO items (customer_id, note) VALUES (50, 'tx')")
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("UPDATE items SET note = 'x'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+
+    // A shard that refuses PREPARE (max_prepared_transactions = 0): rolled back everywhere.
+    let refusing = shard(0);
+    let urls2 = vec![url(&shards[0]), url(&shards[1]), url(&refusing)];
+    let state2 = tempfile::tempdir().unwrap();
+    let second = start(&toml(&urls2, state2.path(), "127.0.0.1:0")).await;
+    let c2 = connect(second.addr, "app", PASSWORD, "app").await.unwrap();
+    let keys_everywhere: Vec<String> = (200..212).map(|k| format!("({k}, 'z')")).collect();
+    let err = c2
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES {}",
+            keys_everywhere.join(", ")
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("55000"), "{err}");
+    for pg in [&shards[0], &shards[1], &refusing] {
+        assert_eq!(
+            one(pg, "SELECT count(*) FROM items WHERE customer_id >= 200"),
+            "0"
+        );
+        assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    }
+}
+
+/// A TCP proxy that forwards until the client side sends `needle`, then holds that and
+/// everything after it (the server never sees it).
+async fn hold_proxy(target: u16, needle: &'static [u8]) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        // Held: the connection stays open, nothing more reaches the server.
+                        std::future::pending::<()>().await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The sidecar binary on `port` with this configuration.
+async fn spawn_sidecar(config: &str, port: u16) -> tokio::process::Child {
+    let path = std::env::temp_dir().join(format!("pgsidecar-two-phase-{port}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar binary did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `sql` on `pg` until it prints `want` (bounded: 20 s).
+async fn until(pg: &LocalPostgres, sql: &str, want: &str) {
+    for _ in 0..1000 {
+        if one(pg, sql) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{sql} never gave {want}");
+}
+
+/// One key on each shard, from `from` on.
+fn key_per_shard(from: i64) -> Vec<i64> {
+    (0..3)
+        .map(|n| (from..).find(|k| hash_shard(Key::Int(*k), 3) == n).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_killed_between_the_phases_is_resolved_by_its_restart() {
+    let shards: Vec<LocalPostgres> = (0..3).map(|_| shard(10)).collect();
+    let state = tempfile::tempdir().unwrap();
+    let direct: Vec<String> = shards.iter().map(url).collect();
+    let through = |proxy: u16| {
+        let mut urls = direct.clone();
+        urls[2] = format!("postgres://app:{PASSWORD}@127.0.0.1:{proxy}/app");
+        urls
+    };
+    let prepared = "SELECT count(*) FROM pg_prepared_xacts";
+
+    // Killed after the decision to commit: shards 0 and 1 committed, shard 2 still prepared.
+    let keys = key_per_shard(1000);
+    let proxy = hold_proxy(shards[2].port, b"COMMIT PREPARED").await;
+    let port = free_port();
+    let mut sidecar = spawn_sidecar(
+        &toml(&through(proxy), state.path(), &format!("127.0.0.1:{port}")),
+        port,
+    )
+    .await;
+    let client = connect(([127, 0, 0, 1], port).into(), "app", PASSWORD, "app")
+        .await
+        .unwrap();
+    let sql = format!(
+        "INSERT INTO items (customer_id, note) VALUES ({}, 'c'), ({}, 'c'), ({}, 'c')",
+        keys[0], keys[1], keys[2]
+    );
+    let write = tokio::spawn(async move { client.batch_execute(&sql).await });
+    until(
+        &shards[0],
+        &format!("SELECT count(*) FROM items WHERE customer_id = {}", keys[0]),
+        "1",
+    )
+    .await;
+    until(
+        &shards[1],
+        &format!("SELECT count(*) FROM items WHERE customer_id = {}", keys[1]),
+        "1",
+    )
+    .await;
+    until(&shards[2], prepared, "1").await;
+    sidecar.kill().await.unwrap();
+    assert!(
+        write.await.unwrap().is_err(),
+        "the client saw its connection end"
+    );
+    let port = free_port();
+    let sidecar = spawn_sidecar(
+        &toml(&direct, state.path(), &format!("127.0.0.1:{port}")),
+        port,
+    )
+    .await;
+    until(&shards[2], prepared, "0").await;
+    assert_eq!(
+        one(
+            &shards[2],
+            &format!("SELECT count(*) FROM items WHERE customer_id = {}", keys[2])
+        ),
+        "1",
+        "committed as logged"
+    );
+    drop(sidecar);
+
+    // Killed before every shard prepared: rolled back everywhere.
+    let keys = key_per_shard(2000);
+    let proxy = hold_proxy(shards[2].port, b"PREPARE TRANSACTION").await;
+    let port = free_port();
+    let mut sidecar = spawn_sidecar(
+        &toml(&through(proxy), state.path(), &format!("127.0.0.1:{port}")),
+        port,
+    )
+    .await;
+    let client = connect(([127, 0, 0, 1], port).into(), "app", PASSWORD, "app")
+        .await
+        .unwrap();
+    let sql = format!(
+        "INSERT INTO items (customer_id, note) VALUES ({}, 'r'), ({}, 'r'), ({}, 'r')",
+        keys[0], keys[1], keys[2]
+    );
+    let write = tokio::spawn(async move { client.batch_execute(&sql).await });
+    until(&shards[0], prepared, "1").await;
+    until(&shards[1], prepared, "1").await;
+    sidecar.kill().await.unwrap();
+    assert!(write.await.unwrap().is_err());
+    let port = free_port();
+    let _sidecar = spawn_sidecar(
+        &toml(&direct, state.path(), &format!("127.0.0.1:{port}")),
+        port,
+    )
+    .await;
+    for pg in &shards {
+        until(pg, prepared, "0").await;
+        assert_eq!(
+            one(pg, "SELECT count(*) FROM items WHERE customer_id >= 2000"),
+            "0",
+            "rolled back"
+        );
+    }
+}
