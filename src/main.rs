@@ -342,6 +342,9 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
                         db.name
                     ),
                 }
+                if db.two_phase_commit {
+                    ok &= check_two_phase(db, &config.pool).await;
+                }
             }
             Err(e) => {
                 ok = false;
@@ -354,6 +357,42 @@ async fn check(path: &std::path::Path, connect: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `check --connect` of every shard of a database with two-phase commit: can it prepare?
+async fn check_two_phase(
+    db: &pgsidecar::config::DatabaseConfig,
+    pool: &pgsidecar::config::PoolConfig,
+) -> bool {
+    let mut ok = true;
+    for (n, shard) in db.shards.iter().enumerate() {
+        let connected = match pgsidecar::pool::ConnectOptions::for_url(
+            &shard.primary,
+            pool.connect_timeout,
+            pool.tcp_keepalive,
+        ) {
+            Ok(options) => pgsidecar::pool::ServerConn::connect(0, &shard.primary, &[], &options)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match connected {
+            Ok(mut conn) => {
+                match pgsidecar::pool::audit::audit_two_phase(&mut conn, pool.size).await {
+                    Ok(Some(warning)) => {
+                        println!("# WARNING: database {} shard {n} {warning}", db.name)
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("pgsidecar: database {} shard {n}: {e}", db.name),
+                }
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("pgsidecar: database {} shard {n}: {e}", db.name);
+            }
+        }
+    }
+    ok
 }
 
 fn cache_sql(path: &std::path::Path) -> ExitCode {

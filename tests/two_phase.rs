@@ -209,6 +209,20 @@ async fn writes_across_shards_commit_everywhere_or_nowhere() {
         );
         assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
     }
+    // `check --connect` names the shard that cannot prepare.
+    let path = state2.path().join("check.toml");
+    std::fs::write(&path, toml(&urls2, state2.path(), "127.0.0.1:0")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["check", "--connect", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("shard 2 has max_prepared_transactions = 0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("shard 0 has"), "{stdout}");
 }
 
 /// A TCP proxy that forwards until the client side sends `needle`, then holds that and

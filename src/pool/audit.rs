@@ -115,3 +115,29 @@ pub async fn audit_role(
     }
     Ok(warnings)
 }
+
+/// With two-phase commit: a warning when the server cannot prepare transactions
+/// (`max_prepared_transactions` is 0, or below what the sidecar's pool may hold at once).
+pub async fn audit_two_phase(
+    conn: &mut ServerConn,
+    pool_size: usize,
+) -> Result<Option<String>, ServerError> {
+    let rows = conn.query_rows("SHOW max_prepared_transactions").await?;
+    let max: usize = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(match max {
+        0 => Some(
+            "has max_prepared_transactions = 0: writes across shards cannot PREPARE TRANSACTION \
+             and are rolled back; set it (at least the pool size) and restart the server"
+                .to_owned(),
+        ),
+        n if n < pool_size => Some(format!(
+            "has max_prepared_transactions = {n}, below the pool size ({pool_size}): writes across \
+             shards may fail to PREPARE under load"
+        )),
+        _ => None,
+    })
+}
