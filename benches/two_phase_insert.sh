@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# A multi-row INSERT of 1,000 rows spanning 4 shards: on one PostgreSQL holding every row
+# (direct), through pgsidecar with two-phase commit (one statement, split by key, all or none),
+# and through pgsidecar without it (the client sends each shard's rows as its own INSERT —
+# four statements, not atomic), in one run. Prints pgbench's mean latency and tps.
+#
+#   benches/two_phase_insert.sh [seconds=10] [clients=2]
+set -euo pipefail
+seconds=${1:-10}; clients=${2:-2}
+source "$(dirname "$0")/lib.sh"
+start_postgres 1
+
+shard_server() {
+  local dir="$work/shard$1" port
+  port=$(free_port)
+  mkdir -p "$dir" && [ "$(id -u)" = 0 ] && chown postgres "$dir"
+  as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+  as_pg "$bin/pg_ctl" -D "$dir" -l "$dir.log" -w \
+    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_prepared_transactions=50 -c fsync=off -c synchronous_commit=off" start >/dev/null
+  "$bin/psql" -X -q -h "$work" -p "$port" -U postgres -d postgres \
+    -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+  PGPASSWORD=secret "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U app -d app \
+    -c "CREATE TABLE items (customer_id bigint, note text)"
+  eval "port_$1=$port"
+}
+stop_shards() {
+  for n in 0 1 2 3; do as_pg "$bin/pg_ctl" -D "$work/shard$n" -m immediate stop >/dev/null 2>&1 || true; done
+}
+trap 'stop_shards; cleanup' EXIT
+for n in 0 1 2 3; do shard_server "$n"; done
+psql_su -d app -c "CREATE TABLE items (customer_id bigint, note text)" \
+  -c "CREATE TABLE hp (k bigint) PARTITION BY HASH (k)" -c "ALTER TABLE items OWNER TO app"
+
+# One statement of 1,000 rows; and the same rows as one INSERT per shard (placed as the
+# sidecar places them: Postgres's hash partitioning with modulus 4).
+values=$(python3 -c "print(', '.join(f\"({k}, 'row {k}')\" for k in range(1, 1001)))")
+echo "INSERT INTO items (customer_id, note) VALUES $values;" >"$work/one.sql"
+psql_su -d app -At -c "SELECT 'INSERT INTO items (customer_id, note) VALUES ' || string_agg(format('(%s, ''row %s'')', k, k), ', ') || ';'
+  FROM generate_series(1, 1000) k, generate_series(0, 3) n
+  WHERE satisfies_hash_partition('hp'::regclass, 4, n, k::bigint) GROUP BY n ORDER BY n" >"$work/per_shard.sql"
+
+config() {  # config PORT TWO_PHASE
+  cat <<TOML
+listen = "127.0.0.1:$1"
+metrics_listen = "127.0.0.1:$(free_port)"
+state_dir = "$work/state-$1"
+[pool]
+size = $((clients + 2))
+[[database]]
+name = "app"
+two_phase_commit = $2
+TOML
+  for n in 0 1 2 3; do
+    eval "p=\$port_$n"
+    printf '[[database.shards]]\nprimary = "postgres://app:secret@127.0.0.1:%s/app"\n' "$p"
+  done
+  cat <<TOML
+[[sharded_table]]
+database = "app"
+table = "items"
+column = "customer_id"
+type = "bigint"
+[[user]]
+name = "app"
+password = "secret"
+TOML
+}
+with_port=$(free_port); without_port=$(free_port)
+config "$with_port" true >"$work/with.toml"
+config "$without_port" false >"$work/without.toml"
+for f in with without; do
+  "$root/target/release/pgsidecar" run --config "$work/$f.toml" 2>"$work/sidecar-$f.log" & pids+=($!)
+done
+sleep 1
+
+run() {  # run NAME PORT SCRIPT
+  local out latency
+  out=$(PGPASSWORD=secret "$bin/pgbench" -n -f "$3" -c "$clients" -j "$clients" -T "$seconds" \
+        -h 127.0.0.1 -p "$2" -U app app 2>&1) || true
+  latency=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out")
+  printf '%-34s latency %8s ms  tps %8s  failed %s\n' "$1" "${latency:-?}" "$(tps_of "$out")" \
+    "$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")"
+}
+echo "1,000 rows per transaction, 4 shards, clients=$clients seconds=$seconds"
+run "direct (one server)" "$pg_port" "$work/one.sql"
+run "sidecar, two-phase commit" "$with_port" "$work/one.sql"
+run "sidecar, per-shard INSERTs (no 2PC)" "$without_port" "$work/per_shard.sql"
+for n in 0 1 2 3; do
+  eval "p=\$port_$n"
+  left=$(PGPASSWORD=secret "$bin/psql" -X -At -h 127.0.0.1 -p "$p" -U app -d app -c "SELECT count(*) FROM pg_prepared_xacts")
+  [ "$left" = 0 ] || echo "shard $n: $left prepared transactions left"
+done
