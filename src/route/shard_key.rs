@@ -135,6 +135,19 @@ fn one(
     tables: &[ShardedTable],
     shards: usize,
 ) -> ShardRoute {
+    if matches!(class.kind, Kind::CopyFrom | Kind::CopyTo) {
+        // COPY's rows are not split or merged across shards (yet): one shard, by hint.
+        return match (touches_sharded(class, tables, statement.search_path), &class.kind) {
+            (true, _) => ShardRoute::refused(
+                "COPY of a sharded table needs its shard: add /* pgsidecar: shard=N */ (COPY is not split across shards in this version)",
+            ),
+            // Any shard holds all of a table that is not sharded.
+            (false, Kind::CopyTo) => ShardRoute::Any,
+            (false, _) => ShardRoute::refused(
+                "COPY into a table that is on every shard needs a shard: add /* pgsidecar: shard=N */ (or INSERT, which goes to every shard)",
+            ),
+        };
+    }
     let names = class.tables_read.iter().chain(&class.tables_written);
     let sharded = tables.iter().filter(|t| {
         names
@@ -210,6 +223,20 @@ fn needs_key(table: &ShardedTable) -> ShardRoute {
         table.column,
         table.column
     ))
+}
+
+/// Whether a statement names a sharded table.
+fn touches_sharded(
+    class: &StatementClass,
+    tables: &[ShardedTable],
+    path: Option<&[String]>,
+) -> bool {
+    let names = class.tables_read.iter().chain(&class.tables_written);
+    tables.iter().any(|t| {
+        names
+            .clone()
+            .any(|n| names_table(n, t) && on_search_path(n, t, path))
+    })
 }
 
 /// Whether the sharded tables of a statement are all joined through their key columns

@@ -413,3 +413,15 @@ fn insert_rows_give_each_rows_shard() {
         "customer_id",
     );
 }
+
+#[test]
+fn copy_is_placed_by_hint_only() {
+    refused_with("COPY orders FROM STDIN", "shard=N");
+    refused_with("COPY orders TO STDOUT", "shard=N");
+    refused_with("COPY countries FROM STDIN", "shard=N");
+    assert_eq!(route_of("COPY countries TO STDOUT"), ShardRoute::Any);
+    assert_eq!(
+        route_of("/* pgsidecar: shard=1 */ COPY orders FROM STDIN"),
+        ShardRoute::Shard(1)
+    );
+}

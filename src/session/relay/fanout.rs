@@ -440,6 +440,15 @@ async fn run_shard(
                 None
             }
             backend::ERROR_RESPONSE_TAG => Some(Event::Error(body())),
+            // COPY is never sent here; a connection in COPY is given up (closed).
+            backend::COPY_IN_RESPONSE_TAG
+            | backend::COPY_OUT_RESPONSE_TAG
+            | backend::COPY_BOTH_RESPONSE_TAG => {
+                let _ = events
+                    .send((slot, lost("COPY is not run across shards")))
+                    .await;
+                return (slot, att, false);
+            }
             backend::ROW_DESCRIPTION_TAG if ours => Some(Event::Described(body())),
             backend::DATA_ROW_TAG if ours => Some(Event::Row(body())),
             backend::NOTICE_RESPONSE_TAG if ours => Some(Event::Notice(body())),

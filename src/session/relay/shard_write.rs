@@ -357,6 +357,18 @@ async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
             (backend::ERROR_RESPONSE_TAG, _) => {
                 p.out.error.get_or_insert_with(body);
             }
+            // COPY is never sent here; a connection in COPY is given up (closed).
+            (
+                backend::COPY_IN_RESPONSE_TAG
+                | backend::COPY_OUT_RESPONSE_TAG
+                | backend::COPY_BOTH_RESPONSE_TAG,
+                _,
+            ) => {
+                p.out
+                    .error
+                    .get_or_insert_with(|| lost("COPY is not run across shards"));
+                return p;
+            }
             // The statement's replies (after BEGIN's ReadyForQuery).
             (backend::ROW_DESCRIPTION_TAG, Some(1)) => p.out.described = Some(body()),
             (backend::DATA_ROW_TAG, Some(1)) => p.out.rows.push(body()),
