@@ -6,6 +6,7 @@
 pub mod array;
 pub mod backend;
 pub mod bind;
+pub mod copy;
 pub mod frame;
 pub mod frontend;
 pub mod grammar;
