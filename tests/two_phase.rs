@@ -415,3 +415,96 @@ async fn a_sidecar_killed_between_the_phases_is_resolved_by_its_restart() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_into_a_sharded_table_is_split_by_key() {
+    use futures_util::SinkExt;
+    let shards: Vec<LocalPostgres> = (0..3).map(|_| shard(10)).collect();
+    let state = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = shards.iter().map(url).collect();
+    let sidecar = start(&toml(&urls, state.path(), "127.0.0.1:0")).await;
+    let client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
+
+    // Text, rows split across CopyData messages anywhere.
+    let text: String = (1000..1300).map(|k| format!("{k}\tnote\\t{k}\n")).collect();
+    let sink = client
+        .copy_in("COPY items (customer_id, note) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in text.as_bytes().chunks(777) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 300);
+    // CSV with a header, the key in the second column, quoted fields.
+    let sink = client
+        .copy_in("COPY items (note, customer_id) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    let csv = "note,customer_id\n\"a,\"\"b\"\"\",1500\n\"multi\nline\",1501\nplain,1502";
+    sink.send(bytes::Bytes::from(csv)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+    // Binary.
+    let sink = client
+        .copy_in("COPY items (customer_id, note) FROM STDIN BINARY")
+        .await
+        .unwrap();
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(
+        sink,
+        &[
+            tokio_postgres::types::Type::INT8,
+            tokio_postgres::types::Type::TEXT,
+        ],
+    );
+    futures_util::pin_mut!(writer);
+    for k in 1600i64..1650 {
+        writer.as_mut().write(&[&k, &"bin"]).await.unwrap();
+    }
+    assert_eq!(writer.finish().await.unwrap(), 50);
+    let all: Vec<i64> = (1000..1300).chain(1500..1503).chain(1600..1650).collect();
+    for (i, pg) in shards.iter().enumerate() {
+        assert_eq!(keys(pg), expected_keys(&all, i), "shard {i} holds its keys");
+        assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    }
+    assert_eq!(
+        one(
+            &shards[hash_shard(Key::Int(1500), 3)],
+            "SELECT note FROM items WHERE customer_id = 1500"
+        ),
+        "a,\"b\""
+    );
+    assert_eq!(
+        one(
+            &shards[hash_shard(Key::Int(1000), 3)],
+            "SELECT note FROM items WHERE customer_id = 1000"
+        ),
+        "note\t1000"
+    );
+
+    // A bad key anywhere: nothing lands, the session goes on.
+    let sink = client
+        .copy_in("COPY items (customer_id, note) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from("2000\tok\nabc\tbad\n2001\tok\n"))
+        .await
+        .unwrap();
+    let err = sink.finish().await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22P02"), "{err}");
+    for pg in &shards {
+        assert_eq!(
+            one(pg, "SELECT count(*) FROM items WHERE customer_id >= 2000"),
+            "0"
+        );
+    }
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, all.len() as i64);
+}

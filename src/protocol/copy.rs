@@ -6,13 +6,22 @@
 
 use std::borrow::Cow;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// How the rows are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyFormat {
-    Text { delimiter: u8, null: Vec<u8> },
-    Csv { delimiter: u8, quote: u8, escape: u8, null: Vec<u8>, header: bool },
+    Text {
+        delimiter: u8,
+        null: Vec<u8>,
+    },
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        escape: u8,
+        null: Vec<u8>,
+        header: bool,
+    },
     Binary,
 }
 
@@ -69,7 +78,10 @@ const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 impl Splitter {
     pub fn new(format: CopyFormat, key: usize) -> Splitter {
-        let header_due = matches!(format, CopyFormat::Binary | CopyFormat::Csv { header: true, .. });
+        let header_due = matches!(
+            format,
+            CopyFormat::Binary | CopyFormat::Csv { header: true, .. }
+        );
         Splitter {
             format,
             key,
@@ -86,7 +98,7 @@ impl Splitter {
     }
 
     /// The next whole piece, if the data holds one.
-    pub fn next(&mut self) -> Result<Option<Piece>, CopyError> {
+    pub fn next_piece(&mut self) -> Result<Option<Piece>, CopyError> {
         if self.ended {
             return Ok(None);
         }
@@ -98,7 +110,13 @@ impl Splitter {
                 };
                 self.text_row(end, delimiter, &null)
             }
-            CopyFormat::Csv { delimiter, quote, escape, null, .. } => {
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+                null,
+                ..
+            } => {
                 let Some(end) = line_end(&self.buf, Some((quote, escape))) else {
                     return Ok(None);
                 };
@@ -115,9 +133,13 @@ impl Splitter {
         match self.format.clone() {
             CopyFormat::Binary => Err(CopyError::Malformed("the binary data ends inside a row")),
             CopyFormat::Text { delimiter, null } => self.text_row(self.buf.len(), delimiter, &null),
-            CopyFormat::Csv { delimiter, quote, escape, null, .. } => {
-                self.csv_row(self.buf.len(), delimiter, quote, escape, &null)
-            }
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+                null,
+                ..
+            } => self.csv_row(self.buf.len(), delimiter, quote, escape, &null),
         }
     }
 
@@ -126,16 +148,25 @@ impl Splitter {
         self.buf.split_to(take).freeze()
     }
 
-    fn text_row(&mut self, end: usize, delimiter: u8, null: &[u8]) -> Result<Option<Piece>, CopyError> {
+    fn text_row(
+        &mut self,
+        end: usize,
+        delimiter: u8,
+        null: &[u8],
+    ) -> Result<Option<Piece>, CopyError> {
         let line = trim_eol(&self.buf[..end]);
         if line == b"\\." {
             self.ended = true;
             self.buf.clear();
             return Ok(Some(Piece::End));
         }
-        let field = text_field(line, delimiter, self.key).ok_or(CopyError::MissingColumn(self.key))?;
+        let field =
+            text_field(line, delimiter, self.key).ok_or(CopyError::MissingColumn(self.key))?;
         let key = (field != null).then(|| unescape(field).into_owned());
-        Ok(Some(Piece::Row { bytes: self.take(end), key }))
+        Ok(Some(Piece::Row {
+            bytes: self.take(end),
+            key,
+        }))
     }
 
     fn csv_row(
@@ -156,7 +187,10 @@ impl Splitter {
             return Ok(Some(Piece::End));
         }
         let key = csv_field(line, delimiter, quote, escape, null, self.key)?;
-        Ok(Some(Piece::Row { bytes: self.take(end), key }))
+        Ok(Some(Piece::Row {
+            bytes: self.take(end),
+            key,
+        }))
     }
 
     fn next_binary(&mut self) -> Result<Option<Piece>, CopyError> {
@@ -168,7 +202,8 @@ impl Splitter {
                 return Err(CopyError::Malformed("the binary signature is missing"));
             }
             let at = SIGNATURE.len() + 4;
-            let ext = u32::from_be_bytes(self.buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let ext =
+                u32::from_be_bytes(self.buf[at..at + 4].try_into().unwrap_or_default()) as usize;
             let total = at + 4 + ext;
             if self.buf.len() < total {
                 return Ok(None);
@@ -195,7 +230,9 @@ impl Splitter {
             at += 4;
             let value = match len {
                 -1 => None,
-                n if n < 0 => return Err(CopyError::Malformed("a binary field has a negative length")),
+                n if n < 0 => {
+                    return Err(CopyError::Malformed("a binary field has a negative length"))
+                }
                 n => {
                     let n = n as usize;
                     if self.buf.len() < at + n {
@@ -216,9 +253,9 @@ impl Splitter {
         Ok(Some(Piece::Row { bytes, key }))
     }
 
-    /// Bytes held (a row not complete yet).
-    pub fn pending(&self) -> usize {
-        self.buf.remaining()
+    /// Whether the data is in binary format (keys in binary form).
+    pub fn is_binary(&self) -> bool {
+        self.format == CopyFormat::Binary
     }
 }
 
@@ -391,7 +428,7 @@ mod tests {
         let mut out = Vec::new();
         for chunk in chunks {
             s.push(chunk);
-            while let Some(p) = s.next().unwrap() {
+            while let Some(p) = s.next_piece().unwrap() {
                 out.push(p);
             }
         }
@@ -403,7 +440,10 @@ mod tests {
         pieces
             .iter()
             .filter_map(|p| match p {
-                Piece::Row { key, .. } => Some(key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())),
+                Piece::Row { key, .. } => Some(
+                    key.as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                ),
                 _ => None,
             })
             .collect()
@@ -418,9 +458,16 @@ mod tests {
         );
         assert_eq!(
             keys(&pieces),
-            vec![Some("1".into()), Some("2".into()), None, Some("a\tb".into())]
+            vec![
+                Some("1".into()),
+                Some("2".into()),
+                None,
+                Some("a\tb".into())
+            ]
         );
-        let Piece::Row { bytes, .. } = &pieces[1] else { panic!() };
+        let Piece::Row { bytes, .. } = &pieces[1] else {
+            panic!()
+        };
         assert_eq!(&bytes[..], b"b\\\tc\t2\ty\n");
         let ended = rows(CopyFormat::text(), 0, &[b"1\n\\.\n2\n"]);
         assert_eq!(keys(&ended), vec![Some("1".into())]);
@@ -436,11 +483,20 @@ mod tests {
             null: Vec::new(),
             header: true,
         };
-        let pieces = rows(format, 1, &[b"id,key\n1,\"a,\"\"b\"\n2,\n3,\"\"\n4,\"multi\nline\"\n"]);
+        let pieces = rows(
+            format,
+            1,
+            &[b"id,key\n1,\"a,\"\"b\"\n2,\n3,\"\"\n4,\"multi\nline\"\n"],
+        );
         assert!(matches!(&pieces[0], Piece::Everyone(h) if &h[..] == b"id,key\n"));
         assert_eq!(
             keys(&pieces),
-            vec![Some("a,\"b".into()), None, Some(String::new()), Some("multi\nline".into())]
+            vec![
+                Some("a,\"b".into()),
+                None,
+                Some(String::new()),
+                Some("multi\nline".into())
+            ]
         );
     }
 

@@ -138,8 +138,10 @@ fn one(
     if matches!(class.kind, Kind::CopyFrom | Kind::CopyTo) {
         // COPY's rows are not split or merged across shards (yet): one shard, by hint.
         return match (touches_sharded(class, tables, statement.search_path), &class.kind) {
+            // Split by each row's key, on every shard (all or none).
+            (true, Kind::CopyFrom) => ShardRoute::Writes((0..shards).collect()),
             (true, _) => ShardRoute::refused(
-                "COPY of a sharded table needs its shard: add /* pgsidecar: shard=N */ (COPY is not split across shards in this version)",
+                "COPY … TO of a sharded table needs its shard: add /* pgsidecar: shard=N */ (or SELECT, which reads every shard)",
             ),
             // Any shard holds all of a table that is not sharded.
             (false, Kind::CopyTo) => ShardRoute::Any,
@@ -586,6 +588,14 @@ fn placed(table: &ShardedTable, key: Option<Key<'_>>, shards: usize) -> ShardRou
         Ok(n) => ShardRoute::Shard(n),
         Err(e) => ShardRoute::error(&e),
     }
+}
+
+/// The first sharded table a statement names.
+pub fn sharded_table<'t>(
+    statement: &Statement<'_>,
+    tables: &'t [ShardedTable],
+) -> Option<&'t ShardedTable> {
+    touched(statement, tables).next()
 }
 
 /// Sharded tables a statement names (from its classification).

@@ -1,11 +1,17 @@
-//! A multi-row `INSERT … VALUES` whose rows belong to several shards, split into one INSERT per
-//! shard, pure: each keeps its own rows (and everything else of the statement: columns, ON
-//! CONFLICT, RETURNING), with its `$n` parameters renumbered from 1 in order of first use.
+//! Writes whose rows belong to several shards, pure: a multi-row `INSERT … VALUES` split into
+//! one INSERT per shard (each keeps its own rows and everything else of the statement:
+//! columns, ON CONFLICT, RETURNING; its `$n` parameters renumbered from 1 in order of first
+//! use), and what a `COPY … FROM STDIN` needs to be split (its table, columns and format).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, SetExpr, Statement, Value, VisitMut, VisitorMut};
+use sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, SetExpr,
+    Statement, Value, VisitMut, VisitorMut,
+};
+
+use crate::protocol::copy::CopyFormat;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -67,6 +73,129 @@ pub fn split_insert(sql: &str, row_shards: &[usize]) -> Result<Vec<Part>, String
     Ok(parts)
 }
 
+/// What a `COPY table (columns) FROM STDIN [WITH (…)]` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFrom {
+    /// The table as written.
+    pub table: String,
+    /// The columns as Postgres names them (folded unless quoted).
+    pub columns: Vec<String>,
+    pub format: CopyFormat,
+}
+
+/// Reads a COPY FROM STDIN statement (the refusal says what to change).
+pub fn copy_from(sql: &str) -> Result<CopyFrom, String> {
+    let refuse = |why: &str| Err(format!("COPY into a sharded table {why}"));
+    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return refuse("could not be parsed: add /* pgsidecar: shard=N */ to copy into one shard");
+    };
+    let (
+        Some(Statement::Copy {
+            source,
+            to: false,
+            target: CopyTarget::Stdin,
+            options,
+            legacy_options,
+            ..
+        }),
+        true,
+    ) = (statements.pop(), statements.is_empty())
+    else {
+        return refuse("is split across shards only as one COPY … FROM STDIN");
+    };
+    let CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
+        return refuse("needs a table");
+    };
+    if columns.is_empty() {
+        return refuse("needs its column list across shards (COPY t (a, b, …) FROM STDIN), so the key's position is known");
+    }
+    let mut format = CopyFormat::text();
+    let (mut delimiter, mut null, mut quote, mut escape, mut header) =
+        (None, None, None, None, false);
+    for option in options {
+        match option {
+            CopyOption::Format(name) => {
+                format = match name.value.to_lowercase().as_str() {
+                    "text" => CopyFormat::text(),
+                    "csv" => CopyFormat::csv(),
+                    "binary" => CopyFormat::Binary,
+                    _ => return refuse("has an unknown FORMAT"),
+                }
+            }
+            CopyOption::Delimiter(c) => delimiter = Some(c),
+            CopyOption::Null(s) => null = Some(s),
+            CopyOption::Quote(c) => quote = Some(c),
+            CopyOption::Escape(c) => escape = Some(c),
+            CopyOption::Header(h) => header = h,
+            CopyOption::Encoding(e)
+                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            CopyOption::Freeze(_) | CopyOption::ForceNotNull(_) | CopyOption::ForceNull(_) => {}
+            other => return refuse(&format!("cannot be split with the option {other}")),
+        }
+    }
+    for option in legacy_options {
+        match option {
+            CopyLegacyOption::Binary => format = CopyFormat::Binary,
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(c),
+            CopyLegacyOption::Null(s) => null = Some(s),
+            CopyLegacyOption::Header => header = true,
+            CopyLegacyOption::Csv(csv) => {
+                format = CopyFormat::csv();
+                for o in csv {
+                    match o {
+                        CopyLegacyCsvOption::Header => header = true,
+                        CopyLegacyCsvOption::Quote(c) => quote = Some(c),
+                        CopyLegacyCsvOption::Escape(c) => escape = Some(c),
+                        _ => {}
+                    }
+                }
+            }
+            other => return refuse(&format!("cannot be split with the option {other}")),
+        }
+    }
+    let byte = |c: char| u8::try_from(c).ok().filter(u8::is_ascii);
+    format = match format {
+        CopyFormat::Text {
+            delimiter: d,
+            null: n,
+        } => CopyFormat::Text {
+            delimiter: delimiter.and_then(byte).unwrap_or(d),
+            null: null.map_or(n, String::into_bytes),
+        },
+        CopyFormat::Csv {
+            delimiter: d,
+            quote: q,
+            null: n,
+            ..
+        } => {
+            let quote = quote.and_then(byte).unwrap_or(q);
+            CopyFormat::Csv {
+                delimiter: delimiter.and_then(byte).unwrap_or(d),
+                quote,
+                escape: escape.and_then(byte).unwrap_or(quote),
+                null: null.map_or(n, String::into_bytes),
+                header,
+            }
+        }
+        CopyFormat::Binary => CopyFormat::Binary,
+    };
+    Ok(CopyFrom {
+        table: table_name.to_string(),
+        columns: columns
+            .iter()
+            .map(|c| match c.quote_style {
+                Some(_) => c.value.clone(),
+                None => c.value.to_lowercase(),
+            })
+            .collect(),
+        format,
+    })
+}
+
 /// Renumbers `$n` placeholders from 1 in order of first use.
 #[derive(Default)]
 struct Renumber {
@@ -123,5 +252,40 @@ mod tests {
         assert_eq!(literal[1].sql, "INSERT INTO t VALUES (2)");
         assert!(literal[1].params.is_empty());
         assert!(split_insert("INSERT INTO t SELECT 1", &[0]).is_err());
+    }
+
+    #[test]
+    fn copy_statements_give_table_columns_and_format() {
+        let c =
+            copy_from("COPY items (customer_id, Note) FROM STDIN WITH (FORMAT csv, HEADER true)")
+                .unwrap();
+        assert_eq!(c.table, "items");
+        assert_eq!(c.columns, vec!["customer_id", "note"]);
+        assert!(matches!(
+            c.format,
+            CopyFormat::Csv {
+                header: true,
+                delimiter: b',',
+                ..
+            }
+        ));
+        let c = copy_from("COPY items (k) FROM STDIN (DELIMITER '|', NULL 'nil')").unwrap();
+        assert_eq!(
+            c.format,
+            CopyFormat::Text {
+                delimiter: b'|',
+                null: b"nil".to_vec()
+            }
+        );
+        assert_eq!(
+            copy_from("COPY items (k) FROM STDIN BINARY")
+                .unwrap()
+                .format,
+            CopyFormat::Binary
+        );
+        assert!(copy_from("COPY items FROM STDIN")
+            .unwrap_err()
+            .contains("column list"));
+        assert!(copy_from("COPY items (k) TO STDOUT").is_err());
     }
 }

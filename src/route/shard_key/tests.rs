@@ -416,7 +416,10 @@ fn insert_rows_give_each_rows_shard() {
 
 #[test]
 fn copy_is_placed_by_hint_only() {
-    refused_with("COPY orders FROM STDIN", "shard=N");
+    assert_eq!(
+        route_of("COPY orders FROM STDIN"),
+        ShardRoute::Writes(vec![0, 1, 2])
+    );
     refused_with("COPY orders TO STDOUT", "shard=N");
     refused_with("COPY countries FROM STDIN", "shard=N");
     assert_eq!(route_of("COPY countries TO STDOUT"), ShardRoute::Any);

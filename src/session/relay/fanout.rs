@@ -91,18 +91,7 @@ impl Relay {
         }
         let (outcome, ran) = self.run_fan_out(&asked, &plan, on, out).await?;
         if ran {
-            // The request ran: its Parse is the client's statement, as after a server's Parse.
-            for (frame, classified) in &frames {
-                match frame.tag() {
-                    frontend::PARSE_TAG => self.adopt_parse(frame, classified.as_ref()),
-                    frontend::QUERY_TAG => {
-                        self.statements.unnamed = None;
-                        self.count_query();
-                    }
-                    frontend::EXECUTE_TAG => self.count_query(),
-                    _ => {}
-                }
-            }
+            self.adopt_request(&frames);
         }
         let out = &mut self.client.wbuf;
         match outcome {

@@ -59,6 +59,7 @@ mod queue;
 mod replies;
 mod request;
 mod routing;
+mod shard_copy;
 mod shard_write;
 mod shards;
 mod signals;

@@ -57,6 +57,15 @@ impl Relay {
             );
         };
         let classified = self.live.classifier.classify(asked.text.as_bytes());
+        if let Classification::Parsed(parsed) = classified.classification.as_ref() {
+            if parsed
+                .first()
+                .is_some_and(|c| c.kind == crate::sql::class::Kind::CopyFrom)
+            {
+                self.adopt_request(&frames);
+                return self.copy_shards(&classified, asked, coordinator).await;
+            }
+        }
         if !matches!(classified.classification.as_ref(), Classification::Parsed(p) if p.len() == 1)
         {
             return refuse(
@@ -139,20 +148,11 @@ impl Relay {
                 }
             }
         }
-        let reply = self.run_two_phase(&coordinator, &gid, attachments).await;
+        let reply = self
+            .run_two_phase(&coordinator, &gid, attachments, false)
+            .await;
         self.info.key.detach().await;
-        // The request ran: its Parse is the client's statement.
-        for (frame, classified) in &frames {
-            match frame.tag() {
-                frontend::PARSE_TAG => self.adopt_parse(frame, classified.as_ref()),
-                frontend::QUERY_TAG => {
-                    self.statements.unnamed = None;
-                    self.count_query();
-                }
-                frontend::EXECUTE_TAG => self.count_query(),
-                _ => {}
-            }
-        }
+        self.adopt_request(&frames);
         let out = &mut self.client.wbuf;
         if asked.parse {
             out.extend_from_slice(backend::PARSE_COMPLETE);
@@ -185,17 +185,42 @@ impl Relay {
         self.write_client().await
     }
 
+    /// A request that ran on several shards: its Parse is the client's statement (as after a
+    /// server's Parse) and its statements count.
+    pub(super) fn adopt_request(&mut self, frames: &[(Frame, Option<Classified>)]) {
+        for (frame, classified) in frames {
+            match frame.tag() {
+                frontend::PARSE_TAG => self.adopt_parse(frame, classified.as_ref()),
+                frontend::QUERY_TAG => {
+                    self.statements.unnamed = None;
+                    self.count_query();
+                }
+                frontend::EXECUTE_TAG => self.count_query(),
+                _ => {}
+            }
+        }
+    }
+
     /// Phase one on every shard, the decision, phase two. The reply's RowDescription, rows
     /// and command tag, or why the write failed (then it committed nowhere).
-    async fn run_two_phase(
+    pub(super) async fn run_two_phase(
         &mut self,
         coordinator: &Arc<crate::pool::twophase::Coordinator>,
         gid: &str,
         attachments: Vec<(String, Box<Attachment>)>,
+        copying: bool,
     ) -> Result<(Option<Bytes>, Vec<Bytes>, String), Failure> {
         let mut running: FuturesUnordered<_> = attachments
             .into_iter()
-            .map(|(shard_gid, att)| async move { (shard_gid, phase_one(att).await) })
+            .map(|(shard_gid, att)| async move {
+                // Unless the connection is past it already (COPY): the checkout's statements
+                // and BEGIN come before the statement.
+                let before = match copying {
+                    true => 0,
+                    false => att.expect.len() + 1,
+                };
+                (shard_gid, phase_one(att, before).await)
+            })
             .collect();
         let mut done = Vec::new();
         while let Some(finished) = running.next().await {
@@ -305,10 +330,10 @@ fn parameter_types_subset(types: &[u8], params: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Sends phase one and reads every reply: prepared, or the shard's error.
-async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
-    // The checkout's statements, BEGIN, the statement, PREPARE TRANSACTION.
-    let setup = att.expect.len();
+/// Sends the rest of phase one and reads every reply: prepared, or the shard's error. `before`
+/// ReadyForQuery messages come before the statement's (the checkout's statements, BEGIN);
+/// then the statement's and PREPARE's.
+async fn phase_one(mut att: Box<Attachment>, before: usize) -> Phase1 {
     let request = std::mem::take(&mut att.wbuf);
     let mut p = Phase1 {
         att,
@@ -347,10 +372,10 @@ async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
             }
         };
         let body = || frame.as_bytes().slice(HEADER_LEN..);
-        match (frame.tag(), readies.checked_sub(setup)) {
+        match (frame.tag(), readies.checked_sub(before)) {
             (backend::READY_FOR_QUERY_TAG, _) => {
                 readies += 1;
-                if readies == setup + 3 {
+                if readies == before + 2 {
                     break frame.body().first().copied();
                 }
             }
@@ -369,14 +394,14 @@ async fn phase_one(mut att: Box<Attachment>) -> Phase1 {
                     .get_or_insert_with(|| lost("COPY is not run across shards"));
                 return p;
             }
-            // The statement's replies (after BEGIN's ReadyForQuery).
-            (backend::ROW_DESCRIPTION_TAG, Some(1)) => p.out.described = Some(body()),
-            (backend::DATA_ROW_TAG, Some(1)) => p.out.rows.push(body()),
-            (backend::COMMAND_COMPLETE_TAG, Some(1)) => {
+            // The statement's replies, then PREPARE's.
+            (backend::ROW_DESCRIPTION_TAG, Some(0)) => p.out.described = Some(body()),
+            (backend::DATA_ROW_TAG, Some(0)) => p.out.rows.push(body()),
+            (backend::COMMAND_COMPLETE_TAG, Some(0)) => {
                 p.out.tag = frontend::query_text(frame.body())
                     .map(|t| String::from_utf8_lossy(t).into_owned())
             }
-            (backend::COMMAND_COMPLETE_TAG, Some(2)) => {
+            (backend::COMMAND_COMPLETE_TAG, Some(1)) => {
                 p.prepared = frame.body().starts_with(b"PREPARE TRANSACTION")
             }
             _ => {}
@@ -413,7 +438,7 @@ async fn phase_two(mut p: Phase1, verb: &str, gid: String) -> (Output, bool) {
 
 /// One command tag for the shards' tags: counts summed (`INSERT 0 n`, `UPDATE n`, `DELETE n`,
 /// `MERGE n`), else the first (DDL).
-fn summed_tag<'a>(tags: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn summed_tag<'a>(tags: impl Iterator<Item = &'a str>) -> String {
     let mut first: Option<&str> = None;
     let mut total: u64 = 0;
     for tag in tags {
@@ -427,7 +452,7 @@ fn summed_tag<'a>(tags: impl Iterator<Item = &'a str>) -> String {
     };
     match first.split(' ').next() {
         Some("INSERT") => format!("INSERT 0 {total}"),
-        Some(verb @ ("UPDATE" | "DELETE" | "MERGE")) => format!("{verb} {total}"),
+        Some(verb @ ("UPDATE" | "DELETE" | "MERGE" | "COPY")) => format!("{verb} {total}"),
         _ => first.to_owned(),
     }
 }
