@@ -454,6 +454,19 @@ impl ServerConn {
         }
     }
 
+    /// The next whole message from the server (up to `max` bytes), reading as needed.
+    pub async fn next_frame(
+        &mut self,
+        max: usize,
+    ) -> Result<crate::protocol::frame::Frame, ServerError> {
+        loop {
+            if let Some(frame) = crate::protocol::frame::try_frame(&mut self.rbuf, max)? {
+                return Ok(frame);
+            }
+            self.read_more().await?;
+        }
+    }
+
     /// Reads more bytes from the server into `rbuf`. Cancel-safe.
     pub async fn read_more(&mut self) -> Result<usize, ServerError> {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {

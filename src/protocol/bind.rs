@@ -187,21 +187,8 @@ impl<'a> Bind<'a> {
     /// A Bind of the same parameters to the unnamed portal and statement, asking for the
     /// results in `results` (format codes).
     pub fn encode_unnamed(&self, results: &[i16]) -> BytesMut {
-        let mut out = BytesMut::with_capacity(self.values.len() + 32);
-        out.put_u8(BIND_TAG);
-        out.put_i32(0);
-        out.put_slice(&[0, 0]);
-        out.put_i16((self.formats.len() / 2) as i16);
-        out.put_slice(self.formats);
-        out.put_i16(self.count as i16);
-        out.put_slice(self.values);
-        out.put_i16(results.len() as i16);
-        for code in results {
-            out.put_i16(*code);
-        }
-        let len = (out.len() - 1) as i32;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
-        out
+        let all: Vec<usize> = (0..self.count).collect();
+        self.encode_subset(&all, results)
     }
 
     /// A Bind to the unnamed portal and statement of only the parameters `params` (0-based,

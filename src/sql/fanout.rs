@@ -547,36 +547,18 @@ impl Builder {
                     "{fname}(DISTINCT …) is not merged across shards: only count(DISTINCT …) is"
                 ))
             }
-            ("count", false) => (
-                Func::Count,
-                self.column(Expr::Function(f.clone()), None),
-                None,
-            ),
-            ("sum", false) => (
-                Func::Sum,
-                self.column(Expr::Function(f.clone()), None),
-                None,
-            ),
-            ("min", false) => (
-                Func::Min,
-                self.column(Expr::Function(f.clone()), None),
-                None,
-            ),
-            ("max", false) => (
-                Func::Max,
-                self.column(Expr::Function(f.clone()), None),
-                None,
-            ),
-            ("bool_and" | "every", false) => (
-                Func::BoolAnd,
-                self.column(Expr::Function(f.clone()), None),
-                None,
-            ),
-            ("bool_or", false) => (
-                Func::BoolOr,
-                self.column(Expr::Function(f.clone()), None),
-                None,
-            ),
+            ("count" | "sum" | "min" | "max" | "bool_and" | "every" | "bool_or", false) => {
+                // The partial is the same call on each shard.
+                let func = match fname.as_str() {
+                    "count" => Func::Count,
+                    "sum" => Func::Sum,
+                    "min" => Func::Min,
+                    "max" => Func::Max,
+                    "bool_or" => Func::BoolOr,
+                    _ => Func::BoolAnd,
+                };
+                (func, self.column(Expr::Function(f.clone()), None), None)
+            }
             ("avg", false) => {
                 let sum = self.column(renamed("sum"), None);
                 let count = self.column(renamed("count"), None);

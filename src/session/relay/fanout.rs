@@ -15,7 +15,6 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::*;
 use crate::merge::{self, MergeError, Merger};
 use crate::protocol::bind::Bind;
-use crate::route::replica::Upstream;
 use crate::sql::fanout::FanOut;
 
 /// Past this much the client's buffer is written out while shards still send.
@@ -229,18 +228,10 @@ impl Relay {
         let mut attachments = Vec::with_capacity(on.len());
         let mut missing = Vec::new();
         for &n in on {
-            let Some(database) = self
-                .shards
-                .as_ref()
-                .and_then(|s| s.databases.get(n))
-                .cloned()
-            else {
+            let Some((database, attached)) = self.attach_shard(n).await else {
                 continue;
             };
-            match self
-                .attach_pool(Arc::clone(&database.primary), Upstream::Primary)
-                .await
-            {
+            match attached {
                 Ok(mut att) => {
                     if database.collation.get().is_none() {
                         // Once per database: whether its text orders bytewise.
@@ -396,24 +387,16 @@ async fn run_shard(
         return (slot, att, false);
     }
     loop {
-        let frame = match crate::protocol::frame::try_frame(&mut conn.rbuf, MAX_SHARD_MESSAGE) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => {
-                if conn.read_more().await.is_err() {
-                    let _ = events
-                        .send((
-                            slot,
-                            lost("a shard's connection was lost during the statement"),
-                        ))
-                        .await;
-                    return (slot, att, false);
-                }
-                continue;
-            }
-            Err(_) => {
-                let _ = events
-                    .send((slot, lost("a shard sent a message that could not be read")))
-                    .await;
+        let frame = match conn.next_frame(MAX_SHARD_MESSAGE).await {
+            Ok(frame) => frame,
+            Err(e) => {
+                let what = match e {
+                    crate::pool::ServerError::Frame(_) => {
+                        "a shard sent a message that could not be read"
+                    }
+                    _ => "a shard's connection was lost during the statement",
+                };
+                let _ = events.send((slot, lost(what))).await;
                 return (slot, att, false);
             }
         };

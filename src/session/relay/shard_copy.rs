@@ -10,7 +10,6 @@ use super::fanout::Asked;
 use super::shard_write::Failure;
 use super::*;
 use crate::protocol::copy::{CopyError, Piece, Splitter};
-use crate::route::replica::Upstream;
 use crate::route::shard::ShardedTable;
 
 /// Past this much, rows for a shard are written to it while the client still sends.
@@ -55,18 +54,10 @@ impl Relay {
         let gid = coordinator.gid();
         let mut started = Vec::with_capacity(count);
         for n in 0..count {
-            let Some(database) = self
-                .shards
-                .as_ref()
-                .and_then(|s| s.databases.get(n))
-                .cloned()
-            else {
+            let Some((_, attached)) = self.attach_shard(n).await else {
                 continue;
             };
-            match self
-                .attach_pool(Arc::clone(&database.primary), Upstream::Primary)
-                .await
-            {
+            match attached {
                 Ok(mut att) => {
                     frontend::append_query(&mut att.wbuf, "BEGIN");
                     copy_request(&mut att.wbuf, &asked);
@@ -347,14 +338,7 @@ async fn start_copy(mut att: Box<Attachment>) -> Result<(Box<Attachment>, Bytes)
     conn.write_all(&request).await.map_err(|_| lost())?;
     let mut readies = 0;
     loop {
-        let frame = match crate::protocol::frame::try_frame(&mut conn.rbuf, 1 << 30) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => {
-                conn.read_more().await.map_err(|_| lost())?;
-                continue;
-            }
-            Err(_) => return Err(lost()),
-        };
+        let frame = conn.next_frame(1 << 30).await.map_err(|_| lost())?;
         match frame.tag() {
             backend::READY_FOR_QUERY_TAG => readies += 1,
             backend::ERROR_RESPONSE_TAG => {

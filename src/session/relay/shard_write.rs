@@ -12,7 +12,6 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::fanout::Asked;
 use super::*;
 use crate::protocol::bind::Bind;
-use crate::route::replica::Upstream;
 
 /// What one shard did in phase one.
 struct Phase1 {
@@ -114,18 +113,10 @@ impl Relay {
             .unwrap_or_default();
         let mut attachments = Vec::with_capacity(parts.len());
         for part in &parts {
-            let Some(database) = self
-                .shards
-                .as_ref()
-                .and_then(|s| s.databases.get(part.shard))
-                .cloned()
-            else {
+            let Some((_, attached)) = self.attach_shard(part.shard).await else {
                 continue;
             };
-            match self
-                .attach_pool(Arc::clone(&database.primary), Upstream::Primary)
-                .await
-            {
+            match attached {
                 Ok(mut att) => {
                     let shard_gid = format!("{gid}:s{}", part.shard);
                     phase1_request(&mut att.wbuf, &asked, part, &client_formats, &shard_gid);
@@ -353,21 +344,12 @@ async fn phase_one(mut att: Box<Attachment>, before: usize) -> Phase1 {
     }
     let mut readies: usize = 0;
     let status = loop {
-        let frame = match crate::protocol::frame::try_frame(&mut conn.rbuf, 1 << 30) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => match conn.read_more().await {
-                Ok(_) => continue,
-                Err(_) => {
-                    p.out.error.get_or_insert_with(|| {
-                        lost("a shard's connection was lost during the write")
-                    });
-                    return p;
-                }
-            },
+        let frame = match conn.next_frame(1 << 30).await {
+            Ok(frame) => frame,
             Err(_) => {
                 p.out
                     .error
-                    .get_or_insert_with(|| lost("a shard sent a message that could not be read"));
+                    .get_or_insert_with(|| lost("a shard's connection was lost during the write"));
                 return p;
             }
         };

@@ -287,6 +287,20 @@ impl Relay {
         }
     }
 
+    /// A connection to shard `n`'s primary, prepared for this client like any checkout
+    /// (`None`: no such shard).
+    pub(super) async fn attach_shard(
+        &mut self,
+        n: usize,
+    ) -> Option<(Arc<Database>, Result<Box<Attachment>, ErrorReport>)> {
+        let database = self.shards.as_ref()?.databases.get(n).cloned()?;
+        let pool = Arc::clone(&database.primary);
+        let attached = self
+            .attach_pool(pool, crate::route::replica::Upstream::Primary)
+            .await;
+        Some((database, attached))
+    }
+
     /// The session's requests go to shard `n` from now on (its pools and replicas).
     pub(super) fn move_to_shard(&mut self, n: usize) {
         let Some(shards) = &self.shards else {
