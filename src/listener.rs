@@ -60,6 +60,7 @@ pub async fn start_from(config: Config, file: Option<ConfigFile>) -> Result<Runn
         tokio::spawn(crate::pool::twophase::recover_all(
             Arc::clone(coordinator),
             app.live().two_phase_shards(),
+            app.metrics.shards.recovered.clone(),
             app.terminate.clone(),
         ));
     }

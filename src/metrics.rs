@@ -115,6 +115,53 @@ pub struct Metrics {
     pub classified_unparsed: IntCounter,
     /// The result cache's counters and gauges.
     pub cache: CacheMetrics,
+    pub shards: ShardMetrics,
+}
+
+/// Statements across shards (`pgsidecar_cross_shard_total`) and two-phase commit
+/// (`pgsidecar_two_phase_total`, `pgsidecar_two_phase_recovered_total`).
+pub struct ShardMetrics {
+    /// By kind (`read`, `write`, `copy`) and result (`ok`, `error`).
+    pub cross_shard: IntCounterVec,
+    /// By outcome: `committed`, `rolled_back`, `in_doubt` (a shard did not confirm COMMIT
+    /// PREPARED; the next start resolves it).
+    pub two_phase: IntCounterVec,
+    /// In-doubt transactions of earlier runs resolved at start, by decision.
+    pub recovered: IntCounterVec,
+}
+
+impl ShardMetrics {
+    fn new(registry: &Registry, names: &std::cell::RefCell<Vec<String>>) -> ShardMetrics {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric definition is valid");
+            register(registry, names, &v);
+            v
+        };
+        ShardMetrics {
+            cross_shard: vec(
+                "pgsidecar_cross_shard_total",
+                "Statements run on several shards, by kind (read, write, copy) and result (ok, error)",
+                &["kind", "result"],
+            ),
+            two_phase: vec(
+                "pgsidecar_two_phase_total",
+                "Writes across shards by two-phase commit outcome (committed, rolled_back, in_doubt)",
+                &["outcome"],
+            ),
+            recovered: vec(
+                "pgsidecar_two_phase_recovered_total",
+                "Prepared transactions of earlier runs resolved at start, by decision (commit, rollback)",
+                &["decision"],
+            ),
+        }
+    }
+
+    /// Counts one statement across shards.
+    pub fn ran(&self, kind: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.cross_shard.with_label_values(&[kind, result]).inc();
+    }
 }
 
 /// The result cache's metrics (`pgsidecar_cache_*`).
@@ -389,6 +436,7 @@ impl Metrics {
             server_errors,
             tenant_throttled,
             cache: CacheMetrics::new(&registry, &names),
+            shards: ShardMetrics::new(&registry, &names),
             registry,
             names: {
                 let mut names = names.into_inner();

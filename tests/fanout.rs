@@ -394,6 +394,12 @@ async fn cross_shard_reads_answer_as_one_server_holding_every_row() {
         compared += 1;
     }
     assert!(compared >= 200);
+    let (_, metrics) = http_get(sidecar.metrics_addr, "/metrics").await;
+    let name = "pgsidecar_cross_shard_total{kind=\"read\",result=\"ok\"}";
+    assert!(
+        metric(&metrics, name).unwrap_or(0.0) >= 1.0,
+        "{name} in {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

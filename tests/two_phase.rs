@@ -162,8 +162,16 @@ async fn writes_across_shards_commit_everywhere_or_nowhere() {
     shards[bad_shard]
         .psql("app", "ALTER TABLE items ADD CHECK (note <> 'bad')")
         .unwrap();
+    // One row on each shard, so the statement is split across all three.
+    let rows: Vec<String> = key_per_shard(100)
+        .iter()
+        .map(|k| format!("({k}, 'bad')"))
+        .collect();
     let err = client
-        .batch_execute("INSERT INTO items (customer_id, note) VALUES (100, 'bad'), (101, 'bad'), (102, 'bad'), (103, 'bad')")
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES {}",
+            rows.join(", ")
+        ))
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("23514"), "{err}");
@@ -187,6 +195,20 @@ async fn writes_across_shards_commit_everywhere_or_nowhere() {
     assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
     client.batch_execute("ROLLBACK").await.unwrap();
 
+    let (_, metrics) = http_get(sidecar.metrics_addr, "/metrics").await;
+    for (name, at_least) in [
+        ("pgsidecar_two_phase_total{outcome=\"committed\"}", 6.0),
+        ("pgsidecar_two_phase_total{outcome=\"rolled_back\"}", 1.0),
+        (
+            "pgsidecar_cross_shard_total{kind=\"write\",result=\"ok\"}",
+            6.0,
+        ),
+    ] {
+        assert!(
+            metric(&metrics, name).unwrap_or(0.0) >= at_least,
+            "{name} in {metrics}"
+        );
+    }
     // A shard that refuses PREPARE (max_prepared_transactions = 0): rolled back everywhere.
     let refusing = shard(0);
     let urls2 = vec![url(&shards[0]), url(&shards[1]), url(&refusing)];

@@ -126,9 +126,13 @@ impl Coordinator {
     }
 
     /// Resolves the prepared transactions earlier runs of this sidecar left on `database`'s
-    /// shard: commits those the log decided to commit, rolls back the rest. Returns how many
-    /// it resolved.
-    pub async fn recover(&self, database: &Database) -> Result<usize, TwoPhaseError> {
+    /// shard: commits those the log decided to commit, rolls back the rest (each counted in
+    /// `recovered` by decision). Returns how many it resolved.
+    pub async fn recover(
+        &self,
+        database: &Database,
+        recovered: &prometheus::IntCounterVec,
+    ) -> Result<usize, TwoPhaseError> {
         let failed = |e: &dyn std::fmt::Display| TwoPhaseError::Shard(e.to_string());
         let mut checkout = database.primary.checkout().await.map_err(|e| failed(&e))?;
         let conn = checkout.conn_mut();
@@ -165,6 +169,9 @@ impl Coordinator {
             .await
             .map_err(|e| failed(&e))?;
             tracing::info!(%gid, decision = verb, shard = ?database.shard, "resolved an in-doubt transaction");
+            recovered
+                .with_label_values(&[if commit { "commit" } else { "rollback" }])
+                .inc();
             resolved += 1;
         }
         checkout.release();
@@ -177,11 +184,12 @@ impl Coordinator {
 pub async fn recover_all(
     coordinator: Arc<Coordinator>,
     databases: Vec<Arc<Database>>,
+    recovered: prometheus::IntCounterVec,
     stop: tokio_util::sync::CancellationToken,
 ) {
     for database in databases {
         loop {
-            match coordinator.recover(&database).await {
+            match coordinator.recover(&database, &recovered).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, shard = ?database.shard, "in-doubt transactions not resolved yet");

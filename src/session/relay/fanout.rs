@@ -92,6 +92,7 @@ impl Relay {
         if ran {
             self.adopt_request(&frames);
         }
+        self.app.metrics.shards.ran("read", outcome.is_ok());
         let out = &mut self.client.wbuf;
         match outcome {
             Ok(rows) => backend::command_complete(out, &format!("SELECT {rows}")),

@@ -227,6 +227,7 @@ impl Relay {
         extended: bool,
     ) -> Result<(), RelayError> {
         self.info.key.detach().await;
+        self.app.metrics.shards.ran("copy", outcome.is_ok());
         if extended {
             loop {
                 let frame = match self.held.pop_front() {

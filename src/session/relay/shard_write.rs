@@ -144,6 +144,7 @@ impl Relay {
             .await;
         self.info.key.detach().await;
         self.adopt_request(&frames);
+        self.app.metrics.shards.ran("write", reply.is_ok());
         let out = &mut self.client.wbuf;
         if asked.parse {
             out.extend_from_slice(backend::PARSE_COMPLETE);
@@ -247,6 +248,17 @@ impl Relay {
             all_done &= finished;
             outcomes.push(p);
         }
+        let outcome = match (&decided, all_done) {
+            (Err(_), _) => "rolled_back",
+            (Ok(()), true) => "committed",
+            (Ok(()), false) => "in_doubt",
+        };
+        self.app
+            .metrics
+            .shards
+            .two_phase
+            .with_label_values(&[outcome])
+            .inc();
         decided?;
         if all_done {
             coordinator.finished(gid);
