@@ -524,3 +524,49 @@ fn sidecar_toml(shards: &[LocalPostgres], dead: Option<u16>, extra: &str) -> Str
          [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{SHARDED}"
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_read_only_their_rows_across_shards() {
+    let shards: Vec<LocalPostgres> = (0..3).map(|_| tenant_shard_server()).collect();
+    let more = format!(
+        "{TENANCY}\n[[sharded_table]]\ndatabase = \"app\"\ntable = \"orders\"\ncolumn = \"id\"\ntype = \"integer\"\n"
+    );
+    let sidecar = sharded_sidecar(&shards, &more).await;
+    for tenant in ["acme", "globex"] {
+        let client = tenant_client(&sidecar, "app", tenant).await;
+        for id in 0i32..12 {
+            client
+                .execute("INSERT INTO orders (id) VALUES ($1)", &[&id])
+                .await
+                .unwrap();
+        }
+    }
+    let acme = tenant_client(&sidecar, "app", "acme").await;
+    // Every shard answers under the client's signed tenant: its rows only.
+    let n: i64 = acme
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 12);
+    let tenants: Vec<String> = acme
+        .query("SELECT DISTINCT tenant FROM orders", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tenants, vec!["acme".to_owned()]);
+    // The tenant guard applies to statements run on several shards too.
+    let err = acme
+        .simple_query("SELECT count(*) FROM orders WHERE set_config('pgsidecar.tenant', 'globex', false) IS NOT NULL")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+    let n: i64 = acme
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 12, "the session goes on, still acme's");
+}

@@ -110,6 +110,25 @@ impl Relay {
         &self,
         frames: &[(Frame, Option<Classified>)],
     ) -> Result<Asked, ErrorReport> {
+        let mut asked = self.asked_unguarded(frames)?;
+        // Statements run on several shards pass the tenant guard as any other does.
+        match self.guard_text(asked.text.as_bytes(), None) {
+            Ok(None) => {}
+            Ok(Some(rewritten)) => asked.text = rewritten,
+            Err(guard::Refusal(message)) => {
+                return Err(ErrorReport::error(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    message,
+                ))
+            }
+        }
+        Ok(asked)
+    }
+
+    fn asked_unguarded(
+        &self,
+        frames: &[(Frame, Option<Classified>)],
+    ) -> Result<Asked, ErrorReport> {
         let shape = || {
             ErrorReport::error(
                 SqlState::FEATURE_NOT_SUPPORTED,

@@ -39,11 +39,29 @@ impl Relay {
     /// Under tenant enforcement: the statement that raises the refusal of a Query or Parse the
     /// guard refuses (42501 with the guard's message), counted and logged at debug level.
     pub(super) fn guard(&self, frame: &Frame, classified: Option<&Classified>) -> Guarded {
-        let Some(prefix) = &self.channel_prefix else {
-            return Guarded::Pass;
-        };
         let Some(sql) = frontend::statement_text(frame.tag(), frame.body()) else {
             return Guarded::Pass;
+        };
+        match self.guard_text(sql, classified) {
+            Ok(None) => Guarded::Pass,
+            Ok(Some(sql)) => Guarded::Rewritten(sql),
+            Err(Refusal(message)) => Guarded::Refused(format!(
+                "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}, DETAIL = '{}'; END$pgsc$",
+                crate::sql::quote::quote_literal(&message),
+                guard::REFUSAL_DETAIL
+            )),
+        }
+    }
+
+    /// The tenant guard on one statement text (statements the sidecar runs on several shards
+    /// pass it too): passed, rewritten (tenant channels), or refused with its message.
+    pub(super) fn guard_text(
+        &self,
+        sql: &[u8],
+        classified: Option<&Classified>,
+    ) -> Result<Option<String>, Refusal> {
+        let Some(prefix) = &self.channel_prefix else {
+            return Ok(None);
         };
         let made;
         let classified = match classified {
@@ -61,19 +79,11 @@ impl Relay {
                 }
                 guard::namespace_channels(sql, classified, prefix)
             });
-        match outcome {
-            Ok(None) => Guarded::Pass,
-            Ok(Some(sql)) => Guarded::Rewritten(sql),
-            Err(Refusal(message)) => {
-                self.app.metrics.tenancy_refusals.inc();
-                tracing::debug!(reason = %message, "statement refused under tenant enforcement");
-                Guarded::Refused(format!(
-                    "DO $pgsc$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}, DETAIL = '{}'; END$pgsc$",
-                    crate::sql::quote::quote_literal(&message),
-                    guard::REFUSAL_DETAIL
-                ))
-            }
+        if let Err(Refusal(message)) = &outcome {
+            self.app.metrics.tenancy_refusals.inc();
+            tracing::debug!(reason = %message, "statement refused under tenant enforcement");
         }
+        outcome
     }
 
     /// A notification on its way to the client: under tenant enforcement the channel loses
