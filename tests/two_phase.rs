@@ -530,3 +530,187 @@ async fn copy_into_a_sharded_table_is_split_by_key() {
         .get(0);
     assert_eq!(n, all.len() as i64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_across_shards_commits_on_all_or_none() {
+    let shards: Vec<LocalPostgres> = (0..3).map(|_| shard(10)).collect();
+    let state = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = shards.iter().map(url).collect();
+    let sidecar = start(&toml(&urls, state.path(), "127.0.0.1:0")).await;
+    let mut client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
+    let count = |pg: &LocalPostgres, from: i64| {
+        one(
+            pg,
+            &format!(
+                "SELECT count(*) FROM items WHERE customer_id >= {from} AND customer_id < {}",
+                from + 1000
+            ),
+        )
+    };
+    let on = |k: i64| hash_shard(Key::Int(k), 3);
+
+    // Committed on every shard it touched; it reads its own writes where they are.
+    let k = key_per_shard(3000);
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; INSERT INTO items (customer_id, note) VALUES ({}, 'a')",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES ({}, 'b')",
+            k[1]
+        ))
+        .await
+        .unwrap();
+    let isolation: String = client
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        isolation, "repeatable read",
+        "the second shard began as the first"
+    );
+    let note: String = client
+        .query_one("SELECT note FROM items WHERE customer_id = $1", &[&k[0]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "a", "its own write on the first shard");
+    for pg in &shards {
+        assert_eq!(count(pg, 3000), "0", "nothing visible before COMMIT");
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(count(&shards[on(k[0])], 3000), "1");
+    assert_eq!(count(&shards[on(k[1])], 3000), "1");
+
+    // Through a driver's transaction (extended protocol), rolled back everywhere.
+    let k = key_per_shard(4000);
+    let tx = client.transaction().await.unwrap();
+    for key in &k {
+        tx.execute(
+            "INSERT INTO items (customer_id, note) VALUES ($1, 'r')",
+            &[key],
+        )
+        .await
+        .unwrap();
+    }
+    tx.rollback().await.unwrap();
+    for pg in &shards {
+        assert_eq!(count(pg, 4000), "0");
+    }
+    let tx = client.transaction().await.unwrap();
+    for key in &k {
+        tx.execute(
+            "INSERT INTO items (customer_id, note) VALUES ($1, 'c')",
+            &[key],
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    for pg in &shards {
+        assert_eq!(count(pg, 4000), "1");
+        assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    }
+
+    // A statement fails on one shard: the transaction is failed everywhere, COMMIT rolls back.
+    let k = key_per_shard(5000);
+    shards[on(k[1])]
+        .psql(
+            "app",
+            "ALTER TABLE items ADD CONSTRAINT no_bad CHECK (note <> 'bad')",
+        )
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 'ok')",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES ({}, 'bad')",
+            k[1]
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("23514"), "{err}");
+    let err = client
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES ({}, 'x')",
+            k[2]
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"), "{err}");
+    let tag = client.simple_query("COMMIT").await.unwrap();
+    assert!(matches!(
+        tag.last(),
+        Some(SimpleQueryMessage::CommandComplete(0))
+    ));
+    for pg in &shards {
+        assert_eq!(count(pg, 5000), "0");
+    }
+
+    // Savepoints and session changes are refused once it spreads; the session goes on.
+    client
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's'); INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[0], k[2]
+        ))
+        .await
+        .unwrap_err();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[2]
+        ))
+        .await
+        .unwrap();
+    let err = client.batch_execute("SAVEPOINT a").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[2]
+        ))
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("SET work_mem = '8MB'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    for pg in &shards {
+        assert_eq!(count(pg, 5000), "0");
+        assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
+    }
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "the session goes on: 2 + 3 committed rows");
+}

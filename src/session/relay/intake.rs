@@ -255,6 +255,7 @@ impl Relay {
                         self.write_shards(len, &on).await?;
                         continue;
                     }
+                    Placed::Handled => continue,
                 }
             }
             let recording = match self.consult_cache(len).await {

@@ -60,6 +60,7 @@ mod replies;
 mod request;
 mod routing;
 mod shard_copy;
+mod shard_tx;
 mod shard_write;
 mod shards;
 mod signals;
@@ -283,6 +284,7 @@ impl Relay {
                 report.write(&mut self.client.wbuf);
             }
         }
+        self.drop_spread().await;
         let server_lost = matches!(
             outcome,
             Err(RelayError::Server(_) | RelayError::ServerFrame(_))

@@ -120,7 +120,12 @@ impl Relay {
                     })
                     .collect();
                 let reply = self
-                    .run_two_phase(&coordinator, &gid, attachments, true)
+                    .run_two_phase(
+                        &coordinator,
+                        &gid,
+                        attachments,
+                        super::shard_write::Shape::Copy,
+                    )
                     .await;
                 self.end_copy(reply.map(|(_, _, tag)| tag), extended).await
             }

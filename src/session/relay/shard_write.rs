@@ -140,7 +140,7 @@ impl Relay {
             }
         }
         let reply = self
-            .run_two_phase(&coordinator, &gid, attachments, false)
+            .run_two_phase(&coordinator, &gid, attachments, Shape::Write)
             .await;
         self.info.key.detach().await;
         self.adopt_request(&frames);
@@ -200,18 +200,19 @@ impl Relay {
         coordinator: &Arc<crate::pool::twophase::Coordinator>,
         gid: &str,
         attachments: Vec<(String, Box<Attachment>)>,
-        copying: bool,
+        shape: Shape,
     ) -> Result<(Option<Bytes>, Vec<Bytes>, String), Failure> {
         let mut running: FuturesUnordered<_> = attachments
             .into_iter()
             .map(|(shard_gid, att)| async move {
-                // Unless the connection is past it already (COPY): the checkout's statements
-                // and BEGIN come before the statement.
-                let before = match copying {
-                    true => 0,
-                    false => att.expect.len() + 1,
+                let (before, statement) = match shape {
+                    // The checkout's statements and BEGIN come before the statement.
+                    Shape::Write => (att.expect.len() + 1, true),
+                    // The connection is past them (in COPY, or inside the transaction).
+                    Shape::Copy => (0, true),
+                    Shape::Commit => (0, false),
                 };
-                (shard_gid, phase_one(att, before).await)
+                (shard_gid, phase_one(att, before, statement).await)
             })
             .collect();
         let mut done = Vec::new();
@@ -275,6 +276,17 @@ impl Relay {
     }
 }
 
+/// What phase one sends each shard before PREPARE TRANSACTION.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// The checkout's statements, BEGIN and the statement.
+    Write,
+    /// The end of a COPY (its connection began already).
+    Copy,
+    /// Nothing: the transaction's statements ran (a spread transaction's COMMIT).
+    Commit,
+}
+
 /// Why a write across shards failed.
 pub(super) enum Failure {
     Shard(Bytes),
@@ -335,8 +347,9 @@ fn parameter_types_subset(types: &[u8], params: &[usize]) -> Vec<u8> {
 
 /// Sends the rest of phase one and reads every reply: prepared, or the shard's error. `before`
 /// ReadyForQuery messages come before the statement's (the checkout's statements, BEGIN);
-/// then the statement's and PREPARE's.
-async fn phase_one(mut att: Box<Attachment>, before: usize) -> Phase1 {
+/// then the statement's (when there is one) and PREPARE's.
+async fn phase_one(mut att: Box<Attachment>, before: usize, statement: bool) -> Phase1 {
+    let last = before + usize::from(statement);
     let request = std::mem::take(&mut att.wbuf);
     let mut p = Phase1 {
         att,
@@ -369,7 +382,7 @@ async fn phase_one(mut att: Box<Attachment>, before: usize) -> Phase1 {
         match (frame.tag(), readies.checked_sub(before)) {
             (backend::READY_FOR_QUERY_TAG, _) => {
                 readies += 1;
-                if readies == before + 2 {
+                if readies == last + 1 {
                     break frame.body().first().copied();
                 }
             }
@@ -389,13 +402,13 @@ async fn phase_one(mut att: Box<Attachment>, before: usize) -> Phase1 {
                 return p;
             }
             // The statement's replies, then PREPARE's.
-            (backend::ROW_DESCRIPTION_TAG, Some(0)) => p.out.described = Some(body()),
-            (backend::DATA_ROW_TAG, Some(0)) => p.out.rows.push(body()),
-            (backend::COMMAND_COMPLETE_TAG, Some(0)) => {
+            (backend::ROW_DESCRIPTION_TAG, Some(0)) if statement => p.out.described = Some(body()),
+            (backend::DATA_ROW_TAG, Some(0)) if statement => p.out.rows.push(body()),
+            (backend::COMMAND_COMPLETE_TAG, Some(0)) if statement => {
                 p.out.tag = frontend::query_text(frame.body())
                     .map(|t| String::from_utf8_lossy(t).into_owned())
             }
-            (backend::COMMAND_COMPLETE_TAG, Some(1)) => {
+            (backend::COMMAND_COMPLETE_TAG, Some(n)) if n == usize::from(statement) => {
                 p.prepared = frame.body().starts_with(b"PREPARE TRANSACTION")
             }
             _ => {}

@@ -28,7 +28,16 @@ pub(super) struct Shards {
     /// What merging one statement's rows from several shards may hold.
     pub(super) max_merge_bytes: usize,
     /// Writes across shards commit in two phases (else they are refused).
-    two_phase_commit: bool,
+    pub(super) two_phase_commit: bool,
+    /// The other shards' connections of a transaction that spread over shards.
+    pub(super) spread: Option<Box<Spread>>,
+}
+
+/// The other shards' connections of a transaction spread over shards (`relay/shard_tx.rs`).
+pub(super) struct Spread {
+    pub(super) parked: Vec<(usize, Box<Attachment>)>,
+    /// How the transaction began (`BEGIN ISOLATION LEVEL … READ …`), for each shard it adds.
+    pub(super) begin: String,
 }
 
 impl Shards {
@@ -45,6 +54,7 @@ impl Shards {
             setting: None,
             max_merge_bytes: now.max_merge_bytes,
             two_phase_commit: now.two_phase_commit,
+            spread: None,
         }
     }
 }
@@ -60,6 +70,7 @@ impl Shards {
         let count = now.databases.len();
         Shards {
             setting: self.setting,
+            spread: self.spread,
             next_any: self.next_any % count.max(1),
             ..Shards::new(now, metrics)
         }
@@ -83,6 +94,8 @@ pub(super) enum Placed {
     FanOut(Vec<usize>),
     /// A write on each of these shards, all or none (`relay/shard_write.rs`).
     Write(Vec<usize>),
+    /// Answered already (its frames are gone): a spread transaction's COMMIT or ROLLBACK.
+    Handled,
 }
 
 impl Relay {
@@ -102,6 +115,11 @@ impl Relay {
                 if shards.setting.as_ref().is_some_and(|(_, local)| *local) {
                     shards.setting = None;
                 }
+            }
+        }
+        if in_transaction {
+            if let Some(placed) = self.spread_request(len).await {
+                return placed;
             }
         }
         if let Some(answer) = self.shard_setting_first(len, in_transaction) {
@@ -169,6 +187,9 @@ impl Relay {
                 Placed::Here
             }
             Phase::Attached(_) if in_transaction => {
+                if let Some(placed) = self.spread_to(len, wanted).await {
+                    return placed;
+                }
                 let message = format!(
                     "this transaction runs on shard {current} and the statement needs shard {wanted}: \
                      one transaction runs on one shard in this version"
