@@ -124,7 +124,7 @@ pub struct ShardMetrics {
     /// By kind (`read`, `write`, `copy`) and result (`ok`, `error`).
     pub cross_shard: IntCounterVec,
     /// By outcome: `committed`, `rolled_back`, `in_doubt` (a shard did not confirm COMMIT
-    /// PREPARED; the next start resolves it).
+    /// PREPARED; tried again in the background, and at the next start).
     pub two_phase: IntCounterVec,
     /// In-doubt transactions of earlier runs resolved at start, by decision.
     pub recovered: IntCounterVec,

@@ -250,8 +250,20 @@ async fn writes_across_shards_commit_everywhere_or_nowhere() {
 /// A TCP proxy that forwards until the client side sends `needle`, then holds that and
 /// everything after it (the server never sees it).
 async fn hold_proxy(target: u16, needle: &'static [u8]) -> u16 {
+    cuttable_hold_proxy(target, needle).await.0
+}
+
+/// As [`hold_proxy`]; sending `true` on the returned channel closes the held connections and
+/// stops holding (later connections forward everything).
+async fn cuttable_hold_proxy(
+    target: u16,
+    needle: &'static [u8],
+) -> (u16, std::sync::Arc<tokio::sync::watch::Sender<bool>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (cut, _) = tokio::sync::watch::channel(false);
+    let cut = std::sync::Arc::new(cut);
+    let cuts = std::sync::Arc::clone(&cut);
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
@@ -259,12 +271,16 @@ async fn hold_proxy(target: u16, needle: &'static [u8]) -> u16 {
             };
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
+            let mut cut = cuts.subscribe();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 || buf[..n].windows(needle.len()).any(|w| w == needle) {
-                        // Held: the connection stays open, nothing more reaches the server.
-                        std::future::pending::<()>().await;
+                    let held = buf[..n].windows(needle.len()).any(|w| w == needle);
+                    if n == 0 || (held && !*cut.borrow()) {
+                        // Held: the connection stays open, nothing more reaches the server;
+                        // until cut, which closes it.
+                        let _ = cut.wait_for(|c| *c).await;
+                        return;
                     }
                     if sw.write_all(&buf[..n]).await.is_err() {
                         return;
@@ -281,7 +297,7 @@ async fn hold_proxy(target: u16, needle: &'static [u8]) -> u16 {
             });
         }
     });
-    port
+    (port, cut)
 }
 
 /// The sidecar binary on `port` with this configuration.
@@ -713,4 +729,43 @@ async fn a_transaction_across_shards_commits_on_all_or_none() {
         .unwrap()
         .get(0);
     assert_eq!(n, 5, "the session goes on: 2 + 3 committed rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_prepared_that_fails_is_finished_in_the_background() {
+    let shards: Vec<LocalPostgres> = (0..3).map(|_| shard(10)).collect();
+    let state = tempfile::tempdir().unwrap();
+    let (proxy, cut) = cuttable_hold_proxy(shards[2].port, b"COMMIT PREPARED").await;
+    let mut urls: Vec<String> = shards.iter().map(url).collect();
+    urls[2] = format!("postgres://app:{PASSWORD}@127.0.0.1:{proxy}/app");
+    let sidecar = start(&toml(&urls, state.path(), "127.0.0.1:0")).await;
+    let client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
+    let keys = key_per_shard(6000);
+    let sql = format!(
+        "INSERT INTO items (customer_id, note) VALUES ({}, 'd'), ({}, 'd'), ({}, 'd')",
+        keys[0], keys[1], keys[2]
+    );
+    let write = tokio::spawn(async move { client.simple_query(&sql).await.map(|m| tag(&m)) });
+    let prepared = "SELECT count(*) FROM pg_prepared_xacts";
+    until(&shards[2], prepared, "1").await;
+    until(
+        &shards[0],
+        &format!("SELECT count(*) FROM items WHERE customer_id = {}", keys[0]),
+        "1",
+    )
+    .await;
+    // Shard 2's connection is lost before COMMIT PREPARED reaches it: the decision stands, the
+    // client is told the write committed, and the sidecar finishes shard 2 by itself.
+    cut.send_replace(true);
+    assert_eq!(write.await.unwrap().unwrap(), 3);
+    until(&shards[2], prepared, "0").await;
+    assert_eq!(
+        one(
+            &shards[2],
+            &format!("SELECT count(*) FROM items WHERE customer_id = {}", keys[2])
+        ),
+        "1"
+    );
+    let name = "pgsidecar_two_phase_total{outcome=\"in_doubt\"}";
+    assert_eq!(scrape(sidecar.metrics_addr, name).await, Some(1.0));
 }

@@ -426,21 +426,48 @@ async fn phase_one(mut att: Box<Attachment>, before: usize, statement: bool) -> 
 }
 
 /// COMMIT PREPARED or ROLLBACK PREPARED on a shard that prepared (nothing on one that did not);
-/// its connection goes back to the pool when all went well. Whether the shard confirmed.
-async fn phase_two(mut p: Phase1, verb: &str, gid: String) -> (Output, bool) {
+/// its connection goes back to the pool when all went well. Whether the shard confirmed; one
+/// that did not is tried again in the background ([`finish_later`]).
+async fn phase_two(mut p: Phase1, verb: &'static str, gid: String) -> (Output, bool) {
     let mut confirmed = true;
     if p.prepared {
         let sql = format!("{verb} PREPARED {}", crate::sql::quote::quote_literal(&gid));
         if let Err(e) = p.att.server.conn_mut().run_internal(&sql).await {
-            tracing::warn!(error = %e, %gid, "{verb} PREPARED failed");
+            tracing::warn!(error = %e, %gid, "{verb} PREPARED failed; trying again in the background");
             confirmed = false;
             p.clean = false;
+            tokio::spawn(finish_later(Arc::clone(p.att.server.pool()), sql));
         }
     }
     if p.clean {
         p.att.server.release();
     }
     (p.out, confirmed)
+}
+
+/// Sends `COMMIT PREPARED` / `ROLLBACK PREPARED` (`sql`) on a new connection of `pool` every
+/// second until the shard confirms, or says the transaction is gone (resolved already), for
+/// up to an hour; after that the sidecar's next start resolves it from its log.
+async fn finish_later(pool: Arc<crate::pool::Pool>, sql: String) {
+    for _ in 0..3600 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Ok(mut checkout) = pool.checkout().await else {
+            continue;
+        };
+        match checkout.conn_mut().run_internal(&sql).await {
+            Ok(()) => {
+                checkout.release();
+                tracing::info!(statement = %sql, "an in-doubt transaction was finished");
+                return;
+            }
+            // 42704: no such prepared transaction (finished by someone else).
+            Err(crate::pool::ServerError::Upstream { code, .. }) if code == "42704" => {
+                checkout.release();
+                return;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// One command tag for the shards' tags: counts summed (`INSERT 0 n`, `UPDATE n`, `DELETE n`,
