@@ -416,6 +416,6 @@ fn node(
         replicas: topology,
         shard,
         retired: builder.terminate.child_token(),
-        collation: Default::default(),
+        bytewise_text: Default::default(),
     }))
 }

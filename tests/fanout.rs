@@ -455,6 +455,26 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
         .await
         .expect("the session goes on");
 
+    // A column with a collation the sidecar cannot reproduce: text is no longer compared
+    // across shards (a fresh sidecar asks the shards again), numbers still are.
+    for pg in &shards {
+        pg.psql("app", "SET ROLE app; CREATE TABLE labels (customer_id bigint, label text COLLATE \"en-US-x-icu\")")
+            .unwrap();
+    }
+    let fresh = support::start(&sidecar_toml(&shards, None, "")).await;
+    let c = client_of(fresh.addr).await;
+    let err = c
+        .simple_query("SELECT note FROM items ORDER BY note LIMIT 3")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    c.simple_query("SELECT qty FROM items ORDER BY qty LIMIT 3")
+        .await
+        .unwrap();
+    for pg in &shards {
+        pg.psql("app", "SET ROLE app; DROP TABLE labels").unwrap();
+    }
+
     // The merge's memory bound: a sort over more rows than the budget.
     let bounded =
         support::start(&sidecar_toml(&shards, None, "max_merge_bytes = \"16kB\"\n")).await;

@@ -19,9 +19,17 @@ pub struct Database {
     /// Fires when a reload drops this database (or the sidecar terminates): its background
     /// tasks end; sessions still on it finish with it.
     pub retired: tokio_util::sync::CancellationToken,
-    /// The database's default collation (`lc_collate`), once a merge across shards asked.
-    pub collation: std::sync::OnceLock<String>,
+    /// Whether text orders bytewise in this database, once a merge across shards asked
+    /// ([`TEXT_ORDER_SQL`]).
+    pub bytewise_text: std::sync::OnceLock<bool>,
 }
+
+/// The database's default collation, and whether any user column declares a collation other
+/// than the default, C or POSIX (text the sidecar compares must order bytewise).
+pub const TEXT_ORDER_SQL: &str = "SELECT pg_catalog.current_setting('lc_collate'), EXISTS (\
+    SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+    WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attcollation NOT IN (0, 100, 950, 951) \
+      AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace))::text";
 
 /// Which upstream a pool serves: a database, which shard of it, which replica. Displayed as
 /// `app`, `app/shard0`, `app/shard0/replica1` in logs; separate metric labels.
@@ -66,11 +74,12 @@ impl std::fmt::Display for PoolName {
 }
 
 impl Database {
-    /// Whether text orders bytewise here (the C or POSIX collation, or C.UTF-8: code point
-    /// order, which is UTF-8's byte order). `None` until known.
-    pub fn collation_c(&self) -> Option<bool> {
-        let name = self.collation.get()?;
-        Some(name == "C" || name == "POSIX" || name.starts_with("C."))
+    /// Records the answer to [`TEXT_ORDER_SQL`]: bytewise when the default collation is C,
+    /// POSIX or C.UTF-8 (code point order, which is UTF-8's byte order) and no column declares
+    /// another collation.
+    pub fn note_text_order(&self, collation: &str, other_columns: bool) {
+        let c = collation == "C" || collation == "POSIX" || collation.starts_with("C.");
+        let _ = self.bytewise_text.set(c && !other_columns);
     }
 
     /// Every pool of the database: the primary's, then the replicas'.

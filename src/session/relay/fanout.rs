@@ -253,12 +253,13 @@ impl Relay {
             };
             match attached {
                 Ok(mut att) => {
-                    if database.collation.get().is_none() {
+                    if database.bytewise_text.get().is_none() {
                         // Once per database: whether its text orders bytewise.
-                        if let Ok(rows) = att.server.conn_mut().query_rows("SHOW lc_collate").await
-                        {
-                            if let Some(Some(name)) = rows.first().and_then(|r| r.first()) {
-                                let _ = database.collation.set(name.clone());
+                        let sql = crate::pool::database::TEXT_ORDER_SQL;
+                        if let Ok(rows) = att.server.conn_mut().query_rows(sql).await {
+                            if let Some([Some(name), Some(other)]) = rows.first().map(Vec::as_slice)
+                            {
+                                database.note_text_order(name, other == "true");
                             }
                         }
                     }
@@ -356,7 +357,7 @@ impl Relay {
         self.shards
             .as_ref()
             .and_then(|s| s.databases.get(n))
-            .is_some_and(|d| d.collation_c() == Some(true))
+            .is_some_and(|d| d.bytewise_text.get() == Some(&true))
     }
 }
 
@@ -559,7 +560,8 @@ impl Merging {
         if made.compares_text() && !self.collation_c {
             return Err(Failure::from(MergeError::Unsupported(
                 "this statement orders or compares text across shards, and the shards' collation is \
-                 not C: the sidecar cannot reproduce that order; order by another column or add a shard key"
+                 not C (or a column declares another collation): the sidecar cannot reproduce that \
+                 order; order by another column or add a shard key"
                     .into(),
             )));
         }
