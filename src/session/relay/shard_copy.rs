@@ -103,19 +103,13 @@ impl Relay {
                     .into_iter()
                     .enumerate()
                     .map(|(n, mut att)| {
-                        let shard_gid = format!("{gid}:s{n}");
+                        let shard_gid = super::shard_write::shard_gid(&gid, n);
                         att.wbuf
                             .extend_from_slice(&[frontend::COPY_DONE_TAG, 0, 0, 0, 4]);
                         if extended {
                             frontend::append_sync(&mut att.wbuf);
                         }
-                        frontend::append_query(
-                            &mut att.wbuf,
-                            &format!(
-                                "PREPARE TRANSACTION {}",
-                                crate::sql::quote::quote_literal(&shard_gid)
-                            ),
-                        );
+                        super::shard_write::append_prepare(&mut att.wbuf, &shard_gid);
                         (shard_gid, att)
                     })
                     .collect();

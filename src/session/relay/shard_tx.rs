@@ -9,7 +9,7 @@
 //! transaction any other way, and statements that change session state are refused while the
 //! transaction is spread (raised there, so the transaction fails as Postgres would fail it).
 
-use super::shard_write::{Failure, Shape};
+use super::shard_write::{append_prepare, shard_gid, Failure, Shape};
 use super::shards::{Placed, Spread};
 use super::*;
 use crate::sql::class::Kind;
@@ -188,14 +188,8 @@ impl Relay {
                 let attachments = all
                     .into_iter()
                     .map(|(n, mut att)| {
-                        let shard_gid = format!("{gid}:s{n}");
-                        frontend::append_query(
-                            &mut att.wbuf,
-                            &format!(
-                                "PREPARE TRANSACTION {}",
-                                crate::sql::quote::quote_literal(&shard_gid)
-                            ),
-                        );
+                        let shard_gid = shard_gid(&gid, n);
+                        append_prepare(&mut att.wbuf, &shard_gid);
                         (shard_gid, att)
                     })
                     .collect();

@@ -118,7 +118,7 @@ impl Relay {
             };
             match attached {
                 Ok(mut att) => {
-                    let shard_gid = format!("{gid}:s{}", part.shard);
+                    let shard_gid = shard_gid(&gid, part.shard);
                     phase1_request(&mut att.wbuf, &asked, part, &client_formats, &shard_gid);
                     attachments.push((shard_gid, att));
                 }
@@ -319,13 +319,21 @@ fn phase1_request(
         }
         _ => frontend::append_query(out, &part.sql),
     }
-    frontend::append_query(
-        out,
-        &format!(
-            "PREPARE TRANSACTION {}",
-            crate::sql::quote::quote_literal(gid)
-        ),
+    append_prepare(out, gid);
+}
+
+/// Shard `n`'s transaction id within the two-phase transaction `gid`.
+pub(super) fn shard_gid(gid: &str, n: usize) -> String {
+    format!("{gid}:s{n}")
+}
+
+/// Appends `PREPARE TRANSACTION '<shard_gid>'`.
+pub(super) fn append_prepare(out: &mut BytesMut, shard_gid: &str) {
+    let sql = format!(
+        "PREPARE TRANSACTION {}",
+        crate::sql::quote::quote_literal(shard_gid)
     );
+    frontend::append_query(out, &sql);
 }
 
 /// A Parse's parameter types (count and OIDs) for the parameters `params` (0-based).
