@@ -3,7 +3,8 @@
 //! DISTINCT, GROUP BY/HAVING, every merged aggregate, `IN` lists over some shards; simple and
 //! extended protocol — text and binary results compared byte for byte), then what cannot be
 //! merged, a shard's error, a shard that is down (57P03, or `partial_ok`), and the merge's
-//! memory bound (53400, the connection goes on).
+//! memory bound (sorts stream; grouping and DISTINCT past the budget get 53400, the connection
+//! goes on).
 
 mod support;
 
@@ -476,11 +477,25 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
     }
 
     // The merge's memory bound: a sort over more rows than the budget.
-    let bounded =
-        support::start(&sidecar_toml(&shards, None, "max_merge_bytes = \"16kB\"\n")).await;
+    let bounded = support::start(&sidecar_toml(&shards, None, "max_merge_bytes = \"4kB\"\n")).await;
     let c = client_of(bounded.addr).await;
+    // A sort streams (a k-way merge holds one row per shard): it needs no budget.
+    let sorted = c
+        .query(
+            "SELECT customer_id, note FROM items ORDER BY note, customer_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sorted.len() as i64, ROWS);
+    // Grouping (and DISTINCT) hold their groups: past the budget, 53400.
     let err = c
-        .simple_query("SELECT * FROM items ORDER BY note")
+        .simple_query("SELECT customer_id, count(*) FROM items GROUP BY customer_id ORDER BY 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("53400"), "{err}");
+    let err = c
+        .simple_query("SELECT DISTINCT customer_id, note FROM items")
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("53400"), "{err}");

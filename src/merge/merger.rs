@@ -177,12 +177,39 @@ impl Merger {
     /// Takes one DataRow body from a shard; rows that can go out now are appended to `out`
     /// as DataRow messages.
     pub fn push(&mut self, body: Bytes, out: &mut BytesMut) -> Result<(), MergeError> {
+        let row = self.row(body)?;
+        self.push_row(row, out)
+    }
+
+    /// A DataRow body read as a row of the shards' columns.
+    pub fn row(&self, body: Bytes) -> Result<Row, MergeError> {
         let row = Row::parse(body)?;
         if row.len() != self.types.len() {
             return Err(MergeError::Malformed(
                 "a shard sent a row that does not match its description".into(),
             ));
         }
+        Ok(row)
+    }
+
+    /// The rows will be pushed in the statement's order (a k-way merge of the shards' sorted
+    /// streams): none is held to be sorted.
+    pub fn presorted(&mut self) {
+        if matches!(self.mode, Mode::Sorted(_)) {
+            self.mode = match self.spec.distinct {
+                true => Mode::Distinct(HashSet::new()),
+                false => Mode::Stream,
+            };
+        }
+    }
+
+    /// Postgres's order of two rows under the statement's ORDER BY.
+    pub fn order(&self, a: &Row, b: &Row) -> Result<Ordering, MergeError> {
+        compare_rows(a, b, &self.spec.order, &self.types)
+    }
+
+    /// Takes one row (see [`Merger::push`]).
+    pub fn push_row(&mut self, row: Row, out: &mut BytesMut) -> Result<(), MergeError> {
         let leading = self.leading();
         match &mut self.mode {
             Mode::Stream => {

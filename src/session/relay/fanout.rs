@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::*;
-use crate::merge::{self, MergeError, Merger};
+use crate::merge::{self, MergeError, Merger, Row};
 use crate::protocol::bind::Bind;
 use crate::sql::fanout::FanOut;
 
@@ -297,13 +297,25 @@ impl Relay {
         }
         self.client.wbuf.extend_from_slice(&out);
         let targets: Vec<_> = attachments.iter_mut().map(|a| a.cancel_target()).collect();
-        let (sender, receiver) = mpsc::channel(EVENTS_IN_FLIGHT);
+        // Sorted rows are merged as they come from each shard (a channel per shard, read in
+        // Postgres's order); everything else in arrival order (one channel).
+        let count = attachments.len();
+        let sorted = plan.spec.grouping.is_none() && !plan.spec.order.is_empty();
+        let (senders, events) = if sorted {
+            let each = EVENTS_IN_FLIGHT.div_ceil(count.max(1)).max(16);
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..count).map(|_| mpsc::channel(each)).unzip();
+            (senders, Events::PerShard(receivers))
+        } else {
+            let (sender, receiver) = mpsc::channel(EVENTS_IN_FLIGHT);
+            (vec![sender; count], Events::Shared(receiver))
+        };
         let mut running: FuturesUnordered<_> = attachments
             .into_iter()
+            .zip(senders)
             .enumerate()
-            .map(|(slot, att)| run_shard(slot, att, sender.clone()))
+            .map(|(slot, (att, sender))| run_shard(slot, att, sender))
             .collect();
-        drop(sender);
         let finish_shards = async {
             let mut done = Vec::new();
             while let Some(finished) = running.next().await {
@@ -320,7 +332,7 @@ impl Relay {
             targets: targets.clone(),
         };
         let timeout = self.live.config.limits.query_timeout;
-        let work = async { tokio::join!(finish_shards, merging.run(receiver, &mut self.client)) };
+        let work = async { tokio::join!(finish_shards, merging.run(events, &mut self.client)) };
         let (done, merged) = match timeout.is_zero() {
             true => work.await,
             false => match tokio::time::timeout(timeout, work).await {
@@ -470,6 +482,109 @@ impl Merging {
     /// statements were cancelled.
     async fn run(
         self,
+        events: Events,
+        client: &mut ClientConn<Stream>,
+    ) -> Result<(Result<u64, Failure>, Vec<usize>), RelayError> {
+        match events {
+            Events::Shared(events) => self.in_arrival_order(events, client).await,
+            Events::PerShard(shards) => self.in_order(shards, client).await,
+        }
+    }
+
+    /// Cancels the statement on every shard but `slot` (whose error ends the fan-out).
+    fn cancel_others(&self, slot: usize) -> Vec<usize> {
+        let mut cancelled = Vec::new();
+        for (other, target) in self.targets.iter().enumerate() {
+            if other != slot {
+                cancelled.push(other);
+                let target = target.clone();
+                tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
+            }
+        }
+        cancelled
+    }
+
+    /// The k-way merge of the shards' sorted streams: each shard's description, then always
+    /// the smallest of their next rows; nothing is held but one row per shard.
+    async fn in_order(
+        self,
+        mut shards: Vec<mpsc::Receiver<(usize, Event)>>,
+        client: &mut ClientConn<Stream>,
+    ) -> Result<(Result<u64, Failure>, Vec<usize>), RelayError> {
+        let mut made: Option<(Merger, usize)> = None;
+        let mut notices = HashSet::new();
+        let mut heads: Vec<Option<Row>> = Vec::with_capacity(shards.len());
+        let failed = |this: &Self, slot: usize, f: Failure| Ok((Err(f), this.cancel_others(slot)));
+        for (slot, events) in shards.iter_mut().enumerate() {
+            loop {
+                let step = match events.recv().await {
+                    None => break,
+                    Some((_, Event::Described(body))) => {
+                        match self.described(&body, &mut made, &mut client.wbuf) {
+                            Ok(()) => break,
+                            Err(f) => Err(f),
+                        }
+                    }
+                    Some((_, Event::Notice(body))) => {
+                        notice(&mut notices, body, &mut client.wbuf);
+                        Ok(())
+                    }
+                    Some((_, Event::Error(body))) => Err(Failure::Shard(body)),
+                    Some((_, Event::Row(_))) => Err(Failure::from(MergeError::Malformed(
+                        "a shard sent rows before describing them".into(),
+                    ))),
+                };
+                if let Err(f) = step {
+                    return failed(&self, slot, f);
+                }
+            }
+        }
+        let Some((merger, _)) = made.as_mut() else {
+            return Ok((Err(no_shard()), Vec::new()));
+        };
+        merger.presorted();
+        for (slot, events) in shards.iter_mut().enumerate() {
+            match next_row(events, merger, &mut notices, &mut client.wbuf).await {
+                Ok(row) => heads.push(row),
+                Err(f) => return failed(&self, slot, f),
+            }
+        }
+        loop {
+            let slot = match smallest(merger, &heads) {
+                Ok(Some(slot)) => slot,
+                Ok(None) => break,
+                Err(e) => return failed(&self, usize::MAX, Failure::from(e)),
+            };
+            let Some(row) = heads[slot].take() else {
+                break;
+            };
+            if let Err(e) = merger.push_row(row, &mut client.wbuf) {
+                return failed(&self, usize::MAX, Failure::from(e));
+            }
+            if merger.full() {
+                // The rest is read and dropped by the shards' readers.
+                break;
+            }
+            match next_row(&mut shards[slot], merger, &mut notices, &mut client.wbuf).await {
+                Ok(row) => heads[slot] = row,
+                Err(f) => return failed(&self, slot, f),
+            }
+            if client.wbuf.len() >= CLIENT_CHUNK {
+                client.flush().await?;
+            }
+        }
+        drop(shards);
+        let Some((merger, _)) = made.take() else {
+            return Ok((Err(no_shard()), Vec::new()));
+        };
+        Ok((
+            merger.finish(&mut client.wbuf).map_err(Failure::from),
+            Vec::new(),
+        ))
+    }
+
+    async fn in_arrival_order(
+        self,
         mut events: mpsc::Receiver<(usize, Event)>,
         client: &mut ClientConn<Stream>,
     ) -> Result<(Result<u64, Failure>, Vec<usize>), RelayError> {
@@ -490,26 +605,14 @@ impl Merging {
                     _ => Ok(()),
                 },
                 Event::Notice(body) => {
-                    if notices.insert(body.clone()) {
-                        frontend::append_message(
-                            &mut client.wbuf,
-                            backend::NOTICE_RESPONSE_TAG,
-                            &[&body],
-                        );
-                    }
+                    notice(&mut notices, body, &mut client.wbuf);
                     Ok(())
                 }
                 Event::Error(body) => Err(Failure::Shard(body)),
             };
             if let Err(f) = step {
                 failure = Some(f);
-                for (other, target) in self.targets.iter().enumerate() {
-                    if other != slot {
-                        cancelled.push(other);
-                        let target = target.clone();
-                        tokio::spawn(async move { crate::cancel::send_cancel(&target).await });
-                    }
-                }
+                cancelled = self.cancel_others(slot);
             }
             if client.wbuf.len() >= CLIENT_CHUNK {
                 client.flush().await?;
@@ -519,13 +622,7 @@ impl Merging {
             return Ok((Err(f), cancelled));
         }
         let Some((merger, _)) = merger else {
-            return Ok((
-                Err(Failure::Sidecar(ErrorReport::error(
-                    SqlState::CANNOT_CONNECT_NOW,
-                    "no shard answered the statement",
-                ))),
-                cancelled,
-            ));
+            return Ok((Err(no_shard()), cancelled));
         };
         Ok((
             merger.finish(&mut client.wbuf).map_err(Failure::from),
@@ -571,4 +668,66 @@ impl Merging {
         *merger = Some((made, fields.len()));
         Ok(())
     }
+}
+
+/// How the shards' events reach the merge.
+enum Events {
+    /// One channel, in arrival order.
+    Shared(mpsc::Receiver<(usize, Event)>),
+    /// A channel per shard (sorted rows, merged in order).
+    PerShard(Vec<mpsc::Receiver<(usize, Event)>>),
+}
+
+/// A shard's notice goes to the client once (every shard sends the same ones).
+fn notice(seen: &mut HashSet<Bytes>, body: Bytes, out: &mut BytesMut) {
+    if seen.insert(body.clone()) {
+        frontend::append_message(out, backend::NOTICE_RESPONSE_TAG, &[&body]);
+    }
+}
+
+fn no_shard() -> Failure {
+    Failure::Sidecar(ErrorReport::error(
+        SqlState::CANNOT_CONNECT_NOW,
+        "no shard answered the statement",
+    ))
+}
+
+/// A shard's next row (`None`: it has no more), its notices passed on.
+async fn next_row(
+    events: &mut mpsc::Receiver<(usize, Event)>,
+    merger: &Merger,
+    notices: &mut HashSet<Bytes>,
+    out: &mut BytesMut,
+) -> Result<Option<Row>, Failure> {
+    loop {
+        match events.recv().await {
+            None => return Ok(None),
+            Some((_, Event::Row(body))) => {
+                return merger.row(body).map(Some).map_err(Failure::from)
+            }
+            Some((_, Event::Notice(body))) => notice(notices, body, out),
+            Some((_, Event::Error(body))) => return Err(Failure::Shard(body)),
+            Some((_, Event::Described(_))) => {
+                return Err(Failure::from(MergeError::Malformed(
+                    "a shard described its rows twice".into(),
+                )))
+            }
+        }
+    }
+}
+
+/// The shard whose next row comes first (the lowest such shard among equals).
+fn smallest(merger: &Merger, heads: &[Option<Row>]) -> Result<Option<usize>, MergeError> {
+    let mut best: Option<(usize, &Row)> = None;
+    for (i, head) in heads.iter().enumerate() {
+        let Some(row) = head else {
+            continue;
+        };
+        best = match best {
+            Some((_, have)) if merger.order(row, have)?.is_lt() => Some((i, row)),
+            None => Some((i, row)),
+            kept => kept,
+        };
+    }
+    Ok(best.map(|(i, _)| i))
 }
