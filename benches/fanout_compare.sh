@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cross-shard reads: the same statements on one PostgreSQL holding every row (direct) and
 # through pgsidecar over 4 shards holding a quarter each (fan-out and merge), in one run.
-# Statements: count(*), ORDER BY … LIMIT 100 (pushed down, merged), GROUP BY with avg.
+# Statements: count(*), ORDER BY … LIMIT 100 (pushed down, merged), GROUP BY with avg, and
+# every row ORDER BY (merged k-way as it streams).
 # Prints pgbench's mean latency and tps for each, and the sidecar's resident memory before
 # and at its peak (VmHWM) across the run.
 #
@@ -73,9 +74,10 @@ declare -A statements=(
   [count]="SELECT count(*) FROM pgbench_accounts;"
   [order_limit]="SELECT aid, abalance FROM pgbench_accounts ORDER BY abalance DESC, aid LIMIT 100;"
   [group_avg]="SELECT bid, count(*), avg(abalance) FROM pgbench_accounts GROUP BY bid ORDER BY bid;"
+  [order_all]="SELECT aid, abalance FROM pgbench_accounts ORDER BY abalance, aid;"
 )
 echo "rows=$rows shards=4 clients=$clients seconds=$seconds"
-for name in count order_limit group_avg; do
+for name in count order_limit group_avg order_all; do
   printf '%s\n' "${statements[$name]}" >"$work/$name.sql"
   for target in direct sidecar; do
     port=$pg_port; [ "$target" = sidecar ] && port=$sidecar_port
