@@ -1,6 +1,7 @@
 //! [`Merger`]: the shards' rows in, the client's rows out, as the statement's [`MergeSpec`]
-//! says — streamed when nothing needs the whole set, held (within the budget) when sorting,
-//! DISTINCT or grouping does.
+//! says — streamed when nothing needs the whole set, held (within the budget) when DISTINCT
+//! or grouping does. Rows of an ORDER BY without grouping are pushed in order: the caller
+//! merges the shards' sorted streams k-way with [`Merger::order`].
 
 use super::*;
 
@@ -18,8 +19,6 @@ enum Mode {
     Stream,
     /// Rows go straight out unless seen before.
     Distinct(HashSet<Vec<u8>>),
-    /// Rows held until every shard is done, then sorted.
-    Sorted(Vec<Row>),
     Grouped {
         index: HashMap<Vec<u8>, usize>,
         groups: Vec<Group>,
@@ -87,18 +86,13 @@ impl Merger {
             spec,
         };
         merger.check_types()?;
-        let mode = match (
-            &merger.spec.grouping,
-            merger.spec.order.is_empty(),
-            merger.spec.distinct,
-        ) {
-            (Some(_), _, _) => Mode::Grouped {
+        let mode = match (&merger.spec.grouping, merger.spec.distinct) {
+            (Some(_), _) => Mode::Grouped {
                 index: HashMap::new(),
                 groups: Vec::new(),
             },
-            (None, false, _) => Mode::Sorted(Vec::new()),
-            (None, true, true) => Mode::Distinct(HashSet::new()),
-            (None, true, false) => Mode::Stream,
+            (None, true) => Mode::Distinct(HashSet::new()),
+            (None, false) => Mode::Stream,
         };
         Ok((Merger { mode, ..merger }, client))
     }
@@ -192,17 +186,6 @@ impl Merger {
         Ok(row)
     }
 
-    /// The rows will be pushed in the statement's order (a k-way merge of the shards' sorted
-    /// streams): none is held to be sorted.
-    pub fn presorted(&mut self) {
-        if matches!(self.mode, Mode::Sorted(_)) {
-            self.mode = match self.spec.distinct {
-                true => Mode::Distinct(HashSet::new()),
-                false => Mode::Stream,
-            };
-        }
-    }
-
     /// Postgres's order of two rows under the statement's ORDER BY.
     pub fn order(&self, a: &Row, b: &Row) -> Result<Ordering, MergeError> {
         compare_rows(a, b, &self.spec.order, &self.types)
@@ -225,11 +208,6 @@ impl Merger {
                     self.emit_leading(&row, out);
                 }
                 Ok(())
-            }
-            Mode::Sorted(rows) => {
-                let size = row.bytes();
-                rows.push(row);
-                self.charge(size)
             }
             Mode::Grouped { .. } => self.group(row),
         }
@@ -314,31 +292,6 @@ impl Merger {
     pub fn finish(mut self, out: &mut BytesMut) -> Result<u64, MergeError> {
         match std::mem::replace(&mut self.mode, Mode::Stream) {
             Mode::Stream | Mode::Distinct(_) => {}
-            Mode::Sorted(mut rows) => {
-                let mut failed = None;
-                let keys = self.spec.order.clone();
-                let types = self.types.clone();
-                rows.sort_by(|a, b| {
-                    compare_rows(a, b, &keys, &types).unwrap_or_else(|e| {
-                        failed.get_or_insert(e);
-                        Ordering::Equal
-                    })
-                });
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                let mut seen = HashSet::new();
-                for row in &rows {
-                    if self.spec.distinct {
-                        let mut key = Vec::new();
-                        canonical_leading(row, &self.types, self.leading(), &mut key)?;
-                        if !seen.insert(key) {
-                            continue;
-                        }
-                    }
-                    self.emit_leading(row, out);
-                }
-            }
             Mode::Grouped { groups, .. } => self.finish_groups(groups, out)?,
         }
         Ok(self.sent)

@@ -542,7 +542,6 @@ impl Merging {
         let Some((merger, _)) = made.as_mut() else {
             return Ok((Err(no_shard()), Vec::new()));
         };
-        merger.presorted();
         for (slot, events) in shards.iter_mut().enumerate() {
             match next_row(events, merger, &mut notices, &mut client.wbuf).await {
                 Ok(row) => heads.push(row),
