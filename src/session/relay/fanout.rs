@@ -46,8 +46,8 @@ enum Event {
     Notice(Bytes),
 }
 
-/// Why the merged reply ends in an error.
-enum Failure {
+/// Why a statement run on several shards ends in an error (reads, writes, COPY).
+pub(super) enum Failure {
     /// A shard's own ErrorResponse body.
     Shard(Bytes),
     Sidecar(ErrorReport),
@@ -57,6 +57,26 @@ impl From<MergeError> for Failure {
     fn from(e: MergeError) -> Failure {
         Failure::Sidecar(ErrorReport::error(e.sqlstate(), e.to_string()))
     }
+}
+
+impl Failure {
+    /// The client's ErrorResponse.
+    pub(super) fn write(&self, out: &mut BytesMut) {
+        match self {
+            Failure::Shard(body) => {
+                frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[body])
+            }
+            Failure::Sidecar(report) => report.write(out),
+        }
+    }
+}
+
+/// An ErrorResponse body (08006) in the sidecar's name, as a shard's would come: a shard's
+/// connection lost or unreadable.
+pub(super) fn lost_body(message: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    ErrorReport::error(SqlState::CONNECTION_FAILURE, message.to_string()).write(&mut body);
+    body.split_off(HEADER_LEN).freeze()
 }
 
 impl Relay {
@@ -93,13 +113,20 @@ impl Relay {
             self.adopt_request(&frames);
         }
         self.app.metrics.shards.ran("read", outcome.is_ok());
+        self.end_across(outcome.map(|rows| format!("SELECT {rows}")))
+            .await
+    }
+
+    /// The end of a statement run on several shards: its command tag or its error, then the
+    /// client's ReadyForQuery (outside a transaction), written out.
+    pub(super) async fn end_across(
+        &mut self,
+        outcome: Result<String, Failure>,
+    ) -> Result<(), RelayError> {
         let out = &mut self.client.wbuf;
         match outcome {
-            Ok(rows) => backend::command_complete(out, &format!("SELECT {rows}")),
-            Err(Failure::Shard(body)) => {
-                frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[&body])
-            }
-            Err(Failure::Sidecar(report)) => report.write(out),
+            Ok(tag) => backend::command_complete(out, &tag),
+            Err(failure) => failure.write(out),
         }
         backend::ready_for_query(out, TransactionStatus::Idle);
         self.write_client().await
@@ -407,11 +434,7 @@ async fn run_shard(
     // Every statement the checkout queued answers with a ReadyForQuery, then ours.
     let mut owed = att.expect.len() + 1;
     let request = std::mem::take(&mut att.wbuf);
-    let lost = |message: &str| {
-        let mut body = BytesMut::new();
-        ErrorReport::error(SqlState::CONNECTION_FAILURE, message.to_string()).write(&mut body);
-        Event::Error(body.split_off(HEADER_LEN).freeze())
-    };
+    let lost = |message: &str| Event::Error(lost_body(message));
     let conn = att.server.conn_mut();
     if conn.write_all(&request).await.is_err() {
         let _ = events

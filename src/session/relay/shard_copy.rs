@@ -6,8 +6,7 @@
 //! row without a valid key, a CopyFail or a message that does not belong in COPY ends it with
 //! an error and the shards' connections are closed (their transactions roll back).
 
-use super::fanout::Asked;
-use super::shard_write::Failure;
+use super::fanout::{Asked, Failure};
 use super::*;
 use crate::protocol::copy::{CopyError, Piece, Splitter};
 use crate::route::shard::ShardedTable;
@@ -238,16 +237,7 @@ impl Relay {
                 }
             }
         }
-        let out = &mut self.client.wbuf;
-        match outcome {
-            Ok(tag) => backend::command_complete(out, &tag),
-            Err(Failure::Shard(body)) => {
-                frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[&body])
-            }
-            Err(Failure::Sidecar(report)) => report.write(out),
-        }
-        backend::ready_for_query(out, TransactionStatus::Idle);
-        self.write_client().await
+        self.end_across(outcome).await
     }
 }
 

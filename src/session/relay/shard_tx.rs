@@ -9,7 +9,7 @@
 //! transaction any other way, and statements that change session state are refused while the
 //! transaction is spread (raised there, so the transaction fails as Postgres would fail it).
 
-use super::shard_write::{append_prepare, shard_gid, Failure, Shape};
+use super::shard_write::{append_prepare, shard_gid, Shape};
 use super::shards::{Placed, Spread};
 use super::*;
 use crate::sql::class::Kind;
@@ -193,18 +193,9 @@ impl Relay {
                         (shard_gid, att)
                     })
                     .collect();
-                match self
-                    .run_two_phase(&coordinator, &gid, attachments, Shape::Commit)
+                self.run_two_phase(&coordinator, &gid, attachments, Shape::Commit)
                     .await
-                {
-                    Ok(_) => queue::LocalReply::Done("COMMIT"),
-                    Err(Failure::Shard(body)) => {
-                        let mut out = bytes::BytesMut::new();
-                        frontend::append_message(&mut out, backend::ERROR_RESPONSE_TAG, &[&body]);
-                        queue::LocalReply::Cached(out.freeze())
-                    }
-                    Err(Failure::Sidecar(report)) => queue::LocalReply::Failed(report),
-                }
+                    .map(|_| "COMMIT")
             }
             _ => {
                 for (_, mut att) in all {
@@ -212,16 +203,19 @@ impl Relay {
                         att.server.release();
                     }
                 }
-                queue::LocalReply::Done("ROLLBACK")
+                Ok("ROLLBACK")
             }
         };
-        self.app.metrics.shards.ran(
-            "transaction",
-            !matches!(
-                reply,
-                queue::LocalReply::Failed(_) | queue::LocalReply::Cached(_)
-            ),
-        );
+        self.app.metrics.shards.ran("transaction", reply.is_ok());
+        let reply = match reply {
+            Ok(tag) => queue::LocalReply::Done(tag),
+            Err(failure) => {
+                // The error the COMMIT failed with; the ReadyForQuery follows in turn.
+                let mut out = bytes::BytesMut::new();
+                failure.write(&mut out);
+                queue::LocalReply::Cached(out.freeze())
+            }
+        };
         self.move_to_shard(current);
         self.answer_in_turn(reply);
     }

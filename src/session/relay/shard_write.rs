@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use super::fanout::Asked;
+use super::fanout::{lost_body, Asked, Failure};
 use super::*;
 use crate::protocol::bind::Bind;
 
@@ -152,29 +152,22 @@ impl Relay {
         if asked.bind.is_some() {
             out.extend_from_slice(backend::BIND_COMPLETE);
         }
-        match reply {
-            Ok((described, rows, tag)) => {
-                match described {
-                    Some(body) if asked.describe => {
-                        frontend::append_message(out, backend::ROW_DESCRIPTION_TAG, &[&body])
-                    }
-                    None if asked.describe && asked.bind.is_some() => {
-                        out.extend_from_slice(backend::NO_DATA)
-                    }
-                    _ => {}
+        let outcome = reply.map(|(described, rows, tag)| {
+            match described {
+                Some(body) if asked.describe => {
+                    frontend::append_message(out, backend::ROW_DESCRIPTION_TAG, &[&body])
                 }
-                for row in rows {
-                    frontend::append_message(out, backend::DATA_ROW_TAG, &[&row]);
+                None if asked.describe && asked.bind.is_some() => {
+                    out.extend_from_slice(backend::NO_DATA)
                 }
-                backend::command_complete(out, &tag);
+                _ => {}
             }
-            Err(Failure::Shard(body)) => {
-                frontend::append_message(out, backend::ERROR_RESPONSE_TAG, &[&body])
+            for row in rows {
+                frontend::append_message(out, backend::DATA_ROW_TAG, &[&row]);
             }
-            Err(Failure::Sidecar(report)) => report.write(out),
-        }
-        backend::ready_for_query(out, TransactionStatus::Idle);
-        self.write_client().await
+            tag
+        });
+        self.end_across(outcome).await
     }
 
     /// A request that ran on several shards: its Parse is the client's statement (as after a
@@ -287,12 +280,6 @@ pub(super) enum Shape {
     Commit,
 }
 
-/// Why a write across shards failed.
-pub(super) enum Failure {
-    Shard(Bytes),
-    Sidecar(ErrorReport),
-}
-
 /// BEGIN, the statement, PREPARE TRANSACTION — after what prepares the connection.
 fn phase1_request(
     out: &mut BytesMut,
@@ -365,11 +352,7 @@ async fn phase_one(mut att: Box<Attachment>, before: usize, statement: bool) -> 
         clean: false,
         out: Output::default(),
     };
-    let lost = |message: &str| {
-        let mut body = BytesMut::new();
-        ErrorReport::error(SqlState::CONNECTION_FAILURE, message.to_string()).write(&mut body);
-        body.split_off(HEADER_LEN).freeze()
-    };
+    let lost = lost_body;
     let conn = p.att.server.conn_mut();
     if conn.write_all(&request).await.is_err() {
         p.out.error = Some(lost("a shard's connection was lost"));
