@@ -714,6 +714,26 @@ async fn a_transaction_across_shards_commits_on_all_or_none() {
         .await
         .unwrap();
     let err = client
+        .batch_execute("PREPARE TRANSACTION 'mine'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[0]
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+            k[2]
+        ))
+        .await
+        .unwrap();
+    let err = client
         .batch_execute("SET work_mem = '8MB'")
         .await
         .unwrap_err();

@@ -124,13 +124,12 @@ impl Relay {
                 Classification::Parsed(parsed) => parsed.iter().map(|c| &c.kind).collect(),
                 Classification::Unparsed { .. } => Vec::new(),
             };
-            let chain = String::from_utf8_lossy(sql)
-                .to_ascii_lowercase()
-                .contains("chain");
+            // A COMMIT or ROLLBACK of its own (the classification keeps no AND CHAIN: a
+            // statement that short has no string literal the word could stand in).
             let own = frames.len() == 1
                 && frame.tag() == frontend::QUERY_TAG
                 && kinds.len() == 1
-                && !chain;
+                && !sql.to_ascii_lowercase().windows(5).any(|w| w == b"chain");
             match kinds.as_slice() {
                 [Kind::Commit] if own => ends = Some(true),
                 [Kind::Rollback] if own => ends = Some(false),
@@ -141,10 +140,10 @@ impl Relay {
                     refused = Some("savepoints are not supported in a transaction across shards")
                 }
                 _ => {
+                    // PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED do not parse: their
+                    // effects are unknown, so they are refused here too.
                     let (effects, _) = self.effects(frame, Some(classified));
-                    let prepared_tx = String::from_utf8_lossy(sql).to_ascii_lowercase().contains("prepare transaction")
-                        || String::from_utf8_lossy(sql).to_ascii_lowercase().contains(" prepared");
-                    if effects.capture || effects.listens || !effects.sql_ops.is_empty() || prepared_tx {
+                    if effects.capture || effects.listens || !effects.sql_ops.is_empty() {
                         refused = Some(
                             "a transaction across shards cannot change session state (settings, locks, \
                              LISTEN, prepared statements, temporary objects) or prepare itself: do it \
