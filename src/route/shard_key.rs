@@ -135,9 +135,14 @@ fn one(
     tables: &[ShardedTable],
     shards: usize,
 ) -> ShardRoute {
+    let names = class.tables_read.iter().chain(&class.tables_written);
+    let sharded = tables.iter().filter(|t| {
+        names
+            .clone()
+            .any(|n| names_table(n, t) && on_search_path(n, t, statement.search_path))
+    });
     if matches!(class.kind, Kind::CopyFrom | Kind::CopyTo) {
-        // COPY's rows are not split or merged across shards (yet): one shard, by hint.
-        return match (touches_sharded(class, tables, statement.search_path), &class.kind) {
+        return match (sharded.clone().next().is_some(), &class.kind) {
             // Split by each row's key, on every shard (all or none).
             (true, Kind::CopyFrom) => ShardRoute::Writes((0..shards).collect()),
             (true, _) => ShardRoute::refused(
@@ -150,12 +155,6 @@ fn one(
             ),
         };
     }
-    let names = class.tables_read.iter().chain(&class.tables_written);
-    let sharded = tables.iter().filter(|t| {
-        names
-            .clone()
-            .any(|n| names_table(n, t) && on_search_path(n, t, statement.search_path))
-    });
     if sharded.clone().next().is_none() {
         let writes =
             !class.tables_written.is_empty() || matches!(class.kind, Kind::Write | Kind::Ddl);
@@ -225,20 +224,6 @@ fn needs_key(table: &ShardedTable) -> ShardRoute {
         table.column,
         table.column
     ))
-}
-
-/// Whether a statement names a sharded table.
-fn touches_sharded(
-    class: &StatementClass,
-    tables: &[ShardedTable],
-    path: Option<&[String]>,
-) -> bool {
-    let names = class.tables_read.iter().chain(&class.tables_written);
-    tables.iter().any(|t| {
-        names
-            .clone()
-            .any(|n| names_table(n, t) && on_search_path(n, t, path))
-    })
 }
 
 /// Whether the sharded tables of a statement are all joined through their key columns
