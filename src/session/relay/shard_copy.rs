@@ -156,10 +156,7 @@ impl Relay {
         let mut failed: Option<ErrorReport> = None;
         let count = shards.len();
         loop {
-            let frame = match self.held.pop_front() {
-                Some((frame, _)) => frame,
-                None => self.client.read_frame().await?,
-            };
+            let frame = self.next_client_frame().await?;
             let last = match frame.tag() {
                 frontend::COPY_DATA_TAG => {
                     splitter.push(frame.body());
@@ -215,6 +212,14 @@ impl Relay {
         }
     }
 
+    /// The client's next message during COPY: one the intake held already, else read.
+    async fn next_client_frame(&mut self) -> Result<Frame, RelayError> {
+        match self.held.pop_front() {
+            Some((frame, _)) => Ok(frame),
+            None => Ok(self.client.read_frame().await?),
+        }
+    }
+
     /// The client's reply to a COPY across shards (`Err`: nothing committed; the shards'
     /// connections were closed or rolled back). After an extended-protocol COPY the
     /// ReadyForQuery answers the client's Sync (read here; anything before it is dropped, as
@@ -228,10 +233,7 @@ impl Relay {
         self.app.metrics.shards.ran("copy", outcome.is_ok());
         if extended {
             loop {
-                let frame = match self.held.pop_front() {
-                    Some((frame, _)) => frame,
-                    None => self.client.read_frame().await?,
-                };
+                let frame = self.next_client_frame().await?;
                 if frame.tag() == frontend::SYNC_TAG {
                     break;
                 }
