@@ -225,6 +225,21 @@ fn limit(rng: &mut Lcg) -> String {
     }
 }
 
+/// A generated statement, with LIMIT/OFFSET drawn when it orders its rows.
+fn ordered(mut sql: String, order: Option<Vec<usize>>, rng: &mut Lcg) -> Generated {
+    let lim = if order.is_some() {
+        limit(rng)
+    } else {
+        String::new()
+    };
+    sql += &lim;
+    Generated {
+        sql,
+        order,
+        limited: !lim.is_empty(),
+    }
+}
+
 fn generate(rng: &mut Lcg) -> Generated {
     match rng.below(4) {
         // Plain rows.
@@ -244,17 +259,7 @@ fn generate(rng: &mut Lcg) -> Generated {
                 sql += &format!(" ORDER BY {}", by.join(", "));
                 order = Some(keys);
             }
-            let lim = if order.is_some() {
-                limit(rng)
-            } else {
-                String::new()
-            };
-            sql += &lim;
-            Generated {
-                sql,
-                order,
-                limited: !lim.is_empty(),
-            }
+            ordered(sql, order, rng)
         }
         // DISTINCT.
         1 => {
@@ -266,17 +271,7 @@ fn generate(rng: &mut Lcg) -> Generated {
                 sql += &format!(" ORDER BY 1{}, 2{}", direction(rng), direction(rng));
                 order = Some(vec![0, 1]);
             }
-            let lim = if order.is_some() {
-                limit(rng)
-            } else {
-                String::new()
-            };
-            sql += &lim;
-            Generated {
-                sql,
-                order,
-                limited: !lim.is_empty(),
-            }
+            ordered(sql, order, rng)
         }
         // Aggregates without GROUP BY.
         2 => {
@@ -322,17 +317,7 @@ fn generate(rng: &mut Lcg) -> Generated {
                     order = Some(vec![1, 0]);
                 }
             }
-            let lim = if order.is_some() {
-                limit(rng)
-            } else {
-                String::new()
-            };
-            sql += &lim;
-            Generated {
-                sql,
-                order,
-                limited: !lim.is_empty(),
-            }
+            ordered(sql, order, rng)
         }
     }
 }

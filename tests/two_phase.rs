@@ -163,15 +163,8 @@ async fn writes_across_shards_commit_everywhere_or_nowhere() {
         .psql("app", "ALTER TABLE items ADD CHECK (note <> 'bad')")
         .unwrap();
     // One row on each shard, so the statement is split across all three.
-    let rows: Vec<String> = key_per_shard(100)
-        .iter()
-        .map(|k| format!("({k}, 'bad')"))
-        .collect();
     let err = client
-        .batch_execute(&format!(
-            "INSERT INTO items (customer_id, note) VALUES {}",
-            rows.join(", ")
-        ))
+        .batch_execute(&insert_sql(&key_per_shard(100), "bad"))
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("23514"), "{err}");
@@ -300,6 +293,38 @@ async fn cuttable_hold_proxy(
     (port, cut)
 }
 
+/// An INSERT of one row per key, with this note.
+fn insert_sql(keys: &[i64], note: &str) -> String {
+    let rows: Vec<String> = keys.iter().map(|k| format!("({k}, '{note}')")).collect();
+    format!(
+        "INSERT INTO items (customer_id, note) VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// The sidecar binary over `urls` (its state in `state`) and, in the background, a client
+/// inserting one row per key through it.
+async fn binary_writing(
+    urls: &[String],
+    state: &std::path::Path,
+    keys: &[i64],
+    note: &str,
+) -> (
+    tokio::process::Child,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let port = free_port();
+    let sidecar = spawn_sidecar(&toml(urls, state, &format!("127.0.0.1:{port}")), port).await;
+    let client = connect(([127, 0, 0, 1], port).into(), "app", PASSWORD, "app")
+        .await
+        .unwrap();
+    let sql = insert_sql(keys, note);
+    (
+        sidecar,
+        tokio::spawn(async move { client.batch_execute(&sql).await }),
+    )
+}
+
 /// The sidecar binary on `port` with this configuration.
 async fn spawn_sidecar(config: &str, port: u16) -> tokio::process::Child {
     let path = std::env::temp_dir().join(format!("pgsidecar-two-phase-{port}.toml"));
@@ -368,20 +393,7 @@ async fn a_sidecar_killed_between_the_phases_is_resolved_by_its_restart() {
     // Killed after the decision to commit: shards 0 and 1 committed, shard 2 still prepared.
     let keys = key_per_shard(1000);
     let proxy = hold_proxy(shards[2].port, b"COMMIT PREPARED").await;
-    let port = free_port();
-    let mut sidecar = spawn_sidecar(
-        &toml(&through(proxy), state.path(), &format!("127.0.0.1:{port}")),
-        port,
-    )
-    .await;
-    let client = connect(([127, 0, 0, 1], port).into(), "app", PASSWORD, "app")
-        .await
-        .unwrap();
-    let sql = format!(
-        "INSERT INTO items (customer_id, note) VALUES ({}, 'c'), ({}, 'c'), ({}, 'c')",
-        keys[0], keys[1], keys[2]
-    );
-    let write = tokio::spawn(async move { client.batch_execute(&sql).await });
+    let (mut sidecar, write) = binary_writing(&through(proxy), state.path(), &keys, "c").await;
     until(
         &shards[0],
         &format!("SELECT count(*) FROM items WHERE customer_id = {}", keys[0]),
@@ -420,20 +432,7 @@ async fn a_sidecar_killed_between_the_phases_is_resolved_by_its_restart() {
     // Killed before every shard prepared: rolled back everywhere.
     let keys = key_per_shard(2000);
     let proxy = hold_proxy(shards[2].port, b"PREPARE TRANSACTION").await;
-    let port = free_port();
-    let mut sidecar = spawn_sidecar(
-        &toml(&through(proxy), state.path(), &format!("127.0.0.1:{port}")),
-        port,
-    )
-    .await;
-    let client = connect(([127, 0, 0, 1], port).into(), "app", PASSWORD, "app")
-        .await
-        .unwrap();
-    let sql = format!(
-        "INSERT INTO items (customer_id, note) VALUES ({}, 'r'), ({}, 'r'), ({}, 'r')",
-        keys[0], keys[1], keys[2]
-    );
-    let write = tokio::spawn(async move { client.batch_execute(&sql).await });
+    let (mut sidecar, write) = binary_writing(&through(proxy), state.path(), &keys, "r").await;
     until(&shards[0], prepared, "1").await;
     until(&shards[1], prepared, "1").await;
     sidecar.kill().await.unwrap();
@@ -761,10 +760,7 @@ async fn a_commit_prepared_that_fails_is_finished_in_the_background() {
     let sidecar = start(&toml(&urls, state.path(), "127.0.0.1:0")).await;
     let client = connect(sidecar.addr, "app", PASSWORD, "app").await.unwrap();
     let keys = key_per_shard(6000);
-    let sql = format!(
-        "INSERT INTO items (customer_id, note) VALUES ({}, 'd'), ({}, 'd'), ({}, 'd')",
-        keys[0], keys[1], keys[2]
-    );
+    let sql = insert_sql(&keys, "d");
     let write = tokio::spawn(async move { client.simple_query(&sql).await.map(|m| tag(&m)) });
     let prepared = "SELECT count(*) FROM pg_prepared_xacts";
     until(&shards[2], prepared, "1").await;
