@@ -681,63 +681,29 @@ async fn a_transaction_across_shards_commits_on_all_or_none() {
         .await
         .unwrap_err();
     client.batch_execute("ROLLBACK").await.unwrap();
-    client
-        .batch_execute(&format!(
-            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!(
-            "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
-            k[2]
-        ))
-        .await
-        .unwrap();
-    let err = client.batch_execute("SAVEPOINT a").await.unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
-    client.batch_execute("ROLLBACK").await.unwrap();
-    client
-        .batch_execute(&format!(
-            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!(
-            "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
-            k[2]
-        ))
-        .await
-        .unwrap();
-    let err = client
-        .batch_execute("PREPARE TRANSACTION 'mine'")
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
-    client.batch_execute("ROLLBACK").await.unwrap();
-    client
-        .batch_execute(&format!(
-            "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
-            k[0]
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!(
-            "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
-            k[2]
-        ))
-        .await
-        .unwrap();
-    let err = client
-        .batch_execute("SET work_mem = '8MB'")
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err}");
-    client.batch_execute("ROLLBACK").await.unwrap();
+    for refused in [
+        "SAVEPOINT a",
+        "PREPARE TRANSACTION 'mine'",
+        "SET work_mem = '8MB'",
+    ] {
+        client
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+                k[0]
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO items (customer_id, note) VALUES ({}, 's')",
+                k[2]
+            ))
+            .await
+            .unwrap();
+        let err = client.batch_execute(refused).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{refused}: {err}");
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
     for pg in &shards {
         assert_eq!(count(pg, 5000), "0");
         assert_eq!(one(pg, "SELECT count(*) FROM pg_prepared_xacts"), "0");
