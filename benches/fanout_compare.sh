@@ -15,24 +15,14 @@ rows=$((scale * 100000))
 
 # shard_server N: a PostgreSQL holding the pgbench_accounts rows with aid % 4 = N.
 shard_server() {
-  local dir="$work/shard$1" port
-  port=$(free_port)
-  mkdir -p "$dir" && [ "$(id -u)" = 0 ] && chown postgres "$dir"
-  as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
-  as_pg "$bin/pg_ctl" -D "$dir" -l "$dir.log" -w \
-    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off" start >/dev/null
-  "$bin/psql" -X -q -h "$work" -p "$port" -U postgres -d postgres \
-    -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+  local port
+  start_server "$1"
+  eval "port=\$port_$1"
   PGPASSWORD=secret "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U app -d app \
     -c "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))" \
     -c "INSERT INTO pgbench_accounts SELECT aid, (aid - 1) / 100000 + 1, aid % 1000, '' FROM generate_series(1, $rows) aid WHERE aid % 4 = $1" \
     -c "VACUUM ANALYZE pgbench_accounts"
-  eval "port_$1=$port"
 }
-stop_shards() {
-  for n in 0 1 2 3; do as_pg "$bin/pg_ctl" -D "$work/shard$n" -m immediate stop >/dev/null 2>&1 || true; done
-}
-trap 'stop_shards; cleanup' EXIT
 for n in 0 1 2 3; do shard_server "$n"; done
 # The oracle's rows match the shards' (pgbench -i leaves abalance at 0).
 psql_su -d app -c "UPDATE pgbench_accounts SET abalance = aid % 1000" -c "VACUUM ANALYZE pgbench_accounts"

@@ -2,7 +2,7 @@
 # PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
 # a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
 # Sets: bin root work pg_port; functions as_pg free_port psql_su start_postgres start_replica
-# start_sidecar sidecar_toml pgbench_groups tps_of.
+# start_server start_sidecar sidecar_toml pgbench_groups tps_of.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -18,8 +18,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 work=$(mktemp -d /tmp/pgsidecar-bench.XXXXXX)
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 pids=()
+servers=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for d in "${servers[@]}"; do as_pg "$bin/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
   pkill -f "$work/pgbouncer.ini" 2>/dev/null || true
   as_pg "$bin/pg_ctl" -D "$work/replica" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
@@ -45,6 +47,21 @@ start_replica() {
     -o "-p $replica_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
 }
 psql_su() { "$bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres "$@"; }
+
+# start_server N [SERVER_OPTIONS]: another PostgreSQL (shards) with role app/secret and an
+# empty database app; sets port_N; stopped at exit.
+start_server() {
+  local dir="$work/shard$1" port
+  port=$(free_port)
+  mkdir -p "$dir" && [ "$(id -u)" = 0 ] && chown postgres "$dir"
+  as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+  servers+=("$dir")
+  as_pg "$bin/pg_ctl" -D "$dir" -l "$dir.log" -w \
+    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off ${2:-}" start >/dev/null
+  "$bin/psql" -X -q -h "$work" -p "$port" -U postgres -d postgres \
+    -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+  eval "port_$1=$port"
+}
 
 # start_sidecar PORT POOL: pgsidecar in transaction mode in front of the database.
 start_sidecar() {

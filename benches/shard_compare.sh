@@ -11,25 +11,12 @@ rounds=${1:-3}; seconds=${2:-10}; clients=${3:-16}; pool=${4:-10}
 source "$(dirname "$0")/lib.sh"
 start_postgres 2
 
-# extra_server N: another PostgreSQL with the same role and pgbench tables; sets port_N.
-extra_server() {
-  local dir="$work/shard$1" port
-  port=$(free_port)
-  mkdir -p "$dir" && [ "$(id -u)" = 0 ] && chown postgres "$dir"
-  as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
-  as_pg "$bin/pg_ctl" -D "$dir" -l "$dir.log" -w \
-    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off" start >/dev/null
-  "$bin/psql" -X -q -h "$work" -p "$port" -U postgres -d postgres \
-    -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
-  "$bin/pgbench" -i -q -s 2 -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
-  eval "port_$1=$port"
-}
-stop_extra() {
-  for n in 1 2; do as_pg "$bin/pg_ctl" -D "$work/shard$n" -m immediate stop >/dev/null 2>&1 || true; done
-}
-trap 'stop_extra; cleanup' EXIT
-extra_server 1
-extra_server 2
+# Two more servers, each with the same pgbench tables.
+for n in 1 2; do
+  start_server "$n"
+  eval "p=\$port_$n"
+  "$bin/pgbench" -i -q -s 2 -h 127.0.0.1 -p "$p" -U app app >/dev/null 2>&1
+done
 
 plain_port=$(free_port); sharded_port=$(free_port)
 start_sidecar "$plain_port" "$pool"

@@ -10,23 +10,14 @@ seconds=${1:-10}; clients=${2:-2}
 source "$(dirname "$0")/lib.sh"
 start_postgres 1
 
+# shard_server N: a PostgreSQL that can prepare transactions, with an empty items table.
 shard_server() {
-  local dir="$work/shard$1" port
-  port=$(free_port)
-  mkdir -p "$dir" && [ "$(id -u)" = 0 ] && chown postgres "$dir"
-  as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
-  as_pg "$bin/pg_ctl" -D "$dir" -l "$dir.log" -w \
-    -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_prepared_transactions=50 -c fsync=off -c synchronous_commit=off" start >/dev/null
-  "$bin/psql" -X -q -h "$work" -p "$port" -U postgres -d postgres \
-    -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+  local port
+  start_server "$1" "-c max_prepared_transactions=50"
+  eval "port=\$port_$1"
   PGPASSWORD=secret "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U app -d app \
     -c "CREATE TABLE items (customer_id bigint, note text)"
-  eval "port_$1=$port"
 }
-stop_shards() {
-  for n in 0 1 2 3; do as_pg "$bin/pg_ctl" -D "$work/shard$n" -m immediate stop >/dev/null 2>&1 || true; done
-}
-trap 'stop_shards; cleanup' EXIT
 for n in 0 1 2 3; do shard_server "$n"; done
 psql_su -d app -c "CREATE TABLE items (customer_id bigint, note text)" \
   -c "CREATE TABLE hp (k bigint) PARTITION BY HASH (k)" -c "ALTER TABLE items OWNER TO app"
