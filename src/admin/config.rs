@@ -1,7 +1,7 @@
 //! `SHOW CONFIG`: the settings in effect, with their defaults and whether RELOAD changes them
 //! (PgBouncer's columns `key`, `value`, `default`, `changeable`). Secrets are never listed.
 
-use super::show::{Cell, Kind, Table};
+use super::table::{Cell, Kind, Table};
 use crate::app::App;
 use crate::config::{format_duration, Config, Overrides};
 

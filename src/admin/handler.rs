@@ -19,7 +19,8 @@ use pgwire::messages::PgWireBackendMessage;
 
 use super::command::{parse, Command};
 use super::error;
-use super::show::{show, Cell, Kind, Table};
+use super::show::show;
+use super::table::{Cell, Kind, Table};
 use crate::app::App;
 use crate::pool::Pool;
 use crate::protocol::sqlstate::SqlState;

@@ -8,6 +8,7 @@ mod command;
 mod config;
 mod handler;
 mod show;
+mod table;
 
 use std::collections::HashMap;
 use std::pin::Pin;

@@ -6,55 +6,9 @@
 use std::time::UNIX_EPOCH;
 
 use super::command::Show;
+use super::table::{int, Cell, Kind, Table};
 use crate::app::App;
 use crate::pool::{Database, Pool};
-
-/// The type of a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Text,
-    Int,
-}
-
-/// One cell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cell {
-    Text(String),
-    Int(i64),
-    Null,
-}
-
-impl From<&str> for Cell {
-    fn from(s: &str) -> Cell {
-        Cell::Text(s.to_owned())
-    }
-}
-
-impl From<String> for Cell {
-    fn from(s: String) -> Cell {
-        Cell::Text(s)
-    }
-}
-
-fn int(n: impl TryInto<i64>) -> Cell {
-    Cell::Int(n.try_into().unwrap_or(i64::MAX))
-}
-
-/// A result: named, typed columns and rows of cells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
-    pub columns: Vec<(&'static str, Kind)>,
-    pub rows: Vec<Vec<Cell>>,
-}
-
-impl Table {
-    fn new(columns: &[(&'static str, Kind)]) -> Table {
-        Table {
-            columns: columns.to_vec(),
-            rows: Vec::new(),
-        }
-    }
-}
 
 use Kind::{Int as I, Text as T};
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::sql_names::local_deallocate;
 use crate::protocol::backend::{self, ErrorReport, TransactionStatus};
 use crate::protocol::sqlstate::SqlState;
 use crate::route::plan::ROUTE_SETTING;
@@ -128,6 +127,27 @@ impl ReplyQueue {
             _ => None,
         }
     }
+}
+
+/// Answers SQL `DEALLOCATE name` of a protocol-level statement as Postgres would in
+/// transaction state `status`: refused in a failed transaction, else the statement is gone.
+fn local_deallocate(
+    out: &mut bytes::BytesMut,
+    statements: &mut ClientStatements,
+    (name, prepared): (&str, Arc<Prepared>),
+    status: TransactionStatus,
+) {
+    if status == TransactionStatus::Failed {
+        statements.restore(name.as_bytes(), prepared);
+        ErrorReport::error(
+            SqlState::IN_FAILED_SQL_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )
+        .write(out);
+    } else {
+        backend::command_complete(out, "DEALLOCATE");
+    }
+    backend::ready_for_query(out, status);
 }
 
 #[cfg(test)]

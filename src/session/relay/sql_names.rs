@@ -6,7 +6,6 @@
 
 use super::queue::LocalReply;
 use super::*;
-use crate::session::statements::Prepared;
 use crate::sql::rename::execute_target;
 
 impl Relay {
@@ -70,25 +69,4 @@ impl Relay {
         extended::prepare_for_query(att, &prepared);
         Some(with_text(frame, &renamed))
     }
-}
-
-/// Answers SQL `DEALLOCATE name` of a protocol-level statement as Postgres would in
-/// transaction state `status`: refused in a failed transaction, else the statement is gone.
-pub(super) fn local_deallocate(
-    out: &mut bytes::BytesMut,
-    statements: &mut ClientStatements,
-    (name, prepared): (&str, Arc<Prepared>),
-    status: TransactionStatus,
-) {
-    if status == TransactionStatus::Failed {
-        statements.restore(name.as_bytes(), prepared);
-        ErrorReport::error(
-            SqlState::IN_FAILED_SQL_TRANSACTION,
-            "current transaction is aborted, commands ignored until end of transaction block",
-        )
-        .write(out);
-    } else {
-        backend::command_complete(out, "DEALLOCATE");
-    }
-    backend::ready_for_query(out, status);
 }
