@@ -178,6 +178,9 @@ impl Pool {
         settings: &SharedSettings,
         tenant: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
+        if let Some(checkout) = self.checkout_idle_now(settings, tenant) {
+            return Ok(checkout);
+        }
         if self.paused_flag.load(Ordering::Acquire) {
             self.until_resumed().await?;
         }
@@ -219,6 +222,27 @@ impl Pool {
         };
         self.metrics.server_state(ServerState::Active).inc();
         Ok(Checkout {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: Arc::clone(self),
+        })
+    }
+
+    /// [`Pool::checkout_for`] when it needs no waiting: the pool is not paused, a permit is
+    /// free and an idle connection is there. `None` otherwise (nothing is taken).
+    pub fn checkout_idle_now(
+        self: &Arc<Self>,
+        settings: &SharedSettings,
+        tenant: Option<&str>,
+    ) -> Option<Checkout> {
+        if self.paused_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let conn = self.take_idle(settings, tenant)?;
+        self.metrics.checkout_wait.observe(0.0);
+        self.metrics.server_state(ServerState::Active).inc();
+        Some(Checkout {
             conn: Some(conn),
             permit: Some(permit),
             pool: Arc::clone(self),

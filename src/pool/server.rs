@@ -515,6 +515,23 @@ impl ServerConn {
         .await
     }
 
+    /// Writes what the socket takes of `out` now, without waiting (the written bytes are
+    /// removed from `out`; the task is woken when more can go). A failed write leaves its
+    /// bytes in `out` for the next [`ServerConn::exchange`], which meets the error again.
+    pub async fn write_now(&mut self, out: &mut BytesMut) {
+        let stream = &mut self.stream;
+        std::future::poll_fn(|cx| {
+            while !out.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, out) {
+                    Poll::Ready(Ok(n)) if n > 0 => out.advance(n),
+                    _ => break,
+                }
+            }
+            Poll::Ready(())
+        })
+        .await
+    }
+
     /// Writes bytes to the server.
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
         self.stream.write_all(bytes).await?;

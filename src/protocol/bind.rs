@@ -46,7 +46,7 @@ impl<'a> Reader<'a> {
     }
 
     fn cstr(&mut self) -> Option<&'a [u8]> {
-        let end = self.0.iter().position(|&b| b == 0)?;
+        let end = memchr::memchr(0, self.0)?;
         let s = self.take(end)?;
         self.take(1)?;
         Some(s)

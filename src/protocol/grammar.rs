@@ -30,7 +30,7 @@ impl Cursor<'_> {
     }
 
     fn cstr(&mut self) -> Option<()> {
-        let end = self.0.iter().position(|&b| b == 0)?;
+        let end = memchr::memchr(0, self.0)?;
         self.skip(end + 1)
     }
 

@@ -9,6 +9,12 @@ use super::*;
 /// ahead (so a client that leaves is noticed); past it the client is not read.
 const WAITING_READ_AHEAD: usize = 1024 * 1024;
 
+/// What waiting for a checkout gave: the tenant's permit (under a cap) and the checkout.
+type Waited = (
+    Option<tokio::sync::OwnedSemaphorePermit>,
+    Result<crate::pool::Checkout, crate::pool::CheckoutError>,
+);
+
 impl Relay {
     /// Checks out a server connection for `target` and queues what makes it carry this
     /// client's settings.
@@ -24,50 +30,16 @@ impl Relay {
         pool: Arc<crate::pool::Pool>,
         upstream: crate::route::replica::Upstream,
     ) -> Result<Box<Attachment>, ErrorReport> {
-        let cancelled = self.info.key.waiting();
-        // A client that leaves while it waits leaves the queue too.
-        let (tenant_permit, checkout) = {
-            let gone = self.client.gone(WAITING_READ_AHEAD);
-            tokio::pin!(gone);
-            let user_cancel = |app: &App| {
-                app.metrics.error("cancelled_waiting");
-                ErrorReport::error(
-                    SqlState::QUERY_CANCELED,
-                    "canceling statement due to user request",
-                )
-            };
-            let left = |app: &App| {
-                app.metrics.error("client_gone_waiting");
-                ErrorReport::error(
-                    SqlState::QUERY_CANCELED,
-                    "canceling statement: the client went away while it waited for a connection",
-                )
-            };
-            // A tenant at its cap waits here, behind nobody else's requests.
-            let limits = self.live.tenant_limits.clone();
-            let tenant_permit = match (&limits, &self.info.tenant) {
-                (Some(limits), Some(tenant)) => {
-                    let timeout = self.live.config.pool.checkout_timeout;
-                    tokio::select! {
-                        permit = limits.acquire(&self.info.database.name, tenant, timeout) => match permit {
-                            Ok(p) => Some(p),
-                            Err(e) => {
-                                self.app.metrics.error("tenant_at_cap");
-                                return Err(ErrorReport::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string()));
-                            }
-                        },
-                        _ = cancelled.notified() => return Err(user_cancel(&self.app)),
-                        _ = &mut gone => return Err(left(&self.app)),
-                    }
-                }
-                _ => None,
-            };
-            let checkout = tokio::select! {
-                checkout = pool.checkout_for(&self.info.state.settings, self.info.tenant.as_deref()) => checkout,
-                _ = cancelled.notified() => return Err(user_cancel(&self.app)),
-                _ = &mut gone => return Err(left(&self.app)),
-            };
-            (tenant_permit, checkout)
+        // An idle connection there for the taking (no tenant cap to wait behind): no waiting,
+        // so nothing to cancel and no client to watch.
+        let capped = self.live.tenant_limits.is_some() && self.info.tenant.is_some();
+        let now = (!capped)
+            .then(|| pool.checkout_idle_now(&self.info.state.settings, self.info.tenant.as_deref()))
+            .flatten();
+        let (tenant_permit, checkout) = match now {
+            Some(checkout) => (None, Ok(checkout)),
+            // Boxed: waiting is the rare path, and its future is large.
+            None => Box::pin(self.wait_for_checkout(&pool)).await?,
         };
         let server = match checkout {
             Ok(s) => s,
@@ -120,5 +92,59 @@ impl Relay {
             }
         }
         Ok(att)
+    }
+
+    /// Waits for a server connection of `pool` (behind the tenant's cap first), ended by a
+    /// cancel or by the client leaving.
+    async fn wait_for_checkout(
+        &mut self,
+        pool: &Arc<crate::pool::Pool>,
+    ) -> Result<Waited, ErrorReport> {
+        let cancelled = self.info.key.waiting();
+        // A client that leaves while it waits leaves the queue too.
+        let waited = {
+            let gone = self.client.gone(WAITING_READ_AHEAD);
+            tokio::pin!(gone);
+            let user_cancel = |app: &App| {
+                app.metrics.error("cancelled_waiting");
+                ErrorReport::error(
+                    SqlState::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                )
+            };
+            let left = |app: &App| {
+                app.metrics.error("client_gone_waiting");
+                ErrorReport::error(
+                    SqlState::QUERY_CANCELED,
+                    "canceling statement: the client went away while it waited for a connection",
+                )
+            };
+            // A tenant at its cap waits here, behind nobody else's requests.
+            let limits = self.live.tenant_limits.clone();
+            let tenant_permit = match (&limits, &self.info.tenant) {
+                (Some(limits), Some(tenant)) => {
+                    let timeout = self.live.config.pool.checkout_timeout;
+                    tokio::select! {
+                        permit = limits.acquire(&self.info.database.name, tenant, timeout) => match permit {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                self.app.metrics.error("tenant_at_cap");
+                                return Err(ErrorReport::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string()));
+                            }
+                        },
+                        _ = cancelled.notified() => return Err(user_cancel(&self.app)),
+                        _ = &mut gone => return Err(left(&self.app)),
+                    }
+                }
+                _ => None,
+            };
+            let checkout = tokio::select! {
+                checkout = pool.checkout_for(&self.info.state.settings, self.info.tenant.as_deref()) => checkout,
+                _ = cancelled.notified() => return Err(user_cancel(&self.app)),
+                _ = &mut gone => return Err(left(&self.app)),
+            };
+            (tenant_permit, checkout)
+        };
+        Ok(waited)
     }
 }
