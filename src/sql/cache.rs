@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::classify::{classify, Classification, Options, StatementClass};
 use super::fingerprint::{scan, Scan};
+use super::rescan::rescan;
 
 /// A scanned statement with its (possibly shared) classification.
 #[derive(Debug, Clone)]
@@ -68,8 +69,15 @@ impl ClassificationCache {
         if let Some(classified) = recent.text(sql) {
             return classified;
         }
-        let scan = Arc::new(scan(sql));
-        recent.remember_text(sql, &scan);
+        // The same shape as a recent text with other literal values: only literals are lexed.
+        let scan = match recent.rescan(sql) {
+            Some(scan) => Arc::new(scan),
+            None => {
+                let scan = Arc::new(scan(sql));
+                recent.remember_text(sql, &scan);
+                scan
+            }
+        };
         if let Some(classification) = recent.get(&scan.fingerprint) {
             return Classified {
                 scan,
@@ -108,6 +116,11 @@ impl ClassificationCache {
 /// How many shapes [`Recent`] keeps.
 const RECENT_SHAPES: usize = 4;
 
+/// The longest texts [`Recent`] keeps (per client, four of them): without literals (they
+/// repeat verbatim), and with literals (they come back with other values).
+const MAX_TEXT_WITHOUT_LITERALS: usize = 4096;
+const MAX_TEXT_WITH_LITERALS: usize = 1024;
+
 /// A fingerprint and its classification.
 type Shape = (Box<[u8]>, Arc<Classification>);
 
@@ -115,7 +128,7 @@ type Shape = (Box<[u8]>, Arc<Classification>);
 type Text = (Box<[u8]>, Arc<Scan>);
 
 /// The statement shapes one client used last, with their classifications (round robin), and
-/// the last texts without literals it sent, with their scans.
+/// the last texts it sent that needed a whole scan, with their scans.
 #[derive(Default)]
 pub struct Recent {
     entries: [Option<Shape>; RECENT_SHAPES],
@@ -140,10 +153,22 @@ impl Recent {
         })
     }
 
-    /// Keeps a text whose scan found no literals (its next executions will be the same bytes);
-    /// texts with literals vary and are not kept.
+    /// The scan of a text that differs from a recent one only in its literals' values.
+    fn rescan(&self, sql: &[u8]) -> Option<Scan> {
+        self.texts
+            .iter()
+            .flatten()
+            .find_map(|(text, scan)| rescan(text, scan, sql))
+    }
+
+    /// Keeps a text and its scan: a text without literals repeats as the same bytes; one with
+    /// literals comes back with other values (then [`Recent::rescan`] serves it).
     fn remember_text(&mut self, sql: &[u8], scan: &Arc<Scan>) {
-        if !scan.literals.is_empty() || sql.len() > 4096 {
+        let most = match scan.literals.is_empty() {
+            true => MAX_TEXT_WITHOUT_LITERALS,
+            false => MAX_TEXT_WITH_LITERALS,
+        };
+        if sql.len() > most {
             return;
         }
         self.texts[self.next_text] = Some((sql.into(), Arc::clone(scan)));
@@ -233,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_text_without_literals_is_not_scanned_again() {
+    fn recent_texts_are_not_scanned_again() {
         let cache = ClassificationCache::new(1 << 20, Options::default());
         let mut recent = Recent::default();
         let sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1";
@@ -241,12 +266,18 @@ mod tests {
         let again = cache.classify_recent(sql, &mut recent);
         assert!(again.hit && Arc::ptr_eq(&first.scan, &again.scan));
         assert!(Arc::ptr_eq(&first.classification, &again.classification));
-        // Texts with literals are scanned each time (their literals differ).
-        let lit = b"SELECT 1 FROM t WHERE id = 7";
+        // Texts with literals are kept too: the same bytes again reuse the scan, other values
+        // are rescanned from it (exactly as a scan would have found them).
+        let lit = b"SELECT 1 FROM t WHERE id = 7 LIMIT 2";
         let a = cache.classify_recent(lit, &mut recent);
         let b = cache.classify_recent(lit, &mut recent);
-        assert!(!Arc::ptr_eq(&a.scan, &b.scan));
-        assert_eq!(b.scan.literals[1].value(lit), "7");
+        assert!(Arc::ptr_eq(&a.scan, &b.scan));
+        let other = b"SELECT 1 FROM t WHERE id = 123456 LIMIT 2";
+        let c = cache.classify_recent(other, &mut recent);
+        assert!(c.hit && !Arc::ptr_eq(&a.scan, &c.scan));
+        assert_eq!(*c.scan, scan(other));
+        assert_eq!(c.scan.literals[1].value(other), "123456");
+        assert!(Arc::ptr_eq(&a.classification, &c.classification));
     }
 
     #[test]

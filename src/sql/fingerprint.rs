@@ -395,42 +395,11 @@ pub fn scan(sql: &[u8]) -> Scan {
             i += 1;
             continue;
         }
-        // String-like literals, with their prefixes.
-        let prefix = match b {
-            b'E' | b'e' if sql.get(i + 1) == Some(&b'\'') => Some((LiteralKind::EscapeString, 2)),
-            b'B' | b'b' | b'X' | b'x' if sql.get(i + 1) == Some(&b'\'') => {
-                Some((LiteralKind::BitString, 2))
-            }
-            b'U' | b'u' if sql.get(i + 1) == Some(&b'&') && sql.get(i + 2) == Some(&b'\'') => {
-                Some((LiteralKind::UnicodeString, 3))
-            }
-            b'\'' => Some((LiteralKind::String, 1)),
-            _ => None,
-        };
-        if let Some((kind, prefix_len)) = prefix {
-            let start = i;
-            i += prefix_len;
-            let backslashes = kind == LiteralKind::EscapeString;
-            while i < n {
-                match sql[i] {
-                    b'\\' if backslashes => i += 2,
-                    b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
-                    b'\'' => {
-                        i += 1;
-                        break;
-                    }
-                    _ => i += 1,
-                }
-            }
-            i = i.min(n);
-            if kind == LiteralKind::UnicodeString {
-                i += uescape_len(&sql[i..]);
-            }
-            out.literals.push(Literal {
-                kind,
-                span: start..i,
-            });
+        // Literals: strings with their prefixes, dollar-quoted strings, numbers.
+        if let Some((kind, end)) = literal_at(sql, i) {
+            out.literals.push(Literal { kind, span: i..end });
             push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
+            i = end;
             continue;
         }
         // U&"…" identifiers: keep the prefix, scan the rest next turn.
@@ -439,31 +408,8 @@ pub fn scan(sql: &[u8]) -> Scan {
             i += 2;
             continue;
         }
-        // Dollar-quoted strings ($$…$$, $tag$…$tag$); `$1` parameters are kept.
+        // `$1` parameters are kept (dollar-quoted strings are literals, above).
         if b == b'$' {
-            let tag_len = sql[i + 1..]
-                .iter()
-                .position(|&c| !is_ident_char(c) || c == b'$')
-                .map(|p| p + 1);
-            let is_param = sql.get(i + 1).is_some_and(|c| c.is_ascii_digit());
-            if let (Some(tag_len), false) = (tag_len, is_param) {
-                if sql.get(i + tag_len) == Some(&b'$') {
-                    let tag = &sql[i..=i + tag_len];
-                    let start = i;
-                    let body = i + tag.len();
-                    let close = sql[body..]
-                        .windows(tag.len())
-                        .position(|w| w == tag)
-                        .map_or(n, |p| body + p + tag.len());
-                    i = close;
-                    out.literals.push(Literal {
-                        kind: LiteralKind::Dollar,
-                        span: start..close,
-                    });
-                    push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
-                    continue;
-                }
-            }
             // A parameter or a lone `$`: copy `$` and its digits.
             let start = i;
             i += 1;
@@ -496,28 +442,6 @@ pub fn scan(sql: &[u8]) -> Scan {
             );
             continue;
         }
-        // Numbers (not part of a word): 42, 3.14, .5, 1e-3, 0x1F, 1_000.
-        let starts_number =
-            b.is_ascii_digit() || (b == b'.' && sql.get(i + 1).is_some_and(u8::is_ascii_digit));
-        if starts_number {
-            let start = i;
-            i += 1;
-            while i < n {
-                let c = sql[i];
-                let exponent_sign = (c == b'+' || c == b'-') && matches!(sql[i - 1], b'e' | b'E');
-                if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || exponent_sign {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            out.literals.push(Literal {
-                kind: LiteralKind::Number,
-                span: start..i,
-            });
-            push(&mut out, &[PLACEHOLDER], Class::Word, &mut pending_space);
-            continue;
-        }
         // Words: lower-cased (unquoted identifiers and keywords are case-insensitive).
         if is_ident_start(b) {
             let start = i;
@@ -546,6 +470,83 @@ pub fn scan(sql: &[u8]) -> Scan {
         }
     }
     out
+}
+
+/// The literal starting at `i` (a token's first byte), if one does: its kind and where it
+/// ends. Strings with their prefixes (`'…'`, `E'…'`, `B'…'`, `X'…'`, `U&'…'` with its
+/// `UESCAPE`), dollar-quoted strings (`$$…$$`, `$tag$…$tag$`, not `$1`) and numbers (not part
+/// of a word: `42`, `3.14`, `.5`, `1e-3`, `0x1F`, `1_000`). [`scan`] and `rescan.rs` lex
+/// literals only here, so both always agree.
+pub(super) fn literal_at(sql: &[u8], i: usize) -> Option<(LiteralKind, usize)> {
+    let n = sql.len();
+    let b = *sql.get(i)?;
+    let prefix = match b {
+        b'E' | b'e' if sql.get(i + 1) == Some(&b'\'') => Some((LiteralKind::EscapeString, 2)),
+        b'B' | b'b' | b'X' | b'x' if sql.get(i + 1) == Some(&b'\'') => {
+            Some((LiteralKind::BitString, 2))
+        }
+        b'U' | b'u' if sql.get(i + 1) == Some(&b'&') && sql.get(i + 2) == Some(&b'\'') => {
+            Some((LiteralKind::UnicodeString, 3))
+        }
+        b'\'' => Some((LiteralKind::String, 1)),
+        _ => None,
+    };
+    if let Some((kind, prefix_len)) = prefix {
+        let mut j = i + prefix_len;
+        let backslashes = kind == LiteralKind::EscapeString;
+        while j < n {
+            match sql[j] {
+                b'\\' if backslashes => j += 2,
+                b'\'' if sql.get(j + 1) == Some(&b'\'') => j += 2,
+                b'\'' => {
+                    j += 1;
+                    break;
+                }
+                _ => j += 1,
+            }
+        }
+        j = j.min(n);
+        if kind == LiteralKind::UnicodeString {
+            j += uescape_len(&sql[j..]);
+        }
+        return Some((kind, j));
+    }
+    if b == b'$' {
+        let tag_len = sql[i + 1..]
+            .iter()
+            .position(|&c| !is_ident_char(c) || c == b'$')
+            .map(|p| p + 1);
+        let is_param = sql.get(i + 1).is_some_and(|c| c.is_ascii_digit());
+        let (Some(tag_len), false) = (tag_len, is_param) else {
+            return None;
+        };
+        if sql.get(i + tag_len) != Some(&b'$') {
+            return None;
+        }
+        let tag = &sql[i..=i + tag_len];
+        let body = i + tag.len();
+        let close = sql[body..]
+            .windows(tag.len())
+            .position(|w| w == tag)
+            .map_or(n, |p| body + p + tag.len());
+        return Some((LiteralKind::Dollar, close));
+    }
+    let starts_number =
+        b.is_ascii_digit() || (b == b'.' && sql.get(i + 1).is_some_and(u8::is_ascii_digit));
+    if !starts_number {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < n {
+        let c = sql[j];
+        let exponent_sign = (c == b'+' || c == b'-') && matches!(sql[j - 1], b'e' | b'E');
+        if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || exponent_sign {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    Some((LiteralKind::Number, j))
 }
 
 /// The end of the statement starting at `start`, without trailing whitespace and comments.

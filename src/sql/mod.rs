@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod functions;
 pub mod quote;
 pub mod rename;
+pub mod rescan;
 pub mod settings;
 pub mod signal;
 pub mod split;
