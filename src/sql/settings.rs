@@ -1,9 +1,9 @@
 //! Client settings as SQL: the statements that move a server connection from the settings it
 //! has to the ones a client wants. Pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::quote::{quote_ident, quote_literal};
 
@@ -25,12 +25,54 @@ impl Shared {
         // only the full comparison below, never a wrong answer.
         let mut hasher = std::hash::DefaultHasher::new();
         map.hash(&mut hasher);
+        let digest = hasher.finish();
         Shared {
-            digest: hasher.finish(),
-            map: Arc::new(map),
+            map: interned(map, digest),
+            digest,
         }
     }
 }
+
+/// Equal settings of different sessions share one allocation, so comparing them (at every
+/// checkout) compares two pointers, not two maps. Entries whose settings are gone are swept
+/// when the table has doubled since the last sweep; a digest collision is simply not shared.
+fn interned(map: Settings, digest: u64) -> Arc<Settings> {
+    static TABLE: std::sync::LazyLock<std::sync::Mutex<Interned>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(existing) = table.entries.get(&digest).and_then(Weak::upgrade) {
+        return match *existing == map {
+            true => existing,
+            false => Arc::new(map),
+        };
+    }
+    if table.entries.len() >= table.sweep_at {
+        table.entries.retain(|_, settings| settings.strong_count() > 0);
+        table.sweep_at = (2 * table.entries.len()).max(INTERN_SWEEP_AT_LEAST);
+    }
+    let map = Arc::new(map);
+    table.entries.insert(digest, Arc::downgrade(&map));
+    map
+}
+
+/// The settings sessions use now, by digest.
+struct Interned {
+    entries: HashMap<u64, Weak<Settings>>,
+    /// The size at which dropped settings are swept out.
+    sweep_at: usize,
+}
+
+impl Default for Interned {
+    fn default() -> Interned {
+        Interned {
+            entries: HashMap::new(),
+            sweep_at: INTERN_SWEEP_AT_LEAST,
+        }
+    }
+}
+
+/// The interning table is never swept below this size.
+const INTERN_SWEEP_AT_LEAST: usize = 1024;
 
 impl Default for Shared {
     fn default() -> Shared {
@@ -157,6 +199,18 @@ pub fn sql(have: &Settings, wanted: &Settings) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_settings_share_one_allocation() {
+        let map = |v: &str| Settings::from([("application_name".to_owned(), v.to_owned())]);
+        let (a, b, c) = (Shared::new(map("x")), Shared::new(map("x")), Shared::new(map("y")));
+        assert!(Arc::ptr_eq(&a.map, &b.map) && a == b);
+        assert!(!Arc::ptr_eq(&a.map, &c.map) && a != c);
+        // Once no session holds them, the next equal settings get a new allocation.
+        drop((a, b));
+        let again = Shared::new(map("x"));
+        assert_eq!(*again, map("x"));
+    }
 
     #[test]
     fn search_path_values() {
