@@ -200,7 +200,7 @@ pub fn parse_fields(body: &[u8]) -> Option<Vec<Field>> {
     let mut at = 2;
     let mut fields = Vec::with_capacity(count.into());
     for _ in 0..count {
-        let end = at + memchr::memchr(0, body.get(at..)?)?;
+        let end = at + crate::protocol::nul_at(body.get(at..)?)?;
         let name = body[at..end].to_vec();
         let rest = body.get(end + 1..end + 19)?;
         let u32_at =

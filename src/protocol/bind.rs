@@ -46,7 +46,7 @@ impl<'a> Reader<'a> {
     }
 
     fn cstr(&mut self) -> Option<&'a [u8]> {
-        let end = memchr::memchr(0, self.0)?;
+        let end = crate::protocol::nul_at(self.0)?;
         let s = self.take(end)?;
         self.take(1)?;
         Some(s)

@@ -63,7 +63,7 @@ pub fn query_text(body: &[u8]) -> Option<&[u8]> {
 
 /// The statement name and SQL text of a `Parse` body.
 pub fn parse_text(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let name_end = memchr::memchr(0, body)?;
+    let name_end = crate::protocol::nul_at(body)?;
     let rest = &body[name_end + 1..];
     let query_end = memchr::memchr(0, rest)?;
     Some((&body[..name_end], &rest[..query_end]))
@@ -140,7 +140,7 @@ pub fn append_message(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
 
 /// Splits a NUL-terminated field off the front of a body: (field, rest after the NUL).
 pub fn split_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = memchr::memchr(0, body)?;
+    let end = crate::protocol::nul_at(body)?;
     Some((&body[..end], &body[end + 1..]))
 }
 

@@ -29,7 +29,14 @@ impl Cursor<'_> {
         Some(v)
     }
 
+    /// A name (short: see [`crate::protocol::nul_at`]).
     fn cstr(&mut self) -> Option<()> {
+        let end = crate::protocol::nul_at(self.0)?;
+        self.skip(end + 1)
+    }
+
+    /// A statement text or message (long: memchr finds its end fast).
+    fn text(&mut self) -> Option<()> {
         let end = memchr::memchr(0, self.0)?;
         self.skip(end + 1)
     }
@@ -62,10 +69,10 @@ pub fn well_formed(tag: u8, body: &[u8]) -> bool {
     let mut c = Cursor(body);
     let ok = match tag {
         SYNC_TAG | FLUSH_TAG | COPY_DONE_TAG | TERMINATE_TAG => c.done(),
-        QUERY_TAG | COPY_FAIL_TAG => c.cstr().and_then(|_| c.done()),
+        QUERY_TAG | COPY_FAIL_TAG => c.text().and_then(|_| c.done()),
         PARSE_TAG => (|| {
             c.cstr()?;
-            c.cstr()?;
+            c.text()?;
             c.counted(|c| c.i32().map(drop))?;
             c.done()
         })(),

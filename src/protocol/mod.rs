@@ -13,9 +13,20 @@ pub mod grammar;
 pub mod sqlstate;
 pub mod startup;
 
+/// Where the first NUL of `bytes` is. Names (statements, portals) are short and usually end
+/// within the first bytes, where a plain look is cheaper than memchr's setup; statement texts
+/// are long, and memchr finds their end fast.
+pub fn nul_at(bytes: &[u8]) -> Option<usize> {
+    let head = bytes.len().min(16);
+    match bytes[..head].iter().position(|&b| b == 0) {
+        Some(i) => Some(i),
+        None => memchr::memchr(0, &bytes[head..]).map(|i| head + i),
+    }
+}
+
 /// Reads a NUL-terminated string from the front of `buf`, returning it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
-    let nul = memchr::memchr(0, buf)?;
+    let nul = nul_at(buf)?;
     let s = std::str::from_utf8(&buf[..nul]).ok()?;
     Some((s, &buf[nul + 1..]))
 }

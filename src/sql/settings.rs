@@ -47,7 +47,9 @@ fn interned(map: Settings, digest: u64) -> Arc<Settings> {
         };
     }
     if table.entries.len() >= table.sweep_at {
-        table.entries.retain(|_, settings| settings.strong_count() > 0);
+        table
+            .entries
+            .retain(|_, settings| settings.strong_count() > 0);
         table.sweep_at = (2 * table.entries.len()).max(INTERN_SWEEP_AT_LEAST);
     }
     let map = Arc::new(map);
@@ -203,7 +205,11 @@ mod tests {
     #[test]
     fn equal_settings_share_one_allocation() {
         let map = |v: &str| Settings::from([("application_name".to_owned(), v.to_owned())]);
-        let (a, b, c) = (Shared::new(map("x")), Shared::new(map("x")), Shared::new(map("y")));
+        let (a, b, c) = (
+            Shared::new(map("x")),
+            Shared::new(map("x")),
+            Shared::new(map("y")),
+        );
         assert!(Arc::ptr_eq(&a.map, &b.map) && a == b);
         assert!(!Arc::ptr_eq(&a.map, &c.map) && a != c);
         // Once no session holds them, the next equal settings get a new allocation.
