@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load comparison in one run: pgbench against direct PostgreSQL, PgBouncer (transaction mode)
-# and pgsidecar (transaction mode), same pool size, targets interleaved round by round.
+# and pgsidecar (transaction mode; with its default runtime threads, one per core, and as
+# `pgsidecar-1w` with one, as PgBouncer runs), same pool size, targets interleaved round by
+# round.
 # Prints each target's tps and mean latency and its ratio to direct, and for the two proxies
 # their CPU time per transaction (utime + stime of the proxy process from /proc/<pid>/stat
 # across each run, divided by the transactions pgbench processed) — steadier than tps on a
@@ -46,11 +48,15 @@ echo '"app" "secret"' >"$work/userlist.txt"
 as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
 start_sidecar "$sidecar_port" "$pool"
 sidecar_pid=${pids[-1]}
+# The same sidecar on one runtime thread (PGSIDECAR_WORKERS=1), as PgBouncer runs on one.
+sidecar1_port=$(free_port)
+PGSIDECAR_WORKERS=1 start_sidecar "$sidecar1_port" "$pool"
+sidecar1_pid=${pids[-1]}
 bouncer_pid=$(pgrep -f "^pgbouncer $work/pgbouncer.ini" | head -n1)
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 # cpu_ticks PID: utime + stime so far (fields 14 and 15; the command name has no spaces).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A proxy_pid=([pgbouncer]=$bouncer_pid [pgsidecar]=$sidecar_pid)
+declare -A proxy_pid=([pgbouncer]=$bouncer_pid [pgsidecar]=$sidecar_pid [pgsidecar-1w]=$sidecar1_pid)
 
 workload_args() {
   case "$1" in
@@ -62,8 +68,8 @@ workload_args() {
     *) echo "unknown workload $1" >&2; exit 2 ;;
   esac
 }
-targets=(direct pgbouncer pgsidecar)
-declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgsidecar]=$sidecar_port)
+targets=(direct pgbouncer pgsidecar pgsidecar-1w)
+declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgsidecar]=$sidecar_port [pgsidecar-1w]=$sidecar1_port)
 declare -A tps_sum lat_sum cpu_sum
 IFS=, read -r -a wl <<<"$workloads"
 for round in $(seq 1 "$rounds"); do
@@ -82,7 +88,7 @@ for round in $(seq 1 "$rounds"); do
       tps=$(tps_of "$out")
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
-      printf 'round %d %-16s %-10s tps %10.1f  latency %7.3f ms  failed %s  cpu %s us/tx\n' \
+      printf 'round %d %-16s %-12s tps %10.1f  latency %7.3f ms  failed %s  cpu %s us/tx\n' \
         "$round" "$w" "$t" "${tps:-0}" "${lat:-0}" "${failed:-?}" "$([ -n "$pid" ] && printf '%.1f' "$cpu" || echo -)"
       cpu_sum[$w/$t]=$(python3 -c "print(${cpu_sum[$w/$t]:-0} + $cpu)")
       tps_sum[$w/$t]=$(python3 -c "print(${tps_sum[$w/$t]:-0} + ${tps:-0})")
@@ -98,6 +104,6 @@ for w in "${wl[@]}"; do
 tps = ${tps_sum[$w/$t]} / $rounds; lat = ${lat_sum[$w/$t]} / $rounds; d = ${tps_sum[$w/direct]} / $rounds
 cpu = ${cpu_sum[$w/$t]} / $rounds
 cpu = f'{cpu:7.1f}' if '$t' != 'direct' else '      -'
-print(f'{\"$w\":<16} {\"$t\":<10} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / max(d, 1e-9):5.2f}  proxy cpu {cpu} us/tx')"
+print(f'{\"$w\":<16} {\"$t\":<12} tps {tps:10.1f}  latency {lat:7.3f} ms  tps ratio to direct {tps / max(d, 1e-9):5.2f}  proxy cpu {cpu} us/tx')"
   done
 done
