@@ -1,5 +1,6 @@
 //! Heap allocations per transaction on the relay's hot path, counted with a counting global
-//! allocator: simple `SELECT 1` queries, and unnamed Parse/Bind/Execute/Sync batches, through
+//! allocator: simple `SELECT 1` queries, simple queries whose literal changes every time (as
+//! pgbench -S sends them), and unnamed Parse/Bind/Execute/Sync batches, through
 //! an in-process sidecar (`tokio::io::duplex` client) to the scripted server of the tests; the
 //! same loop straight to the scripted server is counted too and subtracted, so what remains is
 //! the sidecar's own. `cargo bench --bench allocations`.
@@ -63,25 +64,36 @@ async fn until_ready<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut BytesMut, rea
     }
 }
 
-/// Allocations per round of `request` (after a warm-up), the client's own included.
-async fn per_round<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, request: &[u8]) -> f64 {
+/// Allocations per round of `request` (the i-th round's bytes; after a warm-up), the client's
+/// own included.
+async fn per_round<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, request: &Request) -> f64 {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    for _ in 0..1000 {
-        conn.write_all(request).await.unwrap();
+    for i in 0..1000 {
+        conn.write_all(&request(i)).await.unwrap();
         until_ready(conn, &mut buf, 1).await;
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let rounds = rounds();
-    for _ in 0..rounds {
-        conn.write_all(request).await.unwrap();
+    for i in 0..rounds {
+        conn.write_all(&request(i)).await.unwrap();
         until_ready(conn, &mut buf, 1).await;
     }
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / rounds as f64
 }
 
-fn requests() -> [(&'static str, BytesMut); 2] {
+/// The bytes of a transaction's request, by round.
+type Request = Box<dyn Fn(u64) -> BytesMut>;
+
+fn requests() -> [(&'static str, Request); 3] {
     let mut simple = BytesMut::new();
     frontend::query("SELECT 1", &mut simple).unwrap();
+    // As pgbench -S sends it: the same statement with another literal each time.
+    let varying = |i: u64| {
+        let mut out = BytesMut::new();
+        let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};");
+        frontend::query(&sql, &mut out).unwrap();
+        out
+    };
     let mut extended = BytesMut::new();
     frontend::parse("", "SELECT 1", [], &mut extended).unwrap();
     frontend::bind(
@@ -97,7 +109,11 @@ fn requests() -> [(&'static str, BytesMut); 2] {
     .unwrap();
     frontend::execute("", 0, &mut extended).unwrap();
     frontend::sync(&mut extended);
-    [("simple query", simple), ("extended P/B/E/S", extended)]
+    [
+        ("simple query", Box::new(move |_| simple.clone())),
+        ("simple, new literal", Box::new(varying)),
+        ("extended P/B/E/S", Box::new(move |_| extended.clone())),
+    ]
 }
 
 fn startup() -> BytesMut {
@@ -143,7 +159,7 @@ fn main() {
         for ((name, request), base) in requests().into_iter().zip(baseline) {
             let through = per_round(&mut client, &request).await;
             println!(
-                "{name:<18} allocations per transaction: sidecar {:6.2}  (through it {through:.2}, scripted server and client alone {base:.2})",
+                "{name:<19} allocations per transaction: sidecar {:6.2}  (through it {through:.2}, scripted server and client alone {base:.2})",
                 through - base
             );
         }
