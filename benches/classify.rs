@@ -1,13 +1,15 @@
 //! Criterion benchmarks of SQL understanding on the hot path, on a 200-byte OLTP statement:
 //! `scan_200b` (fingerprint scan), `classify_miss_200b` (scan + sqlparser classification, as on
-//! a cache miss), `classify_hit_200b` (scan + cached lookup, every later execution) and
+//! a cache miss), `classify_hit_200b` (scan + cached lookup, every later execution),
+//! `classify_recent_200b` (a client's next execution with other literal values: rescanned from
+//! its recent text, looked up among its recent shapes) and
 //! `shard_route_200b` (finding the shard of the classified statement by its key, what a sharded
 //! database adds per statement).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgsidecar::route::shard::{KeyType, Placement, ShardedTable};
 use pgsidecar::route::shard_key::{route, ShardRoute, Statement};
-use pgsidecar::sql::cache::ClassificationCache;
+use pgsidecar::sql::cache::{ClassificationCache, Recent};
 use pgsidecar::sql::classify::{classify, Options};
 use pgsidecar::sql::fingerprint::scan;
 use std::hint::black_box;
@@ -35,6 +37,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("classify_hit_200b", |b| {
         b.iter(|| {
             let c = cache.classify(black_box(sql));
+            debug_assert!(c.hit);
+            black_box(c)
+        })
+    });
+    // A client's next execution of the statement with other values: rescanned from its
+    // recent text (only the literals are lexed), then looked up among its recent shapes.
+    let mut recent = Recent::default();
+    cache.classify_recent(sql, &mut recent);
+    let other = OLTP_200B
+        .replace("'acme'", "'globex'")
+        .replace("982734", "17");
+    c.bench_function("classify_recent_200b", |b| {
+        b.iter(|| {
+            let c = cache.classify_recent(black_box(other.as_bytes()), &mut recent);
             debug_assert!(c.hit);
             black_box(c)
         })

@@ -278,6 +278,8 @@ mod tests {
         assert_eq!(*c.scan, scan(other));
         assert_eq!(c.scan.literals[1].value(other), "123456");
         assert!(Arc::ptr_eq(&a.classification, &c.classification));
+        // Not kept: the text it was rescanned from stays the template.
+        assert!(recent.texts.iter().flatten().all(|(t, _)| **t != other[..]));
     }
 
     #[test]

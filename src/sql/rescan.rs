@@ -18,13 +18,11 @@ use super::fingerprint::{literal_at, Literal, LiteralKind, Scan};
 
 /// The scan of `sql`, from `earlier`, the scan of `text`, when the two texts differ only in
 /// their literals' values; `None` otherwise, when `earlier` found no literals (then only the
-/// same bytes have the same scan), and when its last literal runs to the end of the text.
+/// same bytes have the same scan), and when a literal runs to the end of a text that ends in
+/// whitespace.
 pub fn rescan(text: &[u8], earlier: &Scan, sql: &[u8]) -> Option<Scan> {
-    // A literal that runs to the end of the text may be unterminated (then the statement's
-    // end, trimmed of trailing whitespace, can lie inside it): scanned again.
-    match earlier.literals.last() {
-        Some(last) if last.span.end < text.len() => {}
-        _ => return None,
+    if earlier.literals.is_empty() {
+        return None;
     }
     let mut literals: SmallVec<[Literal; 2]> = SmallVec::new();
     // Where each earlier literal ended, and how far the text after it has moved (in all).
@@ -51,6 +49,13 @@ pub fn rescan(text: &[u8], earlier: &Scan, sql: &[u8]) -> Option<Scan> {
         (from, at) = (literal.span.end, end);
     }
     if sql.get(at..)? != &text[from..] {
+        return None;
+    }
+    // A literal that runs to the end of the text may be unterminated, and then the statement's
+    // end (trimmed of trailing whitespace) can lie inside it: only when neither text ends in
+    // whitespace is that end the literal's end in both.
+    let ends_in_space = |t: &[u8]| t.last().is_some_and(u8::is_ascii_whitespace);
+    if from == text.len() && (ends_in_space(text) || ends_in_space(sql)) {
         return None;
     }
     let statements = earlier
