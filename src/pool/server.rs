@@ -546,8 +546,19 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return false;
         }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut probe = [0u8; 64];
+        if let crate::stream::Stream::Plain(tcp) = &self.stream {
+            // Plain TCP: tokio's readiness answers without a system call or a waker.
+            return match tcp.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&probe[..n]);
+                    false
+                }
+                Err(_) => false,
+            };
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut buf = tokio::io::ReadBuf::new(&mut probe);
         match Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf) {
             Poll::Pending => true,
