@@ -173,7 +173,11 @@ pub(super) fn validate_cache(
             fingerprints: rule
                 .fingerprints
                 .iter()
-                .map(|f| crate::sql::fingerprint::scan(f.as_bytes()).fingerprint)
+                .map(|f| {
+                    crate::sql::fingerprint::scan(f.as_bytes())
+                        .fingerprint
+                        .to_vec()
+                })
                 .collect(),
             ttl: rule_ttl,
         });

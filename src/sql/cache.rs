@@ -85,7 +85,7 @@ impl ClassificationCache {
                 hit: true,
             };
         }
-        if let Some(classification) = self.cache.get(scan.fingerprint.as_slice()) {
+        if let Some(classification) = self.cache.get(&scan.fingerprint[..]) {
             recent.put(&scan.fingerprint, &classification);
             return Classified {
                 scan,
@@ -96,7 +96,7 @@ impl ClassificationCache {
         let classification = Arc::new(classify(sql, &scan, &self.options));
         recent.put(&scan.fingerprint, &classification);
         self.cache.insert(
-            scan.fingerprint.clone().into_boxed_slice(),
+            Box::from(&scan.fingerprint[..]),
             Arc::clone(&classification),
         );
         Classified {

@@ -141,7 +141,11 @@ pub fn judge_shape(classified: &Classified, rules: &[CacheRule]) -> Result<Cache
     check_statement(statement)?;
     let by_fingerprint = rules
         .iter()
-        .filter(|r| r.fingerprints.contains(&classified.scan.fingerprint))
+        .filter(|r| {
+            r.fingerprints
+                .iter()
+                .any(|f| f[..] == classified.scan.fingerprint[..])
+        })
         .map(|r| r.ttl);
     let by_tables = rules
         .iter()
@@ -289,7 +293,11 @@ mod tests {
             tables: tables.iter().map(|t| t.to_string()).collect(),
             fingerprints: fingerprints
                 .iter()
-                .map(|f| crate::sql::fingerprint::scan(f.as_bytes()).fingerprint)
+                .map(|f| {
+                    crate::sql::fingerprint::scan(f.as_bytes())
+                        .fingerprint
+                        .to_vec()
+                })
                 .collect(),
             ttl: Duration::from_secs(ttl),
         }

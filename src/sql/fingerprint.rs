@@ -252,7 +252,7 @@ impl Hint {
 pub struct Scan {
     /// The statement's shape; equal for executions that differ only in literals,
     /// comments, whitespace or the case of unquoted words.
-    pub fingerprint: Vec<u8>,
+    pub fingerprint: std::sync::Arc<[u8]>,
     /// The literals replaced, in order (inline up to 8: no allocation for most statements).
     pub literals: SmallVec<[Literal; 2]>,
     /// Top-level statements (split at `;` outside quotes, comments and parentheses), as byte
@@ -310,9 +310,18 @@ fn is_ident_char(b: u8) -> bool {
     WORD_BYTES[b as usize] & 2 != 0
 }
 
+/// A [`Scan`] while the scanner writes it (the fingerprint grows; shared once done).
+struct Building {
+    fingerprint: Vec<u8>,
+    literals: SmallVec<[Literal; 2]>,
+    statements: SmallVec<[Range<usize>; 1]>,
+    hint: Option<Hint>,
+    block_comments: bool,
+}
+
 /// Scans `sql` once.
 pub fn scan(sql: &[u8]) -> Scan {
-    let mut out = Scan {
+    let mut out = Building {
         fingerprint: Vec::with_capacity(sql.len()),
         literals: SmallVec::new(),
         statements: SmallVec::new(),
@@ -329,7 +338,7 @@ pub fn scan(sql: &[u8]) -> Scan {
     // Appends a token, with one space before it only where the space is needed to keep two
     // tokens apart (two words, or two operators the text separated): `aid=1` and `aid = 1`
     // share a shape.
-    let mut push = |out: &mut Scan, bytes: &[u8], class: Class, pending_space: &mut bool| {
+    let mut push = |out: &mut Building, bytes: &[u8], class: Class, pending_space: &mut bool| {
         let needs_space = matches!(
             (last, class),
             (Class::Word, Class::Word) | (Class::Operator, Class::Operator)
@@ -469,7 +478,13 @@ pub fn scan(sql: &[u8]) -> Scan {
             out.statements.push(start..end);
         }
     }
-    out
+    Scan {
+        fingerprint: out.fingerprint.into(),
+        literals: out.literals,
+        statements: out.statements,
+        hint: out.hint,
+        block_comments: out.block_comments,
+    }
 }
 
 /// The literal starting at `i` (a token's first byte), if one does: its kind and where it

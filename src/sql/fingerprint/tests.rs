@@ -4,7 +4,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn fp(sql: &str) -> Vec<u8> {
-    scan(sql.as_bytes()).fingerprint
+    scan(sql.as_bytes()).fingerprint.to_vec()
 }
 
 fn shown(sql: &str) -> String {
@@ -61,7 +61,9 @@ fn every_kind_of_literal_is_replaced_and_decoded() {
         ]
     );
     assert_eq!(
-        String::from_utf8(s.fingerprint).unwrap().replace('\0', "?"),
+        String::from_utf8(s.fingerprint.to_vec())
+            .unwrap()
+            .replace('\0', "?"),
         r#"select ?,?,?,?,?,?,?,?,?,?,"Quoted""Id",$1"#
     );
     let kinds: Vec<LiteralKind> = s.literals.iter().map(|l| l.kind).collect();
@@ -82,7 +84,9 @@ fn identifiers_with_digits_and_parameters_are_not_literals() {
     let s = scan(b"UPDATE t1 SET c2 = $2 WHERE id = $1 AND x::int4 = 5");
     assert_eq!(s.literals.len(), 1);
     assert_eq!(
-        String::from_utf8(s.fingerprint).unwrap().replace('\0', "?"),
+        String::from_utf8(s.fingerprint.to_vec())
+            .unwrap()
+            .replace('\0', "?"),
         "update t1 set c2=$2 where id=$1 and x::int4=?"
     );
 }
