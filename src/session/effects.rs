@@ -92,10 +92,13 @@ pub struct Effects {
 }
 
 impl Effects {
-    /// No effect at all (shared, no allocation).
+    /// No effect at all (shared, no allocation). One per thread: most messages take it, and
+    /// one reference count for every runtime thread would bounce between their caches.
     pub fn none() -> Arc<Effects> {
-        static NONE: OnceLock<Arc<Effects>> = OnceLock::new();
-        Arc::clone(NONE.get_or_init(|| Arc::new(Effects::default())))
+        thread_local! {
+            static NONE: Arc<Effects> = Arc::new(Effects::default());
+        }
+        NONE.with(Arc::clone)
     }
 
     /// Anything may have happened (a FunctionCall, an unparsable statement).
