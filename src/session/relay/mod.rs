@@ -339,6 +339,8 @@ impl Relay {
                     }
                     // Notifications go out between messages, never inside one; those of a
                     // transaction that notified wait for its ReadyForQuery (replies.rs).
+                    // Branches that cannot be ready are not polled (each poll of one costs).
+                    let listening = self.notifications.is_some();
                     let between_messages = [Some(&**att), earlier]
                         .into_iter()
                         .flatten()
@@ -349,7 +351,7 @@ impl Relay {
                         biased;
                         _ = &mut killed => return Err(self.ended()),
                         _ = &mut sleep, if timer.is_some() => self.on_timer(timer).await?,
-                        Some(message) = next_notification(&mut self.notifications), if between_messages => {
+                        Some(message) = next_notification(&mut self.notifications), if listening && between_messages => {
                             let message = self.for_client(message).unwrap_or_default();
                             self.client.wbuf.extend_from_slice(&message);
                             let n = self.client.flush().await?;
@@ -360,7 +362,7 @@ impl Relay {
                                 return Ok(end);
                             }
                         }
-                        event = earlier_exchange(&mut self.earlier) => {
+                        event = earlier_exchange(&mut self.earlier), if !read_current => {
                             if let Some(end) = self.on_exchange(Which::Earlier, event).await? {
                                 return Ok(end);
                             }
@@ -375,13 +377,14 @@ impl Relay {
                     }
                 }
                 Phase::Detached | Phase::BeginHeld(_) | Phase::SkipToSync => {
+                    let listening = self.notifications.is_some();
                     tokio::select! {
                         biased;
                         _ = &mut killed => return Err(self.ended()),
                         _ = &mut draining, if matches!(self.phase, Phase::Detached) => {
                             return Err(RelayError::Shutdown);
                         }
-                        Some(message) = next_notification(&mut self.notifications) => {
+                        Some(message) = next_notification(&mut self.notifications), if listening => {
                             let message = self.for_client(message).unwrap_or_default();
                             self.client.wbuf.extend_from_slice(&message);
                             self.write_client().await?;
