@@ -107,6 +107,19 @@ impl Relay {
         Some(classified)
     }
 
+    /// A frame's classification, or one made now for `sql` when the frame has none (a text
+    /// the sidecar wrote itself).
+    pub(super) fn classified_or_now<'a>(
+        &self,
+        sql: &[u8],
+        classified: Option<&'a Classified>,
+    ) -> std::borrow::Cow<'a, Classified> {
+        match classified {
+            Some(c) => std::borrow::Cow::Borrowed(c),
+            None => std::borrow::Cow::Owned(self.live.classifier.classify(sql)),
+        }
+    }
+
     /// Whether a frame continues what the attached server connection is doing: a transaction,
     /// an open extended batch, COPY data, the rest of a failed batch — or ends the session.
     fn continues_attached(&self, frame: &Frame) -> bool {

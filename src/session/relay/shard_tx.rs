@@ -112,14 +112,7 @@ impl Relay {
             let Some(sql) = frontend::statement_text(frame.tag(), frame.body()) else {
                 continue;
             };
-            let made;
-            let classified = match classified {
-                Some(c) => c,
-                None => {
-                    made = self.live.classifier.classify(sql);
-                    &made
-                }
-            };
+            let classified = &*self.classified_or_now(sql, classified.as_ref());
             let kinds: Vec<&Kind> = match classified.classification.as_ref() {
                 Classification::Parsed(parsed) => parsed.iter().map(|c| &c.kind).collect(),
                 Classification::Unparsed { .. } => Vec::new(),

@@ -63,14 +63,7 @@ impl Relay {
         let Some(prefix) = &self.channel_prefix else {
             return Ok(None);
         };
-        let made;
-        let classified = match classified {
-            Some(c) => c,
-            None => {
-                made = self.live.classifier.classify(sql);
-                &made
-            }
-        };
+        let classified = &*self.classified_or_now(sql, classified);
         // The tenant setting is among the reserved ones whenever there is a tenant (login).
         let outcome =
             guard::check(sql, classified, self.info.state.reserved()).and_then(|verdict| {
