@@ -24,7 +24,7 @@ start_toml_sidecar() { # NAME TRAILING_LINES: a sidecar from a TOML file; sets p
   local port metrics
   port=$(free_port); metrics=$(free_port)
   sidecar_toml "$port" "$metrics" 20 "" "$2" >"$work/$1.toml"
-  "$root/target/release/pgsidecar" run --config "$work/$1.toml" 2>"$work/$1.log" & pids+=($!)
+  run_config "$work/$1.toml"
   eval "port_$1=$port; metrics_$1=$metrics; pid_$1=$!"
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$metrics/readyz" >/dev/null 2>&1 && break

@@ -28,34 +28,10 @@ for n in 0 1 2 3; do shard_server "$n"; done
 psql_su -d app -c "UPDATE pgbench_accounts SET abalance = aid % 1000" -c "VACUUM ANALYZE pgbench_accounts"
 
 sidecar_port=$(free_port)
-url() { echo "postgres://app:secret@127.0.0.1:$1/app"; }
-cat >"$work/fanout.toml" <<TOML
-listen = "127.0.0.1:$sidecar_port"
-metrics_listen = "127.0.0.1:$(free_port)"
-[pool]
-size = $((clients + 2))
-[[database]]
-name = "app"
-[[database.shards]]
-primary = "$(url "$port_0")"
-[[database.shards]]
-primary = "$(url "$port_1")"
-[[database.shards]]
-primary = "$(url "$port_2")"
-[[database.shards]]
-primary = "$(url "$port_3")"
-[[sharded_table]]
-database = "app"
-table = "pgbench_accounts"
-column = "aid"
-type = "integer"
-[[user]]
-name = "app"
-password = "secret"
-TOML
-"$root/target/release/pgsidecar" run --config "$work/fanout.toml" 2>"$work/sidecar-fanout.log" &
-pids+=($!)
-sidecar_pid=$!
+sharded_toml "$sidecar_port" $((clients + 2)) "pgbench_accounts aid integer" "" "" \
+  "$port_0" "$port_1" "$port_2" "$port_3" >"$work/fanout.toml"
+run_config "$work/fanout.toml"
+sidecar_pid=${pids[-1]}
 sleep 1
 kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$sidecar_pid/status"; }
 rss_before=$(kb VmRSS)

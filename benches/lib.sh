@@ -2,7 +2,7 @@
 # PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
 # a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
 # Sets: bin root work pg_port; functions as_pg free_port psql_su start_postgres start_replica
-# start_server start_sidecar sidecar_toml pgbench_groups tps_of.
+# start_server start_sidecar run_config sidecar_toml sharded_toml pgbench_groups tps_of.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -69,6 +69,30 @@ start_sidecar() {
     --listen "127.0.0.1:$1" --metrics-listen "127.0.0.1:$(free_port)" \
     --pool-size "$2" --pool-mode transaction 2>"$work/sidecar-$1.log" & pids+=($!)
   sleep 1
+}
+
+# run_config FILE: pgsidecar with this configuration file (stderr to FILE without .toml, .log);
+# its pid is ${pids[-1]}.
+run_config() {
+  "$root/target/release/pgsidecar" run --config "$1" 2>"${1%.toml}.log" & pids+=($!)
+}
+
+# sharded_toml PORT POOL "TABLE COLUMN TYPE" TOP_LINES DATABASE_LINES SHARD_PORT…: a config
+# for database `app` (user app/secret) over shards on these ports, TABLE sharded by COLUMN of
+# TYPE; TOP_LINES are top-level settings, DATABASE_LINES go in its [[database]].
+sharded_toml() {
+  local port=$1 pool=$2 table column type top=$4 database=$5
+  read -r table column type <<<"$3"
+  shift 5
+  printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\n%s\n[pool]\nsize = %s\n' \
+    "$port" "$(free_port)" "$top" "$pool"
+  printf '[[database]]\nname = "app"\n%s\n' "$database"
+  for p in "$@"; do
+    printf '[[database.shards]]\nprimary = "postgres://app:secret@127.0.0.1:%s/app"\n' "$p"
+  done
+  printf '[[sharded_table]]\ndatabase = "app"\ntable = "%s"\ncolumn = "%s"\ntype = "%s"\n' \
+    "$table" "$column" "$type"
+  printf '[[user]]\nname = "app"\npassword = "secret"\n'
 }
 
 # sidecar_toml PORT METRICS_PORT POOL DATABASE_LINES TRAILING_LINES: a config for database

@@ -35,7 +35,7 @@ ALTER TABLE pgbench_accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE pgbench_accounts FORCE ROW LEVEL SECURITY;
 CREATE POLICY by_tenant ON pgbench_accounts USING (current_setting('app.tenant_id') IS NOT NULL);
 SQL
-"$root/target/release/pgsidecar" run --config "$work/sidecar.toml" 2>"$work/sidecar.log" & pids+=($!)
+run_config "$work/sidecar.toml"
 sleep 2
 
 # loop_us TABLE: µs per point select in a server-side loop, straight to Postgres as a role the

@@ -23,7 +23,7 @@ primary = "postgres://app:secret@127.0.0.1:$pg_port/app"
 name = "fz"
 auth = "trust"
 TOML
-"$root/target/release/pgsidecar" run --config "$work/stress.toml" 2>"$work/stress.log" & pids+=($!)
+run_config "$work/stress.toml"
 sleep 1
 python3 "$root/benches/protocol_stress.py" sequential "$port" app "$sequences" "$seed"
 python3 "$root/benches/protocol_stress.py" concurrent "$port" app "$seconds" "$sessions" "$seed"

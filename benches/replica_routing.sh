@@ -16,7 +16,7 @@ sidecar_toml "$routed" "$(free_port)" "$pool" "replicas = [\"postgres://app:secr
 read_your_writes = \"off\"" "" >"$work/routed.toml"
 sidecar_toml "$plain" "$(free_port)" "$pool" "" "" >"$work/plain.toml"
 for which in routed plain; do
-  "$root/target/release/pgsidecar" run --config "$work/$which.toml" 2>"$work/$which.log" & pids+=($!)
+  run_config "$work/$which.toml"
 done
 sleep 2
 

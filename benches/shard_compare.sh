@@ -21,32 +21,10 @@ done
 plain_port=$(free_port); sharded_port=$(free_port)
 start_sidecar "$plain_port" "$pool"
 plain_pid=${pids[-1]}
-url() { echo "postgres://app:secret@127.0.0.1:$1/app"; }
-cat >"$work/sharded.toml" <<TOML
-listen = "127.0.0.1:$sharded_port"
-metrics_listen = "127.0.0.1:$(free_port)"
-[pool]
-size = $pool
-[[database]]
-name = "app"
-[[database.shards]]
-primary = "$(url "$pg_port")"
-[[database.shards]]
-primary = "$(url "$port_1")"
-[[database.shards]]
-primary = "$(url "$port_2")"
-[[sharded_table]]
-database = "app"
-table = "pgbench_accounts"
-column = "aid"
-type = "integer"
-[[user]]
-name = "app"
-password = "secret"
-TOML
-"$root/target/release/pgsidecar" run --config "$work/sharded.toml" 2>"$work/sidecar-sharded.log" &
-pids+=($!)
-sharded_pid=$!
+sharded_toml "$sharded_port" "$pool" "pgbench_accounts aid integer" "" "" \
+  "$pg_port" "$port_1" "$port_2" >"$work/sharded.toml"
+run_config "$work/sharded.toml"
+sharded_pid=${pids[-1]}
 sleep 1
 
 printf '\\set aid random(1, 200000)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' >"$work/by_key.sql"

@@ -20,7 +20,7 @@ signing_key = \"bench-signing-key-0123456789abcdefghijk\"" >"$work/on.toml"
 "$root/target/release/pgsidecar" tenancy-sql --config "$work/on.toml" | psql_su -d app >/dev/null
 sidecar_toml "$off" "$(free_port)" "$pool" "" "" >"$work/off.toml"
 for which in on off; do
-  "$root/target/release/pgsidecar" run --config "$work/$which.toml" 2>"$work/$which.log" & pids+=($!)
+  run_config "$work/$which.toml"
 done
 sleep 2
 

@@ -31,37 +31,13 @@ psql_su -d app -At -c "SELECT 'INSERT INTO items (customer_id, note) VALUES ' ||
   WHERE satisfies_hash_partition('hp'::regclass, 4, n, k::bigint) GROUP BY n ORDER BY n" >"$work/per_shard.sql"
 
 config() {  # config PORT TWO_PHASE
-  cat <<TOML
-listen = "127.0.0.1:$1"
-metrics_listen = "127.0.0.1:$(free_port)"
-state_dir = "$work/state-$1"
-[pool]
-size = $((clients + 2))
-[[database]]
-name = "app"
-two_phase_commit = $2
-TOML
-  for n in 0 1 2 3; do
-    eval "p=\$port_$n"
-    printf '[[database.shards]]\nprimary = "postgres://app:secret@127.0.0.1:%s/app"\n' "$p"
-  done
-  cat <<TOML
-[[sharded_table]]
-database = "app"
-table = "items"
-column = "customer_id"
-type = "bigint"
-[[user]]
-name = "app"
-password = "secret"
-TOML
+  sharded_toml "$1" $((clients + 2)) "items customer_id bigint" "state_dir = \"$work/state-$1\"" \
+    "two_phase_commit = $2" "$port_0" "$port_1" "$port_2" "$port_3"
 }
 with_port=$(free_port); without_port=$(free_port)
 config "$with_port" true >"$work/with.toml"
 config "$without_port" false >"$work/without.toml"
-for f in with without; do
-  "$root/target/release/pgsidecar" run --config "$work/$f.toml" 2>"$work/sidecar-$f.log" & pids+=($!)
-done
+for f in with without; do run_config "$work/$f.toml"; done
 sleep 1
 
 run() {  # run NAME PORT SCRIPT
