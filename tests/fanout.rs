@@ -521,20 +521,13 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
 /// A sidecar over `shards` (and a shard at `dead`, a port nothing listens on), with `extra`
 /// lines in its `[[database]]`.
 fn sidecar_toml(shards: &[LocalPostgres], dead: Option<u16>, extra: &str) -> String {
-    let mut lines: String = shards
-        .iter()
-        .map(|s| {
-            format!(
-                "[[database.shards]]\nprimary = \"{}\"\n",
-                s.url("app", PASSWORD, "app")
-            )
-        })
-        .collect();
-    if let Some(port) = dead {
-        lines += &format!(
-            "[[database.shards]]\nprimary = \"postgres://app:{PASSWORD}@127.0.0.1:{port}/app\"\n"
-        );
-    }
+    let dead = dead.map(|port| format!("postgres://app:{PASSWORD}@127.0.0.1:{port}/app"));
+    let lines = shard_lines(
+        shards
+            .iter()
+            .map(|s| s.url("app", PASSWORD, "app"))
+            .chain(dead),
+    );
     format!(
         "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [pool]\nsize = 2\nconnect_timeout = \"2s\"\n\n[[database]]\nname = \"app\"\n{extra}{lines}\n\

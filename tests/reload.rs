@@ -112,23 +112,7 @@ async fn a_reload_moves_one_tenant_to_another_shard() {
         )
     };
     // The sidecar's file: what `sharded_sidecar` would start, acme on shard 2.
-    let shard_lines: String = shards
-        .iter()
-        .map(|s| {
-            format!(
-                "[[database.shards]]\nprimary = \"{}\"\n",
-                s.url("app", PASSWORD, "app")
-            )
-        })
-        .collect();
-    let file = |shard: usize| {
-        format!(
-            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[pool]\nsize = 2\n\n\
-             [[database]]\nname = \"app\"\n{shard_lines}\n[[user]]\nname = \"app\"\n\
-             password = \"{PASSWORD}\"\n{}",
-            placed(shard)
-        )
-    };
+    let file = |shard: usize| sharded_toml(&shards, &placed(shard));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgsidecar.toml");
     std::fs::write(&path, file(2)).unwrap();

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -32,25 +31,8 @@ async fn spawn_binary(name: &str, shutdown_delay: &str, drain_timeout: &str) -> 
         );
     let path = std::env::temp_dir().join(format!("pgsidecar-shutdown-{name}.toml"));
     std::fs::write(&path, toml).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn_binary_with(&path, port).await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the sidecar binary did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let _ = std::fs::remove_file(&path);
     Binary { child, addr }
 }

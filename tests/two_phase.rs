@@ -7,11 +7,11 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgsidecar::localpg::LocalPostgres;
 use pgsidecar::route::shard::{hash_shard, Key};
+use support::shards::shard_lines;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::SimpleQueryMessage;
@@ -30,10 +30,7 @@ fn shard(prepared: usize) -> LocalPostgres {
 }
 
 fn toml(urls: &[String], state_dir: &std::path::Path, listen: &str) -> String {
-    let shards: String = urls
-        .iter()
-        .map(|u| format!("[[database.shards]]\nprimary = \"{u}\"\n"))
-        .collect();
+    let shards = shard_lines(urls);
     format!(
         "listen = \"{listen}\"\nmetrics_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\
          [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\ntwo_phase_commit = true\n{shards}\n\
@@ -329,35 +326,11 @@ async fn binary_writing(
 async fn spawn_sidecar(config: &str, port: u16) -> tokio::process::Child {
     let path = std::env::temp_dir().join(format!("pgsidecar-two-phase-{port}.toml"));
     std::fs::write(&path, config).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sidecar binary did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    child
+    spawn_binary_with(&path, port).await
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    pgsidecar::localpg::free_port().unwrap()
 }
 
 /// Polls `sql` on `pg` until it prints `want` (bounded: 20 s).

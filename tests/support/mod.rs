@@ -136,6 +136,33 @@ pub async fn start_from_file(path: &std::path::Path) -> Running {
     .expect("sidecar starts")
 }
 
+/// The sidecar binary (a process of its own, for signals and kills) started with the
+/// configuration file at `path`; returns once it listens on `port` (bounded: 20 s). Killed
+/// when dropped.
+pub async fn spawn_binary_with(path: &std::path::Path, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["run", "--config"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar binary did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
 /// A tokio-postgres client through `addr`.
 pub async fn connect(
     addr: SocketAddr,

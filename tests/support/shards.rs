@@ -13,12 +13,24 @@ pub fn shard_server() -> LocalPostgres {
     pg
 }
 
+/// `[[database.shards]]` tables for primaries at these URLs, in order.
+pub fn shard_lines<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> String {
+    urls.into_iter()
+        .map(|u| format!("[[database.shards]]\nprimary = \"{}\"\n", u.as_ref()))
+        .collect()
+}
+
 /// A sidecar in front of `shards` (database `app`, user app), with `more` TOML after the
 /// user (sharded tables, tenancy).
 pub async fn sharded_sidecar(shards: &[LocalPostgres], more: &str) -> Running {
+    start(&sharded_toml(shards, more)).await
+}
+
+/// The configuration [`sharded_sidecar`] starts.
+pub fn sharded_toml(shards: &[LocalPostgres], more: &str) -> String {
     let plain: Vec<(&LocalPostgres, Option<&LocalPostgres>)> =
         shards.iter().map(|s| (s, None)).collect();
-    sharded_sidecar_with_replicas(&plain, more).await
+    sharded_toml_with_replicas(&plain, more)
 }
 
 /// Like [`sharded_sidecar`], each shard with its replica if it has one.
@@ -26,6 +38,14 @@ pub async fn sharded_sidecar_with_replicas(
     shards: &[(&LocalPostgres, Option<&LocalPostgres>)],
     more: &str,
 ) -> Running {
+    start(&sharded_toml_with_replicas(shards, more)).await
+}
+
+/// The configuration [`sharded_sidecar_with_replicas`] starts.
+fn sharded_toml_with_replicas(
+    shards: &[(&LocalPostgres, Option<&LocalPostgres>)],
+    more: &str,
+) -> String {
     let shard_lines: String = shards
         .iter()
         .map(|(primary, replica)| {
@@ -38,12 +58,11 @@ pub async fn sharded_sidecar_with_replicas(
             )
         })
         .collect();
-    start(&format!(
+    format!(
         "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [pool]\nsize = 2\n\n[[database]]\nname = \"app\"\n{shard_lines}\n\
          [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{more}"
-    ))
-    .await
+    )
 }
 
 /// A shard server with the tenancy SQL and a tenant table under Row-Level Security.
