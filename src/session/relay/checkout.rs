@@ -30,17 +30,35 @@ impl Relay {
         pool: Arc<crate::pool::Pool>,
         upstream: crate::route::replica::Upstream,
     ) -> Result<Box<Attachment>, ErrorReport> {
-        // An idle connection there for the taking (no tenant cap to wait behind): no waiting,
-        // so nothing to cancel and no client to watch.
-        let capped = self.live.tenant_limits.is_some() && self.info.tenant.is_some();
-        let now = (!capped)
-            .then(|| pool.checkout_idle_now(&self.info.state.settings, self.info.tenant.as_deref()))
-            .flatten();
-        let (tenant_permit, checkout) = match now {
-            Some(checkout) => (None, Ok(checkout)),
-            // Boxed: waiting is the rare path, and its future is large.
-            None => Box::pin(self.wait_for_checkout(&pool)).await?,
-        };
+        match self.attach_now(&pool, upstream) {
+            Some(att) => Ok(att),
+            None => self.attach_waiting_for(pool, upstream).await,
+        }
+    }
+
+    /// [`Relay::attach_pool`] when an idle connection is there for the taking (and no tenant
+    /// cap to wait behind): no waiting, so nothing to cancel and no client to watch.
+    pub(super) fn attach_now(
+        &mut self,
+        pool: &Arc<crate::pool::Pool>,
+        upstream: crate::route::replica::Upstream,
+    ) -> Option<Box<Attachment>> {
+        if self.live.tenant_limits.is_some() && self.info.tenant.is_some() {
+            return None;
+        }
+        let checkout =
+            pool.checkout_idle_now(&self.info.state.settings, self.info.tenant.as_deref())?;
+        Some(self.prepared(checkout, None, upstream))
+    }
+
+    /// [`Relay::attach_pool`] when it has to wait (behind the tenant's cap, for a connection).
+    pub(super) async fn attach_waiting_for(
+        &mut self,
+        pool: Arc<crate::pool::Pool>,
+        upstream: crate::route::replica::Upstream,
+    ) -> Result<Box<Attachment>, ErrorReport> {
+        // Boxed: waiting is the rare path, and its future is large.
+        let (tenant_permit, checkout) = Box::pin(self.wait_for_checkout(&pool)).await?;
         let server = match checkout {
             Ok(s) => s,
             Err(e) => {
@@ -49,6 +67,17 @@ impl Relay {
                 return Err(checkout_report(&e, Severity::Error));
             }
         };
+        Ok(self.prepared(server, tenant_permit, upstream))
+    }
+
+    /// The attachment of a connection just checked out, with what makes it carry this
+    /// client's settings (and tenant) queued before anything else.
+    fn prepared(
+        &mut self,
+        server: crate::pool::Checkout,
+        tenant_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        upstream: crate::route::replica::Upstream,
+    ) -> Box<Attachment> {
         let spare = std::mem::take(&mut self.spare);
         let mut att = Box::new(Attachment::new(server, spare));
         self.info.key.running(att.cancel_target());
@@ -64,7 +93,7 @@ impl Relay {
                 let sets = [(crate::token::TOKEN_SETTING, token.as_str())];
                 tenancy::push_set_config(&mut att, &sets, Source::Sidecar);
             }
-            return Ok(att);
+            return att;
         }
         match (token, conn.applied.sets_to(wanted)) {
             // The token and the settings in one statement (set_config, values as parameters).
@@ -91,7 +120,7 @@ impl Relay {
                 }
             }
         }
-        Ok(att)
+        att
     }
 
     /// Waits for a server connection of `pool` (behind the tenant's cap first), ended by a

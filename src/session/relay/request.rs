@@ -5,7 +5,9 @@
 //! to expect. `on_client_frame` dispatches; each step is its own function.
 
 use super::*;
+use crate::route::replica::Upstream;
 use crate::session::effects::Effects;
+use crate::sql::signal::SignalKind;
 
 /// A client frame once the sidecar has understood it.
 struct Understood {
@@ -19,44 +21,154 @@ struct Understood {
     refused_parse: Option<String>,
 }
 
+/// A signal the frame asks for, to be acted on before it runs (waits for the signalled client).
+enum SignalDue {
+    /// A Query that is a signal call of an issued PID.
+    Query(Frame, i32, crate::sql::signal::SignalCall),
+    /// A Bind of a signal statement: its kind and the PID parameter's number.
+    Bind(Frame, SignalKind, usize),
+}
+
+/// A frame with its signals dealt with: the frame (replaced by one that answers a signal),
+/// its classification, and the signal a Parse's statement makes.
+type Signalled = (Frame, Option<Classified>, Option<(SignalKind, usize)>);
+
+/// What is left of a client frame that has to wait for something before it is sent.
+enum Later {
+    /// A signal to act on; nothing else was done yet.
+    Signal(SignalDue, MessageRole, Target),
+    /// Understood; the LISTEN connection follows the client's channels first.
+    Listen(Understood, MessageRole, Target),
+    /// Understood; a server connection of `pool` has to be waited for.
+    Attach(Understood, MessageRole, Arc<crate::pool::Pool>, Upstream),
+}
+
+/// How a frame went on the path that never waits.
+enum Now {
+    Done(Option<End>),
+    Later(Box<Later>),
+}
+
+/// Attaching a server connection without waiting.
+pub(super) enum AttachNow {
+    /// Attached (with the held BEGIN to send first), or failed (the client was answered).
+    Done(Option<Option<Frame>>),
+    /// No idle connection at hand: one of `pool` has to be waited for.
+    Wait(Arc<crate::pool::Pool>, Upstream),
+}
+
 impl Relay {
     /// Runs one client frame; `target` is where its request goes when no server connection is
-    /// attached.
+    /// attached. What never waits (almost every frame) runs without a future of its own; what
+    /// waits (a signal, the LISTEN connection, a checkout) goes on in a boxed one.
     pub(super) async fn on_client_frame(
+        &mut self,
+        incoming: Incoming,
+        target: Target,
+    ) -> Result<Option<End>, RelayError> {
+        match self.frame_now(incoming, target)? {
+            Now::Done(end) => Ok(end),
+            Now::Later(later) => {
+                Box::pin(self.frame_later(*later)).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`Relay::on_client_frame`] up to the first step that waits.
+    fn frame_now(
         &mut self,
         (frame, classified): Incoming,
         target: Target,
-    ) -> Result<Option<End>, RelayError> {
+    ) -> Result<Now, RelayError> {
         let role = frontend::role(frame.tag());
         match role {
             MessageRole::Terminate if self.owes_replies() => {
                 self.closing = true;
-                return Ok(None);
+                return Ok(Now::Done(None));
             }
-            MessageRole::Terminate => return Ok(Some(End::ClientLeft)),
+            MessageRole::Terminate => return Ok(Now::Done(Some(End::ClientLeft))),
             MessageRole::Unknown => return Err(RelayError::UnknownMessage(frame.tag())),
             MessageRole::Copy => {
                 self.forward_copy(frame);
-                return Ok(None);
+                return Ok(Now::Done(None));
             }
             _ => {}
         }
-        let understood = self.understand(frame, classified).await;
+        let (frame, classified, signal) = match self.signal_now(frame, classified) {
+            Ok(understood) => understood,
+            Err(due) => return Ok(Now::Later(Box::new(Later::Signal(due, role, target)))),
+        };
+        let understood = self.understand(frame, classified, signal);
+        if !self.goes_on(&understood, role) {
+            return Ok(Now::Done(None));
+        }
+        if self.mode == PoolMode::Transaction && !understood.effects.listen_changes.is_empty() {
+            return Ok(Now::Later(Box::new(Later::Listen(
+                understood, role, target,
+            ))));
+        }
+        match self.ensure_attached_now(target, role) {
+            AttachNow::Done(Some(held_begin)) => self.dispatch(role, understood, held_begin),
+            AttachNow::Done(None) => {}
+            AttachNow::Wait(pool, upstream) => {
+                return Ok(Now::Later(Box::new(Later::Attach(
+                    understood, role, pool, upstream,
+                ))))
+            }
+        }
+        Ok(Now::Done(None))
+    }
+
+    /// The rest of a frame that had to wait.
+    async fn frame_later(&mut self, later: Later) {
+        let (understood, role, attach) = match later {
+            Later::Signal(due, role, target) => {
+                let (frame, classified, signal) = self.deliver_signal(due).await;
+                let understood = self.understand(frame, classified, signal);
+                if !self.goes_on(&understood, role) {
+                    return;
+                }
+                self.follow_listens(&understood.effects).await;
+                (understood, role, self.ensure_attached_now(target, role))
+            }
+            Later::Listen(understood, role, target) => {
+                self.follow_listens(&understood.effects).await;
+                (understood, role, self.ensure_attached_now(target, role))
+            }
+            Later::Attach(understood, role, pool, upstream) => {
+                (understood, role, AttachNow::Wait(pool, upstream))
+            }
+        };
+        let held_begin = match attach {
+            AttachNow::Done(Some(held_begin)) => held_begin,
+            AttachNow::Done(None) => return,
+            AttachNow::Wait(pool, upstream) => {
+                match self.attach_waiting(pool, upstream, role).await {
+                    Some(held_begin) => held_begin,
+                    None => return,
+                }
+            }
+        };
+        self.dispatch(role, understood, held_begin);
+    }
+
+    /// Whether an understood frame is sent on: not inside a failed batch (dropped up to its
+    /// Sync, which is answered), nor a DEALLOCATE of a protocol statement (answered here).
+    fn goes_on(&mut self, understood: &Understood, role: MessageRole) -> bool {
         if let Phase::SkipToSync = self.phase {
             if role == MessageRole::Sync {
                 backend::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
                 self.phase = Phase::Detached;
             }
-            return Ok(None);
+            return false;
         }
-        if role == MessageRole::Request && self.deallocated_protocol_statement(&understood.effects)
-        {
-            return Ok(None);
-        }
-        self.follow_listens(&understood.effects).await;
-        let Some(held_begin) = self.ensure_attached(target, role).await else {
-            return Ok(None);
-        };
+        !(role == MessageRole::Request && self.deallocated_protocol_statement(&understood.effects))
+    }
+
+    /// An understood frame on the attached server connection: what the connection needs before
+    /// it, the frame, and the replies to expect.
+    fn dispatch(&mut self, role: MessageRole, understood: Understood, held_begin: Option<Frame>) {
         let understood = match role {
             MessageRole::Request => Understood {
                 frame: self
@@ -68,7 +180,6 @@ impl Relay {
         };
         self.prepare_attached(role, &understood, held_begin);
         self.send(role, understood);
-        Ok(None)
     }
 
     /// Sends a Query the sidecar wrote in place of a request it refused inside a transaction:
@@ -107,37 +218,56 @@ impl Relay {
         }
     }
 
-    /// What a frame means: signals of the PIDs this sidecar issued are acted on (and the text
-    /// replaced by one that answers the outcome), the tenant guard passes, refuses or rewrites
-    /// it, and its statement's effects and routing are read from its classification (made
-    /// again only for a text the sidecar replaced).
-    async fn understand(&mut self, frame: Frame, classified: Option<Classified>) -> Understood {
-        let (frame, classified, signal) = match frame.tag() {
-            // Signals are rare: their futures are boxed, so every request's is small.
+    /// The signals a frame carries that need no waiting (a Parse's is only marked), or the
+    /// one to act on first ([`Relay::deliver_signal`]).
+    fn signal_now(
+        &self,
+        frame: Frame,
+        classified: Option<Classified>,
+    ) -> Result<Signalled, SignalDue> {
+        match frame.tag() {
             frontend::QUERY_TAG => match self.signal_query(&frame, classified.as_ref()) {
-                Some((pid, call)) => {
-                    let replaced = Box::pin(self.answer_signal_query(&frame, pid, call)).await;
-                    (replaced, None, None)
-                }
-                None => (frame, classified, None),
+                Some((pid, call)) => Err(SignalDue::Query(frame, pid, call)),
+                None => Ok((frame, classified, None)),
             },
             frontend::PARSE_TAG => match self.signal_parse(&frame, classified.as_ref()) {
-                Some((replaced, signal)) => (replaced, None, Some(signal)),
-                None => (frame, classified, None),
+                Some((replaced, signal)) => Ok((replaced, None, Some(signal))),
+                None => Ok((frame, classified, None)),
             },
             frontend::BIND_TAG => {
                 let signal = bound_statement(frame.body())
                     .and_then(|name| self.statements.effects_of(name))
                     .and_then(|effects| effects.signal);
                 match signal {
-                    Some((kind, n)) => {
-                        (Box::pin(self.signal_bind(frame, kind, n)).await, None, None)
-                    }
-                    None => (frame, None, None),
+                    Some((kind, n)) => Err(SignalDue::Bind(frame, kind, n)),
+                    None => Ok((frame, None, None)),
                 }
             }
-            _ => (frame, None, None),
-        };
+            _ => Ok((frame, None, None)),
+        }
+    }
+
+    /// Acts on a signal of an issued PID; the frame becomes one that answers the outcome.
+    async fn deliver_signal(&mut self, due: SignalDue) -> Signalled {
+        match due {
+            SignalDue::Query(frame, pid, call) => (
+                self.answer_signal_query(&frame, pid, call).await,
+                None,
+                None,
+            ),
+            SignalDue::Bind(frame, kind, n) => (self.signal_bind(frame, kind, n).await, None, None),
+        }
+    }
+
+    /// What a frame means (its signals dealt with): the tenant guard passes, refuses or
+    /// rewrites it, and its statement's effects and routing are read from its classification
+    /// (made again only for a text the sidecar replaced).
+    fn understand(
+        &mut self,
+        frame: Frame,
+        classified: Option<Classified>,
+        signal: Option<(SignalKind, usize)>,
+    ) -> Understood {
         // Under tenant enforcement, a refused Query becomes one that raises the refusal on the
         // server (so a transaction fails there too); a refused Parse is replaced when sent.
         let (frame, classified, refused_parse) = match self.guard(&frame, classified.as_ref()) {
@@ -232,15 +362,50 @@ impl Relay {
         target: Target,
         role: MessageRole,
     ) -> Option<Option<Frame>> {
-        let held_begin = match std::mem::replace(&mut self.phase, Phase::Detached) {
-            Phase::Detached => None,
-            Phase::BeginHeld(begin) => Some(begin),
-            attached => {
-                self.phase = attached;
-                return Some(None);
-            }
+        match self.ensure_attached_now(target, role) {
+            AttachNow::Done(attached) => attached,
+            AttachNow::Wait(pool, upstream) => self.attach_waiting(pool, upstream, role).await,
+        }
+    }
+
+    /// [`Relay::ensure_attached`] when an idle connection is at hand (or it fails at once).
+    fn ensure_attached_now(&mut self, target: Target, role: MessageRole) -> AttachNow {
+        if !matches!(self.phase, Phase::Detached | Phase::BeginHeld(_)) {
+            return AttachNow::Done(Some(None));
+        }
+        let (pool, upstream) = match self.pool_for(target) {
+            Ok(chosen) => chosen,
+            Err(report) => return AttachNow::Done(self.attached(Err(report), role)),
         };
-        match self.attach(target).await {
+        match self.attach_now(&pool, upstream) {
+            Some(att) => AttachNow::Done(self.attached(Ok(att), role)),
+            None => AttachNow::Wait(pool, upstream),
+        }
+    }
+
+    /// [`Relay::ensure_attached`] once it has to wait for a connection of `pool`.
+    async fn attach_waiting(
+        &mut self,
+        pool: Arc<crate::pool::Pool>,
+        upstream: Upstream,
+        role: MessageRole,
+    ) -> Option<Option<Frame>> {
+        let checkout = self.attach_waiting_for(pool, upstream).await;
+        self.attached(checkout, role)
+    }
+
+    /// The client is attached to the connection it got (`Some` with the held BEGIN, to be sent
+    /// first), or was told why it got none.
+    fn attached(
+        &mut self,
+        checkout: Result<Box<Attachment>, ErrorReport>,
+        role: MessageRole,
+    ) -> Option<Option<Frame>> {
+        let held_begin = match std::mem::replace(&mut self.phase, Phase::Detached) {
+            Phase::BeginHeld(begin) => Some(begin),
+            _ => None,
+        };
+        match checkout {
             Ok(att) => {
                 self.phase = Phase::Attached(att);
                 Some(held_begin)
