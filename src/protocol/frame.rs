@@ -68,22 +68,26 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     bytes: Bytes,
+    /// `bytes[0]`, read once (every step of the relay asks for it).
+    tag: u8,
 }
 
 impl Frame {
-    /// Wraps already-framed bytes (used by builders and tests).
+    /// Wraps already-framed bytes (used by builders and tests). Bytes too short for a header
+    /// make a frame of tag 0 and an empty body.
     pub fn from_bytes(bytes: Bytes) -> Frame {
-        Frame { bytes }
+        let tag = bytes.first().copied().unwrap_or(0);
+        Frame { bytes, tag }
     }
 
     /// The message type byte.
     pub fn tag(&self) -> u8 {
-        self.bytes[0]
+        self.tag
     }
 
     /// The body after the length word.
     pub fn body(&self) -> &[u8] {
-        &self.bytes[HEADER_LEN..]
+        self.bytes.get(HEADER_LEN..).unwrap_or_default()
     }
 
     /// The whole frame as it arrived.
@@ -122,6 +126,7 @@ pub fn try_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameE
     }
     Ok(Some(Frame {
         bytes: buf.split_to(header.frame_len).freeze(),
+        tag: header.tag,
     }))
 }
 
