@@ -516,6 +516,19 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
     };
     let counted: i64 = row.get(0).unwrap().parse().unwrap();
     assert!(counted > 0 && counted < ROWS, "{counted}");
+    // Text is merged bytewise when the shards that answer order it so: the one that is down
+    // (whose collation was never learned) leaves out its rows, not the ORDER BY.
+    let rows = c
+        .simple_query(
+            "/* pgsidecar: partial_ok */ SELECT customer_id, note FROM items ORDER BY note, customer_id",
+        )
+        .await
+        .unwrap();
+    let sorted = rows
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count() as i64;
+    assert_eq!(sorted, counted, "the answering shards' rows, merged in order");
 }
 
 /// A sidecar over `shards` (and a shard at `dead`, a port nothing listens on), with `extra`

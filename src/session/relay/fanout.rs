@@ -355,7 +355,11 @@ impl Relay {
             formats: client_formats,
             budget,
             describe: asked.describe,
-            collation_c: on.iter().all(|&n| self.collation_is_c(n)),
+            // Only the shards that answer: one left out (partial_ok) adds no rows to compare.
+            collation_c: on
+                .iter()
+                .filter(|n| !missing.contains(n))
+                .all(|&n| self.collation_is_c(n)),
             targets: targets.clone(),
         };
         let timeout = self.live.config.limits.query_timeout;
