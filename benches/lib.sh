@@ -2,7 +2,8 @@
 # PostgreSQL binaries, builds the release binary, starts a throwaway PostgreSQL on loopback with
 # a pgbench database `app` (role app/secret), starts pgsidecar, and stops everything at exit.
 # Sets: bin root work pg_port; functions as_pg free_port psql_su start_postgres start_replica
-# start_server start_sidecar run_config sidecar_toml sharded_toml pgbench_groups tps_of.
+# start_server start_sidecar start_pgbouncer run_config sidecar_toml sharded_toml
+# pgbench_groups tps_of.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -63,12 +64,45 @@ start_server() {
   eval "port_$1=$port"
 }
 
-# start_sidecar PORT POOL: pgsidecar in transaction mode in front of the database.
+# start_sidecar PORT POOL [WRAPPER…]: pgsidecar in transaction mode in front of the database,
+# run under WRAPPER (such as valgrind) when given; returns once it accepts connections.
 start_sidecar() {
-  "$root/target/release/pgsidecar" run --upstream "postgres://app:secret@127.0.0.1:$pg_port/app" \
-    --listen "127.0.0.1:$1" --metrics-listen "127.0.0.1:$(free_port)" \
-    --pool-size "$2" --pool-mode transaction 2>"$work/sidecar-$1.log" & pids+=($!)
-  sleep 1
+  local port=$1 pool=$2
+  shift 2
+  "$@" "$root/target/release/pgsidecar" run --upstream "postgres://app:secret@127.0.0.1:$pg_port/app" \
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+    --pool-size "$pool" --pool-mode transaction 2>"$work/sidecar-$port.log" & pids+=($!)
+  for _ in $(seq 1 100); do "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
+}
+
+# start_pgbouncer PORT POOL [WRAPPER…]: PgBouncer (installed with apt-get when missing) in
+# transaction mode in front of the database, SCRAM like pgsidecar, run under WRAPPER (such as
+# valgrind) when given; sets bouncer_pid once it accepts connections.
+start_pgbouncer() {
+  local port=$1 pool=$2
+  shift 2
+  if ! command -v pgbouncer >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null
+  fi
+  cat >"$work/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$pg_port dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $pool
+max_client_conn = 1000
+logfile = $work/pgbouncer.log
+INI
+  echo '"app" "secret"' >"$work/userlist.txt"
+  [ "$(id -u)" = 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
+  as_pg "$@" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
+  for _ in $(seq 1 100); do "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
+  bouncer_pid=$(pgrep -f "^pgbouncer $work/pgbouncer.ini" | head -n1 || true)
 }
 
 # run_config FILE: pgsidecar with this configuration file (stderr to FILE without .toml, .log);

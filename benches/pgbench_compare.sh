@@ -23,36 +23,15 @@ set -euo pipefail
 rounds=${1:-3}; seconds=${2:-10}; clients=${3:-16}; pool=${4:-20}
 workloads=${5:-select-simple,select-extended,select-prepared,select-connect,tpcb}
 source "$(dirname "$0")/lib.sh"
-if ! command -v pgbouncer >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null
-fi
 start_postgres 10
 bouncer_port=$(free_port); sidecar_port=$(free_port)
-
-cat >"$work/pgbouncer.ini" <<INI
-[databases]
-app = host=127.0.0.1 port=$pg_port dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = $pool
-max_client_conn = 1000
-logfile = $work/pgbouncer.log
-INI
-echo '"app" "secret"' >"$work/userlist.txt"
-[ "$(id -u)" = 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
-as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
+start_pgbouncer "$bouncer_port" "$pool"
 start_sidecar "$sidecar_port" "$pool"
 sidecar_pid=${pids[-1]}
 # The same sidecar on one runtime thread (PGSIDECAR_WORKERS=1), as PgBouncer runs on one.
 sidecar1_port=$(free_port)
 PGSIDECAR_WORKERS=1 start_sidecar "$sidecar1_port" "$pool"
 sidecar1_pid=${pids[-1]}
-bouncer_pid=$(pgrep -f "^pgbouncer $work/pgbouncer.ini" | head -n1)
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 # cpu_ticks PID: utime + stime so far (fields 14 and 15; the command name has no spaces).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
