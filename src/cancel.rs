@@ -77,14 +77,55 @@ struct Slot {
     /// Fired by `pg_terminate_backend` of this client's PID, or by the sidecar's shutdown (one
     /// future for the relay to poll): its session ends.
     terminate: tokio_util::sync::CancellationToken,
-    state: Mutex<CancelState>,
-    /// Held while a cancel is delivered, and while the relay releases the server connection.
-    delivery: Arc<tokio::sync::Mutex<()>>,
+    state: Mutex<Cancelling>,
+    /// Fired when the last cancel on its way to the client's server has been delivered (a
+    /// detach waits for it).
+    delivered: Notify,
+}
+
+/// What a client's key points at, and how many cancels are on their way to its server.
+struct Cancelling {
+    now: CancelState,
+    /// The server connection is not released while this is above zero.
+    delivering: usize,
 }
 
 impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cancelling> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set(&self, state: CancelState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.lock().now = state;
+    }
+
+    /// The target a cancel goes to now, counted as on its way until the returned guard is
+    /// dropped (delivered, failed, or abandoned); `None` unless a server connection serves
+    /// the client (or, with `alone`, when a cancel is already on its way).
+    fn start_delivery(self: &Arc<Self>, alone: bool) -> Option<(CancelTarget, Delivering)> {
+        let mut state = self.lock();
+        let CancelState::Running(target) = &state.now else {
+            return None;
+        };
+        if alone && state.delivering > 0 {
+            return None;
+        }
+        let target = target.clone();
+        state.delivering += 1;
+        Some((target, Delivering(Arc::clone(self))))
+    }
+}
+
+/// A cancel on its way to a client's server (see [`Slot::start_delivery`]).
+struct Delivering(Arc<Slot>);
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.delivering -= 1;
+        if state.delivering == 0 {
+            self.0.delivered.notify_waiters();
+        }
     }
 }
 
@@ -135,8 +176,11 @@ impl CancelRegistry {
             facts,
             owner,
             terminate: ends.child_token(),
-            state: Mutex::new(CancelState::Idle),
-            delivery: Arc::new(tokio::sync::Mutex::new(())),
+            state: Mutex::new(Cancelling {
+                now: CancelState::Idle,
+                delivering: 0,
+            }),
+            delivered: Notify::new(),
         });
         keys.insert(process_id, Arc::clone(&slot));
         IssuedKey {
@@ -190,7 +234,7 @@ impl CancelRegistry {
         let mut rows: Vec<ClientRow> = keys
             .iter()
             .map(|(&process_id, slot)| {
-                let (state, server) = match &*slot.state.lock().unwrap_or_else(|e| e.into_inner()) {
+                let (state, server) = match &slot.lock().now {
                     CancelState::Waiting(_) => ("waiting", None),
                     CancelState::Idle => ("active", None),
                     CancelState::Running(t) => (
@@ -225,13 +269,15 @@ impl CancelRegistry {
 }
 
 /// Cancels what the slot's client waits for or runs.
-async fn deliver(slot: &Slot) {
-    let _delivering = slot.delivery.lock().await;
-    let state = slot.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match state {
-        CancelState::Idle => tracing::debug!("cancel request for an idle client"),
+async fn deliver(slot: &Arc<Slot>) {
+    if let Some((target, _delivering)) = slot.start_delivery(false) {
+        return send_cancel(&target).await;
+    }
+    match &slot.lock().now {
         CancelState::Waiting(notify) => notify.notify_one(),
-        CancelState::Running(target) => send_cancel(&target).await,
+        CancelState::Idle | CancelState::Running(_) => {
+            tracing::debug!("cancel request for an idle client")
+        }
     }
 }
 
@@ -307,13 +353,10 @@ impl IssuedKey {
     /// Cancels the statement running on the client's server connection (query timeout)
     /// without waiting; the connection is not released before the cancel was delivered.
     pub fn cancel_in_background(&self) {
-        let target = match &*self.slot.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            CancelState::Running(target) => target.clone(),
-            CancelState::Idle | CancelState::Waiting(_) => return,
-        };
-        // Taken before spawning, so a release that follows waits for the delivery.
-        let Ok(delivering) = Arc::clone(&self.slot.delivery).try_lock_owned() else {
-            return; // a cancel is already on its way
+        // Counted before spawning, so a release that follows waits for the delivery; none
+        // when a cancel is already on its way.
+        let Some((target, delivering)) = self.slot.start_delivery(true) else {
+            return;
         };
         tokio::spawn(async move {
             send_cancel(&target).await;
@@ -324,12 +367,24 @@ impl IssuedKey {
     /// The client no longer uses a server connection. Waits for any cancel being delivered
     /// to the old one, so the caller may then return it to the pool.
     pub async fn detach(&self) {
-        // Almost always no cancel is on its way: then no waiting at all.
-        let _delivered = match self.slot.delivery.try_lock() {
-            Ok(free) => free,
-            Err(_) => self.slot.delivery.lock().await,
-        };
-        self.slot.set(CancelState::Idle);
+        loop {
+            {
+                let mut state = self.slot.lock();
+                // Almost always no cancel is on its way: then no waiting at all.
+                if state.delivering == 0 {
+                    state.now = CancelState::Idle;
+                    return;
+                }
+            }
+            // Registered before the count is read again, so a delivery that ends in between
+            // wakes it.
+            let delivered = self.slot.delivered.notified();
+            tokio::pin!(delivered);
+            delivered.as_mut().enable();
+            if self.slot.lock().delivering > 0 {
+                delivered.await;
+            }
+        }
     }
 }
 
@@ -372,5 +427,62 @@ mod tests {
             let key = registry.issue(&rng, String::new(), facts(), &Default::default());
             assert!(key.process_id() >= FIRST_ISSUED_PID, "{}", key.process_id());
         }
+    }
+
+    /// A target whose "server" is the far end of an in-process pipe, handed out on `dials`.
+    fn piped_target() -> (
+        CancelTarget,
+        tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream>,
+    ) {
+        let (tx, dials) = tokio::sync::mpsc::unbounded_channel();
+        let dial = move |_: &str, _: u16| {
+            let (ours, theirs) = tokio::io::duplex(64);
+            let _ = tx.send(theirs);
+            Ok(ours)
+        };
+        let target = CancelTarget {
+            host: Arc::from("server"),
+            port: 5432,
+            key: BackendKey {
+                process_id: 7,
+                secret_key: 8,
+            },
+            dialer: crate::stream::Dialer::Memory(Arc::new(dial)),
+        };
+        (target, dials)
+    }
+
+    #[tokio::test]
+    async fn a_release_waits_for_the_cancel_on_its_way() {
+        let registry = CancelRegistry::default();
+        let key = registry.issue(
+            &SystemRandom::new(),
+            String::new(),
+            facts(),
+            &Default::default(),
+        );
+        // Idle: nothing to cancel, and a detach does not wait.
+        key.cancel_in_background();
+        key.detach().await;
+        let (target, mut dials) = piped_target();
+        key.running(target);
+        key.cancel_in_background();
+        // A second one while the first is on its way is not sent.
+        key.cancel_in_background();
+        let mut server = dials.recv().await.expect("the cancel dialed");
+        let mut packet = [0u8; 16];
+        server.read_exact(&mut packet).await.unwrap();
+        assert_eq!(&packet[8..], &[0, 0, 0, 7, 0, 0, 0, 8]);
+        // The server has the request but has not closed the connection: not delivered yet.
+        let detach = key.detach();
+        tokio::pin!(detach);
+        assert!(futures_util::poll!(detach.as_mut()).is_pending());
+        drop(server);
+        detach.await;
+        assert!(dials.try_recv().is_err(), "one cancel only");
+        // Detached: a cancel finds nothing to send.
+        key.cancel_in_background();
+        tokio::task::yield_now().await;
+        assert!(dials.try_recv().is_err());
     }
 }
