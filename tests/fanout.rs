@@ -528,7 +528,10 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
         .iter()
         .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
         .count() as i64;
-    assert_eq!(sorted, counted, "the answering shards' rows, merged in order");
+    assert_eq!(
+        sorted, counted,
+        "the answering shards' rows, merged in order"
+    );
 }
 
 /// A sidecar over `shards` (and a shard at `dead`, a port nothing listens on), with `extra`

@@ -59,6 +59,7 @@ impl Relay {
                 Through::NeedMore => break,
                 Through::AtMessage => {}
             }
+            skip_forwarded(att, &mut cut);
             let conn = att.server.conn_mut();
             let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)?
             else {
@@ -387,6 +388,36 @@ async fn stream_through(
         return Ok(Through::NeedMore);
     }
     Ok(Through::MessageDone)
+}
+
+/// Whole messages at `cut` that are only forwarded, passed over at once (a reply's rows):
+/// what the message loop would do with each of them one by one, when none is inspected, none
+/// answers a pending extended message, none is recorded for the cache and the connection owes
+/// the client the reply in progress. Stops at anything else, which the loop looks at.
+fn skip_forwarded(att: &mut Attachment, cut: &mut usize) {
+    let plain = att.passthrough.is_none()
+        && att.pending.is_empty()
+        && att.cache.recording.is_none()
+        && att.expect.front().is_some_and(|e| e.reply() == Reply::Forward);
+    if !plain {
+        return;
+    }
+    let rbuf = &att.server.conn_mut().rbuf;
+    while let Ok(Some(header)) = peek_header(&rbuf[*cut..]) {
+        let special = matches!(
+            header.tag,
+            READY_FOR_QUERY_TAG
+                | PARAMETER_STATUS_TAG
+                | ERROR_RESPONSE_TAG
+                | NOTICE_RESPONSE_TAG
+                | NOTIFICATION_RESPONSE_TAG
+                | COPY_IN_RESPONSE_TAG
+        );
+        if special || rbuf.len() - *cut < header.frame_len {
+            return;
+        }
+        *cut += header.frame_len;
+    }
 }
 
 /// What the relay needs to inspect a message.
