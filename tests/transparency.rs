@@ -384,6 +384,46 @@ async fn sql_deallocate_and_execute_reach_protocol_statements_even_pipelined() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_the_sidecar_gives_itself_keep_their_place_among_the_servers() {
+    // One batch: the Close and the second Parse are answered by the sidecar (the statement
+    // stays on the server, which has it), between the server's own replies.
+    let mut batch = BytesMut::new();
+    bind_and_execute(&mut batch, "s1");
+    postgres_protocol::message::frontend::close(b'S', "s1", &mut batch).unwrap();
+    postgres_protocol::message::frontend::parse("s1", "SELECT 1", [], &mut batch).unwrap();
+    bind_execute(&mut batch, "s1");
+    let name = fresh_user("synthesized_order");
+    let direct = std::net::SocketAddr::from(([127, 0, 0, 1], pg().port));
+    let mut conn = raw(direct, &name, &[]).await;
+    prepare(&mut conn, "s1", "SELECT 1").await;
+    conn.write_all(&batch).await.unwrap();
+    let expected = tags(&read_until_ready(&mut conn, 1).await);
+    assert_eq!(expected, "2DC312DCZ");
+    for mode in ["transaction", "session"] {
+        let name = fresh_user("synthesized_order");
+        let sidecar = start(&toml(&name, mode)).await;
+        let mut conn = raw(sidecar.addr, &name, &[]).await;
+        prepare(&mut conn, "s1", "SELECT 1").await;
+        conn.write_all(&batch).await.unwrap();
+        let replies = read_until_ready(&mut conn, 1).await;
+        assert_eq!(tags(&replies), expected, "{mode}");
+        // Many rows, over many reads: every one, in order.
+        let replies = query(&mut conn, "SELECT generate_series(1, 5000)").await;
+        let rows: Vec<String> = replies
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
+            .collect();
+        assert_eq!(rows.len(), 5000, "{mode}");
+        assert!(
+            rows.iter().zip(1..).all(|(r, i)| *r == i.to_string()),
+            "{mode}"
+        );
+        assert_eq!(tags(&replies[replies.len() - 2..]), "CZ", "{mode}");
+    }
+}
+
 /// Prepares `sql` as `b1`, binds 'happy' to it and runs it: its replies.
 async fn prepare_and_run(conn: &mut ServerConn, sql: &str) -> Vec<(u8, Vec<u8>)> {
     prepare(conn, "b1", sql).await;

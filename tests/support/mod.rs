@@ -396,6 +396,12 @@ pub async fn scrape(metrics_addr: SocketAddr, name: &str) -> Option<f64> {
 
 /// Bind of `statement` to the unnamed portal, Execute, Sync.
 pub fn bind_execute(out: &mut bytes::BytesMut, statement: &str) {
+    bind_and_execute(out, statement);
+    postgres_protocol::message::frontend::sync(out);
+}
+
+/// Bind of `statement` to the unnamed portal and Execute (no Sync: the batch goes on).
+pub fn bind_and_execute(out: &mut bytes::BytesMut, statement: &str) {
     postgres_protocol::message::frontend::bind(
         "",
         statement,
@@ -408,7 +414,6 @@ pub fn bind_execute(out: &mut bytes::BytesMut, statement: &str) {
     .map_err(|_| ())
     .unwrap();
     postgres_protocol::message::frontend::execute("", 0, out).unwrap();
-    postgres_protocol::message::frontend::sync(out);
 }
 
 /// Reads whole messages until `readies` ReadyForQuery arrived: (tag, body) each.

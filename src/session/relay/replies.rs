@@ -59,7 +59,9 @@ impl Relay {
                 Through::NeedMore => break,
                 Through::AtMessage => {}
             }
-            skip_forwarded(att, &mut cut);
+            if skip_forwarded(att, &mut cut) {
+                continue;
+            }
             let conn = att.server.conn_mut();
             let Some(header) = peek_header(&conn.rbuf[cut..]).map_err(RelayError::ServerFrame)?
             else {
@@ -392,18 +394,25 @@ async fn stream_through(
 
 /// Whole messages at `cut` that are only forwarded, passed over at once (a reply's rows):
 /// what the message loop would do with each of them one by one, when none is inspected, none
-/// answers a pending extended message, none is recorded for the cache and the connection owes
-/// the client the reply in progress. Stops at anything else, which the loop looks at.
-fn skip_forwarded(att: &mut Attachment, cut: &mut usize) {
+/// is recorded for the cache, the connection owes the client the reply in progress, and the
+/// extended message each answers (if any) is forwarded too. Stops at anything else, which the
+/// loop looks at. True when a reply the sidecar gives itself became due (the loop sends it
+/// first).
+fn skip_forwarded(att: &mut Attachment, cut: &mut usize) -> bool {
     let plain = att.passthrough.is_none()
-        && att.pending.is_empty()
         && att.cache.recording.is_none()
-        && att.expect.front().is_some_and(|e| e.reply() == Reply::Forward);
+        && att
+            .expect
+            .front()
+            .is_some_and(|e| e.reply() == Reply::Forward);
     if !plain {
-        return;
+        return false;
     }
-    let rbuf = &att.server.conn_mut().rbuf;
-    while let Ok(Some(header)) = peek_header(&rbuf[*cut..]) {
+    loop {
+        let rbuf = &att.server.conn_mut().rbuf;
+        let Ok(Some(header)) = peek_header(&rbuf[*cut..]) else {
+            return false;
+        };
         let special = matches!(
             header.tag,
             READY_FOR_QUERY_TAG
@@ -414,9 +423,24 @@ fn skip_forwarded(att: &mut Attachment, cut: &mut usize) {
                 | COPY_IN_RESPONSE_TAG
         );
         if special || rbuf.len() - *cut < header.frame_len {
-            return;
+            return false;
+        }
+        let before = att.pending.len();
+        match att.current_pending() {
+            None => {}
+            Some(Pending::Reply {
+                reply: Reply::Forward,
+                ..
+            }) => {
+                advance_pending(att, header.tag);
+            }
+            Some(_) => return false,
         }
         *cut += header.frame_len;
+        let synthesized_due = matches!(att.current_pending(), Some(Pending::Synthesized { .. }));
+        if att.pending.len() < before && synthesized_due {
+            return true;
+        }
     }
 }
 
@@ -642,10 +666,9 @@ fn match_pending(
     replies: &mut queue::ReplyQueue,
     tag: u8,
 ) -> Option<Reply> {
-    let Some(Pending::Reply { awaited, reply, .. }) = att.current_pending() else {
+    if !matches!(att.current_pending(), Some(Pending::Reply { .. })) {
         return None;
-    };
-    let reply = *reply;
+    }
     if tag == ERROR_RESPONSE_TAG {
         loop {
             let readies = att.readies;
@@ -672,6 +695,16 @@ fn match_pending(
         // Errors always reach the client.
         return Some(Reply::Forward);
     }
+    advance_pending(att, tag)
+}
+
+/// The pending extended reply a message (not an error) belongs to moves on past it: it is
+/// done, or awaits more. Its [`Reply`]; `None` when no pending reply is current.
+fn advance_pending(att: &mut Attachment, tag: u8) -> Option<Reply> {
+    let Some(Pending::Reply { awaited, reply, .. }) = att.current_pending() else {
+        return None;
+    };
+    let (awaited, reply) = (*awaited, *reply);
     match awaited.advance(tag) {
         Some(next) => {
             if let Some(Pending::Reply { awaited, .. }) = att.pending.front_mut() {
