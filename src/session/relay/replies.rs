@@ -81,14 +81,8 @@ impl Relay {
                 })
             );
             let conn = att.server.conn_mut();
-            let inspected = matches!(
-                header.tag,
-                READY_FOR_QUERY_TAG
-                    | PARAMETER_STATUS_TAG
-                    | ERROR_RESPONSE_TAG
-                    | NOTICE_RESPONSE_TAG
-                    | NOTIFICATION_RESPONSE_TAG
-            ) || (capturing && header.tag == DATA_ROW_TAG);
+            let inspected =
+                always_inspected(header.tag) || (capturing && header.tag == DATA_ROW_TAG);
             if inspected && header.frame_len > max {
                 return Err(RelayError::ServerFrame(FrameError::TooLarge {
                     tag: header.tag,
@@ -413,15 +407,7 @@ fn skip_forwarded(att: &mut Attachment, cut: &mut usize) -> bool {
         let Ok(Some(header)) = peek_header(&rbuf[*cut..]) else {
             return false;
         };
-        let special = matches!(
-            header.tag,
-            READY_FOR_QUERY_TAG
-                | PARAMETER_STATUS_TAG
-                | ERROR_RESPONSE_TAG
-                | NOTICE_RESPONSE_TAG
-                | NOTIFICATION_RESPONSE_TAG
-                | COPY_IN_RESPONSE_TAG
-        );
+        let special = always_inspected(header.tag) || header.tag == COPY_IN_RESPONSE_TAG;
         if special || rbuf.len() - *cut < header.frame_len {
             return false;
         }
@@ -442,6 +428,18 @@ fn skip_forwarded(att: &mut Attachment, cut: &mut usize) -> bool {
             return true;
         }
     }
+}
+
+/// Backend messages the relay always reads whole and looks into.
+fn always_inspected(tag: u8) -> bool {
+    matches!(
+        tag,
+        READY_FOR_QUERY_TAG
+            | PARAMETER_STATUS_TAG
+            | ERROR_RESPONSE_TAG
+            | NOTICE_RESPONSE_TAG
+            | NOTIFICATION_RESPONSE_TAG
+    )
 }
 
 /// What the relay needs to inspect a message.
