@@ -100,19 +100,22 @@ impl Slot {
     }
 
     /// The target a cancel goes to now, counted as on its way until the returned guard is
-    /// dropped (delivered, failed, or abandoned); `None` unless a server connection serves
-    /// the client (or, with `alone`, when a cancel is already on its way).
-    fn start_delivery(self: &Arc<Self>, alone: bool) -> Option<(CancelTarget, Delivering)> {
+    /// dropped (delivered, failed, or abandoned). Otherwise (one look at the state): the wait
+    /// for a connection to end, or nothing — no request, or (with `alone`) a cancel already on
+    /// its way.
+    fn start_delivery(
+        self: &Arc<Self>,
+        alone: bool,
+    ) -> Result<(CancelTarget, Delivering), Option<Arc<Notify>>> {
         let mut state = self.lock();
-        let CancelState::Running(target) = &state.now else {
-            return None;
+        let target = match &state.now {
+            CancelState::Running(_) if alone && state.delivering > 0 => return Err(None),
+            CancelState::Running(target) => target.clone(),
+            CancelState::Waiting(notify) => return Err(Some(Arc::clone(notify))),
+            CancelState::Idle => return Err(None),
         };
-        if alone && state.delivering > 0 {
-            return None;
-        }
-        let target = target.clone();
         state.delivering += 1;
-        Some((target, Delivering(Arc::clone(self))))
+        Ok((target, Delivering(Arc::clone(self))))
     }
 }
 
@@ -270,14 +273,10 @@ impl CancelRegistry {
 
 /// Cancels what the slot's client waits for or runs.
 async fn deliver(slot: &Arc<Slot>) {
-    if let Some((target, _delivering)) = slot.start_delivery(false) {
-        return send_cancel(&target).await;
-    }
-    match &slot.lock().now {
-        CancelState::Waiting(notify) => notify.notify_one(),
-        CancelState::Idle | CancelState::Running(_) => {
-            tracing::debug!("cancel request for an idle client")
-        }
+    match slot.start_delivery(false) {
+        Ok((target, _delivering)) => send_cancel(&target).await,
+        Err(Some(waiting)) => waiting.notify_one(),
+        Err(None) => tracing::debug!("cancel request for an idle client"),
     }
 }
 
@@ -355,7 +354,7 @@ impl IssuedKey {
     pub fn cancel_in_background(&self) {
         // Counted before spawning, so a release that follows waits for the delivery; none
         // when a cancel is already on its way.
-        let Some((target, delivering)) = self.slot.start_delivery(true) else {
+        let Ok((target, delivering)) = self.slot.start_delivery(true) else {
             return;
         };
         tokio::spawn(async move {
