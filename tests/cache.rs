@@ -438,15 +438,13 @@ async fn concurrent_misses_on_one_key_send_one_query() {
         waits + 3.0,
     )
     .await;
-    let sent: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT name FROM products%' \
-             AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    // The three wait for the first one's reply; its query may still be on its way to the
+    // server (it reaches the lock after the others have started waiting for it).
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT name FROM products%' \
+                   AND wait_event_type = 'Lock'";
+    until_positive(&direct, waiting).await;
+    let sent: i64 = direct.query_one(waiting, &[]).await.unwrap().get(0);
     assert_eq!(sent, 1, "one query upstream for four clients");
     let stores = counter(&sidecar, "pgsidecar_cache_stores_total").await;
     direct.batch_execute("COMMIT").await.unwrap();
