@@ -569,11 +569,7 @@ async fn requests_held_behind_a_busy_server_are_bounded() {
         .expect("the requests were taken in once the first was done")
         .unwrap();
     let replies = read_until_ready(&mut conn, 2).await;
-    let rows: Vec<String> = replies
-        .iter()
-        .filter(|(t, _)| *t == b'D')
-        .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
-        .collect();
+    let rows = first_columns(&replies);
     assert_eq!(rows.len(), 4001, "the count row and one per read");
     assert_eq!(rows[1], "0");
     assert_eq!(rows[4000], "3999");

@@ -298,8 +298,7 @@ async fn prepare(conn: &mut ServerConn, name: &str, sql: &str) {
 
 /// The text of the first DataRow's first column.
 fn first_value(replies: &[(u8, Vec<u8>)]) -> String {
-    let (_, body) = replies.iter().find(|(t, _)| *t == b'D').expect("a row");
-    String::from_utf8_lossy(&body[6..]).into_owned()
+    first_columns(replies).into_iter().next().expect("a row")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,11 +409,7 @@ async fn replies_the_sidecar_gives_itself_keep_their_place_among_the_servers() {
         assert_eq!(tags(&replies), expected, "{mode}");
         // Many rows, over many reads: every one, in order.
         let replies = query(&mut conn, "SELECT generate_series(1, 5000)").await;
-        let rows: Vec<String> = replies
-            .iter()
-            .filter(|(t, _)| *t == b'D')
-            .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
-            .collect();
+        let rows = first_columns(&replies);
         assert_eq!(rows.len(), 5000, "{mode}");
         assert!(
             rows.iter().zip(1..).all(|(r, i)| *r == i.to_string()),

@@ -448,6 +448,15 @@ pub fn tags(replies: &[(u8, Vec<u8>)]) -> String {
     replies.iter().map(|(t, _)| *t as char).collect()
 }
 
+/// The text of each DataRow's first column in `replies`, in order.
+pub fn first_columns(replies: &[(u8, Vec<u8>)]) -> Vec<String> {
+    replies
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
+        .collect()
+}
+
 /// The SQLSTATE of the first ErrorResponse in `replies`.
 pub fn error_code(replies: &[(u8, Vec<u8>)]) -> Option<String> {
     replies

@@ -423,8 +423,10 @@ fn skip_forwarded(att: &mut Attachment, cut: &mut usize) -> bool {
             Some(_) => return false,
         }
         *cut += header.frame_len;
-        let synthesized_due = matches!(att.current_pending(), Some(Pending::Synthesized { .. }));
-        if att.pending.len() < before && synthesized_due {
+        // Only an extended reply done can make one the sidecar gives itself due.
+        if att.pending.len() < before
+            && matches!(att.current_pending(), Some(Pending::Synthesized { .. }))
+        {
             return true;
         }
     }
