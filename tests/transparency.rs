@@ -104,18 +104,21 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
     query(&mut conn, "LISTEN jobs").await;
     let admin = connect_direct_superuser(&name).await;
     // The LISTEN connection and the pooled connection that ran the client's LISTEN. The test
-    // waits until those backends are gone (pg_terminate_backend only signals): a pooled
-    // connection still alive when the NOTIFY is checked out would die under it, which ends the
-    // session (a lost primary does) — a different test.
-    let killed: Vec<i32> = admin
+    // waits until those backends are gone (pg_terminate_backend only signals) and their close
+    // has reached the sidecar: a pooled connection that still looks alive when the NOTIFY is
+    // checked out would die under it, which ends the session (a lost primary does) — a
+    // different test.
+    let rows = admin
         .query(
-            "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND query LIKE 'LISTEN%'",
+            "SELECT pid, client_port FROM pg_stat_activity WHERE usename = $1 AND query LIKE 'LISTEN%'",
             &[&name],
         )
         .await
-        .unwrap()
+        .unwrap();
+    let killed: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    let ports: Vec<u16> = rows
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| u16::try_from(row.get::<_, i32>(1)).expect("a TCP port"))
         .collect();
     assert!(!killed.is_empty());
     admin
@@ -137,6 +140,7 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
         ),
     )
     .await;
+    until_closed_by_server(&ports, pg().port).await;
     let replies = tokio::time::timeout(Duration::from_secs(10), query(&mut conn, "NOTIFY jobs"))
         .await
         .expect("answered");
