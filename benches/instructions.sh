@@ -7,6 +7,10 @@
 # the two runs' totals over the difference in transactions is what one more transaction costs
 # (start-up and the clients' SCRAM logins cancel out).
 #
+# A third row, tokio-pipe, is the floor under any tokio proxy: examples/byte_pipe.rs relays
+# bytes with copy_bidirectional on one runtime thread, no protocol logic and no pooling (each
+# client keeps its own server connection). pgsidecar's count above it is pgsidecar's own work.
+#
 #   benches/instructions.sh [clients=4] [small=1000] [large=4000] [modes=simple,extended]
 #
 # Needs valgrind, the PostgreSQL server binaries, pgbench and pgbouncer (installed with
@@ -16,6 +20,7 @@ clients=${1:-4}; small=${2:-1000}; large=${3:-4000}; modes=${4:-simple,extended}
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 start_postgres 1
+(cd "$root" && cargo build --release -q --example byte_pipe)
 out=$work/callgrind
 mkdir -p "$out" && chmod 777 "$out"
 
@@ -29,12 +34,17 @@ instructions() {
   case "$proxy" in
     pgbouncer) start_pgbouncer "$port" "$clients" "${grind[@]}" ;;
     pgsidecar) PGSIDECAR_WORKERS=1 start_sidecar "$port" "$clients" "${grind[@]}" ;;
+    tokio-pipe)
+      "${grind[@]}" "$root/target/release/examples/byte_pipe" "127.0.0.1:$port" \
+        "127.0.0.1:$pg_port" 2>"$work/pipe-$port.log" & pids+=($!)
+      for _ in $(seq 1 100); do "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
+      ;;
   esac
   "$bin/pgbench" -n -S -M "$mode" -c "$clients" -j "$clients" -t "$tx" \
     -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
   case "$proxy" in
     pgbouncer) pkill -INT -f "pgbouncer $work/pgbouncer.ini" || true ;;
-    pgsidecar) kill -INT "${pids[-1]}" ;;
+    pgsidecar | tokio-pipe) kill -INT "${pids[-1]}" ;;
   esac
   # callgrind writes its totals when the proxy has exited.
   for _ in $(seq 1 300); do grep -q '^totals:' "$file" 2>/dev/null && break; sleep 0.2; done
@@ -43,7 +53,7 @@ instructions() {
 
 printf '%-10s %-9s %14s\n' proxy mode "instr/tx"
 for mode in ${modes//,/ }; do
-  for proxy in pgbouncer pgsidecar; do
+  for proxy in pgbouncer pgsidecar tokio-pipe; do
     a=$(instructions "$proxy" "$mode" "$small")
     b=$(instructions "$proxy" "$mode" "$large")
     printf '%-10s %-9s %14d\n' "$proxy" "$mode" $(( (b - a) / ((large - small) * clients) ))
