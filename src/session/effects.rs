@@ -91,6 +91,57 @@ pub struct Effects {
     pub signal: Option<(crate::sql::signal::SignalKind, usize)>,
 }
 
+/// A client's last statement shape and its effects. Texts of one shape share their
+/// classification (one `Arc` from the classification cache), and [`Effects::of`] reads nothing
+/// else of the text unless the client has SQL prepared statements (it looks for their names)
+/// or the text prepares one (its text is kept): without those, the next text of the same
+/// shape has the same effects, and the memo gives them without looking at the statements
+/// again (most clients run a few shapes over and over).
+#[derive(Default)]
+pub struct EffectsMemo {
+    last: Option<Remembered>,
+}
+
+struct Remembered {
+    /// Held, so the pointer cannot be reused for another classification.
+    classification: Arc<Classification>,
+    cache: bool,
+    effects: Arc<Effects>,
+}
+
+impl EffectsMemo {
+    fn get(
+        &self,
+        classified: &Classified,
+        client_prepared: bool,
+        cache: bool,
+    ) -> Option<Arc<Effects>> {
+        let last = self.last.as_ref().filter(|_| !client_prepared)?;
+        (last.cache == cache && Arc::ptr_eq(&last.classification, &classified.classification))
+            .then(|| Arc::clone(&last.effects))
+    }
+
+    fn remember(
+        &mut self,
+        classified: &Classified,
+        client_prepared: bool,
+        cache: bool,
+        effects: &Arc<Effects>,
+    ) {
+        let prepares = match classified.classification.as_ref() {
+            Classification::Parsed(statements) => statements
+                .iter()
+                .any(|s| matches!(s.kind, Kind::Prepare { .. })),
+            Classification::Unparsed { .. } => false,
+        };
+        self.last = (!client_prepared && !prepares).then(|| Remembered {
+            classification: Arc::clone(&classified.classification),
+            cache,
+            effects: Arc::clone(effects),
+        });
+    }
+}
+
 impl Effects {
     /// No effect at all (shared, no allocation). One per thread: most messages take it, and
     /// one reference count for every runtime thread would bounce between their caches.
@@ -236,6 +287,23 @@ impl Effects {
         }
     }
 
+    /// The effects of `classified`, from `memo` when the client's previous text had the same
+    /// shape (see [`EffectsMemo`]).
+    pub fn remembered(
+        memo: &mut EffectsMemo,
+        sql: &[u8],
+        classified: &Classified,
+        client_prepared: bool,
+        cache: bool,
+    ) -> Arc<Effects> {
+        if let Some(known) = memo.get(classified, client_prepared, cache) {
+            return known;
+        }
+        let effects = Effects::of(sql, classified, client_prepared, cache);
+        memo.remember(classified, client_prepared, cache, &effects);
+        effects
+    }
+
     /// Whether anything here concerns the session state at all.
     pub fn any(&self) -> bool {
         self.capture
@@ -289,6 +357,44 @@ mod tests {
     fn effects(sql: &str) -> Arc<Effects> {
         let cache = ClassificationCache::new(1 << 20, Default::default());
         Effects::of(sql.as_bytes(), &cache.classify(sql.as_bytes()), true, true)
+    }
+
+    #[test]
+    fn the_memo_gives_what_the_text_means() {
+        let cache = ClassificationCache::new(1 << 20, Default::default());
+        let mut memo = EffectsMemo::default();
+        let mut run = |sql: &str, client_prepared: bool, cache_on: bool| {
+            let classified = cache.classify(sql.as_bytes());
+            let got = Effects::remembered(
+                &mut memo,
+                sql.as_bytes(),
+                &classified,
+                client_prepared,
+                cache_on,
+            );
+            let want = Effects::of(sql.as_bytes(), &classified, client_prepared, cache_on);
+            assert_eq!(
+                got, want,
+                "{sql} prepared={client_prepared} cache={cache_on}"
+            );
+            got
+        };
+        // The same shape, other literals: remembered.
+        let first = run("UPDATE t SET a = 1 WHERE id = 2", false, true);
+        let again = run("UPDATE t SET a = 7 WHERE id = 9", false, true);
+        assert!(Arc::ptr_eq(&first, &again));
+        // Another cache setting, another shape: asked again.
+        run("UPDATE t SET a = 7 WHERE id = 9", false, false);
+        run("LISTEN a", false, false);
+        run("LISTEN b", false, false);
+        // With SQL prepared statements the text is looked at (EXECUTE of which statement).
+        run("EXECUTE p1", true, false);
+        let p2 = run("EXECUTE p2", true, false);
+        assert_eq!(p2.executes, vec!["p2".to_string()]);
+        // A PREPARE keeps its own text: never remembered.
+        run("PREPARE a AS SELECT 1", false, false);
+        let b = run("PREPARE a AS SELECT 2", false, false);
+        assert!(matches!(&b.sql_ops[..], [SqlOp::Prepare(_, p)] if p.text.contains('2')));
     }
 
     #[test]

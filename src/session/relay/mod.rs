@@ -183,6 +183,8 @@ pub struct Relay {
     shards: Option<shards::Shards>,
     /// The statement shapes this client used last (classified without the shared cache).
     recent_shapes: crate::sql::cache::Recent,
+    /// The effects of the client's last statement shape.
+    effects_memo: super::effects::EffectsMemo,
     /// The replies owed to the client, in order.
     replies: queue::ReplyQueue,
     /// The result cache of the client's database, when it has rules (transaction mode).
@@ -242,6 +244,7 @@ impl Relay {
                 .statement_shards(&info.database.name)
                 .map(|now| shards::Shards::new(now, &app.metrics)),
             recent_shapes: Default::default(),
+            effects_memo: Default::default(),
             replies: queue::ReplyQueue::default(),
             cache: database_cache(&live, &info.database.name, mode),
             cache_asker: None,

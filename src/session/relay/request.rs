@@ -318,7 +318,7 @@ impl Relay {
 
     /// The effects and routing of a Query's or Parse's statement text.
     pub(super) fn effects(
-        &self,
+        &mut self,
         frame: &Frame,
         classified: Option<&Classified>,
     ) -> (Arc<Effects>, Routing) {
@@ -330,7 +330,13 @@ impl Relay {
         // A Parse's effects are kept with the statement: followed for the cache whether or not
         // one is configured now (a reload may add one while the statement lives).
         let cache = self.cache.is_some() || frame.tag() == frontend::PARSE_TAG;
-        let effects = Effects::of(sql, classified, client_prepared, cache);
+        let effects = Effects::remembered(
+            &mut self.effects_memo,
+            sql,
+            classified,
+            client_prepared,
+            cache,
+        );
         let routing = Routing::of(classified);
         (effects, routing)
     }
