@@ -45,6 +45,27 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// Writes what a plain TCP socket takes now, with no task context: no waker registered,
+    /// no cooperative budget spent — a write the socket takes whole (nearly all of them) costs
+    /// the system call and little else. Returns how much was written: less than `buf` when the
+    /// socket takes no more now, and nothing for TLS and in-process pipes, whose writes go
+    /// through `AsyncWrite`.
+    pub fn write_without_waiting(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Stream::Plain(s) = self else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        while written < buf.len() {
+            match s.try_write(&buf[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+
     /// The peer's address (none in-process).
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         match self {

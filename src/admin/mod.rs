@@ -29,7 +29,6 @@ use crate::app::App;
 use crate::cancel::IssuedKey;
 use crate::protocol::sqlstate::SqlState;
 use crate::session::client::ClientConn;
-use crate::stream::Stream;
 
 pub use command::{parse, Command, CommandError, Show};
 
@@ -148,13 +147,13 @@ pub(crate) fn error(state: SqlState, message: impl Into<String>) -> PgWireError 
 }
 
 /// Ends the console session with a FATAL (the connection closes when the caller returns).
-async fn fatal(client: &mut ClientConn<Stream>, state: SqlState, message: &str) {
+async fn fatal(client: &mut ClientConn, state: SqlState, message: &str) {
     crate::protocol::backend::ErrorReport::fatal(state, message).write(&mut client.wbuf);
     let _ = client.flush().await;
 }
 
 /// Serves an authenticated admin client until it leaves (or the sidecar shuts down).
-pub async fn serve(app: std::sync::Arc<App>, mut client: ClientConn<Stream>, key: IssuedKey) {
+pub async fn serve(app: std::sync::Arc<App>, mut client: ClientConn, key: IssuedKey) {
     let console = handler::Console::new(std::sync::Arc::clone(&app));
     let mut conn = ConsoleClient::new(&key);
     let terminated = key.terminated();

@@ -519,6 +519,14 @@ impl ServerConn {
     /// removed from `out`; the task is woken when more can go). A failed write leaves its
     /// bytes in `out` for the next [`ServerConn::exchange`], which meets the error again.
     pub async fn write_now(&mut self, out: &mut BytesMut) {
+        match self.stream.write_without_waiting(out) {
+            Ok(n) => out.advance(n),
+            // The exchange meets the error when the pump polls it.
+            Err(_) => return,
+        }
+        if out.is_empty() {
+            return;
+        }
         let stream = &mut self.stream;
         std::future::poll_fn(|cx| {
             while !out.is_empty() {

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac, pbkdf2};
 use std::num::NonZeroU32;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{ClientConn, ClientIoError};
 use super::jwt::{Grant, JwtVerifier};
@@ -173,8 +172,8 @@ impl UserAuth {
 
 /// Runs the exchange for `user` (`None` when no such user is configured) and returns when the
 /// client proved who it is. The caller sends AuthenticationOk.
-pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut ClientConn<S>,
+pub async fn authenticate(
+    conn: &mut ClientConn,
     user: &str,
     auth: Option<&UserAuth>,
     mock_key: &[u8],
@@ -232,9 +231,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Flushes what is pending and reads the client's next `p` message.
-async fn read_auth_message<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut ClientConn<S>,
-) -> Result<bytes::Bytes, AuthError> {
+async fn read_auth_message(conn: &mut ClientConn) -> Result<bytes::Bytes, AuthError> {
     conn.flush().await?;
     let frame = conn.read_frame().await?;
     if frame.tag() != PASSWORD_TAG {
@@ -251,9 +248,7 @@ async fn read_auth_message<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(frame.as_bytes().slice(5..))
 }
 
-async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut ClientConn<S>,
-) -> Result<String, AuthError> {
+async fn read_password(conn: &mut ClientConn) -> Result<String, AuthError> {
     let body = read_auth_message(conn).await?;
     parse_password(&body)
         .map(str::to_owned)
@@ -265,8 +260,8 @@ fn malformed() -> AuthError {
 }
 
 /// The SCRAM-SHA-256 server side; `Ok(false)` when the proof does not match.
-async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut ClientConn<S>,
+async fn scram_exchange(
+    conn: &mut ClientConn,
     secret: &ScramSecret,
     rng: &SystemRandom,
 ) -> Result<bool, AuthError> {

@@ -2,9 +2,10 @@
 //! `max_message_size`, buffered writes, byte counters. No protocol decisions here.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::protocol::frame::{peek_header, try_frame, Frame, FrameError, Header};
+use crate::stream::Stream;
 
 /// What can go wrong reading from or writing to the client.
 #[derive(Debug, thiserror::Error)]
@@ -17,18 +18,18 @@ pub enum ClientIoError {
     Frame(#[from] FrameError),
 }
 
-/// A client connection after startup: any byte stream (plain TCP now, TLS later).
-pub struct ClientConn<S> {
-    stream: S,
+/// A client connection after startup (plain TCP or TLS).
+pub struct ClientConn {
+    stream: Stream,
     rbuf: BytesMut,
     /// Replies gathered for the client, written by [`ClientConn::flush`].
     pub wbuf: BytesMut,
     max_message_size: usize,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
+impl ClientConn {
     /// Wraps a stream; `leftover` holds bytes already read past the startup packet.
-    pub fn new(stream: S, leftover: BytesMut, max_message_size: usize) -> ClientConn<S> {
+    pub fn new(stream: Stream, leftover: BytesMut, max_message_size: usize) -> ClientConn {
         ClientConn {
             stream,
             rbuf: leftover,
@@ -92,7 +93,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     pub async fn flush(&mut self) -> Result<usize, ClientIoError> {
         let n = self.wbuf.len();
         if n > 0 {
-            self.stream.write_all(&self.wbuf).await?;
+            write_all(&mut self.stream, &self.wbuf).await?;
             self.wbuf.clear();
         }
         Ok(n)
@@ -101,8 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
     /// Writes a chunk directly (large forwarded data), after anything already gathered.
     pub async fn write_through(&mut self, bytes: &[u8]) -> Result<(), ClientIoError> {
         self.flush().await?;
-        self.stream.write_all(bytes).await?;
-        Ok(())
+        write_all(&mut self.stream, bytes).await
     }
 
     /// Flushes and shuts the write side down; errors are irrelevant at this point.
@@ -110,4 +110,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConn<S> {
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// Writes all of `bytes`: what the socket takes now without a task context, the rest (if any)
+/// as the socket drains.
+async fn write_all(stream: &mut Stream, bytes: &[u8]) -> Result<(), ClientIoError> {
+    let now = stream.write_without_waiting(bytes)?;
+    if now < bytes.len() {
+        stream.write_all(&bytes[now..]).await?;
+    }
+    Ok(())
 }

@@ -227,7 +227,7 @@ enum LoggedIn {
 /// the FATAL to send before closing; `Err(None)` means the client is already gone.
 async fn login(
     app: &Arc<App>,
-    client: &mut ClientConn<Stream>,
+    client: &mut ClientConn,
     startup: &crate::protocol::startup::StartupMessage,
     peer: &Peer<'_>,
 ) -> Result<LoggedIn, Option<ErrorReport>> {
@@ -331,7 +331,7 @@ async fn login(
 async fn console_login(
     app: &Arc<App>,
     live: &crate::live::Live,
-    client: &mut ClientConn<Stream>,
+    client: &mut ClientConn,
     startup: &crate::protocol::startup::StartupMessage,
     peer: &Peer<'_>,
 ) -> Result<crate::cancel::IssuedKey, Option<ErrorReport>> {

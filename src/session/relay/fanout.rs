@@ -510,7 +510,7 @@ impl Merging {
     async fn run(
         self,
         events: Events,
-        client: &mut ClientConn<Stream>,
+        client: &mut ClientConn,
     ) -> Result<(Result<u64, Failure>, Vec<usize>), RelayError> {
         match events {
             Events::Shared(events) => self.in_arrival_order(events, client).await,
@@ -536,7 +536,7 @@ impl Merging {
     async fn in_order(
         self,
         mut shards: Vec<mpsc::Receiver<(usize, Event)>>,
-        client: &mut ClientConn<Stream>,
+        client: &mut ClientConn,
     ) -> Result<(Result<u64, Failure>, Vec<usize>), RelayError> {
         let mut made: Option<(Merger, usize)> = None;
         let mut notices = HashSet::new();
@@ -612,7 +612,7 @@ impl Merging {
     async fn in_arrival_order(
         self,
         mut events: mpsc::Receiver<(usize, Event)>,
-        client: &mut ClientConn<Stream>,
+        client: &mut ClientConn,
     ) -> Result<(Result<u64, Failure>, Vec<usize>), RelayError> {
         let mut merger: Option<(Merger, usize)> = None;
         let mut failure: Option<Failure> = None;

@@ -21,6 +21,14 @@ pub(super) const MAX_HELD_BYTES: usize = 1 << 20;
 /// A client frame with the classification of the statement text it carries (Query, Parse).
 pub(super) type Incoming = (Frame, Option<Classified>);
 
+/// What became of a frame the client sent.
+pub(super) enum Admitted {
+    /// Run as far as it goes without waiting.
+    Ran(super::request::Now),
+    /// Held: the held requests run when they can ([`Relay::run_held`]).
+    Held,
+}
+
 /// How a refused request is answered.
 pub(super) enum Refused {
     /// By the sidecar, in its turn.
@@ -64,9 +72,10 @@ impl std::ops::Deref for Held {
 }
 
 impl Relay {
-    /// Takes one frame from the client: checks it, classifies its text, and runs it now or holds
-    /// it until its request is complete and can run.
-    pub(super) async fn admit(&mut self, frame: Frame) -> Result<Option<End>, RelayError> {
+    /// Takes one frame from the client: checks it, classifies its text, and runs it as far as it
+    /// goes without waiting, or holds it until its request is complete and can run. No future
+    /// of its own: the caller awaits only what waits.
+    pub(super) fn admit(&mut self, frame: Frame) -> Result<Admitted, RelayError> {
         if !crate::protocol::grammar::well_formed(frame.tag(), frame.body()) {
             // Postgres raises "invalid message format" (and skips to the next Sync); the
             // sidecar never forwards a malformed message and ends the session.
@@ -81,12 +90,12 @@ impl Relay {
         // request runs on the primary as it is (the plan's answer for any request), so nothing
         // waits for the rest of it.
         if self.held.is_empty() && (!self.routes() || self.continues_attached(&frame)) {
-            return self
-                .on_client_frame((frame, classified), Target::Primary)
-                .await;
+            return Ok(Admitted::Ran(
+                self.frame_now((frame, classified), Target::Primary)?,
+            ));
         }
         self.held.push_back((frame, classified));
-        self.run_held().await
+        Ok(Admitted::Held)
     }
 
     /// Classifies the statement text a Query or Parse carries — once per shape thanks to the

@@ -49,7 +49,6 @@ use crate::protocol::sqlstate::SqlState;
 use crate::route::replica::{RequestKind, RoutePreference, Routing, Target};
 use crate::sql::cache::Classified;
 use crate::sql::classify::Classification;
-use crate::stream::Stream;
 
 mod cached;
 mod checkout;
@@ -69,7 +68,8 @@ mod tenancy;
 mod throttle;
 mod woken;
 
-use intake::Incoming;
+use intake::{Admitted, Incoming};
+use request::Now;
 
 use tenancy::{with_text, Guarded};
 
@@ -166,7 +166,7 @@ enum End {
 /// The pump for one client.
 pub struct Relay {
     app: Arc<App>,
-    client: ClientConn<Stream>,
+    client: ClientConn,
     info: SessionInfo,
     mode: PoolMode,
     phase: Phase,
@@ -222,7 +222,7 @@ pub struct Relay {
 
 impl Relay {
     /// A relay for a client that has just received its first ReadyForQuery.
-    pub fn new(app: Arc<App>, client: ClientConn<Stream>, info: SessionInfo) -> Relay {
+    pub fn new(app: Arc<App>, client: ClientConn, info: SessionInfo) -> Relay {
         let generation = app.generation();
         let live = app.live_arc();
         let mode = live.config.pool.mode;
@@ -512,7 +512,15 @@ impl Relay {
             let Some(frame) = self.client.buffered_frame().map_err(ClientIoError::from)? else {
                 break;
             };
-            if let Some(end) = self.admit(frame).await? {
+            let end = match self.admit(frame)? {
+                Admitted::Ran(Now::Done(end)) => end,
+                Admitted::Ran(Now::Later(later)) => {
+                    self.frame_waits(later).await;
+                    None
+                }
+                Admitted::Held => self.run_held().await?,
+            };
+            if let Some(end) = end {
                 return Ok(Some(end));
             }
         }

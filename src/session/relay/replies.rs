@@ -293,7 +293,7 @@ impl Relay {
 /// Writes the replies the sidecar gives itself that are due now (their turn has come), with
 /// the transaction status `status`.
 async fn render_due(
-    client: &mut ClientConn<Stream>,
+    client: &mut ClientConn,
     replies: &mut queue::ReplyQueue,
     statements: &mut ClientStatements,
     status: TransactionStatus,
@@ -353,7 +353,7 @@ enum Through {
 /// a message being streamed through is forwarded (or swallowed) as far as it has arrived.
 async fn stream_through(
     att: &mut Attachment,
-    client: &mut ClientConn<Stream>,
+    client: &mut ClientConn,
     cut: &mut usize,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Through, RelayError> {
@@ -725,7 +725,7 @@ const OWN_NOTIFICATIONS_WAIT: std::time::Duration = std::time::Duration::from_se
 /// Writes the notifications that reached the client's queue up to now, once the LISTEN
 /// connection has handed on everything committed so far (a barrier).
 async fn deliver_own_notifications(
-    client: &mut ClientConn<Stream>,
+    client: &mut ClientConn,
     notifier: &Arc<crate::pool::notify::Notifier>,
     notifications: &mut Option<(Sink, mpsc::Receiver<Bytes>)>,
     channel_prefix: &Option<String>,
@@ -748,7 +748,7 @@ async fn deliver_own_notifications(
 
 /// Writes the first `cut` bytes of the server's buffer to the client and consumes them.
 async fn emit(
-    client: &mut ClientConn<Stream>,
+    client: &mut ClientConn,
     conn: &mut crate::pool::ServerConn,
     cut: &mut usize,
     metrics: &crate::metrics::Metrics,

@@ -44,10 +44,13 @@ enum Later {
 }
 
 /// How a frame went on the path that never waits.
-enum Now {
+pub(super) enum Now {
     Done(Option<End>),
-    Later(Box<Later>),
+    Later(Waiting),
 }
+
+/// A frame that waits for something before it is sent (opaque outside this file).
+pub(super) struct Waiting(Box<Later>);
 
 /// Attaching a server connection without waiting.
 pub(super) enum AttachNow {
@@ -69,14 +72,20 @@ impl Relay {
         match self.frame_now(incoming, target)? {
             Now::Done(end) => Ok(end),
             Now::Later(later) => {
-                Box::pin(self.frame_later(*later)).await;
+                self.frame_waits(later).await;
                 Ok(None)
             }
         }
     }
 
+    /// The rest of a frame [`Relay::frame_now`] left because it waits (boxed: rare, and its
+    /// future is large).
+    pub(super) async fn frame_waits(&mut self, Waiting(later): Waiting) {
+        Box::pin(self.frame_later(*later)).await
+    }
+
     /// [`Relay::on_client_frame`] up to the first step that waits.
-    fn frame_now(
+    pub(super) fn frame_now(
         &mut self,
         (frame, classified): Incoming,
         target: Target,
@@ -97,24 +106,28 @@ impl Relay {
         }
         let (frame, classified, signal) = match self.signal_now(frame, classified) {
             Ok(understood) => understood,
-            Err(due) => return Ok(Now::Later(Box::new(Later::Signal(due, role, target)))),
+            Err(due) => {
+                return Ok(Now::Later(Waiting(Box::new(Later::Signal(
+                    due, role, target,
+                )))))
+            }
         };
         let understood = self.understand(frame, classified, signal);
         if !self.goes_on(&understood, role) {
             return Ok(Now::Done(None));
         }
         if self.mode == PoolMode::Transaction && !understood.effects.listen_changes.is_empty() {
-            return Ok(Now::Later(Box::new(Later::Listen(
+            return Ok(Now::Later(Waiting(Box::new(Later::Listen(
                 understood, role, target,
-            ))));
+            )))));
         }
         match self.ensure_attached_now(target, role) {
             AttachNow::Done(Some(held_begin)) => self.dispatch(role, understood, held_begin),
             AttachNow::Done(None) => {}
             AttachNow::Wait(pool, upstream) => {
-                return Ok(Now::Later(Box::new(Later::Attach(
+                return Ok(Now::Later(Waiting(Box::new(Later::Attach(
                     understood, role, pool, upstream,
-                ))))
+                )))))
             }
         }
         Ok(Now::Done(None))
