@@ -516,28 +516,22 @@ impl ServerConn {
     }
 
     /// Writes what the socket takes of `out` now, without waiting (the written bytes are
-    /// removed from `out`; the task is woken when more can go). A failed write leaves its
-    /// bytes in `out` for the next [`ServerConn::exchange`], which meets the error again.
-    pub async fn write_now(&mut self, out: &mut BytesMut) {
+    /// removed from `out`); the rest goes when the pump next polls [`ServerConn::exchange`],
+    /// which waits for the socket. A failed write leaves its bytes in `out` for that exchange,
+    /// which meets the error again.
+    pub fn write_now(&mut self, out: &mut BytesMut) {
         match self.stream.write_without_waiting(out) {
             Ok(n) => out.advance(n),
-            // The exchange meets the error when the pump polls it.
             Err(_) => return,
         }
-        if out.is_empty() {
-            return;
-        }
-        let stream = &mut self.stream;
-        std::future::poll_fn(|cx| {
-            while !out.is_empty() {
-                match Pin::new(&mut *stream).poll_write(cx, out) {
-                    Poll::Ready(Ok(n)) if n > 0 => out.advance(n),
-                    _ => break,
-                }
+        // TLS and in-process pipes: what they take without a task to wake.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while !out.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(&mut cx, out) {
+                Poll::Ready(Ok(n)) if n > 0 => out.advance(n),
+                _ => break,
             }
-            Poll::Ready(())
-        })
-        .await
+        }
     }
 
     /// Writes bytes to the server.

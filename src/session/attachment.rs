@@ -610,6 +610,11 @@ impl Attachment {
         self.pending.front().filter(|p| p.after() == self.readies)
     }
 
+    /// A reply the sidecar gives itself is next on the current request.
+    pub(super) fn synthesized_due(&self) -> bool {
+        matches!(self.current_pending(), Some(Pending::Synthesized { .. }))
+    }
+
     /// Takes the front pending entry if it is a reply the sidecar gives itself and its turn
     /// has come (everything before it has been answered).
     pub(super) fn pop_current_synthesized(&mut self) -> Option<bytes::Bytes> {

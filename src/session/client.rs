@@ -93,7 +93,10 @@ impl ClientConn {
     pub async fn flush(&mut self) -> Result<usize, ClientIoError> {
         let n = self.wbuf.len();
         if n > 0 {
-            write_all(&mut self.stream, &self.wbuf).await?;
+            let now = self.stream.write_without_waiting(&self.wbuf)?;
+            if now < n {
+                self.stream.write_all(&self.wbuf[now..]).await?;
+            }
             self.wbuf.clear();
         }
         Ok(n)
@@ -101,8 +104,21 @@ impl ClientConn {
 
     /// Writes a chunk directly (large forwarded data), after anything already gathered.
     pub async fn write_through(&mut self, bytes: &[u8]) -> Result<(), ClientIoError> {
-        self.flush().await?;
-        write_all(&mut self.stream, bytes).await
+        let now = self.write_through_now(bytes)?;
+        if now < bytes.len() {
+            self.flush().await?;
+            self.stream.write_all(&bytes[now..]).await?;
+        }
+        Ok(())
+    }
+
+    /// The part of [`ClientConn::write_through`] that never waits: how much of `bytes` the
+    /// socket took now (nothing while gathered bytes wait to go first, or on TLS).
+    pub fn write_through_now(&mut self, bytes: &[u8]) -> Result<usize, ClientIoError> {
+        if !self.wbuf.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.stream.write_without_waiting(bytes)?)
     }
 
     /// Flushes and shuts the write side down; errors are irrelevant at this point.
@@ -110,14 +126,4 @@ impl ClientConn {
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }
-}
-
-/// Writes all of `bytes`: what the socket takes now without a task context, the rest (if any)
-/// as the socket drains.
-async fn write_all(stream: &mut Stream, bytes: &[u8]) -> Result<(), ClientIoError> {
-    let now = stream.write_without_waiting(bytes)?;
-    if now < bytes.len() {
-        stream.write_all(&bytes[now..]).await?;
-    }
-    Ok(())
 }

@@ -541,8 +541,11 @@ impl Relay {
         // less per request); what the socket does not take goes when the pump polls it.
         if let Phase::Attached(att) = &mut self.phase {
             if !att.wbuf.is_empty() {
-                att.server.conn_mut().write_now(&mut att.wbuf).await;
+                att.server.conn_mut().write_now(&mut att.wbuf);
             }
+        }
+        if self.client.wbuf.is_empty() {
+            return Ok(());
         }
         self.write_client().await
     }

@@ -117,6 +117,11 @@ impl ReplyQueue {
         }
     }
 
+    /// A reply the sidecar gives itself is at the front.
+    pub(super) fn has_due(&self) -> bool {
+        matches!(self.slots.front(), Some(Slot::Local(_)))
+    }
+
     /// The replies the sidecar gives itself that are now at the front, in order.
     pub(super) fn pop_due(&mut self) -> Option<LocalReply> {
         match self.slots.front() {

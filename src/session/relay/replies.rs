@@ -54,10 +54,13 @@ impl Relay {
         };
         let mut cut = 0usize;
         loop {
-            match stream_through(att, client, &mut cut, metrics).await? {
-                Through::MessageDone => continue,
-                Through::NeedMore => break,
-                Through::AtMessage => {}
+            // Most turns have neither to do (and make no future then).
+            if att.passthrough.is_some() || att.synthesized_due() {
+                match stream_through(att, client, &mut cut, metrics).await? {
+                    Through::MessageDone => continue,
+                    Through::NeedMore => break,
+                    Through::AtMessage => {}
+                }
             }
             if skip_forwarded(att, &mut cut) {
                 continue;
@@ -141,9 +144,14 @@ impl Relay {
                 }
             }
             if header.tag == READY_FOR_QUERY_TAG {
-                // Replies the sidecar gives itself, now that their turn has come.
-                emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
-                render_due(client, replies, statements, att.status, metrics).await?;
+                // Replies the sidecar gives itself, now that their turn has come (no future
+                // when everything goes without waiting and none is due).
+                if !emit_now(client, att.server.conn_mut(), &mut cut, metrics)? {
+                    emit(client, att.server.conn_mut(), &mut cut, metrics).await?;
+                }
+                if replies.has_due() {
+                    render_due(client, replies, statements, att.status, metrics).await?;
+                }
             }
             if let Some(message) = notification {
                 client.write_through(&message).await?;
@@ -151,7 +159,9 @@ impl Relay {
             }
         }
         let conn = att.server.conn_mut();
-        emit(client, conn, &mut cut, metrics).await?;
+        if !emit_now(client, conn, &mut cut, metrics)? {
+            emit(client, conn, &mut cut, metrics).await?;
+        }
         self.after_replies(which).await
     }
 
@@ -753,11 +763,28 @@ async fn emit(
     cut: &mut usize,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), RelayError> {
-    if *cut > 0 {
+    if !emit_now(client, conn, cut, metrics)? {
         client.write_through(&conn.rbuf[..*cut]).await?;
         metrics.client_bytes_sent.inc_by(*cut as u64);
         conn.consume(*cut);
         *cut = 0;
     }
     Ok(())
+}
+
+/// [`emit`] as far as it goes without waiting: true when everything before `cut` went.
+fn emit_now(
+    client: &mut ClientConn,
+    conn: &mut crate::pool::ServerConn,
+    cut: &mut usize,
+    metrics: &crate::metrics::Metrics,
+) -> Result<bool, RelayError> {
+    if *cut == 0 {
+        return Ok(true);
+    }
+    let n = client.write_through_now(&conn.rbuf[..*cut])?;
+    metrics.client_bytes_sent.inc_by(n as u64);
+    conn.consume(n);
+    *cut -= n;
+    Ok(*cut == 0)
 }
