@@ -434,9 +434,7 @@ fn skip_forwarded(att: &mut Attachment, cut: &mut usize) -> bool {
         }
         *cut += header.frame_len;
         // Only an extended reply done can make one the sidecar gives itself due.
-        if att.pending.len() < before
-            && matches!(att.current_pending(), Some(Pending::Synthesized { .. }))
-        {
+        if att.pending.len() < before && att.synthesized_due() {
             return true;
         }
     }

@@ -135,7 +135,7 @@ impl Relay {
 
     /// The rest of a frame that had to wait.
     async fn frame_later(&mut self, later: Later) {
-        let (understood, role, attach) = match later {
+        let (understood, role, attached) = match later {
             Later::Signal(due, role, target) => {
                 let (frame, classified, signal) = self.deliver_signal(due).await;
                 let understood = self.understand(frame, classified, signal);
@@ -143,27 +143,22 @@ impl Relay {
                     return;
                 }
                 self.follow_listens(&understood.effects).await;
-                (understood, role, self.ensure_attached_now(target, role))
+                let attached = self.ensure_attached(target, role).await;
+                (understood, role, attached)
             }
             Later::Listen(understood, role, target) => {
                 self.follow_listens(&understood.effects).await;
-                (understood, role, self.ensure_attached_now(target, role))
+                let attached = self.ensure_attached(target, role).await;
+                (understood, role, attached)
             }
             Later::Attach(understood, role, pool, upstream) => {
-                (understood, role, AttachNow::Wait(pool, upstream))
+                let attached = self.attach_waiting(pool, upstream, role).await;
+                (understood, role, attached)
             }
         };
-        let held_begin = match attach {
-            AttachNow::Done(Some(held_begin)) => held_begin,
-            AttachNow::Done(None) => return,
-            AttachNow::Wait(pool, upstream) => {
-                match self.attach_waiting(pool, upstream, role).await {
-                    Some(held_begin) => held_begin,
-                    None => return,
-                }
-            }
-        };
-        self.dispatch(role, understood, held_begin);
+        if let Some(held_begin) = attached {
+            self.dispatch(role, understood, held_begin);
+        }
     }
 
     /// Whether an understood frame is sent on: not inside a failed batch (dropped up to its
