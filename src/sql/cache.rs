@@ -57,7 +57,7 @@ impl ClassificationCache {
 
     /// Scans `sql` and returns its classification, parsing only on a miss.
     pub fn classify(&self, sql: &[u8]) -> Classified {
-        self.classify_recent(sql, &mut Recent::default())
+        self.shared(sql, Arc::new(scan(sql)), None)
     }
 
     /// Like [`ClassificationCache::classify`], looking first among one client's `recent`
@@ -85,8 +85,16 @@ impl ClassificationCache {
                 hit: true,
             };
         }
+        self.shared(sql, scan, Some(recent))
+    }
+
+    /// The classification of a scanned text from the shared cache, parsing only on a miss;
+    /// what is found or made is kept among the client's `recent` shapes when there are some.
+    fn shared(&self, sql: &[u8], scan: Arc<Scan>, recent: Option<&mut Recent>) -> Classified {
         if let Some(classification) = self.cache.get(&scan.fingerprint[..]) {
-            recent.put(&scan.fingerprint, &classification);
+            if let Some(recent) = recent {
+                recent.put(&scan.fingerprint, &classification);
+            }
             return Classified {
                 scan,
                 classification,
@@ -94,7 +102,9 @@ impl ClassificationCache {
             };
         }
         let classification = Arc::new(classify(sql, &scan, &self.options));
-        recent.put(&scan.fingerprint, &classification);
+        if let Some(recent) = recent {
+            recent.put(&scan.fingerprint, &classification);
+        }
         self.cache.insert(
             Box::from(&scan.fingerprint[..]),
             Arc::clone(&classification),

@@ -247,16 +247,19 @@ impl Hint {
     }
 }
 
+/// The literals of a statement, inline up to 8: no allocation for most statements.
+pub type Literals = SmallVec<[Literal; 8]>;
+
 /// What the scanner found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
     /// The statement's shape; equal for executions that differ only in literals,
     /// comments, whitespace or the case of unquoted words.
     pub fingerprint: std::sync::Arc<[u8]>,
-    /// The literals replaced, in order (inline up to 8: no allocation for most statements).
-    pub literals: SmallVec<[Literal; 2]>,
+    /// The literals replaced, in order.
+    pub literals: Literals,
     /// Top-level statements (split at `;` outside quotes, comments and parentheses), as byte
-    /// ranges of the original text, empty statements left out (inline up to 2).
+    /// ranges of the original text, empty statements left out (one inline).
     pub statements: SmallVec<[Range<usize>; 1]>,
     /// A leading `/* pgsidecar: … */` hint.
     pub hint: Option<Hint>,
@@ -313,16 +316,28 @@ fn is_ident_char(b: u8) -> bool {
 /// A [`Scan`] while the scanner writes it (the fingerprint grows; shared once done).
 struct Building {
     fingerprint: Vec<u8>,
-    literals: SmallVec<[Literal; 2]>,
+    literals: Literals,
     statements: SmallVec<[Range<usize>; 1]>,
     hint: Option<Hint>,
     block_comments: bool,
 }
 
+thread_local! {
+    /// Where the thread's scans write their fingerprints, reused: a finished fingerprint is
+    /// copied into its shared slice, so a scan allocates once for it rather than twice.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A scratch buffer grown past this (by a long statement) is not kept for the next scan.
+const KEEP_SCRATCH: usize = 64 << 10;
+
 /// Scans `sql` once.
 pub fn scan(sql: &[u8]) -> Scan {
+    let mut fingerprint = SCRATCH.take();
+    fingerprint.clear();
+    fingerprint.reserve(sql.len());
     let mut out = Building {
-        fingerprint: Vec::with_capacity(sql.len()),
+        fingerprint,
         literals: SmallVec::new(),
         statements: SmallVec::new(),
         hint: None,
@@ -404,6 +419,25 @@ pub fn scan(sql: &[u8]) -> Scan {
             i += 1;
             continue;
         }
+        // Words, the most common token, first: lower-cased (unquoted identifiers and keywords
+        // are case-insensitive). A letter opens something else only with a quote or `&` after
+        // it: a prefixed string (`E'…'`, `B'…'`, `X'…'`, `U&'…'`) or a `U&"…"` identifier.
+        let word = is_ident_start(b)
+            && match sql.get(i + 1) {
+                Some(b'\'' | b'&') => literal_at(sql, i).is_none() && !unicode_prefix(sql, i),
+                _ => true,
+            };
+        if word {
+            let start = i;
+            i += sql[i..]
+                .iter()
+                .position(|&c| !is_ident_char(c))
+                .unwrap_or(n - i);
+            let at = out.fingerprint.len();
+            push(&mut out, &sql[start..i], Class::Word, &mut pending_space);
+            out.fingerprint[at..].make_ascii_lowercase();
+            continue;
+        }
         // Literals: strings with their prefixes, dollar-quoted strings, numbers.
         if let Some((kind, end)) = literal_at(sql, i) {
             out.literals.push(Literal { kind, span: i..end });
@@ -412,7 +446,7 @@ pub fn scan(sql: &[u8]) -> Scan {
             continue;
         }
         // U&"…" identifiers: keep the prefix, scan the rest next turn.
-        if (b == b'U' || b == b'u') && sql.get(i + 1) == Some(&b'&') {
+        if unicode_prefix(sql, i) {
             push(&mut out, b"u&", Class::Word, &mut pending_space);
             i += 2;
             continue;
@@ -451,18 +485,6 @@ pub fn scan(sql: &[u8]) -> Scan {
             );
             continue;
         }
-        // Words: lower-cased (unquoted identifiers and keywords are case-insensitive).
-        if is_ident_start(b) {
-            let start = i;
-            i += sql[i..]
-                .iter()
-                .position(|&c| !is_ident_char(c))
-                .unwrap_or(n - i);
-            let at = out.fingerprint.len();
-            push(&mut out, &sql[start..i], Class::Word, &mut pending_space);
-            out.fingerprint[at..].make_ascii_lowercase();
-            continue;
-        }
         // Everything else: one byte of punctuation or operator.
         match b {
             b'(' | b'[' => depth += 1,
@@ -478,8 +500,12 @@ pub fn scan(sql: &[u8]) -> Scan {
             out.statements.push(start..end);
         }
     }
+    let fingerprint = std::sync::Arc::from(&out.fingerprint[..]);
+    if out.fingerprint.capacity() <= KEEP_SCRATCH {
+        SCRATCH.set(out.fingerprint);
+    }
     Scan {
-        fingerprint: out.fingerprint.into(),
+        fingerprint,
         literals: out.literals,
         statements: out.statements,
         hint: out.hint,
@@ -562,6 +588,11 @@ pub(super) fn literal_at(sql: &[u8], i: usize) -> Option<(LiteralKind, usize)> {
         }
     }
     Some((LiteralKind::Number, j))
+}
+
+/// Whether a `U&` prefix starts at `i`.
+fn unicode_prefix(sql: &[u8], i: usize) -> bool {
+    matches!(sql.get(i), Some(b'U' | b'u')) && sql.get(i + 1) == Some(&b'&')
 }
 
 /// The end of the statement starting at `start`, without trailing whitespace and comments.

@@ -14,7 +14,7 @@
 use smallvec::SmallVec;
 use std::ops::Range;
 
-use super::fingerprint::{literal_at, Literal, LiteralKind, Scan};
+use super::fingerprint::{literal_at, Literal, LiteralKind, Literals, Scan};
 
 /// The scan of `sql`, from `earlier`, the scan of `text`, when the two texts differ only in
 /// their literals' values; `None` otherwise, when `earlier` found no literals (then only the
@@ -24,9 +24,9 @@ pub fn rescan(text: &[u8], earlier: &Scan, sql: &[u8]) -> Option<Scan> {
     if earlier.literals.is_empty() {
         return None;
     }
-    let mut literals: SmallVec<[Literal; 2]> = SmallVec::new();
+    let mut literals = Literals::new();
     // Where each earlier literal ended, and how far the text after it has moved (in all).
-    let mut moved: SmallVec<[(usize, isize); 2]> = SmallVec::new();
+    let mut moved: SmallVec<[(usize, isize); 8]> = SmallVec::new();
     let (mut from, mut at) = (0usize, 0usize);
     for literal in &earlier.literals {
         let between = &text[from..literal.span.start];
