@@ -433,9 +433,10 @@ pub fn scan(sql: &[u8]) -> Scan {
                 .iter()
                 .position(|&c| !is_ident_char(c))
                 .unwrap_or(n - i);
-            let at = out.fingerprint.len();
-            push(&mut out, &sql[start..i], Class::Word, &mut pending_space);
-            out.fingerprint[at..].make_ascii_lowercase();
+            // Spaced as a word, then copied lower-cased in one pass.
+            push(&mut out, b"", Class::Word, &mut pending_space);
+            let word = sql[start..i].iter().map(u8::to_ascii_lowercase);
+            out.fingerprint.extend(word);
             continue;
         }
         // Literals: strings with their prefixes, dollar-quoted strings, numbers.
