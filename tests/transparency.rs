@@ -103,11 +103,12 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
     let mut conn = raw(sidecar.addr, &name, &[]).await;
     query(&mut conn, "LISTEN jobs").await;
     let admin = connect_direct_superuser(&name).await;
-    // The LISTEN connection and the pooled connection that ran the client's LISTEN. The test
-    // waits until those backends are gone (pg_terminate_backend only signals) and their close
-    // has reached the sidecar: a pooled connection that still looks alive when the NOTIFY is
-    // checked out would die under it, which ends the session (a lost primary does) — a
-    // different test.
+    // The LISTEN connection, and the pooled connection that ran the client's LISTEN when it
+    // has not run the sidecar's clean-up (`UNLISTEN *`) yet, which can happen. The test
+    // waits until those backends are gone (pg_terminate_backend only signals) and the sidecar
+    // has closed its end of each: the kernel has a close before the sidecar's reactor has seen
+    // it, and a pooled connection that still looks alive when the NOTIFY is checked out would
+    // die under it, which ends the session (a lost primary does) — a different test.
     let rows = admin
         .query(
             "SELECT pid, client_port FROM pg_stat_activity WHERE usename = $1 AND query LIKE 'LISTEN%'",
@@ -140,7 +141,7 @@ async fn notifications_ordering_survives_a_slow_listener_connection_loss() {
         ),
     )
     .await;
-    until_closed_by_server(&ports, pg().port).await;
+    until_closed_by_sidecar(&ports, pg().port).await;
     let replies = tokio::time::timeout(Duration::from_secs(10), query(&mut conn, "NOTIFY jobs"))
         .await
         .expect("answered");

@@ -284,11 +284,12 @@ pub async fn until_count(db: &str, sql: &str) {
     until_positive(&connect_direct_superuser(db).await, sql).await;
 }
 
-/// Polls (bounded: panics after 20 s) until the server's close of each connection from
-/// `client_ports` to `server_port` has reached this process's end: none of them is still
-/// ESTABLISHED in `/proc/net/tcp` (a backend leaves pg_stat_activity a moment before its socket
-/// closes), so the sidecar's next look at such a connection finds it closed.
-pub async fn until_closed_by_server(client_ports: &[u16], server_port: u16) {
+/// Polls (bounded: panics after 20 s) until each connection from `client_ports` to
+/// `server_port` that the server closed is closed by the sidecar too: none of them is still
+/// ESTABLISHED or CLOSE_WAIT in `/proc/net/tcp`. A backend leaves pg_stat_activity a moment
+/// before its socket closes, and the kernel has the close before the sidecar's reactor has
+/// seen it; once the sidecar closed its end, it has seen it.
+pub async fn until_closed_by_sidecar(client_ports: &[u16], server_port: u16) {
     let port = |address: &str| {
         let hex = address.rsplit(':').next()?;
         u16::from_str_radix(hex, 16).ok()
@@ -297,20 +298,21 @@ pub async fn until_closed_by_server(client_ports: &[u16], server_port: u16) {
         let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
         let open = table.lines().skip(1).any(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let established = fields.get(3) == Some(&"01");
+            // 01 ESTABLISHED, 08 CLOSE_WAIT (closed by the server, not yet by the sidecar).
+            let open = matches!(fields.get(3), Some(&"01") | Some(&"08"));
             let ours = fields
                 .get(1)
                 .and_then(|a| port(a))
                 .is_some_and(|p| client_ports.contains(&p));
             let to_server = fields.get(2).and_then(|a| port(a)) == Some(server_port);
-            established && ours && to_server
+            open && ours && to_server
         });
         if !open {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("connections from ports {client_ports:?} were never closed by the server");
+    panic!("connections from ports {client_ports:?} were never closed by both ends");
 }
 
 /// Polls `sql` (a count) through `client` until it is positive (bounded: panics after 20 s).
