@@ -520,9 +520,13 @@ impl ServerConn {
     /// which waits for the socket. A failed write leaves its bytes in `out` for that exchange,
     /// which meets the error again.
     pub fn write_now(&mut self, out: &mut BytesMut) {
-        match self.stream.write_without_waiting(out) {
-            Ok(n) => out.advance(n),
-            Err(_) => return,
+        if let crate::stream::Stream::Plain(_) = self.stream {
+            // What the socket did not take now waits for the exchange, which registers the
+            // pump's waker (a second try here would meet the same full socket).
+            if let Ok(n) = self.stream.write_without_waiting(out) {
+                out.advance(n);
+            }
+            return;
         }
         // TLS and in-process pipes: what they take without a task to wake.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
