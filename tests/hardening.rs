@@ -451,6 +451,54 @@ async fn a_client_that_leaves_mid_batch_gets_its_connection_cleaned_not_closed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminate_after_requests_that_get_no_reply_closes_the_session() {
+    let (name, sidecar, other) = pool_of_one("termwait").await;
+    other
+        .simple_query("CREATE TABLE IF NOT EXISTS t (x int)")
+        .await
+        .unwrap();
+    use postgres_protocol::message::frontend;
+    // Replies the server sends only after more from the client — to a batch never ended with
+    // Sync, to a COPY FROM STDIN never ended (found by the relay fuzz harness, with a Bind
+    // the COPY swallowed as its error) — are not waited for after Terminate: the client's
+    // connection is closed, as Postgres closes it, and the server connection is cleaned.
+    let mut cases: Vec<(&str, bytes::BytesMut)> = Vec::new();
+    let mut b = bytes::BytesMut::new();
+    frontend::parse("s1", "SELECT 1", [], &mut b).unwrap();
+    cases.push(("a Parse without Sync", b));
+    let mut b = bytes::BytesMut::new();
+    frontend::query("COPY t FROM STDIN", &mut b).unwrap();
+    cases.push(("a COPY FROM STDIN never ended", b));
+    let mut b = bytes::BytesMut::new();
+    frontend::parse("s1", "INSERT INTO t VALUES (1)", [], &mut b).unwrap();
+    frontend::query("COPY t FROM STDIN", &mut b).unwrap();
+    bind_and_execute(&mut b, "s2");
+    cases.push(("a Bind the COPY took as its error", b));
+    let mut b = bytes::BytesMut::new();
+    frontend::parse("", "COPY t FROM STDIN", [], &mut b).unwrap();
+    bind_execute(&mut b, "");
+    cases.push(("an extended COPY FROM STDIN never ended", b));
+    for (case, mut bytes) in cases {
+        let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+            .await
+            .unwrap();
+        frontend::terminate(&mut bytes);
+        raw.write_all(&bytes).await.unwrap();
+        // The client keeps its end open and reads until the sidecar closes the connection.
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            while raw.read_more().await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "{case}: the session was not closed");
+        still_served(&other).await;
+    }
+    // The server connection was cleaned and reused each time but once: a COPY FROM STDIN that
+    // failed leaves it closed (the sidecar cannot tell which Syncs the server then answers).
+    let connects = scrape(sidecar.metrics_addr, "pgsidecar_server_connects_total").await;
+    assert_eq!(connects, Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_every_server_connection_fails_only_open_transactions() {
     let name = fresh_user("terminate");
     let sidecar = start(&base_toml(&name, "size = 4")).await;

@@ -231,6 +231,41 @@ struct Harness {
     /// What the scripted server saw that it should never see.
     violations: Arc<std::sync::Mutex<Vec<String>>>,
     sessions: AtomicUsize,
+    /// The first session that hung or after which an ordinary client was not served, if any.
+    poisoned: std::sync::Mutex<Option<String>>,
+}
+
+/// Why a session failed.
+#[derive(Debug)]
+enum Failure {
+    /// The session itself went wrong (an error the test did not expect).
+    Session(String),
+    /// The session hung: its client was neither answered nor closed, or it did not end.
+    Hang(String),
+    /// The ordinary client after it was not served: the pool was left unusable.
+    NextClientNotServed(String),
+}
+
+impl Failure {
+    /// Whether the session may have left the pool of one held (every later session fails).
+    fn holds_the_pool(&self) -> bool {
+        matches!(self, Failure::Hang(_) | Failure::NextClientNotServed(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Session(why) | Failure::Hang(why) => write!(f, "{why}"),
+            Failure::NextClientNotServed(why) => write!(f, "after it, {why}"),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::Session(why)
+    }
 }
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -259,6 +294,9 @@ auth = "trust"
 "#
     )
 }
+
+/// How long a client waits for an answer before the session counts as hanging.
+const WAIT_BOUND: Duration = Duration::from_secs(60);
 
 /// A runtime of its own (proptest cases are synchronous), with panics counted.
 fn runtime() -> tokio::runtime::Runtime {
@@ -301,6 +339,7 @@ fn harness() -> &'static Harness {
             app,
             violations,
             sessions: AtomicUsize::new(0),
+            poisoned: std::sync::Mutex::new(None),
         }
     })
 }
@@ -338,6 +377,7 @@ fn routing_harness() -> &'static Harness {
             app,
             violations,
             sessions: AtomicUsize::new(0),
+            poisoned: std::sync::Mutex::new(None),
         }
     })
 }
@@ -375,7 +415,7 @@ async fn read_until(
 ) -> Result<Vec<(u8, Vec<u8>)>, String> {
     let mut buf = BytesMut::new();
     let mut replies = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + WAIT_BOUND;
     loop {
         while let Some(frame) = try_frame(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
             replies.push((frame.tag(), frame.body().to_vec()));
@@ -392,7 +432,7 @@ async fn read_until(
 }
 
 /// One session: the bytes, then a probe (CopyFail, Sync, a query), then the client's end.
-async fn run_session(app: &Arc<App>, bytes: Vec<u8>) -> Result<(), String> {
+async fn run_session(app: &Arc<App>, bytes: Vec<u8>) -> Result<(), Failure> {
     let (client, task) = login(app).await?;
     let (mut reader, mut writer) = tokio::io::split(client);
     let writing = async move {
@@ -407,34 +447,50 @@ async fn run_session(app: &Arc<App>, bytes: Vec<u8>) -> Result<(), String> {
     };
     let reading = async {
         let mut sink = Vec::new();
-        tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut sink))
+        tokio::time::timeout(WAIT_BOUND, reader.read_to_end(&mut sink))
             .await
-            .map_err(|_| "the client was neither answered nor closed".to_owned())
+            .map_err(|_| Failure::Hang("the client was neither answered nor closed".to_owned()))
     };
     let (_writer, read) = tokio::join!(writing, reading);
     read?.map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_secs(60), task).await {
+    match tokio::time::timeout(WAIT_BOUND, task).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("session task failed: {e}")),
-        Err(_) => return Err("the session did not end after its client left".into()),
+        Ok(Err(e)) => return Err(format!("session task failed: {e}").into()),
+        Err(_) => {
+            return Err(Failure::Hang(
+                "the session did not end after its client left".to_owned(),
+            ))
+        }
     }
     // The pool of one serves an ordinary client at once.
-    let (mut client, task) = login(app).await?;
+    let (mut client, task) = login(app).await.map_err(Failure::NextClientNotServed)?;
     let mut out = BytesMut::new();
     frontend::query("SELECT 'clean'", &mut out).unwrap();
-    client.write_all(&out).await.map_err(|e| e.to_string())?;
-    let replies = read_until(&mut client, |r| r.last().is_some_and(|(t, _)| *t == b'Z')).await?;
+    client
+        .write_all(&out)
+        .await
+        .map_err(|e| Failure::NextClientNotServed(e.to_string()))?;
+    let replies = read_until(&mut client, |r| r.last().is_some_and(|(t, _)| *t == b'Z'))
+        .await
+        .map_err(Failure::NextClientNotServed)?;
     out.clear();
     frontend::terminate(&mut out);
     let _ = client.write_all(&out).await;
     let tags: String = replies.iter().map(|(t, _)| *t as char).collect();
     if tags != "TDCZ" {
-        return Err(format!(
+        return Err(Failure::NextClientNotServed(format!(
             "the next client was not served: {tags} {replies:?}"
-        ));
+        )));
     }
-    let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
-    Ok(())
+    match tokio::time::timeout(WAIT_BOUND, task).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::NextClientNotServed(format!(
+            "the next client's session failed: {e}"
+        ))),
+        Err(_) => Err(Failure::NextClientNotServed(
+            "the next client's session did not end after its Terminate".to_owned(),
+        )),
+    }
 }
 
 /// Runs one mutated session through `h` and checks what must always hold.
@@ -444,9 +500,26 @@ fn check_session(h: &Harness, session: &[Msg], mutation: &Mutation) -> Result<()
         encode(m, &mut out);
     }
     let bytes = apply(out.to_vec(), mutation);
-    let outcome = h.runtime.block_on(run_session(&h.app, bytes));
+    // Once a session has hung or left the pool of one unusable, every later session fails the
+    // same way: shrinking would only retry innocent ones (each after a checkout timeout), so
+    // they fail at once and name the session that did it.
+    if let Some(culprit) = h.poisoned.lock().unwrap().as_ref() {
+        return Err(TestCaseError::fail(format!(
+            "an earlier session may have left the pool held: {culprit}"
+        )));
+    }
+    let outcome = h.runtime.block_on(run_session(&h.app, bytes.clone()));
     h.sessions.fetch_add(1, Ordering::Relaxed);
-    prop_assert!(outcome.is_ok(), "{:?}", outcome);
+    if let Err(failure) = outcome {
+        if failure.holds_the_pool() {
+            let culprit = format!(
+                "{failure}; session = {session:?}, mutation = {mutation:?}, bytes = {bytes:?}"
+            );
+            eprintln!("the pool may have been left held by: {culprit}");
+            *h.poisoned.lock().unwrap() = Some(culprit);
+        }
+        return Err(TestCaseError::fail(failure.to_string()));
+    }
     let violations = std::mem::take(&mut *h.violations.lock().unwrap());
     prop_assert!(
         violations.is_empty(),

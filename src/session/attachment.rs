@@ -522,6 +522,17 @@ impl Attachment {
         self.simple_copy_in == Some(self.copy_ends)
     }
 
+    /// The server waits for the client's COPY data (a COPY FROM STDIN the client has not ended,
+    /// for a simple Query or in an extended batch): nothing more comes until CopyDone or
+    /// CopyFail.
+    pub(super) fn awaits_client_copy(&self) -> bool {
+        self.in_simple_copy_in()
+            || self
+                .batch
+                .as_ref()
+                .is_some_and(|b| b.copy_in && b.copy_ends_at_start == self.copy_ends)
+    }
+
     /// Entries whose ReadyForQuery will never come, now at the front: the server discarded a
     /// Query inside a failed extended batch (`after_batch_error`), or ignored a Sync during
     /// COPY. Returns whether one was skipped.

@@ -57,6 +57,12 @@ impl Held {
         Some(incoming)
     }
 
+    /// Drops every frame held (those after the client's Terminate).
+    pub(super) fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
         self.bytes

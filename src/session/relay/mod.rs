@@ -320,7 +320,7 @@ impl Relay {
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(draining, killed, sleep);
         loop {
-            if self.closing && !self.owes_replies() {
+            if self.closing && !self.replies_coming() {
                 return Ok(End::ClientLeft);
             }
             match &mut self.phase {
@@ -580,6 +580,21 @@ impl Relay {
         !self.replies.is_empty()
             || self.earlier.as_deref().is_some_and(owes)
             || matches!(&self.phase, Phase::Attached(att) if owes(att))
+    }
+
+    /// After the client's Terminate: replies the server still sends without anything more from
+    /// the client — the ReadyForQuery of each Query and Sync in flight — which Postgres would
+    /// send before it closes. Replies to a batch the client never ended with Sync (Postgres may
+    /// never flush them) and to a COPY FROM STDIN it never ended never come: they are not
+    /// waited for (the cleanup ends both). While an earlier connection owes the front replies,
+    /// the current one's wait behind it.
+    fn replies_coming(&self) -> bool {
+        let coming = |att: &Attachment| !att.expect.is_empty() && !att.awaits_client_copy();
+        match (self.earlier.as_deref(), &self.phase) {
+            (Some(earlier), _) => coming(earlier),
+            (None, Phase::Attached(att)) => coming(att),
+            (None, _) => false,
+        }
     }
 
     /// The transaction status the client was last told of (replies the sidecar gives itself

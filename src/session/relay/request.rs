@@ -92,8 +92,10 @@ impl Relay {
     ) -> Result<Now, RelayError> {
         let role = frontend::role(frame.tag());
         match role {
-            MessageRole::Terminate if self.owes_replies() => {
+            MessageRole::Terminate if self.replies_coming() => {
+                // Postgres reads nothing after a Terminate: neither does the sidecar.
                 self.closing = true;
+                self.held.clear();
                 return Ok(Now::Done(None));
             }
             MessageRole::Terminate => return Ok(Now::Done(Some(End::ClientLeft))),
