@@ -227,12 +227,22 @@ fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
+    /// Its runtime's thread name.
+    name: &'static str,
     app: Arc<App>,
     /// What the scripted server saw that it should never see.
     violations: Arc<std::sync::Mutex<Vec<String>>>,
     sessions: AtomicUsize,
     /// The first session that hung or after which an ordinary client was not served, if any.
     poisoned: std::sync::Mutex<Option<String>>,
+}
+
+impl Harness {
+    /// Panics on this harness's runtime so far.
+    fn panics(&self) -> usize {
+        let panics = PANICS.lock().unwrap_or_else(|e| e.into_inner());
+        panics.iter().filter(|thread| *thread == self.name).count()
+    }
 }
 
 /// Why a session failed.
@@ -268,7 +278,8 @@ impl From<String> for Failure {
     }
 }
 
-static PANICS: AtomicUsize = AtomicUsize::new(0);
+/// The names of the threads that panicked (each harness's runtime names its threads).
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// The sidecar configuration: a pool of one in front of `primary`, with `extra` lines in the
 /// database (replicas).
@@ -298,8 +309,9 @@ auth = "trust"
 /// How long a client waits for an answer before the session counts as hanging.
 const WAIT_BOUND: Duration = Duration::from_secs(60);
 
-/// A runtime of its own (proptest cases are synchronous), with panics counted.
-fn runtime() -> tokio::runtime::Runtime {
+/// A runtime of its own (proptest cases are synchronous) whose threads are called `name`, with
+/// panics recorded.
+fn runtime(name: &'static str) -> tokio::runtime::Runtime {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -308,12 +320,17 @@ fn runtime() -> tokio::runtime::Runtime {
     HOOK.get_or_init(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            let thread = std::thread::current().name().unwrap_or_default().to_owned();
+            PANICS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(thread);
             default(info);
         }));
     });
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(name)
         .enable_all()
         .build()
         .unwrap()
@@ -323,7 +340,8 @@ fn runtime() -> tokio::runtime::Runtime {
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let runtime = runtime();
+        let name = "fuzz-tcp";
+        let runtime = runtime(name);
         let (app, violations) = runtime.block_on(async {
             let server = scripted::start().await;
             let url = format!(
@@ -338,6 +356,7 @@ fn harness() -> &'static Harness {
             runtime,
             app,
             violations,
+            name,
             sessions: AtomicUsize::new(0),
             poisoned: std::sync::Mutex::new(None),
         }
@@ -350,7 +369,8 @@ fn harness() -> &'static Harness {
 fn routing_harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let runtime = runtime();
+        let name = "fuzz-routing";
+        let runtime = runtime(name);
         let (dialer, violations) = runtime.block_on(async { scripted::memory() });
         let toml = fuzz_toml(
             "postgres://fuzz:secret@primary:5432/fuzz",
@@ -376,6 +396,7 @@ fn routing_harness() -> &'static Harness {
             runtime,
             app,
             violations,
+            name,
             sessions: AtomicUsize::new(0),
             poisoned: std::sync::Mutex::new(None),
         }
@@ -508,6 +529,7 @@ fn check_session(h: &Harness, session: &[Msg], mutation: &Mutation) -> Result<()
             "an earlier session may have left the pool held: {culprit}"
         )));
     }
+    let panics = h.panics();
     let outcome = h.runtime.block_on(run_session(&h.app, bytes.clone()));
     h.sessions.fetch_add(1, Ordering::Relaxed);
     if let Err(failure) = outcome {
@@ -526,7 +548,7 @@ fn check_session(h: &Harness, session: &[Msg], mutation: &Mutation) -> Result<()
         "the scripted server saw: {:?}",
         violations
     );
-    prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+    prop_assert_eq!(h.panics(), panics, "the sidecar panicked");
     Ok(())
 }
 

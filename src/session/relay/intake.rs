@@ -235,6 +235,11 @@ impl Relay {
     /// must wait for the attached server connection (it runs once that one is done).
     pub(super) async fn run_held(&mut self) -> Result<Option<End>, RelayError> {
         while let Some((first, _)) = self.held.front() {
+            if self.closing {
+                // What the client sent after its Terminate is never run.
+                self.held.clear();
+                break;
+            }
             if self.continues_attached(first) {
                 let incoming = self.held.pop_front().expect("front exists");
                 if let Some(end) = self.on_client_frame(incoming, Target::Primary).await? {
@@ -332,6 +337,9 @@ impl Relay {
                 let incoming = self.held.pop_front().expect("request is held");
                 if let Some(end) = self.on_client_frame(incoming, target).await? {
                     return Ok(Some(end));
+                }
+                if self.closing {
+                    break;
                 }
             }
             if let Some(recording) = recording {

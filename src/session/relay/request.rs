@@ -93,9 +93,9 @@ impl Relay {
         let role = frontend::role(frame.tag());
         match role {
             MessageRole::Terminate if self.replies_coming() => {
-                // Postgres reads nothing after a Terminate: neither does the sidecar.
+                // Postgres reads nothing after a Terminate: neither does the sidecar (frames
+                // held after it are dropped by `run_held`).
                 self.closing = true;
-                self.held.clear();
                 return Ok(Now::Done(None));
             }
             MessageRole::Terminate => return Ok(Now::Done(Some(End::ClientLeft))),
