@@ -535,7 +535,9 @@ async fn refusals_errors_down_shards_and_the_memory_bound() {
 }
 
 /// A sidecar over `shards` (and a shard at `dead`, a port nothing listens on), with `extra`
-/// lines in its `[[database]]`.
+/// lines in its `[[database]]`. The connect timeout is a generous bound: the dead shard refuses
+/// at once, and a machine busy starting this file's twelve servers can take seconds to start a
+/// backend (a 2 s bound failed a login so).
 fn sidecar_toml(shards: &[LocalPostgres], dead: Option<u16>, extra: &str) -> String {
     let dead = dead.map(|port| format!("postgres://app:{PASSWORD}@127.0.0.1:{port}/app"));
     let lines = shard_lines(
@@ -546,7 +548,7 @@ fn sidecar_toml(shards: &[LocalPostgres], dead: Option<u16>, extra: &str) -> Str
     );
     format!(
         "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-         [pool]\nsize = 2\nconnect_timeout = \"2s\"\n\n[[database]]\nname = \"app\"\n{extra}{lines}\n\
+         [pool]\nsize = 2\nconnect_timeout = \"30s\"\n\n[[database]]\nname = \"app\"\n{extra}{lines}\n\
          [[user]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{SHARDED}"
     )
 }

@@ -593,3 +593,36 @@ fn the_routing_harness_uses_both_servers() {
     assert!(h.app.metrics.routed_primary.get() > primary_before);
     assert!(h.violations.lock().unwrap().is_empty());
 }
+
+/// A Terminate inside a request the sidecar holds until it is whole (with a replica, every
+/// request is), while the replica still owes earlier answers: the session waits for those, and
+/// what follows the Terminate — the rest of the request, a write — is never run.
+#[test]
+fn a_terminate_inside_a_held_request_ends_the_session() {
+    let h = routing_harness();
+    let mut out = BytesMut::new();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    frontend::query("SELECT 2", &mut out).unwrap();
+    // Held until whole (through its Sync), run while the replica still owes both answers.
+    frontend::parse("", "SELECT 3", [], &mut out).unwrap();
+    frontend::terminate(&mut out);
+    frontend::sync(&mut out);
+    frontend::query("SET search_path = public", &mut out).unwrap();
+    let panics = h.panics();
+    let replies = h.runtime.block_on(async {
+        let (mut client, task) = login(&h.app).await.expect("login");
+        client.write_all(&out).await.expect("write");
+        let replies = read_until(&mut client, |_| false).await.expect("closed");
+        tokio::time::timeout(WAIT_BOUND, task)
+            .await
+            .expect("the session ended")
+            .expect("without a panic");
+        replies
+    });
+    let tags: String = replies.iter().map(|(t, _)| *t as char).collect();
+    // Both answers, then the close: nothing for the SET; the scripted server sends the
+    // unsynced Parse's ParseComplete at once (Postgres would keep it until a Sync or Flush).
+    assert!(["TDCZTDCZ", "TDCZTDCZ1"].contains(&tags.as_str()), "{tags}");
+    assert_eq!(h.panics(), panics);
+    assert!(h.violations.lock().unwrap().is_empty());
+}
