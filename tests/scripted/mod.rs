@@ -2,7 +2,9 @@
 //! message at the protocol level as Postgres does — error skip-to-Sync, the COPY FROM STDIN
 //! sub-protocol in both query modes, Flush, FunctionCall, transaction status — without
 //! understanding SQL beyond a first word, and checks that every frame it receives is well
-//! formed. Anything malformed is recorded as a violation and the connection closed. It listens
+//! formed. Anything malformed is recorded as a violation and the connection closed. Replies go
+//! out when Postgres would flush them (a Sync, a Flush, an error, a COPY starting, a full
+//! buffer): those of an extended batch never synced nor flushed never arrive. It listens
 //! on TCP ([`start`]) or answers in-process pipes ([`memory`]: no network, so tests may pause
 //! time). `SELECT pg_sleep(n)` sleeps (a CancelRequest ends it with 57014) and `SELECT
 //! pg_freeze()` never answers, even a cancel. The sidecar's replica health checks are answered
@@ -156,6 +158,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         ..Session::default()
     };
     ready(&mut out, &session);
+    // How much of `out` Postgres would have flushed (see `flushes`); the rest stays in its
+    // output buffer, and is lost if the connection ends first.
+    let mut flushed = out.len();
     let mut rbuf = BytesMut::new();
     let mut history: Vec<(char, i32)> = Vec::new();
     loop {
@@ -163,11 +168,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let whole_frame_buffered = rbuf.len() >= 5
             && rbuf.len()
                 > i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]).max(0) as usize;
-        if !out.is_empty() && !whole_frame_buffered {
-            if socket.write_all(&out).await.is_err() {
+        if flushed > 0 && !whole_frame_buffered {
+            if socket.write_all(&out[..flushed]).await.is_err() {
                 return Ok(());
             }
-            out.clear();
+            out.advance(flushed);
+            flushed = 0;
         }
         while rbuf.len() < 5 {
             match socket.read_buf(&mut rbuf).await {
@@ -204,8 +210,34 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if tag == b'X' {
             return Ok(());
         }
+        let before = out.len();
+        let copying = session.copy_in.is_some();
         answer(&mut session, tag, body, &mut out, cancel).await;
+        if flushes(tag, copying, &out[before..]) || out.len() >= SEND_BUFFER {
+            flushed = out.len();
+        }
     }
+}
+
+/// Postgres's output buffer: full, it is flushed.
+const SEND_BUFFER: usize = 8192;
+
+/// Whether Postgres flushes its output buffer after answering a `tag` message with `replies`:
+/// on a Flush (ignored during COPY FROM STDIN), and with a ReadyForQuery, an error, or the
+/// response that starts a COPY. Replies to Parse, Bind, Describe, Execute and Close otherwise
+/// wait for one of those.
+fn flushes(tag: u8, copying: bool, mut replies: &[u8]) -> bool {
+    if tag == b'H' && !copying {
+        return true;
+    }
+    while replies.len() >= 5 {
+        if matches!(replies[0], b'Z' | b'E' | b'G' | b'H' | b'W') {
+            return true;
+        }
+        let len = i32::from_be_bytes([replies[1], replies[2], replies[3], replies[4]]);
+        replies = &replies[(len as usize + 1).min(replies.len())..];
+    }
+    false
 }
 
 /// Checks a frontend message body against its grammar.
