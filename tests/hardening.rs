@@ -499,6 +499,35 @@ async fn a_terminate_after_requests_that_get_no_reply_closes_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_after_its_terminate_never_holds_a_server_connection() {
+    let name = fresh_user("termleave");
+    // The next client waits far longer than the cleanup's 5 s bound.
+    let sidecar = start(&base_toml(&name, "size = 1\ncheckout_timeout = \"60s\"")).await;
+    let other = connect(sidecar.addr, &name, PASSWORD, &name).await.unwrap();
+    // A long statement, a Terminate, and the client closes without waiting for the answer: the
+    // session ends at the close (not when the statement does), and the pool of one serves the
+    // next client (the busy server connection is given up after the cleanup's bound; the
+    // statement still runs to its end, as it would had the client talked to Postgres).
+    let mut bytes = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT pg_sleep(120)", &mut bytes).unwrap();
+    postgres_protocol::message::frontend::terminate(&mut bytes);
+    let mut raw = raw_connect(sidecar.addr, &name, PASSWORD, &name, &[])
+        .await
+        .unwrap();
+    raw.write_all(&bytes).await.unwrap();
+    let admin = connect_direct_superuser(&name).await;
+    until_positive(
+        &admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(120)'",
+    )
+    .await;
+    drop(raw);
+    let answered =
+        tokio::time::timeout(Duration::from_secs(90), other.simple_query("SELECT 1")).await;
+    answered.expect("the next query is answered").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_every_server_connection_fails_only_open_transactions() {
     let name = fresh_user("terminate");
     let sidecar = start(&base_toml(&name, "size = 4")).await;

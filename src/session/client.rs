@@ -77,6 +77,11 @@ impl ClientConn {
         Ok(n)
     }
 
+    /// Drops every byte read and not yet handled (what a client sends after its Terminate).
+    pub fn discard_buffered(&mut self) {
+        self.rbuf.clear();
+    }
+
     /// Reads ahead (up to `limit` bytes buffered) until the client closes its socket or fails,
     /// and returns why; used while the client waits for something else, so a client that left
     /// stops waiting. Past `limit` it only waits.

@@ -157,7 +157,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         status: b'I',
         ..Session::default()
     };
-    ready(&mut out, &session);
+    ready(&mut out, &mut session);
     // How much of `out` Postgres would have flushed (see `flushes`); the rest stays in its
     // output buffer, and is lost if the connection ends first.
     let mut flushed = out.len();
@@ -308,7 +308,12 @@ fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_slice(body);
 }
 
-fn ready(out: &mut BytesMut, session: &Session) {
+/// ReadyForQuery; outside a transaction block the implicit transaction is over, and its
+/// portals with it (the unnamed one too), as in Postgres.
+fn ready(out: &mut BytesMut, session: &mut Session) {
+    if session.status == b'I' {
+        session.portals.clear();
+    }
     message(out, b'Z', &[session.status]);
 }
 
@@ -523,8 +528,7 @@ async fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut,
         }
         b'P' => match parse_fields(body) {
             Some((_, query)) if query.to_ascii_uppercase().contains("FAIL") => {
-                error(out, "42601", "syntax error (scripted)");
-                session.skipping = true;
+                fail_batch(session, out, "42601", "syntax error (scripted)");
             }
             Some((name, query)) => {
                 session.statements.insert(name, query);
@@ -534,26 +538,38 @@ async fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut,
         },
         b'B' => {
             let bind = Bind::parse(body).expect("checked");
-            let text = session
-                .statements
-                .get(bind.statement)
-                .cloned()
-                .unwrap_or_default();
-            session.portals.insert(bind.portal.to_vec(), text);
-            message(out, b'2', b"");
+            match session.statements.get(bind.statement).cloned() {
+                Some(text) => {
+                    session.portals.insert(bind.portal.to_vec(), text);
+                    message(out, b'2', b"");
+                }
+                None => missing(session, out, "26000", "prepared statement", bind.statement),
+            }
         }
         b'D' => {
-            if body[0] == b'S' {
-                message(out, b't', &0i16.to_be_bytes());
+            let name = &body[1..body.len() - 1];
+            match body[0] {
+                b'S' if !session.statements.contains_key(name) => {
+                    missing(session, out, "26000", "prepared statement", name)
+                }
+                b'P' if !session.portals.contains_key(name) => {
+                    missing(session, out, "34000", "portal", name)
+                }
+                b'S' => {
+                    message(out, b't', &0i16.to_be_bytes());
+                    message(out, b'n', b"");
+                }
+                _ => message(out, b'n', b""),
             }
-            message(out, b'n', b"");
         }
         b'E' => {
             let portal = body[..body.len() - 4]
                 .split(|&c| c == 0)
                 .next()
                 .unwrap_or_default();
-            let text = session.portals.get(portal).cloned().unwrap_or_default();
+            let Some(text) = session.portals.get(portal).cloned() else {
+                return missing(session, out, "34000", "portal", portal);
+            };
             match statement(session, &text, out, false) {
                 Ok(Outcome::Done) => {}
                 Ok(Outcome::CopyIn) => session.copy_in = Some(true),
@@ -576,6 +592,27 @@ async fn answer(session: &mut Session, tag: u8, body: &[u8], out: &mut BytesMut,
         // ignored, as Postgres ignores them.
         _ => {}
     }
+}
+
+/// An extended message naming a statement or portal that does not exist: Postgres's error,
+/// and the rest of the batch is skipped.
+fn missing(session: &mut Session, out: &mut BytesMut, code: &str, what: &str, name: &[u8]) {
+    let name = String::from_utf8_lossy(name);
+    fail_batch(
+        session,
+        out,
+        code,
+        &format!("{what} \"{name}\" does not exist"),
+    );
+}
+
+/// An error in an extended batch: a transaction block fails, the rest is skipped to Sync.
+fn fail_batch(session: &mut Session, out: &mut BytesMut, code: &str, text: &str) {
+    error(out, code, text);
+    if session.status == b'T' {
+        session.status = b'E';
+    }
+    session.skipping = true;
 }
 
 /// A message during COPY FROM STDIN.

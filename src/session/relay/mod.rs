@@ -370,10 +370,15 @@ impl Relay {
                                 return Ok(end);
                             }
                         }
-                        read = self.client.fill(), if room && !self.closing => {
+                        // After a Terminate the client is still read, only to notice that it
+                        // left (what it sends is dropped): a reply that never comes then holds
+                        // nothing past the client, as Postgres ends at the client's close.
+                        read = self.client.fill(), if room || self.closing => {
                             let n = read?;
                             self.app.metrics.client_bytes_received.inc_by(n as u64);
-                            if let Some(end) = self.on_client_bytes().await? {
+                            if self.closing {
+                                self.client.discard_buffered();
+                            } else if let Some(end) = self.on_client_bytes().await? {
                                 return Ok(end);
                             }
                         }
@@ -586,10 +591,14 @@ impl Relay {
     /// the client — the ReadyForQuery of each Query and Sync in flight — which Postgres would
     /// send before it closes. Replies to a batch the client never ended with Sync (Postgres may
     /// never flush them) and to a COPY FROM STDIN it never ended never come: they are not
-    /// waited for (the cleanup ends both). While an earlier connection owes the front replies,
-    /// the current one's wait behind it.
+    /// waited for (the cleanup ends both); nor are those of a connection whose replies are
+    /// uncertain (a COPY FROM STDIN failed on a message pipelined behind it, which the server
+    /// took as the error, not as a request). While an earlier connection owes the front
+    /// replies, the current one's wait behind it.
     fn replies_coming(&self) -> bool {
-        let coming = |att: &Attachment| !att.expect.is_empty() && !att.awaits_client_copy();
+        let coming = |att: &Attachment| {
+            !att.expect.is_empty() && !att.awaits_client_copy() && !att.uncertain
+        };
         match (self.earlier.as_deref(), &self.phase) {
             (Some(earlier), _) => coming(earlier),
             (None, Phase::Attached(att)) => coming(att),
