@@ -87,8 +87,16 @@ pub fn fresh_user(prefix: &str) -> String {
 }
 
 /// TOML for a sidecar on free ports with one database and one SCRAM user named `name`, where
-/// the upstream role, the client user and the database all share that name.
+/// the upstream role, the client user and the database all share that name. Unless `pool` sets
+/// its own, the connect timeout is a generous bound (30 s): a machine busy with the other tests
+/// can take seconds to start a backend (the 5 s default failed logins so); tests of timeouts
+/// set theirs.
 pub fn base_toml(name: &str, pool: &str) -> String {
+    let connect_timeout = if pool.contains("connect_timeout") {
+        ""
+    } else {
+        "connect_timeout = \"30s\"\n"
+    };
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -96,7 +104,7 @@ metrics_listen = "127.0.0.1:0"
 drain_timeout = "2s"
 
 [pool]
-{pool}
+{connect_timeout}{pool}
 
 [[database]]
 name = "{name}"
