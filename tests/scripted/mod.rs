@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use pgsidecar::protocol::bind::Bind;
+use pgsidecar::protocol::frame::peek_header;
 use pgsidecar::stream::Dialer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -230,12 +231,12 @@ fn flushes(tag: u8, copying: bool, mut replies: &[u8]) -> bool {
     if tag == b'H' && !copying {
         return true;
     }
-    while replies.len() >= 5 {
-        if matches!(replies[0], b'Z' | b'E' | b'G' | b'H' | b'W') {
+    // The replies are the server's own, whole and well formed.
+    while let Ok(Some(header)) = peek_header(replies) {
+        if matches!(header.tag, b'Z' | b'E' | b'G' | b'H' | b'W') {
             return true;
         }
-        let len = i32::from_be_bytes([replies[1], replies[2], replies[3], replies[4]]);
-        replies = &replies[(len as usize + 1).min(replies.len())..];
+        replies = &replies[header.frame_len.min(replies.len())..];
     }
     false
 }
@@ -317,7 +318,11 @@ fn ready(out: &mut BytesMut, session: &mut Session) {
     message(out, b'Z', &[session.status]);
 }
 
-fn error(out: &mut BytesMut, code: &str, text: &str) {
+/// An ErrorResponse; a transaction block fails with it.
+fn error(session: &mut Session, out: &mut BytesMut, code: &str, text: &str) {
+    if session.status == b'T' {
+        session.status = b'E';
+    }
     let body = [
         b"SERROR\0VERROR\0C".as_slice(),
         code.as_bytes(),
@@ -391,6 +396,7 @@ fn statement(
             || (upper.starts_with("ROLLBACK") && !upper.contains(" TO "));
     if session.status == b'E' && !ends {
         error(
+            session,
             out,
             "25P02",
             "current transaction is aborted, commands ignored until end of transaction block",
@@ -398,10 +404,7 @@ fn statement(
         return Err(());
     }
     if upper.contains("FAIL") {
-        error(out, "42601", "syntax error (scripted)");
-        if session.status == b'T' {
-            session.status = b'E';
-        }
+        error(session, out, "42601", "syntax error (scripted)");
         return Err(());
     }
     if upper.starts_with("BEGIN") || upper.starts_with("START") {
@@ -477,10 +480,7 @@ async fn sleep(
             Ok(())
         }
         _ = cancel.notified() => {
-            error(out, "57014", "canceling statement due to user request");
-            if session.status == b'T' {
-                session.status = b'E';
-            }
+            error(session, out, "57014", "canceling statement due to user request");
             Err(())
         }
     }
@@ -606,12 +606,9 @@ fn missing(session: &mut Session, out: &mut BytesMut, code: &str, what: &str, na
     );
 }
 
-/// An error in an extended batch: a transaction block fails, the rest is skipped to Sync.
+/// An error in an extended batch: the rest is skipped to Sync.
 fn fail_batch(session: &mut Session, out: &mut BytesMut, code: &str, text: &str) {
-    error(out, code, text);
-    if session.status == b'T' {
-        session.status = b'E';
-    }
+    error(session, out, code, text);
     session.skipping = true;
 }
 
@@ -631,16 +628,14 @@ fn copy_message(session: &mut Session, extended: bool, tag: u8, out: &mut BytesM
         other => {
             session.copy_in = None;
             if other == b'f' {
-                error(out, "57014", "COPY from stdin failed (scripted)");
+                error(session, out, "57014", "COPY from stdin failed (scripted)");
             } else {
                 error(
+                    session,
                     out,
                     "08P01",
                     &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
                 );
-            }
-            if session.status == b'T' {
-                session.status = b'E';
             }
             if extended {
                 session.skipping = true;
